@@ -39,7 +39,9 @@
  *     sized by api->workspace_size. On the CPU backend they run synchronously.
  *   - Every args struct begins with `size_t struct_size` and has a matching
  *     HASHATTN_..._INIT macro that fills it and the defaults; always start from
- *     the macro.
+ *     the macro. struct_size must end on a field boundary and cover at least
+ *     the struct's required fields (said above each struct; all of them where
+ *     nothing is said); a shorter or misaligned size is INVALID_ARGUMENT.
  *
  * THREADS
  *   Different contexts may be used from different threads at the same time.
@@ -161,6 +163,7 @@ typedef struct hashattn_budget {
 
 /* context config flags: none defined in 1.0 (must be 0). */
 
+/* struct_size must cover at least head_dim (the fields without defaults). */
 typedef struct hashattn_context_config {
     size_t struct_size;
     uint32_t flags;          /* must be 0 */
@@ -195,7 +198,8 @@ typedef struct hashattn_context_config {
  * y = W x + b:  Linear(D->m) + SiLU -> Linear(m->m) + SiLU -> Linear(m->32);
  * bit i of the signature is 1 when output i > 0.
  * H is Hq for the query MLPs and Hsig for the key MLPs. All tensors float32 or
- * bfloat16, on the CPU or on the context's device. */
+ * bfloat16 in host memory (kDLCPU or kDLCUDAHost), any strides with the
+ * innermost contiguous. All six are required. */
 typedef struct hashattn_mlp_weights {
     size_t struct_size;
     const DLTensor *w1; /* [L, H, m, D] */
@@ -263,6 +267,7 @@ typedef struct hashattn_workspace_args {
  * key signatures of every signature head. Token t goes to block
  * slot_mapping[t] / block_size, offset slot_mapping[t] % block_size; a negative
  * slot skips the token (vLLM's padding). Tokens with equal slots: the last wins. */
+/* struct_size must cover at least slot_mapping. */
 typedef struct hashattn_cache_write_args {
     size_t struct_size;
     uint32_t flags;
@@ -272,7 +277,8 @@ typedef struct hashattn_cache_write_args {
     DLTensor *key_cache;          /* [num_blocks, block_size, Hkv, D] (NHD) or
                                      [num_blocks, Hkv, block_size, D] (HND); written */
     DLTensor *value_cache;        /* same shape as key_cache; written */
-    DLTensor *signature_cache;    /* [num_blocks, Hsig, block_size] uint32; written */
+    DLTensor *signature_cache;    /* [num_blocks, Hsig, block_size] uint32; written. NULL: write
+                                     K and V only (a dense-only host; no weights needed) */
     const DLTensor *slot_mapping; /* [num_tokens] int64 */
     void *workspace;
     size_t workspace_size;
@@ -291,6 +297,7 @@ typedef struct hashattn_cache_write_args {
  * head or per KV group, by the context's selection) and attends to them only,
  * softmax(q.k * scale) v with fp32 accumulation. The caches must already hold
  * the current token (write it with cache_write first). */
+/* struct_size must cover at least output. */
 typedef struct hashattn_decode_args {
     size_t struct_size;
     uint32_t flags;
@@ -298,8 +305,10 @@ typedef struct hashattn_decode_args {
     const DLTensor *query;           /* [num_seqs, Hq, D], dtype */
     const DLTensor *key_cache;       /* as in cache_write */
     const DLTensor *value_cache;     /* as in cache_write */
-    const DLTensor *signature_cache; /* [num_blocks, Hsig, block_size] uint32 */
-    const DLTensor *block_tables;    /* [num_seqs, max_blocks_per_seq] int32 */
+    const DLTensor *signature_cache; /* [num_blocks, Hsig, block_size] uint32; may be NULL
+                                        with HASHATTN_DECODE_DENSE (then no weights needed) */
+    const DLTensor *block_tables;    /* [num_seqs, max_blocks_per_seq] int32; entries past a
+                                        sequence's last block are not read */
     const DLTensor *seq_lens;        /* [num_seqs] int32, tokens in the cache per sequence
                                         (current included); 0 = empty sequence, output zeros */
     DLTensor *output;                /* [num_seqs, Hq, D], dtype; written */
@@ -325,6 +334,7 @@ typedef struct hashattn_decode_args {
  * cached tokens, and query row i of the chunk sits at position
  * seq_lens[s] - rows + i and attends to positions <= its own. The caches must
  * already hold the chunk (cache_write first). */
+/* struct_size must cover at least output. */
 typedef struct hashattn_prefill_args {
     size_t struct_size;
     uint32_t flags;                  /* must be 0 */
@@ -349,6 +359,7 @@ typedef struct hashattn_prefill_args {
 /* Evaluate one side's hash MLPs on arbitrary vectors: for calibration, training
  * and inspection. Query side: input [n, Hq, D] -> output [n, Hq]. Key side:
  * input [n, Hkv, D] (keys) -> output [n, Hsig]. */
+/* struct_size must cover at least signatures. */
 typedef struct hashattn_hash_args {
     size_t struct_size;
     uint32_t flags;          /* must be 0 */

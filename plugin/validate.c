@@ -1,0 +1,182 @@
+/*
+ * validate.c - error messages, the struct_size rules and DLTensor checks.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "plugin/internal.h"
+
+static _Thread_local char thread_error[HA_ERROR_LEN];
+
+hashattn_status_t ha_fail(hashattn_context_t *ctx, hashattn_status_t status, const char *fmt, ...)
+{
+    char *buf = ctx ? ctx->last_error : thread_error;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, HA_ERROR_LEN, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+const char *ha_thread_error(void) { return thread_error; }
+
+/* ---- args structs ---- */
+
+hashattn_status_t ha_read_struct(hashattn_context_t *ctx, const ha_struct_desc_t *desc,
+                                 const void *src, void *dst)
+{
+    if (!src)
+        return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT, "%s: args is NULL", desc->name);
+    size_t size;
+    memcpy(&size, src, sizeof size);
+    size_t known = desc->field_ends[desc->num_fields - 1];
+    if (size < desc->min_end)
+        return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
+                       "%s.struct_size = %zu is shorter than the %zu bytes of its required fields "
+                       "(start from the _INIT macro)",
+                       desc->name, size, desc->min_end);
+    if (size < known) {
+        int aligned = 0;
+        for (int i = 0; i < desc->num_fields; i++)
+            if (desc->field_ends[i] == size)
+                aligned = 1;
+        if (!aligned)
+            return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
+                           "%s.struct_size = %zu does not end on a field boundary", desc->name, size);
+        memcpy(dst, src, size);
+    } else {
+        /* A newer caller: accept only if everything we do not know is zero. */
+        const unsigned char *tail = (const unsigned char *)src + known;
+        for (size_t i = 0; i < size - known; i++)
+            if (tail[i] != 0)
+                return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
+                               "%s.struct_size = %zu is longer than the %zu bytes this library knows "
+                               "and byte %zu of the unknown tail is non-zero (a newer feature this "
+                               "library does not have)",
+                               desc->name, size, known, known + i);
+        memcpy(dst, src, known);
+    }
+    memcpy(dst, &size, sizeof size); /* keep the caller's size visible */
+    return HASHATTN_STATUS_OK;
+}
+
+/* ---- dtypes ---- */
+
+const DLDataType HA_DL_INT32 = {kDLInt, 32, 1};
+const DLDataType HA_DL_INT64 = {kDLInt, 64, 1};
+const DLDataType HA_DL_UINT32 = {kDLUInt, 32, 1};
+const DLDataType HA_DL_FLOAT32 = {kDLFloat, 32, 1};
+const DLDataType HA_DL_BFLOAT16 = {kDLBfloat, 16, 1};
+
+DLDataType ha_dl_dtype(ha_dtype_t dt)
+{
+    switch (dt) {
+    case HA_DTYPE_F16: return (DLDataType){kDLFloat, 16, 1};
+    case HA_DTYPE_BF16: return HA_DL_BFLOAT16;
+    default: return HA_DL_FLOAT32;
+    }
+}
+
+const char *ha_dtype_name(DLDataType dt, char buf[32])
+{
+    const char *code = dt.code == kDLInt      ? "int"
+                       : dt.code == kDLUInt   ? "uint"
+                       : dt.code == kDLFloat  ? "float"
+                       : dt.code == kDLBfloat ? "bfloat"
+                                              : "code?";
+    if (dt.lanes == 1)
+        snprintf(buf, 32, "%s%u", code, (unsigned)dt.bits);
+    else
+        snprintf(buf, 32, "%s%ux%u", code, (unsigned)dt.bits, (unsigned)dt.lanes);
+    return buf;
+}
+
+static int same_dtype(DLDataType a, DLDataType b)
+{
+    return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
+}
+
+static const char *device_name(DLDeviceType t)
+{
+    switch (t) {
+    case kDLCPU: return "kDLCPU";
+    case kDLCUDA: return "kDLCUDA";
+    case kDLCUDAHost: return "kDLCUDAHost";
+    case kDLCUDAManaged: return "kDLCUDAManaged";
+    default: return "another device type";
+    }
+}
+
+/* ---- tensors ---- */
+
+hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const char *name,
+                                  const DLTensor *t, int ndim, const int64_t *expected,
+                                  DLDataType dtype, ha_where_t where, ha_tensor_t *out)
+{
+    const hashattn_status_t bad = HASHATTN_STATUS_INVALID_ARGUMENT;
+    char b1[32], b2[32];
+    if (!t)
+        return ha_fail(ctx, bad, "%s: %s is NULL", op, name);
+    if (t->ndim != ndim)
+        return ha_fail(ctx, bad, "%s: %s.ndim = %d, expected %d", op, name, t->ndim, ndim);
+    if (!t->shape)
+        return ha_fail(ctx, bad, "%s: %s.shape is NULL", op, name);
+    if (!same_dtype(t->dtype, dtype))
+        return ha_fail(ctx, bad, "%s: %s.dtype = %s, expected %s", op, name,
+                       ha_dtype_name(t->dtype, b1), ha_dtype_name(dtype, b2));
+
+    /* device */
+    DLDeviceType dev = t->device.device_type;
+    if (where == HA_ON_HOST || ctx->backend == HA_BACKEND_CPU) {
+        if (dev != kDLCPU && dev != kDLCUDAHost)
+            return ha_fail(ctx, bad, "%s: %s.device = %s:%d, expected host memory (kDLCPU)", op, name,
+                           device_name(dev), t->device.device_id);
+    } else {
+        if (dev != kDLCUDA || t->device.device_id != ctx->cfg.device.device_id)
+            return ha_fail(ctx, bad, "%s: %s.device = %s:%d, expected the context's kDLCUDA:%d", op,
+                           name, device_name(dev), t->device.device_id, ctx->cfg.device.device_id);
+    }
+
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        int64_t s = t->shape[i];
+        if (s < 0 || s > ((int64_t)1 << 40))
+            return ha_fail(ctx, bad, "%s: %s.shape[%d] = %lld is out of range", op, name, i, (long long)s);
+        if (expected && expected[i] >= 0 && s != expected[i])
+            return ha_fail(ctx, bad, "%s: %s.shape[%d] = %lld, expected %lld", op, name, i,
+                           (long long)s, (long long)expected[i]);
+        numel *= s;
+        if (numel > ((int64_t)1 << 46))
+            return ha_fail(ctx, bad, "%s: %s has too many elements", op, name);
+    }
+    out->t = t;
+    out->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        out->shape[i] = t->shape[i];
+    if (t->strides) {
+        for (int i = 0; i < ndim; i++) {
+            if (t->strides[i] < 0)
+                return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld is negative", op, name, i,
+                               (long long)t->strides[i]);
+            out->strides[i] = t->strides[i];
+        }
+        if (ndim > 0 && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
+            return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld, the innermost dimension must be "
+                           "contiguous (stride 1)", op, name, ndim - 1, (long long)t->strides[ndim - 1]);
+    } else {
+        int64_t s = 1;
+        for (int i = ndim - 1; i >= 0; i--) {
+            out->strides[i] = s;
+            s *= t->shape[i];
+        }
+    }
+    if (ndim > 0)
+        out->strides[ndim - 1] = 1;
+    if (!t->data && numel > 0)
+        return ha_fail(ctx, bad, "%s: %s.data is NULL", op, name);
+    if (t->byte_offset % ((t->dtype.bits + 7) / 8) != 0)
+        return ha_fail(ctx, bad, "%s: %s.byte_offset = %llu is not a multiple of the element size",
+                       op, name, (unsigned long long)t->byte_offset);
+    out->data = (char *)t->data + t->byte_offset;
+    return HASHATTN_STATUS_OK;
+}
