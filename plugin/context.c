@@ -160,8 +160,8 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
     hashattn_status_t st = ha_read_struct(NULL, &config_desc, config, &cfg);
     if (st != HASHATTN_STATUS_OK)
         return st;
-    ha_backend_t backend;
-    ha_dtype_t dtype;
+    ha_backend_t backend = HA_BACKEND_CPU;
+    ha_dtype_t dtype = HA_DTYPE_F32;
     st = check_config(&cfg, &backend, &dtype);
     if (st != HASHATTN_STATUS_OK)
         return st;
