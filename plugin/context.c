@@ -19,14 +19,14 @@ static const size_t config_ends[] = {
 };
 static const ha_struct_desc_t config_desc = {"config", config_ends,
                                              (int)(sizeof config_ends / sizeof config_ends[0]),
-                                             HA_END(CFG, head_dim)};
+                                             HA_END(CFG, head_dim), sizeof(CFG)};
 #undef CFG
 
 #define BUD hashattn_budget_t
 static const size_t budget_ends[] = {HA_END(BUD, struct_size), HA_END(BUD, sink_tokens),
                                      HA_END(BUD, recent_tokens), HA_END(BUD, heavy_count),
                                      HA_END(BUD, heavy_fraction)};
-static const ha_struct_desc_t budget_desc = {"budget", budget_ends, 5, HA_END(BUD, heavy_fraction)};
+static const ha_struct_desc_t budget_desc = {"budget", budget_ends, 5, HA_END(BUD, heavy_fraction), sizeof(BUD)};
 #undef BUD
 
 hashattn_status_t ha_check_budget(hashattn_context_t *ctx, const char *op, const hashattn_budget_t *b)

@@ -55,13 +55,15 @@ const char *ha_thread_error(void);
 /* ---- args structs ---- */
 
 /* Description of an args struct for the struct_size rules. field_ends lists
- * the end offset of every top-level field in order (the last equals the size
- * the library knows); min_end is the end of the last required field. */
+ * the end offset of every top-level field in order; min_end is the end of the
+ * last required field; known is sizeof the struct as this library has it
+ * (trailing padding included, which a caller may leave uninitialised). */
 typedef struct ha_struct_desc {
     const char *name;
     const size_t *field_ends;
     int num_fields;
     size_t min_end;
+    size_t known;
 } ha_struct_desc_t;
 
 /* Copy the caller's struct (`src`, whose first field is struct_size) over

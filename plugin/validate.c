@@ -29,7 +29,7 @@ hashattn_status_t ha_read_struct(hashattn_context_t *ctx, const ha_struct_desc_t
         return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT, "%s: args is NULL", desc->name);
     size_t size;
     memcpy(&size, src, sizeof size);
-    size_t known = desc->field_ends[desc->num_fields - 1];
+    size_t known = desc->known;
     if (size < desc->min_end)
         return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
                        "%s.struct_size = %zu is shorter than the %zu bytes of its required fields "

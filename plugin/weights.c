@@ -182,7 +182,7 @@ static hashattn_status_t bind_part(hashattn_context_t *ctx, float *block, int si
 #define BIND hashattn_weights_bind_args_t
 static const size_t bind_ends[] = {HA_END(BIND, struct_size), HA_END(BIND, flags),
                                    HA_END(BIND, query), HA_END(BIND, key)};
-static const ha_struct_desc_t bind_desc = {"weights_bind_args", bind_ends, 4, HA_END(BIND, key)};
+static const ha_struct_desc_t bind_desc = {"weights_bind_args", bind_ends, 4, HA_END(BIND, key), sizeof(BIND)};
 #undef BIND
 #define MLPW hashattn_mlp_weights_t
 static const size_t mlp_ends[] = {HA_END(MLPW, struct_size), HA_END(MLPW, w1), HA_END(MLPW, b1),
@@ -204,7 +204,7 @@ hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weight
     const hashattn_mlp_weights_t *sides[2] = {&a.query, &a.key};
     for (int s = 0; s < 2; s++) {
         ha_struct_desc_t d = {s == 0 ? "weights_bind_args.query" : "weights_bind_args.key", mlp_ends,
-                              7, mlp_ends[6]};
+                              7, mlp_ends[6], sizeof(hashattn_mlp_weights_t)};
         hashattn_mlp_weights_t tmp = HASHATTN_MLP_WEIGHTS_INIT;
         st = ha_read_struct(ctx, &d, sides[s], &tmp);
         if (st != HASHATTN_STATUS_OK)
@@ -233,7 +233,7 @@ hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weight
 
 #define LOAD hashattn_weights_load_args_t
 static const size_t load_ends[] = {HA_END(LOAD, struct_size), HA_END(LOAD, flags), HA_END(LOAD, path)};
-static const ha_struct_desc_t load_desc = {"weights_load_args", load_ends, 3, HA_END(LOAD, path)};
+static const ha_struct_desc_t load_desc = {"weights_load_args", load_ends, 3, HA_END(LOAD, path), sizeof(LOAD)};
 #undef LOAD
 
 typedef struct st_file {
