@@ -17,7 +17,10 @@
  *      w1 [H, m, D], b1 [H, m], w2 [H, m, m], b2 [H, m], w3 [H, 32, m], b3 [H, 32]
  *    (torch Linear: y = W x + b), living on the kernel's device;
  *  - query head h belongs to KV head h / group; its signature head is h with
- *    the paper's layout (sig_per_kv_head = 0) and h / group when compact.
+ *    the paper's layout (sig_per_kv_head = 0) and h / group when compact;
+ *  - the MLP's SiLU is ha_silu from kernels/hash_math.h on both backends, with
+ *    every multiply-add an explicit fmaf in ascending input order, so that
+ *    signatures are bit-identical across backends.
  */
 #ifndef HASHATTN_KERNELS_PARAMS_H
 #define HASHATTN_KERNELS_PARAMS_H
@@ -65,8 +68,13 @@ typedef struct ha_budget {
     float heavy_fraction;
 } ha_budget_t;
 
-/* Heavy budget K for a sequence of n tokens. */
-static inline int64_t ha_heavy_budget(const ha_budget_t *b, int64_t n)
+/* Heavy budget K for a sequence of n tokens (host and device). */
+#if defined(__CUDACC__)
+__host__ __device__ __forceinline__
+#else
+static inline
+#endif
+int64_t ha_heavy_budget(const ha_budget_t *b, int64_t n)
 {
     if (b->heavy_count >= 0)
         return b->heavy_count;
