@@ -9,24 +9,24 @@
 #include "plugin/budget.h"
 
 #define CFG hashattn_context_config_t
-static const size_t config_ends[] = {
-    HA_END(CFG, struct_size), HA_END(CFG, flags),       HA_END(CFG, num_layers),
-    HA_END(CFG, num_q_heads), HA_END(CFG, num_kv_heads), HA_END(CFG, head_dim),
-    HA_END(CFG, block_size),  HA_END(CFG, dtype),        HA_END(CFG, device),
-    HA_END(CFG, kv_layout),   HA_END(CFG, hash_bits),    HA_END(CFG, mlp_width),
-    HA_END(CFG, selection),   HA_END(CFG, signature_layout), HA_END(CFG, softmax_scale),
-    HA_END(CFG, budget),
+static const ha_field_t config_fields[] = {
+    HA_F(CFG, struct_size), HA_F(CFG, flags),       HA_F(CFG, num_layers),
+    HA_F(CFG, num_q_heads), HA_F(CFG, num_kv_heads), HA_F(CFG, head_dim),
+    HA_F(CFG, block_size),  HA_F(CFG, dtype),        HA_F(CFG, device),
+    HA_F(CFG, kv_layout),   HA_F(CFG, hash_bits),    HA_F(CFG, mlp_width),
+    HA_F(CFG, selection),   HA_F(CFG, signature_layout), HA_F(CFG, softmax_scale),
+    HA_F(CFG, budget),
 };
-static const ha_struct_desc_t config_desc = {"config", config_ends,
-                                             (int)(sizeof config_ends / sizeof config_ends[0]),
+static const ha_struct_desc_t config_desc = {"config", config_fields,
+                                             (int)(sizeof config_fields / sizeof config_fields[0]),
                                              HA_END(CFG, head_dim), sizeof(CFG)};
 #undef CFG
 
 #define BUD hashattn_budget_t
-static const size_t budget_ends[] = {HA_END(BUD, struct_size), HA_END(BUD, sink_tokens),
-                                     HA_END(BUD, recent_tokens), HA_END(BUD, heavy_count),
-                                     HA_END(BUD, heavy_fraction)};
-static const ha_struct_desc_t budget_desc = {"budget", budget_ends, 5, HA_END(BUD, heavy_fraction), sizeof(BUD)};
+static const ha_field_t budget_fields[] = {HA_F(BUD, struct_size), HA_F(BUD, sink_tokens),
+                                     HA_F(BUD, recent_tokens), HA_F(BUD, heavy_count),
+                                     HA_F(BUD, heavy_fraction)};
+static const ha_struct_desc_t budget_desc = {"budget", budget_fields, 5, HA_END(BUD, heavy_fraction), sizeof(BUD)};
 #undef BUD
 
 hashattn_status_t ha_check_budget(hashattn_context_t *ctx, const char *op, const hashattn_budget_t *b)

@@ -54,13 +54,17 @@ const char *ha_thread_error(void);
 
 /* ---- args structs ---- */
 
-/* Description of an args struct for the struct_size rules. field_ends lists
- * the end offset of every top-level field in order; min_end is the end of the
+/* Description of an args struct for the struct_size rules. fields lists
+ * the [start, end) offsets of every top-level field in order; min_end is the end of the
  * last required field; known is sizeof the struct as this library has it
  * (trailing padding included, which a caller may leave uninitialised). */
+typedef struct ha_field {
+    size_t start, end;
+} ha_field_t;
+
 typedef struct ha_struct_desc {
     const char *name;
-    const size_t *field_ends;
+    const ha_field_t *fields;
     int num_fields;
     size_t min_end;
     size_t known;
@@ -126,7 +130,8 @@ hashattn_status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_
 hashattn_status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args);
 hashattn_status_t ha_hash(hashattn_context_t *ctx, const hashattn_hash_args_t *args);
 
-/* Field-end helper for ha_struct_desc_t tables. */
+/* Helpers for ha_struct_desc_t tables. */
 #define HA_END(T, f) (offsetof(T, f) + sizeof(((T *)0)->f))
+#define HA_F(T, f) { offsetof(T, f), HA_END(T, f) }
 
 #endif /* HASHATTN_PLUGIN_INTERNAL_H */

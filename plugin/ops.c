@@ -25,37 +25,37 @@ typedef hashattn_status_t status_t;
 /* ---- args struct descriptions ---- */
 
 #define T hashattn_cache_write_args_t
-static const size_t write_ends[] = {
-    HA_END(T, struct_size), HA_END(T, flags), HA_END(T, layer), HA_END(T, key), HA_END(T, value),
-    HA_END(T, key_cache), HA_END(T, value_cache), HA_END(T, signature_cache), HA_END(T, slot_mapping),
-    HA_END(T, workspace), HA_END(T, workspace_size), HA_END(T, stream)};
-static const ha_struct_desc_t write_desc = {"cache_write_args", write_ends, 12, HA_END(T, slot_mapping), sizeof(T)};
+static const ha_field_t write_fields[] = {
+    HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, key), HA_F(T, value),
+    HA_F(T, key_cache), HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, slot_mapping),
+    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
+static const ha_struct_desc_t write_desc = {"cache_write_args", write_fields, 12, HA_END(T, slot_mapping), sizeof(T)};
 #undef T
 #define T hashattn_decode_args_t
-static const size_t decode_ends[] = {
-    HA_END(T, struct_size), HA_END(T, flags), HA_END(T, layer), HA_END(T, query), HA_END(T, key_cache),
-    HA_END(T, value_cache), HA_END(T, signature_cache), HA_END(T, block_tables), HA_END(T, seq_lens),
-    HA_END(T, output), HA_END(T, budget), HA_END(T, selected_indices), HA_END(T, selected_counts),
-    HA_END(T, workspace), HA_END(T, workspace_size), HA_END(T, stream)};
-static const ha_struct_desc_t decode_desc = {"decode_args", decode_ends, 16, HA_END(T, output), sizeof(T)};
+static const ha_field_t decode_fields[] = {
+    HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, query), HA_F(T, key_cache),
+    HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, block_tables), HA_F(T, seq_lens),
+    HA_F(T, output), HA_F(T, budget), HA_F(T, selected_indices), HA_F(T, selected_counts),
+    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
+static const ha_struct_desc_t decode_desc = {"decode_args", decode_fields, 16, HA_END(T, output), sizeof(T)};
 #undef T
 #define T hashattn_prefill_args_t
-static const size_t prefill_ends[] = {
-    HA_END(T, struct_size), HA_END(T, flags), HA_END(T, layer), HA_END(T, query), HA_END(T, key_cache),
-    HA_END(T, value_cache), HA_END(T, block_tables), HA_END(T, seq_lens), HA_END(T, query_start_loc),
-    HA_END(T, output), HA_END(T, workspace), HA_END(T, workspace_size), HA_END(T, stream)};
-static const ha_struct_desc_t prefill_desc = {"prefill_args", prefill_ends, 13, HA_END(T, output), sizeof(T)};
+static const ha_field_t prefill_fields[] = {
+    HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, query), HA_F(T, key_cache),
+    HA_F(T, value_cache), HA_F(T, block_tables), HA_F(T, seq_lens), HA_F(T, query_start_loc),
+    HA_F(T, output), HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
+static const ha_struct_desc_t prefill_desc = {"prefill_args", prefill_fields, 13, HA_END(T, output), sizeof(T)};
 #undef T
 #define T hashattn_hash_args_t
-static const size_t hash_ends[] = {HA_END(T, struct_size), HA_END(T, flags), HA_END(T, layer),
-                                   HA_END(T, side), HA_END(T, input), HA_END(T, signatures),
-                                   HA_END(T, workspace), HA_END(T, workspace_size), HA_END(T, stream)};
-static const ha_struct_desc_t hash_desc = {"hash_args", hash_ends, 9, HA_END(T, signatures), sizeof(T)};
+static const ha_field_t hash_fields[] = {HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer),
+                                   HA_F(T, side), HA_F(T, input), HA_F(T, signatures),
+                                   HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
+static const ha_struct_desc_t hash_desc = {"hash_args", hash_fields, 9, HA_END(T, signatures), sizeof(T)};
 #undef T
 #define T hashattn_workspace_args_t
-static const size_t ws_ends[] = {HA_END(T, struct_size), HA_END(T, op), HA_END(T, max_num_seqs),
-                                 HA_END(T, max_num_tokens), HA_END(T, max_blocks_per_seq)};
-static const ha_struct_desc_t ws_desc = {"workspace_args", ws_ends, 5, HA_END(T, max_blocks_per_seq), sizeof(T)};
+static const ha_field_t ws_fields[] = {HA_F(T, struct_size), HA_F(T, op), HA_F(T, max_num_seqs),
+                                 HA_F(T, max_num_tokens), HA_F(T, max_blocks_per_seq)};
+static const ha_struct_desc_t ws_desc = {"workspace_args", ws_fields, 5, HA_END(T, max_blocks_per_seq), sizeof(T)};
 #undef T
 
 /* ---- shared checks ---- */

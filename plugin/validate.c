@@ -36,10 +36,15 @@ hashattn_status_t ha_read_struct(hashattn_context_t *ctx, const ha_struct_desc_t
                        "(start from the _INIT macro)",
                        desc->name, size, desc->min_end);
     if (size < known) {
+        /* A field's end, or anywhere in the padding before the next field:
+         * sizeof of an older struct includes that padding. */
         int aligned = 0;
-        for (int i = 0; i < desc->num_fields; i++)
-            if (desc->field_ends[i] == size)
+        for (int i = 0; i < desc->num_fields; i++) {
+            size_t end = desc->fields[i].end;
+            size_t gap_end = i + 1 < desc->num_fields ? desc->fields[i + 1].start : known;
+            if (size >= end && size <= gap_end)
                 aligned = 1;
+        }
         if (!aligned)
             return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
                            "%s.struct_size = %zu does not end on a field boundary", desc->name, size);

@@ -180,14 +180,14 @@ static hashattn_status_t bind_part(hashattn_context_t *ctx, float *block, int si
 }
 
 #define BIND hashattn_weights_bind_args_t
-static const size_t bind_ends[] = {HA_END(BIND, struct_size), HA_END(BIND, flags),
-                                   HA_END(BIND, query), HA_END(BIND, key)};
-static const ha_struct_desc_t bind_desc = {"weights_bind_args", bind_ends, 4, HA_END(BIND, key), sizeof(BIND)};
+static const ha_field_t bind_fields[] = {HA_F(BIND, struct_size), HA_F(BIND, flags),
+                                   HA_F(BIND, query), HA_F(BIND, key)};
+static const ha_struct_desc_t bind_desc = {"weights_bind_args", bind_fields, 4, HA_END(BIND, key), sizeof(BIND)};
 #undef BIND
 #define MLPW hashattn_mlp_weights_t
-static const size_t mlp_ends[] = {HA_END(MLPW, struct_size), HA_END(MLPW, w1), HA_END(MLPW, b1),
-                                  HA_END(MLPW, w2), HA_END(MLPW, b2), HA_END(MLPW, w3),
-                                  HA_END(MLPW, b3)};
+static const ha_field_t mlp_fields[] = {HA_F(MLPW, struct_size), HA_F(MLPW, w1), HA_F(MLPW, b1),
+                                  HA_F(MLPW, w2), HA_F(MLPW, b2), HA_F(MLPW, w3),
+                                  HA_F(MLPW, b3)};
 #undef MLPW
 
 hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weights_bind_args_t *args)
@@ -203,8 +203,8 @@ hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weight
                        "weights_bind: flags = 0x%x has unknown bits", a.flags);
     const hashattn_mlp_weights_t *sides[2] = {&a.query, &a.key};
     for (int s = 0; s < 2; s++) {
-        ha_struct_desc_t d = {s == 0 ? "weights_bind_args.query" : "weights_bind_args.key", mlp_ends,
-                              7, mlp_ends[6], sizeof(hashattn_mlp_weights_t)};
+        ha_struct_desc_t d = {s == 0 ? "weights_bind_args.query" : "weights_bind_args.key", mlp_fields,
+                              7, HA_END(hashattn_mlp_weights_t, b3), sizeof(hashattn_mlp_weights_t)};
         hashattn_mlp_weights_t tmp = HASHATTN_MLP_WEIGHTS_INIT;
         st = ha_read_struct(ctx, &d, sides[s], &tmp);
         if (st != HASHATTN_STATUS_OK)
@@ -232,8 +232,8 @@ hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weight
 /* ---- load from safetensors ---- */
 
 #define LOAD hashattn_weights_load_args_t
-static const size_t load_ends[] = {HA_END(LOAD, struct_size), HA_END(LOAD, flags), HA_END(LOAD, path)};
-static const ha_struct_desc_t load_desc = {"weights_load_args", load_ends, 3, HA_END(LOAD, path), sizeof(LOAD)};
+static const ha_field_t load_fields[] = {HA_F(LOAD, struct_size), HA_F(LOAD, flags), HA_F(LOAD, path)};
+static const ha_struct_desc_t load_desc = {"weights_load_args", load_fields, 3, HA_END(LOAD, path), sizeof(LOAD)};
 #undef LOAD
 
 typedef struct st_file {

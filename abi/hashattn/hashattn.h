@@ -39,7 +39,8 @@
  *     sized by api->workspace_size. On the CPU backend they run synchronously.
  *   - Every args struct begins with `size_t struct_size` and has a matching
  *     HASHATTN_..._INIT macro that fills it and the defaults; always start from
- *     the macro. struct_size must end on a field boundary and cover at least
+ *     the macro. struct_size must end on a field boundary (or on the padding
+ *     after a field, as sizeof of an older struct does) and cover at least
  *     the struct's required fields (said above each struct; all of them where
  *     nothing is said); a shorter or misaligned size is INVALID_ARGUMENT.
  *
@@ -150,7 +151,8 @@ typedef struct hashattn_budget {
     size_t struct_size;
     int32_t sink_tokens;    /* I >= 0. Default 128. */
     int32_t recent_tokens;  /* R >= 1 (the current token is always kept). Default 128. */
-    int32_t heavy_count;    /* K as a count when >= 0; -1 = use heavy_fraction. Default -1. */
+    int32_t heavy_count;    /* K as a count when >= 0; -1 = use heavy_fraction (other
+                               negatives are refused). Default -1. */
     float heavy_fraction;   /* f in [0, 1], used when heavy_count < 0. Default 1/16. */
 } hashattn_budget_t;
 
