@@ -165,7 +165,7 @@ hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const
                                (long long)t->strides[i]);
             out->strides[i] = t->strides[i];
         }
-        if (ndim > 0 && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
+        if (ndim > 0 && numel > 0 && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
             return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld, the innermost dimension must be "
                            "contiguous (stride 1)", op, name, ndim - 1, (long long)t->strides[ndim - 1]);
     } else {
