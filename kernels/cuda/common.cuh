@@ -26,17 +26,14 @@ namespace ha {
  * ha_cuda_check can name it even after cudaGetLastError cleared it. */
 void note_error(cudaError_t e, const char *where);
 
-#define HA_CUDA_TRY(expr)                                   \
+#define HA_CUDA_TRY(...)                                    \
     do {                                                    \
-        cudaError_t e_ = (expr);                            \
+        cudaError_t e_ = (__VA_ARGS__);                     \
         if (e_ != cudaSuccess) {                            \
-            ::ha::note_error(e_, #expr);                    \
+            ::ha::note_error(e_, #__VA_ARGS__);             \
             return HA_KERNEL_DEVICE_ERROR;                  \
         }                                                   \
     } while (0)
-
-/* Launch errors of the last kernel (no synchronisation). */
-#define HA_CUDA_LAUNCHED(name) HA_CUDA_TRY(cudaGetLastError())
 
 /* ------------------------------------------------------------------------- */
 /* Dispatch: the one place where runtime dtype and head dim become templates */
@@ -222,12 +219,12 @@ __host__ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, siz
 }
 
 /* Allow `bytes` of dynamic shared memory for kernel (above 48 KB it must be
- * asked for). Not a stream operation: fine inside graph capture. */
+ * asked for). The attribute is set once per kernel and device (to the
+ * device's opt-in maximum), so calls during graph capture touch nothing. */
+cudaError_t allow_smem_fn(const void *kernel, size_t bytes);
 template <typename K> __host__ cudaError_t allow_smem(K kernel, size_t bytes)
 {
-    if (bytes <= 48 * 1024)
-        return cudaSuccess;
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    return allow_smem_fn(reinterpret_cast<const void *>(kernel), bytes);
 }
 
 /* Multiprocessors of the current device (cached per device). */
@@ -258,6 +255,15 @@ struct DeviceGuard {
             return;
         }
         if (!stream)
+            return;
+        /* during graph capture no query that might invalidate it: the
+         * capturing thread runs on the stream's device anyway */
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) != cudaSuccess) {
+            ok = false;
+            return;
+        }
+        if (cs != cudaStreamCaptureStatusNone)
             return;
         if (cudaStreamGetDevice((cudaStream_t)stream, &dev) != cudaSuccess) {
             ok = false;

@@ -1,0 +1,480 @@
+/*
+ * bench_decode.c - decode-step timings of the CUDA backend at the sizes of
+ * issue 3 (Hq 32, Hkv 8, D 128, bf16, block 16, sink 128 + recent 128,
+ * heavy = n / sparsity), through the public ABI.
+ *
+ * Two builds of this file:
+ *   bench_decode  dlopen(libhashattn.so) + hashattn_get_api, as a host does;
+ *   bench_lab     the library's objects linked in (-DHA_BENCH_LAB), which
+ *                 adds the kernel-lab cases that need the internal tuning
+ *                 knobs (kernels/cuda/tuning.h): selection alone, PDL off,
+ *                 chunk sweeps.
+ *
+ * Caches (K/V 4.3 GB for 1M tokens), signatures and queries are random on
+ * the device; block tables are a random permutation of the pages. Each case:
+ * 3 warm-up calls, then `reps` timed calls, each after a 512 MB memset that
+ * evicts L2 and keeps the GPU busy while the host enqueues the call (so host
+ * overhead stays out of the GPU time); CUDA events around the call; median.
+ * The same case is also captured once in a CUDA graph and its replays timed.
+ *
+ * usage: bench_decode [--lib PATH] [--only SUBSTR] [--reps N] [--json FILE]
+ * Last line: "bench_decode: N cases: OK" (or FAILED).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime_api.h>
+#include <hashattn/hashattn.h>
+
+#ifdef HA_BENCH_LAB
+#include "kernels/cuda/tuning.h"
+#define BENCH_NAME "bench_lab"
+#else
+#define BENCH_NAME "bench_decode"
+#endif
+
+int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
+int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
+
+enum { HQ = 32, HKV = 8, D = 128, BS = 16, M = 128, SINK = 128, RECENT = 128 };
+#define MAX_TOKENS (1 << 20)
+
+typedef struct bench_case {
+    const char *name;
+    int B;
+    int64_t N;
+    int sel, sig, dense, sparsity;
+    int lab;          /* 1: needs the tuning knobs */
+    int select_only;  /* lab: stop after selection */
+    int pdl;          /* lab: -1 default, 0 off */
+    int sparse_chunk; /* lab: 0 default */
+    int dense_waves;  /* lab: 0 default */
+    int hnd;          /* 1: HND cache layout (default NHD, vLLM's) */
+    int seqpg;        /* 1: pages in order (block table = identity) instead of shuffled */
+} bench_case_t;
+
+#define G_ HASHATTN_SELECTION_GROUP
+#define H_ HASHATTN_SELECTION_PER_HEAD
+#define P_ HASHATTN_SIGNATURE_PER_QUERY_HEAD
+#define C_ HASHATTN_SIGNATURE_PER_KV_HEAD
+
+static const bench_case_t k_cases[] = {
+    {"dense_b8_128k", 8, 131072, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"dense_b1_128k", 1, 131072, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"dense_b8_32k", 8, 32768, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"dense_b1_1m", 1, 1048576, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"dense_b1_8k", 1, 8192, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"gc32_b8_128k", 8, 131072, G_, C_, 0, 32, 0, 0, -1, 0, 0},
+    {"gp32_b8_128k", 8, 131072, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"gp32_b1_128k", 1, 131072, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"gc32_b1_1m", 1, 1048576, G_, C_, 0, 32, 0, 0, -1, 0, 0},
+    {"gp32_b8_32k", 8, 32768, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"hp32_b8_128k", 8, 131072, H_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"gp32_b1_8k", 1, 8192, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"gc32_b1_8k", 1, 8192, G_, C_, 0, 32, 0, 0, -1, 0, 0},
+    /* kernel lab */
+    {"sel_gc32_b8_128k", 8, 131072, G_, C_, 0, 32, 1, 1, -1, 0, 0},
+    {"sel_gp32_b8_128k", 8, 131072, G_, P_, 0, 32, 1, 1, -1, 0, 0},
+    {"gc32_b8_128k_nopdl", 8, 131072, G_, C_, 0, 32, 1, 0, 0, 0, 0},
+    {"gc32_b8_128k_c1024", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 1024, 0},
+    {"gc32_b8_128k_c4096", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 4096, 0},
+    {"gc32_b8_128k_c8192", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 8192, 0},
+    {"gp32_b1_128k_c4096", 1, 131072, G_, P_, 0, 32, 1, 0, -1, 4096, 0},
+    {"dense_b8_128k_w1", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 1},
+    {"dense_b8_128k_w4", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 4},
+    {"dense_b8_128k_hnd", 8, 131072, G_, P_, 1, 0, 0, 0, -1, 0, 0, 1},
+    {"gc32_b8_128k_hnd", 8, 131072, G_, C_, 0, 32, 0, 0, -1, 0, 0, 1},
+    {"gp32_b1_128k_hnd", 1, 131072, G_, P_, 0, 32, 0, 0, -1, 0, 0, 1},
+    {"dense_b8_128k_seqpg", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 0, 0, 1},
+    {"gc32_b8_128k_seqpg", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 1},
+};
+#define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+static const hashattn_api_t *g_api;
+
+#define HA(ctx, x)                                                                              \
+    do {                                                                                        \
+        hashattn_status_t s_ = (x);                                                             \
+        if (s_ != HASHATTN_STATUS_OK) {                                                         \
+            fprintf(stderr, "%s:%d: %s: %s: %s\n", __FILE__, __LINE__, #x,                      \
+                    g_api->status_string(s_), g_api->last_error(ctx));                          \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+#ifdef HA_BENCH_LAB
+const hashattn_api_t *hashattn_get_api(uint32_t abi_major);
+#endif
+
+static const hashattn_api_t *load_api(const char *lib)
+{
+#ifdef HA_BENCH_LAB
+    (void)lib;
+    return hashattn_get_api(HASHATTN_ABI_MAJOR);
+#else
+    void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        fprintf(stderr, "dlopen %s: %s\n", lib, dlerror());
+        return NULL;
+    }
+    hashattn_get_api_fn f = (hashattn_get_api_fn)dlsym(h, "hashattn_get_api");
+    return f ? f(HASHATTN_ABI_MAJOR) : NULL;
+#endif
+}
+
+static uint64_t g_rng = 0x243f6a8885a308d3ull;
+static uint64_t rnd(void)
+{
+    g_rng += 0x9e3779b97f4a7c15ull;
+    uint64_t z = g_rng;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
+{
+    DLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.device.device_type = kDLCUDA;
+    t.device.device_id = 0;
+    t.ndim = ndim;
+    t.dtype = dt;
+    t.shape = shape;
+    t.strides = NULL;
+    return t;
+}
+
+/* Random hash weights on the host, bound through weights_bind. */
+static void bind_weights(hashattn_context_t *ctx, int hsig)
+{
+    const int heads[2] = {HQ, hsig};
+    float *bufs[2][6];
+    int64_t shapes[2][6][5];
+    DLTensor ts[2][6];
+    hashattn_weights_bind_args_t a = HASHATTN_WEIGHTS_BIND_ARGS_INIT;
+    for (int side = 0; side < 2; side++) {
+        const int H = heads[side];
+        const int64_t dims[6][4] = {{H, M, D, 0}, {H, M, 0, 0}, {H, M, M, 0}, {H, M, 0, 0}, {H, 32, M, 0},
+                                    {H, 32, 0, 0}};
+        const int nd[6] = {3, 2, 3, 2, 3, 2};
+        const double fan[6] = {D, D, M, M, M, M};
+        for (int p = 0; p < 6; p++) {
+            int64_t n = 1;
+            shapes[side][p][0] = 1; /* one layer */
+            for (int k = 0; k < nd[p]; k++) {
+                shapes[side][p][k + 1] = dims[p][k];
+                n *= dims[p][k];
+            }
+            bufs[side][p] = malloc(sizeof(float) * (size_t)n);
+            const double sc = 1.7 / sqrt(fan[p]);
+            for (int64_t i = 0; i < n; i++)
+                bufs[side][p][i] = (float)(((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1) * sc);
+            memset(&ts[side][p], 0, sizeof(DLTensor));
+            ts[side][p].data = bufs[side][p];
+            ts[side][p].device.device_type = kDLCPU;
+            ts[side][p].ndim = nd[p] + 1;
+            ts[side][p].dtype = (DLDataType){kDLFloat, 32, 1};
+            ts[side][p].shape = shapes[side][p];
+        }
+        hashattn_mlp_weights_t *w = side ? &a.key : &a.query;
+        w->w1 = &ts[side][0];
+        w->b1 = &ts[side][1];
+        w->w2 = &ts[side][2];
+        w->b2 = &ts[side][3];
+        w->w3 = &ts[side][4];
+        w->b3 = &ts[side][5];
+    }
+    HA(ctx, g_api->weights_bind(ctx, &a));
+    for (int side = 0; side < 2; side++)
+        for (int p = 0; p < 6; p++)
+            free(bufs[side][p]);
+}
+
+static hashattn_context_t *make_ctx(int sel, int sig, int hnd)
+{
+    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
+    cfg.num_layers = 1;
+    cfg.num_q_heads = HQ;
+    cfg.num_kv_heads = HKV;
+    cfg.head_dim = D;
+    cfg.block_size = BS;
+    cfg.device.device_type = kDLCUDA;
+    cfg.device.device_id = 0;
+    cfg.mlp_width = M;
+    cfg.selection = sel;
+    cfg.signature_layout = sig;
+    cfg.kv_layout = hnd ? HASHATTN_KV_LAYOUT_HND : HASHATTN_KV_LAYOUT_NHD;
+    hashattn_context_t *ctx = NULL;
+    HA(NULL, g_api->context_create(&cfg, &ctx));
+    bind_weights(ctx, sig == C_ ? HKV : HQ);
+    return ctx;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    const char *lib = getenv("HASHATTN_LIB");
+    const char *only = NULL, *json = NULL;
+    int reps = 30;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--lib") && i + 1 < argc)
+            lib = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--lib PATH] [--only SUBSTR] [--reps N] [--json FILE]\n", argv[0]);
+            return 2;
+        }
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        printf("%s: skipped: no GPU\n", BENCH_NAME);
+        return 77;
+    }
+#ifndef HASHATTN_BENCH_LIB
+#define HASHATTN_BENCH_LIB "libhashattn.so.1"
+#endif
+    g_api = load_api(lib ? lib : HASHATTN_BENCH_LIB);
+    if (!g_api) {
+        printf("%s: cannot load the library: FAILED\n", BENCH_NAME);
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+
+    /* device data, sized for 1M tokens */
+    const int64_t nblocks = MAX_TOKENS / BS;
+    const DLDataType bf16 = {kDLBfloat, 16, 1};
+    const size_t kv_elems = (size_t)nblocks * BS * HKV * D;
+    void *kc, *vc, *sig_p, *sig_c, *q, *out, *flush, *bt_d, *sl_d;
+    CK(cudaMalloc(&kc, kv_elems * 2));
+    CK(cudaMalloc(&vc, kv_elems * 2));
+    CK(cudaMalloc(&sig_p, (size_t)nblocks * HQ * BS * 4));
+    CK(cudaMalloc(&sig_c, (size_t)nblocks * HKV * BS * 4));
+    CK(cudaMalloc(&q, (size_t)8 * HQ * D * 2));
+    CK(cudaMalloc(&out, (size_t)8 * HQ * D * 2));
+    const size_t flush_bytes = (size_t)512 << 20;
+    CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaMalloc(&bt_d, (size_t)nblocks * 4));
+    CK(cudaMalloc(&sl_d, 8 * 4));
+    ha_bench_fill_bf16(kc, kv_elems, 1);
+    ha_bench_fill_bf16(vc, kv_elems, 2);
+    ha_bench_fill_u32(sig_p, (size_t)nblocks * HQ * BS, 3);
+    ha_bench_fill_u32(sig_c, (size_t)nblocks * HKV * BS, 4);
+    ha_bench_fill_bf16(q, (size_t)8 * HQ * D, 5);
+    CK(cudaDeviceSynchronize());
+
+    /* a random permutation of the pages */
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)nblocks);
+    for (int64_t i = 0; i < nblocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = nblocks - 1; i > 0; i--) {
+        int64_t j = (int64_t)(rnd() % (uint64_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    CK(cudaMemcpy(bt_d, perm, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
+    void *bt_seq;
+    CK(cudaMalloc(&bt_seq, (size_t)nblocks * 4));
+    for (int64_t i = 0; i < nblocks; i++)
+        perm[i] = (int32_t)i;
+    CK(cudaMemcpy(bt_seq, perm, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
+
+    hashattn_context_t *ctxs[2][2][2];
+    memset(ctxs, 0, sizeof ctxs);
+    void *ws = NULL;
+    size_t ws_cap = 0;
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+
+    FILE *jf = json ? fopen(json, "w") : NULL;
+    char date[64];
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    if (jf)
+        fprintf(jf, "{\"bench\": \"%s\", \"gpu\": \"%s\", \"sms\": %d, \"date\": \"%s\", \"reps\": %d, \"cases\": [",
+                BENCH_NAME, prop.name, prop.multiProcessorCount, date, reps);
+    printf("%-22s %3s %8s %10s %10s %10s %8s\n", "case", "B", "N", "us_med", "us_min", "us_graph", "TB/s");
+    int ran = 0, failed = 0;
+    float *times = malloc(sizeof(float) * (size_t)(reps > 0 ? reps : 1));
+
+    for (int ci = 0; ci < NCASES; ci++) {
+        const bench_case_t *bc = &k_cases[ci];
+        if (only && !strstr(bc->name, only))
+            continue;
+#ifndef HA_BENCH_LAB
+        if (bc->lab)
+            continue;
+#else
+        ha_cuda_tuning_t tn;
+        ha_cuda_set_tuning(NULL);
+        ha_cuda_get_tuning(&tn);
+        tn.select_only = bc->select_only;
+        if (bc->pdl >= 0)
+            tn.pdl = bc->pdl;
+        if (bc->sparse_chunk > 0)
+            tn.sparse_chunk = bc->sparse_chunk;
+        if (bc->dense_waves > 0)
+            tn.dense_waves = bc->dense_waves;
+        ha_cuda_set_tuning(&tn);
+#endif
+        const int B = bc->B;
+        const int64_t N = bc->N, per_seq = N / BS;
+        const int sel_i = bc->sel == H_, sig_i = bc->sig == C_;
+        if (!ctxs[sel_i][sig_i][bc->hnd])
+            ctxs[sel_i][sig_i][bc->hnd] = make_ctx(bc->sel, bc->sig, bc->hnd);
+        hashattn_context_t *ctx = ctxs[sel_i][sig_i][bc->hnd];
+        int32_t lens[8];
+        for (int s = 0; s < B; s++)
+            lens[s] = (int32_t)N;
+        CK(cudaMemcpy(sl_d, lens, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice));
+
+        int64_t sh_q[3] = {B, HQ, D}, sh_kv[4] = {nblocks, bc->hnd ? HKV : BS, bc->hnd ? BS : HKV, D};
+        int64_t sh_sig[3] = {nblocks, sig_i ? HKV : HQ, BS}, sh_bt[2] = {B, per_seq}, sh_sl[1] = {B};
+        DLTensor tq = tensor(q, bf16, 3, sh_q), to = tensor(out, bf16, 3, sh_q);
+        DLTensor tk = tensor(kc, bf16, 4, sh_kv), tv = tensor(vc, bf16, 4, sh_kv);
+        DLTensor ts = tensor(sig_i ? sig_c : sig_p, (DLDataType){kDLUInt, 32, 1}, 3, sh_sig);
+        DLTensor tb = tensor(bc->seqpg ? bt_seq : bt_d, (DLDataType){kDLInt, 32, 1}, 2, sh_bt);
+        DLTensor tl = tensor(sl_d, (DLDataType){kDLInt, 32, 1}, 1, sh_sl);
+        hashattn_budget_t bud = HASHATTN_BUDGET_INIT;
+        bud.sink_tokens = SINK;
+        bud.recent_tokens = RECENT;
+        bud.heavy_count = -1;
+        bud.heavy_fraction = bc->sparsity ? 1.0f / (float)bc->sparsity : 0.0f;
+
+        hashattn_workspace_args_t wa = HASHATTN_WORKSPACE_ARGS_INIT;
+        wa.op = HASHATTN_OP_DECODE;
+        wa.max_num_seqs = B;
+        wa.max_blocks_per_seq = (int32_t)per_seq;
+        size_t need = 0;
+        HA(ctx, g_api->workspace_size(ctx, &wa, &need));
+        if (need > ws_cap) {
+            if (ws)
+                CK(cudaFree(ws));
+            CK(cudaMalloc(&ws, need));
+            ws_cap = need;
+        }
+        hashattn_decode_args_t a = HASHATTN_DECODE_ARGS_INIT;
+        a.flags = bc->dense ? HASHATTN_DECODE_DENSE : 0;
+        a.query = &tq;
+        a.key_cache = &tk;
+        a.value_cache = &tv;
+        a.signature_cache = &ts;
+        a.block_tables = &tb;
+        a.seq_lens = &tl;
+        a.output = &to;
+        a.budget = &bud;
+        a.workspace = ws;
+        a.workspace_size = ws_cap;
+        a.stream = st;
+
+        hashattn_status_t dst = HASHATTN_STATUS_OK;
+        for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
+            dst = g_api->decode(ctx, &a);
+        if (dst != HASHATTN_STATUS_OK || cudaStreamSynchronize(st) != cudaSuccess) {
+            printf("%-22s decode failed: %s: %s\n", bc->name, g_api->status_string(dst), g_api->last_error(ctx));
+            failed++;
+            continue;
+        }
+        for (int r = 0; r < reps; r++) {
+            CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+            CK(cudaEventRecord(e0, st));
+            (void)g_api->decode(ctx, &a);
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&times[r], e0, e1));
+        }
+        qsort(times, (size_t)reps, sizeof(float), cmp_float);
+        const double med = 1000.0 * times[reps / 2], mn = 1000.0 * times[0];
+
+        /* graph replays */
+        double gmed = NAN;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        if (cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) == cudaSuccess) {
+            hashattn_status_t s1 = g_api->decode(ctx, &a);
+            cudaError_t ce = cudaStreamEndCapture(st, &graph);
+            if (s1 == HASHATTN_STATUS_OK && ce == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+                CK(cudaGraphLaunch(exec, st));
+                for (int r = 0; r < reps; r++) {
+                    CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+                    CK(cudaEventRecord(e0, st));
+                    CK(cudaGraphLaunch(exec, st));
+                    CK(cudaEventRecord(e1, st));
+                    CK(cudaEventSynchronize(e1));
+                    CK(cudaEventElapsedTime(&times[r], e0, e1));
+                }
+                qsort(times, (size_t)reps, sizeof(float), cmp_float);
+                gmed = 1000.0 * times[reps / 2];
+                cudaGraphExecDestroy(exec);
+                cudaGraphDestroy(graph);
+            } else {
+                printf("  (%s: graph capture failed: %s)\n", bc->name, cudaGetErrorString(ce));
+                (void)cudaGetLastError();
+                failed++;
+            }
+        }
+
+        /* bytes that must move */
+        double bytes;
+        const int64_t kv_row = (int64_t)D * 2 * 2; /* K + V of one token and KV head */
+        if (bc->dense) {
+            bytes = (double)B * N * HKV * kv_row;
+        } else {
+            const int64_t keep = SINK + RECENT + (int64_t)((double)bud.heavy_fraction * (double)N);
+            const int hsig = sig_i ? HKV : HQ;
+            const double sigb = (double)B * N * hsig * 4;
+            const double gat = (double)B * (sel_i ? HQ : HKV) * keep * kv_row;
+            bytes = bc->select_only ? sigb : sigb + gat;
+        }
+        const double tbps = bytes / (med * 1e-6) / 1e12;
+        printf("%-22s %3d %8lld %10.1f %10.1f %10.1f %8.2f\n", bc->name, B, (long long)N, med, mn, gmed, tbps);
+        if (jf)
+            fprintf(jf,
+                    "%s\n  {\"name\": \"%s\", \"B\": %d, \"N\": %lld, \"us\": %.2f, \"us_min\": %.2f, "
+                    "\"us_graph\": %.2f, \"bytes\": %.0f, \"tbps\": %.3f}",
+                    ran ? "," : "", bc->name, B, (long long)N, med, mn, isnan(gmed) ? -1.0 : gmed, bytes, tbps);
+        ran++;
+    }
+    if (jf) {
+        fprintf(jf, "\n]}\n");
+        fclose(jf);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            for (int k = 0; k < 2; k++)
+                if (ctxs[i][j][k])
+                    g_api->context_destroy(ctxs[i][j][k]);
+    printf("%s: %d cases, %d failed: %s\n", BENCH_NAME, ran, failed, failed ? "FAILED" : "OK");
+    return failed ? 1 : 0;
+}

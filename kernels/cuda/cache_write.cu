@@ -1,0 +1,165 @@
+/*
+ * cache_write.cu - ha_cuda_cache_write: K/V rows and key signatures into the
+ * paged caches.
+ *
+ * Two launches: kv_write_kernel decides which token owns each slot (with
+ * equal slots the last token wins, as on the CPU: a token is kept when no
+ * later token has its slot) and copies the kept tokens' K/V rows with
+ * 16-byte moves; hash_kernel (mlp.cuh) then writes the kept tokens'
+ * signatures into the signature cache. Keep flags live in the workspace.
+ */
+#include "kernels/cuda/mlp.cuh"
+#include "kernels/cuda/plan.cuh"
+
+namespace ha {
+
+constexpr int kCwTokens = 64;   /* tokens owned by a block */
+constexpr int kCwThreads = 256;
+
+struct CopyArgs {
+    int32_t n, Hkv, row_bytes, vec, write_kv, bs;
+    const unsigned char *k, *v;
+    int64_t k_st, k_sh, v_st, v_sh;     /* in bytes */
+    unsigned char *kc, *vc;
+    int64_t kc_sb, kc_st, kc_sh, vc_sb, vc_st, vc_sh; /* in bytes */
+    const int64_t *slots;
+    uint8_t *keep;
+};
+
+__global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
+{
+    __shared__ int64_t tile[kCwThreads];
+    __shared__ int64_t own_slot[kCwTokens];
+    __shared__ uint8_t win[kCwTokens];
+    const int tid = threadIdx.x;
+    const int64_t tok0 = (int64_t)blockIdx.x * kCwTokens;
+    const int64_t t = tok0 + tid;
+    int64_t slot = -1;
+    bool keep = false;
+    if (tid < kCwTokens && t < a.n) {
+        slot = a.slots[t];
+        keep = slot >= 0;
+    }
+    /* a later token with the same slot takes it */
+    for (int64_t base = tok0 + 1; base < a.n; base += kCwThreads) {
+        __syncthreads();
+        tile[tid] = base + tid < a.n ? a.slots[base + tid] : -1;
+        __syncthreads();
+        if (keep) {
+            const int lim = (int)min((int64_t)kCwThreads, a.n - base);
+            for (int i = 0; i < lim; i++)
+                if (tile[i] == slot && base + i > t) {
+                    keep = false;
+                    break;
+                }
+        }
+    }
+    if (tid < kCwTokens) {
+        win[tid] = keep;
+        own_slot[tid] = slot;
+        if (t < a.n)
+            a.keep[t] = keep;
+    }
+    __syncthreads();
+    if (!a.write_kv)
+        return;
+    const int chunks = a.row_bytes / a.vec; /* per row */
+    const int per_tok = 2 * a.Hkv * chunks;
+    for (int idx = tid; idx < kCwTokens * per_tok; idx += kCwThreads) {
+        const int r = idx / per_tok, rest = idx % per_tok;
+        if (!win[r])
+            continue;
+        const int kv = rest / (a.Hkv * chunks), h = (rest / chunks) % a.Hkv, q = rest % chunks;
+        const int64_t tt = tok0 + r;
+        int64_t blk, off;
+        ha_slot_split(own_slot[r], a.bs, &blk, &off);
+        const unsigned char *src = kv ? a.v + tt * a.v_st + h * a.v_sh : a.k + tt * a.k_st + h * a.k_sh;
+        unsigned char *dst = kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
+                                : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh;
+        src += (int64_t)q * a.vec;
+        dst += (int64_t)q * a.vec;
+        if (a.vec == 16)
+            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+        else
+            *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src);
+    }
+}
+
+} // namespace ha
+
+using namespace ha;
+
+extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t *p)
+{
+    if (p->num_tokens <= 0)
+        return HA_KERNEL_OK;
+    if (p->key_mlp.dim != p->head_dim || !p->key_mlp.w1)
+        return HA_KERNEL_UNSUPPORTED;
+    if (cache_write_bytes(p->num_tokens) > p->workspace_size)
+        return HA_KERNEL_WORKSPACE_TOO_SMALL;
+    DeviceGuard guard(p->stream);
+    if (!guard.ok) {
+        note_error(cudaGetLastError(), "ha_cuda_cache_write: selecting the stream's device");
+        return HA_KERNEL_DEVICE_ERROR;
+    }
+    const int es = p->dtype == HA_DTYPE_F32 ? 4 : 2;
+    uint8_t *keep = align_ptr(p->workspace);
+    CopyArgs a = {};
+    a.n = p->num_tokens;
+    a.Hkv = p->num_kv_heads;
+    a.row_bytes = p->head_dim * es;
+    a.write_kv = p->write_kv;
+    a.bs = p->block_size;
+    a.k = static_cast<const unsigned char *>(p->key.data);
+    a.v = static_cast<const unsigned char *>(p->value.data);
+    a.k_st = p->key.stride_token * es;
+    a.k_sh = p->key.stride_head * es;
+    a.v_st = p->value.stride_token * es;
+    a.v_sh = p->value.stride_head * es;
+    a.kc = static_cast<unsigned char *>(p->key_cache.data);
+    a.vc = static_cast<unsigned char *>(p->value_cache.data);
+    a.kc_sb = p->key_cache.stride_block * es;
+    a.kc_st = p->key_cache.stride_token * es;
+    a.kc_sh = p->key_cache.stride_head * es;
+    a.vc_sb = p->value_cache.stride_block * es;
+    a.vc_st = p->value_cache.stride_token * es;
+    a.vc_sh = p->value_cache.stride_head * es;
+    a.slots = p->slot_mapping;
+    a.keep = keep;
+    bool al = (a.row_bytes % 16) == 0;
+    if (p->write_kv) {
+        const void *ptrs[4] = {a.k, a.v, a.kc, a.vc};
+        for (int i = 0; i < 4; i++)
+            al = al && aligned16(ptrs[i]);
+        const int64_t strides[10] = {a.k_st, a.k_sh, a.v_st, a.v_sh, a.kc_sb, a.kc_st, a.kc_sh,
+                                     a.vc_sb, a.vc_st, a.vc_sh};
+        for (int i = 0; i < 10; i++)
+            al = al && (strides[i] % 16) == 0;
+    }
+    a.vec = al ? 16 : 2;
+    cudaStream_t st = (cudaStream_t)p->stream;
+    HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads), 0,
+                       st, false, a));
+
+    HashArgs h = {};
+    h.in = p->key.data;
+    h.in_st = p->key.stride_token;
+    h.in_sh = p->key.stride_head;
+    h.n = p->num_tokens;
+    h.group = p->sig_per_kv_head ? 1 : (p->group > 0 ? p->group : 1);
+    h.dim = p->head_dim;
+    h.mlp = p->key_mlp;
+    h.mode = 1;
+    h.sig = static_cast<uint32_t *>(p->sig_cache.data);
+    h.slots = p->slot_mapping;
+    h.keep = keep;
+    h.block_size = p->block_size;
+    h.sb = p->sig_cache.stride_block;
+    h.sh = p->sig_cache.stride_head;
+    switch (p->dtype) {
+    case HA_DTYPE_F32: return launch_hash<float>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_F16: return launch_hash<__half>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_BF16: return launch_hash<__nv_bfloat16>(h, p->num_sig_heads, st, false);
+    default: return HA_KERNEL_UNSUPPORTED;
+    }
+}

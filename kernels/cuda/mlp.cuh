@@ -1,0 +1,293 @@
+/*
+ * mlp.cuh - the hash MLP on the GPU, bit-identical to kernels/cpu/hash_mlp.c.
+ *
+ * One block evaluates one head's MLP for a tile of TB tokens. Thread i owns
+ * output row i of each layer and accumulates acc = b[i], then
+ * acc = fmaf(W[i][j], x[j], acc) for j ascending, exactly the CPU order, with
+ * SiLU from kernels/hash_math.h (no libm exp: glibc and CUDA differ by ulps).
+ * The weights stream through shared memory in 128 x 32 tiles with cp.async,
+ * double-buffered across layer boundaries; the serial chain per output is
+ * the price of bit-exact signatures, and TB chains per thread hide it.
+ *
+ * Used by ha_cuda_hash (direct output), ha_cuda_cache_write (output into the
+ * paged signature cache through slot_mapping) and ha_cuda_decode (query
+ * signatures into the workspace; the same launch clears the histograms).
+ */
+#ifndef HASHATTN_KERNELS_CUDA_MLP_CUH
+#define HASHATTN_KERNELS_CUDA_MLP_CUH
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/hash_math.h"
+
+namespace ha {
+
+constexpr int kMlpThreads = 128; /* rows of a weight tile */
+constexpr int kMlpJT = 32;       /* columns of a weight tile */
+constexpr int kMlpLD = kMlpJT + 4; /* padded row: float4 reads of 8 rows hit 8 bank groups */
+
+struct HashArgs {
+    const void *in;   /* [n, in_heads, D] of T */
+    int64_t in_st, in_sh;
+    int32_t n;
+    int32_t group;    /* output head o reads input head o / group */
+    int32_t dim;      /* D */
+    ha_mlp_t mlp;
+    /* output: mode 0 direct, 1 paged through slots */
+    int32_t mode;
+    uint32_t *sig;
+    int64_t st_tok, st_head;       /* mode 0 */
+    const int64_t *slots;          /* mode 1 */
+    const uint8_t *keep;           /* mode 1: 0 = a later token owns the slot (may be NULL) */
+    int32_t block_size;
+    int64_t sb, sh;                /* mode 1: signature cache block and head strides */
+    /* optional: words to clear (decode histograms), shared by all blocks */
+    uint32_t *zero;
+    int64_t zero_words;
+    int32_t prefetch_all; /* 1: every weight tile has its own slot, all loaded up front */
+};
+
+/* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
+ * jobs hold min(128, m) rows, layer 3 jobs 32. */
+__host__ __device__ __forceinline__ size_t mlp_slot_floats(int d, int m, bool all)
+{
+    if (!all)
+        return (size_t)2 * kMlpThreads * kMlpLD;
+    const int nm = (m + kMlpThreads - 1) / kMlpThreads;
+    const int jd = (d + kMlpJT - 1) / kMlpJT, jm = (m + kMlpJT - 1) / kMlpJT;
+    const int r12 = m < kMlpThreads ? m : kMlpThreads;
+    return ((size_t)(nm * jd + nm * jm) * r12 + (size_t)jm * 32) * kMlpLD;
+}
+
+__host__ __device__ __forceinline__ size_t mlp_smem_bytes(int tb, int d, int m, bool all)
+{
+    /* + 16: ptxas may merge guarded shared loads past the last element */
+    return (mlp_slot_floats(d, m, all) + (size_t)tb * d + (size_t)2 * tb * m) * sizeof(float) + 16;
+}
+
+struct MlpJob {
+    int l, i0, j0;
+};
+
+__device__ __forceinline__ MlpJob mlp_job(int k, int d, int m)
+{
+    const int in[3] = {d, m, m}, out[3] = {m, m, 32};
+    MlpJob j = {2, 0, 0};
+#pragma unroll
+    for (int l = 0; l < 3; l++) {
+        const int nj = (in[l] + kMlpJT - 1) / kMlpJT;
+        const int cnt = (out[l] + kMlpThreads - 1) / kMlpThreads * nj;
+        if (k < cnt) {
+            j.l = l;
+            j.i0 = k / nj * kMlpThreads;
+            j.j0 = k % nj * kMlpJT;
+            return j;
+        }
+        k -= cnt;
+    }
+    return j;
+}
+
+__device__ __forceinline__ int mlp_jobs(int d, int m)
+{
+    const int nm = (m + kMlpThreads - 1) / kMlpThreads;
+    const int jd = (d + kMlpJT - 1) / kMlpJT, jm = (m + kMlpJT - 1) / kMlpJT;
+    return nm * jd + nm * jm + jm;
+}
+
+template <typename T, int TB>
+__global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
+{
+    extern __shared__ float4 sm4[];
+    float *const wbuf = reinterpret_cast<float *>(sm4);
+    const int m = a.mlp.width, d = a.dim;
+    const bool all = a.prefetch_all != 0;
+    float *const xs = wbuf + mlp_slot_floats(d, m, all); /* [TB][d] */
+    float *const h1 = xs + TB * d;                     /* [TB][m] */
+    float *const h2 = h1 + TB * m;                     /* [TB][m] */
+    __shared__ uint32_t bits[TB];
+
+    const int tid = threadIdx.x;
+    const int o = blockIdx.y;
+    const int tok0 = blockIdx.x * TB;
+    pdl_launch_dependents();
+
+    if (a.zero) {
+        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kMlpThreads;
+        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kMlpThreads + tid;
+             w < a.zero_words; w += nthr)
+            a.zero[w] = 0u;
+    }
+
+    const int ih = o / a.group;
+    const T *in = static_cast<const T *>(a.in);
+    for (int idx = tid; idx < TB * d; idx += kMlpThreads) {
+        const int t = idx / d, e = idx - t * d, tok = tok0 + t;
+        float x = 0.0f;
+        if (tok < a.n)
+            x = to_f32(in[(int64_t)tok * a.in_st + (int64_t)ih * a.in_sh + e]);
+        xs[idx] = x;
+    }
+    if (tid < TB)
+        bits[tid] = 0u;
+
+    const float *const W1 = a.mlp.w1 + (size_t)o * m * d, *const W2 = a.mlp.w2 + (size_t)o * m * m,
+                      *const W3 = a.mlp.w3 + (size_t)o * 32 * m;
+    const float *const B1 = a.mlp.b1 + (size_t)o * m, *const B2 = a.mlp.b2 + (size_t)o * m,
+                      *const B3 = a.mlp.b3 + (size_t)o * 32;
+    const int njobs = mlp_jobs(d, m);
+    const int n12 = mlp_jobs(d, m) - (m + kMlpJT - 1) / kMlpJT; /* jobs of layers 1 and 2 */
+    const int r12 = m < kMlpThreads ? m : kMlpThreads;
+    auto slot = [&](int k) -> int { /* float offset of job k's tile */
+        if (!all)
+            return (k & 1) * kMlpThreads * kMlpLD;
+        return k < n12 ? k * r12 * kMlpLD : (n12 * r12 + (k - n12) * 32) * kMlpLD;
+    };
+
+    auto load = [&](int k) {
+        const MlpJob jb = mlp_job(k, d, m);
+        const int in_dim = jb.l == 0 ? d : m, out_dim = jb.l == 2 ? 32 : m;
+        const float *w = jb.l == 0 ? W1 : jb.l == 1 ? W2 : W3;
+        float *dst = wbuf + slot(k);
+        if ((in_dim & 3) == 0) {
+            for (int idx = tid; idx < kMlpThreads * (kMlpJT / 4); idx += kMlpThreads) {
+                const int r = idx / (kMlpJT / 4), q = idx % (kMlpJT / 4);
+                const int i = jb.i0 + r, j = jb.j0 + 4 * q;
+                if (i < out_dim && j < in_dim)
+                    cp_async16(dst + r * kMlpLD + 4 * q, w + (size_t)i * in_dim + j);
+            }
+        } else {
+            for (int idx = tid; idx < kMlpThreads * kMlpJT; idx += kMlpThreads) {
+                const int r = idx / kMlpJT, q = idx % kMlpJT;
+                const int i = jb.i0 + r, j = jb.j0 + q;
+                if (i < out_dim && j < in_dim)
+                    cp_async4(dst + r * kMlpLD + q, w + (size_t)i * in_dim + j);
+            }
+        }
+    };
+
+    float acc[TB];
+#pragma unroll
+    for (int t = 0; t < TB; t++)
+        acc[t] = 0.0f;
+
+    if (all) { /* every tile in flight at once: one memory latency for the whole MLP */
+        for (int k = 0; k < njobs; k++)
+            load(k);
+        cp_async_commit();
+        cp_async_wait<0>();
+    } else {
+        load(0);
+        cp_async_commit();
+    }
+    for (int k = 0; k < njobs; k++) {
+        if (!all) {
+            if (k + 1 < njobs)
+                load(k + 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        }
+        __syncthreads();
+
+        const MlpJob jb = mlp_job(k, d, m);
+        const int in_dim = jb.l == 0 ? d : m, out_dim = jb.l == 2 ? 32 : m;
+        const float *x = jb.l == 0 ? xs : jb.l == 1 ? h1 : h2;
+        const int i = jb.i0 + tid;
+        if (i < out_dim) {
+            if (jb.j0 == 0) {
+                const float b = (jb.l == 0 ? B1 : jb.l == 1 ? B2 : B3)[i];
+#pragma unroll
+                for (int t = 0; t < TB; t++)
+                    acc[t] = b;
+            }
+            const int jend = min(jb.j0 + kMlpJT, in_dim);
+            const float *w = wbuf + slot(k) + tid * kMlpLD - jb.j0;
+            if ((in_dim & 3) == 0) {
+                for (int j = jb.j0; j < jend; j += 4) {
+                    const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
+#pragma unroll
+                    for (int t = 0; t < TB; t++) {
+                        const float4 x4 = *reinterpret_cast<const float4 *>(x + t * in_dim + j);
+                        float s = acc[t]; /* j ascending, one fmaf each: the CPU's order */
+                        s = fmaf(w4.x, x4.x, s);
+                        s = fmaf(w4.y, x4.y, s);
+                        s = fmaf(w4.z, x4.z, s);
+                        s = fmaf(w4.w, x4.w, s);
+                        acc[t] = s;
+                    }
+                }
+            } else {
+                for (int j = jb.j0; j < jend; j++) {
+                    const float wj = w[j];
+#pragma unroll
+                    for (int t = 0; t < TB; t++)
+                        acc[t] = fmaf(wj, x[t * in_dim + j], acc[t]);
+                }
+            }
+            if (jend == in_dim) {
+                if (jb.l < 2) {
+                    float *h = jb.l == 0 ? h1 : h2;
+#pragma unroll
+                    for (int t = 0; t < TB; t++)
+                        h[t * m + i] = ha_silu(acc[t]);
+                } else {
+#pragma unroll
+                    for (int t = 0; t < TB; t++)
+                        if (acc[t] > 0.0f)
+                            atomicOr(&bits[t], 1u << i);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (tid < TB) {
+        const int tok = tok0 + tid;
+        if (tok < a.n) {
+            if (a.mode == 0) {
+                a.sig[(int64_t)tok * a.st_tok + (int64_t)o * a.st_head] = bits[tid];
+            } else {
+                const int64_t slot = a.slots[tok];
+                if (slot >= 0 && (!a.keep || a.keep[tok])) {
+                    int64_t blk, off;
+                    ha_slot_split(slot, a.block_size, &blk, &off);
+                    a.sig[blk * a.sb + (int64_t)o * a.sh + off] = bits[tid];
+                }
+            }
+        }
+    }
+}
+
+/* Launch the MLP over n tokens and out_heads heads (weights must be on the
+ * device). TB = 32 tokens per block for long inputs when it fits, else 8;
+ * all weight tiles prefetched at once when they fit in shared memory. */
+template <typename T>
+__host__ ha_kernel_status_t launch_hash(const HashArgs &a, int out_heads, cudaStream_t stream,
+                                        bool pdl)
+{
+    if (a.n <= 0 || out_heads <= 0)
+        return HA_KERNEL_OK;
+    const int d = a.dim, m = a.mlp.width;
+    HashArgs h = a;
+    const size_t cap = 200 * 1024;
+    int tb = a.n >= 256 && mlp_smem_bytes(32, d, m, false) <= cap ? 32 : 8;
+    h.prefetch_all = mlp_smem_bytes(tb, d, m, true) <= cap;
+    const size_t smem = mlp_smem_bytes(tb, d, m, h.prefetch_all != 0);
+    if (smem > cap)
+        return HA_KERNEL_UNSUPPORTED;
+    if (tb == 32) {
+        auto k = hash_kernel<T, 32>;
+        HA_CUDA_TRY(allow_smem(k, smem));
+        HA_CUDA_TRY(launch(k, dim3((unsigned)ceil_div(a.n, 32), (unsigned)out_heads), dim3(kMlpThreads), smem,
+                           stream, pdl, h));
+    } else {
+        auto k = hash_kernel<T, 8>;
+        HA_CUDA_TRY(allow_smem(k, smem));
+        HA_CUDA_TRY(launch(k, dim3((unsigned)ceil_div(a.n, 8), (unsigned)out_heads), dim3(kMlpThreads), smem,
+                           stream, pdl, h));
+    }
+    return HA_KERNEL_OK;
+}
+
+} // namespace ha
+
+#endif /* HASHATTN_KERNELS_CUDA_MLP_CUH */

@@ -1,0 +1,126 @@
+/*
+ * prefill.cu - ha_cuda_prefill: dense causal attention for chunks of new
+ * tokens, through the decode attention kernel (attend.cuh).
+ *
+ * Every query row is a "sequence" of its own that attends [0, pos] of its
+ * sequence's cache: the dense attend_kernel with rows mapped through
+ * query_start_loc, split over chunks and combined when the rows are few (the
+ * workspace then holds the partials), one chunk per row otherwise. Correct
+ * and simple; it reads each K/V row once per query row (the L2 catches most
+ * of it), where a tensor-core tile over many query rows would read it once.
+ */
+#include "kernels/cuda/attend.cuh"
+#include "kernels/cuda/plan.cuh"
+
+namespace ha {
+
+template <typename T, int D, int GH>
+ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st)
+{
+    auto k = attend_kernel<T, D, GH, false>;
+    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
+    HA_CUDA_TRY(allow_smem(k, smem));
+    HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, false, A));
+    return HA_KERNEL_OK;
+}
+
+} // namespace ha
+
+using namespace ha;
+
+extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
+{
+    if (p->num_tokens <= 0 || p->num_seqs <= 0)
+        return HA_KERNEL_OK;
+    DeviceGuard guard(p->stream);
+    if (!guard.ok) {
+        note_error(cudaGetLastError(), "ha_cuda_prefill: selecting the stream's device");
+        return HA_KERNEL_DEVICE_ERROR;
+    }
+    const int Hq = p->num_q_heads, Hkv = p->num_kv_heads, D = p->head_dim;
+    const int G = p->group > 0 ? p->group : 1;
+    const int esize = p->dtype == HA_DTYPE_F32 ? 4 : 2;
+    const bool vec16 = aligned16(p->key_cache.data) && aligned16(p->value_cache.data) &&
+                       stride16(p->key_cache.stride_block, esize) && stride16(p->key_cache.stride_token, esize) &&
+                       stride16(p->key_cache.stride_head, esize) && stride16(p->value_cache.stride_block, esize) &&
+                       stride16(p->value_cache.stride_token, esize) && stride16(p->value_cache.stride_head, esize);
+    const int64_t rows = p->num_tokens;
+    const int64_t max_tokens = (int64_t)p->max_blocks_per_seq * p->block_size;
+    const int GH = G >= 8 ? 8 : pow2_ceil(G);
+    const int nhg = (G + GH - 1) / GH;
+
+    /* split only when the workspace holds the partials */
+    const size_t need = prefill_partials_bytes(rows, Hq, D);
+    int S = 1;
+    if (need > 0 && p->workspace_size >= need && max_tokens > 256) {
+        S = (int)ceil_div(max_tokens, 256);
+        if (S > kPrefillSplits)
+            S = kPrefillSplits;
+    }
+    int C = (int)(ceil_div(ceil_div(max_tokens > 0 ? max_tokens : 1, S), kTT) * kTT);
+    const int nch = (int)ceil_div(max_tokens > 0 ? max_tokens : 1, C);
+    unsigned char *ws = nch > 1 ? align_ptr(p->workspace) : nullptr;
+
+    AttnArgs A = {};
+    A.Hq = Hq;
+    A.Hkv = Hkv;
+    A.G = G;
+    A.nhg = nhg;
+    A.bs = p->block_size;
+    A.C = C;
+    A.nch = nch;
+    A.prefill = 1;
+    A.qsl = p->query_start_loc;
+    A.num_seqs = p->num_seqs;
+    A.dense_flag = 1;
+    A.scale_log2 = p->scale * 1.4426950408889634f;
+    A.q = p->query.data;
+    A.q_st = p->query.stride_token;
+    A.q_sh = p->query.stride_head;
+    A.out = p->output.data;
+    A.o_st = p->output.stride_token;
+    A.o_sh = p->output.stride_head;
+    A.kc = p->key_cache.data;
+    A.k_sb = p->key_cache.stride_block;
+    A.k_st = p->key_cache.stride_token;
+    A.k_sh = p->key_cache.stride_head;
+    A.vc = p->value_cache.data;
+    A.v_sb = p->value_cache.stride_block;
+    A.v_st = p->value_cache.stride_token;
+    A.v_sh = p->value_cache.stride_head;
+    A.bt = p->block_tables;
+    A.bt_stride = p->block_table_stride;
+    A.seq_lens = p->seq_lens;
+    A.vec16 = vec16;
+    A.direct = nch == 1;
+    if (ws) {
+        A.part_o = reinterpret_cast<float *>(ws);
+        A.part_lse = reinterpret_cast<float *>(ws + align_up((size_t)rows * Hq * kPrefillSplits * D * 4, kAlign));
+    }
+    cudaStream_t st = (cudaStream_t)p->stream;
+    if (rows * Hkv * nhg > 0x7fffffff)
+        return HA_KERNEL_UNSUPPORTED;
+    const dim3 grid((unsigned)(rows * Hkv * nhg), (unsigned)nch);
+    ha_kernel_status_t ks = HA_KERNEL_OK;
+    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_prefill<T, DD, GHC>(A, grid, st))));
+    if (ks != HA_KERNEL_OK || nch == 1)
+        return ks;
+
+    CombineArgs cb = {};
+    cb.Hq = Hq;
+    cb.C = C;
+    cb.nch = nch;
+    cb.prefill = 1;
+    cb.num_seqs = p->num_seqs;
+    cb.qsl = p->query_start_loc;
+    cb.seq_lens = p->seq_lens;
+    cb.part_o = A.part_o;
+    cb.part_lse = A.part_lse;
+    cb.out = p->output.data;
+    cb.o_st = p->output.stride_token;
+    cb.o_sh = p->output.stride_head;
+    HA_DISPATCH(p->dtype, D, T, DD,
+                HA_CUDA_TRY(launch(combine_kernel<T, DD>, dim3((unsigned)rows, (unsigned)Hq), dim3(DD), 0, st,
+                                   tuning().pdl != 0, cb)));
+    return HA_KERNEL_OK;
+}

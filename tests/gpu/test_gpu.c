@@ -1,0 +1,810 @@
+/*
+ * test_gpu.c - the CUDA backend against the CPU backend, through the public
+ * ABI (dlopen + hashattn_get_api, as a host does).
+ *
+ * Every case is built on the CPU by the shared scenario helpers (tests/common)
+ * - context, weights, paged caches written by the CPU library - then mirrored
+ * byte for byte (padding and strides included) into device memory, where a
+ * CUDA context with the same config and weights runs the same call. Compared:
+ *   decode    selected indices and counts exactly (the GPU reads the
+ *             CPU-written signature caches), outputs within the dtype's
+ *             tolerance of the CPU output and of the double reference;
+ *             a second run must be bit-identical (determinism);
+ *   cache_write  K/V caches bit for bit and signature caches bit for bit
+ *             (scenario keys keep every MLP output away from 0), with
+ *             padding slots and a duplicated slot (the last token wins);
+ *   hash      query and key signatures bit for bit;
+ *   prefill   outputs within tolerance of the CPU and of the reference;
+ *   graph     cache_write + decode captured in a CUDA graph and replayed,
+ *             bit-identical to the direct calls.
+ * Without a GPU: prints "skipped: no GPU" and exits 77 (CTest SKIP_RETURN_CODE).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "ha_test.h"
+
+#define F16 {kDLFloat, 16, 1}
+#define BF16 {kDLBfloat, 16, 1}
+#define NHD HASHATTN_KV_LAYOUT_NHD
+#define HND HASHATTN_KV_LAYOUT_HND
+#define GROUP HASHATTN_SELECTION_GROUP
+#define HEAD HASHATTN_SELECTION_PER_HEAD
+#define PAPER HASHATTN_SIGNATURE_PER_QUERY_HEAD
+#define COMPACT HASHATTN_SIGNATURE_PER_KV_HEAD
+
+#define CU(x) ck_assert_msg((x) == cudaSuccess, "%s: %s", #x, cudaGetErrorString(cudaGetLastError()))
+
+/* ------------------------------------------------------------------------- */
+/* Device mirrors of CPU tensors                                              */
+/* ------------------------------------------------------------------------- */
+
+typedef struct mirror {
+    ht_tensor_t *host;
+    DLTensor t; /* device view: same shape, strides, byte_offset */
+    void *dev;
+} mirror_t;
+
+static void mirror_up(mirror_t *m, ht_tensor_t *h)
+{
+    m->host = h;
+    CU(cudaMalloc(&m->dev, h->bytes ? h->bytes : 1));
+    CU(cudaMemcpy(m->dev, h->base, h->bytes, cudaMemcpyHostToDevice));
+    m->t = h->t;
+    m->t.data = m->dev;
+    m->t.device.device_type = kDLCUDA;
+    m->t.device.device_id = 0;
+}
+
+static void mirror_push(mirror_t *m)
+{
+    CU(cudaMemcpy(m->dev, m->host->base, m->host->bytes, cudaMemcpyHostToDevice));
+}
+
+static void mirror_pull(mirror_t *m)
+{
+    CU(cudaMemcpy(m->host->base, m->dev, m->host->bytes, cudaMemcpyDeviceToHost));
+}
+
+static void mirror_free(mirror_t *m)
+{
+    if (m->dev)
+        cudaFree(m->dev);
+    memset(m, 0, sizeof *m);
+}
+
+/* A CPU tensor's bytes saved aside, readable as a tensor of the same layout. */
+typedef struct saved {
+    ht_tensor_t view;
+    void *buf;
+} saved_t;
+
+static void save(saved_t *s, const ht_tensor_t *t)
+{
+    s->buf = malloc(t->bytes ? t->bytes : 1);
+    memcpy(s->buf, t->base, t->bytes);
+    s->view = *t;
+    s->view.base = s->buf;
+    s->view.t.data = s->buf;
+    s->view.t.shape = s->view.shape;
+    s->view.t.strides = t->t.strides ? s->view.strides : NULL;
+}
+
+static void saved_free(saved_t *s)
+{
+    free(s->buf);
+    s->buf = NULL;
+}
+
+static const hashattn_api_t *api_or_fail(void)
+{
+    const hashattn_api_t *api = ht_api();
+    ck_assert_msg(api != NULL, "%s", ht_load_error());
+    return api;
+}
+
+static hashattn_context_t *gpu_ctx(const hashattn_api_t *api, DLDataType dt, int layers, int hq, int hkv, int d,
+                                   int block, int layout, int m, int selection, int sig_layout, float scale)
+{
+    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
+    cfg.num_layers = layers > 0 ? layers : 1;
+    cfg.num_q_heads = hq;
+    cfg.num_kv_heads = hkv;
+    cfg.head_dim = d;
+    cfg.block_size = block;
+    cfg.dtype = dt;
+    cfg.device.device_type = kDLCUDA;
+    cfg.device.device_id = 0;
+    cfg.kv_layout = layout;
+    cfg.mlp_width = m;
+    cfg.selection = selection;
+    cfg.signature_layout = sig_layout;
+    cfg.softmax_scale = scale;
+    hashattn_context_t *ctx = NULL;
+    hashattn_status_t st = api->context_create(&cfg, &ctx);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CUDA context_create: %s: %s", api->status_string(st),
+                  api->last_error(NULL));
+    return ctx;
+}
+
+static void *dev_workspace(const hashattn_api_t *api, hashattn_context_t *ctx, int op, int seqs, int64_t tokens,
+                           int blocks, size_t *size)
+{
+    hashattn_workspace_args_t a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.op = op;
+    a.max_num_seqs = seqs;
+    a.max_num_tokens = tokens;
+    a.max_blocks_per_seq = blocks;
+    *size = 0;
+    hashattn_status_t st = api->workspace_size(ctx, &a, size);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "workspace_size: %s", api->last_error(ctx));
+    void *p = NULL;
+    if (*size) {
+        CU(cudaMalloc(&p, *size));
+        CU(cudaMemset(p, 0xA5, *size));
+    }
+    return p;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Decode (and cache_write, hash) on one scenario                             */
+/* ------------------------------------------------------------------------- */
+
+typedef struct gpu_case {
+    ht_decode_case_t c;
+    hashattn_context_t *g;
+    mirror_t query, kc, vc, sc, bt, sl, out, idx, cnt;
+    void *ws;
+    size_t ws_size;
+} gpu_case_t;
+
+static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
+{
+    const hashattn_api_t *api = api_or_fail();
+    char err[512] = "";
+    memset(gc, 0, sizeof *gc);
+    ck_assert_msg(ht_decode_case_build(api, d, &gc->c, err, sizeof err) == 0, "build: %s", err);
+    ht_decode_case_t *c = &gc->c;
+    gc->g = gpu_ctx(api, d->dtype, c->desc.layers, d->hq, d->hkv, d->d, d->block, d->kv_layout, d->m,
+                    d->selection, d->sig_layout, d->softmax_scale);
+    ht_rng_t r;
+    ht_rng_seed(&r, d->seed ^ 0x5157u);
+    hashattn_status_t st = ht_model_bind(api, gc->g, c->model, 0, &r);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CUDA weights_bind: %s", api->last_error(gc->g));
+    mirror_up(&gc->query, c->query);
+    mirror_up(&gc->kc, c->key_cache);
+    mirror_up(&gc->vc, c->value_cache);
+    mirror_up(&gc->sc, c->sig_cache);
+    mirror_up(&gc->bt, c->block_tables);
+    mirror_up(&gc->sl, c->seq_lens);
+    mirror_up(&gc->out, c->output);
+    mirror_up(&gc->idx, c->sel_idx);
+    mirror_up(&gc->cnt, c->sel_cnt);
+    gc->ws = dev_workspace(api, gc->g, HASHATTN_OP_DECODE, d->batch, d->batch, c->max_blocks, &gc->ws_size);
+}
+
+static void gpu_case_free(gpu_case_t *gc)
+{
+    mirror_t *ms[] = {&gc->query, &gc->kc, &gc->vc, &gc->sc, &gc->bt, &gc->sl, &gc->out, &gc->idx, &gc->cnt};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        mirror_free(ms[i]);
+    if (gc->ws)
+        cudaFree(gc->ws);
+    if (gc->g)
+        gc->c.api->context_destroy(gc->g);
+    ht_decode_case_free(&gc->c);
+}
+
+static void gpu_decode_args(gpu_case_t *gc, hashattn_decode_args_t *a, void *stream)
+{
+    ht_decode_case_args(&gc->c, a);
+    a->query = &gc->query.t;
+    a->key_cache = &gc->kc.t;
+    a->value_cache = &gc->vc.t;
+    a->signature_cache = &gc->sc.t;
+    a->block_tables = &gc->bt.t;
+    a->seq_lens = &gc->sl.t;
+    a->output = &gc->out.t;
+    a->selected_indices = &gc->idx.t;
+    a->selected_counts = &gc->cnt.t;
+    a->workspace = gc->ws;
+    a->workspace_size = gc->ws_size;
+    a->stream = stream;
+}
+
+/* Poisons the outputs (NaN, -7), runs decode on the GPU, pulls the results
+ * into the case's host tensors. */
+static hashattn_status_t gpu_decode(gpu_case_t *gc, uint32_t flags)
+{
+    ht_decode_case_prepare(&gc->c);
+    mirror_push(&gc->out);
+    mirror_push(&gc->idx);
+    mirror_push(&gc->cnt);
+    hashattn_decode_args_t a;
+    gpu_decode_args(gc, &a, NULL);
+    a.flags = flags;
+    hashattn_status_t st = gc->c.api->decode(gc->g, &a);
+    if (st != HASHATTN_STATUS_OK)
+        return st;
+    cudaError_t e = cudaDeviceSynchronize();
+    ck_assert_msg(e == cudaSuccess, "decode on the GPU: %s", cudaGetErrorString(e));
+    mirror_pull(&gc->out);
+    mirror_pull(&gc->idx);
+    mirror_pull(&gc->cnt);
+    return st;
+}
+
+static int64_t cmp_close(const ht_tensor_t *got, const ht_tensor_t *want, DLDataType dt, char *msg, size_t len)
+{
+    double atol, rtol;
+    ht_tolerance(dt, &atol, &rtol);
+    const int64_t d0 = got->shape[0], d1 = got->shape[1], d2 = got->shape[2];
+    for (int64_t i = 0; i < d0; i++)
+        for (int64_t j = 0; j < d1; j++)
+            for (int64_t k = 0; k < d2; k++) {
+                double g = HT_GET(got, i, j, k), w = HT_GET(want, i, j, k);
+                if (!(fabs(g - w) <= atol + rtol * fabs(w))) {
+                    snprintf(msg, len, "output[%lld][%lld][%lld]: GPU %.8g, CPU %.8g", (long long)i, (long long)j,
+                             (long long)k, g, w);
+                    return 1;
+                }
+            }
+    return 0;
+}
+
+static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
+{
+    char name[512], msg[512] = "";
+    ht_decode_case_name(d, name, sizeof name);
+    if (!ht_case_begin(name, d->seed))
+        return;
+    gpu_case_t gc;
+    gpu_case_build(&gc, d);
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+
+    hashattn_status_t st = ht_decode_case_run(c, flags, NULL);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: CPU decode: %s", name, api->last_error(c->ctx));
+    saved_t cpu_out, cpu_idx, cpu_cnt;
+    save(&cpu_out, c->output);
+    save(&cpu_idx, c->sel_idx);
+    save(&cpu_cnt, c->sel_cnt);
+
+    st = gpu_decode(&gc, flags);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, api->status_string(st),
+                  api->last_error(gc.g));
+    int64_t first = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(c->sel_cnt, &cpu_cnt.view, &first) == 0,
+                  "%s: selected_counts differ from the CPU (first at flat index %lld)", name, (long long)first);
+    ck_assert_msg(ht_tensor_cmp_bits(c->sel_idx, &cpu_idx.view, &first) == 0,
+                  "%s: selected_indices differ from the CPU (first at flat index %lld)", name, (long long)first);
+    ck_assert_msg(cmp_close(c->output, &cpu_out.view, d->dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
+                  msg);
+    ht_decode_case_reference(c, NULL, (flags & HASHATTN_DECODE_DENSE) != 0);
+    ck_assert_msg(ht_decode_case_check(c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
+
+    /* determinism */
+    saved_t g1;
+    save(&g1, c->output);
+    st = gpu_decode(&gc, flags);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode (2nd): %s", name, api->last_error(gc.g));
+    ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
+                  "%s: second GPU run differs (flat %lld): not deterministic", name, (long long)first);
+    saved_free(&g1);
+    saved_free(&cpu_out);
+    saved_free(&cpu_idx);
+    saved_free(&cpu_cnt);
+    gpu_case_free(&gc);
+}
+
+/* The awkward-shape grid: every value of each axis appears, mixed. */
+static ht_decode_desc_t grid_desc(int i)
+{
+    static const int batches[] = {1, 12, 17};
+    static const int blocks[] = {1, 16, 32, 16};
+    static const int dims[] = {64, 128};
+    static const int groups[] = {1, 3, 4, 8};
+    static const int hkvs[] = {2, 1, 3, 2};
+    static const int fills[] = {HT_FILL_WRITE, HT_FILL_DIRECT, HT_FILL_TIES};
+    ht_decode_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (i & 1) ? (DLDataType)BF16 : (DLDataType)F16;
+    d.d = dims[(i >> 1) & 1];
+    const int g = groups[i % 4];
+    d.hkv = hkvs[(i / 4) % 4];
+    d.hq = d.hkv * g;
+    d.block = blocks[(i / 3) % 4];
+    d.batch = batches[i % 3];
+    d.m = (i % 5 == 0) ? 24 : 32;
+    d.kv_layout = (i / 2) % 2 ? HND : NHD;
+    d.selection = (i / 5) % 2 ? HEAD : GROUP;
+    d.sig_layout = (i / 7) % 2 ? COMPACT : PAPER;
+    d.sink = 1 + i % 7;
+    d.recent = 1 + (i * 3) % 11;
+    d.heavy_count = (i % 3 == 0) ? -1 : 4 + i % 13;
+    d.heavy_fraction = 0.125f;
+    d.max_seq = 40 + (i * 37) % 160;
+    d.fill = fills[i % 3];
+    d.tensor_flags = (i % 4 == 1) ? HT_PAD : 0;
+    d.seed = ht_seed(0x6b0 + (uint64_t)i);
+    return d;
+}
+
+#define NGRID 48
+
+START_TEST(gpu_decode_grid)
+{
+    ht_decode_desc_t d = grid_desc(_i);
+    check_decode(&d, 0);
+}
+END_TEST
+
+START_TEST(gpu_decode_dense_flag)
+{
+    ht_decode_desc_t d = grid_desc(_i * 5 + 1);
+    check_decode(&d, HASHATTN_DECODE_DENSE);
+}
+END_TEST
+
+/* Long sequences: several sparse chunks (>= 1024 positions each), ties
+ * spread over chunks, the paper's shape at small scale. */
+static const int k_long[] = {5000, 1, 2300, 0, 3100};
+START_TEST(gpu_decode_long)
+{
+    static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
+    static const int sigs[] = {PAPER, PAPER, COMPACT, COMPACT};
+    static const int fills[] = {HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_TIES, HT_FILL_DIRECT};
+    ht_decode_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (DLDataType)BF16;
+    d.hq = 8;
+    d.hkv = 2;
+    d.d = 128;
+    d.block = 16;
+    d.batch = 5;
+    d.m = 32;
+    d.kv_layout = _i & 1 ? HND : NHD;
+    d.selection = sels[_i];
+    d.sig_layout = sigs[_i];
+    d.sink = 16;
+    d.recent = 32;
+    d.heavy_count = -1;
+    d.heavy_fraction = 1.0f / 32;
+    d.seq_lens = k_long;
+    d.fill = fills[_i];
+    d.seed = ht_seed(0x10a9 + (uint64_t)_i);
+    check_decode(&d, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------- */
+/* cache_write and hash                                                       */
+/* ------------------------------------------------------------------------- */
+
+START_TEST(gpu_cache_write_and_hash)
+{
+    ht_decode_desc_t d = grid_desc(_i * 7 + 2);
+    d.fill = HT_FILL_WRITE; /* keys sampled away from MLP zeros */
+    char name[512];
+    ht_decode_case_name(&d, name, sizeof name);
+    char full[600];
+    snprintf(full, sizeof full, "cache_write+hash/%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    gpu_case_t gc;
+    gpu_case_build(&gc, &d);
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    const int hkv = d.hkv, D = d.d, bs = d.block;
+
+    /* every token of every sequence, then two padding tokens, and token 0
+     * written first with other values (a duplicate slot: the last wins) */
+    int ntok = 0;
+    for (int s = 0; s < d.batch; s++)
+        ntok += c->lens[s];
+    const int extra = ntok > 0 ? 3 : 2;
+    const int n = ntok + extra;
+    ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
+    ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
+    ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(n), 0, NULL);
+    int t = 0, first_slot = -1;
+    ht_rng_t r;
+    ht_rng_seed(&r, d.seed);
+    if (ntok > 0) { /* the decoy */
+        for (int g = 0; g < hkv; g++)
+            for (int i = 0; i < D; i++) {
+                HT_SET(key, ht_rng_uniform(&r, -1, 1), t, g, i);
+                HT_SET(val, ht_rng_uniform(&r, -1, 1), t, g, i);
+            }
+        t++;
+    }
+    HT_SET(slots, -1, t++);
+    for (int s = 0; s < d.batch; s++)
+        for (int p = 0; p < c->lens[s]; p++) {
+            const int blk = (int)HT_GET(c->block_tables, s, p / bs);
+            const int slot = blk * bs + p % bs;
+            if (first_slot < 0)
+                first_slot = slot;
+            for (int g = 0; g < hkv; g++)
+                for (int i = 0; i < D; i++) {
+                    const int64_t kv = ((((int64_t)s * c->maxlen + p) * hkv + g)) * D + i;
+                    HT_SET(key, c->k[kv], t, g, i);
+                    HT_SET(val, c->v[kv], t, g, i);
+                }
+            HT_SET(slots, slot, t++);
+        }
+    HT_SET(slots, -1, t++);
+    ck_assert_int_eq(t, n);
+    if (ntok > 0)
+        HT_SET(slots, first_slot, 0);
+
+    /* fresh caches (0xFF bytes) on both sides */
+    ht_tensor_t *ckc = ht_tensor_clone(c->key_cache), *cvc = ht_tensor_clone(c->value_cache),
+                *csc = ht_tensor_clone(c->sig_cache);
+    memset(ckc->base, 0xFF, ckc->bytes);
+    memset(cvc->base, 0xFF, cvc->bytes);
+    memset(csc->base, 0xFF, csc->bytes);
+    mirror_t gk, gv, gs, mkey, mval, mslots;
+    mirror_up(&gk, ckc);
+    mirror_up(&gv, cvc);
+    mirror_up(&gs, csc);
+    mirror_up(&mkey, key);
+    mirror_up(&mval, val);
+    mirror_up(&mslots, slots);
+
+    ht_workspace_t cws;
+    ck_assert_int_eq(ht_workspace_alloc(api, c->ctx, HASHATTN_OP_CACHE_WRITE, 0, n, 0, &cws), HASHATTN_STATUS_OK);
+    hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    a.layer = c->desc.layer;
+    a.key = &key->t;
+    a.value = &val->t;
+    a.key_cache = &ckc->t;
+    a.value_cache = &cvc->t;
+    a.signature_cache = &csc->t;
+    a.slot_mapping = &slots->t;
+    a.workspace = cws.ptr;
+    a.workspace_size = cws.size;
+    hashattn_status_t st = api->cache_write(c->ctx, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU cache_write: %s", api->last_error(c->ctx));
+    ht_workspace_free(&cws);
+
+    size_t gws_size;
+    void *gws = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, n, 0, &gws_size);
+    hashattn_cache_write_args_t b = a;
+    b.key = &mkey.t;
+    b.value = &mval.t;
+    b.key_cache = &gk.t;
+    b.value_cache = &gv.t;
+    b.signature_cache = &gs.t;
+    b.slot_mapping = &mslots.t;
+    b.workspace = gws;
+    b.workspace_size = gws_size;
+    st = api->cache_write(gc.g, &b);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "GPU cache_write: %s", api->last_error(gc.g));
+    CU(cudaDeviceSynchronize());
+    saved_t sk, sv, ss;
+    save(&sk, ckc);
+    save(&sv, cvc);
+    save(&ss, csc);
+    mirror_pull(&gk);
+    mirror_pull(&gv);
+    mirror_pull(&gs);
+    int64_t first = -1;
+    ck_assert_msg(memcmp(ckc->base, sk.buf, ckc->bytes) == 0, "%s: key caches differ", full);
+    ck_assert_msg(memcmp(cvc->base, sv.buf, cvc->bytes) == 0, "%s: value caches differ", full);
+    ck_assert_msg(ht_tensor_cmp_bits(csc, &ss.view, &first) == 0,
+                  "%s: signature caches differ (flat %lld)", full, (long long)first);
+    saved_free(&sk);
+    saved_free(&sv);
+    saved_free(&ss);
+
+    /* hash, both sides, on the GPU's mirrors: query rows and key rows */
+    for (int side = 0; side < 2; side++) {
+        const int hin = side == HASHATTN_HASH_QUERY ? d.hq : hkv;
+        const int hout = side == HASHATTN_HASH_QUERY ? d.hq : c->hsig;
+        ht_tensor_t *in = side == HASHATTN_HASH_QUERY ? c->query : key;
+        mirror_t *min = side == HASHATTN_HASH_QUERY ? &gc.query : &mkey;
+        const int64_t rows = in->shape[0];
+        (void)hin;
+        ht_tensor_t *csig = ht_tensor_new(HT_U32, 2, HT_IDX(rows, hout), 0, NULL);
+        ht_tensor_t *gsig = ht_tensor_new(HT_U32, 2, HT_IDX(rows, hout), 0, NULL);
+        mirror_t mg;
+        mirror_up(&mg, gsig);
+        hashattn_hash_args_t h = HASHATTN_HASH_ARGS_INIT;
+        h.layer = c->desc.layer;
+        h.side = side;
+        h.input = &in->t;
+        h.signatures = &csig->t;
+        ht_workspace_t hws;
+        ck_assert_int_eq(ht_workspace_alloc(api, c->ctx, HASHATTN_OP_HASH, 0, rows, 0, &hws), HASHATTN_STATUS_OK);
+        h.workspace = hws.ptr;
+        h.workspace_size = hws.size;
+        st = api->hash(c->ctx, &h);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU hash: %s", api->last_error(c->ctx));
+        ht_workspace_free(&hws);
+        hashattn_hash_args_t hg = h;
+        hg.input = &min->t;
+        hg.signatures = &mg.t;
+        size_t hs;
+        void *hw = dev_workspace(api, gc.g, HASHATTN_OP_HASH, 0, rows, 0, &hs);
+        hg.workspace = hw;
+        hg.workspace_size = hs;
+        st = api->hash(gc.g, &hg);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "GPU hash: %s", api->last_error(gc.g));
+        CU(cudaDeviceSynchronize());
+        mirror_pull(&mg);
+        if (side == HASHATTN_HASH_KEY) {
+            /* the decoy key may sit near an MLP zero: compare the scenario rows */
+            for (int64_t i = 1; i < rows; i++)
+                for (int o = 0; o < hout; o++)
+                    ck_assert_msg(HT_GET(gsig, i, o) == HT_GET(csig, i, o),
+                                  "%s: key hash [%lld][%d]: GPU 0x%08x CPU 0x%08x", full, (long long)i, o,
+                                  (unsigned)HT_GET(gsig, i, o), (unsigned)HT_GET(csig, i, o));
+        } else {
+            ck_assert_msg(ht_tensor_cmp_bits(gsig, csig, &first) == 0, "%s: query hash differs (flat %lld)", full,
+                          (long long)first);
+        }
+        if (hw)
+            cudaFree(hw);
+        mirror_free(&mg);
+        ht_tensor_free(csig);
+        ht_tensor_free(gsig);
+    }
+
+    if (gws)
+        cudaFree(gws);
+    mirror_free(&gk);
+    mirror_free(&gv);
+    mirror_free(&gs);
+    mirror_free(&mkey);
+    mirror_free(&mval);
+    mirror_free(&mslots);
+    ht_tensor_free(ckc);
+    ht_tensor_free(cvc);
+    ht_tensor_free(csc);
+    ht_tensor_free(key);
+    ht_tensor_free(val);
+    ht_tensor_free(slots);
+    gpu_case_free(&gc);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------- */
+/* Prefill                                                                    */
+/* ------------------------------------------------------------------------- */
+
+START_TEST(gpu_prefill)
+{
+    static const int batches[] = {1, 12, 17};
+    static const int blocks[] = {1, 16, 32};
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (_i & 1) ? (DLDataType)BF16 : (DLDataType)F16;
+    d.hkv = 1 + _i % 3;
+    d.hq = d.hkv * (1 + (_i * 3) % 8);
+    d.d = (_i >> 1) & 1 ? 128 : 64;
+    d.block = blocks[_i % 3];
+    d.batch = batches[(_i / 2) % 3];
+    d.m = 16;
+    d.kv_layout = (_i / 3) % 2 ? HND : NHD;
+    d.max_prefix = 20 + (_i * 41) % 300;
+    d.max_chunk = 1 + (_i * 13) % 40;
+    d.tensor_flags = (_i % 4 == 3) ? HT_PAD : 0;
+    d.seed = ht_seed(0x9e0 + (uint64_t)_i);
+    char name[512], msg[512] = "";
+    ht_prefill_case_name(&d, name, sizeof name);
+    if (!ht_case_begin(name, d.seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_prefill_case_t c;
+    char err[512] = "";
+    ck_assert_msg(ht_prefill_case_build(api, &d, &c, err, sizeof err) == 0, "build: %s", err);
+    hashattn_status_t st = ht_prefill_case_run(&c);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU prefill: %s", api->last_error(c.ctx));
+    saved_t cpu_out;
+    save(&cpu_out, c.output);
+
+    hashattn_context_t *g = gpu_ctx(api, d.dtype, 1, d.hq, d.hkv, d.d, d.block, d.kv_layout, d.m, GROUP, PAPER,
+                                    d.softmax_scale);
+    mirror_t q, kc, vc, bt, sl, qsl, out;
+    mirror_up(&q, c.query);
+    mirror_up(&kc, c.key_cache);
+    mirror_up(&vc, c.value_cache);
+    mirror_up(&bt, c.block_tables);
+    mirror_up(&sl, c.seq_lens);
+    mirror_up(&qsl, c.qsl);
+    for (int64_t i = 0; i < c.output->shape[0]; i++)
+        for (int h = 0; h < d.hq; h++)
+            for (int k = 0; k < d.d; k++)
+                HT_SET(c.output, NAN, i, h, k);
+    mirror_up(&out, c.output);
+    size_t wss;
+    void *ws = dev_workspace(api, g, HASHATTN_OP_PREFILL, d.batch, c.num_tokens, c.max_blocks, &wss);
+    hashattn_prefill_args_t a;
+    ht_prefill_case_args(&c, &a);
+    a.query = &q.t;
+    a.key_cache = &kc.t;
+    a.value_cache = &vc.t;
+    a.block_tables = &bt.t;
+    a.seq_lens = &sl.t;
+    a.query_start_loc = &qsl.t;
+    a.output = &out.t;
+    a.workspace = ws;
+    a.workspace_size = wss;
+    st = api->prefill(g, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU prefill: %s", name, api->last_error(g));
+    CU(cudaDeviceSynchronize());
+    mirror_pull(&out);
+    if (c.num_tokens > 0) {
+        ck_assert_msg(cmp_close(c.output, &cpu_out.view, d.dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
+                      msg);
+        ck_assert_msg(ht_prefill_case_check(&c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
+    }
+    saved_free(&cpu_out);
+    mirror_t *ms[] = {&q, &kc, &vc, &bt, &sl, &qsl, &out};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        mirror_free(ms[i]);
+    if (ws)
+        cudaFree(ws);
+    api->context_destroy(g);
+    ht_prefill_case_free(&c);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------- */
+/* Graph capture                                                              */
+/* ------------------------------------------------------------------------- */
+
+START_TEST(gpu_graph)
+{
+    ht_decode_desc_t d = grid_desc(3 + 8 * _i);
+    d.fill = HT_FILL_WRITE;
+    d.batch = 12;
+    d.max_seq = 600;
+    d.heavy_count = 24;
+    char name[512];
+    ht_decode_case_name(&d, name, sizeof name);
+    char full[600];
+    snprintf(full, sizeof full, "graph/%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    gpu_case_t gc;
+    gpu_case_build(&gc, &d);
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    const int B = d.batch, hkv = d.hkv, D = d.d, bs = d.block;
+
+    /* the step's cache_write: each sequence's last token again (same values) */
+    ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
+    ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
+    ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(B), 0, NULL);
+    for (int s = 0; s < B; s++) {
+        const int p = c->lens[s] - 1;
+        if (p < 0) {
+            HT_SET(slots, -1, s);
+            for (int g = 0; g < hkv; g++)
+                for (int i = 0; i < D; i++) {
+                    HT_SET(key, 0, s, g, i);
+                    HT_SET(val, 0, s, g, i);
+                }
+            continue;
+        }
+        HT_SET(slots, (int)HT_GET(c->block_tables, s, p / bs) * bs + p % bs, s);
+        for (int g = 0; g < hkv; g++)
+            for (int i = 0; i < D; i++) {
+                const int64_t kv = ((((int64_t)s * c->maxlen + p) * hkv + g)) * D + i;
+                HT_SET(key, c->k[kv], s, g, i);
+                HT_SET(val, c->v[kv], s, g, i);
+            }
+    }
+    mirror_t mkey, mval, mslots;
+    mirror_up(&mkey, key);
+    mirror_up(&mval, val);
+    mirror_up(&mslots, slots);
+    size_t wws;
+    void *ww = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, B, 0, &wws);
+    cudaStream_t stream;
+    CU(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    hashattn_cache_write_args_t w = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    w.layer = c->desc.layer;
+    w.key = &mkey.t;
+    w.value = &mval.t;
+    w.key_cache = &gc.kc.t;
+    w.value_cache = &gc.vc.t;
+    w.signature_cache = &gc.sc.t;
+    w.slot_mapping = &mslots.t;
+    w.workspace = ww;
+    w.workspace_size = wws;
+    w.stream = stream;
+    hashattn_decode_args_t a;
+    gpu_decode_args(&gc, &a, stream);
+
+    /* direct calls first (also warms up lazy attributes) */
+    ht_decode_case_prepare(c);
+    mirror_push(&gc.out);
+    mirror_push(&gc.idx);
+    mirror_push(&gc.cnt);
+    ck_assert_int_eq(api->cache_write(gc.g, &w), HASHATTN_STATUS_OK);
+    ck_assert_msg(api->decode(gc.g, &a) == HASHATTN_STATUS_OK, "decode: %s", api->last_error(gc.g));
+    CU(cudaStreamSynchronize(stream));
+    mirror_pull(&gc.out);
+    mirror_pull(&gc.idx);
+    mirror_pull(&gc.cnt);
+    saved_t direct;
+    save(&direct, c->output);
+    char msg[512] = "";
+    ht_decode_case_reference(c, NULL, 0);
+    ck_assert_msg(ht_decode_case_check(c, msg, sizeof msg) == 0, "%s: direct: %s", full, msg);
+
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    hashattn_status_t s1 = api->cache_write(gc.g, &w);
+    hashattn_status_t s2 = api->decode(gc.g, &a);
+    cudaError_t ce = cudaStreamEndCapture(stream, &graph);
+    ck_assert_msg(s1 == HASHATTN_STATUS_OK && s2 == HASHATTN_STATUS_OK, "%s: calls during capture: %s", full,
+                  api->last_error(gc.g));
+    ck_assert_msg(ce == cudaSuccess, "%s: capture: %s", full, cudaGetErrorString(ce));
+    CU(cudaGraphInstantiate(&exec, graph, 0));
+    for (int rep = 0; rep < 3; rep++) {
+        ht_decode_case_prepare(c);
+        mirror_push(&gc.out);
+        CU(cudaGraphLaunch(exec, stream));
+        CU(cudaStreamSynchronize(stream));
+        mirror_pull(&gc.out);
+        int64_t first = -1;
+        ck_assert_msg(ht_tensor_cmp_bits(c->output, &direct.view, &first) == 0,
+                      "%s: replay %d differs from the direct call (flat %lld)", full, rep, (long long)first);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    saved_free(&direct);
+    if (ww)
+        cudaFree(ww);
+    mirror_free(&mkey);
+    mirror_free(&mval);
+    mirror_free(&mslots);
+    ht_tensor_free(key);
+    ht_tensor_free(val);
+    ht_tensor_free(slots);
+    gpu_case_free(&gc);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    const int full = ht_full_level();
+    Suite *s = suite_create("gpu");
+    TCase *tc = tcase_create("gpu");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, gpu_decode_grid, 0, full ? NGRID : 12);
+    tcase_add_loop_test(tc, gpu_decode_dense_flag, 0, full ? 8 : 2);
+    tcase_add_loop_test(tc, gpu_decode_long, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
+    tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
+    tcase_add_loop_test(tc, gpu_graph, 0, 2);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();
+        printf("test_gpu: skipped: no GPU\n");
+        return 77;
+    }
+    /* CUDA does not survive fork() after initialisation: run in-process */
+    setenv("CK_FORK", "no", 1);
+    return ht_run_suite(suite(), "test_gpu");
+}
