@@ -101,6 +101,7 @@ typedef struct ha_cache_write_params {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
 } ha_cache_write_params_t;
 
 /* ---- decode ---- */
@@ -135,6 +136,7 @@ typedef struct ha_decode_params {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
 } ha_decode_params_t;
 
 /* ---- prefill ---- */
@@ -159,6 +161,7 @@ typedef struct ha_prefill_params {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
 } ha_prefill_params_t;
 
 /* ---- hash ---- */
@@ -177,6 +180,7 @@ typedef struct ha_hash_params {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
 } ha_hash_params_t;
 
 /* Workspace bytes for each op, given the bounds (see hashattn_workspace_args). */

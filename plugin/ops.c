@@ -327,6 +327,7 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     p.workspace = a.workspace;
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
+    p.device = c->device.device_id;
     return from_kernel(ctx, op, DISPATCH(ctx, cache_write, &p));
 }
 
@@ -419,6 +420,7 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     p.workspace = a.workspace;
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
+    p.device = c->device.device_id;
     return from_kernel(ctx, op, DISPATCH(ctx, decode, &p));
 }
 
@@ -500,6 +502,7 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
     p.workspace = a.workspace;
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
+    p.device = c->device.device_id;
     return from_kernel(ctx, op, DISPATCH(ctx, prefill, &p));
 }
 
@@ -550,5 +553,6 @@ status_t ha_hash(hashattn_context_t *ctx, const hashattn_hash_args_t *args)
     p.workspace = a.workspace;
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
+    p.device = c->device.device_id;
     return from_kernel(ctx, op, DISPATCH(ctx, hash, &p));
 }

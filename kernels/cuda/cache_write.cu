@@ -97,7 +97,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         return HA_KERNEL_UNSUPPORTED;
     if (cache_write_bytes(p->num_tokens) > p->workspace_size)
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
-    DeviceGuard guard(p->stream);
+    DeviceGuard guard(p->device);
     if (!guard.ok) {
         note_error(cudaGetLastError(), "ha_cuda_cache_write: selecting the stream's device");
         return HA_KERNEL_DEVICE_ERROR;

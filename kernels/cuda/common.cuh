@@ -243,34 +243,20 @@ __host__ __forceinline__ int pow2_ceil(int64_t x)
     return p;
 }
 
-/* Runs on the stream's device: the launchers switch to it and back. */
+/* Runs on the context's device: the launchers switch to it and back
+ * (cudaSetDevice is not a stream operation, so this is capture-safe). */
 struct DeviceGuard {
     int old = -1;
     bool ok = true;
-    explicit DeviceGuard(void *stream)
+    explicit DeviceGuard(int device)
     {
-        int cur = 0, dev = 0;
+        int cur = 0;
         if (cudaGetDevice(&cur) != cudaSuccess) {
             ok = false;
             return;
         }
-        if (!stream)
-            return;
-        /* during graph capture no query that might invalidate it: the
-         * capturing thread runs on the stream's device anyway */
-        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-        if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) != cudaSuccess) {
-            ok = false;
-            return;
-        }
-        if (cs != cudaStreamCaptureStatusNone)
-            return;
-        if (cudaStreamGetDevice((cudaStream_t)stream, &dev) != cudaSuccess) {
-            ok = false;
-            return;
-        }
-        if (dev != cur) {
-            if (cudaSetDevice(dev) != cudaSuccess) {
+        if (cur != device) {
+            if (cudaSetDevice(device) != cudaSuccess) {
                 ok = false;
                 return;
             }

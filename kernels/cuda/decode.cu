@@ -289,7 +289,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
 {
     if (p->num_seqs <= 0)
         return HA_KERNEL_OK;
-    DeviceGuard guard(p->stream);
+    DeviceGuard guard(p->device);
     if (!guard.ok) {
         note_error(cudaGetLastError(), "ha_cuda_decode: selecting the stream's device");
         return HA_KERNEL_DEVICE_ERROR;

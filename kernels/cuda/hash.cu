@@ -12,7 +12,7 @@ extern "C" ha_kernel_status_t ha_cuda_hash(const ha_hash_params_t *p)
         return HA_KERNEL_OK;
     if (p->mlp.dim != p->head_dim || !p->mlp.w1)
         return HA_KERNEL_UNSUPPORTED;
-    DeviceGuard guard(p->stream);
+    DeviceGuard guard(p->device);
     if (!guard.ok) {
         note_error(cudaGetLastError(), "ha_cuda_hash: selecting the stream's device");
         return HA_KERNEL_DEVICE_ERROR;

@@ -32,7 +32,7 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
 {
     if (p->num_tokens <= 0 || p->num_seqs <= 0)
         return HA_KERNEL_OK;
-    DeviceGuard guard(p->stream);
+    DeviceGuard guard(p->device);
     if (!guard.ok) {
         note_error(cudaGetLastError(), "ha_cuda_prefill: selecting the stream's device");
         return HA_KERNEL_DEVICE_ERROR;
