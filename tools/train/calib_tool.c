@@ -1,0 +1,164 @@
+/*
+ * hashattn-calib - calibration files without a model.
+ *
+ *   hashattn-calib synth --out FILE [shape and structure options]
+ *       write a synthetic calibration file with a learnable structure (synth.h)
+ *   hashattn-calib info FILE
+ *       check a calibration file and print what it holds
+ *
+ * Ends with one line "hashattn-calib: ... OK" (exit 0) or "... FAILED" (exit 1).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
+#include "progress.h"
+#include "synth.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: hashattn-calib synth --out FILE [options]\n"
+            "         --layers N --q-heads N --kv-heads N --dim N   shape (default 2, 4, 2, 64)\n"
+            "         --seqs N --seq-len N --queries N               sequences, keys per sequence, queries\n"
+            "                                                        per (sequence, layer, head) (8, 1024, 64)\n"
+            "         --clusters N --key-scale F --key-noise F --key-offset F --query-noise F\n"
+            "         --query-offset F                               planted structure (16, 4, 0.5, 8, 0.1, 0.5)\n"
+            "         --sink N --recent N                            (16, 16)\n"
+            "         --fp16 --seed N\n"
+            "       hashattn-calib info FILE\n");
+}
+
+static int info(const char *path)
+{
+    char err[512];
+    tr_calib_t *c;
+    if (tr_calib_open(path, &c, err, sizeof err)) {
+        fprintf(stderr, "hashattn-calib: %s\n", err);
+        printf("hashattn-calib: info: FAILED\n");
+        return 1;
+    }
+    const tr_calib_shape_t *s = tr_calib_shape(c);
+    printf("%s: calibration format %u: %d layers, Hq %d, Hkv %d, D %d, top-%d labels\n", path,
+           TR_CALIB_VERSION, s->num_layers, s->num_q_heads, s->num_kv_heads, s->head_dim, s->topk);
+    if (*tr_calib_meta(c))
+        printf("meta:\n%s\n", tr_calib_meta(c));
+    int64_t total = 0, missing = 0;
+    int g = s->num_q_heads / s->num_kv_heads;
+    for (int32_t l = 0; l < s->num_layers; l++) {
+        printf("layer %3d queries per head:", l);
+        for (int32_t h = 0; h < s->num_q_heads; h++) {
+            int64_t n = tr_calib_num_queries(c, l, h);
+            printf(" %lld", (long long)n);
+            total += n;
+            /* every record's keys must be there and long enough */
+            const tr_calib_qrec_t *r;
+            int32_t nr;
+            tr_calib_query_records(c, l, h, &r, &nr);
+            for (int32_t i = 0; i < nr; i++) {
+                const float *k;
+                int32_t nk;
+                int owned;
+                if (tr_calib_keys(c, l, h / g, r[i].q.seq, &k, &nk, &owned, err, sizeof err)) {
+                    fprintf(stderr, "\nhashattn-calib: %s\n", err);
+                    missing++;
+                    continue;
+                }
+                for (int32_t j = 0; j < r[i].q.count; j++)
+                    missing += r[i].q.positions[j] >= nk;
+                if (owned)
+                    free((void *)k);
+            }
+        }
+        printf("\n");
+    }
+    tr_calib_close(c);
+    if (missing) {
+        printf("hashattn-calib: info: %lld queries without their keys: FAILED\n", (long long)missing);
+        return 1;
+    }
+    printf("hashattn-calib: info: %lld queries: OK\n", (long long)total);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "info") == 0)
+        return info(argv[2]);
+    if (argc < 2 || strcmp(argv[1], "synth") != 0) {
+        usage(stderr);
+        printf("hashattn-calib: bad arguments: FAILED\n");
+        return 1;
+    }
+    tr_synth_config_t c = TR_SYNTH_CONFIG_INIT;
+    const char *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (strcmp(a, name) == 0 && v && (++i, 1))
+        if (ARG("--out"))
+            out = v;
+        else if (ARG("--layers"))
+            c.shape.num_layers = atoi(v);
+        else if (ARG("--q-heads"))
+            c.shape.num_q_heads = atoi(v);
+        else if (ARG("--kv-heads"))
+            c.shape.num_kv_heads = atoi(v);
+        else if (ARG("--dim"))
+            c.shape.head_dim = atoi(v);
+        else if (ARG("--seqs"))
+            c.num_seqs = atoi(v);
+        else if (ARG("--seq-len"))
+            c.seq_len = atoi(v);
+        else if (ARG("--queries"))
+            c.queries = atoi(v);
+        else if (ARG("--clusters"))
+            c.clusters = atoi(v);
+        else if (ARG("--key-scale"))
+            c.key_scale = strtof(v, NULL);
+        else if (ARG("--key-noise"))
+            c.key_noise = strtof(v, NULL);
+        else if (ARG("--key-offset"))
+            c.key_offset = strtof(v, NULL);
+        else if (ARG("--query-noise"))
+            c.query_noise = strtof(v, NULL);
+        else if (ARG("--query-offset"))
+            c.query_offset = strtof(v, NULL);
+        else if (ARG("--sink"))
+            c.sink = atoi(v);
+        else if (ARG("--recent"))
+            c.recent = atoi(v);
+        else if (ARG("--seed"))
+            c.seed = strtoull(v, NULL, 0);
+        else if (strcmp(a, "--fp16") == 0)
+            c.dtype = TR_CALIB_F16;
+        else {
+            fprintf(stderr, "hashattn-calib: unknown or incomplete option %s\n", a);
+            usage(stderr);
+            printf("hashattn-calib: bad arguments: FAILED\n");
+            return 1;
+        }
+#undef ARG
+    }
+    if (!out) {
+        usage(stderr);
+        printf("hashattn-calib: --out is required: FAILED\n");
+        return 1;
+    }
+    char err[512];
+    double t0 = tr_now();
+    if (tr_synth_write(out, &c, err, sizeof err)) {
+        fprintf(stderr, "hashattn-calib: %s\n", err);
+        printf("hashattn-calib: synth: FAILED\n");
+        return 1;
+    }
+    printf("hashattn-calib: synth: wrote %s (%d layers, Hq %d, Hkv %d, D %d, %d x %d keys, %d queries per "
+           "head and sequence) in %.1f s: OK\n", out, c.shape.num_layers, c.shape.num_q_heads,
+           c.shape.num_kv_heads, c.shape.head_dim, c.num_seqs, c.seq_len, c.queries, tr_now() - t0);
+    return 0;
+}
