@@ -22,24 +22,12 @@
 #include "model.h"
 #include "sample.h"
 #include "tiny_model.h"
+#include "runner_util.h"
 #include "tokenizer.h"
-
-#ifndef HASHATTN_TEST_PLUGIN
-#define HASHATTN_TEST_PLUGIN ""
-#endif
-#ifndef HASHATTN_TEST_PLUGIN_REQUIRED
-#define HASHATTN_TEST_PLUGIN_REQUIRED 0
-#endif
 
 enum { MAX_NEW = 40 };
 
-static const char *plugin_path(void)
-{
-    const char *env = getenv("HASHATTN_PLUGIN");
-    if (!env || !*env)
-        env = getenv("HASHATTN_TEST_LIB"); /* the plugin tests' variable */
-    return env && *env ? env : HASHATTN_TEST_PLUGIN;
-}
+static const char *plugin_path(void) { return tu_plugin_path(HASHATTN_TEST_PLUGIN); }
 
 typedef struct budget {
     const char *name;
@@ -54,13 +42,20 @@ static int generate(rn_model_t *m, rn_attn_t *attn, const int32_t *prompt, int n
                     char *err, size_t errlen)
 {
     float *logits = malloc((size_t)m->hp.n_vocab * sizeof *logits);
-    rn_attn_reset(attn);
-    int rc = rn_model_forward(m, attn, prompt, n_prompt, 0, logits, 0, err, errlen);
+    rn_single_t sq;
+    if (!logits || rn_single_init(&sq, (int64_t)attn->max_blocks * attn->block_size, attn->block_size,
+                                  attn->max_tokens, 1, 5)) {
+        free(logits);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = tu_forward(m, attn, &sq, prompt, n_prompt, 0, logits, 0, err, errlen);
     for (int i = 0; !rc && i < n_new; i++) {
         out[i] = rn_argmax(logits, m->hp.n_vocab);
         if (i + 1 < n_new)
-            rc = rn_model_forward(m, attn, &out[i], 1, 1, logits, 0, err, errlen);
+            rc = tu_forward(m, attn, &sq, &out[i], 1, 1, logits, 0, err, errlen);
     }
+    rn_single_free(&sq);
     free(logits);
     return rc;
 }
@@ -69,23 +64,16 @@ static int make(const rn_model_t *m, const budget_t *b, int64_t max_len, rn_attn
 {
     rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
     pc.path = plugin_path();
-    pc.num_layers = m->hp.n_layer;
-    pc.num_q_heads = m->hp.n_head;
-    pc.num_kv_heads = m->hp.n_head_kv;
-    pc.head_dim = m->hp.head_dim;
-    pc.block_size = 8;
-    pc.max_len = max_len;
-    pc.max_chunk = 256;
-    pc.dense = b->dense;
+    pc.hash = !b->dense; /* dense: no weights, no signatures */
     pc.selection = b->selection;
     pc.sink = b->sink;
     pc.recent = b->recent;
     pc.heavy_count = b->heavy_count;
     pc.heavy_fraction = b->heavy_fraction;
-    pc.shuffle_blocks = 1;
     pc.mlp_width = 64;
     pc.hash_weights = g_weights;
-    return rn_attn_plugin_create(&pc, out, err, n);
+    rn_attn_shape_t sh = tu_shape(m, 8, max_len, 1, 256);
+    return rn_attn_plugin_create(&pc, &sh, out, err, n);
 }
 
 /* returns 0 when the plugin is usable, 1 when skipped */
@@ -131,8 +119,8 @@ static int run(const char *label, rn_model_t *m, const int32_t *prompt, int n_pr
 
     /* the runner's own dense attention gives the same tokens */
     rn_attn_t *naive = NULL;
-    if (rn_attn_naive_create(m->hp.n_layer, m->hp.n_head, m->hp.n_head_kv, m->hp.head_dim, max_len, &naive, err,
-                             sizeof err) == 0 &&
+    rn_attn_shape_t nsh = tu_shape(m, 8, max_len, 1, 256);
+    if (rn_attn_naive_create(&nsh, &naive, err, sizeof err) == 0 &&
         generate(m, naive, prompt, n_prompt, n_new, got, err, sizeof err) == 0)
         CHECK(memcmp(ref, got, (size_t)n_new * sizeof *got) == 0, "%s: naive and plugin dense differ", label);
     rn_attn_destroy(naive);

@@ -19,22 +19,10 @@
 #include "gguf.h"
 #include "gguf_writer.h"
 #include "model.h"
+#include "runner_util.h"
 #include "tiny_model.h"
 
-#ifndef HASHATTN_TEST_PLUGIN
-#define HASHATTN_TEST_PLUGIN ""
-#endif
-#ifndef HASHATTN_TEST_PLUGIN_REQUIRED
-#define HASHATTN_TEST_PLUGIN_REQUIRED 0
-#endif
-
-static const char *plugin_path(void)
-{
-    const char *env = getenv("HASHATTN_PLUGIN");
-    if (!env || !*env)
-        env = getenv("HASHATTN_TEST_LIB"); /* the plugin tests' variable */
-    return env && *env ? env : HASHATTN_TEST_PLUGIN;
-}
+static const char *plugin_path(void) { return tu_plugin_path(HASHATTN_TEST_PLUGIN); }
 
 /* max |got - ref| / max(1, max |ref|) */
 static double rel_err(const float *got, const double *ref, size_t n)
@@ -128,20 +116,26 @@ static void test_forward(const char *label, const tiny_model_t *tm, rn_model_t *
     char err[512];
     tiny_reference(tm, toks, T, ref);
 
-    rn_attn_reset(attn);
-    int rc = rn_model_forward(m, attn, toks, T, 0, got, 1, err, sizeof err);
+    rn_single_t sq;
+    if (rn_single_init(&sq, 64, attn->block_size, 32, 1, 99)) {
+        CHECK(0, "%s: out of memory", label);
+        free(ref);
+        free(got);
+        return;
+    }
+    int rc = tu_forward(m, attn, &sq, toks, T, 0, got, 1, err, sizeof err);
     CHECK(rc == 0, "%s: prefill of %d: %s", label, T, err);
     double e = rc ? 1 : rel_err(got, ref, (size_t)T * V);
     printf("  forward(%s, prefill=%d, all rows): max rel err %.2e\n", label, T, e);
     CHECK(e < 2e-4, "%s: prefill logits differ from the reference by %.3g", label, e);
 
     /* chunks 7 + 5, then decode one token at a time */
-    rn_attn_reset(attn);
+    rn_single_reset(&sq);
     double worst = 0;
     int pos = 0, ok = 1;
     const int chunks[2] = { 7, 5 };
     for (int c = 0; c < 2 && ok; c++) {
-        ok = rn_model_forward(m, attn, toks + pos, chunks[c], 0, got, 0, err, sizeof err) == 0;
+        ok = tu_forward(m, attn, &sq, toks + pos, chunks[c], 0, got, 0, err, sizeof err) == 0;
         pos += chunks[c];
         if (ok) {
             double r = rel_err(got, ref + (size_t)(pos - 1) * V, (size_t)V);
@@ -149,7 +143,7 @@ static void test_forward(const char *label, const tiny_model_t *tm, rn_model_t *
         }
     }
     for (; pos < T && ok; pos++) {
-        ok = rn_model_forward(m, attn, toks + pos, 1, 1, got, 0, err, sizeof err) == 0;
+        ok = tu_forward(m, attn, &sq, toks + pos, 1, 1, got, 0, err, sizeof err) == 0;
         if (ok) {
             double r = rel_err(got, ref + (size_t)pos * V, (size_t)V);
             worst = r > worst ? r : worst;
@@ -158,26 +152,21 @@ static void test_forward(const char *label, const tiny_model_t *tm, rn_model_t *
     CHECK(ok, "%s: chunked prefill/decode: %s", label, err);
     printf("  forward(%s, prefill=7+5, decode=%d): max rel err %.2e\n", label, T - 12, worst);
     CHECK(ok && worst < 2e-4, "%s: decode logits differ from the reference by %.3g", label, worst);
-    CHECK(attn->len == T, "%s: attention holds %lld tokens, want %d", label, (long long)attn->len, T);
+    CHECK(rn_single_len(&sq) == T, "%s: the sequence holds %lld tokens, want %d", label,
+          (long long)rn_single_len(&sq), T);
+    rn_single_free(&sq);
     free(ref);
     free(got);
 }
 
-static int make_plugin(const tiny_model_t *tm, int dense, int block_size, rn_attn_t **out, char *err, size_t n)
+static int make_plugin(const rn_model_t *m, int hash, int block_size, rn_attn_t **out, char *err, size_t n)
 {
     rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
     pc.path = plugin_path();
-    pc.num_layers = tm->cfg.n_layer;
-    pc.num_q_heads = tm->cfg.n_head;
-    pc.num_kv_heads = tm->cfg.n_head_kv;
-    pc.head_dim = tm->cfg.head_dim;
-    pc.block_size = block_size;
-    pc.max_len = 64;
-    pc.max_chunk = 32;
-    pc.dense = dense;
-    pc.shuffle_blocks = 1;
+    pc.hash = hash;
     pc.mlp_width = 32;
-    return rn_attn_plugin_create(&pc, out, err, n);
+    rn_attn_shape_t sh = tu_shape(m, block_size, 64, 1, 32);
+    return rn_attn_plugin_create(&pc, &sh, out, err, n);
 }
 
 static void run_model(const char *label, const tiny_cfg_t *cfg, uint64_t seed)
@@ -197,8 +186,8 @@ static void run_model(const char *label, const tiny_cfg_t *cfg, uint64_t seed)
         printf("model(%s)\n", label);
         test_weights(&tm, m);
         rn_attn_t *attn = NULL;
-        rc = rn_attn_naive_create(cfg->n_layer, cfg->n_head, cfg->n_head_kv, cfg->head_dim, 64, &attn, err,
-                                  sizeof err);
+        rn_attn_shape_t sh = tu_shape(m, 5, 64, 1, 32);
+        rc = rn_attn_naive_create(&sh, &attn, err, sizeof err);
         CHECK(rc == 0, "naive attention: %s", err);
         if (!rc)
             test_forward("naive", &tm, m, attn);
@@ -212,7 +201,7 @@ static void run_model(const char *label, const tiny_cfg_t *cfg, uint64_t seed)
                 SKIP("%s: the plugin is not built", name);
                 continue;
             }
-            rc = make_plugin(&tm, 1, bsz[b], &attn, err, sizeof err);
+            rc = make_plugin(m, 0, bsz[b], &attn, err, sizeof err);
             if (rc && !HASHATTN_TEST_PLUGIN_REQUIRED && !getenv("HASHATTN_PLUGIN")) {
                 SKIP("%s: %s", name, err);
                 continue;

@@ -1,19 +1,19 @@
 /*
- * attn.h - the runner's attention interface: one sequence, all layers.
+ * attn.h - the runner's attention interface on the CPU: many sequences per
+ * step, paged caches, described by a step plan (plan.h).
  *
- * The model calls, for every forward step of n new tokens:
- *   rn_attn_append(a, n)                       once, before layer 0;
- *   rn_attn_attend(a, layer, q, k, v, n, ...)  once per layer: stores the new
- *       tokens' K/V and attends the n queries causally over every token so far.
+ * The model calls attend() once per layer with the step's post-RoPE q, k and
+ * v rows (sequence after sequence, as in the plan): the implementation writes
+ * the new tokens' K/V at the plan's slots and attends every query row
+ * causally over its sequence's cached tokens: decode for the plan's first
+ * n_decode sequences (one row each), prefill for the others. Tensors are
+ * float32 row-major: q and out [n_tokens, Hq, D], k and v [n_tokens, Hkv, D].
  * Two implementations:
- *   - plugin: libhashattn.so through dlopen + hashattn_get_api, with the
- *     runner's own paged caches (blocks.h): cache_write, then prefill for a
- *     prompt chunk or decode for one generated token (hash selection there,
- *     or HASHATTN_DECODE_DENSE);
- *   - naive: contiguous caches and plain dense causal attention in the
- *     runner, for debugging and as a reference in tests.
- * Tensors are float32 row-major: q [n, Hq, D], k and v [n, Hkv, D],
- * out [n, Hq, D]. The new tokens sit at positions [len - n, len).
+ *   - plugin: libhashattn.so (plugin.h) with the runner's own paged caches:
+ *     cache_write, then one decode call for every decoding sequence and one
+ *     prefill call (query_start_loc) for every prefilling one;
+ *   - naive: dense causal attention computed in the runner over the same
+ *     paged layout, for debugging and as a reference in tests.
  */
 #ifndef HASHATTN_RUNNER_ATTN_H
 #define HASHATTN_RUNNER_ATTN_H
@@ -21,27 +21,37 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plan.h"
+#include "plugin.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 typedef struct rn_attn rn_attn_t;
 
+/* Per decoding sequence and step ("sequence steps"). */
 typedef struct rn_attn_stats {
-    uint64_t decode_steps;      /* decode calls of layer 0 */
-    double attended_sum;        /* per decode step: mean tokens attended per
-                                   (layer, selection head), summed over steps */
-    double context_sum;         /* per decode step: tokens in the cache, summed */
+    uint64_t decode_steps;      /* sequence steps that decoded */
+    double attended_sum;        /* per sequence step: mean tokens attended per
+                                   (layer, selection head), summed */
+    double context_sum;         /* per sequence step: tokens in the cache, summed */
     int64_t attended_min, attended_max; /* over single (layer, head) selections */
     int counts_known;           /* 0 when the plugin did not report counts */
 } rn_attn_stats_t;
 
+void rn_attn_stats_reset(rn_attn_stats_t *s);
+/* Add one (sequence, layer)'s counts [hsel] at context len (layer 0 opens a
+ * sequence step). Negative counts mean "not reported" (dense: len). */
+void rn_attn_stats_add(rn_attn_stats_t *s, int layer, int num_layers, const int32_t *counts, int hsel, int64_t len);
+
 typedef struct rn_attn_ops {
     const char *name;
-    int (*append)(rn_attn_t *a, int n);
-    int (*attend)(rn_attn_t *a, int layer, const float *q, const float *k, const float *v, int n,
-                  int decode, float *out);
-    void (*reset)(rn_attn_t *a);
+    int (*attend)(rn_attn_t *a, int layer, const rn_plan_t *plan, const float *q, const float *k, const float *v,
+                  float *out);
+    /* 1: dense decode and no signature writes from now on; 0: hash (only
+     * when created with hash). NULL when the mode cannot change. */
+    int (*set_dense)(rn_attn_t *a, int dense);
     void (*destroy)(rn_attn_t *a);
 } rn_attn_ops_t;
 
@@ -49,25 +59,19 @@ typedef struct rn_attn_ops {
 struct rn_attn {
     const rn_attn_ops_t *ops;
     int num_layers, num_q_heads, num_kv_heads, head_dim;
-    int64_t len;     /* tokens in the sequence (after the last append) */
-    int64_t max_len; /* capacity */
+    int32_t block_size, num_blocks; /* the caches' pages */
+    int max_seqs, max_tokens;       /* per step */
+    int32_t max_blocks;             /* columns of a block table */
     rn_attn_stats_t stats;
     char err[512];
-    char desc[256];  /* one line: backend, version, weights */
+    char desc[320];                 /* one line: backend, version, weights */
 };
 
-/* n new tokens; -1 (message in a->err) past the capacity. */
-static inline int rn_attn_append(rn_attn_t *a, int n) { return a->ops->append(a, n); }
-
-/* decode = 1: n must be 1; the plugin's decode path (sparse unless dense). */
-static inline int rn_attn_attend(rn_attn_t *a, int layer, const float *q, const float *k, const float *v,
-                                 int n, int decode, float *out)
+static inline int rn_attn_attend(rn_attn_t *a, int layer, const rn_plan_t *plan, const float *q, const float *k,
+                                 const float *v, float *out)
 {
-    return a->ops->attend(a, layer, q, k, v, n, decode, out);
+    return a->ops->attend(a, layer, plan, q, k, v, out);
 }
-
-/* Empty the sequence (caches are reused). */
-static inline void rn_attn_reset(rn_attn_t *a) { a->ops->reset(a); }
 
 static inline void rn_attn_destroy(rn_attn_t *a)
 {
@@ -75,33 +79,22 @@ static inline void rn_attn_destroy(rn_attn_t *a)
         a->ops->destroy(a);
 }
 
-/* ---- naive ---- */
-int rn_attn_naive_create(int num_layers, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_len,
-                         rn_attn_t **out, char *err, size_t errlen);
-
-/* ---- plugin ---- */
-typedef struct rn_plugin_config {
-    const char *path;         /* libhashattn.so to dlopen */
+/* Capacities of the caches and of one step. */
+typedef struct rn_attn_shape {
     int num_layers, num_q_heads, num_kv_heads, head_dim;
-    int block_size;           /* tokens per KV block (default 16) */
-    int64_t max_len;          /* cache capacity in tokens */
-    int max_chunk;            /* most tokens per append (workspace bound) */
-    int dense;                /* 1: HASHATTN_DECODE_DENSE on every decode */
-    int selection;            /* hashattn_selection_t */
-    int sink, recent;         /* budget */
-    int heavy_count;          /* >= 0 count, else heavy_fraction */
-    float heavy_fraction;
-    const char *hash_weights; /* safetensors file, NULL = random weights */
-    uint64_t seed;            /* random weights and block shuffling */
-    int mlp_width;            /* random weights' hidden width (default 128) */
-    int shuffle_blocks;       /* 1: scatter the blocks (tests the tables) */
-} rn_plugin_config_t;
+    int32_t block_size, num_blocks;
+    int max_seqs, max_tokens;
+    int32_t max_blocks;
+} rn_attn_shape_t;
 
-#define RN_PLUGIN_CONFIG_INIT                                                              \
-    { NULL, 0, 0, 0, 0, 16, 0, 512, 0, 1 /* GROUP */, 128, 128, -1, 0.0625f, NULL, 1234, \
-      128, 0 }
+/* ---- naive ---- */
+int rn_attn_naive_create(const rn_attn_shape_t *shape, rn_attn_t **out, char *err, size_t errlen);
 
-int rn_attn_plugin_create(const rn_plugin_config_t *cfg, rn_attn_t **out, char *err, size_t errlen);
+/* ---- plugin (float32 on the CPU) ---- */
+/* cfg's shape fields are taken from `shape`; cfg->hash = 0 gives dense
+ * attention with no signature cache and no hash weights. */
+int rn_attn_plugin_create(const rn_plugin_config_t *cfg, const rn_attn_shape_t *shape, rn_attn_t **out, char *err,
+                          size_t errlen);
 
 /* 1 when the plugin backend bound random hash weights. */
 int rn_attn_plugin_random_weights(const rn_attn_t *a);

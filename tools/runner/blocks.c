@@ -96,3 +96,13 @@ void rn_seq_clear(rn_block_pool_t *p, rn_seq_t *s)
         rn_block_free(p, s->table[--s->n_blocks]);
     s->len = 0;
 }
+
+void rn_seq_truncate(rn_block_pool_t *p, rn_seq_t *s, int64_t len)
+{
+    if (len < 0 || len > s->len)
+        return;
+    const int64_t keep = (len + p->block_size - 1) / p->block_size;
+    while (s->n_blocks > keep)
+        rn_block_free(p, s->table[--s->n_blocks]);
+    s->len = len;
+}

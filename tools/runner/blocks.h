@@ -56,6 +56,10 @@ int64_t rn_seq_slot(const rn_block_pool_t *p, const rn_seq_t *s, int64_t pos);
 /* Give every block back and set the length to 0. */
 void rn_seq_clear(rn_block_pool_t *p, rn_seq_t *s);
 
+/* Shorten s to `len` tokens (<= s->len) and give back the blocks past the
+ * last one it still uses. */
+void rn_seq_truncate(rn_block_pool_t *p, rn_seq_t *s, int64_t len);
+
 #ifdef __cplusplus
 }
 #endif

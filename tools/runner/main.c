@@ -1,7 +1,8 @@
 /*
  * hashattn-run - generate text with SmolLM2 (GGUF) whose attention runs in
  * libhashattn.so, loaded with dlopen + dlsym("hashattn_get_api") as a
- * serving stack would. See docs/runner.md.
+ * serving stack would: one prompt, or a file of prompts decoded together
+ * with continuous batching, on the CPU or on a GPU. See docs/runner.md.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -14,13 +15,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include <hashattn/hashattn.h>
 
 #include "attn.h"
+#include "engine.h"
+#include "exec.h"
 #include "gguf.h"
+#include "matmul.h"
 #include "model.h"
 #include "sample.h"
 #include "tokenizer.h"
+#ifdef HASHATTN_RUNNER_CUDA
+#include "cuda_exec.h"
+#endif
 
 #ifndef HASHATTN_RUNNER_DEFAULT_PLUGIN
 #define HASHATTN_RUNNER_DEFAULT_PLUGIN "libhashattn.so.1"
@@ -28,13 +37,13 @@
 #define DEFAULT_MODEL_NAME "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 typedef struct options {
-    const char *model, *plugin, *prompt, *prompt_file, *system, *hash_weights, *attn, *selection, *device;
-    const char *dump_logits;
+    const char *model, *plugin, *prompt, *prompt_file, *prompts, *system, *hash_weights, *attn, *selection, *device;
+    const char *dump_logits, *jsonl, *kv_dtype, *weights_dtype, *bench_batch, *bench_ctx, *bench_json;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, mlp_width;
+    int sink, recent, heavy_count, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
     float heavy_fraction, temperature, top_p;
     uint64_t seed;
-    int64_t ctx;
+    int64_t ctx, kv_tokens;
 } options_t;
 
 static double now_s(void)
@@ -49,6 +58,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: hashattn-run [options] PROMPT\n"
             "       hashattn-run [options] --prompt-file FILE\n"
+            "       hashattn-run [options] --prompts FILE [--batch N]\n"
+            "       hashattn-run [options] --bench\n"
             "\n"
             "Generates text with a Llama GGUF model (default SmolLM2-135M-Instruct); all\n"
             "attention runs in libhashattn.so (dlopen + hashattn_get_api).\n"
@@ -57,11 +68,16 @@ static void usage(FILE *out)
             "                        ${HASHATTN_CACHE:-~/.cache/hashattn}/" DEFAULT_MODEL_NAME ",\n"
             "                        which scripts/fetch-model puts there)\n"
             "  --plugin FILE         the plugin (default $HASHATTN_PLUGIN, else the build's)\n"
-            "  --prompt-file FILE    read the prompt from FILE ('-' = stdin)\n"
-            "  --chat                wrap the prompt in the model's chat template (ChatML)\n"
+            "  --prompt-file FILE    read one prompt from FILE ('-' = stdin)\n"
+            "  --prompts FILE        one prompt per line ('\\n', '\\t', '\\\\' escapes; empty\n"
+            "                        lines skipped), decoded together (continuous batching)\n"
+            "  --batch N             sequences decoded at once with --prompts (default 8)\n"
+            "  --jsonl FILE          write each finished sequence as a JSON line: index,\n"
+            "                        prompt_tokens, tokens, text, stop\n"
+            "  --chat                wrap each prompt in the model's chat template (ChatML)\n"
             "  --system TEXT         system message with --chat (default: the template's)\n"
             "  --attn MODE           dense (default) | hash | naive (runner-side dense\n"
-            "                        attention without the plugin, for debugging)\n"
+            "                        attention without the plugin, CPU only, for debugging)\n"
             "  --sink N              sink tokens always attended (default 128)\n"
             "  --recent N            recent tokens always attended (default 128)\n"
             "  --heavy-fraction F    heavy budget as a fraction of the context (default 0.0625)\n"
@@ -70,21 +86,34 @@ static void usage(FILE *out)
             "  --hash-weights FILE   trained hash weights (safetensors); without it hash\n"
             "                        mode binds random weights (seeded) and says so\n"
             "  --mlp-width N         width of the random hash MLPs (default 128)\n"
-            "  --device D            cpu (default); cuda is not wired in the runner yet\n"
-            "  --max-new-tokens N    tokens to generate (default 128)\n"
+            "  --device D            cpu (default) | cuda | cuda:N\n"
+            "  --kv-dtype T          cuda: bf16 (default) | fp16, the plugin's dtype\n"
+            "  --weights-dtype T     cuda: f32 (default) | bf16\n"
+            "  --no-graphs           cuda: do not capture decode steps in CUDA graphs\n"
+            "  --threads N           cpu: matrix-product threads (default: every CPU)\n"
+            "  --max-new-tokens N    tokens to generate per prompt (default 128)\n"
             "  --temperature F       0 = greedy (default 0)\n"
             "  --top-p F             nucleus sampling threshold (default 1 = off)\n"
             "  --seed N              sampling and random-weight seed (default 1234)\n"
-            "  --ctx N               KV cache capacity in tokens (default prompt + new)\n"
+            "  --ctx N               tokens one sequence may hold (default the longest\n"
+            "                        prompt + new tokens)\n"
+            "  --kv-tokens N         KV pool capacity in tokens (default batch x ctx)\n"
             "  --block-size N        tokens per KV block (default 16)\n"
-            "  --prefill-chunk N     prompt tokens per prefill call (default 512)\n"
+            "  --prefill-chunk N     prompt tokens per step (default 512; cuda 2048)\n"
             "  --shuffle-blocks      hand out KV blocks in a random order\n"
             "  --ignore-eos          do not stop at end-of-text tokens\n"
             "  --show-special        print control tokens' text\n"
-            "  --quiet               do not stream the generated text\n"
+            "  --quiet               do not print the generated text\n"
             "  --inspect             print the model's metadata and tensor types, then exit\n"
+            "  --tokenize            print the prompt's token ids (one line per prompt), then exit\n"
             "  --dump-logits FILE    write the prompt's token ids and every prompt position's\n"
-            "                        logits to FILE (format in docs/runner.md)\n"
+            "                        logits to FILE (one prompt; format in docs/runner.md)\n"
+            "  --bench               decode speed, dense and hash, at fixed batch shapes:\n"
+            "  --bench-batch LIST    batch sizes (default 1,32)\n"
+            "  --bench-ctx LIST      context lengths (default 4096,8192)\n"
+            "  --bench-steps N       timed decode steps (default 64)\n"
+            "  --bench-warmup N      untimed steps first (default 3)\n"
+            "  --bench-json FILE     write the results as JSON\n"
             "  -h, --help\n");
 }
 
@@ -111,91 +140,6 @@ static int parse_float(const char *s, const char *opt, double lo, double hi, flo
         return -1;
     }
     *out = (float)v;
-    return 0;
-}
-
-static int parse_args(int argc, char **argv, options_t *o)
-{
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long long n;
-#define NEEDV()                                                              \
-    do {                                                                     \
-        if (!v) {                                                            \
-            fprintf(stderr, "hashattn-run: %s needs a value\n", a);          \
-            return -1;                                                       \
-        }                                                                    \
-        i++;                                                                 \
-    } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
-        } else if (!strcmp(a, "--model")) {
-            NEEDV(); o->model = v;
-        } else if (!strcmp(a, "--plugin")) {
-            NEEDV(); o->plugin = v;
-        } else if (!strcmp(a, "--prompt-file")) {
-            NEEDV(); o->prompt_file = v;
-        } else if (!strcmp(a, "--system")) {
-            NEEDV(); o->system = v;
-        } else if (!strcmp(a, "--chat")) {
-            o->chat = 1;
-        } else if (!strcmp(a, "--attn")) {
-            NEEDV(); o->attn = v;
-        } else if (!strcmp(a, "--selection")) {
-            NEEDV(); o->selection = v;
-        } else if (!strcmp(a, "--device")) {
-            NEEDV(); o->device = v;
-        } else if (!strcmp(a, "--hash-weights")) {
-            NEEDV(); o->hash_weights = v;
-        } else if (!strcmp(a, "--sink")) {
-            NEEDV(); if (parse_int(v, a, 0, INT32_MAX, &n)) return -1; o->sink = (int)n;
-        } else if (!strcmp(a, "--recent")) {
-            NEEDV(); if (parse_int(v, a, 1, INT32_MAX, &n)) return -1; o->recent = (int)n;
-        } else if (!strcmp(a, "--heavy-count")) {
-            NEEDV(); if (parse_int(v, a, 0, INT32_MAX, &n)) return -1; o->heavy_count = (int)n;
-        } else if (!strcmp(a, "--heavy-fraction")) {
-            NEEDV(); if (parse_float(v, a, 0, 1, &o->heavy_fraction)) return -1;
-        } else if (!strcmp(a, "--mlp-width")) {
-            NEEDV(); if (parse_int(v, a, 1, 1024, &n)) return -1; o->mlp_width = (int)n;
-        } else if (!strcmp(a, "--max-new-tokens")) {
-            NEEDV(); if (parse_int(v, a, 0, 1 << 24, &n)) return -1; o->max_new = (int)n;
-        } else if (!strcmp(a, "--temperature")) {
-            NEEDV(); if (parse_float(v, a, 0, 100, &o->temperature)) return -1;
-        } else if (!strcmp(a, "--top-p")) {
-            NEEDV(); if (parse_float(v, a, 1e-6, 1, &o->top_p)) return -1;
-        } else if (!strcmp(a, "--seed")) {
-            NEEDV(); if (parse_int(v, a, 0, INT64_MAX, &n)) return -1; o->seed = (uint64_t)n;
-        } else if (!strcmp(a, "--ctx")) {
-            NEEDV(); if (parse_int(v, a, 1, 1 << 24, &n)) return -1; o->ctx = n;
-        } else if (!strcmp(a, "--block-size")) {
-            NEEDV(); if (parse_int(v, a, 1, 4096, &n)) return -1; o->block_size = (int)n;
-        } else if (!strcmp(a, "--prefill-chunk")) {
-            NEEDV(); if (parse_int(v, a, 1, 1 << 16, &n)) return -1; o->prefill_chunk = (int)n;
-        } else if (!strcmp(a, "--shuffle-blocks")) {
-            o->shuffle_blocks = 1;
-        } else if (!strcmp(a, "--ignore-eos")) {
-            o->ignore_eos = 1;
-        } else if (!strcmp(a, "--show-special")) {
-            o->show_special = 1;
-        } else if (!strcmp(a, "--quiet")) {
-            o->quiet = 1;
-        } else if (!strcmp(a, "--inspect")) {
-            o->inspect = 1;
-        } else if (!strcmp(a, "--dump-logits")) {
-            NEEDV(); o->dump_logits = v;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "hashattn-run: unknown option %s (see --help)\n", a);
-            return -1;
-        } else if (!o->prompt) {
-            o->prompt = a;
-        } else {
-            fprintf(stderr, "hashattn-run: one prompt only (quote it)\n");
-            return -1;
-        }
-#undef NEEDV
-    }
     return 0;
 }
 
@@ -302,15 +246,302 @@ static void progress_end(progress_t *p)
     p->shown = 0;
 }
 
+static int parse_args(int argc, char **argv, options_t *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long n;
+#define NEEDV()                                                              \
+    do {                                                                     \
+        if (!v) {                                                            \
+            fprintf(stderr, "hashattn-run: %s needs a value\n", a);          \
+            return -1;                                                       \
+        }                                                                    \
+        i++;                                                                 \
+    } while (0)
+#define INTOPT(name, lo, hi, dst)                                            \
+    else if (!strcmp(a, name)) {                                             \
+        NEEDV();                                                             \
+        if (parse_int(v, a, lo, hi, &n))                                     \
+            return -1;                                                       \
+        dst = n;                                                             \
+    }
+#define STROPT(name, dst)                                                    \
+    else if (!strcmp(a, name)) {                                             \
+        NEEDV();                                                             \
+        dst = v;                                                             \
+    }
+#define FLAG(name, dst) else if (!strcmp(a, name)) dst = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        STROPT("--model", o->model)
+        STROPT("--plugin", o->plugin)
+        STROPT("--prompt-file", o->prompt_file)
+        STROPT("--prompts", o->prompts)
+        STROPT("--jsonl", o->jsonl)
+        STROPT("--system", o->system)
+        STROPT("--attn", o->attn)
+        STROPT("--selection", o->selection)
+        STROPT("--device", o->device)
+        STROPT("--kv-dtype", o->kv_dtype)
+        STROPT("--weights-dtype", o->weights_dtype)
+        STROPT("--hash-weights", o->hash_weights)
+        STROPT("--dump-logits", o->dump_logits)
+        STROPT("--bench-batch", o->bench_batch)
+        STROPT("--bench-ctx", o->bench_ctx)
+        STROPT("--bench-json", o->bench_json)
+        FLAG("--chat", o->chat)
+        FLAG("--shuffle-blocks", o->shuffle_blocks)
+        FLAG("--ignore-eos", o->ignore_eos)
+        FLAG("--show-special", o->show_special)
+        FLAG("--quiet", o->quiet)
+        FLAG("--inspect", o->inspect)
+        FLAG("--tokenize", o->tokenize)
+        FLAG("--no-graphs", o->no_graphs)
+        FLAG("--bench", o->bench)
+        INTOPT("--sink", 0, INT32_MAX, o->sink)
+        INTOPT("--recent", 1, INT32_MAX, o->recent)
+        INTOPT("--heavy-count", 0, INT32_MAX, o->heavy_count)
+        INTOPT("--mlp-width", 1, 1024, o->mlp_width)
+        INTOPT("--max-new-tokens", 0, 1 << 24, o->max_new)
+        INTOPT("--batch", 1, 4096, o->batch)
+        INTOPT("--threads", 0, 256, o->threads)
+        INTOPT("--seed", 0, INT64_MAX, o->seed)
+        INTOPT("--ctx", 1, 1 << 24, o->ctx)
+        INTOPT("--kv-tokens", 1, 1LL << 32, o->kv_tokens)
+        INTOPT("--block-size", 1, 4096, o->block_size)
+        INTOPT("--prefill-chunk", 1, 1 << 16, o->prefill_chunk)
+        INTOPT("--bench-steps", 1, 1 << 20, o->bench_steps)
+        INTOPT("--bench-warmup", 0, 1 << 20, o->bench_warmup)
+        else if (!strcmp(a, "--heavy-fraction")) {
+            NEEDV();
+            if (parse_float(v, a, 0, 1, &o->heavy_fraction))
+                return -1;
+        } else if (!strcmp(a, "--temperature")) {
+            NEEDV();
+            if (parse_float(v, a, 0, 100, &o->temperature))
+                return -1;
+        } else if (!strcmp(a, "--top-p")) {
+            NEEDV();
+            if (parse_float(v, a, 1e-6, 1, &o->top_p))
+                return -1;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "hashattn-run: unknown option %s (see --help)\n", a);
+            return -1;
+        } else if (!o->prompt) {
+            o->prompt = a;
+        } else {
+            fprintf(stderr, "hashattn-run: one prompt only (quote it, or use --prompts FILE)\n");
+            return -1;
+        }
+#undef NEEDV
+#undef INTOPT
+#undef STROPT
+#undef FLAG
+    }
+    return 0;
+}
+
+/* Split a --prompts file into lines, decoding \n, \t, \r and \\; empty lines
+ * are skipped. Returns the count, or -1. The strings point into buf. */
+static int split_prompts(char *buf, char ***out)
+{
+    int n = 0, cap = 16;
+    char **v = malloc((size_t)cap * sizeof *v);
+    char *p = buf;
+    while (v && *p) {
+        char *eol = strchr(p, '\n');
+        char *next = eol ? eol + 1 : p + strlen(p);
+        if (eol)
+            *eol = 0;
+        char *w = p;
+        for (char *r = p; *r; r++) {
+            if (*r == '\\' && r[1]) {
+                r++;
+                *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r == 'r' ? '\r' : *r;
+            } else if (*r != '\r' || r[1]) {
+                *w++ = *r;
+            }
+        }
+        *w = 0;
+        if (*p) {
+            if (n == cap) {
+                char **nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+                if (!nv) {
+                    free(v);
+                    return -1;
+                }
+                v = nv;
+            }
+            v[n++] = p;
+        }
+        p = next;
+    }
+    if (!v)
+        return -1;
+    *out = v;
+    return n;
+}
+
+/* ---- engine callbacks -------------------------------------------------------------- */
+
+typedef struct run_ctx {
+    const options_t *o;
+    const rn_tokenizer_t *tok;
+    const rn_request_t *reqs;
+    int n_reqs, stream;
+    progress_t *pg;
+    FILE *jsonl, *dump;
+    int dump_bad;
+    int V;
+    double t0;
+    int64_t max_len_seen;
+} run_ctx_t;
+
+static int cb_is_stop(void *user, int32_t t)
+{
+    const run_ctx_t *c = user;
+    return t == rn_tokenizer_eos(c->tok) || rn_tokenizer_type(c->tok, t) == RN_TOKEN_CONTROL;
+}
+
+static void cb_token(void *user, int req, int32_t t, int is_stop)
+{
+    run_ctx_t *c = user;
+    (void)req;
+    if (!c->stream || c->o->quiet || (is_stop && !c->o->show_special))
+        return;
+    char piece[512];
+    int len = rn_tokenizer_decode(c->tok, t, c->o->show_special, piece, sizeof piece);
+    if (len > 0) {
+        progress_end(c->pg);
+        fwrite(piece, 1, (size_t)(len < (int)sizeof piece ? len : (int)sizeof piece), stdout);
+        fflush(stdout);
+    }
+}
+
+/* the text of ids (stop tokens only with --show-special); malloc'd */
+static char *detokenize(const rn_tokenizer_t *tok, const int32_t *ids, int n, int show_special)
+{
+    size_t cap = 256, len = 0;
+    char *s = malloc(cap), piece[512];
+    for (int i = 0; s && i < n; i++) {
+        int k = rn_tokenizer_decode(tok, ids[i], show_special, piece, sizeof piece);
+        if (k <= 0)
+            continue;
+        if (k > (int)sizeof piece)
+            k = (int)sizeof piece;
+        if (len + (size_t)k + 1 > cap) {
+            while (len + (size_t)k + 1 > cap)
+                cap *= 2;
+            char *ns = realloc(s, cap);
+            if (!ns) {
+                free(s);
+                return NULL;
+            }
+            s = ns;
+        }
+        memcpy(s + len, piece, (size_t)k);
+        len += (size_t)k;
+    }
+    if (s)
+        s[len] = 0;
+    return s;
+}
+
+static void cb_done(void *user, int req, const rn_result_t *r)
+{
+    run_ctx_t *c = user;
+    const rn_request_t *q = &c->reqs[req];
+    if ((int64_t)q->n_prompt + r->n_tokens > c->max_len_seen)
+        c->max_len_seen = (int64_t)q->n_prompt + r->n_tokens;
+    char *text = NULL;
+    if ((!c->stream && !c->o->quiet) || c->jsonl)
+        text = detokenize(c->tok, r->tokens, r->n_tokens, c->o->show_special);
+    if (!c->stream && !c->o->quiet) {
+        progress_end(c->pg);
+        printf("--- [%d] prompt_tokens=%d new_tokens=%d stop=%s\n%s\n", req, q->n_prompt, r->n_tokens,
+               rn_stop_name(r->stop), text ? text : "");
+        fflush(stdout);
+    }
+    if (c->jsonl) {
+        json_object *o = json_object_new_object(), *ids = json_object_new_array();
+        for (int i = 0; i < r->n_tokens; i++)
+            json_object_array_add(ids, json_object_new_int(r->tokens[i]));
+        json_object_object_add(o, "index", json_object_new_int(req));
+        json_object_object_add(o, "prompt_tokens", json_object_new_int(q->n_prompt));
+        json_object_object_add(o, "tokens", ids);
+        json_object_object_add(o, "text", json_object_new_string(text ? text : ""));
+        json_object_object_add(o, "stop", json_object_new_string(rn_stop_name(r->stop)));
+        json_object_object_add(o, "first_token_s", json_object_new_double(r->t_first));
+        json_object_object_add(o, "done_s", json_object_new_double(r->t_done));
+        fprintf(c->jsonl, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                                        JSON_C_TO_STRING_NOSLASHESCAPE));
+        fflush(c->jsonl);
+        json_object_put(o);
+    }
+    free(text);
+}
+
+static void cb_progress(void *user, const rn_engine_stats_t *st)
+{
+    run_ctx_t *c = user;
+    if (c->stream && !c->o->quiet && st->generated > 0)
+        return; /* the text itself shows the progress */
+    const double t = now_s() - c->t0;
+    progress(c->pg, "step %llu: %d running, %d waiting, %d/%d done, %llu prompt + %llu new tokens, %.1f new tok/s, "
+                    "KV blocks %lld/%lld",
+             (unsigned long long)st->steps, st->running, st->waiting, st->done, st->n_requests,
+             (unsigned long long)st->prefill_tokens, (unsigned long long)st->generated,
+             t > 0 ? st->generated / t : 0.0, (long long)st->blocks_in_use, (long long)st->num_blocks);
+}
+
+static void cb_logits(void *user, int req, int pos0, int rows, const float *logits)
+{
+    run_ctx_t *c = user;
+    (void)pos0;
+    if (req != 0 || !c->dump)
+        return;
+    if (fwrite(logits, sizeof(float) * (size_t)c->V, (size_t)rows, c->dump) != (size_t)rows)
+        c->dump_bad = 1;
+}
+
+static int parse_list(const char *s, int *v, int cap)
+{
+    int n = 0;
+    while (s && *s && n < cap) {
+        char *end;
+        long x = strtol(s, &end, 10);
+        if (end == s || x < 1 || x > (1 << 24))
+            return -1;
+        v[n++] = (int)x;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+#define FAIL_USAGE(...)                                  \
+    do {                                                 \
+        fprintf(stderr, "hashattn-run: " __VA_ARGS__);   \
+        fputc('\n', stderr);                             \
+        printf("hashattn-run: FAILED (usage)\n");        \
+        return 2;                                        \
+    } while (0)
+
 int main(int argc, char **argv)
 {
     options_t o = { 0 };
     o.attn = "dense";
     o.selection = "group";
     o.device = "cpu";
+    o.kv_dtype = "bf16";
+    o.weights_dtype = "f32";
     o.max_new = 128;
     o.block_size = 16;
-    o.prefill_chunk = 512;
     o.sink = 128;
     o.recent = 128;
     o.heavy_count = -1;
@@ -318,6 +549,11 @@ int main(int argc, char **argv)
     o.mlp_width = 128;
     o.top_p = 1.0f;
     o.seed = 1234;
+    o.batch = 8;
+    o.bench_steps = 64;
+    o.bench_warmup = 3;
+    o.bench_batch = "1,32";
+    o.bench_ctx = "4096,8192";
     if (parse_args(argc, argv, &o)) {
         usage(stderr);
         printf("hashattn-run: FAILED (usage)\n");
@@ -339,21 +575,35 @@ int main(int argc, char **argv)
         o.plugin = env && *env ? env : HASHATTN_RUNNER_DEFAULT_PLUGIN;
     }
     const int mode_naive = !strcmp(o.attn, "naive"), mode_hash = !strcmp(o.attn, "hash");
-    if (!mode_naive && !mode_hash && strcmp(o.attn, "dense")) {
-        fprintf(stderr, "hashattn-run: --attn is dense, hash or naive, not '%s'\n", o.attn);
-        printf("hashattn-run: FAILED (usage)\n");
-        return 2;
+    if (!mode_naive && !mode_hash && strcmp(o.attn, "dense"))
+        FAIL_USAGE("--attn is dense, hash or naive, not '%s'", o.attn);
+    if (strcmp(o.selection, "group") && strcmp(o.selection, "per-head"))
+        FAIL_USAGE("--selection is group or per-head, not '%s'", o.selection);
+    int cuda = 0, cuda_dev = 0;
+    if (!strncmp(o.device, "cuda", 4) && (o.device[4] == 0 || o.device[4] == ':')) {
+        cuda = 1;
+        if (o.device[4] == ':' && (sscanf(o.device + 5, "%d", &cuda_dev) != 1 || cuda_dev < 0))
+            FAIL_USAGE("--device %s: expected cuda:N", o.device);
+    } else if (strcmp(o.device, "cpu")) {
+        FAIL_USAGE("--device is cpu, cuda or cuda:N, not '%s'", o.device);
     }
-    if (strcmp(o.selection, "group") && strcmp(o.selection, "per-head")) {
-        fprintf(stderr, "hashattn-run: --selection is group or per-head, not '%s'\n", o.selection);
-        printf("hashattn-run: FAILED (usage)\n");
-        return 2;
-    }
-    if (strcmp(o.device, "cpu")) {
-        fprintf(stderr, "hashattn-run: --device %s: only cpu is wired in the runner so far\n", o.device);
-        printf("hashattn-run: FAILED (usage)\n");
-        return 2;
-    }
+#ifndef HASHATTN_RUNNER_CUDA
+    if (cuda)
+        FAIL_USAGE("--device cuda: this build has no CUDA (configure with -DHASHATTN_WITH_CUDA=ON)");
+#endif
+    if (cuda && mode_naive)
+        FAIL_USAGE("--attn naive runs on the CPU only");
+    if (strcmp(o.kv_dtype, "bf16") && strcmp(o.kv_dtype, "fp16"))
+        FAIL_USAGE("--kv-dtype is bf16 or fp16, not '%s'", o.kv_dtype);
+    if (strcmp(o.weights_dtype, "f32") && strcmp(o.weights_dtype, "bf16"))
+        FAIL_USAGE("--weights-dtype is f32 or bf16, not '%s'", o.weights_dtype);
+    if (!o.prefill_chunk)
+        o.prefill_chunk = cuda ? 2048 : 512;
+    if (o.prompt && (o.prompt_file || o.prompts))
+        FAIL_USAGE("give one of PROMPT, --prompt-file and --prompts");
+    if (o.prompt_file && o.prompts)
+        FAIL_USAGE("give --prompt-file or --prompts, not both");
+    rn_matmul_set_threads(o.threads);
 
     char err[1024];
     int rc = 1;
@@ -362,11 +612,14 @@ int main(int argc, char **argv)
     rn_model_t *m = NULL;
     rn_tokenizer_t *tok = NULL;
     rn_attn_t *attn = NULL;
-    rn_sampler_t smp = { 0 };
-    rn_tokens_t prompt = { 0 };
-    char *prompt_buf = NULL;
-    float *logits = NULL, *chunk_logits = NULL;
-    FILE *dump = NULL;
+    rn_exec_t *ex = NULL;
+    rn_tokens_t *ptoks = NULL;
+    rn_request_t *reqs = NULL;
+    rn_result_t *results = NULL;
+    char *buf = NULL, **texts = NULL;
+    char *single[1] = { NULL };
+    int n_prompts = 0;
+    FILE *dump = NULL, *jsonl = NULL;
 
     if (gguf_open(o.model, &f, err, sizeof err)) {
         fprintf(stderr, "hashattn-run: %s\n", err);
@@ -380,27 +633,84 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     }
-    size_t prompt_len = 0;
-    if (o.prompt_file) {
-        if (o.prompt) {
-            fprintf(stderr, "hashattn-run: give a prompt or --prompt-file, not both\n");
+    if (rn_tokenizer_from_gguf(f, &tok, err, sizeof err)) {
+        fprintf(stderr, "hashattn-run: %s: %s\n", o.model, err);
+        goto out;
+    }
+
+    /* ---- prompts ---- */
+    if (!o.bench) {
+        size_t len = 0;
+        if (o.prompts || o.prompt_file) {
+            const char *path = o.prompts ? o.prompts : o.prompt_file;
+            if (!(buf = read_file(path, &len))) {
+                fprintf(stderr, "hashattn-run: cannot read %s\n", path);
+                goto out;
+            }
+        }
+        if (o.prompts) {
+            if ((n_prompts = split_prompts(buf, &texts)) < 0) {
+                fprintf(stderr, "hashattn-run: out of memory\n");
+                goto out;
+            }
+        } else if (o.prompt || o.prompt_file) {
+            single[0] = o.prompt ? (char *)o.prompt : buf;
+            n_prompts = 1;
+        } else {
+            usage(stderr);
+            printf("hashattn-run: FAILED (usage)\n");
             rc = 2;
             goto out;
         }
-        if (!(prompt_buf = read_file(o.prompt_file, &prompt_len))) {
-            fprintf(stderr, "hashattn-run: cannot read %s\n", o.prompt_file);
+        if (n_prompts == 0) {
+            fprintf(stderr, "hashattn-run: %s holds no prompt\n", o.prompts);
             goto out;
         }
-    } else if (o.prompt) {
-        prompt_len = strlen(o.prompt);
-    } else {
-        usage(stderr);
-        rc = 2;
-        goto out;
+        if (!(ptoks = calloc((size_t)n_prompts, sizeof *ptoks)) ||
+            !(reqs = calloc((size_t)n_prompts, sizeof *reqs)) ||
+            !(results = calloc((size_t)n_prompts, sizeof *results))) {
+            fprintf(stderr, "hashattn-run: out of memory\n");
+            goto out;
+        }
+        for (int i = 0; i < n_prompts; i++) {
+            const char *text = texts ? texts[i] : single[0];
+            /* a --prompt-file is taken whole, NUL bytes and all */
+            const size_t tlen = texts || o.prompt ? strlen(text) : len;
+            if (o.chat) {
+                if (rn_tokenizer_chat(tok, o.system, text, &ptoks[i], err, sizeof err)) {
+                    fprintf(stderr, "hashattn-run: --chat: %s\n", err);
+                    goto out;
+                }
+            } else if (rn_tokenizer_encode(tok, text, tlen, 1, &ptoks[i])) {
+                fprintf(stderr, "hashattn-run: out of memory tokenizing prompt %d\n", i);
+                goto out;
+            }
+            if (!o.tokenize && ptoks[i].n == 0) {
+                fprintf(stderr, "hashattn-run: prompt %d is empty\n", i);
+                goto out;
+            }
+            reqs[i].prompt = ptoks[i].ids;
+            reqs[i].n_prompt = (int)ptoks[i].n;
+            reqs[i].max_new = o.max_new;
+        }
+        if (o.tokenize) {
+            for (int i = 0; i < n_prompts; i++) {
+                for (size_t j = 0; j < ptoks[i].n; j++)
+                    printf(j ? " %d" : "%d", ptoks[i].ids[j]);
+                printf("\n");
+            }
+            printf("hashattn-run: tokenize %d prompt%s OK\n", n_prompts, n_prompts == 1 ? "" : "s");
+            rc = 0;
+            goto out;
+        }
+        if (o.dump_logits && n_prompts != 1) {
+            fprintf(stderr, "hashattn-run: --dump-logits takes one prompt\n");
+            rc = 2;
+            goto out;
+        }
     }
-    const char *text = prompt_buf ? prompt_buf : o.prompt;
 
-    if (rn_tokenizer_from_gguf(f, &tok, err, sizeof err) || rn_model_load(f, &m, err, sizeof err)) {
+    if (rn_model_load(f, &m, err, sizeof err)) {
         fprintf(stderr, "hashattn-run: %s: %s\n", o.model, err);
         goto out;
     }
@@ -413,183 +723,283 @@ int main(int argc, char **argv)
             hp->n_vocab, m->n_params / 1e6, m->n_params * 4.0 / 1e6, m->tied ? "tied" : "separate",
             hp->rope_theta);
 
-    if (o.chat) {
-        if (rn_tokenizer_chat(tok, o.system, text, &prompt, err, sizeof err)) {
-            fprintf(stderr, "hashattn-run: --chat: %s\n", err);
+    /* ---- capacities ---- */
+    int bench_b[16], bench_c[16], nbb = 0, nbc = 0;
+    int batch = o.batch, max_batch_tokens;
+    int64_t ctx = o.ctx;
+    const int bs = o.block_size, width_round = cuda ? (1024 + bs - 1) / bs : 1;
+    if (o.bench) {
+        nbb = parse_list(o.bench_batch, bench_b, 16);
+        nbc = parse_list(o.bench_ctx, bench_c, 16);
+        if (nbb < 1 || nbc < 1) {
+            fprintf(stderr, "hashattn-run: --bench-batch and --bench-ctx take lists like 1,32\n");
+            rc = 2;
             goto out;
         }
-    } else if (rn_tokenizer_encode(tok, text, prompt_len, 1, &prompt)) {
-        fprintf(stderr, "hashattn-run: out of memory tokenizing the prompt\n");
-        goto out;
-    }
-    if (prompt.n == 0) {
-        fprintf(stderr, "hashattn-run: the prompt is empty\n");
-        goto out;
-    }
-    int64_t cap = o.ctx ? o.ctx : (int64_t)prompt.n + o.max_new;
-    if ((int64_t)prompt.n + o.max_new > cap) {
-        fprintf(stderr, "hashattn-run: prompt (%zu tokens) + %d new tokens exceed --ctx %lld\n", prompt.n,
-                o.max_new, (long long)cap);
-        goto out;
-    }
-    if (cap > hp->n_ctx_train)
-        fprintf(stderr, "hashattn-run: warning: %lld tokens exceed the model's trained context %lld\n",
-                (long long)cap, (long long)hp->n_ctx_train);
-
-    if (mode_naive) {
-        if (rn_attn_naive_create(hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, cap, &attn, err,
-                                 sizeof err)) {
-            fprintf(stderr, "hashattn-run: %s\n", err);
-            goto out;
-        }
+        batch = 0;
+        ctx = 0;
+        for (int i = 0; i < nbb; i++)
+            batch = bench_b[i] > batch ? bench_b[i] : batch;
+        for (int i = 0; i < nbc; i++)
+            ctx = bench_c[i] > ctx ? bench_c[i] : ctx;
+        ctx += o.bench_warmup + o.bench_steps + 1;
     } else {
-        rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
-        pc.path = o.plugin;
-        pc.num_layers = hp->n_layer;
-        pc.num_q_heads = hp->n_head;
-        pc.num_kv_heads = hp->n_head_kv;
-        pc.head_dim = hp->head_dim;
-        pc.block_size = o.block_size;
-        pc.max_len = cap;
-        pc.max_chunk = o.prefill_chunk;
-        pc.dense = !mode_hash;
-        pc.selection = strcmp(o.selection, "group") ? HASHATTN_SELECTION_PER_HEAD : HASHATTN_SELECTION_GROUP;
-        pc.sink = o.sink;
-        pc.recent = o.recent;
-        pc.heavy_count = o.heavy_count;
-        pc.heavy_fraction = o.heavy_fraction;
-        pc.hash_weights = o.hash_weights;
-        pc.seed = o.seed;
-        pc.mlp_width = o.mlp_width;
-        pc.shuffle_blocks = o.shuffle_blocks;
-        if (rn_attn_plugin_create(&pc, &attn, err, sizeof err)) {
+        if (batch > n_prompts)
+            batch = n_prompts;
+        int64_t longest = 0;
+        for (int i = 0; i < n_prompts; i++)
+            if (reqs[i].n_prompt + (int64_t)o.max_new > longest)
+                longest = reqs[i].n_prompt + (int64_t)o.max_new;
+        if (!ctx)
+            ctx = longest;
+    }
+    if (ctx > hp->n_ctx_train)
+        fprintf(stderr, "hashattn-run: warning: %lld tokens exceed the model's trained context %lld\n",
+                (long long)ctx, (long long)hp->n_ctx_train);
+    int32_t max_blocks = (int32_t)((ctx + bs - 1) / bs);
+    max_blocks = (max_blocks + width_round - 1) / width_round * width_round;
+    int64_t kv_tokens = o.kv_tokens ? o.kv_tokens : (int64_t)batch * max_blocks * bs;
+    int32_t num_blocks = (int32_t)((kv_tokens + bs - 1) / bs);
+    if (num_blocks < max_blocks)
+        num_blocks = max_blocks;
+    max_batch_tokens = o.prefill_chunk + batch;
+    const int hash_ctx = mode_hash || o.bench; /* signatures and weights */
+
+    rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
+    pc.path = o.plugin;
+    pc.hash = hash_ctx;
+    pc.selection = strcmp(o.selection, "group") ? HASHATTN_SELECTION_PER_HEAD : HASHATTN_SELECTION_GROUP;
+    pc.sink = o.sink;
+    pc.recent = o.recent;
+    pc.heavy_count = o.heavy_count;
+    pc.heavy_fraction = o.heavy_fraction;
+    pc.hash_weights = o.hash_weights;
+    pc.seed = o.seed;
+    pc.mlp_width = o.mlp_width;
+    int random_weights = 0;
+    if (cuda) {
+#ifdef HASHATTN_RUNNER_CUDA
+        rn_cuda_config_t cc;
+        memset(&cc, 0, sizeof cc);
+        cc.device = cuda_dev;
+        cc.weights_bf16 = !strcmp(o.weights_dtype, "bf16");
+        cc.kv_dtype = !strcmp(o.kv_dtype, "fp16") ? RN_DT_F16 : RN_DT_BF16;
+        cc.graphs = !o.no_graphs;
+        cc.block_size = bs;
+        cc.num_blocks = num_blocks;
+        cc.max_seqs = batch;
+        cc.max_tokens = max_batch_tokens;
+        cc.max_blocks = max_blocks;
+        cc.width_round = width_round;
+        cc.plugin = pc;
+        if (rn_exec_cuda_create(m, &cc, &ex, err, sizeof err)) {
+            fprintf(stderr, "hashattn-run: %s\n", err);
+            goto out;
+        }
+        random_weights = rn_exec_cuda_random_weights(ex);
+#endif
+    } else {
+        rn_attn_shape_t sh = { hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, bs, num_blocks,
+                               batch, max_batch_tokens, max_blocks };
+        if (mode_naive ? rn_attn_naive_create(&sh, &attn, err, sizeof err)
+                       : rn_attn_plugin_create(&pc, &sh, &attn, err, sizeof err)) {
+            fprintf(stderr, "hashattn-run: %s\n", err);
+            goto out;
+        }
+        random_weights = rn_attn_plugin_random_weights(attn);
+        if (rn_exec_cpu_create(m, attn, &ex, err, sizeof err)) {
             fprintf(stderr, "hashattn-run: %s\n", err);
             goto out;
         }
     }
-    fprintf(stderr, "hashattn-run: attention: %s\n", attn->desc);
-    if (mode_hash && rn_attn_plugin_random_weights(attn))
+    fprintf(stderr, "hashattn-run: executor: %s\n", ex->desc);
+    fprintf(stderr, "hashattn-run: KV pool: %d blocks of %d tokens (%lld tokens), up to %d sequences of %lld tokens, "
+                    "%d tokens per step\n", num_blocks, bs, (long long)num_blocks * bs, batch,
+            (long long)max_blocks * bs, max_batch_tokens);
+    if (hash_ctx && random_weights)
         fprintf(stderr, "hashattn-run: note: hash mode with RANDOM hash weights (seed %" PRIu64
                         "): token selection is arbitrary until trained weights are given (--hash-weights)\n",
                 o.seed);
-    if (!mode_hash && !mode_naive)
-        fprintf(stderr, "hashattn-run: note: dense attention (the default) through the plugin; --attn hash "
-                        "selects tokens by hash signatures\n");
-    if (mode_hash)
+    if (hash_ctx)
         fprintf(stderr, "hashattn-run: budget: sink %d, recent %d, heavy %s%g, %s selection\n", o.sink, o.recent,
                 o.heavy_count >= 0 ? "" : "fraction ", o.heavy_count >= 0 ? (double)o.heavy_count : o.heavy_fraction,
                 o.selection);
 
-    if (!(logits = malloc((size_t)hp->n_vocab * sizeof *logits)) ||
-        rn_sampler_init(&smp, hp->n_vocab, o.temperature, o.top_p, o.seed)) {
-        fprintf(stderr, "hashattn-run: out of memory\n");
+    if (o.bench) {
+        json_object *js = json_object_new_object(), *rows = json_object_new_array();
+        json_object_object_add(js, "device", json_object_new_string(cuda ? "cuda" : "cpu"));
+        json_object_object_add(js, "executor", json_object_new_string(ex->desc));
+        json_object_object_add(js, "model", json_object_new_string(o.model));
+        json_object_object_add(js, "weights_dtype", json_object_new_string(cuda ? o.weights_dtype : "f32"));
+        json_object_object_add(js, "kv_dtype", json_object_new_string(cuda ? o.kv_dtype : "f32"));
+        json_object_object_add(js, "block_size", json_object_new_int(bs));
+        json_object_object_add(js, "sink", json_object_new_int(o.sink));
+        json_object_object_add(js, "recent", json_object_new_int(o.recent));
+        json_object_object_add(js, "heavy_fraction", json_object_new_double(o.heavy_fraction));
+        json_object_object_add(js, "heavy_count", json_object_new_int(o.heavy_count));
+        json_object_object_add(js, "selection", json_object_new_string(o.selection));
+        json_object_object_add(js, "random_hash_weights", json_object_new_boolean(random_weights));
+        json_object_object_add(js, "steps", json_object_new_int(o.bench_steps));
+        json_object_object_add(js, "warmup", json_object_new_int(o.bench_warmup));
+        json_object_object_add(js, "graphs", json_object_new_boolean(cuda && !o.no_graphs));
+        printf("%-6s %-7s %-6s %12s %10s %10s %10s %8s %9s %8s\n", "batch", "ctx", "mode", "tok/s", "ms/step",
+               "attended", "context", "speedup", "prefill_s", "graphs");
+        int bad = 0;
+        for (int ib = 0; ib < nbb; ib++) {
+            for (int ic = 0; ic < nbc; ic++) {
+                rn_bench_result_t br;
+                if (rn_engine_bench(ex, bench_b[ib], bench_c[ic], o.bench_warmup, o.bench_steps, o.prefill_chunk, 3,
+                                    o.seed, &br, err, sizeof err)) {
+                    fprintf(stderr, "hashattn-run: bench batch %d ctx %d: %s\n", bench_b[ib], bench_c[ic], err);
+                    bad = 1;
+                    continue;
+                }
+                for (int md = 0; md < 2; md++) {
+                    const rn_bench_mode_t *bm = &br.mode[md];
+                    const double speedup = md == 1 && br.mode[0].tok_s > 0 ? bm->tok_s / br.mode[0].tok_s : 1.0;
+                    printf("%-6d %-7d %-6s %12.1f %10.3f %10.1f %10.1f %8.2f %9.2f %4llu/%-3llu\n", bench_b[ib],
+                           bench_c[ic], md ? "hash" : "dense", bm->tok_s, bm->ms_per_step, bm->attended, bm->context,
+                           speedup, br.prefill_s, (unsigned long long)bm->graph_replays,
+                           (unsigned long long)(bm->graph_replays + bm->eager_steps));
+                    fflush(stdout);
+                    json_object *r = json_object_new_object();
+                    json_object_object_add(r, "batch", json_object_new_int(bench_b[ib]));
+                    json_object_object_add(r, "ctx", json_object_new_int(bench_c[ic]));
+                    json_object_object_add(r, "mode", json_object_new_string(md ? "hash" : "dense"));
+                    json_object_object_add(r, "tokens_per_s", json_object_new_double(bm->tok_s));
+                    json_object_object_add(r, "ms_per_step", json_object_new_double(bm->ms_per_step));
+                    json_object_object_add(r, "attended_per_layer_head", json_object_new_double(bm->attended));
+                    json_object_object_add(r, "context_per_step", json_object_new_double(bm->context));
+                    json_object_object_add(r, "speedup_vs_dense", json_object_new_double(speedup));
+                    json_object_object_add(r, "prefill_s", json_object_new_double(br.prefill_s));
+                    json_object_object_add(r, "graph_replays", json_object_new_int64((int64_t)bm->graph_replays));
+                    json_object_object_add(r, "eager_steps", json_object_new_int64((int64_t)bm->eager_steps));
+                    json_object_array_add(rows, r);
+                }
+            }
+        }
+        json_object_object_add(js, "results", rows);
+        if (o.bench_json) {
+            FILE *jf = fopen(o.bench_json, "w");
+            if (!jf || fprintf(jf, "%s\n", json_object_to_json_string_ext(js, JSON_C_TO_STRING_PRETTY)) < 0) {
+                fprintf(stderr, "hashattn-run: cannot write %s\n", o.bench_json);
+                bad = 1;
+            }
+            if (jf && fclose(jf))
+                bad = 1;
+        }
+        json_object_put(js);
+        if (!bad) {
+            printf("hashattn-run: bench device=%s OK\n", cuda ? "cuda" : "cpu");
+            rc = 0;
+        }
         goto out;
     }
 
     if (o.dump_logits) {
         /* "HALG", u32 version 1, u32 n_tokens, u32 n_vocab, i32 ids[n], f32 logits[n][n_vocab] */
-        const uint32_t head[4] = { 0x474c4148u, 1u, (uint32_t)prompt.n, (uint32_t)hp->n_vocab };
+        const uint32_t head[4] = { 0x474c4148u, 1u, (uint32_t)reqs[0].n_prompt, (uint32_t)hp->n_vocab };
         dump = fopen(o.dump_logits, "wb");
-        chunk_logits = malloc((size_t)o.prefill_chunk * hp->n_vocab * sizeof *chunk_logits);
-        if (!dump || !chunk_logits || fwrite(head, 4, 4, dump) != 4 ||
-            fwrite(prompt.ids, 4, prompt.n, dump) != prompt.n) {
+        if (!dump || fwrite(head, 4, 4, dump) != 4 ||
+            fwrite(reqs[0].prompt, 4, (size_t)reqs[0].n_prompt, dump) != (size_t)reqs[0].n_prompt) {
             fprintf(stderr, "hashattn-run: --dump-logits %s: cannot write\n", o.dump_logits);
             goto out;
         }
     }
+    if (o.jsonl && !(jsonl = fopen(o.jsonl, "w"))) {
+        fprintf(stderr, "hashattn-run: --jsonl %s: cannot write\n", o.jsonl);
+        goto out;
+    }
     progress_t pg = { now_s(), 0, isatty(2), 0 };
-    const double t_pf = now_s();
-    for (size_t i = 0; i < prompt.n; i += (size_t)o.prefill_chunk) {
-        int n = (int)(prompt.n - i < (size_t)o.prefill_chunk ? prompt.n - i : (size_t)o.prefill_chunk);
-        int last = i + (size_t)n == prompt.n;
-        float *dst = dump ? chunk_logits : last ? logits : NULL;
-        if (rn_model_forward(m, attn, prompt.ids + i, n, 0, dst, dump != NULL, err, sizeof err)) {
-            fprintf(stderr, "hashattn-run: prefill: %s\n", err);
-            goto out;
-        }
-        if (dump) {
-            if (fwrite(chunk_logits, sizeof(float) * hp->n_vocab, (size_t)n, dump) != (size_t)n) {
-                fprintf(stderr, "hashattn-run: --dump-logits %s: write failed\n", o.dump_logits);
-                goto out;
-            }
-            if (last)
-                memcpy(logits, chunk_logits + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
-        }
-        progress(&pg, "prefill %zu/%zu tokens", i + n, prompt.n);
+    run_ctx_t rcx = { &o, tok, reqs, n_prompts, n_prompts == 1 && !o.prompts, &pg, jsonl, dump, 0, hp->n_vocab,
+                      now_s(), 0 };
+    rn_engine_config_t ec = RN_ENGINE_CONFIG_INIT;
+    ec.max_batch = batch;
+    ec.prefill_chunk = o.prefill_chunk;
+    ec.max_len = ctx;
+    ec.temperature = o.temperature;
+    ec.top_p = o.top_p;
+    ec.seed = o.seed;
+    ec.ignore_eos = o.ignore_eos;
+    ec.shuffle_blocks = o.shuffle_blocks;
+    ec.user = &rcx;
+    ec.is_stop = cb_is_stop;
+    ec.on_token = cb_token;
+    ec.on_done = cb_done;
+    ec.on_progress = cb_progress;
+    ec.on_logits = dump ? cb_logits : NULL;
+    rn_engine_stats_t st;
+    int erc = rn_engine_run(ex, &ec, reqs, n_prompts, results, &st, err, sizeof err);
+    progress_end(&pg);
+    if (rcx.stream && !o.quiet) {
+        printf("\n");
+        fflush(stdout);
+    }
+    if (erc) {
+        fprintf(stderr, "hashattn-run: %s\n", err);
+        goto out;
     }
     if (dump) {
-        int bad = fclose(dump) != 0;
+        int bad = rcx.dump_bad | (fclose(dump) != 0);
         dump = NULL;
         if (bad) {
             fprintf(stderr, "hashattn-run: --dump-logits %s: write failed\n", o.dump_logits);
             goto out;
         }
     }
-    const double prefill_s = now_s() - t_pf;
-
-    const double t_dec = now_s();
-    int generated = 0, decode_steps = 0;
-    const char *stop_reason = "max-new-tokens";
-    char piece[512];
-    for (int step = 0; step < o.max_new; step++) {
-        int32_t next = rn_sample(&smp, logits);
-        generated++;
-        int ty = rn_tokenizer_type(tok, next);
-        int is_stop = next == rn_tokenizer_eos(tok) || ty == RN_TOKEN_CONTROL;
-        if (!o.quiet && (!is_stop || o.show_special)) {
-            int len = rn_tokenizer_decode(tok, next, o.show_special, piece, sizeof piece);
-            if (len > 0) {
-                progress_end(&pg);
-                fwrite(piece, 1, (size_t)(len < (int)sizeof piece ? len : (int)sizeof piece), stdout);
-                fflush(stdout);
-            }
-        }
-        if (is_stop && !o.ignore_eos) {
-            stop_reason = "end-of-text";
-            break;
-        }
-        if (step + 1 == o.max_new)
-            break;
-        if (rn_model_forward(m, attn, &next, 1, 1, logits, 0, err, sizeof err)) {
-            fprintf(stderr, "\nhashattn-run: decode: %s\n", err);
-            goto out;
-        }
-        decode_steps++;
-        if (o.quiet)
-            progress(&pg, "decode %d/%d tokens", step + 1, o.max_new);
-    }
-    const double decode_s = now_s() - t_dec;
-    progress_end(&pg);
-    if (!o.quiet) {
-        printf("\n");
-        fflush(stdout);
-    }
-
-    const rn_attn_stats_t *st = &attn->stats;
+    const rn_attn_stats_t *as = ex->stats;
     char att[256] = "n/a (no decode step)";
-    if (st->decode_steps)
+    if (as->decode_steps)
         snprintf(att, sizeof att, "%.1f of %.1f (%.1f%%; min %" PRId64 " max %" PRId64 ")%s",
-                 st->attended_sum / st->decode_steps, st->context_sum / st->decode_steps,
-                 100.0 * st->attended_sum / st->context_sum, st->attended_min, st->attended_max,
-                 st->counts_known ? "" : " [counts not reported by the plugin]");
-    fprintf(stderr, "hashattn-run: stopped by %s; tokens attended per decode step: %s\n", stop_reason, att);
-    printf("hashattn-run: attn=%s prompt_tokens=%zu new_tokens=%d ctx=%lld load_s=%.2f prefill_tok_s=%.1f "
-           "decode_tok_s=%.2f attended_per_step=%.1f ctx_per_step=%.1f OK\n",
-           o.attn, prompt.n, generated, (long long)attn->len, t_load, prompt.n / (prefill_s > 0 ? prefill_s : 1e-9),
-           decode_steps ? decode_steps / (decode_s > 0 ? decode_s : 1e-9) : 0.0,
-           st->decode_steps ? st->attended_sum / st->decode_steps : 0.0,
-           st->decode_steps ? st->context_sum / st->decode_steps : 0.0);
+                 as->attended_sum / as->decode_steps, as->context_sum / as->decode_steps,
+                 100.0 * as->attended_sum / as->context_sum, as->attended_min, as->attended_max,
+                 as->counts_known ? "" : " [counts not reported by the plugin]");
+    int nstop[4] = { 0 };
+    for (int i = 0; i < n_prompts; i++)
+        nstop[results[i].stop & 3]++;
+    if (n_prompts == 1)
+        fprintf(stderr, "hashattn-run: stopped by %s; tokens attended per decode step: %s\n",
+                rn_stop_name(results[0].stop), att);
+    else
+        fprintf(stderr, "hashattn-run: %d sequences: %d end-of-text, %d max-new-tokens, %d context-full; %llu steps, "
+                        "at most %d running, peak KV blocks %lld/%lld; tokens attended per decode step: %s\n",
+                n_prompts, nstop[RN_STOP_EOS], nstop[RN_STOP_MAX], nstop[RN_STOP_CAPACITY],
+                (unsigned long long)st.steps, st.max_running, (long long)st.blocks_peak, (long long)st.num_blocks, att);
+    if (cuda)
+        fprintf(stderr, "hashattn-run: CUDA graphs: %llu captures, %llu replays, %llu eager steps\n",
+                (unsigned long long)ex->graph_captures, (unsigned long long)ex->graph_replays,
+                (unsigned long long)ex->eager_steps);
+    uint64_t ptok = 0;
+    for (int i = 0; i < n_prompts; i++)
+        ptok += (uint64_t)reqs[i].n_prompt;
+    printf("hashattn-run: device=%s attn=%s prompts=%d batch=%d prompt_tokens=%llu new_tokens=%llu ctx=%lld "
+           "load_s=%.2f prefill_tok_s=%.1f decode_tok_s=%.2f total_s=%.2f attended_per_step=%.1f ctx_per_step=%.1f "
+           "OK\n",
+           cuda ? "cuda" : "cpu", o.attn, n_prompts, batch, (unsigned long long)ptok,
+           (unsigned long long)st.generated, (long long)rcx.max_len_seen, t_load,
+           st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0,
+           st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0, st.total_s,
+           as->decode_steps ? as->attended_sum / as->decode_steps : 0.0,
+           as->decode_steps ? as->context_sum / as->decode_steps : 0.0);
     rc = 0;
 out:
     if (rc != 0)
         printf("hashattn-run: FAILED%s\n", rc == 2 ? " (usage)" : "");
     if (dump)
         fclose(dump);
-    free(chunk_logits);
-    free(logits);
-    rn_sampler_destroy(&smp);
-    rn_tokens_free(&prompt);
-    free(prompt_buf);
+    if (jsonl)
+        fclose(jsonl);
+    if (results)
+        rn_results_free(results, n_prompts);
+    free(results);
+    free(reqs);
+    if (ptoks)
+        for (int i = 0; i < n_prompts; i++)
+            rn_tokens_free(&ptoks[i]);
+    free(ptoks);
+    free(texts);
+    free(buf);
+    rn_exec_destroy(ex);
     rn_attn_destroy(attn);
     rn_model_free(m);
     rn_tokenizer_free(tok);

@@ -2,8 +2,8 @@
  * model.c - Llama decoder: load from GGUF, CPU forward pass (see model.h).
  */
 #include "model.h"
+#include "matmul.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -286,15 +286,6 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps)
         y[i] = x[i] * s * w[i];
 }
 
-/* y[n, out] = x[n, in] . W[out, in]^T */
-static void matmul(float *y, const float *x, const float *w, int n, int in, int outd)
-{
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, outd, in, 1.0f, w, in, x, 1, 0.0f, y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, outd, in, 1.0f, x, in, w, in, 0.0f, y, outd);
-}
-
 /* half-split RoPE on [n, heads, D] with per-token tables [n, D/2] */
 static void rope(float *x, int n, int heads, int d, const float *cs, const float *sn)
 {
@@ -312,14 +303,26 @@ static void rope(float *x, int n, int heads, int d, const float *cs, const float
     }
 }
 
-int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const int32_t *tokens, int n, int decode,
-                     float *logits, int all_logits, char *err, size_t errlen)
+void rn_rope_angles(const rn_hparams_t *hp, int64_t pos, float *cs, float *sn)
+{
+    const int D = hp->head_dim;
+    for (int i = 0; i < D / 2; i++) {
+        const double freq = pow((double)hp->rope_theta, -2.0 * i / D);
+        const double ang = (double)pos * freq;
+        cs[i] = (float)cos(ang);
+        sn[i] = (float)sin(ang);
+    }
+}
+
+int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, float *logits, int all_logits,
+                     char *err, size_t errlen)
 {
     const rn_hparams_t *hp = &m->hp;
     const int E = hp->n_embd, F = hp->n_ff, D = hp->head_dim, V = hp->n_vocab;
     const int QD = hp->n_head * D, KD = hp->n_head_kv * D, half = D / 2;
-    if (n < 1 || (decode && n != 1)) {
-        seterr(err, errlen, "forward: %d tokens (decode takes 1)", n);
+    const int n = plan->n_tokens;
+    if (n < 1 || plan->n_seqs < 1) {
+        seterr(err, errlen, "forward: empty step");
         return -1;
     }
     if (attn->num_layers != hp->n_layer || attn->num_q_heads != hp->n_head || attn->num_kv_heads != hp->n_head_kv ||
@@ -328,8 +331,8 @@ int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const int32_t *tokens, int 
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V) {
-            seterr(err, errlen, "token id %d is outside the vocabulary (%d)", tokens[i], V);
+        if (plan->tokens[i] < 0 || plan->tokens[i] >= V) {
+            seterr(err, errlen, "token id %d is outside the vocabulary (%d)", plan->tokens[i], V);
             return -1;
         }
     }
@@ -337,59 +340,43 @@ int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const int32_t *tokens, int 
         seterr(err, errlen, "out of memory for %d tokens of activations", n);
         return -1;
     }
-    const int64_t pos0 = attn->len;
-    if (rn_attn_append(attn, n)) {
-        seterr(err, errlen, "%s", attn->err);
-        return -1;
-    }
     for (int t = 0; t < n; t++) {
-        for (int i = 0; i < half; i++) {
-            const double freq = pow((double)hp->rope_theta, -2.0 * i / D);
-            const double ang = (double)(pos0 + t) * freq;
-            m->rope_cos[(size_t)t * half + i] = (float)cos(ang);
-            m->rope_sin[(size_t)t * half + i] = (float)sin(ang);
-        }
-        memcpy(m->x + (size_t)t * E, m->tok_embd + (size_t)tokens[t] * E, (size_t)E * sizeof(float));
+        rn_rope_angles(hp, plan->pos[t], m->rope_cos + (size_t)t * half, m->rope_sin + (size_t)t * half);
+        memcpy(m->x + (size_t)t * E, m->tok_embd + (size_t)plan->tokens[t] * E, (size_t)E * sizeof(float));
     }
 
     for (int l = 0; l < hp->n_layer; l++) {
         const rn_layer_t *L = &m->layers[l];
         for (int t = 0; t < n; t++)
             rmsnorm(m->xb + (size_t)t * E, m->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
-        matmul(m->q, m->xb, L->wq, n, E, QD);
-        matmul(m->k, m->xb, L->wk, n, E, KD);
-        matmul(m->v, m->xb, L->wv, n, E, KD);
+        rn_matmul(m->q, m->xb, L->wq, n, E, QD, 0);
+        rn_matmul(m->k, m->xb, L->wk, n, E, KD, 0);
+        rn_matmul(m->v, m->xb, L->wv, n, E, KD, 0);
         rope(m->q, n, hp->n_head, D, m->rope_cos, m->rope_sin);
         rope(m->k, n, hp->n_head_kv, D, m->rope_cos, m->rope_sin);
-        if (rn_attn_attend(attn, l, m->q, m->k, m->v, n, decode, m->att)) {
+        if (rn_attn_attend(attn, l, plan, m->q, m->k, m->v, m->att)) {
             seterr(err, errlen, "layer %d: %s", l, attn->err);
             return -1;
         }
-        /* x += att . Wo^T (beta = 1 accumulates the residual) */
-        if (n == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, E, QD, 1.0f, L->wo, QD, m->att, 1, 1.0f, m->x, 1);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, QD, 1.0f, m->att, QD, L->wo, QD, 1.0f,
-                        m->x, E);
+        rn_matmul(m->x, m->att, L->wo, n, QD, E, 1); /* x += att . Wo^T */
         for (int t = 0; t < n; t++)
             rmsnorm(m->xb + (size_t)t * E, m->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
-        matmul(m->hb, m->xb, L->w_gate, n, E, F);
-        matmul(m->hb2, m->xb, L->w_up, n, E, F);
+        rn_matmul(m->hb, m->xb, L->w_gate, n, E, F, 0);
+        rn_matmul(m->hb2, m->xb, L->w_up, n, E, F, 0);
         for (size_t i = 0; i < (size_t)n * F; i++) {
             const float g = m->hb[i];
             m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i]; /* SwiGLU */
         }
-        if (n == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, E, F, 1.0f, L->w_down, F, m->hb, 1, 1.0f, m->x, 1);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, F, 1.0f, m->hb, F, L->w_down, F, 1.0f,
-                        m->x, E);
+        rn_matmul(m->x, m->hb, L->w_down, n, F, E, 1);
     }
     if (!logits)
         return 0;
-    const int first = all_logits ? 0 : n - 1, rows = n - first;
-    for (int t = first; t < n; t++)
-        rmsnorm(m->xb + (size_t)(t - first) * E, m->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
-    matmul(logits, m->xb, m->output, rows, E, V);
+    /* all rows, or the last row of each sequence */
+    const int rows = all_logits ? n : plan->n_seqs;
+    for (int r = 0; r < rows; r++) {
+        const int t = all_logits ? r : plan->q_start[r + 1] - 1;
+        rmsnorm(m->xb + (size_t)r * E, m->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
+    }
+    rn_matmul(logits, m->xb, m->output, rows, E, V, 0);
     return 0;
 }

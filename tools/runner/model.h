@@ -1,7 +1,7 @@
 /*
  * model.h - a Llama-architecture decoder (SmolLM2) loaded from GGUF, weights
- * dequantised to float32, forward pass on the CPU with OpenBLAS; attention
- * through attn.h.
+ * dequantised to float32, forward pass on the CPU (batch-invariant matrix
+ * products, matmul.h); attention through attn.h, many sequences per step.
  *
  * Conventions, which the hash trainer and any transformers reference share:
  *   - attn_q / attn_k rows are un-permuted at load: llama.cpp's converter
@@ -21,6 +21,7 @@
 
 #include "attn.h"
 #include "gguf.h"
+#include "plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,13 +63,16 @@ void rn_model_free(rn_model_t *m);
  * `cols` floats), in place. Exposed for tests. */
 int rn_unpermute_rows(float *w, int heads, int head_dim, int cols);
 
-/* Run n tokens (at positions attn->len .. attn->len + n - 1) through the
- * model. decode = 1 for a single generated token (the plugin's decode path),
- * 0 for a prompt chunk (prefill). logits: [V] for the last token, or [n, V]
- * for every token with all_logits; may be NULL. Returns 0, or -1 with a
- * message in err. */
-int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const int32_t *tokens, int n, int decode,
-                     float *logits, int all_logits, char *err, size_t errlen);
+/* cos and sin of the half-split RoPE angles of position pos: [D/2] each. */
+void rn_rope_angles(const rn_hparams_t *hp, int64_t pos, float *cs, float *sn);
+
+/* Run one step (plan.h: every sequence's new tokens, their positions and
+ * slots) through the model; attn writes their K/V and attends. logits: NULL,
+ * or [n_seqs, V] for the last token of each sequence, or [n_tokens, V] for
+ * every token with all_logits. A row's result does not depend on the other
+ * rows of the step. Returns 0, or -1 with a message in err. */
+int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, float *logits, int all_logits,
+                     char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -34,12 +34,24 @@ int32_t rn_argmax(const float *logits, int n)
     return best;
 }
 
-static double uniform(rn_sampler_t *s)
+double rn_rng_uniform(uint64_t *state)
 {
-    s->state ^= s->state >> 12;
-    s->state ^= s->state << 25;
-    s->state ^= s->state >> 27;
-    return (double)((s->state * 0x2545f4914f6cdd1dull) >> 11) * (1.0 / 9007199254740992.0);
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return (double)((x * 0x2545f4914f6cdd1dull) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+uint64_t rn_rng_stream(uint64_t seed, uint64_t stream)
+{
+    /* splitmix64 of (seed, stream): distinct, never 0 */
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (stream + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z ? z : 0x2545f4914f6cdd1dull;
 }
 
 static const float *g_probs; /* for qsort's comparator */
@@ -54,17 +66,26 @@ static int by_prob_desc(const void *a, const void *b)
 
 int32_t rn_sample(rn_sampler_t *s, const float *logits)
 {
-    const int n = s->n_vocab;
     if (s->temperature <= 0)
+        return rn_argmax(logits, s->n_vocab);
+    return rn_sample_with(s, logits, s->temperature, s->top_p, rn_rng_uniform(&s->state));
+}
+
+int32_t rn_sample_with(rn_sampler_t *s, const float *logits, float temperature, float top_p, double u)
+{
+    const int n = s->n_vocab;
+    if (temperature <= 0)
         return rn_argmax(logits, n);
+    if (!(top_p > 0 && top_p <= 1))
+        top_p = 1.0f;
     const float mx = logits[rn_argmax(logits, n)];
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        s->probs[i] = expf((logits[i] - mx) / s->temperature);
+        s->probs[i] = expf((logits[i] - mx) / temperature);
         sum += s->probs[i];
     }
     int m = 0;
-    if (s->top_p < 1.0f) {
+    if (top_p < 1.0f) {
         /* only tokens above a tiny share can be in the nucleus: sort those */
         const float floor_p = (float)(sum * 1e-7);
         for (int i = 0; i < n; i++)
@@ -76,7 +97,7 @@ int32_t rn_sample(rn_sampler_t *s, const float *logits)
         int keep = 0;
         while (keep < m) {
             acc += s->probs[s->order[keep++]];
-            if (acc >= s->top_p * sum)
+            if (acc >= top_p * sum)
                 break;
         }
         m = keep;
@@ -85,7 +106,7 @@ int32_t rn_sample(rn_sampler_t *s, const float *logits)
         for (int i = 0; i < n; i++)
             s->order[m++] = i;
     }
-    double r = uniform(s) * sum, acc = 0;
+    double r = u * sum, acc = 0;
     for (int k = 0; k < m; k++) {
         acc += s->probs[s->order[k]];
         if (r < acc)

@@ -1,0 +1,944 @@
+/*
+ * cuda_exec.cu - the CUDA executor (see cuda_exec.h).
+ *
+ * One step on the device, all on one stream:
+ *   plan -> pinned staging -> one host-to-device copy (ids, positions, slots,
+ *   block tables, lengths, query_start_loc, sampling settings)
+ *   embedding -> per layer: RMSNorm, Q/K/V GEMMs (cuBLAS), half-split RoPE
+ *   and conversion to the plugin's dtype, plugin cache_write (+ signatures in
+ *   hash mode), plugin decode for the decoding sequences and plugin prefill
+ *   (query_start_loc) for the others, O GEMM into the residual, RMSNorm,
+ *   gate/up GEMMs, SwiGLU, down GEMM into the residual
+ *   -> final RMSNorm of the sampled rows -> logits GEMM -> sampling kernel
+ *   -> next tokens (and selected counts) back to pinned memory.
+ * The residual stream and every GEMM output are float32. With float32
+ * weights the GEMMs are plain SGEMM (cuBLAS's default math: no TF32), so
+ * the logits track a float32 reference; with bfloat16 weights the GEMM
+ * inputs are bfloat16. The plugin's q/k/v/output and the KV caches are
+ * bfloat16 (or float16): its CUDA backend takes 16-bit types only.
+ *
+ * Pure-decode steps (no prompt rows, no logits dump) are captured in a CUDA
+ * graph the second time a batch shape (sequences, table width, mode) is
+ * seen and replayed after that; the staging buffer's address is fixed, so
+ * the captured copy reads each step's plan. Widths are rounded up
+ * (width_round) so that a shape repeats. A capture that fails falls back to
+ * eager launches for that shape, with a note.
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_exec.h"
+
+namespace {
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* sum over the block (blockDim.x a multiple of 32, <= 1024) */
+__device__ float block_sum(float v)
+{
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0)
+        part[wid] = v;
+    __syncthreads();
+    float t = 0;
+    for (int i = 0; i < nw; i++)
+        t += part[i]; /* fixed order */
+    return t;
+}
+
+/* ---- kernels -------------------------------------------------------------------- */
+
+template <typename TW>
+__global__ void embed_kernel(const TW *emb, const int32_t *tokens, float *x, int E)
+{
+    const int t = blockIdx.x;
+    const TW *row = emb + (size_t)tokens[t] * E;
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        x[(size_t)t * E + i] = to_f(row[i]);
+}
+
+/* y[r] = x[rows ? rows[r] : r] * rsqrt(mean(x^2) + eps) * w */
+template <typename TO>
+__global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, TO *y, int E, float eps)
+{
+    const int r = blockIdx.x;
+    const float *xr = x + (size_t)(rows ? rows[r] : r) * E;
+    float ss = 0;
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    const float s = rsqrtf(ss / (float)E + eps);
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        y[(size_t)r * E + i] = from_f<TO>(xr[i] * s * w[i]);
+}
+
+/* half-split RoPE of q and k at each token's position, and q/k/v converted
+ * to the plugin's dtype. One block per token. */
+template <typename TA>
+__global__ void rope_convert_kernel(const float *q, const float *k, const float *v, const int32_t *pos,
+                                    const float *cs, const float *sn, TA *qa, TA *ka, TA *va, int Hq, int Hkv,
+                                    int D)
+{
+    const int t = blockIdx.x, half = D / 2;
+    const float *c = cs + (size_t)pos[t] * half, *s = sn + (size_t)pos[t] * half;
+    const int nq = Hq * half, nk = Hkv * half;
+    for (int j = threadIdx.x; j < nq + nk; j += blockDim.x) {
+        const bool isq = j < nq;
+        const int jj = isq ? j : j - nq, h = jj / half, i = jj % half;
+        const float *src = (isq ? q + (size_t)t * Hq * D : k + (size_t)t * Hkv * D) + (size_t)h * D;
+        TA *dst = (isq ? qa + (size_t)t * Hq * D : ka + (size_t)t * Hkv * D) + (size_t)h * D;
+        const float a = src[i], b = src[i + half];
+        dst[i] = from_f<TA>(a * c[i] - b * s[i]);
+        dst[i + half] = from_f<TA>(a * s[i] + b * c[i]);
+    }
+    for (int j = threadIdx.x; j < Hkv * D; j += blockDim.x)
+        va[(size_t)t * Hkv * D + j] = from_f<TA>(v[(size_t)t * Hkv * D + j]);
+}
+
+template <typename TI, typename TO>
+__global__ void convert_kernel(const TI *in, TO *out, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f<TO>(to_f(in[i]));
+}
+
+template <typename TO>
+__global__ void swiglu_kernel(const float *g, const float *u, TO *out, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float x = g[i];
+        out[i] = from_f<TO>(x / (1.0f + expf(-x)) * u[i]);
+    }
+}
+
+/* One block (1024 threads) per sequence: greedy argmax (lowest index on
+ * ties), or softmax(l / T) restricted to the nucleus top_p and sampled with
+ * the host's uniform draw u, scanning tokens in index order. The nucleus is
+ * {i : p_i >= tau} for the largest tau whose kept mass reaches top_p (found
+ * by bisection), the same set as sorting up to ties at tau. */
+constexpr int kSampleThreads = 1024;
+
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float *logits, int V, const int32_t *rows,
+                                                                const float *temp, const float *topp,
+                                                                const float *u, int32_t *next)
+{
+    const int s = blockIdx.x, tid = threadIdx.x;
+    const float *l = logits + (size_t)rows[s] * V;
+    __shared__ float sv[kSampleThreads];
+    __shared__ int si[kSampleThreads];
+    float best = -INFINITY;
+    int bi = V;
+    for (int i = tid; i < V; i += kSampleThreads) {
+        const float x = l[i];
+        if (x > best || (x == best && i < bi)) {
+            best = x;
+            bi = i;
+        }
+    }
+    sv[tid] = best;
+    si[tid] = bi;
+    __syncthreads();
+    for (int o = kSampleThreads / 2; o > 0; o >>= 1) {
+        if (tid < o) {
+            const float x = sv[tid + o];
+            const int j = si[tid + o];
+            if (x > sv[tid] || (x == sv[tid] && j < si[tid])) {
+                sv[tid] = x;
+                si[tid] = j;
+            }
+        }
+        __syncthreads();
+    }
+    const float mx = sv[0];
+    const int amax = si[0];
+    const float T = temp[s];
+    if (!(T > 0)) {
+        if (tid == 0)
+            next[s] = amax;
+        return;
+    }
+    __syncthreads();
+    const float inv = 1.0f / T;
+    /* each thread owns a contiguous range, so that ranges are in index order */
+    const int chunk = (V + kSampleThreads - 1) / kSampleThreads;
+    const int i0 = tid * chunk, i1 = min(V, i0 + chunk);
+    float mine = 0;
+    for (int i = i0; i < i1; i++)
+        mine += expf((l[i] - mx) * inv);
+    const float total = block_sum(mine);
+    float tau = 0;
+    const float p = topp[s];
+    if (p < 1.0f) {
+        float lo = 0, hi = 1; /* p_i = exp(...) is in (0, 1]; the max is 1 */
+        for (int it = 0; it < 40; it++) {
+            const float mid = 0.5f * (lo + hi);
+            float m = 0;
+            for (int i = i0; i < i1; i++) {
+                const float q = expf((l[i] - mx) * inv);
+                m += q >= mid ? q : 0.0f;
+            }
+            if (block_sum(m) >= p * total)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        tau = lo;
+    }
+    float kept = 0;
+    for (int i = i0; i < i1; i++) {
+        const float q = expf((l[i] - mx) * inv);
+        kept += q >= tau ? q : 0.0f;
+    }
+    /* inclusive scan of the per-thread masses */
+    __syncthreads();
+    sv[tid] = kept;
+    __syncthreads();
+    for (int o = 1; o < kSampleThreads; o <<= 1) {
+        const float add = tid >= o ? sv[tid - o] : 0.0f;
+        __syncthreads();
+        sv[tid] += add;
+        __syncthreads();
+    }
+    const float all = sv[kSampleThreads - 1];
+    const float r = u[s] * all;
+    const float before = tid ? sv[tid - 1] : 0.0f;
+    __shared__ int pick;
+    if (tid == 0)
+        pick = amax; /* rounding fallback: the most likely token */
+    __syncthreads();
+    if (r >= before && r < sv[tid] && kept > 0) {
+        float acc = before;
+        int last = -1;
+        for (int i = i0; i < i1; i++) {
+            const float q = expf((l[i] - mx) * inv);
+            if (q < tau)
+                continue;
+            last = i;
+            acc += q;
+            if (r < acc)
+                break;
+        }
+        if (last >= 0)
+            pick = last;
+    }
+    __syncthreads();
+    if (tid == 0)
+        next[s] = pick;
+}
+
+/* ---- host side --------------------------------------------------------------------- */
+
+constexpr int kMaxGraphs = 48;
+constexpr size_t kBlasWorkspace = 32u << 20;
+
+struct Layer {
+    float *attn_norm, *ffn_norm;
+    void *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+};
+
+struct Meta { /* byte offsets in the staging buffer */
+    size_t tokens, pos, slots, tables, seq_lens, qsl, logit_rows, sample_rows, temp, topp, u, total;
+};
+
+static size_t up16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+static Meta meta_layout(int T, int S, int W, int NP, int R)
+{
+    Meta m;
+    size_t o = 0;
+    m.tokens = o; o = up16(o + 4 * (size_t)T);
+    m.pos = o; o = up16(o + 4 * (size_t)T);
+    m.slots = o; o = up16(o + 8 * (size_t)T);
+    m.tables = o; o = up16(o + 4 * (size_t)S * W);
+    m.seq_lens = o; o = up16(o + 4 * (size_t)S);
+    m.qsl = o; o = up16(o + 4 * (size_t)(NP + 1));
+    m.logit_rows = o; o = up16(o + 4 * (size_t)R);
+    m.sample_rows = o; o = up16(o + 4 * (size_t)S);
+    m.temp = o; o = up16(o + 4 * (size_t)S);
+    m.topp = o; o = up16(o + 4 * (size_t)S);
+    m.u = o; o = up16(o + 4 * (size_t)S);
+    m.total = o;
+    return m;
+}
+
+struct Graph {
+    int b, w, dense, failed;
+    int seen;
+    uint64_t used;
+    cudaGraphExec_t exec;
+};
+
+struct CudaExec {
+    rn_exec_t base;
+    rn_cuda_config_t cfg;
+    rn_plugin_t pl;
+    int L, E, F, Hq, Hkv, D, V, QD, KD;
+    float eps;
+    int wbf16;              /* GEMM inputs are bf16 */
+    size_t wsize;           /* bytes of a weight element */
+    int dense;              /* dense decode now (no signatures) */
+    int hash_ctx;
+    /* weights */
+    void *emb;              /* [V, E], the GEMM dtype; also the output head when tied */
+    void *out_w;            /* [V, E] */
+    float *out_norm;
+    Layer *layers;
+    float *rope_cos, *rope_sin; /* [max_pos, D/2] */
+    /* activations */
+    float *x, *q, *k, *v, *hb, *hb2, *logits;
+    void *xb, *gin, *qa, *ka, *va, *atta; /* xb/gin: GEMM dtype; qa..atta: plugin dtype */
+    /* caches */
+    void *k_cache, *v_cache;
+    uint32_t *sig_cache;
+    void *workspace;
+    size_t workspace_size;
+    int32_t *d_counts;      /* [L, max_seqs, Hsel] */
+    /* step I/O */
+    unsigned char *h_meta, *d_meta;
+    size_t meta_cap;
+    int32_t *d_next, *h_next;
+    int32_t *h_counts;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;
+    Graph graphs[kMaxGraphs];
+    uint64_t tick;
+    int graph_note;
+    rn_attn_stats_t stats;
+};
+
+static int seterr(CudaExec *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->base.err, sizeof c->base.err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define CU(x)                                                                              \
+    do {                                                                                   \
+        cudaError_t e_ = (x);                                                              \
+        if (e_ != cudaSuccess)                                                             \
+            return seterr(c, "%s: %s (%s)", #x, cudaGetErrorString(e_), cudaGetErrorName(e_)); \
+    } while (0)
+#define CB(x)                                                                              \
+    do {                                                                                   \
+        cublasStatus_t s_ = (x);                                                           \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            return seterr(c, "%s: cuBLAS status %d", #x, (int)s_);                         \
+    } while (0)
+
+static int dalloc(CudaExec *c, void **p, size_t bytes, const char *what)
+{
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+    if (e != cudaSuccess)
+        return seterr(c, "cudaMalloc of %zu bytes for %s: %s", bytes, what, cudaGetErrorString(e));
+    return 0;
+}
+
+static uint16_t f32_to_bf16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);        /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* upload n floats as the GEMM dtype */
+static int upload_w(CudaExec *c, void **dst, const float *src, size_t n, const char *what)
+{
+    if (dalloc(c, dst, n * c->wsize, what))
+        return -1;
+    if (!c->wbf16) {
+        CU(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice));
+        return 0;
+    }
+    uint16_t *tmp = (uint16_t *)malloc(n * 2);
+    if (!tmp)
+        return seterr(c, "out of memory converting %s", what);
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = f32_to_bf16_bits(src[i]);
+    cudaError_t e = cudaMemcpy(*dst, tmp, n * 2, cudaMemcpyHostToDevice);
+    free(tmp);
+    CU(e);
+    return 0;
+}
+
+static int upload_f32(CudaExec *c, float **dst, const float *src, size_t n, const char *what)
+{
+    if (dalloc(c, (void **)dst, n * 4, what))
+        return -1;
+    CU(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* y[n, out] (beta = 1: +=) x[n, in] . W[out, in]^T, column-major view */
+static int gemm(CudaExec *c, const void *W, const void *x, float *y, int n, int in, int out, float beta)
+{
+    const float one = 1.0f;
+    if (!c->wbf16)
+        CB(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, (const float *)W, in, (const float *)x,
+                       in, &beta, y, out));
+    else
+        CB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, W, CUDA_R_16BF, in, x, CUDA_R_16BF, in,
+                        &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+static unsigned grid_for(size_t n) { return (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096); }
+
+/* launch helpers, templated on the dtypes chosen at run time */
+static int k_rmsnorm(CudaExec *c, const float *x, const int32_t *rows, const float *w, void *y, int n)
+{
+    if (c->wbf16)
+        rmsnorm_kernel<bf16><<<n, 256, 0, c->stream>>>(x, rows, w, (bf16 *)y, c->E, c->eps);
+    else
+        rmsnorm_kernel<float><<<n, 256, 0, c->stream>>>(x, rows, w, (float *)y, c->E, c->eps);
+    CU(cudaGetLastError());
+    return 0;
+}
+
+static int k_convert_att(CudaExec *c, int n)
+{
+    const size_t cnt = (size_t)n * c->QD;
+    const bool f16 = c->cfg.kv_dtype == RN_DT_F16;
+    if (c->wbf16) {
+        if (f16)
+            convert_kernel<__half, bf16><<<grid_for(cnt), 256, 0, c->stream>>>((const __half *)c->atta, (bf16 *)c->gin, cnt);
+        else
+            convert_kernel<bf16, bf16><<<grid_for(cnt), 256, 0, c->stream>>>((const bf16 *)c->atta, (bf16 *)c->gin, cnt);
+    } else {
+        if (f16)
+            convert_kernel<__half, float><<<grid_for(cnt), 256, 0, c->stream>>>((const __half *)c->atta, (float *)c->gin, cnt);
+        else
+            convert_kernel<bf16, float><<<grid_for(cnt), 256, 0, c->stream>>>((const bf16 *)c->atta, (float *)c->gin, cnt);
+    }
+    CU(cudaGetLastError());
+    return 0;
+}
+
+static int plugin_fail(CudaExec *c, const char *what, hashattn_status_t st)
+{
+    return rn_plugin_fail(&c->pl, what, st, c->base.err, sizeof c->base.err);
+}
+
+/* Everything a step enqueues after the staging copy is in place: the part a
+ * graph captures (with the copies around it). */
+static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
+{
+    const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode, np = S - nd, W = p->width;
+    const unsigned char *dm = c->d_meta;
+    const int32_t *d_tokens = (const int32_t *)(dm + M.tokens), *d_pos = (const int32_t *)(dm + M.pos);
+    CU(cudaMemcpyAsync(c->d_meta, c->h_meta, M.total, cudaMemcpyHostToDevice, c->stream));
+    if (c->wbf16)
+        embed_kernel<bf16><<<T, 256, 0, c->stream>>>((const bf16 *)c->emb, d_tokens, c->x, c->E);
+    else
+        embed_kernel<float><<<T, 256, 0, c->stream>>>((const float *)c->emb, d_tokens, c->x, c->E);
+    CU(cudaGetLastError());
+    if (nd > 0) /* -1 = "not reported", in case a mode leaves counts unwritten */
+        CU(cudaMemsetAsync(c->d_counts, 0xff, (size_t)4 * c->L * c->cfg.max_seqs * c->pl.sel_heads, c->stream));
+
+    const DLDataType adt = rn_dl_dtype(c->cfg.kv_dtype);
+    const DLDataType i32 = { kDLInt, 32, 1 }, i64 = { kDLInt, 64, 1 }, u32 = { kDLUInt, 32, 1 };
+    const int64_t nb = c->cfg.num_blocks, bs = c->cfg.block_size, hsig = c->pl.sig_heads, hsel = c->pl.sel_heads;
+    const size_t kv_layer = (size_t)nb * bs * c->Hkv * c->D, sig_layer = (size_t)nb * hsig * bs;
+    const size_t aes = 2; /* plugin dtype bytes */
+    const int sigs = c->sig_cache && !c->dense;
+    int64_t sh_kv[3] = { T, c->Hkv, c->D }, sh_cache[4] = { nb, bs, c->Hkv, c->D }, sh_sig[3] = { nb, hsig, bs };
+    int64_t sh_slots[1] = { T };
+    int64_t sh_dq[3] = { nd, c->Hq, c->D }, sh_dbt[2] = { nd, W }, sh_dsl[1] = { nd }, sh_cnt[2] = { nd, hsel };
+    const int r0 = p->q_start[nd];
+    int64_t sh_pq[3] = { T - r0, c->Hq, c->D }, sh_pbt[2] = { np, W }, sh_psl[1] = { np }, sh_qsl[1] = { np + 1 };
+    const rn_plugin_t *pl = &c->pl;
+    DLTensor tk = rn_dl_tensor(pl, c->ka, adt, 3, sh_kv, NULL), tv = rn_dl_tensor(pl, c->va, adt, 3, sh_kv, NULL);
+    DLTensor slots = rn_dl_tensor(pl, c->d_meta + M.slots, i64, 1, sh_slots, NULL);
+    DLTensor dq = rn_dl_tensor(pl, c->qa, adt, 3, sh_dq, NULL), dout = rn_dl_tensor(pl, c->atta, adt, 3, sh_dq, NULL);
+    DLTensor dbt = rn_dl_tensor(pl, c->d_meta + M.tables, i32, 2, sh_dbt, NULL);
+    DLTensor dsl = rn_dl_tensor(pl, c->d_meta + M.seq_lens, i32, 1, sh_dsl, NULL);
+    DLTensor pq = rn_dl_tensor(pl, (char *)c->qa + (size_t)r0 * c->QD * aes, adt, 3, sh_pq, NULL);
+    DLTensor pout = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes, adt, 3, sh_pq, NULL);
+    DLTensor pbt = rn_dl_tensor(pl, c->d_meta + M.tables + (size_t)4 * nd * W, i32, 2, sh_pbt, NULL);
+    DLTensor psl = rn_dl_tensor(pl, c->d_meta + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
+    DLTensor qsl = rn_dl_tensor(pl, c->d_meta + M.qsl, i32, 1, sh_qsl, NULL);
+
+    for (int l = 0; l < c->L; l++) {
+        const Layer &Ly = c->layers[l];
+        if (k_rmsnorm(c, c->x, NULL, Ly.attn_norm, c->xb, T) || gemm(c, Ly.wq, c->xb, c->q, T, c->E, c->QD, 0) ||
+            gemm(c, Ly.wk, c->xb, c->k, T, c->E, c->KD, 0) || gemm(c, Ly.wv, c->xb, c->v, T, c->E, c->KD, 0))
+            return -1;
+        const int thr = 256;
+        if (c->cfg.kv_dtype == RN_DT_F16)
+            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin,
+                                                                 (__half *)c->qa, (__half *)c->ka, (__half *)c->va,
+                                                                 c->Hq, c->Hkv, c->D);
+        else
+            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin,
+                                                               (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va, c->Hq,
+                                                               c->Hkv, c->D);
+        CU(cudaGetLastError());
+
+        DLTensor kc = rn_dl_tensor(pl, (char *)c->k_cache + (size_t)l * kv_layer * aes, adt, 4, sh_cache, NULL);
+        DLTensor vc = rn_dl_tensor(pl, (char *)c->v_cache + (size_t)l * kv_layer * aes, adt, 4, sh_cache, NULL);
+        DLTensor sc = rn_dl_tensor(pl, sigs ? c->sig_cache + (size_t)l * sig_layer : NULL, u32, 3, sh_sig, NULL);
+        hashattn_cache_write_args_t w = HASHATTN_CACHE_WRITE_ARGS_INIT;
+        w.layer = l;
+        w.key = &tk;
+        w.value = &tv;
+        w.key_cache = &kc;
+        w.value_cache = &vc;
+        w.signature_cache = sigs ? &sc : NULL;
+        w.slot_mapping = &slots;
+        w.workspace = c->workspace;
+        w.workspace_size = c->workspace_size;
+        w.stream = c->stream;
+        hashattn_status_t st = pl->api->cache_write(pl->ctx, &w);
+        if (st != HASHATTN_STATUS_OK)
+            return plugin_fail(c, "cache_write", st);
+        if (nd > 0) {
+            DLTensor cnt = rn_dl_tensor(pl, c->d_counts + (size_t)l * c->cfg.max_seqs * hsel, i32, 2, sh_cnt, NULL);
+            hashattn_decode_args_t da = HASHATTN_DECODE_ARGS_INIT;
+            da.flags = sigs ? 0u : HASHATTN_DECODE_DENSE;
+            da.layer = l;
+            da.query = &dq;
+            da.key_cache = &kc;
+            da.value_cache = &vc;
+            da.signature_cache = sigs ? &sc : NULL;
+            da.block_tables = &dbt;
+            da.seq_lens = &dsl;
+            da.output = &dout;
+            da.selected_counts = &cnt;
+            da.workspace = c->workspace;
+            da.workspace_size = c->workspace_size;
+            da.stream = c->stream;
+            st = pl->api->decode(pl->ctx, &da);
+            if (st != HASHATTN_STATUS_OK)
+                return plugin_fail(c, "decode", st);
+        }
+        if (np > 0) {
+            hashattn_prefill_args_t pa = HASHATTN_PREFILL_ARGS_INIT;
+            pa.layer = l;
+            pa.query = &pq;
+            pa.key_cache = &kc;
+            pa.value_cache = &vc;
+            pa.block_tables = &pbt;
+            pa.seq_lens = &psl;
+            pa.query_start_loc = &qsl;
+            pa.output = &pout;
+            pa.workspace = c->workspace;
+            pa.workspace_size = c->workspace_size;
+            pa.stream = c->stream;
+            st = pl->api->prefill(pl->ctx, &pa);
+            if (st != HASHATTN_STATUS_OK)
+                return plugin_fail(c, "prefill", st);
+        }
+        if (k_convert_att(c, T) || gemm(c, Ly.wo, c->gin, c->x, T, c->QD, c->E, 1.0f) ||
+            k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wg, c->xb, c->hb, T, c->E, c->F, 0) ||
+            gemm(c, Ly.wu, c->xb, c->hb2, T, c->E, c->F, 0))
+            return -1;
+        const size_t nf = (size_t)T * c->F;
+        if (c->wbf16)
+            swiglu_kernel<bf16><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->hb2, (bf16 *)c->gin, nf);
+        else
+            swiglu_kernel<float><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->hb2, (float *)c->gin, nf);
+        CU(cudaGetLastError());
+        if (gemm(c, Ly.wd, c->gin, c->x, T, c->F, c->E, 1.0f))
+            return -1;
+    }
+    if (k_rmsnorm(c, c->x, (const int32_t *)(dm + M.logit_rows), c->out_norm, c->xb, R) ||
+        gemm(c, c->out_w, c->xb, c->logits, R, c->E, c->V, 0))
+        return -1;
+    sample_kernel<<<S, kSampleThreads, 0, c->stream>>>(c->logits, c->V, (const int32_t *)(dm + M.sample_rows),
+                                                       (const float *)(dm + M.temp), (const float *)(dm + M.topp),
+                                                       (const float *)(dm + M.u), c->d_next);
+    CU(cudaGetLastError());
+    CU(cudaMemcpyAsync(c->h_next, c->d_next, 4 * (size_t)S, cudaMemcpyDeviceToHost, c->stream));
+    if (nd > 0)
+        CU(cudaMemcpyAsync(c->h_counts, c->d_counts, 4 * (size_t)c->L * c->cfg.max_seqs * hsel,
+                           cudaMemcpyDeviceToHost, c->stream));
+    return 0;
+}
+
+static void pack(CudaExec *c, const rn_plan_t *p, const rn_sample_req_t *smp, const Meta &M, int all)
+{
+    unsigned char *h = c->h_meta;
+    const int T = p->n_tokens, S = p->n_seqs, np = S - p->n_decode;
+    memcpy(h + M.tokens, p->tokens, 4 * (size_t)T);
+    memcpy(h + M.pos, p->pos, 4 * (size_t)T);
+    memcpy(h + M.slots, p->slots, 8 * (size_t)T);
+    memcpy(h + M.tables, p->tables, 4 * (size_t)S * p->width);
+    memcpy(h + M.seq_lens, p->seq_lens, 4 * (size_t)S);
+    memcpy(h + M.qsl, p->qsl_prefill, 4 * (size_t)(np + 1));
+    int32_t *lr = (int32_t *)(h + M.logit_rows), *sr = (int32_t *)(h + M.sample_rows);
+    float *te = (float *)(h + M.temp), *tp = (float *)(h + M.topp), *uu = (float *)(h + M.u);
+    if (all)
+        for (int t = 0; t < T; t++)
+            lr[t] = t;
+    for (int i = 0; i < S; i++) {
+        if (!all)
+            lr[i] = p->q_start[i + 1] - 1;
+        sr[i] = all ? p->q_start[i + 1] - 1 : i;
+        te[i] = smp[i].temperature;
+        tp[i] = smp[i].top_p;
+        uu[i] = (float)smp[i].u;
+        if (uu[i] >= 1.0f)
+            uu[i] = 0.99999994f;
+    }
+}
+
+static void destroy_graph(Graph *g)
+{
+    if (g->exec)
+        cudaGraphExecDestroy(g->exec);
+    memset(g, 0, sizeof *g);
+}
+
+static Graph *find_graph(CudaExec *c, int b, int w, int dense)
+{
+    Graph *pick = NULL;
+    for (int i = 0; i < kMaxGraphs; i++) {
+        Graph *g = &c->graphs[i];
+        if (g->seen && g->b == b && g->w == w && g->dense == dense)
+            return g;
+    }
+    /* a free entry, else the least recently used one */
+    for (int i = 0; i < kMaxGraphs; i++) {
+        Graph *g = &c->graphs[i];
+        if (!g->seen) {
+            pick = g;
+            break;
+        }
+        if (!pick || g->used < pick->used)
+            pick = g;
+    }
+    destroy_graph(pick);
+    pick->b = b;
+    pick->w = w;
+    pick->dense = dense;
+    return pick;
+}
+
+static int cuda_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *smp, int32_t *next, float *all_logits)
+{
+    CudaExec *c = (CudaExec *)e;
+    const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode;
+    if (T > c->cfg.max_tokens || S > c->cfg.max_seqs || p->width > c->cfg.max_blocks)
+        return seterr(c, "step of %d tokens, %d sequences, width %d exceeds the executor", T, S, p->width);
+    const int all = all_logits != NULL, R = all ? T : S;
+    const Meta M = meta_layout(T, S, p->width, S - nd, R);
+    CU(cudaSetDevice(c->cfg.device));
+    pack(c, p, smp, M, all);
+
+    const int graphable = c->cfg.graphs && nd == S && !all;
+    int done = 0;
+    if (graphable) {
+        Graph *g = find_graph(c, S, p->width, c->dense);
+        g->used = ++c->tick;
+        if (g->exec) {
+            CU(cudaGraphLaunch(g->exec, c->stream));
+            e->graph_replays++;
+            done = 1;
+        } else if (g->seen && !g->failed) {
+            /* second sighting: capture this step and replay it */
+            cudaGraph_t graph = NULL;
+            CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+            const int rc = enqueue_step(c, p, M, R);
+            cudaError_t ec = cudaStreamEndCapture(c->stream, &graph);
+            cudaError_t ei = cudaErrorUnknown;
+            if (rc == 0 && ec == cudaSuccess && graph)
+                ei = cudaGraphInstantiate(&g->exec, graph, 0);
+            if (graph)
+                cudaGraphDestroy(graph);
+            if (rc == 0 && ec == cudaSuccess && ei == cudaSuccess) {
+                CU(cudaGraphLaunch(g->exec, c->stream));
+                e->graph_captures++;
+                e->graph_replays++;
+                done = 1;
+            } else {
+                g->failed = 1;
+                g->exec = NULL;
+                (void)cudaGetLastError();
+                if (!c->graph_note) {
+                    c->graph_note = 1;
+                    fprintf(stderr, "hashattn-run: note: CUDA graph capture failed (%s); running that shape "
+                                    "eagerly\n", rc ? e->err : cudaGetErrorString(ec != cudaSuccess ? ec : ei));
+                }
+            }
+        }
+        g->seen = 1;
+    }
+    if (!done) {
+        /* after a failed capture the plugin may report it once more: retry */
+        int rc = -1;
+        for (int attempt = 0; attempt < 2 && rc; attempt++)
+            rc = enqueue_step(c, p, M, R);
+        if (rc)
+            return -1;
+        e->eager_steps++;
+    }
+    CU(cudaStreamSynchronize(c->stream));
+    CU(cudaGetLastError());
+    if (all)
+        CU(cudaMemcpy(all_logits, c->logits, 4 * (size_t)T * c->V, cudaMemcpyDeviceToHost));
+    memcpy(next, c->h_next, 4 * (size_t)S);
+    const int hsel = c->pl.sel_heads;
+    for (int l = 0; l < c->L && nd > 0; l++)
+        for (int i = 0; i < nd; i++)
+            rn_attn_stats_add(&c->stats, l, c->L, c->h_counts + ((size_t)l * c->cfg.max_seqs + i) * hsel, hsel,
+                              p->seq_lens[i]);
+    return 0;
+}
+
+static int cuda_set_dense(rn_exec_t *e, int dense)
+{
+    CudaExec *c = (CudaExec *)e;
+    if (!dense && !c->sig_cache)
+        return seterr(c, "hash decode needs an executor created for hash mode");
+    c->dense = dense != 0;
+    return 0;
+}
+
+static void cuda_destroy(rn_exec_t *e)
+{
+    CudaExec *c = (CudaExec *)e;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < kMaxGraphs; i++)
+        destroy_graph(&c->graphs[i]);
+    rn_plugin_close(&c->pl);
+    if (c->layers) {
+        for (int l = 0; l < c->L; l++) {
+            Layer &Ly = c->layers[l];
+            void *ps[9] = { Ly.attn_norm, Ly.ffn_norm, Ly.wq, Ly.wk, Ly.wv, Ly.wo, Ly.wg, Ly.wu, Ly.wd };
+            for (int i = 0; i < 9; i++)
+                cudaFree(ps[i]);
+        }
+        free(c->layers);
+    }
+    if (c->out_w != c->emb)
+        cudaFree(c->out_w);
+    void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->q, c->k, c->v, c->hb, c->hb2,
+                   c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
+                   c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws };
+    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
+        cudaFree(ds[i]);
+    cudaFreeHost(c->h_meta);
+    cudaFreeHost(c->h_next);
+    cudaFreeHost(c->h_counts);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy };
+
+static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
+{
+    const rn_cuda_config_t *cf = &c->cfg;
+    const rn_hparams_t *hp = &m->hp;
+    c->L = hp->n_layer;
+    c->E = hp->n_embd;
+    c->F = hp->n_ff;
+    c->Hq = hp->n_head;
+    c->Hkv = hp->n_head_kv;
+    c->D = hp->head_dim;
+    c->V = hp->n_vocab;
+    c->QD = c->Hq * c->D;
+    c->KD = c->Hkv * c->D;
+    c->eps = hp->rms_eps;
+    c->wbf16 = cf->weights_bf16 != 0;
+    c->wsize = c->wbf16 ? 2 : 4;
+    rn_attn_stats_reset(&c->stats);
+    c->base.stats = &c->stats;
+    (void)err;
+    (void)errlen;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || cf->device >= ndev)
+        return seterr(c, "--device cuda:%d: %d CUDA devices visible", cf->device, ndev);
+    CU(cudaSetDevice(cf->device));
+    CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CB(cublasCreate(&c->blas));
+    CB(cublasSetStream(c->blas, c->stream));
+    if (dalloc(c, &c->blas_ws, kBlasWorkspace, "cuBLAS workspace"))
+        return -1;
+    /* a fixed workspace: no allocation inside a graph capture */
+    CB(cublasSetWorkspace(c->blas, c->blas_ws, kBlasWorkspace));
+    CB(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+
+    /* the plugin on this device, in the attention dtype */
+    rn_plugin_config_t pc = cf->plugin;
+    pc.num_layers = c->L;
+    pc.num_q_heads = c->Hq;
+    pc.num_kv_heads = c->Hkv;
+    pc.head_dim = c->D;
+    pc.block_size = cf->block_size;
+    pc.cuda = 1;
+    pc.device_id = cf->device;
+    pc.dtype = cf->kv_dtype == RN_DT_F16 ? RN_DT_F16 : RN_DT_BF16;
+    c->cfg.kv_dtype = pc.dtype;
+    if (rn_plugin_open(&c->pl, &pc, c->base.err, sizeof c->base.err))
+        return -1;
+    c->hash_ctx = pc.hash;
+    c->dense = !pc.hash;
+
+    /* weights */
+    const size_t E = c->E, F = c->F, QD = c->QD, KD = c->KD, V = c->V;
+    if (upload_w(c, &c->emb, m->tok_embd, V * E, "token_embd") || upload_f32(c, &c->out_norm, m->output_norm, E, "output_norm"))
+        return -1;
+    if (m->tied)
+        c->out_w = c->emb;
+    else if (upload_w(c, &c->out_w, m->output, V * E, "output"))
+        return -1;
+    c->layers = (Layer *)calloc((size_t)c->L, sizeof(Layer));
+    if (!c->layers)
+        return seterr(c, "out of memory");
+    for (int l = 0; l < c->L; l++) {
+        const rn_layer_t *H = &m->layers[l];
+        Layer &Ly = c->layers[l];
+        if (upload_f32(c, &Ly.attn_norm, H->attn_norm, E, "attn_norm") ||
+            upload_f32(c, &Ly.ffn_norm, H->ffn_norm, E, "ffn_norm") || upload_w(c, &Ly.wq, H->wq, QD * E, "wq") ||
+            upload_w(c, &Ly.wk, H->wk, KD * E, "wk") || upload_w(c, &Ly.wv, H->wv, KD * E, "wv") ||
+            upload_w(c, &Ly.wo, H->wo, E * QD, "wo") || upload_w(c, &Ly.wg, H->w_gate, F * E, "w_gate") ||
+            upload_w(c, &Ly.wu, H->w_up, F * E, "w_up") || upload_w(c, &Ly.wd, H->w_down, E * F, "w_down"))
+            return -1;
+    }
+    /* RoPE tables in double on the host, like the CPU path */
+    const size_t max_pos = (size_t)cf->max_blocks * cf->block_size, half = (size_t)c->D / 2;
+    float *cs = (float *)malloc(max_pos * half * 4), *sn = (float *)malloc(max_pos * half * 4);
+    if (!cs || !sn) {
+        free(cs);
+        free(sn);
+        return seterr(c, "out of memory for RoPE tables");
+    }
+    for (size_t p = 0; p < max_pos; p++)
+        rn_rope_angles(hp, (int64_t)p, cs + p * half, sn + p * half);
+    const int r1 = upload_f32(c, &c->rope_cos, cs, max_pos * half, "rope cos");
+    const int r2 = r1 ? -1 : upload_f32(c, &c->rope_sin, sn, max_pos * half, "rope sin");
+    free(cs);
+    free(sn);
+    if (r1 || r2)
+        return -1;
+
+    /* activations */
+    const size_t T = (size_t)cf->max_tokens, S = (size_t)cf->max_seqs, ae = 2;
+    const size_t gmax = (QD > F ? QD : F) > E ? (QD > F ? QD : F) : E;
+    if (dalloc(c, (void **)&c->x, T * E * 4, "x") || dalloc(c, (void **)&c->q, T * QD * 4, "q") ||
+        dalloc(c, (void **)&c->k, T * KD * 4, "k") || dalloc(c, (void **)&c->v, T * KD * 4, "v") ||
+        dalloc(c, (void **)&c->hb, T * F * 4, "hb") || dalloc(c, (void **)&c->hb2, T * F * 4, "hb2") ||
+        dalloc(c, (void **)&c->logits, T * V * 4, "logits") || dalloc(c, &c->xb, T * E * c->wsize, "xb") ||
+        dalloc(c, &c->gin, T * gmax * c->wsize, "gemm input") || dalloc(c, &c->qa, T * QD * ae, "q (plugin)") ||
+        dalloc(c, &c->ka, T * KD * ae, "k (plugin)") || dalloc(c, &c->va, T * KD * ae, "v (plugin)") ||
+        dalloc(c, &c->atta, T * QD * ae, "attention output"))
+        return -1;
+    /* caches */
+    const size_t kv = (size_t)c->L * cf->num_blocks * cf->block_size * KD;
+    if (dalloc(c, &c->k_cache, kv * ae, "key cache") || dalloc(c, &c->v_cache, kv * ae, "value cache"))
+        return -1;
+    CU(cudaMemset(c->k_cache, 0, kv * ae));
+    CU(cudaMemset(c->v_cache, 0, kv * ae));
+    if (pc.hash) {
+        const size_t sig = (size_t)c->L * cf->num_blocks * c->pl.sig_heads * cf->block_size;
+        if (dalloc(c, (void **)&c->sig_cache, sig * 4, "signature cache"))
+            return -1;
+        CU(cudaMemset(c->sig_cache, 0, sig * 4));
+    }
+    if (rn_plugin_workspace(&c->pl, cf->max_seqs, cf->max_tokens, cf->max_blocks, &c->workspace_size, c->base.err,
+                            sizeof c->base.err) ||
+        dalloc(c, &c->workspace, c->workspace_size, "plugin workspace"))
+        return -1;
+    const size_t ncounts = (size_t)c->L * S * c->pl.sel_heads;
+    if (dalloc(c, (void **)&c->d_counts, ncounts * 4, "selected counts") ||
+        dalloc(c, (void **)&c->d_next, S * 4, "next tokens"))
+        return -1;
+    CU(cudaMemset(c->d_counts, 0xff, ncounts * 4));
+    const Meta M = meta_layout(cf->max_tokens, cf->max_seqs, cf->max_blocks, cf->max_seqs, cf->max_tokens);
+    c->meta_cap = M.total;
+    if (dalloc(c, (void **)&c->d_meta, M.total, "step plan"))
+        return -1;
+    CU(cudaHostAlloc((void **)&c->h_meta, M.total, cudaHostAllocDefault));
+    CU(cudaHostAlloc((void **)&c->h_next, S * 4, cudaHostAllocDefault));
+    CU(cudaHostAlloc((void **)&c->h_counts, ncounts * 4, cudaHostAllocDefault));
+    memset(c->h_meta, 0, M.total);
+    CU(cudaDeviceSynchronize());
+
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, cf->device));
+    snprintf(c->base.desc, sizeof c->base.desc,
+             "CUDA %s (cuda:%d), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, %.1f of %.1f GB free; attention: %s",
+             prop.name, cf->device, c->wbf16 ? "bf16" : "f32", pc.dtype == RN_DT_F16 ? "fp16" : "bf16",
+             2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off", free_b / 1e9, total_b / 1e9, c->pl.desc);
+    return 0;
+}
+
+} // namespace
+
+extern "C" int rn_exec_cuda_create(const rn_model_t *m, const rn_cuda_config_t *cfg, rn_exec_t **out, char *err,
+                                   size_t errlen)
+{
+    *out = NULL;
+    if (cfg->max_seqs < 1 || cfg->max_tokens < 1 || cfg->max_blocks < 1 || cfg->num_blocks < 1 || cfg->block_size < 1) {
+        snprintf(err, errlen, "CUDA executor: bad capacities");
+        return -1;
+    }
+    CudaExec *c = (CudaExec *)calloc(1, sizeof(CudaExec));
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    c->cfg = *cfg;
+    rn_exec_t *e = &c->base;
+    e->ops = &k_cuda_ops;
+    e->n_vocab = m->hp.n_vocab;
+    e->block_size = cfg->block_size;
+    e->num_blocks = cfg->num_blocks;
+    e->max_seqs = cfg->max_seqs;
+    e->max_tokens = cfg->max_tokens;
+    e->max_blocks = cfg->max_blocks;
+    e->width_round = cfg->width_round > 0 ? cfg->width_round : 1;
+    if (create(c, m, err, errlen)) {
+        snprintf(err, errlen, "CUDA executor: %s", e->err);
+        cuda_destroy(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+extern "C" int rn_exec_cuda_random_weights(const rn_exec_t *e)
+{
+    return e && e->ops == &k_cuda_ops && ((const CudaExec *)e)->pl.random_weights;
+}

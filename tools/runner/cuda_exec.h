@@ -1,0 +1,40 @@
+/*
+ * cuda_exec.h - the CUDA executor (cuda_exec.cu, built with
+ * HASHATTN_WITH_CUDA): the whole forward pass on one GPU with cuBLAS and a
+ * few small kernels, attention through the plugin on a kDLCUDA context,
+ * sampling on the device, pure-decode steps replayed from CUDA graphs.
+ */
+#ifndef HASHATTN_RUNNER_CUDA_EXEC_H
+#define HASHATTN_RUNNER_CUDA_EXEC_H
+
+#include "exec.h"
+#include "plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rn_cuda_config {
+    int device;            /* GPU ordinal */
+    int weights_bf16;      /* 0: float32 weights (fp32 GEMMs, no TF32); 1: bfloat16 weights and GEMM inputs */
+    int kv_dtype;          /* RN_DT_BF16 (default) or RN_DT_F16: q/k/v/output and caches of the plugin */
+    int graphs;            /* 1: capture pure-decode steps in CUDA graphs */
+    int32_t block_size, num_blocks;
+    int max_seqs, max_tokens;
+    int32_t max_blocks;
+    int width_round;       /* block-table widths rounded to this many blocks (graph reuse) */
+    rn_plugin_config_t plugin; /* shape, device and dtype are filled in here */
+} rn_cuda_config_t;
+
+/* Upload m's weights (m may be freed afterwards) and create everything.
+ * 0, or -1 with err. */
+int rn_exec_cuda_create(const rn_model_t *m, const rn_cuda_config_t *cfg, rn_exec_t **out, char *err, size_t errlen);
+
+/* 1 when random hash weights were bound. */
+int rn_exec_cuda_random_weights(const rn_exec_t *e);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HASHATTN_RUNNER_CUDA_EXEC_H */

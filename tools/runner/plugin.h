@@ -1,0 +1,77 @@
+/*
+ * plugin.h - libhashattn.so loaded the way a serving stack loads it (dlopen +
+ * dlsym("hashattn_get_api"), then only the function table), one context for
+ * the model's attention shape, and its hash weights. Shared by the CPU
+ * attention (attn_plugin.c) and the CUDA executor (cuda_exec.cu).
+ */
+#ifndef HASHATTN_RUNNER_PLUGIN_H
+#define HASHATTN_RUNNER_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hashattn/hashattn.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { RN_DT_F32 = 0, RN_DT_BF16 = 1, RN_DT_F16 = 2 };
+
+typedef struct rn_plugin_config {
+    const char *path;         /* libhashattn.so to dlopen */
+    int num_layers, num_q_heads, num_kv_heads, head_dim;
+    int block_size;
+    int cuda;                 /* 0: kDLCPU, 1: kDLCUDA:device_id */
+    int device_id;
+    int dtype;                /* RN_DT_*: the dtype of q, k, v, output and the caches */
+    int hash;                 /* 1: hash decode possible: bind weights, keep signatures */
+    int selection;            /* hashattn_selection_t */
+    int sink, recent;         /* budget */
+    int heavy_count;          /* >= 0 count, else heavy_fraction */
+    float heavy_fraction;
+    const char *hash_weights; /* safetensors file, NULL = random weights (seeded) */
+    uint64_t seed;
+    int mlp_width;            /* random weights' hidden width */
+} rn_plugin_config_t;
+
+#define RN_PLUGIN_CONFIG_INIT \
+    { NULL, 0, 0, 0, 0, 16, 0, 0, RN_DT_F32, 0, 1 /* GROUP */, 128, 128, -1, 0.0625f, NULL, 1234, 128 }
+
+typedef struct rn_plugin {
+    void *dl;
+    const hashattn_api_t *api;
+    hashattn_context_t *ctx;
+    rn_plugin_config_t cfg;
+    int sig_heads;      /* Hsig: signature heads (0 when not hash) */
+    int sel_heads;      /* Hsel: selection heads of selected_counts */
+    int mlp_width;
+    int random_weights; /* 1 when random hash weights were bound */
+    char desc[320];
+} rn_plugin_t;
+
+/* Load, create the context, bind (hash) the weights. 0, or -1 with err. */
+int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, size_t errlen);
+/* Destroy the context; the library stays loaded (a host may not unload a
+ * library it has called into). */
+void rn_plugin_close(rn_plugin_t *p);
+
+/* The largest workspace cache_write, decode and prefill need within these
+ * bounds. 0, or -1 with err. */
+int rn_plugin_workspace(rn_plugin_t *p, int max_seqs, int64_t max_tokens, int32_t max_blocks, size_t *bytes,
+                        char *err, size_t errlen);
+
+/* "hashattn WHAT: STATUS: last error" into err; returns -1. */
+int rn_plugin_fail(const rn_plugin_t *p, const char *what, hashattn_status_t st, char *err, size_t errlen);
+
+DLDataType rn_dl_dtype(int rn_dt);
+
+/* A DLTensor over data on the plugin's device; strides NULL = compact. */
+DLTensor rn_dl_tensor(const rn_plugin_t *p, void *data, DLDataType dt, int ndim, int64_t *shape,
+                      int64_t *strides);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HASHATTN_RUNNER_PLUGIN_H */
