@@ -146,6 +146,8 @@ static status_t check_tables(hashattn_context_t *ctx, const char *op, const DLTe
             return ha_fail(ctx, BAD, "%s: seq_lens[%lld] = %d is outside [0, %lld] (block_tables.shape[1] "
                            "= %lld blocks of %d tokens)", op, (long long)s, n, (long long)(max_blocks * bs),
                            (long long)max_blocks, bs);
+        if (n == 0)
+            continue; /* no block is read; the table may be empty (data NULL) */
         const char *row = vbt->data + 4 * s * vbt->strides[0];
         for (int64_t b = 0; b < (n + bs - 1) / bs; b++) {
             int32_t id = *(const int32_t *)(row + 4 * b * vbt->strides[1]);
@@ -328,6 +330,7 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
     p.device = c->device.device_id;
+    p.num_blocks = num_blocks;
     return from_kernel(ctx, op, DISPATCH(ctx, cache_write, &p));
 }
 
@@ -421,6 +424,7 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
     p.device = c->device.device_id;
+    p.num_blocks = num_blocks;
     return from_kernel(ctx, op, DISPATCH(ctx, decode, &p));
 }
 
@@ -503,6 +507,7 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
     p.workspace_size = a.workspace_size;
     p.stream = a.stream;
     p.device = c->device.device_id;
+    p.num_blocks = num_blocks;
     return from_kernel(ctx, op, DISPATCH(ctx, prefill, &p));
 }
 

@@ -182,6 +182,6 @@ hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const
     if (t->byte_offset % ((t->dtype.bits + 7) / 8) != 0)
         return ha_fail(ctx, bad, "%s: %s.byte_offset = %llu is not a multiple of the element size",
                        op, name, (unsigned long long)t->byte_offset);
-    out->data = (char *)t->data + t->byte_offset;
+    out->data = t->data ? (char *)t->data + t->byte_offset : NULL; /* empty tensors may have none */
     return HASHATTN_STATUS_OK;
 }

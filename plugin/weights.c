@@ -206,6 +206,13 @@ hashattn_status_t ha_weights_bind(hashattn_context_t *ctx, const hashattn_weight
         ha_struct_desc_t d = {s == 0 ? "weights_bind_args.query" : "weights_bind_args.key", mlp_fields,
                               7, HA_END(hashattn_mlp_weights_t, b3), sizeof(hashattn_mlp_weights_t)};
         hashattn_mlp_weights_t tmp = HASHATTN_MLP_WEIGHTS_INIT;
+        /* embedded by value: a longer one cannot exist, and its "tail" would
+         * be the library's own copy */
+        if (sides[s]->struct_size > sizeof(hashattn_mlp_weights_t))
+            return ha_fail(ctx, HASHATTN_STATUS_INVALID_ARGUMENT,
+                           "%s.struct_size = %zu exceeds sizeof(hashattn_mlp_weights_t) = %zu "
+                           "(an embedded struct cannot be longer)",
+                           d.name, sides[s]->struct_size, sizeof(hashattn_mlp_weights_t));
         st = ha_read_struct(ctx, &d, sides[s], &tmp);
         if (st != HASHATTN_STATUS_OK)
             return st;

@@ -147,6 +147,9 @@ typedef struct hashattn_context hashattn_context_t;
  *          K = heavy_count if heavy_count >= 0, else floor(heavy_fraction * n);
  *          ties at the cut-off go to the newer token;
  *   if n <= sink_tokens + recent_tokens + K, every token (dense). */
+/* Embedded by value in hashattn_context_config_t, so it is frozen: it never
+ * grows (a new budget knob would come as a new struct). Inside the config its
+ * struct_size is not read. */
 typedef struct hashattn_budget {
     size_t struct_size;
     int32_t sink_tokens;    /* I >= 0. Default 128. */
@@ -202,6 +205,8 @@ typedef struct hashattn_context_config {
  * H is Hq for the query MLPs and Hsig for the key MLPs. All tensors float32 or
  * bfloat16 in host memory (kDLCPU or kDLCUDAHost), any strides with the
  * innermost contiguous. All six are required. */
+/* Embedded by value in hashattn_weights_bind_args_t: frozen like the budget;
+ * a struct_size above its sizeof is refused. */
 typedef struct hashattn_mlp_weights {
     size_t struct_size;
     const DLTensor *w1; /* [L, H, m, D] */
@@ -247,6 +252,8 @@ typedef struct hashattn_weights_load_args {
 
 /* Upper bounds of the calls the workspace will serve. A workspace sized for
  * these bounds serves any call within them. */
+/* (A field appended here in a later minor starts at offset 32, after the
+ * trailing padding, so that 1.0 libraries see it as an unknown tail.) */
 typedef struct hashattn_workspace_args {
     size_t struct_size;
     int32_t op;                 /* hashattn_op_t */

@@ -50,8 +50,6 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
 
     for (int32_t b = 0; b < p->num_seqs; b++) {
         int64_t n = p->seq_lens[b] > 0 ? p->seq_lens[b] : 0;
-        const int32_t *bt = p->block_tables + (int64_t)b * p->block_table_stride;
-
         if (n == 0) {
             for (int32_t h = 0; h < p->num_q_heads; h++)
                 ha_cpu_zero_row(p->dtype, p->output.data,
@@ -63,6 +61,8 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
             continue;
         }
 
+        /* only now: with n == 0 the table may be empty (data NULL) */
+        const int32_t *bt = p->block_tables + (int64_t)b * p->block_table_stride;
         ha_cpu_budget_t bud = ha_cpu_resolve_budget(&p->budget, p->dense, n);
         if (!bud.dense) {
             for (int32_t h = 0; h < p->num_q_heads; h++) {
