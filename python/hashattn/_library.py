@@ -54,6 +54,7 @@ def _repo_candidates() -> List[Path]:
     if not (repo / "abi" / "hashattn" / "hashattn.h").is_file():
         return []
     found = [Path(p) for p in glob.glob(str(repo / "build*" / LIBRARY_NAME))]
+    found = [p for p in found if p.exists()]  # a dangling link from a half-made build
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
