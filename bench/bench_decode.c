@@ -17,7 +17,7 @@
  * overhead stays out of the GPU time); CUDA events around the call; median.
  * The same case is also captured once in a CUDA graph and its replays timed.
  *
- * usage: bench_decode [--lib PATH] [--only SUBSTR] [--reps N] [--json FILE]
+ * usage: bench_decode [--lib PATH] [--only SUBSTR|=NAME] [--reps N] [--json FILE]
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -56,6 +56,11 @@ typedef struct bench_case {
     int dense_waves;  /* lab: 0 default */
     int hnd;          /* 1: HND cache layout (default NHD, vLLM's) */
     int seqpg;        /* 1: pages in order (block table = identity) instead of shuffled */
+    int fma;          /* lab: 1 = attention on fp32 FMA lanes instead of mma.sync */
+    int noclu;        /* lab: 1 = query MLPs one block per head instead of 4-CTA clusters */
+    int stop;         /* lab: sparse decode stops after 1 hash, 2 score, 3 resolve */
+    int blockscore;   /* lab: score items per block (1) or per warp (2); 0 = the size rule */
+    int serialc;      /* lab: compaction by per-thread runs (1) or warp ballots (2); 0 = default */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -92,6 +97,39 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_128k_hnd", 1, 131072, G_, P_, 0, 32, 0, 0, -1, 0, 0, 1},
     {"dense_b8_128k_seqpg", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 0, 0, 1},
     {"gc32_b8_128k_seqpg", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 1},
+    /* run 4: the variants these kernels replaced, and the step cut after each kernel */
+    {"dense_b8_128k_fma", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 0, 0, 0, 1},
+    {"gc32_b8_128k_fma", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 1},
+    {"gc32_b8_128k_noclu", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 1},
+    {"upto1_gc32_b8_128k", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 1},
+    {"upto2_gc32_b8_128k", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2},
+    {"upto3_gc32_b8_128k", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 3},
+    {"upto2_gp32_b8_128k", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2},
+    {"upto1_gp32_b1_8k", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 1},
+    {"upto3_gp32_b1_8k", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 3},
+    {"gp32_b1_8k_c8192", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 8192, 0},
+    {"gp32_b1_8k_c2048", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 2048, 0},
+    {"gp32_b1_32k", 1, 32768, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"dense_b1_32k", 1, 32768, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"gp32_b1_16k", 1, 16384, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"dense_b1_16k", 1, 16384, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    {"gp32_b1_4k", 1, 4096, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"dense_b1_4k", 1, 4096, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    /* run 4b: the run-4a forms of what changed, and the knobs whose defaults moved */
+    {"gc32_b8_128k_blockscore", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gc32_b8_128k_ballot", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 2},
+    {"gc32_b8_128k_run4a", 8, 131072, G_, C_, 0, 32, 1, 0, 1, 2048, 0, 0, 0, 0, 0, 0, 1, 1},
+    {"gc32_b8_128k_pdl", 8, 131072, G_, C_, 0, 32, 1, 0, 1, 0, 0},
+    {"gc32_b8_128k_c2048", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 2048, 0},
+    {"gp32_b1_8k_pdl", 1, 8192, G_, P_, 0, 32, 1, 0, 1, 0, 0},
+    {"gp32_b1_128k_pdl", 1, 131072, G_, P_, 0, 32, 1, 0, 1, 0, 0},
+    {"dense_b8_128k_w2", 8, 131072, G_, P_, 1, 0, 1, 0, -1, 0, 2},
+    {"sel_hp32_b8_128k", 8, 131072, H_, P_, 0, 32, 1, 1, -1, 0, 0},
+    {"upto2_hp32_b8_128k", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2},
+    /* the size rules of run 4b's defaults, each side forced */
+    {"gp32_b1_8k_warpscore", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 2},
+    {"gp32_b1_8k_nopdl", 1, 8192, G_, P_, 0, 32, 1, 0, 0, 0, 0},
+    {"gc32_b8_128k_warpscore_pdl", 8, 131072, G_, C_, 0, 32, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -330,8 +368,8 @@ int main(int argc, char **argv)
 
     for (int ci = 0; ci < NCASES; ci++) {
         const bench_case_t *bc = &k_cases[ci];
-        if (only && !strstr(bc->name, only))
-            continue;
+        if (only && (only[0] == '=' ? strcmp(bc->name, only + 1) != 0 : !strstr(bc->name, only)))
+            continue; /* --only =NAME: that case alone */
 #ifndef HA_BENCH_LAB
         if (bc->lab)
             continue;
@@ -346,6 +384,15 @@ int main(int argc, char **argv)
             tn.sparse_chunk = bc->sparse_chunk;
         if (bc->dense_waves > 0)
             tn.dense_waves = bc->dense_waves;
+        if (bc->fma)
+            tn.attn_mma = 0;
+        if (bc->noclu)
+            tn.qhash_cluster = 0;
+        tn.stop_after = bc->stop;
+        if (bc->blockscore)
+            tn.score_block_items = bc->blockscore == 1 ? 1 : 0;
+        if (bc->serialc)
+            tn.compact_serial = bc->serialc == 1 ? 1 : 0;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;
@@ -455,7 +502,7 @@ int main(int argc, char **argv)
             const int hsig = sig_i ? HKV : HQ;
             const double sigb = (double)B * N * hsig * 4;
             const double gat = (double)B * (sel_i ? HQ : HKV) * keep * kv_row;
-            bytes = bc->select_only ? sigb : sigb + gat;
+            bytes = (bc->select_only || bc->stop) ? sigb : sigb + gat;
         }
         const double tbps = bytes / (med * 1e-6) / 1e12;
         printf("%-22s %3d %8lld %10.1f %10.1f %10.1f %8.2f\n", bc->name, B, (long long)N, med, mn, gmed, tbps);

@@ -6,8 +6,11 @@
  * calls one launcher per operation with one of these params structs. Each
  * launcher exists twice with the same meaning: ha_cpu_<op> in kernels/cpu/
  * (the reference) and ha_cuda_<op> in kernels/cuda/. Kernels may assume the
- * params are valid (ids in range, shapes consistent); they never allocate and
- * take scratch memory only from `workspace`.
+ * params are valid (shapes consistent; on the CPU backend the plugin has also
+ * checked every block id, slot and sequence length); the CUDA kernels check
+ * the values that live on the device (block_tables, slot_mapping, seq_lens)
+ * against num_blocks and report bad ones through ha_cuda_check. They never
+ * allocate and take scratch memory only from `workspace`.
  *
  * Conventions:
  *  - all strides are in elements; the innermost (head_dim) stride is 1;
@@ -102,6 +105,7 @@ typedef struct ha_cache_write_params {
     size_t workspace_size;
     void *stream;
     int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
+    int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check slots against it */
 } ha_cache_write_params_t;
 
 /* ---- decode ---- */
@@ -137,6 +141,7 @@ typedef struct ha_decode_params {
     size_t workspace_size;
     void *stream;
     int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
+    int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check block ids against it */
 } ha_decode_params_t;
 
 /* ---- prefill ---- */
@@ -162,6 +167,7 @@ typedef struct ha_prefill_params {
     size_t workspace_size;
     void *stream;
     int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
+    int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check block ids against it */
 } ha_prefill_params_t;
 
 /* ---- hash ---- */

@@ -8,17 +8,28 @@
  *
  *   SPARSE = false: every position of the chunk (dense decode, prefill).
  *   SPARSE = true : the selection of sequences that are sparse for their
- *     budget: threshold t from the global histogram of the selection unit,
- *     the chunk's share of the ties at t (ties go to the newest positions,
- *     counted through the per-chunk cumulative histograms), then an ordered
- *     compaction of the chunk into a list in shared memory; no sort.
+ *     budget. The resolve kernel (decode.cu) has already put this chunk's
+ *     threshold t, its share of the ties at t (ties go to the newest
+ *     positions) and the count selected before it into one table entry; the
+ *     block reads that entry while its scores arrive in shared memory, then
+ *     compacts the chunk into an ordered list, no sort: by default each
+ *     thread walks a run of positions (ranks from block scans); the lab's
+ *     compact_serial = 0 uses warp ballots instead (slower, bench/NOTES.md).
  *
  * Then tiles of 32 listed rows are gathered with 16-byte cp.async through the
- * block table, three stages deep, and attended with an fp32 online softmax
- * (base 2, q pre-scaled by scale * log2 e). A lane group of D/8 lanes owns a
- * row (8 elements per lane); the block's partial states merge in shared
- * memory, and the block writes either the output (one chunk) or a partial
- * (o, lse) that the combine kernel reduces.
+ * block table, three stages deep, into rows padded by 16 bytes (ldmatrix rows
+ * then hit distinct banks), and attended with an online softmax in base 2.
+ *   MMA = true : each warp owns 8 rows of a tile; S^T = Q K^T with
+ *     mma.m16n8k16 (the GH heads padded to 16 rows of A, q unscaled in its
+ *     own dtype), softmax on the accumulator fragments, O^T += V^T P^T with
+ *     mma.m16n8k8 (P rounded to the cache dtype, as flash attention does).
+ *     The C fragment of S^T is the B fragment of P^T: no shuffles.
+ *   MMA = false: a lane group of D/8 lanes owns a row (8 elements per lane),
+ *     fp32 FMAs and shuffle reductions (the run-3 kernel, kept for the lab).
+ * The block's partial states merge in shared memory, and the block writes
+ * either the output (one chunk) or a partial (o, lse) that the combine
+ * kernel reduces. Every block table id is checked against num_blocks
+ * (Guard, common.cuh); a bad one reads zeros and is reported.
  */
 #ifndef HASHATTN_KERNELS_CUDA_ATTEND_CUH
 #define HASHATTN_KERNELS_CUDA_ATTEND_CUH
@@ -32,6 +43,10 @@ namespace ha {
 constexpr int kAttnThreads = 128;
 constexpr int kTT = 32;    /* rows per tile */
 constexpr int kStages = 3; /* cp.async pipeline depth */
+
+/* Shared-memory row pitch of K/V tiles, in elements: 16 bytes of padding so
+ * that the 8 rows of an ldmatrix (or of a lane group) fall in distinct banks. */
+template <int D> __host__ __device__ constexpr int kv_pitch() { return D + 8; }
 
 /* A budget resolved for n tokens: kernels/cpu/select.c's rule. */
 struct Bud {
@@ -52,14 +67,23 @@ __device__ __forceinline__ Bud resolve_budget(const ha_budget_t &b, int dense_fl
 }
 
 /* Row -> (sequence, tokens it attends). Prefill rows sit at position
- * n - rows + i of their sequence and attend [0, pos]. */
+ * n - rows + i of their sequence and attend [0, pos]. Values that would
+ * read outside the tables give n = 0 and a nonzero *bad (HA_BAD_*); *bad_idx
+ * and *bad_val say where. Every kernel applies the same rule. */
 __device__ __forceinline__ void row_sequence(int prefill, const int32_t *qsl, int num_seqs,
-                                             const int32_t *seq_lens, int row, int *seq, int64_t *n)
+                                             const int32_t *seq_lens, int64_t max_tokens, int row, int *seq,
+                                             int64_t *n, int *bad, int64_t *bad_idx, int64_t *bad_val)
 {
+    *bad = 0;
     if (!prefill) {
         *seq = row;
-        const int64_t v = seq_lens[row];
-        *n = v > 0 ? v : 0;
+        bool b;
+        *n = seq_len_clamped(seq_lens, row, max_tokens, &b);
+        if (b) {
+            *bad = HA_BAD_SEQ_LEN;
+            *bad_idx = row;
+            *bad_val = seq_lens[row];
+        }
         return;
     }
     int lo = 0, hi = num_seqs; /* first index in [0, num_seqs] with qsl[i] > row */
@@ -71,9 +95,30 @@ __device__ __forceinline__ void row_sequence(int prefill, const int32_t *qsl, in
             lo = mid + 1;
     }
     const int s = lo - 1;
+    *seq = s < 0 ? 0 : (s >= num_seqs ? num_seqs - 1 : s);
+    *n = 0;
+    if (s < 0 || s >= num_seqs) {
+        *bad = HA_BAD_QSL;
+        *bad_idx = row;
+        *bad_val = 0;
+        return;
+    }
+    bool b;
+    const int64_t len = seq_len_clamped(seq_lens, s, max_tokens, &b);
+    if (b) {
+        *bad = HA_BAD_SEQ_LEN;
+        *bad_idx = s;
+        *bad_val = seq_lens[s];
+        return;
+    }
     const int64_t rows = (int64_t)qsl[s + 1] - qsl[s];
-    const int64_t pos = (int64_t)seq_lens[s] - rows + (row - qsl[s]);
-    *seq = s;
+    const int64_t pos = len - rows + (row - qsl[s]);
+    if (pos >= len) {
+        *bad = HA_BAD_QSL;
+        *bad_idx = row;
+        *bad_val = 0;
+        return;
+    }
     *n = pos >= 0 ? pos + 1 : 0;
 }
 
@@ -117,15 +162,16 @@ struct AttnArgs {
     const int32_t *bt;
     int64_t bt_stride;
     const int32_t *seq_lens;
-    int32_t vec16; /* caches 16-byte aligned: cp.async rows */
-    int32_t hb_bytes;  /* sparse: shared bytes of the histogram before the staged scores */
-    int32_t list_off;  /* sparse: shared offset of the list */
+    int64_t max_tokens; /* max_blocks_per_seq * block_size: larger seq_lens are reported */
+    Guard guard;
+    int32_t vec16;    /* caches 16-byte aligned: cp.async rows */
+    int32_t list_off; /* sparse: shared offset of the list */
     /* selection */
-    int32_t group_sel, Hsel, nbins, score_bytes;
+    int32_t group_sel, Hsel, score_bytes;
     const void *scores;
     int64_t score_stride; /* elements per (seq, unit) row */
-    const int32_t *hist;  /* [B][Hsel][nbins] */
-    const int32_t *cum;   /* [B][Hsel][nbins][nch]: count(score >= b) per chunk */
+    const int4 *table;    /* [B][Hsel][nch_cap]: t, ties taken here, ties here, selected before */
+    int32_t nch_cap;
     /* outputs */
     int32_t direct;
     float *part_o;   /* [rows][Hq][nch][D] */
@@ -136,51 +182,57 @@ struct AttnArgs {
     int32_t *sel_cnt;
     int64_t sc_ss, sc_sh;
     int32_t select_only;
+    int32_t compact_serial; /* 1: the run-4a compaction (per-thread position runs) */
 };
+
+/* Softmax states merged at the end of a block: one per warp (MMA) or one
+ * per lane group (FMA). */
+template <int D, bool MMA> __host__ __device__ constexpr int attend_nstate() { return MMA ? 4 : 4 * (32 / (D / 8)); }
 
 template <typename T, int D, int GH>
 __host__ __device__ constexpr size_t attend_region_a()
 {
-    return (size_t)kStages * 2 * kTT * D * sizeof(T) > (size_t)4 * (32 / (D / 8)) * GH * (D + 2) * 4
-               ? (size_t)kStages * 2 * kTT * D * sizeof(T)
-               : (size_t)4 * (32 / (D / 8)) * GH * (D + 2) * 4;
+    return (size_t)kStages * 2 * kTT * kv_pitch<D>() * sizeof(T) >
+                   (size_t)attend_nstate<D, false>() * GH * (D + 2) * 4
+               ? (size_t)kStages * 2 * kTT * kv_pitch<D>() * sizeof(T)
+               : (size_t)attend_nstate<D, false>() * GH * (D + 2) * 4;
 }
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
- * and in the sparse prologue the histogram and the staged scores), then the
- * sparse list. *list_off receives the list's offset. */
+ * and in the sparse prologue the staged scores), then the sparse list
+ * (positions, then head masks). *list_off receives the list's offset. */
 template <typename T, int D, int GH, bool SPARSE>
-__host__ size_t attend_smem(int C, int nbins, int nsel, int score_bytes, int *hb_bytes, int *list_off)
+__host__ size_t attend_smem(int C, int nsel, int score_bytes, int *list_off)
 {
     size_t a = attend_region_a<T, D, GH>();
-    const size_t hb = align_up((size_t)nbins * 4, 16);
-    if (hb_bytes)
-        *hb_bytes = (int)hb;
     if (SPARSE) {
-        const size_t pro = hb + (size_t)nsel * C * score_bytes;
+        const size_t pro = (size_t)nsel * C * score_bytes;
         if (pro > a)
             a = align_up(pro, 16);
         if (list_off)
             *list_off = (int)a;
-        a += align_up((size_t)C * 7, 16);
+        a += align_up((size_t)C * 4, 16) + align_up((size_t)C, 16);
     }
     return a + 16; /* ptxas may merge guarded shared loads past the last element */
 }
 
-template <typename T, int D, int GH, bool SPARSE>
+template <typename T, int D, int GH, bool SPARSE, bool MMA>
 __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 {
-    constexpr int LPR = D / 8;        /* lanes per row */
-    constexpr int RPW = 32 / LPR;     /* rows per warp per round */
-    constexpr int TPW = kTT / 4;      /* rows per warp per tile */
-    constexpr int ROUNDS = TPW / RPW; /* rounds per tile */
-    constexpr int NSTATE = 4 * RPW;   /* softmax states per block */
-    constexpr size_t kRegionA = attend_region_a<T, D, GH>();
+    constexpr int LPR = D / 8;        /* 16-byte chunks per row */
+    constexpr int RP = kv_pitch<D>(); /* shared row pitch (elements) */
+    constexpr int RPW = 32 / LPR;     /* FMA: rows per warp per round */
+    constexpr int TPW = kTT / 4;      /* rows per warp per tile (8) */
+    constexpr int ROUNDS = TPW / RPW; /* FMA: rounds per tile */
+    constexpr int NSTATE = attend_nstate<D, MMA>();
+    constexpr int RSTEP = kAttnThreads / LPR; /* rows a copy pass covers */
+    constexpr int NIT = kTT / RSTEP;          /* copy passes per tile */
+    static_assert(TPW == 8, "the MMA path gives each warp 8 rows of a tile");
 
     extern __shared__ uint4 smem_u4[];
     unsigned char *const sm = reinterpret_cast<unsigned char *>(smem_u4);
     __shared__ int scan_sm[32 * (GH + 1)];
-    __shared__ int thr_t[GH], thr_take[GH], thr_tkc[GH], thr_eqc[GH], thr_off[GH];
+    __shared__ int thr_t[GH], thr_tkc[GH], thr_eqc[GH], thr_off[GH];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* x = row * (Hkv * nhg) + head group: the KV heads of one (row, chunk)
@@ -190,9 +242,11 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const int kvh = zh / a.nhg, hg = zh % a.nhg;
     pdl_launch_dependents();
 
-    int s;
-    int64_t n;
-    row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, row, &s, &n);
+    int s, bad;
+    int64_t n, bad_idx = 0, bad_val = 0;
+    row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bad_idx, &bad_val);
+    if (bad && c == 0 && zh == 0 && tid == 0)
+        report_bad(a.guard, (uint32_t)bad, bad_idx, 0, bad_val, bad == HA_BAD_QSL ? a.num_seqs : a.max_tokens);
     const int h0 = kvh * a.G + hg * GH;
     const int nh = min(GH, a.G - hg * GH);
     const uint32_t full = (1u << nh) - 1u;
@@ -205,6 +259,42 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const bool sparse_seq = SPARSE && !bud.dense;
     const int nunits = a.group_sel ? (hg == 0 ? 1 : 0) : nh; /* selection units written here */
     auto unit_of = [&](int j) { return a.group_sel ? kvh : h0 + j; };
+
+    /* the query, before the wait: an input, not written by earlier kernels */
+    const int g8 = lane >> 2, tg = lane & 3; /* MMA fragment coordinates */
+    const int lg = lane / LPR, dc = lane % LPR; /* FMA lane group, chunk */
+    uint32_t qa[MMA ? D / 16 : 1][2];
+    float qf[MMA ? 1 : GH][8];
+    {
+        const T *qb = static_cast<const T *>(a.q) + (int64_t)row * a.q_st;
+        if constexpr (MMA) {
+#pragma unroll
+            for (int ks = 0; ks < (MMA ? D / 16 : 1); ks++) {
+                if (g8 < nh && n > 0) {
+                    const T *qr = qb + (int64_t)(h0 + g8) * a.q_sh + ks * 16 + 2 * tg; /* any alignment */
+                    qa[ks][0] = pack_raw(qr[0], qr[1]);
+                    qa[ks][1] = pack_raw(qr[8], qr[9]);
+                } else {
+                    qa[ks][0] = 0u;
+                    qa[ks][1] = 0u;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < (MMA ? 1 : GH); j++) {
+                if (j < nh && n > 0) {
+                    const T *qr = qb + (int64_t)(h0 + j) * a.q_sh + dc * 8;
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        qf[j][e] = to_f32(qr[e]) * a.scale_log2;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        qf[j][e] = 0.0f;
+                }
+            }
+        }
+    }
 
     /* Every block waits for the previous kernel before its first write, so
      * that the whole chain has finished when the last kernel has. */
@@ -235,20 +325,18 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             off = p - blk * a.bs;
         }
     };
-    /* the list: in-block offset, physical block id and head mask per entry */
-    int32_t *const lpg = reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
-    uint16_t *const lpos = reinterpret_cast<uint16_t *>(lpg + a.C);
-    uint8_t *const lmask = reinterpret_cast<uint8_t *>(lpos + a.C);
+    /* the list: position and head mask per entry */
+    int32_t *const lidx = reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
+    uint8_t *const lmask = reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) + (size_t)a.C * 4);
     int L;
 
     if (sparse_seq) {
-        const int64_t lo = bud.I, hi = n - bud.R, K = bud.K;
+        const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
-        int *const hb = reinterpret_cast<int *>(sm);
         /* the chunk's scores into shared memory, one 16-byte copy per thread
-         * and round, while the thresholds are worked out */
+         * and round, while the table entries arrive */
         const int sb = a.score_bytes;
-        unsigned char *const stg = sm + a.hb_bytes;
+        unsigned char *const stg = sm;
         {
             const int64_t left = a.score_stride - p0; /* elements of the row from p0, a multiple of 16 */
             const int row_bytes = (int)min((int64_t)a.C, left) * sb;
@@ -261,163 +349,233 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             }
             cp_async_commit();
         }
-        /* thresholds: t = the score with count(>= t) >= K > count(> t) */
-        for (int j = 0; j < nsel; j++) {
-            const int u = a.group_sel ? kvh : h0 + j;
-            const int32_t *H = a.hist + ((int64_t)s * a.Hsel + u) * a.nbins;
-            for (int b = tid; b < a.nbins; b += kAttnThreads)
-                hb[b] = H[b];
-            __syncthreads();
-            block_suffix_cum(hb, a.nbins, scan_sm);
-            if (K == 0) {
-                if (tid == 0) {
-                    thr_t[j] = a.nbins; /* nothing qualifies */
-                    thr_take[j] = 0;
-                }
-            } else {
-                for (int b = tid; b < a.nbins; b += kAttnThreads) {
-                    const int above = b + 1 < a.nbins ? hb[b + 1] : 0;
-                    if (hb[b] >= K && above < K) {
-                        thr_t[j] = b;
-                        thr_take[j] = (int)(K - above); /* ties at t to take, newest first */
-                    }
-                }
-            }
-            __syncthreads();
+        if (tid < nsel) {
+            const int u = a.group_sel ? kvh : h0 + tid;
+            const int4 e = a.table[((int64_t)s * a.Hsel + u) * a.nch_cap + c];
+            thr_t[tid] = e.x;
+            thr_tkc[tid] = e.y;
+            thr_eqc[tid] = e.z;
+            thr_off[tid] = e.w;
         }
         cp_async_wait<0>();
         __syncthreads();
-        /* this chunk's share of the ties, and (for inspection) the selected
-         * positions before it: a warp per unit walks the chunks newest first */
-        const int nchs = (int)((n + a.C - 1) / a.C);
-        for (int j = warp; j < nsel; j += 4) {
-            const int u = a.group_sel ? kvh : h0 + j;
-            const int t = thr_t[j], take = thr_take[j];
-            const int32_t *Ct = t < a.nbins ? a.cum + (((int64_t)s * a.Hsel + u) * a.nbins + t) * a.nch : nullptr;
-            const int32_t *Ct1 = t + 1 < a.nbins ? Ct + a.nch : nullptr;
-            int carry = 0, before = 0;
-            for (int base = (nchs - 1) / 32 * 32; base >= 0; base -= 32) {
-                const int cc = base + lane;
-                int eq = 0, gt = 0;
-                if (cc < nchs && Ct) {
-                    const int ge = Ct[cc];
-                    gt = Ct1 ? Ct1[cc] : 0;
-                    eq = ge - gt;
-                }
-                int incl = eq; /* sum of eq over lanes >= lane */
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    const int y = __shfl_down_sync(0xffffffffu, incl, o);
-                    if (lane + o < 32)
-                        incl += y;
-                }
-                const int after = carry + incl - eq;
-                const int ties = max(0, min(take - after, eq));
-                if (cc == c) {
-                    thr_tkc[j] = ties;
-                    thr_eqc[j] = eq;
-                }
-                int mine = 0;
-                if (cc < c) {
-                    const int64_t b0 = (int64_t)cc * a.C, b1 = min(n, b0 + a.C);
-                    const int64_t al = max((int64_t)0, min(b1, lo) - b0) + max((int64_t)0, b1 - max(b0, hi));
-                    mine = (int)al + gt + ties;
-                }
-                before += warp_sum(mine);
-                carry += __shfl_sync(0xffffffffu, incl, 0);
-            }
-            if (lane == 0)
-                thr_off[j] = before;
-        }
-        __syncthreads();
 
-        /* ordered compaction of the chunk */
-        const int ppt = a.C / kAttnThreads;
-        const int64_t q0 = p0 + (int64_t)tid * ppt, q1 = min(pend, q0 + ppt);
         auto score_at = [&](int j, int64_t p) -> int {
             const int e = (int)(p - p0);
             const unsigned char *b = stg + (size_t)j * a.C * sb;
             return sb == 1 ? (int)b[e] : (int)reinterpret_cast<const uint16_t *>(b)[e];
         };
-        int rank[GH];
-        {
-            int tot[GH];
-#pragma unroll
-            for (int j = 0; j < GH; j++) {
-                int eqc = 0;
-                if (j < nsel) {
-                    const int t = thr_t[j];
-                    for (int64_t p = max(q0, lo); p < min(q1, hi); p++)
-                        eqc += score_at(j, p) == t;
-                }
-                rank[j] = eqc;
-            }
-            block_excl_scan<GH>(rank, tot, scan_sm);
-        }
-        /* classify position p: bit j = unit j attends it; advances the tie ranks */
-        auto classify = [&](int64_t p, int (&rk)[GH]) -> uint32_t {
-            if (p < lo || p >= hi)
-                return full;
-            uint32_t msk = 0;
-#pragma unroll
-            for (int j = 0; j < GH; j++) {
-                if (j < nsel) {
-                    const int sc = score_at(j, p), t = thr_t[j];
-                    bool sel = sc > t;
-                    if (sc == t) {
-                        sel = rk[j] >= thr_eqc[j] - thr_tkc[j];
-                        rk[j]++;
-                    }
-                    if (sel)
-                        msk |= 1u << j;
-                }
-            }
-            return a.group_sel ? (msk ? full : 0u) : msk;
-        };
-        int cnt[GH + 1], tot[GH + 1];
-        {
-            int rk[GH];
-#pragma unroll
-            for (int j = 0; j < GH; j++)
-                rk[j] = rank[j];
-#pragma unroll
-            for (int j = 0; j <= GH; j++)
-                cnt[j] = 0;
-            for (int64_t p = q0; p < q1; p++) {
-                const uint32_t msk = classify(p, rk);
-                cnt[0] += msk != 0;
+        if (!a.compact_serial) {
+            /* ordered compaction by warp ballots: warp w owns the positions
+             * [p0 + w C/4, p0 + (w+1) C/4); a lane per position and step.
+             * Pass 1 counts each warp's ties at t, so that a tie's rank in
+             * the chunk is (ties of earlier warps) + (earlier steps) + (lower
+             * lanes); pass 2 counts the list entries per warp, pass 3 writes
+             * them (and the inspection indices) in position order. */
+            const int CW = a.C / 4;
+            const int64_t wp0 = p0 + (int64_t)warp * CW, wp1 = min(pend, wp0 + CW);
+            const uint32_t ltm = (1u << lane) - 1u;
+            int *const w_eq = scan_sm;                /* [4][GH] */
+            int *const w_sel = scan_sm + 4 * GH;      /* [4][GH] */
+            int *const w_cnt = scan_sm + 8 * GH;      /* [4] */
+            int run[GH];
+            {
+                int eqw[GH];
 #pragma unroll
                 for (int j = 0; j < GH; j++)
-                    cnt[j + 1] += (msk >> j) & 1u;
-            }
-            block_excl_scan<GH + 1>(cnt, tot, scan_sm);
-        }
-        L = tot[0];
-        {
-            int rk[GH];
+                    eqw[j] = 0;
+                for (int64_t base = wp0; base < wp1; base += 32) {
+                    const int64_t p = base + lane;
+                    const bool cand = p < wp1 && p >= lo && p < hi;
 #pragma unroll
-            for (int j = 0; j < GH; j++)
-                rk[j] = rank[j];
-            const int32_t *btrow = a.bt + (int64_t)s * a.bt_stride;
-            int off = cnt[0];
-            for (int64_t p = q0; p < q1; p++) {
-                const uint32_t msk = classify(p, rk);
-                if (msk) {
-                    int blk, o;
-                    split((int)p, blk, o);
-                    lpos[off] = (uint16_t)o;
-                    lpg[off] = btrow[blk];
-                    lmask[off] = (uint8_t)msk;
-                    off++;
+                    for (int j = 0; j < GH; j++)
+                        if (j < nsel)
+                            eqw[j] += __popc(__ballot_sync(0xffffffffu, cand && score_at(j, p) == thr_t[j]));
                 }
+                if (lane == 0) {
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        w_eq[warp * GH + j] = eqw[j];
+                }
+            }
+            __syncthreads();
+            int rb[GH]; /* ties at t in the earlier warps' positions */
+#pragma unroll
+            for (int j = 0; j < GH; j++) {
+                rb[j] = 0;
+                for (int w = 0; w < warp; w++)
+                    rb[j] += w_eq[w * GH + j];
+            }
+            /* the mask of position base + lane; all lanes call it (ballots) */
+            auto step_mask = [&](int64_t base, int (&rn)[GH]) -> uint32_t {
+                const int64_t p = base + lane;
+                const bool inr = p < wp1;
+                const bool cand = inr && p >= lo && p < hi;
+                uint32_t msk = 0;
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    if (j < nsel) {
+                        const int sc = inr ? score_at(j, p) : -1, t = thr_t[j];
+                        const bool eq = cand && sc == t;
+                        const uint32_t be = __ballot_sync(0xffffffffu, eq);
+                        /* the chunk's newest thr_tkc ties are taken */
+                        const bool sel = cand && (sc > t || (eq && rb[j] + rn[j] + __popc(be & ltm) >=
+                                                                       thr_eqc[j] - thr_tkc[j]));
+                        rn[j] += __popc(be);
+                        if (sel)
+                            msk |= 1u << j;
+                    }
+                }
+                if (a.group_sel && msk)
+                    msk = full;
+                if (inr && !cand)
+                    msk = full; /* sink and recent */
+                return msk;
+            };
+            {
+                int cntw = 0, selw[GH];
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    run[j] = 0;
+                    selw[j] = 0;
+                }
+                for (int64_t base = wp0; base < wp1; base += 32) {
+                    const uint32_t msk = step_mask(base, run);
+                    cntw += __popc(__ballot_sync(0xffffffffu, msk != 0));
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        selw[j] += __popc(__ballot_sync(0xffffffffu, (msk >> j) & 1u));
+                }
+                if (lane == 0) {
+                    w_cnt[warp] = cntw;
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        w_sel[warp * GH + j] = selw[j];
+                }
+            }
+            __syncthreads();
+            int lbase = 0, sbase[GH];
+            L = 0;
+            for (int w = 0; w < 4; w++) {
+                lbase += w < warp ? w_cnt[w] : 0;
+                L += w_cnt[w];
+            }
+#pragma unroll
+            for (int j = 0; j < GH; j++) {
+                sbase[j] = thr_off[j < nsel ? j : 0];
+                for (int w = 0; w < warp; w++)
+                    sbase[j] += w_sel[w * GH + j];
+                run[j] = 0;
+            }
+            for (int64_t base = wp0; base < wp1; base += 32) {
+                const uint32_t msk = step_mask(base, run);
+                const uint32_t bl = __ballot_sync(0xffffffffu, msk != 0);
+                if (msk) {
+                    const int o = lbase + __popc(bl & ltm);
+                    lidx[o] = (int32_t)(base + lane);
+                    lmask[o] = (uint8_t)msk;
+                }
+                lbase += __popc(bl);
                 if (a.sel_idx) {
 #pragma unroll
                     for (int j = 0; j < GH; j++) {
-                        if (j < nunits && ((msk >> j) & 1u)) {
-                            const int64_t idx = (int64_t)thr_off[j] + cnt[j + 1];
-                            if (idx < a.cap)
-                                a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] = (int32_t)p;
-                            cnt[j + 1]++;
+                        if (j < nunits) {
+                            const bool bit = (msk >> j) & 1u;
+                            const uint32_t bj = __ballot_sync(0xffffffffu, bit);
+                            const int64_t idx = (int64_t)sbase[j] + __popc(bj & ltm);
+                            if (bit && idx < a.cap)
+                                a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] =
+                                    (int32_t)(base + lane);
+                            sbase[j] += __popc(bj);
+                        }
+                    }
+                }
+            }
+        } else {
+            /* ordered compaction of the chunk */
+            const int ppt = a.C / kAttnThreads;
+            const int64_t q0 = p0 + (int64_t)tid * ppt, q1 = min(pend, q0 + ppt);
+            auto score_at = [&](int j, int64_t p) -> int {
+                const int e = (int)(p - p0);
+                const unsigned char *b = stg + (size_t)j * a.C * sb;
+                return sb == 1 ? (int)b[e] : (int)reinterpret_cast<const uint16_t *>(b)[e];
+            };
+            int rank[GH];
+            {
+                int tot[GH];
+    #pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    int eqc = 0;
+                    if (j < nsel) {
+                        const int t = thr_t[j];
+                        for (int64_t p = max(q0, lo); p < min(q1, hi); p++)
+                            eqc += score_at(j, p) == t;
+                    }
+                    rank[j] = eqc;
+                }
+                block_excl_scan<GH>(rank, tot, scan_sm);
+            }
+            /* classify position p: bit j = unit j attends it; advances the tie ranks */
+            auto classify = [&](int64_t p, int (&rk)[GH]) -> uint32_t {
+                if (p < lo || p >= hi)
+                    return full;
+                uint32_t msk = 0;
+    #pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    if (j < nsel) {
+                        const int sc = score_at(j, p), t = thr_t[j];
+                        bool sel = sc > t;
+                        if (sc == t) { /* the chunk's newest thr_tkc ties are taken */
+                            sel = rk[j] >= thr_eqc[j] - thr_tkc[j];
+                            rk[j]++;
+                        }
+                        if (sel)
+                            msk |= 1u << j;
+                    }
+                }
+                return a.group_sel ? (msk ? full : 0u) : msk;
+            };
+            int cnt[GH + 1], tot[GH + 1];
+            {
+                int rk[GH];
+    #pragma unroll
+                for (int j = 0; j < GH; j++)
+                    rk[j] = rank[j];
+    #pragma unroll
+                for (int j = 0; j <= GH; j++)
+                    cnt[j] = 0;
+                for (int64_t p = q0; p < q1; p++) {
+                    const uint32_t msk = classify(p, rk);
+                    cnt[0] += msk != 0;
+    #pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        cnt[j + 1] += (msk >> j) & 1u;
+                }
+                block_excl_scan<GH + 1>(cnt, tot, scan_sm);
+            }
+            L = tot[0];
+            {
+                int rk[GH];
+    #pragma unroll
+                for (int j = 0; j < GH; j++)
+                    rk[j] = rank[j];
+                int off = cnt[0];
+                for (int64_t p = q0; p < q1; p++) {
+                    const uint32_t msk = classify(p, rk);
+                    if (msk) {
+                        lidx[off] = (int32_t)p;
+                        lmask[off] = (uint8_t)msk;
+                        off++;
+                    }
+                    if (a.sel_idx) {
+    #pragma unroll
+                        for (int j = 0; j < GH; j++) {
+                            if (j < nunits && ((msk >> j) & 1u)) {
+                                const int64_t idx = (int64_t)thr_off[j] + cnt[j + 1];
+                                if (idx < a.cap)
+                                    a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] = (int32_t)p;
+                                cnt[j + 1]++;
+                            }
                         }
                     }
                 }
@@ -444,86 +602,71 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         return;
 
     /* ---- gather and attend ---- */
-    const int lg = lane / LPR, dc = lane % LPR;
-    float qf[GH][8];
-    {
-        const T *qb = static_cast<const T *>(a.q) + (int64_t)row * a.q_st;
-#pragma unroll
-        for (int j = 0; j < GH; j++) {
-            if (j < nh) {
-                const T *qr = qb + (int64_t)(h0 + j) * a.q_sh + dc * 8; /* any alignment */
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    qf[j][e] = to_f32(qr[e]) * a.scale_log2;
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    qf[j][e] = 0.0f;
-            }
-        }
-    }
-    float m_[GH], l_[GH], acc[GH][8];
-#pragma unroll
-    for (int j = 0; j < GH; j++) {
-        m_[j] = -INFINITY;
-        l_[j] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++)
-            acc[j][e] = 0.0f;
-    }
-
     const T *const kc = static_cast<const T *>(a.kc);
     const T *const vc = static_cast<const T *>(a.vc);
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
     T *const stage0 = reinterpret_cast<T *>(sm);
     const int ntiles = (L + kTT - 1) / kTT;
+    /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
+    const int cc = tid % LPR, r0 = tid / LPR;
+    const int64_t kconst = (int64_t)kvh * a.k_sh + cc * 8, vconst = (int64_t)kvh * a.v_sh + cc * 8;
 
     auto issue = [&](int tile, int st) {
-        T *dst = stage0 + (size_t)st * 2 * kTT * D;
-        constexpr int HALF = kTT * LPR / kAttnThreads; /* rows x chunks per thread, for K and for V */
-        int64_t koff[HALF], voff[HALF];
-        bool ok[HALF];
+        T *dst = stage0 + (size_t)st * 2 * kTT * RP;
+        int32_t page[NIT];
+        int off[NIT], blk[NIT];
+        bool ok[NIT];
         /* all page lookups first (independent loads), then the copies */
 #pragma unroll
-        for (int it = 0; it < HALF; it++) {
-            const int k = tid + it * kAttnThreads;
-            const int r = k / LPR, cc = k % LPR;
-            const int i = tile * kTT + r;
+        for (int it = 0; it < NIT; it++) {
+            const int i = tile * kTT + r0 + it * RSTEP;
             ok[it] = i < L;
-            int off = 0;
-            int32_t page = 0;
-            if (ok[it]) {
-                if (sparse_seq) {
-                    off = lpos[i];
-                    page = lpg[i];
-                } else {
-                    int blk;
-                    split((int)(p0 + i), blk, off);
-                    page = btrow[blk];
-                }
-            }
-            koff[it] = (int64_t)page * a.k_sb + (int64_t)off * a.k_st + (int64_t)kvh * a.k_sh + cc * 8;
-            voff[it] = (int64_t)page * a.v_sb + (int64_t)off * a.v_st + (int64_t)kvh * a.v_sh + cc * 8;
+            int p = 0;
+            if (ok[it])
+                p = sparse_seq ? lidx[i] : (int)(p0 + i);
+            split(p, blk[it], off[it]);
+            page[it] = ok[it] ? btrow[blk[it]] : 0;
         }
 #pragma unroll
-        for (int it = 0; it < HALF; it++) {
-            if (!ok[it])
-                continue;
-            const int k = tid + it * kAttnThreads;
-            const int r = k / LPR, cc = k % LPR;
-            T *dk = dst + (size_t)r * D + cc * 8, *dv = dst + (size_t)(kTT + r) * D + cc * 8;
-            if (a.vec16) {
-                cp_async16(dk, kc + koff[it]);
-                cp_async16(dv, vc + voff[it]);
-            } else { /* caches not 16-byte aligned: element copies, slow but right */
+        for (int it = 0; it < NIT; it++) {
+            const int r = r0 + it * RSTEP;
+            T *dk = dst + (size_t)r * RP + cc * 8, *dv = dst + (size_t)(kTT + r) * RP + cc * 8;
+            bool good = ok[it];
+            if (good && !page_ok(a.guard, page[it], s, blk[it]))
+                good = false; /* reported; the row reads zeros */
+            if (good) {
+                const int64_t kb = (int64_t)page[it] * a.k_sb + (int64_t)off[it] * a.k_st + kconst;
+                const int64_t vb = (int64_t)page[it] * a.v_sb + (int64_t)off[it] * a.v_st + vconst;
+                if (a.vec16) {
+                    cp_async16(dk, kc + kb);
+                    cp_async16(dv, vc + vb);
+                } else { /* caches not 16-byte aligned: element copies, slow but right */
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    dk[e] = kc[koff[it] + e];
-                    dv[e] = vc[voff[it] + e];
+                    for (int e = 0; e < 8; e++) {
+                        dk[e] = kc[kb + e];
+                        dv[e] = vc[vb + e];
+                    }
                 }
+            } else { /* rows past the list read zeros: 0 * stale NaN would poison P V */
+                *reinterpret_cast<uint4 *>(dk) = make_uint4(0u, 0u, 0u, 0u);
+                *reinterpret_cast<uint4 *>(dv) = make_uint4(0u, 0u, 0u, 0u);
             }
         }
     };
+
+    /* online softmax state: MMA per warp and head g8 (m, l) plus O^T
+     * fragments; FMA per lane group and head */
+    float m_[MMA ? 1 : GH], l_[MMA ? 1 : GH], acc[MMA ? D / 16 : GH][MMA ? 4 : 8];
+#pragma unroll
+    for (int j = 0; j < (MMA ? 1 : GH); j++) {
+        m_[j] = -INFINITY;
+        l_[j] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < (MMA ? D / 16 : GH); j++)
+#pragma unroll
+        for (int e = 0; e < (MMA ? 4 : 8); e++)
+            acc[j][e] = 0.0f;
 
 #pragma unroll
     for (int st = 0; st < kStages - 1; st++) {
@@ -540,75 +683,126 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 issue(nt, nt % kStages);
             cp_async_commit();
         }
-        const T *Ks = stage0 + (size_t)(t % kStages) * 2 * kTT * D;
-        const T *Vs = Ks + (size_t)kTT * D;
-        float sc[ROUNDS][GH];
+        const T *Ks = stage0 + (size_t)(t % kStages) * 2 * kTT * RP;
+        const T *Vs = Ks + (size_t)kTT * RP;
+        if constexpr (MMA) {
+            const int wr0 = warp * TPW;
+            /* S^T (heads x 8 rows) = Q K^T */
+            float sc4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const T *kp = Ks + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
 #pragma unroll
-        for (int rd = 0; rd < ROUNDS; rd++) {
-            const int r = warp * TPW + rd * RPW + lg;
-            const uint4 kv = *reinterpret_cast<const uint4 *>(Ks + (size_t)r * D + dc * 8);
-            float kf[8];
-            unpack8<T>(kv, kf);
-#pragma unroll
-            for (int j = 0; j < GH; j++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    d = fmaf(qf[j][e], kf[e], d);
-                sc[rd][j] = d;
+            for (int kk = 0; kk < D / 32; kk++) {
+                uint32_t b[4];
+                ldmatrix_x4(b, kp + kk * 32);
+                mma_16816<T>(sc4, qa[(MMA ? 2 * kk : 0)][0], 0u, qa[(MMA ? 2 * kk : 0)][1], 0u, b[0], b[1]);
+                mma_16816<T>(sc4, qa[(MMA ? 2 * kk + 1 : 0)][0], 0u, qa[(MMA ? 2 * kk + 1 : 0)][1], 0u, b[2], b[3]);
             }
-        }
+            /* this lane: head g8, rows 2tg and 2tg + 1 of the warp's eight */
+            const int i0 = t * kTT + wr0 + 2 * tg;
+            const uint32_t mk0 = i0 < L ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
+            const uint32_t mk1 = i0 + 1 < L ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
+            const float s0 = ((mk0 >> g8) & 1u) ? sc4[0] * a.scale_log2 : -INFINITY;
+            const float s1 = ((mk1 >> g8) & 1u) ? sc4[1] * a.scale_log2 : -INFINITY;
+            float mx = fmaxf(s0, s1);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m_[0], mx);
+            const float muse = mnew == -INFINITY ? 0.0f : mnew;
+            const float corr = exp2f(m_[0] - muse);
+            const float e0 = exp2f(s0 - muse), e1 = exp2f(s1 - muse);
+            l_[0] = l_[0] * corr + (e0 + e1);
+            m_[0] = mnew;
+            if (__any_sync(0xffffffffu, corr != 1.0f)) {
+                /* the accumulators hold heads 2tg and 2tg + 1 */
+                const float ca = __shfl_sync(0xffffffffu, corr, (2 * tg) * 4);
+                const float cb = __shfl_sync(0xffffffffu, corr, (2 * tg + 1) * 4);
 #pragma unroll
-        for (int o = LPR / 2; o > 0; o >>= 1)
+                for (int mt = 0; mt < (MMA ? D / 16 : 1); mt++) {
+                    acc[mt][0] *= ca;
+                    acc[mt][1] *= cb;
+                    acc[mt][2] *= ca;
+                    acc[mt][3] *= cb;
+                }
+            }
+            /* O^T (D x heads) += V^T P^T; P^T's B fragment is S^T's C fragment */
+            const uint32_t pb = pack_f32<T>(e0, e1);
+            const T *vp = Vs + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
 #pragma unroll
-            for (int rd = 0; rd < ROUNDS; rd++)
-#pragma unroll
-                for (int j = 0; j < GH; j++)
-                    sc[rd][j] += __shfl_xor_sync(0xffffffffu, sc[rd][j], o);
-        bool valid[ROUNDS];
-#pragma unroll
-        for (int rd = 0; rd < ROUNDS; rd++) {
-            const int i = t * kTT + warp * TPW + rd * RPW + lg;
-            valid[rd] = i < L;
-            const uint32_t mk = valid[rd] ? (sparse_seq ? (uint32_t)lmask[i] : full) : 0u;
-#pragma unroll
-            for (int j = 0; j < GH; j++)
-                if (!((mk >> j) & 1u))
-                    sc[rd][j] = -INFINITY;
-        }
-#pragma unroll
-        for (int j = 0; j < GH; j++) {
-            float mx = m_[j];
-#pragma unroll
-            for (int rd = 0; rd < ROUNDS; rd++)
-                mx = fmaxf(mx, sc[rd][j]);
-            const float muse = mx == -INFINITY ? 0.0f : mx;
-            const float corr = exp2f(m_[j] - muse);
-            l_[j] *= corr;
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                acc[j][e] *= corr;
+            for (int kk = 0; kk < D / 32; kk++) {
+                uint32_t v[4];
+                ldmatrix_x4_trans(v, vp + kk * 32);
+                mma_1688<T>(acc[(MMA ? 2 * kk : 0)], v[0], v[1], pb);
+                mma_1688<T>(acc[(MMA ? 2 * kk + 1 : 0)], v[2], v[3], pb);
+            }
+        } else {
+            float sc[ROUNDS][GH];
 #pragma unroll
             for (int rd = 0; rd < ROUNDS; rd++) {
-                const float p = exp2f(sc[rd][j] - muse);
-                sc[rd][j] = p;
-                l_[j] += p;
+                const int r = warp * TPW + rd * RPW + lg;
+                const uint4 kv = *reinterpret_cast<const uint4 *>(Ks + (size_t)r * RP + dc * 8);
+                float kf[8];
+                unpack8<T>(kv, kf);
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        d = fmaf(qf[(MMA ? 0 : j)][e], kf[e], d);
+                    sc[rd][j] = d;
+                }
             }
-            m_[j] = mx;
-        }
 #pragma unroll
-        for (int rd = 0; rd < ROUNDS; rd++) {
-            if (!valid[rd])
-                continue;
-            const int r = warp * TPW + rd * RPW + lg;
-            const uint4 vv = *reinterpret_cast<const uint4 *>(Vs + (size_t)r * D + dc * 8);
-            float vf[8];
-            unpack8<T>(vv, vf);
+            for (int o = LPR / 2; o > 0; o >>= 1)
 #pragma unroll
-            for (int j = 0; j < GH; j++)
+                for (int rd = 0; rd < ROUNDS; rd++)
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        sc[rd][j] += __shfl_xor_sync(0xffffffffu, sc[rd][j], o);
+            bool valid[ROUNDS];
+#pragma unroll
+            for (int rd = 0; rd < ROUNDS; rd++) {
+                const int i = t * kTT + warp * TPW + rd * RPW + lg;
+                valid[rd] = i < L;
+                const uint32_t mk = valid[rd] ? (sparse_seq ? (uint32_t)lmask[i] : full) : 0u;
+#pragma unroll
+                for (int j = 0; j < GH; j++)
+                    if (!((mk >> j) & 1u))
+                        sc[rd][j] = -INFINITY;
+            }
+#pragma unroll
+            for (int j = 0; j < (MMA ? 1 : GH); j++) {
+                float mx = m_[j];
+#pragma unroll
+                for (int rd = 0; rd < ROUNDS; rd++)
+                    mx = fmaxf(mx, sc[rd][j]);
+                const float muse = mx == -INFINITY ? 0.0f : mx;
+                const float corr = exp2f(m_[j] - muse);
+                l_[j] *= corr;
 #pragma unroll
                 for (int e = 0; e < 8; e++)
-                    acc[j][e] = fmaf(sc[rd][j], vf[e], acc[j][e]);
+                    acc[j][e] *= corr;
+#pragma unroll
+                for (int rd = 0; rd < ROUNDS; rd++) {
+                    const float p = exp2f(sc[rd][j] - muse);
+                    sc[rd][j] = p;
+                    l_[j] += p;
+                }
+                m_[j] = mx;
+            }
+#pragma unroll
+            for (int rd = 0; rd < ROUNDS; rd++) {
+                if (!valid[rd])
+                    continue;
+                const int r = warp * TPW + rd * RPW + lg;
+                const uint4 vv = *reinterpret_cast<const uint4 *>(Vs + (size_t)r * RP + dc * 8);
+                float vf[8];
+                unpack8<T>(vv, vf);
+#pragma unroll
+                for (int j = 0; j < (MMA ? 1 : GH); j++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[j][e] = fmaf(sc[rd][j], vf[e], acc[j][e]);
+            }
         }
     }
     cp_async_wait<0>();
@@ -618,19 +812,43 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     float *const Ms = reinterpret_cast<float *>(sm);
     float *const Ls = Ms + NSTATE * GH;
     float *const As = Ls + NSTATE * GH;
-    const int sid = warp * RPW + lg;
-    if (dc == 0) {
-#pragma unroll
-        for (int j = 0; j < GH; j++) {
-            Ms[sid * GH + j] = m_[j];
-            Ls[sid * GH + j] = l_[j];
+    if constexpr (MMA) {
+        /* l: each lane summed two of the warp's rows; the group's four lanes hold the rest */
+        float lsum = l_[0];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        if (tg == 0 && g8 < GH) {
+            Ms[warp * GH + g8] = m_[0];
+            Ls[warp * GH + g8] = lsum;
         }
+#pragma unroll
+        for (int mt = 0; mt < (MMA ? D / 16 : 1); mt++) {
+            const int d0 = mt * 16 + g8;
+            const int ha = 2 * tg, hb = 2 * tg + 1;
+            if (ha < GH) {
+                As[(size_t)(warp * GH + ha) * D + d0] = acc[mt][0];
+                As[(size_t)(warp * GH + ha) * D + d0 + 8] = acc[mt][2];
+            }
+            if (hb < GH) {
+                As[(size_t)(warp * GH + hb) * D + d0] = acc[mt][1];
+                As[(size_t)(warp * GH + hb) * D + d0 + 8] = acc[mt][3];
+            }
+        }
+    } else {
+        const int sid = warp * RPW + lg;
+        if (dc == 0) {
+#pragma unroll
+            for (int j = 0; j < (MMA ? 1 : GH); j++) {
+                Ms[sid * GH + j] = m_[j];
+                Ls[sid * GH + j] = l_[j];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < (MMA ? 1 : GH); j++)
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                As[(size_t)(sid * GH + j) * D + dc * 8 + e] = acc[j][e];
     }
-#pragma unroll
-    for (int j = 0; j < GH; j++)
-#pragma unroll
-        for (int e = 0; e < 8; e++)
-            As[(size_t)(sid * GH + j) * D + dc * 8 + e] = acc[j][e];
     __syncthreads();
     for (int idx = tid; idx < nh * D; idx += kAttnThreads) {
         const int j = idx / D, d = idx % D;
@@ -662,6 +880,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 
 struct CombineArgs {
     int32_t Hq, C, nch, prefill, num_seqs;
+    int64_t max_tokens;
     const int32_t *qsl, *seq_lens;
     const float *part_o, *part_lse;
     void *out;
@@ -674,9 +893,9 @@ __global__ void __launch_bounds__(D) combine_kernel(const CombineArgs a)
 {
     const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     pdl_launch_dependents();
-    int s;
-    int64_t n;
-    row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, row, &s, &n);
+    int s, bad;
+    int64_t n, bi, bv;
+    row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bi, &bv);
     pdl_wait();
     const int nchs = (int)min((int64_t)a.nch, (n + a.C - 1) / a.C);
     const int64_t pi = ((int64_t)row * a.Hq + h) * a.nch;

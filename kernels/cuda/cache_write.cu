@@ -24,6 +24,7 @@ struct CopyArgs {
     int64_t kc_sb, kc_st, kc_sh, vc_sb, vc_st, vc_sh; /* in bytes */
     const int64_t *slots;
     uint8_t *keep;
+    Guard guard; /* slots of blocks >= num_blocks are skipped and reported */
 };
 
 __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
@@ -39,6 +40,10 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
     if (tid < kCwTokens && t < a.n) {
         slot = a.slots[t];
         keep = slot >= 0;
+        if (keep && a.guard.num_blocks > 0 && slot / a.bs >= a.guard.num_blocks) {
+            report_bad(a.guard, HA_BAD_SLOT, t, 0, slot, a.guard.num_blocks * a.bs);
+            keep = false;
+        }
     }
     /* a later token with the same slot takes it */
     for (int64_t base = tok0 + 1; base < a.n; base += kCwThreads) {
@@ -126,6 +131,9 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     a.vc_sh = p->value_cache.stride_head * es;
     a.slots = p->slot_mapping;
     a.keep = keep;
+    guard_for(p->device, &a.guard);
+    a.guard.num_blocks = p->num_blocks;
+    a.guard.op = HA_OP_CACHE_WRITE;
     bool al = (a.row_bytes % 16) == 0;
     if (p->write_kv) {
         const void *ptrs[4] = {a.k, a.v, a.kc, a.vc};
@@ -156,6 +164,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     h.block_size = p->block_size;
     h.sb = p->sig_cache.stride_block;
     h.sh = p->sig_cache.stride_head;
+    h.num_blocks = p->num_blocks;
     switch (p->dtype) {
     case HA_DTYPE_F32: return launch_hash<float>(h, p->num_sig_heads, st, false);
     case HA_DTYPE_F16: return launch_hash<__half>(h, p->num_sig_heads, st, false);

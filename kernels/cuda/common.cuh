@@ -143,6 +143,167 @@ __device__ __forceinline__ void pdl_launch_dependents()
 }
 
 /* ------------------------------------------------------------------------- */
+/* Tensor-core fragments (mma.sync, ldmatrix)                                 */
+/* ------------------------------------------------------------------------- */
+
+/* Raw 16-bit patterns of two elements, the first in the low half. */
+__device__ __forceinline__ uint32_t pack_raw(__half lo, __half hi)
+{
+    return (uint32_t)__half_as_ushort(lo) | ((uint32_t)__half_as_ushort(hi) << 16);
+}
+__device__ __forceinline__ uint32_t pack_raw(__nv_bfloat16 lo, __nv_bfloat16 hi)
+{
+    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+/* Two floats rounded to T, the first in the low half. */
+template <typename T> __device__ __forceinline__ uint32_t pack_f32(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack_f32<__half>(float lo, float hi)
+{
+    return pack_raw(__float2half_rn(lo), __float2half_rn(hi));
+}
+template <> __device__ __forceinline__ uint32_t pack_f32<__nv_bfloat16>(float lo, float hi)
+{
+    return pack_raw(__float2bfloat16_rn(lo), __float2bfloat16_rn(hi));
+}
+
+/* Four 8x8 b16 matrices; lane l gives the address of row (l & 7) of matrix l >> 3. */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *smem)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+/* D = A B + D, fp32 accumulators; A 16x16 (a0..a3), B 16x8 (b0, b1). */
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                         uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                  uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+/* D = A B + D; A 16x8 (a0, a1), B 8x8 (b0). */
+template <typename T>
+__device__ __forceinline__ void mma_1688(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0);
+template <>
+__device__ __forceinline__ void mma_1688<__nv_bfloat16>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+template <>
+__device__ __forceinline__ void mma_1688<__half>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
+/* ------------------------------------------------------------------------- */
+/* Device-side validation                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* The plugin checks ids against num_blocks on the host only for the CPU
+ * backend (the CUDA backend's tables live on the device). Kernels check
+ * every id they use; a bad one is skipped (zeros instead of the access) and
+ * reported here: one record per device, in mapped pinned host memory, which
+ * ha_cuda_check reads without a CUDA call, so that the next plugin call on
+ * the device fails with the message. No trap, no sticky error.
+ * Protocol: the host acknowledges report g by writing ack = g; the device
+ * writes report ack + 1, claimed by the first thread (atomicMax on a device
+ * word), fields first, gen last after a system fence. */
+struct DevErr {
+    volatile uint32_t gen; /* report number, written last */
+    uint32_t op;           /* 1 decode, 2 prefill, 3 cache_write */
+    uint32_t what;         /* 1 block_tables, 2 seq_lens, 3 slot_mapping, 4 query_start_loc */
+    uint32_t pad;
+    int64_t i0, i1, value, limit;
+};
+enum { HA_OP_DECODE = 1, HA_OP_PREFILL = 2, HA_OP_CACHE_WRITE = 3 };
+enum { HA_BAD_BLOCK_TABLE = 1, HA_BAD_SEQ_LEN = 2, HA_BAD_SLOT = 3, HA_BAD_QSL = 4 };
+
+/* What a kernel needs to check and report (by value in the kernel args). */
+struct Guard {
+    DevErr *rec;                /* NULL: check, skip, but nothing to report into */
+    const volatile uint32_t *ack;
+    int64_t num_blocks;         /* <= 0: ids are not checked */
+    uint32_t op;
+};
+
+static __device__ unsigned int g_err_claim; /* per module and device */
+
+/* Out of line and by value: a reference to a kernel parameter would make
+ * the compiler copy the kernel's whole argument struct to local memory. */
+static __device__ __noinline__ void report_bad_(DevErr *rec, const volatile uint32_t *ack, uint32_t op, uint32_t what,
+                                         int64_t i0, int64_t i1, int64_t value, int64_t limit)
+{
+    if (!rec)
+        return;
+    const uint32_t want = *ack + 1u;
+    if (atomicMax(&g_err_claim, want) >= want)
+        return; /* someone reports this generation already */
+    rec->op = op;
+    rec->what = what;
+    rec->i0 = i0;
+    rec->i1 = i1;
+    rec->value = value;
+    rec->limit = limit;
+    __threadfence_system();
+    rec->gen = want;
+    __threadfence_system();
+}
+__device__ __forceinline__ void report_bad(const Guard &g, uint32_t what, int64_t i0, int64_t i1, int64_t value,
+                                           int64_t limit)
+{
+    report_bad_(g.rec, g.ack, g.op, what, i0, i1, value, limit);
+}
+
+/* A physical block id read from block_tables[s][b]: in range, or reported. */
+__device__ __forceinline__ bool page_ok(const Guard &g, int32_t page, int64_t s, int64_t b)
+{
+    if (g.num_blocks <= 0 || ((int64_t)page >= 0 && (int64_t)page < g.num_blocks))
+        return true;
+    report_bad(g, HA_BAD_BLOCK_TABLE, s, b, page, g.num_blocks);
+    return false;
+}
+
+/* seq_lens[s] within [0, max_tokens], else 0 tokens (every kernel applies
+ * the same rule, so they agree on n; the caller reports). */
+__device__ __forceinline__ int64_t seq_len_clamped(const int32_t *seq_lens, int s, int64_t max_tokens, bool *bad)
+{
+    const int64_t v = seq_lens[s];
+    const bool b = v < 0 || v > max_tokens;
+    if (bad)
+        *bad = b;
+    return b ? 0 : v;
+}
+
+/* ------------------------------------------------------------------------- */
 /* Scans                                                                      */
 /* ------------------------------------------------------------------------- */
 
@@ -229,6 +390,19 @@ template <typename K> __host__ cudaError_t allow_smem(K kernel, size_t bytes)
 
 /* Multiprocessors of the current device (cached per device). */
 int sm_count();
+
+/* The validation record of `device` (mapped pinned host memory, allocated
+ * once per process with capture switched to relaxed for that allocation):
+ * fills g.rec and g.ack, or leaves them NULL when it cannot be had. */
+void guard_for(int device, Guard *g);
+
+/* Resident blocks per SM of `kernel` at this block size and dynamic shared
+ * memory (cached; at least 1). */
+int blocks_per_sm_fn(const void *kernel, int threads, size_t smem);
+template <typename K> __host__ int blocks_per_sm(K kernel, int threads, size_t smem)
+{
+    return blocks_per_sm_fn(reinterpret_cast<const void *>(kernel), threads, smem);
+}
 
 /* The tuning knobs (kernels/cuda/tuning.h) currently in force. */
 const ha_cuda_tuning_t &tuning();

@@ -2,17 +2,23 @@
  * decode.cu - ha_cuda_decode: one HashAttention decode step per sequence.
  *
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
- * Sparse, four launches chained with programmatic dependent launch:
- *   1. hash_kernel   query signatures [B, Hq] into the workspace; also clears
- *                    the global histograms (mlp.cuh);
- *   2. score_kernel  per (sequence, chunk, KV head): signature scores of every
- *                    position (u8, or u16 when 32G > 255) and the histogram of
- *                    the candidates' scores, into the global histogram of the
- *                    selection unit (atomics) and the chunk's cumulative
- *                    histogram (for the chunk's share of the ties);
- *   3. attend_kernel<sparse> threshold, ties, ordered compaction and the
- *                    attention over the chunk's selected rows (attend.cuh);
- *   4. combine_kernel when there is more than one chunk.
+ * Sparse, five launches chained with programmatic dependent launch:
+ *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
+ *                    clusters; also clears the histograms (mlp.cuh);
+ *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
+ *                    items, the next slab's signatures in flight while the
+ *                    current one is scored; writes the scores of every
+ *                    position (u8, or u16 when 32G > 255), adds the item's
+ *                    candidate histogram to its selection units' histograms
+ *                    (atomics) and writes the item's suffix-cumulative
+ *                    histogram ([unit][chunk][bin]);
+ *   3. resolve_kernel one block per (sequence, unit): threshold t, take the
+ *                    ties at t newest first, and for every chunk its ties
+ *                    taken, ties present and the count selected before it,
+ *                    into one int4 table entry;
+ *   4. attend_kernel<sparse> one table read, ordered compaction of the
+ *                    chunk, gather and attention (attend.cuh);
+ *   5. combine_kernel when there is more than one chunk.
  * Each kernel's launch shape follows from the params only, nothing is
  * allocated and nothing synchronises: the step can be captured in a graph.
  */
@@ -23,10 +29,13 @@
 namespace ha {
 
 constexpr int kScoreThreads = 256;
-constexpr int kScoreBatch = 8; /* positions per thread whose loads fly together */
+constexpr int kResolveThreads = 256; /* >= kMaxSplits: one chunk per thread */
 
 struct ScoreArgs {
-    int32_t Hq, Hkv, G, sig_per_kv, bs, C, nch, nbins, Hsel, score_bytes;
+    int32_t B, Hq, Hkv, G, sig_per_kv, bs, C, nch, nch_cap, Hsel, score_bytes;
+    int32_t nbt;     /* bins of a block's histograms: 32G+1 (group) or 33G (per head) */
+    int32_t nb_unit; /* bins of one selection unit: 32G+1 or 33 */
+    int64_t max_tokens;
     ha_budget_t budget;
     const int32_t *seq_lens, *bt;
     int64_t bt_stride;
@@ -35,209 +44,646 @@ struct ScoreArgs {
     const uint32_t *qsig; /* [B][Hq] */
     void *scores;
     int64_t score_stride;
-    int32_t *hist; /* [B][Hsel][nbins] */
-    int32_t *cum;  /* [B][Hsel][nbins][nch] */
+    int32_t *hist; /* [B][Hkv][nbt] = [B][Hsel][nb_unit] */
+    int32_t *cum;  /* [B][Hsel][nch_cap][nb_unit] */
+    Guard guard;
 };
 
-template <bool GROUPSEL>
+/* Positions per thread per slab: about 8 to 16 signature words in flight
+ * per thread for the next slab while the current one is scored. */
+template <int GW> __host__ __device__ constexpr int score_pk() { return GW == 1 ? 8 : (GW <= 4 ? 4 : 2); }
+
+/* GW: signature words per position held in registers (1: compact layout or
+ * G = 1; 4 or 8: the paper's layout, G words; heads past 8 are loaded when
+ * scored). */
+template <bool GROUPSEL, int GW>
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
 {
+    constexpr int PK = score_pk<GW>();
+    constexpr int SLAB = PK * kScoreThreads;
     extern __shared__ int ssm[];
     __shared__ int scan_sm[32];
-    /* x = seq * Hkv + KV head: neighbours read the same signature pages */
-    const int s = (int)(blockIdx.x / (unsigned)a.Hkv), kvh = (int)(blockIdx.x % (unsigned)a.Hkv);
-    const int c = blockIdx.y, tid = threadIdx.x;
-    pdl_launch_dependents();
-    const int64_t n = a.seq_lens[s] > 0 ? a.seq_lens[s] : 0;
-    const int64_t p0 = (int64_t)c * a.C;
-    pdl_wait(); /* query signatures and cleared histograms of kernel 1 */
-    if (p0 >= n)
-        return;
-    const Bud bud = resolve_budget(a.budget, 0, n);
-    if (bud.dense)
-        return;
-    const int64_t lo = bud.I, hi = n - bud.R;
-    const int32_t *btrow = a.bt + (int64_t)s * a.bt_stride;
-    const int ppt = a.C / kScoreThreads;
-    const int G = a.G;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int nbt = a.nbt, G = a.G;
+    int *const hw = ssm;            /* a histogram per warp: [8][nbt] */
+    int *const tot = hw + 8 * nbt;  /* [nbt] */
+    uint32_t *const qs = reinterpret_cast<uint32_t *>(tot + nbt); /* [G] */
+    const int64_t units = (int64_t)a.B * a.Hkv;
+    const int64_t total = units * a.nch;
     const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
     const int bs_shift = __ffs(a.bs) - 1;
-    auto sig_row = [&](int p) -> const uint32_t * { /* signatures of position p, head 0 */
-        int blk, off;
-        if (bs_pow2) {
-            blk = p >> bs_shift;
-            off = p & (a.bs - 1);
-        } else {
-            blk = p / a.bs;
-            off = p - blk * a.bs;
-        }
-        return a.sig + (int64_t)btrow[blk] * a.sb + off;
-    };
+    pdl_launch_dependents();
 
-    if (GROUPSEL) {
-        const int nb = a.nbins;
-        int *const hw = ssm; /* a histogram per warp: [8][nb] */
-        uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + 8 * nb);
-        for (int i = tid; i < 8 * nb; i += kScoreThreads)
-            hw[i] = 0;
-        for (int g = tid; g < G; g += kScoreThreads)
-            qs[g] = a.qsig[(int64_t)s * a.Hq + kvh * G + g];
-        __syncthreads();
-        int *const mine = hw + (tid >> 5) * nb;
-        const int64_t rowe = ((int64_t)s * a.Hsel + kvh) * a.score_stride;
-        /* 8 positions per round with their loads in flight together */
-        for (int k0 = 0; k0 < ppt; k0 += kScoreBatch) {
-            const uint32_t *sp[kScoreBatch];
-            int score[kScoreBatch];
+    for (int i = tid; i < 8 * nbt; i += kScoreThreads)
+        hw[i] = 0;
+
+    struct Item {
+        int64_t idx, n, lo, hi;
+        int s, kvh, c;
+    };
+    /* item idx = (chunk * B + sequence) * Hkv + KV head: neighbours read the
+     * same signature pages */
+    auto item_at = [&](int64_t idx, Item &it) -> bool {
+        it.idx = idx;
+        it.c = (int)(idx / units);
+        const int64_t rem = idx - (int64_t)it.c * units;
+        it.s = (int)(rem / a.Hkv);
+        it.kvh = (int)(rem - (int64_t)it.s * a.Hkv);
+        it.n = seq_len_clamped(a.seq_lens, it.s, a.max_tokens, nullptr);
+        if ((int64_t)it.c * a.C >= it.n)
+            return false;
+        const Bud b = resolve_budget(a.budget, 0, it.n);
+        if (b.dense)
+            return false;
+        it.lo = b.I;
+        it.hi = it.n - b.R;
+        return true;
+    };
+    auto next_item = [&](int64_t from, Item &it) -> bool {
+        for (int64_t idx = from; idx < total; idx += gridDim.x)
+            if (item_at(idx, it))
+                return true;
+        return false;
+    };
+    auto split = [&](int64_t p, int &blk, int &off) {
+        if (bs_pow2) {
+            blk = (int)(p >> bs_shift);
+            off = (int)(p & (a.bs - 1));
+        } else {
+            blk = (int)(p / a.bs);
+            off = (int)(p - (int64_t)blk * a.bs);
+        }
+    };
+    /* signature word g of position p of the item's unit (0 when its block id is bad) */
+    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t {
+        int blk, off;
+        split(p, blk, off);
+        const int32_t page = a.bt[(int64_t)it.s * a.bt_stride + blk];
+        if (!page_ok(a.guard, page, it.s, blk))
+            return 0u;
+        const int64_t h = a.sig_per_kv ? it.kvh : (int64_t)it.kvh * G + g;
+        return a.sig[(int64_t)page * a.sb + h * a.sh + off];
+    };
+    /* the slab's page ids, then its signature words (loads in flight) */
+    auto fetch = [&](const Item &it, int j, uint32_t (&w)[PK][GW], uint32_t &inm) {
+        const int32_t *btrow = a.bt + (int64_t)it.s * a.bt_stride;
+        const int64_t p0 = (int64_t)it.c * a.C;
+        const int64_t pbase = p0 + (int64_t)j * SLAB + tid;
+        const int64_t pend = min(it.n, p0 + a.C);
+        const int64_t hb = (int64_t)(a.sig_per_kv ? it.kvh : it.kvh * G) * a.sh;
+        const int gw = a.sig_per_kv ? 1 : G;
+        int32_t page[PK];
+        int off[PK], blk[PK];
+        inm = 0u;
 #pragma unroll
-            for (int b = 0; b < kScoreBatch; b++) {
-                const int64_t p = p0 + (int64_t)(k0 + b) * kScoreThreads + tid;
-                sp[b] = (k0 + b < ppt && p < n) ? sig_row((int)p) : nullptr;
-                score[b] = 0;
-            }
-            if (a.sig_per_kv) {
-                uint32_t ks[kScoreBatch];
+        for (int k = 0; k < PK; k++) {
+            const int64_t p = pbase + (int64_t)k * kScoreThreads;
+            const bool v = p < pend;
+            split(v ? p : 0, blk[k], off[k]);
+            page[k] = v ? btrow[blk[k]] : 0;
+            if (v)
+                inm |= 1u << k;
+        }
 #pragma unroll
-                for (int b = 0; b < kScoreBatch; b++)
-                    ks[b] = sp[b] ? sp[b][(int64_t)kvh * a.sh] : 0u;
-                for (int g = 0; g < G; g++) {
-                    const uint32_t q = qs[g];
+        for (int k = 0; k < PK; k++) {
+            /* a bad block id: reported, and its positions score against zero words */
+            const bool v = ((inm >> k) & 1u) && page_ok(a.guard, page[k], it.s, blk[k]);
+            const uint32_t *base = a.sig + (int64_t)page[k] * a.sb + off[k] + hb;
 #pragma unroll
-                    for (int b = 0; b < kScoreBatch; b++)
-                        score[b] += 32 - __popc(q ^ ks[b]);
+            for (int g = 0; g < GW; g++)
+                w[k][g] = (v && g < gw) ? base[(int64_t)g * a.sh] : 0u;
+        }
+    };
+    auto process = [&](const Item &it, int j, const uint32_t (&w)[PK][GW], uint32_t inm) {
+        int *const mine = hw + warp * nbt;
+        const int64_t pbase = (int64_t)it.c * a.C + (int64_t)j * SLAB + tid;
+        const int64_t rowe = ((int64_t)it.s * a.Hsel + (GROUPSEL ? it.kvh : it.kvh * G)) * a.score_stride;
+#pragma unroll
+        for (int k = 0; k < PK; k++) {
+            if (!((inm >> k) & 1u))
+                continue;
+            const int64_t p = pbase + (int64_t)k * kScoreThreads;
+            const bool cand = p >= it.lo && p < it.hi;
+            if (GROUPSEL) {
+                int sc = 0;
+                if (GW == 1) {
+                    for (int g = 0; g < G; g++)
+                        sc += 32 - __popc(qs[g] ^ w[k][0]);
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GW; g++)
+                        if (g < G)
+                            sc += 32 - __popc(qs[g] ^ w[k][g]);
+                    for (int g = GW; g < G; g++)
+                        sc += 32 - __popc(qs[g] ^ sig_word(it, p, g));
                 }
-            } else {
-                for (int g = 0; g < G; g++) {
-                    const uint32_t q = qs[g];
-                    const int64_t ho = (int64_t)(kvh * G + g) * a.sh;
-                    uint32_t ks[kScoreBatch];
-#pragma unroll
-                    for (int b = 0; b < kScoreBatch; b++)
-                        ks[b] = sp[b] ? sp[b][ho] : 0u;
-#pragma unroll
-                    for (int b = 0; b < kScoreBatch; b++)
-                        score[b] += 32 - __popc(q ^ ks[b]);
-                }
-            }
-#pragma unroll
-            for (int b = 0; b < kScoreBatch; b++) {
-                if (!sp[b])
-                    continue;
-                const int64_t p = p0 + (int64_t)(k0 + b) * kScoreThreads + tid;
                 if (a.score_bytes == 1)
-                    static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)score[b];
+                    static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
                 else
-                    static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)score[b];
-                if (p >= lo && p < hi)
-                    atomicAdd(&mine[score[b]], 1);
+                    static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)sc;
+                if (cand)
+                    atomicAdd(&mine[sc], 1);
+            } else {
+                auto one = [&](int g, uint32_t kw) {
+                    const int sc = 32 - __popc(qs[g] ^ kw);
+                    static_cast<uint8_t *>(a.scores)[rowe + (int64_t)g * a.score_stride + p] = (uint8_t)sc;
+                    if (cand)
+                        atomicAdd(&mine[g * 33 + sc], 1);
+                };
+                if (GW == 1) {
+                    for (int g = 0; g < G; g++)
+                        one(g, w[k][0]);
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GW; g++)
+                        if (g < G)
+                            one(g, w[k][g]);
+                    for (int g = GW; g < G; g++)
+                        one(g, sig_word(it, p, g));
+                }
             }
         }
+    };
+    /* end of an item: block histogram -> global histogram and the item's
+     * suffix-cumulative histograms */
+    auto merge = [&](const Item &it) {
         __syncthreads();
-        int32_t *const H = a.hist + ((int64_t)s * a.Hsel + kvh) * nb;
-        for (int b = tid; b < nb; b += kScoreThreads) {
+        int32_t *const H = a.hist + ((int64_t)it.s * a.Hkv + it.kvh) * nbt;
+        for (int b = tid; b < nbt; b += kScoreThreads) {
             int v = 0;
 #pragma unroll
-            for (int w = 0; w < 8; w++)
-                v += hw[w * nb + b];
-            hw[b] = v;
+            for (int w8 = 0; w8 < 8; w8++) {
+                v += hw[w8 * nbt + b];
+                hw[w8 * nbt + b] = 0;
+            }
+            tot[b] = v;
             if (v)
                 atomicAdd(&H[b], v);
         }
         __syncthreads();
-        block_suffix_cum(hw, nb, scan_sm);
-        int32_t *const Cu = a.cum + ((int64_t)s * a.Hsel + kvh) * nb * a.nch + c;
-        for (int b = tid; b < nb; b += kScoreThreads)
-            Cu[(int64_t)b * a.nch] = hw[b];
-    } else {
-        /* per-head: 33 bins, counted in private byte counters (4 per word,
-         * word w of thread t at [w][t]: no bank conflicts, no atomics) */
-        uint32_t *const cnt = reinterpret_cast<uint32_t *>(ssm); /* [9][256] */
-        int *const hb = ssm + 9 * kScoreThreads;                  /* [36] */
-        const int warp = tid >> 5, lane = tid & 31;
-        for (int g = 0; g < G; g++) {
-            const int hsel = kvh * G + g;
-            const uint32_t q = a.qsig[(int64_t)s * a.Hq + hsel];
-            const int64_t shead = (int64_t)(a.sig_per_kv ? kvh : hsel) * a.sh;
-            const int64_t rowe = ((int64_t)s * a.Hsel + hsel) * a.score_stride;
+        if (GROUPSEL) {
+            block_suffix_cum(tot, nbt, scan_sm);
+        } else {
+            /* G units of 33 bins: a warp per unit */
+            for (int g = warp; g < G; g += kScoreThreads / 32) {
+                int *const seg = tot + g * 33;
+                int x = seg[lane];
+                const int top = seg[32];
 #pragma unroll
-            for (int w = 0; w < 9; w++)
-                cnt[w * kScoreThreads + tid] = 0u;
-            for (int k0 = 0; k0 < ppt; k0 += kScoreBatch) {
-                uint32_t ks[kScoreBatch];
-                bool in[kScoreBatch];
-#pragma unroll
-                for (int b = 0; b < kScoreBatch; b++) {
-                    const int64_t p = p0 + (int64_t)(k0 + b) * kScoreThreads + tid;
-                    in[b] = k0 + b < ppt && p < n;
-                    ks[b] = in[b] ? sig_row((int)p)[shead] : 0u;
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int y = __shfl_down_sync(0xffffffffu, x, o);
+                    if (lane + o < 32)
+                        x += y;
                 }
-#pragma unroll
-                for (int b = 0; b < kScoreBatch; b++) {
-                    if (!in[b])
-                        continue;
-                    const int64_t p = p0 + (int64_t)(k0 + b) * kScoreThreads + tid;
-                    const int score = 32 - __popc(q ^ ks[b]);
-                    static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)score;
-                    if (p >= lo && p < hi)
-                        cnt[(score >> 2) * kScoreThreads + tid] += 1u << ((score & 3) * 8);
-                }
+                seg[lane] = x + top;
             }
-            __syncthreads();
-            for (int w = warp; w < 9; w += 8) {
-                int b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-#pragma unroll
-                for (int i = 0; i < kScoreThreads / 32; i++) {
-                    const uint32_t x = cnt[w * kScoreThreads + i * 32 + lane];
-                    b0 += x & 255u;
-                    b1 += (x >> 8) & 255u;
-                    b2 += (x >> 16) & 255u;
-                    b3 += x >> 24;
-                }
-                b0 = warp_sum(b0);
-                b1 = warp_sum(b1);
-                b2 = warp_sum(b2);
-                b3 = warp_sum(b3);
-                if (lane == 0) {
-                    hb[4 * w] = b0;
-                    hb[4 * w + 1] = b1;
-                    hb[4 * w + 2] = b2;
-                    hb[4 * w + 3] = b3;
-                }
-            }
-            __syncthreads();
-            int32_t *const H = a.hist + ((int64_t)s * a.Hsel + hsel) * 33;
-            if (tid < 33 && hb[tid])
-                atomicAdd(&H[tid], hb[tid]);
-            __syncthreads();
-            block_suffix_cum(hb, 33, scan_sm);
-            int32_t *const Cu = a.cum + ((int64_t)s * a.Hsel + hsel) * 33 * a.nch + c;
-            if (tid < 33)
-                Cu[(int64_t)tid * a.nch] = hb[tid];
             __syncthreads();
         }
+        for (int idx = tid; idx < nbt; idx += kScoreThreads) {
+            const int g = GROUPSEL ? 0 : idx / 33, b = GROUPSEL ? idx : idx - g * 33;
+            const int unit = GROUPSEL ? it.kvh : it.kvh * G + g;
+            a.cum[(((int64_t)it.s * a.Hsel + unit) * a.nch_cap + it.c) * a.nb_unit + b] = tot[idx];
+        }
+    };
+    auto load_qs = [&](const Item &it) {
+        for (int g = tid; g < G; g += kScoreThreads)
+            qs[g] = a.qsig[(int64_t)it.s * a.Hq + it.kvh * G + g];
+    };
+
+    Item cur;
+    const bool have = next_item(blockIdx.x, cur);
+    uint32_t wa[PK][GW], wb[PK][GW];
+    uint32_t ina = 0u, inb = 0u;
+    if (have)
+        fetch(cur, 0, wa, ina); /* inputs only: before the wait, overlapping kernel 1 */
+    pdl_wait();                 /* query signatures and cleared histograms of kernel 1 */
+    if (!have)
+        return;
+    load_qs(cur);
+    __syncthreads();
+    int ja = 0;
+    for (;;) {
+        Item nxt = cur;
+        int jn = ja + 1;
+        bool more = true;
+        if ((int64_t)cur.c * a.C + (int64_t)jn * SLAB >= min(cur.n, (int64_t)cur.c * a.C + a.C)) {
+            jn = 0;
+            more = next_item(cur.idx + gridDim.x, nxt);
+        }
+        if (more)
+            fetch(nxt, jn, wb, inb);
+        process(cur, ja, wa, ina);
+        const bool item_end = !more || nxt.idx != cur.idx;
+        if (item_end)
+            merge(cur);
+        if (!more)
+            break;
+        if (item_end) {
+            load_qs(nxt); /* merge's barriers: nobody reads qs now */
+            __syncthreads();
+        }
+        cur = nxt;
+        ja = jn;
+#pragma unroll
+        for (int k = 0; k < PK; k++)
+#pragma unroll
+            for (int g = 0; g < GW; g++)
+                wa[k][g] = wb[k][g];
+        ina = inb;
     }
 }
 
-template <typename T, int D, int GH>
-ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, int nbins, cudaStream_t st,
-                                 bool pdl)
+/* The same work with a warp per item and a histogram per warp: no block
+ * barriers, so that the warps of an SM are never held by each other's
+ * merges (run 4a: the block form took 90 us at B=8 128K for 34 MB). Each
+ * warp walks its item in slabs of PK x 32 positions, the next slab's loads
+ * in flight while the current one is scored, then folds its histogram into
+ * the unit's histogram and writes the item's suffix-cumulative histogram. */
+template <bool GROUPSEL, int GW>
+__global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
+{
+    constexpr int PK = score_pk<GW>();
+    constexpr int SLAB = PK * 32;
+    constexpr int NW = kScoreThreads / 32;
+    extern __shared__ int ssm[];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int nbt = a.nbt, G = a.G;
+    const int nbp = (nbt + 3) & ~3;
+    int *const hw = ssm + warp * nbp;                                          /* [nbt] */
+    uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + NW * nbp) + warp * G; /* [G] */
+    const int64_t units = (int64_t)a.B * a.Hkv;
+    const int64_t total = units * a.nch;
+    const int64_t stride = (int64_t)gridDim.x * NW;
+    const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
+    const int bs_shift = __ffs(a.bs) - 1;
+    pdl_launch_dependents();
+
+    for (int i = lane; i < nbt; i += 32)
+        hw[i] = 0;
+
+    struct Item {
+        int64_t idx, n, lo, hi;
+        int s, kvh, c;
+    };
+    auto item_at = [&](int64_t idx, Item &it) -> bool {
+        it.idx = idx;
+        it.c = (int)(idx / units);
+        const int64_t rem = idx - (int64_t)it.c * units;
+        it.s = (int)(rem / a.Hkv);
+        it.kvh = (int)(rem - (int64_t)it.s * a.Hkv);
+        it.n = seq_len_clamped(a.seq_lens, it.s, a.max_tokens, nullptr);
+        if ((int64_t)it.c * a.C >= it.n)
+            return false;
+        const Bud b = resolve_budget(a.budget, 0, it.n);
+        if (b.dense)
+            return false;
+        it.lo = b.I;
+        it.hi = it.n - b.R;
+        return true;
+    };
+    auto next_item = [&](int64_t from, Item &it) -> bool {
+        for (int64_t idx = from; idx < total; idx += stride)
+            if (item_at(idx, it))
+                return true;
+        return false;
+    };
+    auto split = [&](int64_t p, int &blk, int &off) {
+        if (bs_pow2) {
+            blk = (int)(p >> bs_shift);
+            off = (int)(p & (a.bs - 1));
+        } else {
+            blk = (int)(p / a.bs);
+            off = (int)(p - (int64_t)blk * a.bs);
+        }
+    };
+    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t {
+        int blk, off;
+        split(p, blk, off);
+        const int32_t page = a.bt[(int64_t)it.s * a.bt_stride + blk];
+        if (!page_ok(a.guard, page, it.s, blk))
+            return 0u;
+        const int64_t h = a.sig_per_kv ? it.kvh : (int64_t)it.kvh * G + g;
+        return a.sig[(int64_t)page * a.sb + h * a.sh + off];
+    };
+    auto fetch = [&](const Item &it, int j, uint32_t (&w)[PK][GW], uint32_t &inm) {
+        const int32_t *btrow = a.bt + (int64_t)it.s * a.bt_stride;
+        const int64_t p0 = (int64_t)it.c * a.C;
+        const int64_t pbase = p0 + (int64_t)j * SLAB + lane;
+        const int64_t pend = min(it.n, p0 + a.C);
+        const int64_t hb = (int64_t)(a.sig_per_kv ? it.kvh : it.kvh * G) * a.sh;
+        const int gw = a.sig_per_kv ? 1 : G;
+        int32_t page[PK];
+        int off[PK], blk[PK];
+        inm = 0u;
+#pragma unroll
+        for (int k = 0; k < PK; k++) {
+            const int64_t p = pbase + (int64_t)k * 32;
+            const bool v = p < pend;
+            split(v ? p : 0, blk[k], off[k]);
+            page[k] = v ? btrow[blk[k]] : 0;
+            if (v)
+                inm |= 1u << k;
+        }
+#pragma unroll
+        for (int k = 0; k < PK; k++) {
+            const bool v = ((inm >> k) & 1u) && page_ok(a.guard, page[k], it.s, blk[k]);
+            const uint32_t *base = a.sig + (int64_t)page[k] * a.sb + off[k] + hb;
+#pragma unroll
+            for (int g = 0; g < GW; g++)
+                w[k][g] = (v && g < gw) ? base[(int64_t)g * a.sh] : 0u;
+        }
+    };
+    auto process = [&](const Item &it, int j, const uint32_t (&w)[PK][GW], uint32_t inm) {
+        const int64_t pbase = (int64_t)it.c * a.C + (int64_t)j * SLAB + lane;
+        const int64_t rowe = ((int64_t)it.s * a.Hsel + (GROUPSEL ? it.kvh : it.kvh * G)) * a.score_stride;
+#pragma unroll
+        for (int k = 0; k < PK; k++) {
+            if (!((inm >> k) & 1u))
+                continue;
+            const int64_t p = pbase + (int64_t)k * 32;
+            const bool cand = p >= it.lo && p < it.hi;
+            if (GROUPSEL) {
+                int sc = 0;
+                if (GW == 1) {
+                    for (int g = 0; g < G; g++)
+                        sc += 32 - __popc(qs[g] ^ w[k][0]);
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GW; g++)
+                        if (g < G)
+                            sc += 32 - __popc(qs[g] ^ w[k][g]);
+                    for (int g = GW; g < G; g++)
+                        sc += 32 - __popc(qs[g] ^ sig_word(it, p, g));
+                }
+                if (a.score_bytes == 1)
+                    static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
+                else
+                    static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)sc;
+                if (cand)
+                    atomicAdd(&hw[sc], 1);
+            } else {
+                auto one = [&](int g, uint32_t kw) {
+                    const int sc = 32 - __popc(qs[g] ^ kw);
+                    static_cast<uint8_t *>(a.scores)[rowe + (int64_t)g * a.score_stride + p] = (uint8_t)sc;
+                    if (cand)
+                        atomicAdd(&hw[g * 33 + sc], 1);
+                };
+                if (GW == 1) {
+                    for (int g = 0; g < G; g++)
+                        one(g, w[k][0]);
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GW; g++)
+                        if (g < G)
+                            one(g, w[k][g]);
+                    for (int g = GW; g < G; g++)
+                        one(g, sig_word(it, p, g));
+                }
+            }
+        }
+    };
+    /* the warp's histogram -> the unit's histogram (atomics) and the item's
+     * suffix-cumulative histogram; leaves the warp's histogram zeroed */
+    auto merge = [&](const Item &it) {
+        __syncwarp();
+        int32_t *const H = a.hist + ((int64_t)it.s * a.Hkv + it.kvh) * nbt;
+        if (GROUPSEL) {
+            int32_t *const Cu = a.cum + (((int64_t)it.s * a.Hsel + it.kvh) * a.nch_cap + it.c) * a.nb_unit;
+            int carry = 0; /* count of the bins above this 32-bin slice */
+            for (int base = ((nbt - 1) >> 5) << 5; base >= 0; base -= 32) {
+                const int b = base + lane;
+                int v = 0;
+                if (b < nbt) {
+                    v = hw[b];
+                    hw[b] = 0;
+                    if (v)
+                        atomicAdd(&H[b], v);
+                }
+                int x = v;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int y = __shfl_down_sync(0xffffffffu, x, o);
+                    if (lane + o < 32)
+                        x += y;
+                }
+                x += carry;
+                carry = __shfl_sync(0xffffffffu, x, 0);
+                if (b < nbt)
+                    Cu[b] = x;
+            }
+        } else {
+            for (int g = 0; g < G; g++) {
+                int *const seg = hw + g * 33;
+                int32_t *const Cu =
+                    a.cum + (((int64_t)it.s * a.Hsel + (int64_t)it.kvh * G + g) * a.nch_cap + it.c) * 33;
+                const int v = seg[lane];
+                const int top = seg[32];
+                if (v)
+                    atomicAdd(&H[g * 33 + lane], v);
+                if (lane == 0 && top)
+                    atomicAdd(&H[g * 33 + 32], top);
+                int x = v;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int y = __shfl_down_sync(0xffffffffu, x, o);
+                    if (lane + o < 32)
+                        x += y;
+                }
+                __syncwarp();
+                seg[lane] = 0;
+                if (lane == 0)
+                    seg[32] = 0;
+                Cu[lane] = x + top;
+                if (lane == 0)
+                    Cu[32] = top;
+            }
+        }
+        __syncwarp();
+    };
+    auto load_qs = [&](const Item &it) {
+        __syncwarp();
+        for (int g = lane; g < G; g += 32)
+            qs[g] = a.qsig[(int64_t)it.s * a.Hq + it.kvh * G + g];
+        __syncwarp();
+    };
+
+    Item cur;
+    const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
+    uint32_t wa[PK][GW], wb[PK][GW];
+    uint32_t ina = 0u, inb = 0u;
+    if (have)
+        fetch(cur, 0, wa, ina); /* inputs only: before the wait */
+    pdl_wait();
+    if (!have)
+        return; /* no block barriers in this kernel: a warp may leave alone */
+    load_qs(cur);
+    int ja = 0;
+    for (;;) {
+        Item nxt = cur;
+        int jn = ja + 1;
+        bool more = true;
+        if ((int64_t)cur.c * a.C + (int64_t)jn * SLAB >= min(cur.n, (int64_t)cur.c * a.C + a.C)) {
+            jn = 0;
+            more = next_item(cur.idx + stride, nxt);
+        }
+        if (more)
+            fetch(nxt, jn, wb, inb);
+        process(cur, ja, wa, ina);
+        const bool item_end = !more || nxt.idx != cur.idx;
+        if (item_end)
+            merge(cur);
+        if (!more)
+            break;
+        if (item_end)
+            load_qs(nxt);
+        cur = nxt;
+        ja = jn;
+#pragma unroll
+        for (int k = 0; k < PK; k++)
+#pragma unroll
+            for (int g = 0; g < GW; g++)
+                wa[k][g] = wb[k][g];
+        ina = inb;
+    }
+}
+
+struct ResolveArgs {
+    int32_t Hsel, nbins, C, nch_cap;
+    int64_t max_tokens;
+    ha_budget_t budget;
+    const int32_t *seq_lens;
+    const int32_t *hist; /* [B][Hsel][nbins] */
+    const int32_t *cum;  /* [B][Hsel][nch_cap][nbins] */
+    int4 *table;         /* [B][Hsel][nch_cap] */
+};
+
+/* One block per (sequence, selection unit): the threshold t with
+ * count(>= t) >= K > count(> t), the K - count(> t) ties at t taken newest
+ * first (kernels/cpu/select.c), and per chunk {t, ties taken, ties present,
+ * selected before the chunk}: two dependent reads, then the attend blocks
+ * need one. */
+__global__ void __launch_bounds__(kResolveThreads) resolve_kernel(const ResolveArgs a)
+{
+    extern __shared__ int hb[]; /* [nbins] */
+    __shared__ int scan_sm[32];
+    __shared__ int sh_t, sh_take;
+    const int s = (int)(blockIdx.x / (unsigned)a.Hsel), u = (int)(blockIdx.x % (unsigned)a.Hsel);
+    const int tid = threadIdx.x;
+    pdl_launch_dependents();
+    const int64_t n = seq_len_clamped(a.seq_lens, s, a.max_tokens, nullptr);
+    pdl_wait();
+    if (n == 0)
+        return;
+    const Bud bud = resolve_budget(a.budget, 0, n);
+    if (bud.dense)
+        return;
+    const int64_t K = bud.K, lo = bud.I, hi = n - bud.R;
+    const int nchs = (int)((n + a.C - 1) / a.C);
+    const int64_t ub = (int64_t)s * a.Hsel + u;
+    const int32_t *H = a.hist + ub * a.nbins;
+    for (int b = tid; b < a.nbins; b += kResolveThreads)
+        hb[b] = H[b];
+    if (tid == 0) {
+        sh_t = a.nbins; /* K == 0: nothing qualifies */
+        sh_take = 0;
+    }
+    __syncthreads();
+    block_suffix_cum(hb, a.nbins, scan_sm);
+    if (K > 0) {
+        for (int b = tid; b < a.nbins; b += kResolveThreads) {
+            const int above = b + 1 < a.nbins ? hb[b + 1] : 0;
+            if (hb[b] >= K && above < K) {
+                sh_t = b;
+                sh_take = (int)(K - above); /* ties at t to take, newest first */
+            }
+        }
+    }
+    __syncthreads();
+    const int t = sh_t, take = sh_take;
+    const int c = tid;
+    int eq = 0, gt = 0, fixed = 0;
+    if (c < nchs) {
+        if (t < a.nbins) {
+            const int32_t *Cu = a.cum + (ub * a.nch_cap + c) * a.nbins;
+            const int ge = Cu[t];
+            gt = t + 1 < a.nbins ? Cu[t + 1] : 0;
+            eq = ge - gt;
+        }
+        const int64_t b0 = (int64_t)c * a.C, b1 = min(n, b0 + a.C);
+        fixed = (int)(max((int64_t)0, min(b1, lo) - b0) + max((int64_t)0, b1 - max(b0, hi)));
+    }
+    int v[1] = {eq}, tv[1];
+    block_excl_scan<1>(v, tv, scan_sm);
+    const int after = tv[0] - v[0] - eq; /* ties in the newer chunks */
+    const int ties = max(0, min(take - after, eq));
+    int w[1] = {fixed + gt + ties}, tw[1];
+    block_excl_scan<1>(w, tw, scan_sm);
+    if (c < nchs)
+        a.table[ub * a.nch_cap + c] = make_int4(t, ties, eq, w[0]);
+}
+
+template <typename T, int D, int GH, bool MMA>
+ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl)
 {
     AttnArgs A = A0;
     if (sparse) {
-        auto k = attend_kernel<T, D, GH, true>;
+        auto k = attend_kernel<T, D, GH, true, MMA>;
         const int nsel = A.group_sel ? 1 : GH;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nbins, nsel, A.score_bytes, &A.hb_bytes, &A.list_off);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, &A.list_off);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     } else {
-        auto k = attend_kernel<T, D, GH, false>;
-        const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
+        auto k = attend_kernel<T, D, GH, false, MMA>;
+        const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, nullptr);
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     }
     return HA_KERNEL_OK;
+}
+
+template <typename T, int D, int GH>
+ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cudaStream_t st, bool pdl, bool mma)
+{
+    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl)
+               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl);
+}
+
+template <bool GROUPSEL>
+ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
+                                bool block_items)
+{
+    constexpr int NW = kScoreThreads / 32;
+    const size_t smem = block_items ? ((size_t)9 * sa.nbt + sa.G) * 4 + 16
+                                    : ((size_t)NW * ((sa.nbt + 3) & ~3) + (size_t)NW * sa.G) * 4 + 16;
+    if (smem > 200 * 1024)
+        return HA_KERNEL_UNSUPPORTED;
+    const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
+    const int64_t per_block = block_items ? 1 : NW;
+    auto go = [&](auto k) -> ha_kernel_status_t {
+        HA_CUDA_TRY(allow_smem(k, smem));
+        const int bps = bps_knob > 0 ? bps_knob : blocks_per_sm(k, kScoreThreads, smem);
+        int64_t blocks = (int64_t)sm_count() * bps;
+        if (blocks > ceil_div(items, per_block))
+            blocks = ceil_div(items, per_block);
+        if (blocks < 1)
+            blocks = 1;
+        HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3(kScoreThreads), smem, st, pdl, sa));
+        return HA_KERNEL_OK;
+    };
+    if (block_items) {
+        if (gw <= 1)
+            return go(score_kernel<GROUPSEL, 1>);
+        if (gw <= 4)
+            return go(score_kernel<GROUPSEL, 4>);
+        return go(score_kernel<GROUPSEL, 8>);
+    }
+    if (gw <= 1)
+        return go(score_warp_kernel<GROUPSEL, 1>);
+    if (gw <= 4)
+        return go(score_warp_kernel<GROUPSEL, 4>);
+    return go(score_warp_kernel<GROUPSEL, 8>);
 }
 
 /* Chunk of the dense path: about `waves` blocks per block slot, at least
@@ -258,7 +704,12 @@ inline int dense_chunk(int64_t max_tokens, int64_t units, int waves, int forced)
     return (int)(C > cmin ? C : cmin);
 }
 
-/* Chunk of the sparse path: a power of two in [min, max]; 0 = unsupported. */
+/* Chunk of the sparse path: a power of two in [min, max]; 0 = unsupported.
+ * About `sparse_waves` blocks per block slot, and at most 64 chunks per
+ * sequence (B=1 128K: 2048 beat 1024, 90 vs 102 us; B=8 128K: 4096 beat
+ * 2048, 343 vs 370 us; B=1 8K: 1024 beat 2048, 50 vs 59 us). A forced
+ * chunk (lab) ignores [min, max]: until run 4b it was clamped to max, so
+ * the earlier "4096" and "8192" sweeps measured 2048 (bench/NOTES.md). */
 inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_t &tn)
 {
     const int64_t slots = (int64_t)sm_count() * 4;
@@ -266,15 +717,18 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
     if (nch < 1)
         nch = 1;
     int C = pow2_ceil(ceil_div(max_tokens, nch));
+    const int per_seq = pow2_ceil(ceil_div(max_tokens, 64));
+    if (C < per_seq)
+        C = per_seq;
     const int lo = tn.sparse_chunk_min >= kSparseChunkMin ? tn.sparse_chunk_min : kSparseChunkMin;
     const int hi = tn.sparse_chunk_max <= kSparseChunkMax && tn.sparse_chunk_max >= lo ? tn.sparse_chunk_max
                                                                                          : kSparseChunkMax;
-    if (tn.sparse_chunk > 0)
-        C = tn.sparse_chunk;
     if (C < lo)
         C = lo;
     if (C > hi)
         C = hi;
+    if (tn.sparse_chunk > 0)
+        C = tn.sparse_chunk < kSparseChunkMin ? kSparseChunkMin : pow2_ceil(tn.sparse_chunk);
     const int need = pow2_ceil(ceil_div(max_tokens, kMaxSplits));
     if (C < need)
         C = need;
@@ -308,7 +762,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     unsigned char *const ws = align_ptr(p->workspace);
     const ha_cuda_tuning_t &tn = tuning();
     cudaStream_t st = (cudaStream_t)p->stream;
-    const bool pdl = tn.pdl != 0;
+    Guard gd;
+    guard_for(p->device, &gd);
+    gd.num_blocks = p->num_blocks;
+    gd.op = HA_OP_DECODE;
 
     const int GH = G >= 8 ? 8 : pow2_ceil(G);
     const int nhg = (G + GH - 1) / GH;
@@ -347,15 +804,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.bt = p->block_tables;
     A.bt_stride = p->block_table_stride;
     A.seq_lens = p->seq_lens;
+    A.max_tokens = max_tokens;
+    A.guard = gd;
     A.vec16 = vec16;
     A.group_sel = group_sel;
     A.Hsel = Hsel;
-    A.nbins = nbins;
     A.score_bytes = score_bytes;
     A.scores = ws + W.scores;
     A.score_stride = W.score_stride;
-    A.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
-    A.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
+    A.table = reinterpret_cast<const int4 *>(ws + W.table);
+    A.nch_cap = W.nch_cum;
     A.part_o = reinterpret_cast<float *>(ws + W.part_o);
     A.part_lse = reinterpret_cast<float *>(ws + W.part_lse);
     A.sel_idx = p->sel_indices;
@@ -366,6 +824,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.sc_ss = p->cnt_stride_seq;
     A.sc_sh = p->cnt_stride_head;
     A.select_only = sparse && tn.select_only;
+    A.compact_serial = tn.compact_serial;
 
     int C;
     if (sparse) {
@@ -379,6 +838,11 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.C = C;
     A.nch = nch;
     A.direct = nch == 1;
+    /* Small sparse steps (few score items) gain from overlapped launches
+     * and from a block per score item; large ones lose with both (runs 4a
+     * and 4b, bench/NOTES.md). */
+    const bool small = sparse && (int64_t)B * Hkv * nch < (int64_t)8 * sm_count();
+    const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && small);
 
     if (sparse) {
         /* 1. query signatures; clears the histograms */
@@ -398,15 +862,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.zero_words = (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
         switch (p->dtype) {
-        case HA_DTYPE_F16: ks = launch_hash<__half>(h, Hq, st, false); break;
-        case HA_DTYPE_BF16: ks = launch_hash<__nv_bfloat16>(h, Hq, st, false); break;
+        case HA_DTYPE_F16: ks = launch_qhash<__half>(h, Hq, st, tn.qhash_cluster != 0); break;
+        case HA_DTYPE_BF16: ks = launch_qhash<__nv_bfloat16>(h, Hq, st, tn.qhash_cluster != 0); break;
         default: break;
         }
-        if (ks != HA_KERNEL_OK)
+        if (ks != HA_KERNEL_OK || tn.stop_after == 1)
             return ks;
 
         /* 2. scores and histograms */
         ScoreArgs sa = {};
+        sa.B = B;
         sa.Hq = Hq;
         sa.Hkv = Hkv;
         sa.G = G;
@@ -414,9 +879,12 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         sa.bs = p->block_size;
         sa.C = C;
         sa.nch = nch;
-        sa.nbins = nbins;
+        sa.nch_cap = W.nch_cum;
         sa.Hsel = Hsel;
         sa.score_bytes = score_bytes;
+        sa.nbt = group_sel ? nbins : 33 * G;
+        sa.nb_unit = nbins;
+        sa.max_tokens = max_tokens;
         sa.budget = p->budget;
         sa.seq_lens = p->seq_lens;
         sa.bt = p->block_tables;
@@ -429,34 +897,52 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         sa.score_stride = W.score_stride;
         sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
         sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
-        const dim3 sgrid((unsigned)(B * Hkv), (unsigned)nch);
-        if (group_sel) {
-            const size_t smem = ((size_t)8 * nbins + G) * 4 + 16;
-            if (smem > 227 * 1024)
-                return HA_KERNEL_UNSUPPORTED;
-            HA_CUDA_TRY(allow_smem(score_kernel<true>, smem));
-            HA_CUDA_TRY(launch(score_kernel<true>, sgrid, dim3(kScoreThreads), smem, st, pdl, sa));
-        } else {
-            const size_t smem = ((size_t)9 * kScoreThreads + 36) * 4 + 16;
-            HA_CUDA_TRY(allow_smem(score_kernel<false>, smem));
-            HA_CUDA_TRY(launch(score_kernel<false>, sgrid, dim3(kScoreThreads), smem, st, pdl, sa));
-        }
+        sa.guard = gd;
+        const int gw = p->sig_per_kv_head ? 1 : G;
+        const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && small);
+        ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items)
+                       : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items);
+        if (ks != HA_KERNEL_OK || tn.stop_after == 2)
+            return ks;
+
+        /* 3. thresholds, ties and offsets per chunk */
+        ResolveArgs ra = {};
+        ra.Hsel = Hsel;
+        ra.nbins = nbins;
+        ra.C = C;
+        ra.nch_cap = W.nch_cum;
+        ra.max_tokens = max_tokens;
+        ra.budget = p->budget;
+        ra.seq_lens = p->seq_lens;
+        ra.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
+        ra.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
+        ra.table = reinterpret_cast<int4 *>(ws + W.table);
+        const size_t rsmem = (size_t)nbins * 4 + 16;
+        if (nch > kResolveThreads || rsmem > 200 * 1024)
+            return HA_KERNEL_UNSUPPORTED;
+        HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
+        HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl, ra));
+        if (tn.stop_after == 3)
+            return HA_KERNEL_OK;
     }
 
-    /* 3. (selection and) attention */
+    /* 4. (selection and) attention */
     const dim3 agrid((unsigned)(B * Hkv * nhg), (unsigned)nch);
+    const bool mma = tn.attn_mma != 0;
     ha_kernel_status_t ks = HA_KERNEL_OK;
-    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, nbins, st, sparse && pdl))));
+    HA_DISPATCH(p->dtype, D, T, DD,
+                HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, mma))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
 
-    /* 4. combine the chunks */
+    /* 5. combine the chunks */
     CombineArgs cb = {};
     cb.Hq = Hq;
     cb.C = C;
     cb.nch = nch;
     cb.prefill = 0;
     cb.num_seqs = B;
+    cb.max_tokens = max_tokens;
     cb.qsl = nullptr;
     cb.seq_lens = p->seq_lens;
     cb.part_o = A.part_o;

@@ -39,15 +39,22 @@ int sm_count()
     return v;
 }
 
+/* The measured choices (bench/NOTES.md, runs 4a and 4b). */
 static const ha_cuda_tuning_t kDefaults = {
-    1,    /* pdl */
-    2,    /* dense_waves */
+    2,    /* pdl: off for large steps (B=8 128K: 343 vs 350 us), on for small ones (B=1 8K: 69 vs 75 us) */
+    4,    /* dense_waves: 1046 vs 1060 us (2 waves) at B=8 128K */
     4,    /* sparse_waves */
     1024, /* sparse_chunk_min */
-    2048, /* sparse_chunk_max */
+    4096, /* sparse_chunk_max: 343 vs 370 us (2048) at B=8 128K */
     0,    /* dense_chunk */
     0,    /* sparse_chunk */
     0,    /* select_only */
+    1,    /* attn_mma */
+    1,    /* qhash_cluster */
+    0,    /* stop_after */
+    0,    /* score_blocks_per_sm */
+    2,    /* score_block_items: per warp for large steps (upto2 92.6 vs 102.6 us), per block for small */
+    1,    /* compact_serial: 283 vs 343 us (warp ballots) at B=8 128K */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
@@ -82,9 +89,137 @@ cudaError_t allow_smem_fn(const void *kernel, size_t bytes)
     if (dyn_max < 0 || (size_t)dyn_max < bytes)
         return cudaErrorInvalidValue;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_max);
+    /* all of the unified L1 as shared memory when asked: the resident block
+     * count then follows from the kernel's needs, not from the driver's guess */
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared);
     if (e == cudaSuccess && ndone < 512)
         done[ndone++] = Entry{kernel, dev};
     return e;
+}
+
+int blocks_per_sm_fn(const void *kernel, int threads, size_t smem)
+{
+    struct Entry {
+        const void *fn;
+        int dev, threads;
+        size_t smem;
+        int n;
+    };
+    static std::mutex mu;
+    static Entry done[256];
+    static int ndone;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess)
+        return 1;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < ndone; i++)
+        if (done[i].fn == kernel && done[i].dev == dev && done[i].threads == threads && done[i].smem == smem)
+            return done[i].n;
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem) != cudaSuccess || n < 1) {
+        (void)cudaGetLastError();
+        n = 1;
+    }
+    if (ndone < 256)
+        done[ndone++] = Entry{kernel, dev, threads, smem, n};
+    return n;
+}
+
+/* The validation records: one per device ordinal, in one mapped, portable
+ * pinned allocation made once per process. */
+constexpr int kErrDevices = 64;
+struct ErrTable {
+    DevErr rec[kErrDevices];
+    volatile uint32_t ack[kErrDevices];
+};
+static std::mutex g_err_mu;
+static ErrTable *g_err_host;
+static ErrTable *g_err_dev;
+static bool g_err_tried;
+
+static void err_table_alloc()
+{
+    /* A host may make its first call inside a graph capture: a pinned
+     * allocation is not a stream operation, so relaxed mode allows it. */
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaThreadExchangeStreamCaptureMode(&mode);
+    void *p = nullptr;
+    if (cudaHostAlloc(&p, sizeof(ErrTable), cudaHostAllocMapped | cudaHostAllocPortable) == cudaSuccess) {
+        memset(p, 0, sizeof(ErrTable));
+        void *d = nullptr;
+        if (cudaHostGetDevicePointer(&d, p, 0) == cudaSuccess) {
+            g_err_host = static_cast<ErrTable *>(p);
+            g_err_dev = static_cast<ErrTable *>(d);
+        } else {
+            cudaFreeHost(p);
+        }
+    }
+    (void)cudaGetLastError();
+    cudaThreadExchangeStreamCaptureMode(&mode);
+}
+
+void guard_for(int device, Guard *g)
+{
+    g->rec = nullptr;
+    g->ack = nullptr;
+    if (device < 0 || device >= kErrDevices)
+        return;
+    std::lock_guard<std::mutex> lock(g_err_mu);
+    if (!g_err_tried) {
+        g_err_tried = true;
+        err_table_alloc();
+    }
+    if (g_err_dev) {
+        g->rec = &g_err_dev->rec[device];
+        g->ack = &g_err_dev->ack[device];
+    }
+}
+
+/* A report of the device not yet acknowledged, as a message; acknowledges it. */
+static bool take_device_report(int device, char *err, size_t errlen)
+{
+    if (device < 0 || device >= kErrDevices)
+        return false;
+    std::lock_guard<std::mutex> lock(g_err_mu);
+    if (!g_err_host)
+        return false;
+    DevErr *r = &g_err_host->rec[device];
+    const uint32_t gen = r->gen;
+    if (gen == 0 || gen == g_err_host->ack[device])
+        return false;
+    __sync_synchronize(); /* the fields were written before gen */
+    static const char *const ops[] = {"kernel", "decode", "prefill", "cache_write"};
+    const char *op = r->op < 4 ? ops[r->op] : ops[0];
+    const long long i0 = (long long)r->i0, i1 = (long long)r->i1, v = (long long)r->value,
+                    lim = (long long)r->limit;
+    if (err && errlen) {
+        switch (r->what) {
+        case HA_BAD_BLOCK_TABLE:
+            snprintf(err, errlen, "%s: block_tables[%lld][%lld] = %lld is outside num_blocks = %lld (found on the device)",
+                     op, i0, i1, v, lim);
+            break;
+        case HA_BAD_SEQ_LEN:
+            snprintf(err, errlen, "%s: seq_lens[%lld] = %lld is outside [0, %lld] (found on the device)", op, i0, v,
+                     lim);
+            break;
+        case HA_BAD_SLOT:
+            snprintf(err, errlen,
+                     "%s: slot_mapping[%lld] = %lld is outside num_blocks * block_size = %lld (found on the device)",
+                     op, i0, v, lim);
+            break;
+        case HA_BAD_QSL:
+            snprintf(err, errlen,
+                     "%s: query_start_loc does not map query row %lld to any of the %lld sequences (found on the device)",
+                     op, i0, lim);
+            break;
+        default: snprintf(err, errlen, "%s: bad argument found on the device", op); break;
+        }
+    }
+    g_err_host->ack[device] = gen;
+    __sync_synchronize();
+    return true;
 }
 
 static void set_msg(char *err, size_t errlen, const char *what, cudaError_t e)
@@ -159,11 +294,20 @@ void ha_cuda_free(int device, void *ptr)
         cudaSetDevice(old);
 }
 
-/* Non-blocking: reports an error recorded by a launcher of this thread or
- * the runtime's last error (launch failures, sticky faults already seen). */
+/* Non-blocking: reports a bad argument found on the device (the validation
+ * record, read without a CUDA call), an error recorded by a launcher of this
+ * thread, or the runtime's last error (launch failures, sticky faults). */
 ha_kernel_status_t ha_cuda_check(int device, char *err, size_t errlen)
 {
-    (void)device;
+    {
+        /* the first call on a device makes the validation records */
+        Guard g;
+        DeviceGuard dg(device);
+        if (dg.ok)
+            guard_for(device, &g);
+    }
+    if (take_device_report(device, err, errlen))
+        return HA_KERNEL_DEVICE_ERROR;
     const cudaError_t e = cudaGetLastError();
     if (g_err[0]) {
         if (err && errlen)

@@ -16,6 +16,8 @@
 #ifndef HASHATTN_KERNELS_CUDA_MLP_CUH
 #define HASHATTN_KERNELS_CUDA_MLP_CUH
 
+#include <cooperative_groups.h>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/hash_math.h"
 
@@ -40,6 +42,7 @@ struct HashArgs {
     const uint8_t *keep;           /* mode 1: 0 = a later token owns the slot (may be NULL) */
     int32_t block_size;
     int64_t sb, sh;                /* mode 1: signature cache block and head strides */
+    int64_t num_blocks;            /* mode 1: slots of blocks >= num_blocks are skipped (> 0) */
     /* optional: words to clear (decode histograms), shared by all blocks */
     uint32_t *zero;
     int64_t zero_words;
@@ -250,7 +253,8 @@ __global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
                 if (slot >= 0 && (!a.keep || a.keep[tok])) {
                     int64_t blk, off;
                     ha_slot_split(slot, a.block_size, &blk, &off);
-                    a.sig[blk * a.sb + (int64_t)o * a.sh + off] = bits[tid];
+                    if (a.num_blocks <= 0 || blk < a.num_blocks) /* kv_write_kernel reports */
+                        a.sig[blk * a.sb + (int64_t)o * a.sh + off] = bits[tid];
                 }
             }
         }
@@ -286,6 +290,202 @@ __host__ ha_kernel_status_t launch_hash(const HashArgs &a, int out_heads, cudaSt
                            stream, pdl, h));
     }
     return HA_KERNEL_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Query signatures of a decode step: one 4-CTA cluster per (head, 8 tokens) */
+/* ------------------------------------------------------------------------- */
+
+/* hash_kernel gives a head's whole MLP to one block: 32 blocks at Hq 32,
+ * each loading 147 KB of weights and running 8 chains per thread (run 3:
+ * 25 us). Here the 4 CTAs of a cluster split each layer's output rows, load
+ * only their rows' weights, run one chain per thread, and exchange the layer
+ * through distributed shared memory. Each chain is still b[i] followed by
+ * fmaf(W[i][j], x[j], .) for j ascending: bit-identical to hash_kernel and
+ * to the CPU. */
+constexpr int kQhRanks = 4;
+constexpr int kQhThreads = 256;
+constexpr int kQhTB = 8; /* tokens per cluster */
+
+__host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
+__host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
+
+/* Shared floats: W1, W2, W3 row slices, x, h1, h2 (then 4 x TB words of bits). */
+__host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
+{
+    const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
+    return (size_t)r12 * qh_pitch(d) + (size_t)r12 * qh_pitch(m) + (size_t)r3 * qh_pitch(m) +
+           (size_t)kQhTB * qh_pitch(d) + (size_t)2 * kQhTB * qh_pitch(m) + (size_t)kQhRanks * kQhTB;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
+{
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    extern __shared__ float4 qsm4[];
+    const int m = a.mlp.width, d = a.dim;
+    const int pd = qh_pitch(d), pm = qh_pitch(m);
+    const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
+    float *const W1s = reinterpret_cast<float *>(qsm4);
+    float *const W2s = W1s + (size_t)r12 * pd;
+    float *const W3s = W2s + (size_t)r12 * pm;
+    float *const xs = W3s + (size_t)r3 * pm;
+    float *const h1 = xs + (size_t)kQhTB * pd;
+    float *const h2 = h1 + (size_t)kQhTB * pm;
+    uint32_t *const parts = reinterpret_cast<uint32_t *>(h2 + (size_t)kQhTB * pm); /* [ranks][TB], rank 0's */
+    __shared__ uint32_t bits[kQhTB];
+
+    const int tid = threadIdx.x;
+    const int rank = (int)cluster.block_rank();
+    const int o = blockIdx.x / kQhRanks;
+    const int tok0 = blockIdx.y * kQhTB;
+    const int ntok = min(kQhTB, a.n - tok0);
+    pdl_launch_dependents();
+
+    if (a.zero) {
+        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
+        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + tid; w < a.zero_words;
+             w += nthr)
+            a.zero[w] = 0u;
+    }
+
+    /* this rank's weight rows: layers 1 and 2 rows [rank r12, +r12), layer 3 rows [rank r3, +r3) */
+    const int i1 = rank * r12, n12 = max(0, min(r12, m - i1));
+    const int i3 = rank * r3;
+    const float *const W1 = a.mlp.w1 + (size_t)o * m * d, *const W2 = a.mlp.w2 + (size_t)o * m * m,
+                      *const W3 = a.mlp.w3 + (size_t)o * 32 * m;
+    const float *const B1 = a.mlp.b1 + (size_t)o * m, *const B2 = a.mlp.b2 + (size_t)o * m,
+                      *const B3 = a.mlp.b3 + (size_t)o * 32;
+    auto load_rows = [&](float *dst, int pitch, const float *src, int rows, int cols) {
+        if ((cols & 3) == 0 && (((uintptr_t)src) & 15) == 0) {
+            const int q = cols / 4;
+            for (int idx = tid; idx < rows * q; idx += kQhThreads) {
+                const int r = idx / q, k = idx - r * q;
+                cp_async16(dst + (size_t)r * pitch + 4 * k, src + (size_t)r * cols + 4 * k);
+            }
+        } else {
+            for (int idx = tid; idx < rows * cols; idx += kQhThreads) {
+                const int r = idx / cols, k = idx - r * cols;
+                cp_async4(dst + (size_t)r * pitch + k, src + (size_t)r * cols + k);
+            }
+        }
+    };
+    load_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d);
+    cp_async_commit();
+    load_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m);
+    cp_async_commit();
+    load_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m);
+    cp_async_commit();
+
+    const int ih = o / a.group;
+    const T *in = static_cast<const T *>(a.in);
+    for (int idx = tid; idx < kQhTB * d; idx += kQhThreads) {
+        const int t = idx / d, e = idx - t * d;
+        xs[(size_t)t * pd + e] =
+            t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e]) : 0.0f;
+    }
+    if (tid < kQhTB)
+        bits[tid] = 0u;
+
+    /* one chain per thread: row i1 + (c % r12) of the layer, token c / r12 */
+    auto chain = [&](const float *Ws, int pitch, const float *x, int xpitch, int in_dim, float b, int il, int t) {
+        const float *w = Ws + (size_t)il * pitch;
+        const float *xv = x + (size_t)t * xpitch;
+        float acc = b;
+        if ((in_dim & 3) == 0) {
+            /* unrolled so that the shared loads run ahead of the serial chain */
+#pragma unroll 8
+            for (int j = 0; j < in_dim; j += 4) {
+                const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
+                const float4 x4 = *reinterpret_cast<const float4 *>(xv + j);
+                acc = fmaf(w4.x, x4.x, acc); /* j ascending, one fmaf each: the CPU's order */
+                acc = fmaf(w4.y, x4.y, acc);
+                acc = fmaf(w4.z, x4.z, acc);
+                acc = fmaf(w4.w, x4.w, acc);
+            }
+        } else {
+            for (int j = 0; j < in_dim; j++)
+                acc = fmaf(w[j], xv[j], acc);
+        }
+        return acc;
+    };
+
+    /* layer 1 -> h1 of every rank (the first cluster barrier also makes
+     * sure every CTA of the cluster runs before any remote write) */
+    cp_async_wait<2>();
+    cluster.sync();
+    for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
+        const int il = cidx % n12, t = cidx / n12, i = i1 + il;
+        const float v = ha_silu(chain(W1s, pd, xs, pd, d, B1[i], il, t));
+#pragma unroll
+        for (int r = 0; r < kQhRanks; r++)
+            cluster.map_shared_rank(h1, r)[(size_t)t * pm + i] = v;
+    }
+    cluster.sync();
+    /* layer 2 -> h2 of every rank */
+    cp_async_wait<1>();
+    __syncthreads();
+    for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
+        const int il = cidx % n12, t = cidx / n12, i = i1 + il;
+        const float v = ha_silu(chain(W2s, pm, h1, pm, m, B2[i], il, t));
+#pragma unroll
+        for (int r = 0; r < kQhRanks; r++)
+            cluster.map_shared_rank(h2, r)[(size_t)t * pm + i] = v;
+    }
+    cluster.sync();
+    /* layer 3: bits i3 .. i3 + 7, collected on rank 0 */
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {
+        const int il = cidx % r3, t = cidx / r3, i = i3 + il;
+        if (chain(W3s, pm, h2, pm, m, B3[i], il, t) > 0.0f)
+            atomicOr(&bits[t], 1u << i);
+    }
+    __syncthreads();
+    if (tid < kQhTB)
+        cluster.map_shared_rank(parts, 0)[rank * kQhTB + tid] = bits[tid];
+    cluster.sync();
+    if (rank == 0 && tid < ntok) {
+        uint32_t w = 0u;
+#pragma unroll
+        for (int r = 0; r < kQhRanks; r++)
+            w |= parts[r * kQhTB + tid];
+        a.sig[(int64_t)(tok0 + tid) * a.st_tok + (int64_t)o * a.st_head] = w;
+    }
+}
+
+/* Query signatures (mode 0) on clusters; falls back to launch_hash when the
+ * cluster launch is refused. */
+template <typename T>
+__host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaStream_t stream, bool use_cluster)
+{
+    if (a.n <= 0 || out_heads <= 0)
+        return HA_KERNEL_OK;
+    const size_t smem = qh_smem_floats(a.dim, a.mlp.width) * sizeof(float) + 16;
+    if (use_cluster && smem <= 200 * 1024 && (int64_t)out_heads * kQhRanks < 0x7fffffff) {
+        auto k = qhash_kernel<T>;
+        cudaError_t e = allow_smem(k, smem);
+        if (e == cudaSuccess) {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, kQhTB));
+            cfg.blockDim = dim3(kQhThreads);
+            cfg.dynamicSmemBytes = smem;
+            cfg.stream = stream;
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeClusterDimension;
+            attr[0].val.clusterDim.x = kQhRanks;
+            attr[0].val.clusterDim.y = 1;
+            attr[0].val.clusterDim.z = 1;
+            cfg.attrs = attr;
+            cfg.numAttrs = 1;
+            e = cudaLaunchKernelEx(&cfg, k, a);
+            if (e == cudaSuccess)
+                return HA_KERNEL_OK;
+        }
+        (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */
+    }
+    return launch_hash<T>(a, out_heads, stream, false);
 }
 
 } // namespace ha

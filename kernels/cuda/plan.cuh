@@ -20,12 +20,14 @@ constexpr int kSparseChunkMax = 8192;
 constexpr size_t kAlign = 256;
 
 /* Decode workspace: query signatures, histograms, per-chunk cumulative
- * histograms, scores, partial outputs. */
+ * histograms ([B][Hsel][nch_cum][nbins]), the selection table of each
+ * (sequence, unit, chunk) (int4: threshold, ties taken, ties present,
+ * selected before the chunk), scores, partial outputs. */
 struct DecodeLayout {
     int64_t max_tokens, score_stride;
     int nbins_max, hsel_nbins_max; /* max over modes of nbins and Hsel * nbins */
     int nch_cum, nch_part;         /* chunk capacity of the cum table and the partials */
-    size_t qsig, hist, cum, scores, part_o, part_lse, total;
+    size_t qsig, hist, cum, table, scores, part_o, part_lse, total;
 };
 
 __host__ inline DecodeLayout decode_layout(int64_t B, int Hq, int Hkv, int D, int64_t max_tokens)
@@ -49,6 +51,8 @@ __host__ inline DecodeLayout decode_layout(int64_t B, int Hq, int Hkv, int D, in
     o = align_up(o + (size_t)B * L.hsel_nbins_max * 4, kAlign);
     L.cum = o;
     o = align_up(o + (size_t)B * L.hsel_nbins_max * L.nch_cum * 4, kAlign);
+    L.table = o;
+    o = align_up(o + (size_t)B * (Hq > Hkv ? Hq : Hkv) * L.nch_cum * 16, kAlign);
     L.scores = o;
     o = align_up(o + (size_t)B * score_rows * L.score_stride, kAlign);
     L.part_o = o;

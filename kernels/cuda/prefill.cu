@@ -14,14 +14,20 @@
 
 namespace ha {
 
-template <typename T, int D, int GH>
-ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st)
+template <typename T, int D, int GH, bool MMA>
+ha_kernel_status_t launch_prefill_v(const AttnArgs &A, dim3 grid, cudaStream_t st)
 {
-    auto k = attend_kernel<T, D, GH, false>;
-    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
+    auto k = attend_kernel<T, D, GH, false, MMA>;
+    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, nullptr);
     HA_CUDA_TRY(allow_smem(k, smem));
     HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, false, A));
     return HA_KERNEL_OK;
+}
+
+template <typename T, int D, int GH>
+ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st, bool mma)
+{
+    return mma ? launch_prefill_v<T, D, GH, true>(A, grid, st) : launch_prefill_v<T, D, GH, false>(A, grid, st);
 }
 
 } // namespace ha
@@ -91,6 +97,10 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     A.bt = p->block_tables;
     A.bt_stride = p->block_table_stride;
     A.seq_lens = p->seq_lens;
+    A.max_tokens = max_tokens;
+    guard_for(p->device, &A.guard);
+    A.guard.num_blocks = p->num_blocks;
+    A.guard.op = HA_OP_PREFILL;
     A.vec16 = vec16;
     A.direct = nch == 1;
     if (ws) {
@@ -102,7 +112,7 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
         return HA_KERNEL_UNSUPPORTED;
     const dim3 grid((unsigned)(rows * Hkv * nhg), (unsigned)nch);
     ha_kernel_status_t ks = HA_KERNEL_OK;
-    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_prefill<T, DD, GHC>(A, grid, st))));
+    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_prefill<T, DD, GHC>(A, grid, st, tuning().attn_mma != 0))));
     if (ks != HA_KERNEL_OK || nch == 1)
         return ks;
 
@@ -112,6 +122,7 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     cb.nch = nch;
     cb.prefill = 1;
     cb.num_seqs = p->num_seqs;
+    cb.max_tokens = max_tokens;
     cb.qsl = p->query_start_loc;
     cb.seq_lens = p->seq_lens;
     cb.part_o = A.part_o;
@@ -121,6 +132,6 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     cb.o_sh = p->output.stride_head;
     HA_DISPATCH(p->dtype, D, T, DD,
                 HA_CUDA_TRY(launch(combine_kernel<T, DD>, dim3((unsigned)rows, (unsigned)Hq), dim3(DD), 0, st,
-                                   tuning().pdl != 0, cb)));
+                                   tuning().pdl == 1, cb)));
     return HA_KERNEL_OK;
 }

@@ -13,7 +13,8 @@ extern "C" {
 #endif
 
 typedef struct ha_cuda_tuning {
-    int pdl;                 /* 1: programmatic dependent launch between decode kernels */
+    int pdl;                 /* programmatic dependent launch between decode kernels: 0 never,
+                                1 always, 2 sparse steps with fewer than 8 x SMs score items */
     int dense_waves;         /* dense split: aim for this many blocks per SM slot (x4 blocks/SM) */
     int sparse_waves;        /* sparse split: likewise */
     int sparse_chunk_min;    /* chunk bounds of the sparse path (powers of two, 1024..8192) */
@@ -21,6 +22,14 @@ typedef struct ha_cuda_tuning {
     int dense_chunk;         /* > 0: force the dense chunk (multiple of 32) */
     int sparse_chunk;        /* > 0: force the sparse chunk (power of two, 1024..8192) */
     int select_only;         /* 1: decode stops after selection (timing the selection alone) */
+    /* appended in run 4 (bench/NOTES.md) */
+    int attn_mma;            /* 1: QK^T and PV on the tensor cores (mma.sync); 0: fp32 FMA lanes */
+    int qhash_cluster;       /* 1: query MLPs on 4-CTA clusters; 0: one block per head */
+    int stop_after;          /* sparse decode stops after 1 hash, 2 score, 3 resolve (0: never) */
+    int score_blocks_per_sm; /* persistent score kernel: blocks per SM (0: as many as fit) */
+    int score_block_items;   /* score items per block (1), per warp (0), or per block when there are
+                                fewer than 8 x SMs items (2) */
+    int compact_serial;      /* 1: sparse compaction by per-thread position runs; 0: warp ballots */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

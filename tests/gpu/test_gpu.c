@@ -780,6 +780,150 @@ START_TEST(gpu_graph)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------- */
+/* Device-side validation (ids that live on the device)                       */
+/* ------------------------------------------------------------------------- */
+
+/* The call after a bad one must fail with the device's message, the one
+ * after that must work again (no sticky error, no hang). */
+static void expect_device_report(gpu_case_t *gc, const char *what, const char *want)
+{
+    const hashattn_api_t *api = gc->c.api;
+    cudaError_t e = cudaDeviceSynchronize();
+    ck_assert_msg(e == cudaSuccess, "%s: the bad call left a CUDA error: %s", what, cudaGetErrorString(e));
+    hashattn_status_t st = gpu_decode(gc, 0);
+    ck_assert_msg(st == HASHATTN_STATUS_DEVICE_ERROR, "%s: the next call returned %s, want DEVICE_ERROR", what,
+                  api->status_string(st));
+    const char *msg = api->last_error(gc->g);
+    ck_assert_msg(strstr(msg, want) != NULL && strstr(msg, "found on the device") != NULL,
+                  "%s: message \"%s\" does not name \"%s\"", what, msg, want);
+    st = gpu_decode(gc, 0);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: the call after the report: %s: %s", what, api->status_string(st),
+                  api->last_error(gc->g));
+}
+
+START_TEST(gpu_device_validation)
+{
+    static const int lens[3] = {300, 0, 170};
+    ht_decode_desc_t d = grid_desc(1);
+    d.dtype = (DLDataType)BF16;
+    d.hq = 8;
+    d.hkv = 2;
+    d.d = 128;
+    d.block = 16;
+    d.batch = 3;
+    d.m = 32;
+    d.kv_layout = NHD;
+    d.selection = _i & 1 ? HEAD : GROUP;
+    d.sig_layout = PAPER;
+    d.sink = 4;
+    d.recent = 8;
+    d.heavy_count = 16;
+    d.seq_lens = lens;
+    d.fill = HT_FILL_DIRECT;
+    d.tensor_flags = 0;
+    d.seed = ht_seed(0x7a1d + (uint64_t)_i);
+    char name[512];
+    ht_decode_case_name(&d, name, sizeof name);
+    char full[600];
+    snprintf(full, sizeof full, "device_validation/%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    gpu_case_t gc;
+    gpu_case_build(&gc, &d);
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);
+    saved_t first, table;
+    save(&first, c->output);
+    save(&table, c->block_tables);
+
+    /* a block id past the caches, in the last block of sequence 2 (sparse: 170 > 4 + 8 + 16) */
+    const int s = 2, b = (lens[2] - 1) / d.block;
+    const int good = (int)HT_GET(c->block_tables, s, b);
+    const int bad = c->num_blocks + 27;
+    HT_SET(c->block_tables, bad, s, b);
+    mirror_push(&gc.bt);
+    ck_assert_int_eq(gpu_decode(&gc, _i >= 2 ? HASHATTN_DECODE_DENSE : 0), HASHATTN_STATUS_OK);
+    HT_SET(c->block_tables, good, s, b);
+    mirror_push(&gc.bt);
+    char want[160];
+    snprintf(want, sizeof want, "block_tables[%d][%d] = %d is outside num_blocks = %d", s, b, bad, c->num_blocks);
+    expect_device_report(&gc, full, want);
+
+    /* a negative id */
+    HT_SET(c->block_tables, -5, 0, 0);
+    mirror_push(&gc.bt);
+    ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);
+    memcpy(c->block_tables->base, table.buf, c->block_tables->bytes);
+    mirror_push(&gc.bt);
+    snprintf(want, sizeof want, "block_tables[0][0] = -5 is outside num_blocks = %d", c->num_blocks);
+    expect_device_report(&gc, full, want);
+
+    /* a sequence longer than its block table row */
+    const int cap = c->max_blocks * d.block;
+    HT_SET(c->seq_lens, cap + 5, 0);
+    mirror_push(&gc.sl);
+    ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);
+    HT_SET(c->seq_lens, lens[0], 0);
+    mirror_push(&gc.sl);
+    snprintf(want, sizeof want, "seq_lens[0] = %d is outside [0, %d]", cap + 5, cap);
+    expect_device_report(&gc, full, want);
+
+    /* cache_write: a slot past num_blocks * block_size (signatures and K/V) */
+    {
+        const int hkv = d.hkv, D = d.d;
+        ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(2, hkv, D), 0, NULL);
+        ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(2, hkv, D), 0, NULL);
+        ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(2), 0, NULL);
+        for (int t = 0; t < 2; t++)
+            for (int g = 0; g < hkv; g++)
+                for (int i = 0; i < D; i++) {
+                    HT_SET(key, 0.25, t, g, i);
+                    HT_SET(val, -0.5, t, g, i);
+                }
+        const long long bad_slot = (long long)c->num_blocks * d.block + 3;
+        HT_SET(slots, -1, 0);
+        HT_SET(slots, (double)bad_slot, 1);
+        mirror_t mkey, mval, mslots;
+        mirror_up(&mkey, key);
+        mirror_up(&mval, val);
+        mirror_up(&mslots, slots);
+        size_t wws;
+        void *ww = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, 2, 0, &wws);
+        hashattn_cache_write_args_t w = HASHATTN_CACHE_WRITE_ARGS_INIT;
+        w.layer = c->desc.layer;
+        w.key = &mkey.t;
+        w.value = &mval.t;
+        w.key_cache = &gc.kc.t;
+        w.value_cache = &gc.vc.t;
+        w.signature_cache = &gc.sc.t;
+        w.slot_mapping = &mslots.t;
+        w.workspace = ww;
+        w.workspace_size = wws;
+        ck_assert_msg(api->cache_write(gc.g, &w) == HASHATTN_STATUS_OK, "cache_write: %s", api->last_error(gc.g));
+        snprintf(want, sizeof want, "cache_write: slot_mapping[1] = %lld is outside num_blocks * block_size", bad_slot);
+        expect_device_report(&gc, full, want);
+        if (ww)
+            cudaFree(ww);
+        mirror_free(&mkey);
+        mirror_free(&mval);
+        mirror_free(&mslots);
+        ht_tensor_free(key);
+        ht_tensor_free(val);
+        ht_tensor_free(slots);
+    }
+    /* nothing was written past the caches and nothing stuck: the same output as the first call */
+    ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);
+    int64_t flat = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(c->output, &first.view, &flat) == 0,
+                  "%s: output after the reports differs from the first call (flat %lld)", full, (long long)flat);
+    saved_free(&first);
+    saved_free(&table);
+    gpu_case_free(&gc);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     const int full = ht_full_level();
@@ -792,6 +936,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);
+    tcase_add_loop_test(tc, gpu_device_validation, 0, full ? 4 : 2);
     suite_add_tcase(s, tc);
     return s;
 }
