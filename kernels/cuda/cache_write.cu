@@ -98,7 +98,8 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
 {
     if (p->num_tokens <= 0)
         return HA_KERNEL_OK;
-    if (p->key_mlp.dim != p->head_dim || !p->key_mlp.w1)
+    /* num_sig_heads == 0: the host passed no signature cache (K/V only) */
+    if (p->num_sig_heads > 0 && (p->key_mlp.dim != p->head_dim || !p->key_mlp.w1))
         return HA_KERNEL_UNSUPPORTED;
     if (cache_write_bytes(p->num_tokens) > p->workspace_size)
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
@@ -148,6 +149,9 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     cudaStream_t st = (cudaStream_t)p->stream;
     HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads), 0,
                        st, false, a));
+
+    if (p->num_sig_heads == 0)
+        return HA_KERNEL_OK;
 
     HashArgs h = {};
     h.in = p->key.data;
