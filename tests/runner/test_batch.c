@@ -17,6 +17,7 @@
 #include "engine.h"
 #include "exec.h"
 #include "gguf.h"
+#include "matmul.h"
 #include "model.h"
 #include "plan.h"
 #include "runner_util.h"
@@ -303,6 +304,12 @@ static void test_dense_no_weights(rn_model_t *m)
 
 int main(void)
 {
+    /* batch invariance needs the exact matrix products (OpenBLAS's results
+     * for a row may depend on the number of rows) */
+    rn_matmul_set_exact(1);
+    /* and prefill calls split over threads even for small steps: the split
+     * must not change a row either */
+    rn_attn_plugin_split_defaults(3, 0);
     printf("plugin: %s\n", *plugin_path() ? plugin_path() : "(not built)");
     test_kv();
     tiny_cfg_t c = tiny_default_cfg();

@@ -96,6 +96,12 @@ int rn_attn_naive_create(const rn_attn_shape_t *shape, rn_attn_t **out, char *er
 int rn_attn_plugin_create(const rn_plugin_config_t *cfg, const rn_attn_shape_t *shape, rn_attn_t **out, char *err,
                           size_t errlen);
 
+/* How plugin backends created from now on split a layer's prefill rows
+ * over threads (attn_plugin.c): into `parts` calls (0 = rn_matmul_threads(),
+ * at most 32), and only when the rows read at least min_work keys in all
+ * (the default, 2e5, keeps small steps on one thread). Tests force splits. */
+void rn_attn_plugin_split_defaults(int parts, double min_work);
+
 /* 1 when the plugin backend bound random hash weights. */
 int rn_attn_plugin_random_weights(const rn_attn_t *a);
 

@@ -3,6 +3,7 @@
  * runner owns the paged caches, the plugin writes K/V (and key signatures in
  * hash mode) into them and attends (see attn.h).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,9 @@
 #include <hashattn/hashattn.h>
 
 #include "attn.h"
+#include "matmul.h"
+
+enum { RN_ATTN_MAX_PARTS = 32 };
 
 typedef struct plugin {
     rn_attn_t base;
@@ -18,9 +22,22 @@ typedef struct plugin {
     float *k_cache, *v_cache; /* [L, num_blocks, block_size, Hkv, D] (NHD) */
     uint32_t *sig_cache;      /* [L, num_blocks, Hsig, block_size]; NULL when dense-only */
     int32_t *counts;          /* [max_seqs, Hsel] */
-    void *workspace;
-    size_t workspace_size;
+    void *workspace;          /* [parts] workspaces, workspace_stride bytes apart */
+    size_t workspace_size, workspace_stride;
+    int parts;                /* threads a prefill call is split over */
+    double min_work;          /* keys read by a step's prefill rows below which it is not split */
+    int32_t *part_qsl, *part_lens;                  /* [parts, max_seqs (+1)] */
+    hashattn_status_t part_status[RN_ATTN_MAX_PARTS];
 } plugin_t;
+
+static int g_split_parts;            /* 0 = rn_matmul_threads() */
+static double g_split_min_work = 2e5; /* keys read; below it one call */
+
+void rn_attn_plugin_split_defaults(int parts, double min_work)
+{
+    g_split_parts = parts < 0 ? 0 : parts;
+    g_split_min_work = min_work;
+}
 
 static const DLDataType k_f32 = { kDLFloat, 32, 1 };
 static const DLDataType k_i32 = { kDLInt, 32, 1 };
@@ -59,6 +76,114 @@ void rn_attn_stats_add(rn_attn_stats_t *s, int layer, int num_layers, const int3
 static int fail(plugin_t *s, const char *what, hashattn_status_t st)
 {
     return rn_plugin_fail(&s->pl, what, st, s->base.err, sizeof s->base.err);
+}
+
+/* One prefill call for query rows [ra, rb) of the plan (all in its prefill
+ * part), which may cut a sequence's chunk: a row's attention depends only on
+ * its own position, so the part's sequences end where their last row ends. */
+static int prefill_rows(plugin_t *s, int layer, const rn_plan_t *plan, const float *q, float *out, DLTensor *kc,
+                        DLTensor *vc, int ra, int rb, int part)
+{
+    const rn_attn_t *a = &s->base;
+    const int64_t hq = a->num_q_heads, d = a->head_dim;
+    int32_t *qsl = s->part_qsl + (size_t)part * (a->max_seqs + 1);
+    int32_t *sl = s->part_lens + (size_t)part * a->max_seqs;
+    int first = -1, n = 0;
+    for (int i = plan->n_decode; i < plan->n_seqs; i++) {
+        const int b = plan->q_start[i], e = plan->q_start[i + 1];
+        const int lo = b > ra ? b : ra, hi = e < rb ? e : rb;
+        if (lo >= hi)
+            continue;
+        if (first < 0)
+            first = i;
+        qsl[n] = lo - ra;
+        sl[n] = plan->seq_lens[i] - (e - hi); /* tokens up to this part's last row */
+        n++;
+        qsl[n] = hi - ra;
+    }
+    if (n == 0)
+        return 0;
+    int64_t sh_q[3] = { rb - ra, hq, d }, sh_bt[2] = { n, plan->width }, sh_sl[1] = { n }, sh_qsl[1] = { n + 1 };
+    DLTensor tq = rn_dl_tensor(&s->pl, (void *)(q + (size_t)ra * hq * d), k_f32, 3, sh_q, NULL);
+    DLTensor to = rn_dl_tensor(&s->pl, out + (size_t)ra * hq * d, k_f32, 3, sh_q, NULL);
+    DLTensor bt = rn_dl_tensor(&s->pl, plan->tables + (size_t)first * plan->width, k_i32, 2, sh_bt, NULL);
+    DLTensor tsl = rn_dl_tensor(&s->pl, sl, k_i32, 1, sh_sl, NULL);
+    DLTensor tqsl = rn_dl_tensor(&s->pl, qsl, k_i32, 1, sh_qsl, NULL);
+    hashattn_prefill_args_t pa = HASHATTN_PREFILL_ARGS_INIT;
+    pa.layer = layer;
+    pa.query = &tq;
+    pa.key_cache = kc;
+    pa.value_cache = vc;
+    pa.block_tables = &bt;
+    pa.seq_lens = &tsl;
+    pa.query_start_loc = &tqsl;
+    pa.output = &to;
+    pa.workspace = (char *)s->workspace + (size_t)part * s->workspace_stride;
+    pa.workspace_size = s->workspace_size;
+    hashattn_status_t st = s->pl.api->prefill(s->pl.ctx, &pa);
+    s->part_status[part] = st;
+    return st == HASHATTN_STATUS_OK ? 0 : -1;
+}
+
+typedef struct part_job {
+    plugin_t *s;
+    int layer, ra, rb, part;
+    const rn_plan_t *plan;
+    const float *q;
+    float *out;
+    DLTensor *kc, *vc;
+} part_job_t;
+
+static void *part_main(void *arg)
+{
+    part_job_t *j = arg;
+    prefill_rows(j->s, j->layer, j->plan, j->q, j->out, j->kc, j->vc, j->ra, j->rb, j->part);
+    return NULL;
+}
+
+/* The plan's prefill rows, split into parts of about equal work (a row at
+ * position p reads p + 1 keys) run on threads at once: the ABI allows
+ * concurrent run-path calls on one context with a workspace each. The
+ * outputs are the same as one call's, row for row. */
+static int prefill_split(plugin_t *s, int layer, const rn_plan_t *plan, const float *q, float *out, DLTensor *kc,
+                         DLTensor *vc)
+{
+    const int r0 = plan->q_start[plan->n_decode], r1 = plan->n_tokens;
+    double work = 0;
+    for (int r = r0; r < r1; r++)
+        work += (double)plan->pos[r] + 1;
+    int parts = s->parts;
+    if (work * s->base.num_q_heads < s->min_work || r1 - r0 < parts) /* not worth a thread */
+        parts = 1;
+    part_job_t jobs[RN_ATTN_MAX_PARTS];
+    pthread_t tid[RN_ATTN_MAX_PARTS];
+    int started[RN_ATTN_MAX_PARTS] = { 0 };
+    double acc = 0;
+    int ra = r0;
+    for (int p = 0; p < parts; p++) {
+        int rb = r1;
+        if (p + 1 < parts) { /* cut where the running work passes (p + 1) / parts */
+            const double goal = work * (p + 1) / parts;
+            rb = ra;
+            while (rb < r1 && acc + (double)plan->pos[rb] + 1 <= goal)
+                acc += (double)plan->pos[rb++] + 1;
+        }
+        jobs[p] = (part_job_t){ s, layer, ra, rb, p, plan, q, out, kc, vc };
+        s->part_status[p] = HASHATTN_STATUS_OK;
+        ra = rb;
+    }
+    for (int p = 1; p < parts; p++)
+        started[p] = pthread_create(&tid[p], NULL, part_main, &jobs[p]) == 0;
+    for (int p = 0; p < parts; p++)
+        if (p == 0 || !started[p])
+            part_main(&jobs[p]); /* this thread, and any part a thread could not take */
+    for (int p = 1; p < parts; p++)
+        if (started[p])
+            pthread_join(tid[p], NULL);
+    for (int p = 0; p < parts; p++)
+        if (s->part_status[p] != HASHATTN_STATUS_OK)
+            return fail(s, "prefill", s->part_status[p]);
+    return 0;
 }
 
 static int plugin_attend(rn_attn_t *a, int layer, const rn_plan_t *plan, const float *q, const float *k,
@@ -125,30 +250,8 @@ static int plugin_attend(rn_attn_t *a, int layer, const rn_plan_t *plan, const f
             rn_attn_stats_add(&a->stats, layer, a->num_layers, s->counts + (size_t)i * s->pl.sel_heads,
                               s->pl.sel_heads, plan->seq_lens[i]);
     }
-    if (np > 0) {
-        const int r0 = plan->q_start[nd], rows = T - r0;
-        int64_t sh_q[3] = { rows, hq, d }, sh_bt[2] = { np, plan->width }, sh_sl[1] = { np };
-        int64_t sh_qsl[1] = { np + 1 };
-        DLTensor tq = rn_dl_tensor(&s->pl, (void *)(q + (size_t)r0 * hq * d), k_f32, 3, sh_q, NULL);
-        DLTensor to = rn_dl_tensor(&s->pl, out + (size_t)r0 * hq * d, k_f32, 3, sh_q, NULL);
-        DLTensor bt = rn_dl_tensor(&s->pl, plan->tables + (size_t)nd * plan->width, k_i32, 2, sh_bt, NULL);
-        DLTensor sl = rn_dl_tensor(&s->pl, plan->seq_lens + nd, k_i32, 1, sh_sl, NULL);
-        DLTensor qsl = rn_dl_tensor(&s->pl, plan->qsl_prefill, k_i32, 1, sh_qsl, NULL);
-        hashattn_prefill_args_t pa = HASHATTN_PREFILL_ARGS_INIT;
-        pa.layer = layer;
-        pa.query = &tq;
-        pa.key_cache = &kc;
-        pa.value_cache = &vc;
-        pa.block_tables = &bt;
-        pa.seq_lens = &sl;
-        pa.query_start_loc = &qsl;
-        pa.output = &to;
-        pa.workspace = s->workspace;
-        pa.workspace_size = s->workspace_size;
-        st = api->prefill(s->pl.ctx, &pa);
-        if (st != HASHATTN_STATUS_OK)
-            return fail(s, "prefill", st);
-    }
+    if (np > 0 && prefill_split(s, layer, plan, q, out, &kc, &vc))
+        return -1;
     return 0;
 }
 
@@ -172,6 +275,8 @@ static void plugin_destroy(rn_attn_t *a)
     free(s->sig_cache);
     free(s->counts);
     free(s->workspace);
+    free(s->part_qsl);
+    free(s->part_lens);
     free(s);
 }
 
@@ -237,8 +342,16 @@ int rn_attn_plugin_create(const rn_plugin_config_t *cfg, const rn_attn_shape_t *
         plugin_destroy(a);
         return -1;
     }
-    if (s->workspace_size && !(s->workspace = malloc(s->workspace_size))) {
-        snprintf(err, errlen, "out of memory for a %zu-byte workspace", s->workspace_size);
+    s->parts = g_split_parts > 0 ? g_split_parts : rn_matmul_threads();
+    s->min_work = g_split_min_work;
+    if (s->parts > RN_ATTN_MAX_PARTS)
+        s->parts = RN_ATTN_MAX_PARTS;
+    s->workspace_stride = (s->workspace_size + 255) & ~(size_t)255;
+    s->part_qsl = malloc((size_t)s->parts * (a->max_seqs + 1) * sizeof(int32_t));
+    s->part_lens = malloc((size_t)s->parts * a->max_seqs * sizeof(int32_t));
+    if ((s->workspace_size && !(s->workspace = malloc(s->workspace_stride * s->parts))) || !s->part_qsl ||
+        !s->part_lens) {
+        snprintf(err, errlen, "out of memory for %d %zu-byte workspaces", s->parts, s->workspace_size);
         plugin_destroy(a);
         return -1;
     }

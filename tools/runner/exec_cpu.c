@@ -80,8 +80,7 @@ int rn_exec_cpu_create(rn_model_t *m, rn_attn_t *attn, rn_exec_t **out, char *er
     e->max_blocks = attn->max_blocks;
     e->width_round = 1;
     e->stats = &attn->stats;
-    snprintf(e->desc, sizeof e->desc, "CPU, float32, %d matmul threads; attention: %s", rn_matmul_threads(),
-             attn->desc);
+    snprintf(e->desc, sizeof e->desc, "CPU, float32, %s; attention: %s", rn_matmul_desc(), attn->desc);
     *out = e;
     return 0;
 }

@@ -20,6 +20,7 @@
 #include <hashattn/hashattn.h>
 
 #include "attn.h"
+#include "capture.h"
 #include "engine.h"
 #include "exec.h"
 #include "gguf.h"
@@ -39,6 +40,9 @@
 typedef struct options {
     const char *model, *plugin, *prompt, *prompt_file, *prompts, *system, *hash_weights, *attn, *selection, *device;
     const char *dump_logits, *jsonl, *kv_dtype, *weights_dtype, *bench_batch, *bench_ctx, *bench_json;
+    const char *capture, *capture_dtype, *calib_text[16];
+    int n_calib_text, capture_seqs, capture_len, capture_queries, exact_matmul, random_hash_weights;
+    float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
     int sink, recent, heavy_count, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
     float heavy_fraction, temperature, top_p;
@@ -60,6 +64,7 @@ static void usage(FILE *out)
             "       hashattn-run [options] --prompt-file FILE\n"
             "       hashattn-run [options] --prompts FILE [--batch N]\n"
             "       hashattn-run [options] --bench\n"
+            "       hashattn-run [options] --capture FILE --calib-text TEXT [--calib-text TEXT...]\n"
             "\n"
             "Generates text with a Llama GGUF model (default SmolLM2-135M-Instruct); all\n"
             "attention runs in libhashattn.so (dlopen + hashattn_get_api).\n"
@@ -83,14 +88,23 @@ static void usage(FILE *out)
             "  --heavy-fraction F    heavy budget as a fraction of the context (default 0.0625)\n"
             "  --heavy-count N       heavy budget as a count (overrides the fraction)\n"
             "  --selection S         group (default) | per-head\n"
-            "  --hash-weights FILE   trained hash weights (safetensors); without it hash\n"
-            "                        mode binds random weights (seeded) and says so\n"
+            "  --hash-weights FILE   hash weights (safetensors). Default: the trained\n"
+            "                        weights/" RN_DEFAULT_HASH_WEIGHTS ", found beside\n"
+            "                        the executable, in ../share/hashattn/weights/, in\n"
+            "                        weights/ of a folder up to 4 levels above it (a build\n"
+            "                        tree in the repository), or in the source tree built\n"
+            "                        from; hash mode fails when none is found\n"
+            "  --random-hash-weights bind random hash weights (seeded by --seed) instead\n"
             "  --mlp-width N         width of the random hash MLPs (default 128)\n"
             "  --device D            cpu (default) | cuda | cuda:N\n"
             "  --kv-dtype T          cuda: bf16 (default) | fp16, the plugin's dtype\n"
             "  --weights-dtype T     cuda: f32 (default) | bf16\n"
             "  --no-graphs           cuda: do not capture decode steps in CUDA graphs\n"
-            "  --threads N           cpu: matrix-product threads (default: every CPU)\n"
+            "  --threads N           cpu: threads of the matrix products and of split\n"
+            "                        prefill calls (default: every CPU)\n"
+            "  --exact-matmul        cpu: batch-invariant matrix products (a sequence's\n"
+            "                        logits are bit-identical alone or batched; about half\n"
+            "                        the speed of the default, OpenBLAS)\n"
             "  --max-new-tokens N    tokens to generate per prompt (default 128)\n"
             "  --temperature F       0 = greedy (default 0)\n"
             "  --top-p F             nucleus sampling threshold (default 1 = off)\n"
@@ -114,6 +128,21 @@ static void usage(FILE *out)
             "  --bench-steps N       timed decode steps (default 64)\n"
             "  --bench-warmup N      untimed steps first (default 3)\n"
             "  --bench-json FILE     write the results as JSON\n"
+            "  --capture FILE        calibration capture (cpu): run the model densely over\n"
+            "                        --calib-text and write a calibration file for\n"
+            "                        hashattn-train (docs/calibration-format.md):\n"
+            "  --calib-text FILE     plain text; repeat it (up to 16): sequence i reads\n"
+            "                        file i mod count (scripts/calibration-text makes them)\n"
+            "  --capture-seqs N      sequences (default 4)\n"
+            "  --capture-len N       tokens per sequence (default the model's context)\n"
+            "  --capture-queries N   sampled query positions per sequence (default 256)\n"
+            "  --capture-time S      start no sequence that would end after S seconds\n"
+            "                        (judged by the mean of the finished ones; default 0:\n"
+            "                        no limit)\n"
+            "  --capture-dtype T     f16 (default) | f32: how vectors are stored\n"
+            "                        (labels come from the fp32 vectors either way);\n"
+            "                        --sink/--recent set the labels' candidates, --seed\n"
+            "                        the positions, --prefill-chunk the step size\n"
             "  -h, --help\n");
 }
 
@@ -293,6 +322,26 @@ static int parse_args(int argc, char **argv, options_t *o)
         STROPT("--bench-batch", o->bench_batch)
         STROPT("--bench-ctx", o->bench_ctx)
         STROPT("--bench-json", o->bench_json)
+        STROPT("--capture", o->capture)
+        STROPT("--capture-dtype", o->capture_dtype)
+        else if (!strcmp(a, "--calib-text")) {
+            NEEDV();
+            if (o->n_calib_text == (int)(sizeof o->calib_text / sizeof o->calib_text[0])) {
+                fprintf(stderr, "hashattn-run: at most 16 --calib-text files\n");
+                return -1;
+            }
+            o->calib_text[o->n_calib_text++] = v;
+        }
+        FLAG("--exact-matmul", o->exact_matmul)
+        FLAG("--random-hash-weights", o->random_hash_weights)
+        INTOPT("--capture-seqs", 1, 1 << 20, o->capture_seqs)
+        INTOPT("--capture-len", 2, 1 << 24, o->capture_len)
+        INTOPT("--capture-queries", 1, 1 << 24, o->capture_queries)
+        else if (!strcmp(a, "--capture-time")) {
+            NEEDV();
+            if (parse_float(v, a, 0, 1e7, &o->capture_time))
+                return -1;
+        }
         FLAG("--chat", o->chat)
         FLAG("--shuffle-blocks", o->shuffle_blocks)
         FLAG("--ignore-eos", o->ignore_eos)
@@ -524,6 +573,85 @@ static int parse_list(const char *s, int *v, int cap)
     return n;
 }
 
+static void cb_capture(void *user, int seq, int n_seqs, int64_t done, int64_t len, const char *what)
+{
+    progress_t *p = user;
+    if (!strcmp(what, "time")) {
+        progress_end(p);
+        fprintf(stderr, "hashattn-run: capture: --capture-time: another sequence would end past the limit; "
+                        "stopping at %d sequences\n", seq);
+        return;
+    }
+    if (!strcmp(what, "text ended")) {
+        progress_end(p);
+        fprintf(stderr, "hashattn-run: capture: the text of sequence %d ended after %lld of %lld tokens; "
+                        "stopping at %d sequences\n", seq, (long long)done, (long long)len, seq);
+        return;
+    }
+    if (!strcmp(what, "written")) {
+        progress_end(p);
+        fprintf(stderr, "hashattn-run: capture: sequence %d/%d written (%lld tokens, %.0f s)\n", seq + 1, n_seqs,
+                (long long)len, now_s() - p->start);
+        return;
+    }
+    progress(p, "capture: sequence %d/%d: %lld/%lld tokens, %.0f s", seq + 1, n_seqs, (long long)done,
+             (long long)len, now_s() - p->start);
+}
+
+/* --capture: dense forward passes over the calibration text, a calibration
+ * file out (capture.h). Returns main's exit code. */
+static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokenizer_t *tok)
+{
+    char err[1024];
+    rn_model_t *m = NULL;
+    const double t0 = now_s();
+    if (rn_model_load(f, &m, err, sizeof err)) {
+        fprintf(stderr, "hashattn-run: %s: %s\n", o->model, err);
+        return 1;
+    }
+    fprintf(stderr, "hashattn-run: capture: loaded %s in %.2f s; %s; %d texts, %d sequences of %lld tokens, "
+                    "%d sampled positions each, sink %d, recent %d\n",
+            o->model, now_s() - t0, rn_matmul_desc(), o->n_calib_text, o->capture_seqs,
+            (long long)(o->capture_len ? o->capture_len : m->hp.n_ctx_train), o->capture_queries, o->sink, o->recent);
+    rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
+    pc.path = o->plugin;
+    rn_capture_config_t cc = RN_CAPTURE_CONFIG_INIT;
+    char meta[4200];
+    snprintf(meta, sizeof meta, "model=%s\nmatmul=%s\n", o->model, rn_matmul_desc());
+    cc.out = o->capture;
+    cc.texts = o->calib_text;
+    cc.n_texts = o->n_calib_text;
+    cc.n_seqs = o->capture_seqs;
+    cc.seq_len = o->capture_len;
+    cc.queries = o->capture_queries;
+    cc.sink = o->sink;
+    cc.recent = o->recent;
+    cc.f16 = !strcmp(o->capture_dtype, "f16");
+    cc.seed = o->seed;
+    cc.block_size = o->block_size;
+    cc.prefill_chunk = o->prefill_chunk;
+    cc.meta = meta;
+    cc.max_seconds = o->capture_time;
+    progress_t pg = { now_s(), 0, isatty(2), 0 };
+    cc.progress = cb_capture;
+    cc.user = &pg;
+    rn_capture_stats_t st;
+    int rc = rn_capture_run(m, tok, &pc, &cc, &st, err, sizeof err);
+    progress_end(&pg);
+    rn_model_free(m);
+    if (rc) {
+        fprintf(stderr, "hashattn-run: %s\n", err);
+        return 1;
+    }
+    printf("hashattn-run: capture file=%s seqs=%d tokens=%lld tokens_per_seq=%lld queries_per_head=%lld "
+           "text_bytes=%lld file_bytes=%lld forward_s=%.1f forward_tok_s=%.1f label_s=%.1f write_s=%.1f "
+           "total_s=%.1f OK\n",
+           o->capture, st.seqs, (long long)st.tokens, (long long)(st.seqs ? st.tokens / st.seqs : 0),
+           (long long)st.queries, (long long)st.text_bytes, (long long)st.file_bytes, st.forward_s,
+           st.forward_s > 0 ? st.tokens / st.forward_s : 0.0, st.label_s, st.write_s, st.total_s);
+    return 0;
+}
+
 #define FAIL_USAGE(...)                                  \
     do {                                                 \
         fprintf(stderr, "hashattn-run: " __VA_ARGS__);   \
@@ -554,6 +682,9 @@ int main(int argc, char **argv)
     o.bench_warmup = 3;
     o.bench_batch = "1,32";
     o.bench_ctx = "4096,8192";
+    o.capture_seqs = 4;
+    o.capture_queries = 256;
+    o.capture_dtype = "f16";
     if (parse_args(argc, argv, &o)) {
         usage(stderr);
         printf("hashattn-run: FAILED (usage)\n");
@@ -603,7 +734,20 @@ int main(int argc, char **argv)
         FAIL_USAGE("give one of PROMPT, --prompt-file and --prompts");
     if (o.prompt_file && o.prompts)
         FAIL_USAGE("give --prompt-file or --prompts, not both");
+    if (o.hash_weights && o.random_hash_weights)
+        FAIL_USAGE("give --hash-weights FILE or --random-hash-weights, not both");
+    if (o.capture) {
+        if (cuda)
+            FAIL_USAGE("--capture runs on the CPU");
+        if (o.n_calib_text < 1)
+            FAIL_USAGE("--capture needs at least one --calib-text FILE");
+        if (strcmp(o.capture_dtype, "f16") && strcmp(o.capture_dtype, "f32"))
+            FAIL_USAGE("--capture-dtype is f16 or f32, not '%s'", o.capture_dtype);
+        if (o.prompt || o.prompt_file || o.prompts || o.bench)
+            FAIL_USAGE("--capture takes no prompt and no --bench");
+    }
     rn_matmul_set_threads(o.threads);
+    rn_matmul_set_exact(o.exact_matmul);
 
     char err[1024];
     int rc = 1;
@@ -635,6 +779,11 @@ int main(int argc, char **argv)
     }
     if (rn_tokenizer_from_gguf(f, &tok, err, sizeof err)) {
         fprintf(stderr, "hashattn-run: %s: %s\n", o.model, err);
+        goto out;
+    }
+
+    if (o.capture) {
+        rc = run_capture(&o, f, tok);
         goto out;
     }
 
@@ -773,6 +922,19 @@ int main(int argc, char **argv)
     pc.recent = o.recent;
     pc.heavy_count = o.heavy_count;
     pc.heavy_fraction = o.heavy_fraction;
+    char default_weights[4096];
+    int used_default = 0;
+    if (hash_ctx && !o.hash_weights && !o.random_hash_weights) {
+        if (rn_find_default_hash_weights(default_weights, sizeof default_weights)) {
+            fprintf(stderr, "hashattn-run: hash mode: the default hash weights weights/%s were not found beside "
+                            "the executable, in a folder above it or in the source tree; give --hash-weights FILE "
+                            "or --random-hash-weights\n", RN_DEFAULT_HASH_WEIGHTS);
+            goto out;
+        }
+        o.hash_weights = default_weights;
+        used_default = 1;
+        fprintf(stderr, "hashattn-run: hash weights: %s (the default)\n", default_weights);
+    }
     pc.hash_weights = o.hash_weights;
     pc.seed = o.seed;
     pc.mlp_width = o.mlp_width;
@@ -794,6 +956,9 @@ int main(int argc, char **argv)
         cc.plugin = pc;
         if (rn_exec_cuda_create(m, &cc, &ex, err, sizeof err)) {
             fprintf(stderr, "hashattn-run: %s\n", err);
+            if (used_default)
+                fprintf(stderr, "hashattn-run: the default hash weights %s are SmolLM2-135M's; for another model "
+                                "give --hash-weights FILE or --random-hash-weights\n", default_weights);
             goto out;
         }
         random_weights = rn_exec_cuda_random_weights(ex);
@@ -804,6 +969,10 @@ int main(int argc, char **argv)
         if (mode_naive ? rn_attn_naive_create(&sh, &attn, err, sizeof err)
                        : rn_attn_plugin_create(&pc, &sh, &attn, err, sizeof err)) {
             fprintf(stderr, "hashattn-run: %s\n", err);
+            if (used_default)
+                fprintf(stderr, "hashattn-run: the default hash weights %s are SmolLM2-135M's (30 layers, 9/3 "
+                                "heads, D 64); for another model give --hash-weights FILE or "
+                                "--random-hash-weights\n", default_weights);
             goto out;
         }
         random_weights = rn_attn_plugin_random_weights(attn);
@@ -817,8 +986,8 @@ int main(int argc, char **argv)
                     "%d tokens per step\n", num_blocks, bs, (long long)num_blocks * bs, batch,
             (long long)max_blocks * bs, max_batch_tokens);
     if (hash_ctx && random_weights)
-        fprintf(stderr, "hashattn-run: note: hash mode with RANDOM hash weights (seed %" PRIu64
-                        "): token selection is arbitrary until trained weights are given (--hash-weights)\n",
+        fprintf(stderr, "hashattn-run: note: hash mode with RANDOM hash weights (--random-hash-weights, seed %" PRIu64
+                        "): the selected heavy tokens are arbitrary\n",
                 o.seed);
     if (hash_ctx)
         fprintf(stderr, "hashattn-run: budget: sink %d, recent %d, heavy %s%g, %s selection\n", o.sink, o.recent,

@@ -1,14 +1,17 @@
 /*
- * matmul.c - batch-invariant matrix products (see matmul.h).
+ * matmul.c - the CPU matrix products: OpenBLAS, or the batch-invariant
+ * kernel (see matmul.h).
  *
  * Built with -ffp-contract=off: a fused multiply-add in one tile shape and
- * not in another would break the invariance.
+ * not in another would break the exact kernel's invariance.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include "matmul.h"
 
+#include <cblas.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -127,6 +130,11 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static int g_exact;
+
+void rn_matmul_set_exact(int exact) { g_exact = exact != 0; }
+int rn_matmul_exact(void) { return g_exact; }
+
 void rn_matmul_set_threads(int n)
 {
     pthread_mutex_lock(&g_pool.mu);
@@ -137,7 +145,9 @@ void rn_matmul_set_threads(int n)
         }
         g_pool.nthreads = n > 32 ? 32 : n;
     }
+    const int nt = g_pool.nthreads;
     pthread_mutex_unlock(&g_pool.mu);
+    openblas_set_num_threads(nt);
 }
 
 int rn_matmul_threads(void)
@@ -171,10 +181,27 @@ static void start_pool(void)
     pthread_mutex_unlock(&g_pool.mu);
 }
 
-void rn_matmul(float *y, const float *x, const float *w, int n, int in, int outd, int accumulate)
+const char *rn_matmul_desc(void)
 {
-    if (n <= 0 || outd <= 0)
-        return;
+    static char buf[160];
+    const int nt = rn_matmul_threads();
+    if (g_exact)
+        snprintf(buf, sizeof buf, "exact (batch-invariant) matmul, %d thread%s", nt, nt == 1 ? "" : "s");
+    else
+    {
+        /* "OpenBLAS 0.3.21 NO_LAPACKE ...": the first two words, and the kernel set in use */
+        const char *cfg = openblas_get_config();
+        int len = 0, words = 0;
+        while (cfg[len] && !(cfg[len] == ' ' && ++words == 2))
+            len++;
+        snprintf(buf, sizeof buf, "%.*s (%s) matmul, %d thread%s", len, cfg, openblas_get_corename(), nt,
+                 nt == 1 ? "" : "s");
+    }
+    return buf;
+}
+
+static void exact_matmul(float *y, const float *x, const float *w, int n, int in, int outd, int accumulate)
+{
     job_t j = { y, x, w, n, in, outd, accumulate };
     start_pool();
     /* small products are not worth waking the pool */
@@ -195,4 +222,21 @@ void rn_matmul(float *y, const float *x, const float *w, int n, int in, int outd
     while (g_pool.pending > 0)
         pthread_cond_wait(&g_pool.done, &g_pool.mu);
     pthread_mutex_unlock(&g_pool.mu);
+}
+
+void rn_matmul(float *y, const float *x, const float *w, int n, int in, int outd, int accumulate)
+{
+    if (n <= 0 || outd <= 0)
+        return;
+    if (g_exact) {
+        exact_matmul(y, x, w, n, in, outd, accumulate);
+        return;
+    }
+    if (!g_pool.nthreads)
+        rn_matmul_set_threads(0);
+    const float beta = accumulate ? 1.0f : 0.0f;
+    if (n == 1) /* sgemv streams W once; sgemm's packing does not pay for one row */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, outd, in, 1.0f, w, in, x, 1, beta, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, outd, in, 1.0f, x, in, w, in, beta, y, outd);
 }

@@ -354,6 +354,8 @@ int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, floa
         rn_matmul(m->v, m->xb, L->wv, n, E, KD, 0);
         rope(m->q, n, hp->n_head, D, m->rope_cos, m->rope_sin);
         rope(m->k, n, hp->n_head_kv, D, m->rope_cos, m->rope_sin);
+        if (m->qk_hook && m->qk_hook(m->qk_user, l, plan, m->q, m->k, err, errlen))
+            return -1;
         if (rn_attn_attend(attn, l, plan, m->q, m->k, m->v, m->att)) {
             seterr(err, errlen, "layer %d: %s", l, attn->err);
             return -1;

@@ -1,7 +1,8 @@
 /*
  * model.h - a Llama-architecture decoder (SmolLM2) loaded from GGUF, weights
- * dequantised to float32, forward pass on the CPU (batch-invariant matrix
- * products, matmul.h); attention through attn.h, many sequences per step.
+ * dequantised to float32, forward pass on the CPU (matrix products in
+ * matmul.h: OpenBLAS, or batch-invariant); attention through attn.h, many
+ * sequences per step.
  *
  * Conventions, which the hash trainer and any transformers reference share:
  *   - attn_q / attn_k rows are un-permuted at load: llama.cpp's converter
@@ -41,6 +42,14 @@ typedef struct rn_layer {
     float *w_down;           /* [E, F] */
 } rn_layer_t;
 
+/* Called by rn_model_forward for every layer between RoPE and attention with
+ * the step's post-RoPE q [n_tokens, Hq, D] and k [n_tokens, Hkv, D] rows (in
+ * the plan's order): the vectors the plugin gets. Nonzero stops the forward
+ * pass with an error (the hook's message goes to err). Calibration capture
+ * (capture.h) uses it. */
+typedef int (*rn_qk_hook_fn)(void *user, int layer, const rn_plan_t *plan, const float *q, const float *k,
+                             char *err, size_t errlen);
+
 typedef struct rn_model {
     rn_hparams_t hp;
     float *tok_embd;    /* [V, E] */
@@ -52,6 +61,8 @@ typedef struct rn_model {
     /* scratch for up to cap tokens */
     int cap;
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *rope_cos, *rope_sin;
+    rn_qk_hook_fn qk_hook; /* NULL = none */
+    void *qk_user;
 } rn_model_t;
 
 /* Read the hyperparameters (llama.*) and dequantise every weight.
@@ -69,8 +80,10 @@ void rn_rope_angles(const rn_hparams_t *hp, int64_t pos, float *cs, float *sn);
 /* Run one step (plan.h: every sequence's new tokens, their positions and
  * slots) through the model; attn writes their K/V and attends. logits: NULL,
  * or [n_seqs, V] for the last token of each sequence, or [n_tokens, V] for
- * every token with all_logits. A row's result does not depend on the other
- * rows of the step. Returns 0, or -1 with a message in err. */
+ * every token with all_logits. With the exact matrix products
+ * (rn_matmul_set_exact) a row's result does not depend on the other rows of
+ * the step; with OpenBLAS it may, in the last bits. Returns 0, or -1 with a
+ * message in err. */
 int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, float *logits, int all_logits,
                      char *err, size_t errlen);
 

@@ -8,10 +8,54 @@
 
 #include <dlfcn.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#ifndef PATH_MAX
+#define PATH_MAX 4096
+#endif
+
+static int is_file(const char *path)
+{
+    return access(path, R_OK) == 0;
+}
+
+int rn_find_default_hash_weights(char *out, size_t cap)
+{
+    char exe[PATH_MAX], cand[PATH_MAX + 128];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        for (int up = 0; slash && up <= 4; up++) { /* EXE_DIR, its parent, ... */
+            *slash = 0;
+            snprintf(cand, sizeof cand, "%s/weights/%s", exe, RN_DEFAULT_HASH_WEIGHTS);
+            if (is_file(cand))
+                goto found;
+            if (up == 0) {
+                snprintf(cand, sizeof cand, "%s/../share/hashattn/weights/%s", exe, RN_DEFAULT_HASH_WEIGHTS);
+                if (is_file(cand))
+                    goto found;
+            }
+            slash = strrchr(exe, '/');
+        }
+    }
+#ifdef HASHATTN_RUNNER_SOURCE_DIR
+    snprintf(cand, sizeof cand, "%s/weights/%s", HASHATTN_RUNNER_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS);
+    if (is_file(cand))
+        goto found;
+#endif
+    return -1;
+found:
+    if (strlen(cand) >= cap)
+        return -1;
+    memcpy(out, cand, strlen(cand) + 1);
+    return 0;
+}
 
 DLDataType rn_dl_dtype(int rn_dt)
 {
