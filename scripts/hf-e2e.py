@@ -11,7 +11,14 @@ Loads SmolLM2-135M-Instruct from its GGUF file with transformers' GGUF support (
      and the prompt's next-token logits must agree (--logit-tolerance);
   3. 16x (heavy budget n/16 plus sink and recent windows): every prompt and the batch
      generate with finite logits, each decode attends exactly sink + recent + n/16
-     tokens once n is past the windows, and the outputs are printed beside the dense ones.
+     tokens once n is past the windows, and the outputs are printed beside the dense ones;
+  4. next to the C runner (--runner, a hashattn-run built with CUDA): long prompts
+     (--cmp-tokens, 2-4K tokens of the text, sparse at the paper's budget: sink 128,
+     recent 128, heavy n/16) are tokenized by the runner, and the same ids are generated
+     greedily by transformers through the adapter and by hashattn-run --attn hash on
+     CUDA with the same weights (and both dense, as the baseline of how far bf16
+     implementations agree); the tokens, the first divergence and the agreement go to
+     OUT/hf-e2e.json and OUT/hf-e2e.md (--out, default $OUT).
 
 The hash weights come from --weights (a hashattn safetensors file for this model, e.g.
 from the trainer); without it seeded random weights are used, which checks the
@@ -34,9 +41,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -112,20 +122,35 @@ def chat(tok: Any, text: str, raw: bool) -> str:
                                    add_generation_prompt=True)
 
 
-def long_prompt(tok: Any, text_file: Optional[str], tokens: int) -> str:
+def source_text(text_file: Optional[str], members: bool = False) -> str:
+    """--text, else the standard library's module docstrings (and with members, the
+    docstrings of their public classes and functions: tens of thousands of tokens)."""
     if text_file:
         with open(text_file, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    else:
-        parts = []
-        for mod in DOC_MODULES:
-            try:
-                parts.append(inspect.getdoc(importlib.import_module(mod)) or "")
-            except ImportError:
-                continue
-        text = "\n\n".join(parts)
-    ids = tok(text, add_special_tokens=False)["input_ids"][:tokens]
-    return tok.decode(ids) + "\n\nTo summarise the text above in one sentence:"
+            return f.read()
+    parts = []
+    for name in DOC_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        parts.append(inspect.getdoc(mod) or "")
+        if members:
+            for key, obj in sorted(vars(mod).items()):
+                if key.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                    continue
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 80:
+                    parts.append(f"{name}.{key}: {doc}")
+    return "\n\n".join(parts)
+
+
+SUMMARY_ASK = "\n\nTo summarise the text above in one sentence:"
+
+
+def long_prompt(tok: Any, text_file: Optional[str], tokens: int) -> str:
+    ids = tok(source_text(text_file), add_special_tokens=False)["input_ids"][:tokens]
+    return tok.decode(ids) + SUMMARY_ASK
 
 
 # ---- generation ---------------------------------------------------------------------------------
@@ -157,6 +182,24 @@ def generate(model: Any, tok: Any, texts: List[str], new_tokens: int,
     secs = time.perf_counter() - t
     return Run(out.sequences[:, ids.shape[1]:].cpu(), [x.float().cpu() for x in out.logits],
                secs, cache)
+
+
+def generate_ids(model: Any, ids: List[int], new_tokens: int,
+                 cache: Optional[hf.HashAttnCache] = None) -> Run:
+    """Greedy generation from token ids (one sequence, no padding)."""
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    kw = hf.cache_kwargs(model, cache) if cache is not None else {}
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, **kw)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t
+    return Run(out.sequences[:, x.shape[1]:].cpu(), [l.float().cpu() for l in out.logits], secs, cache)
 
 
 def make_cache(model: Any, args: argparse.Namespace, **budget: Any) -> hf.HashAttnCache:
@@ -221,6 +264,18 @@ def main() -> int:
                     help="largest difference of the prompt's next-token logits between dense "
                          "and full budget (default: 1.5 in bf16/fp16, 1e-2 in fp32)")
     ap.add_argument("--raw", action="store_true", help="no chat template around the prompts")
+    ap.add_argument("--runner", default=os.environ.get("HASHATTN_RUNNER"),
+                    help="hashattn-run (built with CUDA) for the comparison; default "
+                         "$HASHATTN_RUNNER; without it the comparison is skipped")
+    ap.add_argument("--plugin", default=os.environ.get("HASHATTN_LIBRARY"),
+                    help="the library hashattn-run loads (default $HASHATTN_LIBRARY)")
+    ap.add_argument("--out", default=os.environ.get("OUT"),
+                    help="folder for hf-e2e.json and hf-e2e.md (default $OUT)")
+    ap.add_argument("--cmp-tokens", default="2048,3072,4000",
+                    help="lengths of the comparison's long prompts (default %(default)s)")
+    ap.add_argument("--cmp-sink", type=int, default=128)
+    ap.add_argument("--cmp-recent", type=int, default=128)
+    ap.add_argument("--cmp-new-tokens", type=int, default=32)
     args = ap.parse_args()
 
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda")
@@ -340,9 +395,194 @@ def main() -> int:
         if sparse[i] is not None:
             log(f"{args.sparsity:g}x:   "
                 f"{tok.decode(sparse[i].tokens[0], skip_special_tokens=True)!r}")
+    # 4. next to the C runner
+    if args.runner:
+        compare_with_runner(model, tok, args, tally)
+    else:
+        log("")
+        log("comparison with the C runner skipped: no --runner (or $HASHATTN_RUNNER)")
+
     log("")
     log(f"{tally.passed} passed, {tally.failed} failed")
     return 0 if tally.failed == 0 else 1
+
+
+# ---- next to the C runner -----------------------------------------------------------------------
+
+
+def escape_line(text: str) -> str:
+    """One line of hashattn-run --prompts."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def first_divergence(a: List[int], b: List[int]) -> int:
+    """Index of the first differing token; -1 when equal over the shorter length."""
+    return next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), -1)
+
+
+def compare_with_runner(model: Any, tok: Any, args: argparse.Namespace, tally: Tally) -> None:
+    """Long prompts through transformers + adapter and through hashattn-run on CUDA."""
+    n = args.cmp_new_tokens
+    lengths = [int(x) for x in args.cmp_tokens.split(",") if x]
+    weights = args.weights
+    log("")
+    log(f"==== next to the C runner ({args.runner}): {len(lengths)} prompts of {lengths} tokens, "
+        f"{n} greedy tokens, sink {args.cmp_sink}, recent {args.cmp_recent}, heavy "
+        f"n/{args.sparsity:g}, {args.selection} selection, weights {weights or 'NONE'}")
+    if not weights:
+        tally.check("comparison with the C runner", lambda: (False, "needs --weights (the same "
+                    "file for both)"))
+        return
+    tmp = tempfile.mkdtemp(prefix="hf-e2e-")
+    # prompts: consecutive slices of the text, so each is different prose
+    ids_all = tok(source_text(args.text, members=True), add_special_tokens=False)["input_ids"]
+    texts, off = [], 0
+    for L in lengths:
+        if off + L > len(ids_all):
+            off = 0
+        texts.append(tok.decode(ids_all[off:off + L]) + SUMMARY_ASK)
+        off += L
+    pfile = os.path.join(tmp, "prompts.txt")
+    with open(pfile, "w", encoding="utf-8", newline="") as f:
+        for t in texts:
+            f.write(escape_line(t) + "\n")
+    env = dict(os.environ)
+    if args.plugin:
+        env["HASHATTN_PLUGIN"] = args.plugin
+    base = [args.runner, "--model", args.gguf, "--device", args.device if args.device.startswith("cuda")
+            else "cpu", "--prompts", pfile, "--batch", "1", "--block-size", str(args.block_size)]
+
+    def runner(extra: List[str], tag: str) -> List[List[int]]:
+        jl = os.path.join(tmp, f"{tag}.jsonl")
+        cmd = base + ["--max-new-tokens", str(n), "--ignore-eos", "--quiet", "--jsonl", jl] + extra
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"hashattn-run {tag} exited {p.returncode}: {p.stderr[-1500:]}")
+        log(f"   runner {tag}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
+        rows = {}
+        with open(jl) as f:
+            for line in f:
+                j = json.loads(line)
+                rows[j["index"]] = j["tokens"]
+        return [rows[i] for i in range(len(texts))]
+
+    result: dict = dict(date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        torch=torch.__version__, transformers=transformers.__version__,
+                        library=hashattn.library_path(), runner=args.runner, weights=weights,
+                        budget=dict(sink=args.cmp_sink, recent=args.cmp_recent,
+                                    heavy_fraction=1.0 / args.sparsity),
+                        selection=args.selection, new_tokens=n, prompts=[])
+    state: dict = {}
+
+    def tokenize() -> Tuple[bool, str]:
+        p = subprocess.run([args.runner, "--model", args.gguf, "--tokenize", "--prompts", pfile],
+                           capture_output=True, text=True, env=env, timeout=120)
+        if p.returncode != 0:
+            return False, f"hashattn-run --tokenize exited {p.returncode}: {p.stderr[-800:]}"
+        ids = [[int(x) for x in line.split()] for line in p.stdout.splitlines()[:len(texts)]]
+        hf_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        state["ids"] = ids
+        same = [a == b for a, b in zip(ids, hf_ids)]
+        ok = len(ids) == len(texts) and all(len(x) > args.cmp_sink + args.cmp_recent + 16 for x in ids)
+        return ok, (f"prompt lengths {[len(x) for x in ids]} (the runner's ids feed both); "
+                    f"transformers' GGUF tokenizer gives the same ids for {sum(same)}/{len(same)}")
+
+    tally.check("comparison prompts tokenized by the runner", tokenize)
+    if "ids" not in state:
+        return
+    ids = state["ids"]
+    wflag = "per-head" if args.selection == "per_head" else "group"
+    hash_args = ["--attn", "hash", "--hash-weights", weights, "--sink", str(args.cmp_sink), "--recent",
+                 str(args.cmp_recent), "--heavy-fraction", repr(1.0 / args.sparsity), "--selection", wflag]
+
+    def run_runner() -> Tuple[bool, str]:
+        state["rn_hash"] = runner(hash_args, "hash")
+        state["rn_dense"] = runner(["--attn", "dense"], "dense")
+        ok = all(len(t) == n for t in state["rn_hash"] + state["rn_dense"])
+        return ok, f"{len(ids)} prompts, {n} tokens each, hash and dense"
+
+    tally.check(f"C runner on {base[4]} (hash at the comparison budget, and dense)", run_runner)
+
+    budget = dict(sink_tokens=args.cmp_sink, recent_tokens=args.cmp_recent,
+                  heavy_fraction=1.0 / args.sparsity)
+    eos = set()
+    for e in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        eos.update(e if isinstance(e, (list, tuple)) else [e] if e is not None else [])
+
+    def upto_eos(t: List[int]) -> int:
+        return next((k for k, x in enumerate(t) if x in eos), len(t))
+
+    for i, pid in enumerate(ids):
+        def one(i: int = i, pid: List[int] = pid) -> Tuple[bool, str]:
+            model.set_attn_implementation("sdpa")
+            hd = generate_ids(model, pid, n).tokens[0].tolist()
+            model.set_attn_implementation(hf.ATTN_IMPLEMENTATION)
+            cache = make_cache(model, args, **budget)
+            run = generate_ids(model, pid, n, cache)
+            hh = run.tokens[0].tolist()
+            frac = cache.selection_stats()["fraction"]
+            finite = all(torch.isfinite(x).all() for x in run.logits)
+            row = dict(index=i, prompt_tokens=len(pid), prompt_head=texts[i][:160],
+                       attended_fraction=frac, hf_hash=hh, hf_dense=hd)
+            # transformers suppresses EOS until n tokens (min_new_tokens); the runner, with
+            # --ignore-eos, still picks it: compare up to the runner's first EOS
+            for key, a, b in (("hash", hh, state.get("rn_hash", [[]] * len(ids))[i]),
+                              ("dense", hd, state.get("rn_dense", [[]] * len(ids))[i]),
+                              ("hf_hash_vs_hf_dense", hh, hd)):
+                m = min(upto_eos(a), upto_eos(b), len(a), len(b))
+                d = first_divergence(a[:m], b[:m])
+                row[f"{key}_compared"] = m
+                row[f"{key}_first_divergence"] = d
+                row[f"{key}_agree_prefix"] = m if d < 0 else d
+            row["runner_hash"] = state.get("rn_hash", [None] * len(ids))[i]
+            row["runner_dense"] = state.get("rn_dense", [None] * len(ids))[i]
+            row["hf_hash_text"] = tok.decode(hh, skip_special_tokens=True)
+            if row["runner_hash"]:
+                row["runner_hash_text"] = tok.decode(row["runner_hash"], skip_special_tokens=True)
+            result["prompts"].append(row)
+            ok = finite and len(hh) == n and frac < 0.5
+            return ok, (f"{len(pid)} tokens, attended {frac:.3f} of the cache; 16x: transformers vs "
+                        f"runner agree on {row['hash_agree_prefix']}/{row['hash_compared']} tokens; "
+                        f"dense: {row['dense_agree_prefix']}/{row['dense_compared']}; transformers "
+                        f"16x vs dense {row['hf_hash_vs_hf_dense_agree_prefix']}/"
+                        f"{row['hf_hash_vs_hf_dense_compared']}")
+
+        tally.check(f"{args.sparsity:g}x vs the C runner, long prompt {i}", one)
+
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "hf-e2e.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.out, "hf-e2e.md"), "w") as f:
+            f.write(comparison_md(result))
+        log(f"wrote {os.path.join(args.out, 'hf-e2e.json')} and hf-e2e.md")
+
+
+def comparison_md(r: dict) -> str:
+    b = r["budget"]
+    out = [f"# transformers + adapter vs hashattn-run, {r['date']}", "",
+           f"GPU {r['gpu']}, torch {r['torch']}, transformers {r['transformers']}; weights "
+           f"`{os.path.basename(r['weights'])}`; sink {b['sink']}, recent {b['recent']}, heavy "
+           f"{b['heavy_fraction']:g} of n, {r['selection']} selection; {r['new_tokens']} greedy tokens "
+           f"from the runner's token ids. Agreement = equal leading tokens / tokens compared "
+           f"(up to the first end-of-text of either side). Dense: both sides without hashing, "
+           f"the baseline of how far the two implementations agree at this precision.", "",
+           "| prompt | tokens | attended | 16x agree | first divergence | dense agree | "
+           "transformers 16x vs dense |", "|---|---|---|---|---|---|---|"]
+    for p in r["prompts"]:
+        out.append(f"| {p['index']} | {p['prompt_tokens']} | {p['attended_fraction']:.3f} | "
+                   f"{p['hash_agree_prefix']}/{p['hash_compared']} | "
+                   f"{'none' if p['hash_first_divergence'] < 0 else p['hash_first_divergence']} | "
+                   f"{p['dense_agree_prefix']}/{p['dense_compared']} | "
+                   f"{p['hf_hash_vs_hf_dense_agree_prefix']}/{p['hf_hash_vs_hf_dense_compared']} |")
+    out.append("")
+    for p in r["prompts"]:
+        out += [f"## prompt {p['index']} ({p['prompt_tokens']} tokens)", "",
+                f"- transformers 16x: `{p['hf_hash']}`", f"- runner 16x: `{p['runner_hash']}`",
+                f"- transformers 16x text: {p['hf_hash_text']!r}",
+                f"- runner 16x text: {p.get('runner_hash_text', '')!r}", ""]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

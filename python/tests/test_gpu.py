@@ -5,17 +5,39 @@ context gives the same signatures and caches bit for bit, the same selections, a
 outputs within fp32-accumulation tolerance. A decode captured in a CUDA graph
 through torch replays correctly with new inputs.
 
+Adapter vs the C library: the same CUDA tensors given to the adapter's decode and to
+the library's function table directly (DLTensors built here by hand, not by the
+adapter) give bit-identical outputs, selections and counts.
+
 Skipped without torch, without a CUDA device, or (all but the first test) when the
 library was built without its CUDA backend.
+
+Runs under pytest, or as a plain script where pytest is absent (the GPU machine):
+    HASHATTN_LIBRARY=build/libhashattn.so python3 python/tests/test_gpu.py
+which ends with "test_gpu.py: N passed, N failed, N skipped: OK|FAILED" (exit 0 only
+when none failed).
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import numpy as np
-import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__":  # a plain script: the checkout's package and the test helpers
+    for _p in (os.path.dirname(_HERE), _HERE):
+        if _p not in sys.path:
+            sys.path.insert(0, _p)
+    import _minipytest as pytest  # noqa: E402
+else:
+    import pytest
 
 torch = pytest.importorskip("torch")
 
 import hashattn  # noqa: E402
+from hashattn import _abi, _dlpack  # noqa: E402
 from cases import TOL, build_case, make_input, values  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
@@ -182,3 +204,76 @@ def test_graph_capture_refuses_to_grow_the_workspace():
         with torch.cuda.graph(graph):
             g.decode(c.layer, *args, output=out)
     g.close()
+
+
+# ---- the adapter against the library's table, called without the adapter ------------
+
+_DL_CODES = {torch.bfloat16: (4, 16), torch.float16: (2, 16), torch.float32: (2, 32),
+             torch.int32: (0, 32), torch.int64: (0, 64)}
+if hasattr(torch, "uint32"):
+    _DL_CODES[torch.uint32] = (1, 32)
+
+
+class _RawTensor(ctypes.Structure):
+    """DLTensor (DLPack 0.6/1.x layout), written out here independently of the adapter."""
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+def _raw(t, keep):
+    """A DLTensor over a CUDA torch tensor's memory, as a pointer of the ABI's type."""
+    code, bits = _DL_CODES[t.dtype]
+    shape = (ctypes.c_int64 * t.dim())(*t.shape)
+    strides = (ctypes.c_int64 * t.dim())(*t.stride())
+    r = _RawTensor(t.data_ptr(), 2, t.device.index or 0, t.dim(), code, bits, 1,
+                   ctypes.cast(shape, ctypes.POINTER(ctypes.c_int64)),
+                   ctypes.cast(strides, ctypes.POINTER(ctypes.c_int64)), 0)
+    keep += [shape, strides, r, t]
+    return ctypes.cast(ctypes.pointer(r), ctypes.POINTER(_dlpack.DLTensor))
+
+
+@needs_cuda_build
+def test_adapter_equals_library_table():
+    c = build_case(840, dtype="bfloat16", hq=8, hkv=2, d=128, m=64, block_size=16,
+                   seq_lens=[900, 64, 1, 333])
+    g = _gpu_twin(c)
+    budget = hashattn.Budget(16, 16, -1, 1 / 16)
+    args = [cuda(a) for a in (c.query, c.key_cache, c.value_cache, c.sig_cache, c.block_tables,
+                              c.seq_lens)]
+    q, kc, vc, sc, bt, sl = args
+    for dense in (False, True):
+        out_a, idx_a, cnt_a = g.decode(c.layer, *args, budget=budget, return_selection=True,
+                                       dense=dense)
+        torch.cuda.synchronize()
+        out_r = torch.full_like(out_a, float("nan"))
+        idx_r = torch.full_like(idx_a, -1)  # the adapter's fills: unwritten entries agree
+        cnt_r = torch.full_like(cnt_a, 0)
+        nbytes = g.workspace_size("decode", max_num_seqs=q.shape[0], max_blocks_per_seq=bt.shape[1])
+        ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=DEV)
+        keep: list = []
+        b = _abi.Budget.init(sink_tokens=16, recent_tokens=16, heavy_count=-1, heavy_fraction=1 / 16)
+        da = _abi.DecodeArgs.init(
+            flags=1 if dense else 0, layer=c.layer, query=_raw(q, keep), key_cache=_raw(kc, keep),
+            value_cache=_raw(vc, keep), signature_cache=_raw(sc, keep), block_tables=_raw(bt, keep),
+            seq_lens=_raw(sl, keep), output=_raw(out_r, keep), budget=ctypes.pointer(b),
+            selected_indices=_raw(idx_r, keep), selected_counts=_raw(cnt_r, keep),
+            workspace=ws.data_ptr(), workspace_size=nbytes,
+            stream=torch.cuda.current_stream().cuda_stream)
+        st = g._api.decode(g._ctx, ctypes.byref(da))
+        torch.cuda.synchronize()
+        assert st == 0, f"decode through the table: status {st}"
+        assert torch.equal(bits_t(out_a), bits_t(out_r)), f"dense={dense}: outputs differ"
+        assert torch.equal(cnt_a, cnt_r), f"dense={dense}: counts differ"
+        assert torch.equal(idx_a, idx_r), f"dense={dense}: selections differ"
+    g.close()
+
+
+def bits_t(t):
+    return t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.run_module(globals(), "test_gpu.py",
+                               skip_all=None if torch.cuda.is_available() else "no CUDA device"))

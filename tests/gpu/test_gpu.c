@@ -16,7 +16,11 @@
  *   hash      query and key signatures bit for bit;
  *   prefill   outputs within tolerance of the CPU and of the reference;
  *   graph     cache_write + decode captured in a CUDA graph and replayed,
- *             bit-identical to the direct calls.
+ *             bit-identical to the direct calls;
+ *   device validation  bad ids on the device (direct calls, and a graph
+ *             replay, where no host code runs) are skipped by the kernels
+ *             and reported as DEVICE_ERROR by the next call; the call after
+ *             that works.
  * Without a GPU: prints "skipped: no GPU" and exits 77 (CTest SKIP_RETURN_CODE).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -913,6 +917,39 @@ START_TEST(gpu_device_validation)
         ht_tensor_free(val);
         ht_tensor_free(slots);
     }
+    /* a CUDA graph replay: no host code runs at all, so nothing on the host
+     * can validate; an id made bad on the device after the capture is
+     * caught by the kernels and reported on the next call */
+    {
+        cudaStream_t stream;
+        CU(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        hashattn_decode_args_t a;
+        gpu_decode_args(&gc, &a, stream);
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        hashattn_status_t cs = api->decode(gc.g, &a);
+        cudaError_t ce = cudaStreamEndCapture(stream, &graph);
+        ck_assert_msg(cs == HASHATTN_STATUS_OK && ce == cudaSuccess, "%s: capture: %s / %s", full,
+                      api->last_error(gc.g), cudaGetErrorString(ce));
+        CU(cudaGraphInstantiate(&exec, graph, 0));
+        CU(cudaGraphLaunch(exec, stream));
+        CU(cudaStreamSynchronize(stream));
+        ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK); /* a clean replay reports nothing */
+        HT_SET(c->block_tables, bad, s, b);
+        mirror_push(&gc.bt);
+        CU(cudaGraphLaunch(exec, stream));
+        CU(cudaStreamSynchronize(stream));
+        HT_SET(c->block_tables, good, s, b);
+        mirror_push(&gc.bt);
+        snprintf(want, sizeof want, "block_tables[%d][%d] = %d is outside num_blocks = %d", s, b, bad,
+                 c->num_blocks);
+        expect_device_report(&gc, full, want);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+        cudaStreamDestroy(stream);
+    }
+
     /* nothing was written past the caches and nothing stuck: the same output as the first call */
     ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);
     int64_t flat = -1;

@@ -318,21 +318,39 @@ void rn_plugin_close(rn_plugin_t *p)
     p->ctx = NULL;
 }
 
+static int ws_query(rn_plugin_t *p, int op, int seqs, int64_t tokens, int32_t blocks, size_t *bytes, char *err,
+                    size_t errlen)
+{
+    hashattn_workspace_args_t wa = HASHATTN_WORKSPACE_ARGS_INIT;
+    wa.op = op;
+    wa.max_num_seqs = seqs;
+    wa.max_num_tokens = tokens;
+    wa.max_blocks_per_seq = blocks;
+    hashattn_status_t st = p->api->workspace_size(p->ctx, &wa, bytes);
+    return st == HASHATTN_STATUS_OK ? 0 : rn_plugin_fail(p, "workspace_size", st, err, errlen);
+}
+
 int rn_plugin_workspace(rn_plugin_t *p, int max_seqs, int64_t max_tokens, int32_t max_blocks, size_t *bytes,
                         char *err, size_t errlen)
 {
     const int ops[3] = { HASHATTN_OP_CACHE_WRITE, HASHATTN_OP_DECODE, HASHATTN_OP_PREFILL };
     *bytes = 0;
     for (int i = 0; i < 3; i++) {
-        hashattn_workspace_args_t wa = HASHATTN_WORKSPACE_ARGS_INIT;
-        wa.op = ops[i];
-        wa.max_num_seqs = max_seqs;
-        wa.max_num_tokens = max_tokens;
-        wa.max_blocks_per_seq = max_blocks;
         size_t b = 0;
-        hashattn_status_t st = p->api->workspace_size(p->ctx, &wa, &b);
-        if (st != HASHATTN_STATUS_OK)
-            return rn_plugin_fail(p, "workspace_size", st, err, errlen);
+        if (ws_query(p, ops[i], max_seqs, max_tokens, max_blocks, &b, err, errlen))
+            return -1;
+        if (b > *bytes)
+            *bytes = b;
+    }
+    /* Every prefill call has its own row count (a chunk, or the prompts'
+     * tails beside a decode batch). The CUDA backend's prefill needs split
+     * partials only below a row threshold, so a query at max_tokens can
+     * answer less than a smaller call checks for: ask for every row count
+     * the runner can call with, here at setup and never per step. */
+    for (int64_t t = 1; t < max_tokens; t++) {
+        size_t b = 0;
+        if (ws_query(p, HASHATTN_OP_PREFILL, max_seqs, t, max_blocks, &b, err, errlen))
+            return -1;
         if (b > *bytes)
             *bytes = b;
     }

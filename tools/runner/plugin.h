@@ -69,7 +69,10 @@ int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, siz
 void rn_plugin_close(rn_plugin_t *p);
 
 /* The largest workspace cache_write, decode and prefill need within these
- * bounds. 0, or -1 with err. */
+ * bounds: each op at the bounds, and prefill at every row count from 1 to
+ * max_tokens (a backend's prefill need may fall as rows grow: CUDA's split
+ * partials). One workspace of *bytes then serves every call the runner
+ * makes. 0, or -1 with err. */
 int rn_plugin_workspace(rn_plugin_t *p, int max_seqs, int64_t max_tokens, int32_t max_blocks, size_t *bytes,
                         char *err, size_t errlen);
 
