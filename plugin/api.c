@@ -29,6 +29,7 @@ static const char *status_string(hashattn_status_t status)
     case HASHATTN_STATUS_FORMAT_ERROR: return "FORMAT_ERROR";
     case HASHATTN_STATUS_DEVICE_ERROR: return "DEVICE_ERROR";
     case HASHATTN_STATUS_INTERNAL: return "INTERNAL";
+    case HASHATTN_STATUS_COMM_ERROR: return "COMM_ERROR";
     }
     return "UNKNOWN_STATUS";
 }
@@ -47,13 +48,21 @@ static const hashattn_api_t api_v1 = {
     .last_error = last_error,
     .context_create = ha_context_create,
     .context_destroy = ha_context_destroy,
-    .weights_bind = ha_weights_bind,
-    .weights_load = ha_weights_load,
-    .workspace_size = ha_workspace_size,
+    /* the ha_tp_ wrappers forward to ha_weights_bind, ... for contexts
+     * without tensor parallelism */
+    .weights_bind = ha_tp_weights_bind,
+    .weights_load = ha_tp_weights_load,
+    .workspace_size = ha_tp_workspace_size,
     .cache_write = ha_cache_write,
-    .decode = ha_decode,
+    .decode = ha_tp_decode,
     .prefill = ha_prefill,
     .hash = ha_hash,
+    /* 1.1 */
+    .comm_unique_id = ha_comm_unique_id,
+    .comm_create = ha_comm_create,
+    .comm_bind = ha_comm_bind,
+    .comm_abort = ha_comm_abort,
+    .all_reduce = ha_all_reduce,
 };
 
 HASHATTN_EXPORT const hashattn_api_t *hashattn_get_api(uint32_t abi_major)

@@ -15,7 +15,7 @@ static const ha_field_t config_fields[] = {
     HA_F(CFG, block_size),  HA_F(CFG, dtype),        HA_F(CFG, device),
     HA_F(CFG, kv_layout),   HA_F(CFG, hash_bits),    HA_F(CFG, mlp_width),
     HA_F(CFG, selection),   HA_F(CFG, signature_layout), HA_F(CFG, softmax_scale),
-    HA_F(CFG, budget),
+    HA_F(CFG, budget),      HA_F(CFG, tp_rank),     HA_F(CFG, tp_size),
 };
 static const ha_struct_desc_t config_desc = {"config", config_fields,
                                              (int)(sizeof config_fields / sizeof config_fields[0]),
@@ -101,6 +101,15 @@ static hashattn_status_t check_config(const hashattn_context_config_t *c, ha_bac
     hashattn_status_t st = ha_check_budget(NULL, "config", &c->budget);
     if (st != HASHATTN_STATUS_OK)
         return st;
+    const int32_t tp = c->tp_size == 0 ? 1 : c->tp_size;
+    if (tp < 1 || tp > 1024)
+        return ha_fail(NULL, bad, "config.tp_size = %d must be in [1, 1024] (0 = 1: no tensor parallelism)",
+                       c->tp_size);
+    if (c->num_kv_heads % tp != 0)
+        return ha_fail(NULL, bad, "config.tp_size = %d must divide num_kv_heads = %d (each rank owns whole "
+                       "KV heads)", c->tp_size, c->num_kv_heads);
+    if (c->tp_rank < 0 || c->tp_rank >= tp)
+        return ha_fail(NULL, bad, "config.tp_rank = %d is outside [0, tp_size = %d)", c->tp_rank, tp);
 
     DLDataType dt = c->dtype;
     if (dt.lanes != 1)
@@ -171,6 +180,14 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
         return ha_fail(NULL, HASHATTN_STATUS_OUT_OF_MEMORY, "context_create: out of host memory");
     ctx->cfg = cfg;
     ctx->cfg.struct_size = sizeof cfg;
+    /* tensor parallelism: the context computes on its rank's heads only */
+    ctx->tp_size = cfg.tp_size > 1 ? cfg.tp_size : 1;
+    ctx->tp_rank = cfg.tp_rank;
+    ctx->full_q_heads = cfg.num_q_heads;
+    ctx->full_kv_heads = cfg.num_kv_heads;
+    ctx->cfg.num_q_heads = cfg.num_q_heads / ctx->tp_size;
+    ctx->cfg.num_kv_heads = cfg.num_kv_heads / ctx->tp_size;
+    cfg = ctx->cfg;
     ctx->backend = backend;
     ctx->dtype = dtype;
     ctx->group = cfg.num_q_heads / cfg.num_kv_heads;
@@ -185,6 +202,7 @@ hashattn_status_t ha_context_destroy(hashattn_context_t *ctx)
 {
     if (!ctx)
         return HASHATTN_STATUS_OK;
+    ha_comm_release(ctx);
 #ifdef HASHATTN_WITH_CUDA
     if (ctx->device_weights)
         ha_cuda_free(ctx->cfg.device.device_id, ctx->device_weights);

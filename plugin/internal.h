@@ -41,6 +41,15 @@ struct hashattn_context {
     void *device_weights;
     size_t weights_floats;
 
+    /* Tensor parallelism (multi_gpu/tp.c). cfg holds this rank's head counts
+     * (num_q_heads = Hq / tp_size, ...), so every op works on the rank's
+     * heads unchanged; the whole model's counts are kept here. */
+    int32_t tp_rank, tp_size;       /* tp_size >= 1 after defaults */
+    int32_t full_q_heads, full_kv_heads;
+    void *comm;                     /* ncclComm_t or NULL */
+    int comm_owned;                 /* 1: made by comm_create, freed with the context */
+    int32_t comm_timeout_ms;
+
     char last_error[HA_ERROR_LEN];
 };
 
@@ -129,6 +138,22 @@ hashattn_status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_w
 hashattn_status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args);
 hashattn_status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args);
 hashattn_status_t ha_hash(hashattn_context_t *ctx, const hashattn_hash_args_t *args);
+
+/* ---- tensor parallelism (multi_gpu/): table entries and the wrappers that
+ * make weights_bind, weights_load, workspace_size and decode TP-aware (they
+ * forward to the ha_ functions above for contexts without a split) ---- */
+hashattn_status_t ha_tp_weights_bind(hashattn_context_t *ctx, const hashattn_weights_bind_args_t *args);
+hashattn_status_t ha_tp_weights_load(hashattn_context_t *ctx, const hashattn_weights_load_args_t *args);
+hashattn_status_t ha_tp_workspace_size(const hashattn_context_t *ctx, const hashattn_workspace_args_t *args,
+                                       size_t *bytes);
+hashattn_status_t ha_tp_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args);
+hashattn_status_t ha_comm_unique_id(hashattn_comm_id_t *out);
+hashattn_status_t ha_comm_create(hashattn_context_t *ctx, const hashattn_comm_create_args_t *args);
+hashattn_status_t ha_comm_bind(hashattn_context_t *ctx, const hashattn_comm_bind_args_t *args);
+hashattn_status_t ha_comm_abort(hashattn_context_t *ctx);
+hashattn_status_t ha_all_reduce(hashattn_context_t *ctx, const hashattn_all_reduce_args_t *args);
+/* Release the context's communicator (context_destroy). */
+void ha_comm_release(hashattn_context_t *ctx);
 
 /* Helpers for ha_struct_desc_t tables. */
 #define HA_END(T, f) (offsetof(T, f) + sizeof(((T *)0)->f))

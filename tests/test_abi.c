@@ -144,13 +144,13 @@ START_TEST(abi_status_strings)
     const hashattn_api_t *api = api_or_fail();
     static const char *names[] = {"OK", "INVALID_ARGUMENT", "UNSUPPORTED", "OUT_OF_MEMORY",
                                   "WORKSPACE_TOO_SMALL", "NOT_READY", "IO_ERROR", "FORMAT_ERROR",
-                                  "DEVICE_ERROR", "INTERNAL"};
-    for (int s = 0; s <= HASHATTN_STATUS_INTERNAL; s++) {
+                                  "DEVICE_ERROR", "INTERNAL", "COMM_ERROR"};
+    for (int s = 0; s <= HASHATTN_STATUS_COMM_ERROR; s++) {
         const char *n = api->status_string((hashattn_status_t)s);
         ck_assert_ptr_nonnull(n);
         ck_assert_msg(strcmp(n, names[s]) == 0, "status_string(%d) = \"%s\", want \"%s\"", s, n, names[s]);
     }
-    int unknown[] = {10, 11, 100, -1, 0x7fffffff};
+    int unknown[] = {11, 12, 100, -1, 0x7fffffff};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *n = api->status_string((hashattn_status_t)unknown[i]);
         ck_assert_ptr_nonnull(n);
@@ -499,7 +499,7 @@ START_TEST(abi_unknown_flags)
     small_case(api, &c, 15);
     hashattn_decode_args_t da;
     ht_decode_case_args(&c, &da);
-    uint32_t dflags[] = {1u << 1, 1u << 7, 1u << 31, HASHATTN_DECODE_DENSE | (1u << 2)};
+    uint32_t dflags[] = {1u << 3, 1u << 7, 1u << 31, HASHATTN_DECODE_DENSE | (1u << 2)}; /* 1u << 1: TP_SHARDED (1.1) */
     for (size_t i = 0; i < 4; i++) {
         da.flags = dflags[i];
         ck_assert_int_eq(api->decode(c.ctx, &da), HASHATTN_STATUS_INVALID_ARGUMENT);

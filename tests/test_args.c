@@ -261,7 +261,7 @@ MUT(d_out_dtype, { DLTensor *t = mod(e, DA.output); t->dtype = HT_F32; DA.output
 MUT(d_out_null, { DA.output = NULL; })
 MUT(d_layer_high, { DA.layer = 2; })
 MUT(d_layer_negative, { DA.layer = -1; })
-MUT(d_flags, { DA.flags = 1u << 1; })
+MUT(d_flags, { DA.flags = 1u << 2; }) /* bit 1 is TP_SHARDED since 1.1 */
 MUT(d_size_short, { DA.struct_size = sizeof(hashattn_decode_args_t) - 1; })
 MUT(d_size_zero, { DA.struct_size = 0; })
 MUT(d_size_field, { DA.struct_size = offsetof(hashattn_decode_args_t, output); })

@@ -65,7 +65,7 @@ extern "C" {
 #endif
 
 #define HASHATTN_ABI_MAJOR 1
-#define HASHATTN_ABI_MINOR 0
+#define HASHATTN_ABI_MINOR 1
 
 /* ------------------------------------------------------------------------- */
 /* Status codes                                                               */
@@ -82,7 +82,9 @@ typedef enum hashattn_status {
     HASHATTN_STATUS_IO_ERROR = 6,         /* a file could not be opened or read */
     HASHATTN_STATUS_FORMAT_ERROR = 7,     /* a file is malformed or does not match the context */
     HASHATTN_STATUS_DEVICE_ERROR = 8,     /* the CUDA runtime or a kernel reported an error */
-    HASHATTN_STATUS_INTERNAL = 9          /* a bug in the library; please report the message */
+    HASHATTN_STATUS_INTERNAL = 9,         /* a bug in the library; please report the message */
+    HASHATTN_STATUS_COMM_ERROR = 10       /* 1.1: NCCL reported an error, NCCL could not be loaded,
+                                             or the ranks did not all answer within the timeout */
 } hashattn_status_t;
 
 /* ------------------------------------------------------------------------- */
@@ -187,13 +189,26 @@ typedef struct hashattn_context_config {
     int32_t signature_layout;/* hashattn_signature_layout_t. Default PER_QUERY_HEAD. */
     float softmax_scale;     /* 0 = 1/sqrt(D). Default 0. */
     hashattn_budget_t budget;/* default budget of every decode. */
+    /* 1.1: tensor parallelism (docs/multi-gpu.md). With tp_size > 1 the heads
+     * are split over tp_size ranks and this context is rank tp_rank:
+     * num_q_heads and num_kv_heads stay the WHOLE model's; the context owns
+     * query heads [r*Hq/tp, (r+1)*Hq/tp), KV heads [r*Hkv/tp, (r+1)*Hkv/tp)
+     * and the matching signature heads (Hsig/tp of them), and every tensor
+     * it is given (query, key, value, caches, signatures, selections) holds
+     * only those heads. Hash weights are still the whole model's (the same
+     * file or tensors on every rank): the context keeps its rank's slice.
+     * decode's output is the whole [num_seqs, Hq, D] (an all-gather over the
+     * context's communicator) unless HASHATTN_DECODE_TP_SHARDED is set. */
+    int32_t tp_rank;         /* in [0, tp_size). Default 0. */
+    int32_t tp_size;         /* ranks, must divide num_kv_heads; 0 or 1 = no split. Default 0
+                                (zero, so that a 1.0 library accepts a config that leaves it). */
 } hashattn_context_config_t;
 
 #define HASHATTN_CONTEXT_CONFIG_INIT                                        \
     { sizeof(hashattn_context_config_t), 0u, 0, 0, 0, 0, 16,                \
       { (uint8_t)kDLBfloat, 16, 1 }, { kDLCPU, 0 },                         \
       HASHATTN_KV_LAYOUT_NHD, 32, 128, HASHATTN_SELECTION_GROUP,            \
-      HASHATTN_SIGNATURE_PER_QUERY_HEAD, 0.0f, HASHATTN_BUDGET_INIT }
+      HASHATTN_SIGNATURE_PER_QUERY_HEAD, 0.0f, HASHATTN_BUDGET_INIT, 0, 0 }
 
 /* ------------------------------------------------------------------------- */
 /* Hash weights                                                               */
@@ -299,6 +314,11 @@ typedef struct hashattn_cache_write_args {
 
 /* decode flags */
 #define HASHATTN_DECODE_DENSE (1u << 0) /* attend to every token: sparsity off */
+/* 1.1, tensor-parallel contexts only: leave the output sharded,
+ * [num_seqs, Hq/tp_size, D] (this rank's heads), with no communication, for a
+ * host whose output projection is row-parallel. Without it the output is
+ * [num_seqs, Hq, D] on every rank (an all-gather on `stream`). */
+#define HASHATTN_DECODE_TP_SHARDED (1u << 1)
 
 /* One decode step: one query token per sequence, sequences of different
  * lengths. Hashes each query, scores every candidate token by bit agreement
@@ -385,6 +405,65 @@ typedef struct hashattn_hash_args {
     { sizeof(hashattn_hash_args_t), 0u, 0, HASHATTN_HASH_QUERY, NULL, NULL, NULL, 0, NULL }
 
 /* ------------------------------------------------------------------------- */
+/* Tensor parallelism (1.1)                                                   */
+/* ------------------------------------------------------------------------- */
+
+/* The bootstrap id of a communicator: NCCL's ncclUniqueId, byte for byte.
+ * One rank gets it with api->comm_unique_id and the host hands the same bytes
+ * to every rank by its own means (a pipe, a socket, torch.distributed). */
+#define HASHATTN_COMM_ID_BYTES 128
+typedef struct hashattn_comm_id {
+    char bytes[HASHATTN_COMM_ID_BYTES];
+} hashattn_comm_id_t;
+
+/* Create the context's own NCCL communicator: rank tp_rank of tp_size, on the
+ * context's GPU. Every rank calls it with the same unique_id; it returns when
+ * all tp_size ranks have joined (so each rank needs its own host thread or
+ * process), or fails with COMM_ERROR after timeout_ms, having aborted what
+ * it had started. The communicator is non-blocking, and the library never
+ * waits on it longer than timeout_ms. It is destroyed with the context.
+ * Synchronous; allocates. */
+/* struct_size must cover unique_id. */
+typedef struct hashattn_comm_create_args {
+    size_t struct_size;
+    uint32_t flags;                      /* must be 0 */
+    int32_t timeout_ms;                  /* > 0; 0 = 60000 (60 s). Default 0. */
+    const hashattn_comm_id_t *unique_id; /* read during the call only */
+} hashattn_comm_create_args_t;
+
+#define HASHATTN_COMM_CREATE_ARGS_INIT { sizeof(hashattn_comm_create_args_t), 0u, 0, NULL }
+
+/* Use a communicator the host already has (vLLM's, torch's): its size must
+ * be tp_size, its rank tp_rank and its device the context's. The host keeps
+ * owning it: the library never destroys or aborts it, and the host must keep
+ * it alive until context_destroy or the next comm_bind. NULL unbinds. It must
+ * come from the same libnccl that the library loaded (see comm_unique_id). */
+/* struct_size must cover nccl_comm. */
+typedef struct hashattn_comm_bind_args {
+    size_t struct_size;
+    uint32_t flags;    /* must be 0 */
+    int32_t timeout_ms;/* longest wait on a non-blocking comm; 0 = 60000. Default 0. */
+    void *nccl_comm;   /* ncclComm_t, borrowed */
+} hashattn_comm_bind_args_t;
+
+#define HASHATTN_COMM_BIND_ARGS_INIT { sizeof(hashattn_comm_bind_args_t), 0u, 0, NULL }
+
+/* Sum `tensor` over the ranks, in place, on `stream` (an NCCL all-reduce over
+ * the context's communicator): the partial sums of a row-parallel output
+ * projection after a HASHATTN_DECODE_TP_SHARDED decode. Stream-ordered,
+ * graph-capturable, no allocation. */
+/* struct_size must cover tensor. */
+typedef struct hashattn_all_reduce_args {
+    size_t struct_size;
+    uint32_t flags;   /* must be 0 */
+    DLTensor *tensor; /* any shape, compact row-major (strides NULL or compact), float16,
+                         bfloat16 or float32, on the context's device; read and written */
+    void *stream;
+} hashattn_all_reduce_args_t;
+
+#define HASHATTN_ALL_REDUCE_ARGS_INIT { sizeof(hashattn_all_reduce_args_t), 0u, NULL, NULL }
+
+/* ------------------------------------------------------------------------- */
 /* The function table                                                         */
 /* ------------------------------------------------------------------------- */
 
@@ -439,6 +518,36 @@ typedef struct hashattn_api {
                                  const hashattn_prefill_args_t *args);
     hashattn_status_t (*hash)(hashattn_context_t *ctx,
                               const hashattn_hash_args_t *args);
+
+    /* ---- 1.1: tensor parallelism (docs/multi-gpu.md) ----
+     * NCCL is loaded with dlopen("libnccl.so.2") at the first of these calls
+     * (HASHATTN_NCCL_LIBRARY in the environment names another file), never
+     * at load time; when it cannot be loaded they return COMM_ERROR. CPU
+     * contexts have no communicator (UNSUPPORTED). */
+
+    /* A fresh NCCL unique id into *out (for rank 0 to share). On failure the
+     * message is last_error(NULL). */
+    hashattn_status_t (*comm_unique_id)(hashattn_comm_id_t *out);
+
+    /* See hashattn_comm_create_args_t. Replaces a previous communicator. */
+    hashattn_status_t (*comm_create)(hashattn_context_t *ctx,
+                                     const hashattn_comm_create_args_t *args);
+
+    /* See hashattn_comm_bind_args_t. Replaces a previous communicator. */
+    hashattn_status_t (*comm_bind)(hashattn_context_t *ctx,
+                                   const hashattn_comm_bind_args_t *args);
+
+    /* Abort the context's own communicator (ncclCommAbort): NCCL work still
+     * waiting on the GPU for a dead peer ends, so a host watchdog can unblock a
+     * stuck stream. Afterwards calls that need a communicator fail until the
+     * next comm_create or comm_bind. A bound (host-owned) communicator is only
+     * forgotten. May be called from another thread while the host waits on a
+     * stream, but not during another call on this context. */
+    hashattn_status_t (*comm_abort)(hashattn_context_t *ctx);
+
+    /* See hashattn_all_reduce_args_t. */
+    hashattn_status_t (*all_reduce)(hashattn_context_t *ctx,
+                                    const hashattn_all_reduce_args_t *args);
 } hashattn_api_t;
 
 /* The one exported symbol. Returns the table for `abi_major`, or NULL if this
@@ -475,6 +584,12 @@ HASHATTN_STATIC_ASSERT_(offsetof(hashattn_decode_args_t, stream) == 112, decode_
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_prefill_args_t, stream) == 88, prefill_v1);
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_hash_args_t, stream) == 56, hash_v1);
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_api_t, hash) == 104, api_v1);
+/* 1.1 */
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_context_config_t, tp_size) == 100, config_v1_1);
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_comm_create_args_t, unique_id) == 16, comm_create_v1_1);
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_comm_bind_args_t, nccl_comm) == 16, comm_bind_v1_1);
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_all_reduce_args_t, stream) == 24, all_reduce_v1_1);
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_api_t, all_reduce) == 144, api_v1_1);
 #endif
 
 #ifdef __cplusplus

@@ -60,19 +60,19 @@ elseif(VARIANT STREQUAL "append_field")
   patch(header "    void *stream;\n} hashattn_decode_args_t;"
                "    void *stream;\n    int64_t appended_in_a_minor;\n} hashattn_decode_args_t;")
 elseif(VARIANT STREQUAL "append_fn")
-  patch(header "                              const hashattn_hash_args_t *args);\n} hashattn_api_t;"
-               "                              const hashattn_hash_args_t *args);\n    int (*appended_fn)(void);\n} hashattn_api_t;")
+  patch(header "                                    const hashattn_all_reduce_args_t *args);\n} hashattn_api_t;"
+               "                                    const hashattn_all_reduce_args_t *args);\n    int (*appended_fn)(void);\n} hashattn_api_t;")
 elseif(VARIANT STREQUAL "private_ctx")
   patch(internal_h "    char last_error[HA_ERROR_LEN];\n"
                    "    char last_error[HA_ERROR_LEN];\n    int64_t new_private_field;\n")
 elseif(VARIANT STREQUAL "append_enum")
-  patch(header "    HASHATTN_STATUS_INTERNAL = 9 " "    HASHATTN_STATUS_INTERNAL = 9,\n    HASHATTN_STATUS_NEW_IN_A_MINOR = 10 ")
+  patch(header "    HASHATTN_STATUS_COMM_ERROR = 10 " "    HASHATTN_STATUS_COMM_ERROR = 10,\n    HASHATTN_STATUS_NEW_IN_A_MINOR = 11 ")
 elseif(VARIANT STREQUAL "insert_field")
   patch(header "    int32_t layer;\n    const DLTensor *query;           /* [num_seqs, Hq, D], dtype */"
                "    int32_t layer;\n    int32_t inserted;\n    const DLTensor *query;           /* [num_seqs, Hq, D], dtype */")
 elseif(VARIANT STREQUAL "remove_fn")
   patch(header "    hashattn_status_t (*decode)(hashattn_context_t *ctx,\n                                const hashattn_decode_args_t *args);\n" "")
-  patch(api_c "    .decode = ha_decode,\n" "")
+  patch(api_c "    .decode = ha_tp_decode,\n" "")
 elseif(VARIANT STREQUAL "swap_fn")
   patch(header "    hashattn_status_t (*decode)(hashattn_context_t *ctx,\n                                const hashattn_decode_args_t *args);\n    hashattn_status_t (*prefill)(hashattn_context_t *ctx,\n                                 const hashattn_prefill_args_t *args);\n"
                "    hashattn_status_t (*prefill)(hashattn_context_t *ctx,\n                                 const hashattn_prefill_args_t *args);\n    hashattn_status_t (*decode)(hashattn_context_t *ctx,\n                                const hashattn_decode_args_t *args);\n")
@@ -121,6 +121,8 @@ file(WRITE "${vdir}/plugin/internal.h" "${internal_h}")
 
 file(GLOB plugin_src "${ROOT}/plugin/*.c")
 file(GLOB cpu_src "${ROOT}/kernels/cpu/*.c")
+file(GLOB tp_src "${ROOT}/multi_gpu/*.c")
+list(APPEND cpu_src ${tp_src})
 list(FILTER plugin_src EXCLUDE REGEX "/api\\.c$")
 separate_arguments(jsonc_cflags UNIX_COMMAND "${JSONC_CFLAGS}")
 separate_arguments(jsonc_libs UNIX_COMMAND "${JSONC_LIBS}")

@@ -127,7 +127,8 @@ static void case_entry(hashattn_get_api_fn get)
     for (int s = 0; s < 10; s++)
         AU_CHECK(strcmp(a->status_string((hashattn_status_t)s), names[s]) == 0, "status_string(%d) = %s", s,
                  a->status_string((hashattn_status_t)s));
-    AU_CHECK(strcmp(a->status_string((hashattn_status_t)10), "UNKNOWN_STATUS") == 0, "status_string(10)");
+    /* 10 is COMM_ERROR since 1.1: a value no minor has defined yet */
+    AU_CHECK(strcmp(a->status_string((hashattn_status_t)64), "UNKNOWN_STATUS") == 0, "status_string(64)");
     AU_CHECK(strcmp(a->status_string((hashattn_status_t)-1), "UNKNOWN_STATUS") == 0, "status_string(-1)");
     AU_CHECK(a->last_error(NULL) != NULL, "last_error(NULL) is NULL");
     AU_EXPECT(a, NULL, a->context_destroy(NULL), HASHATTN_STATUS_OK);

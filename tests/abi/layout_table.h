@@ -7,6 +7,7 @@
  * purpose: a change to the header that moves anything fails the test instead
  * of silently regenerating the table. Appending a field at the end of a
  * struct changes only its S() line (and adds an F() line) in a new minor.
+ * 1.1 appended the tensor-parallel fields, structs, entries and constants.
  *
  *   S(type, sizeof, alignof)
  *   F(type, field, offsetof, sizeof)
@@ -22,7 +23,7 @@
     F(hashattn_budget_t, recent_tokens, 12, 4) \
     F(hashattn_budget_t, heavy_count, 16, 4) \
     F(hashattn_budget_t, heavy_fraction, 20, 4) \
-    S(hashattn_context_config_t, 96, 8) \
+    S(hashattn_context_config_t, 104, 8) \
     F(hashattn_context_config_t, struct_size, 0, 8) \
     F(hashattn_context_config_t, flags, 8, 4) \
     F(hashattn_context_config_t, num_layers, 12, 4) \
@@ -39,6 +40,8 @@
     F(hashattn_context_config_t, signature_layout, 60, 4) \
     F(hashattn_context_config_t, softmax_scale, 64, 4) \
     F(hashattn_context_config_t, budget, 72, 24) \
+    F(hashattn_context_config_t, tp_rank, 96, 4) \
+    F(hashattn_context_config_t, tp_size, 100, 4) \
     S(hashattn_mlp_weights_t, 56, 8) \
     F(hashattn_mlp_weights_t, struct_size, 0, 8) \
     F(hashattn_mlp_weights_t, w1, 8, 8) \
@@ -116,7 +119,23 @@
     F(hashattn_hash_args_t, workspace, 40, 8) \
     F(hashattn_hash_args_t, workspace_size, 48, 8) \
     F(hashattn_hash_args_t, stream, 56, 8) \
-    S(hashattn_api_t, 112, 8) \
+    S(hashattn_comm_id_t, 128, 1) \
+    S(hashattn_comm_create_args_t, 24, 8) \
+    F(hashattn_comm_create_args_t, struct_size, 0, 8) \
+    F(hashattn_comm_create_args_t, flags, 8, 4) \
+    F(hashattn_comm_create_args_t, timeout_ms, 12, 4) \
+    F(hashattn_comm_create_args_t, unique_id, 16, 8) \
+    S(hashattn_comm_bind_args_t, 24, 8) \
+    F(hashattn_comm_bind_args_t, struct_size, 0, 8) \
+    F(hashattn_comm_bind_args_t, flags, 8, 4) \
+    F(hashattn_comm_bind_args_t, timeout_ms, 12, 4) \
+    F(hashattn_comm_bind_args_t, nccl_comm, 16, 8) \
+    S(hashattn_all_reduce_args_t, 32, 8) \
+    F(hashattn_all_reduce_args_t, struct_size, 0, 8) \
+    F(hashattn_all_reduce_args_t, flags, 8, 4) \
+    F(hashattn_all_reduce_args_t, tensor, 16, 8) \
+    F(hashattn_all_reduce_args_t, stream, 24, 8) \
+    S(hashattn_api_t, 152, 8) \
     F(hashattn_api_t, struct_size, 0, 8) \
     F(hashattn_api_t, abi_major, 8, 4) \
     F(hashattn_api_t, abi_minor, 12, 4) \
@@ -132,6 +151,11 @@
     F(hashattn_api_t, decode, 88, 8) \
     F(hashattn_api_t, prefill, 96, 8) \
     F(hashattn_api_t, hash, 104, 8) \
+    F(hashattn_api_t, comm_unique_id, 112, 8) \
+    F(hashattn_api_t, comm_create, 120, 8) \
+    F(hashattn_api_t, comm_bind, 128, 8) \
+    F(hashattn_api_t, comm_abort, 136, 8) \
+    F(hashattn_api_t, all_reduce, 144, 8) \
     S(DLDataType, 4, 2) \
     F(DLDataType, code, 0, 1) \
     F(DLDataType, bits, 1, 1) \
@@ -151,7 +175,7 @@
 
 #define HA_CONSTANT_TABLE(V) \
     V(HASHATTN_ABI_MAJOR, 1) \
-    V(HASHATTN_ABI_MINOR, 0) \
+    V(HASHATTN_ABI_MINOR, 1) \
     V(HASHATTN_STATUS_OK, 0) \
     V(HASHATTN_STATUS_INVALID_ARGUMENT, 1) \
     V(HASHATTN_STATUS_UNSUPPORTED, 2) \
@@ -162,6 +186,7 @@
     V(HASHATTN_STATUS_FORMAT_ERROR, 7) \
     V(HASHATTN_STATUS_DEVICE_ERROR, 8) \
     V(HASHATTN_STATUS_INTERNAL, 9) \
+    V(HASHATTN_STATUS_COMM_ERROR, 10) \
     V(HASHATTN_KV_LAYOUT_NHD, 0) \
     V(HASHATTN_KV_LAYOUT_HND, 1) \
     V(HASHATTN_SELECTION_PER_HEAD, 0) \
@@ -176,6 +201,8 @@
     V(HASHATTN_OP_HASH, 3) \
     V(HASHATTN_CACHE_WRITE_SIGNATURES_ONLY, 1) \
     V(HASHATTN_DECODE_DENSE, 1) \
+    V(HASHATTN_DECODE_TP_SHARDED, 2) \
+    V(HASHATTN_COMM_ID_BYTES, 128) \
     V(kDLCPU, 1) \
     V(kDLCUDA, 2) \
     V(kDLCUDAHost, 3) \
