@@ -29,6 +29,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,6 +301,7 @@ struct CudaExec {
     rn_cuda_config_t cfg;
     rn_plugin_t pl;
     int L, E, F, Hq, Hkv, D, V, QD, KD;
+    int tp, rank, Hq_l, Hkv_l; /* tensor parallelism: this rank's heads (tp = 1: all) */
     float eps;
     int wbf16;              /* GEMM inputs are bf16 */
     size_t wsize;           /* bytes of a weight element */
@@ -472,22 +474,31 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
     const DLDataType adt = rn_dl_dtype(c->cfg.kv_dtype);
     const DLDataType i32 = { kDLInt, 32, 1 }, i64 = { kDLInt, 64, 1 }, u32 = { kDLUInt, 32, 1 };
     const int64_t nb = c->cfg.num_blocks, bs = c->cfg.block_size, hsig = c->pl.sig_heads, hsel = c->pl.sel_heads;
-    const size_t kv_layer = (size_t)nb * bs * c->Hkv * c->D, sig_layer = (size_t)nb * hsig * bs;
+    const size_t kv_layer = (size_t)nb * bs * c->Hkv_l * c->D, sig_layer = (size_t)nb * hsig * bs;
     const size_t aes = 2; /* plugin dtype bytes */
     const int sigs = c->sig_cache && !c->dense;
-    int64_t sh_kv[3] = { T, c->Hkv, c->D }, sh_cache[4] = { nb, bs, c->Hkv, c->D }, sh_sig[3] = { nb, hsig, bs };
+    /* with tensor parallelism the plugin sees this rank's heads of q, k and v
+     * (strided views of the whole projections) and caches of those heads only */
+    int64_t sh_kv[3] = { T, c->Hkv_l, c->D }, sh_cache[4] = { nb, bs, c->Hkv_l, c->D }, sh_sig[3] = { nb, hsig, bs };
+    int64_t st_k[3] = { c->KD, c->D, 1 }, st_q[3] = { c->QD, c->D, 1 };
+    const size_t koff = (size_t)c->rank * c->Hkv_l * c->D * 2, qoff = (size_t)c->rank * c->Hq_l * c->D * 2;
     int64_t sh_slots[1] = { T };
-    int64_t sh_dq[3] = { nd, c->Hq, c->D }, sh_dbt[2] = { nd, W }, sh_dsl[1] = { nd }, sh_cnt[2] = { nd, hsel };
+    int64_t sh_dq[3] = { nd, c->Hq_l, c->D }, sh_dout[3] = { nd, c->Hq, c->D }, sh_dbt[2] = { nd, W };
+    int64_t sh_dsl[1] = { nd }, sh_cnt[2] = { nd, hsel };
     const int r0 = p->q_start[nd];
-    int64_t sh_pq[3] = { T - r0, c->Hq, c->D }, sh_pbt[2] = { np, W }, sh_psl[1] = { np }, sh_qsl[1] = { np + 1 };
+    int64_t sh_pq[3] = { T - r0, c->Hq_l, c->D }, sh_pbt[2] = { np, W }, sh_psl[1] = { np }, sh_qsl[1] = { np + 1 };
+    int64_t sh_pall[2] = { T - r0, c->QD };
     const rn_plugin_t *pl = &c->pl;
-    DLTensor tk = rn_dl_tensor(pl, c->ka, adt, 3, sh_kv, NULL), tv = rn_dl_tensor(pl, c->va, adt, 3, sh_kv, NULL);
+    DLTensor tk = rn_dl_tensor(pl, (char *)c->ka + koff, adt, 3, sh_kv, st_k);
+    DLTensor tv = rn_dl_tensor(pl, (char *)c->va + koff, adt, 3, sh_kv, st_k);
     DLTensor slots = rn_dl_tensor(pl, c->d_meta + M.slots, i64, 1, sh_slots, NULL);
-    DLTensor dq = rn_dl_tensor(pl, c->qa, adt, 3, sh_dq, NULL), dout = rn_dl_tensor(pl, c->atta, adt, 3, sh_dq, NULL);
+    DLTensor dq = rn_dl_tensor(pl, (char *)c->qa + qoff, adt, 3, sh_dq, st_q);
+    DLTensor dout = rn_dl_tensor(pl, c->atta, adt, 3, sh_dout, NULL); /* all heads: gathered */
     DLTensor dbt = rn_dl_tensor(pl, c->d_meta + M.tables, i32, 2, sh_dbt, NULL);
     DLTensor dsl = rn_dl_tensor(pl, c->d_meta + M.seq_lens, i32, 1, sh_dsl, NULL);
-    DLTensor pq = rn_dl_tensor(pl, (char *)c->qa + (size_t)r0 * c->QD * aes, adt, 3, sh_pq, NULL);
-    DLTensor pout = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes, adt, 3, sh_pq, NULL);
+    DLTensor pq = rn_dl_tensor(pl, (char *)c->qa + (size_t)r0 * c->QD * aes + qoff, adt, 3, sh_pq, st_q);
+    DLTensor pout = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes + qoff, adt, 3, sh_pq, st_q);
+    DLTensor pall = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes, adt, 2, sh_pall, NULL);
     DLTensor pbt = rn_dl_tensor(pl, c->d_meta + M.tables + (size_t)4 * nd * W, i32, 2, sh_pbt, NULL);
     DLTensor psl = rn_dl_tensor(pl, c->d_meta + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
     DLTensor qsl = rn_dl_tensor(pl, c->d_meta + M.qsl, i32, 1, sh_qsl, NULL);
@@ -545,6 +556,9 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
             if (st != HASHATTN_STATUS_OK)
                 return plugin_fail(c, "decode", st);
         }
+        if (np > 0 && c->tp > 1) /* the other ranks' heads: zeros, filled by the all-reduce below */
+            CU(cudaMemsetAsync((char *)c->atta + (size_t)r0 * c->QD * aes, 0, (size_t)(T - r0) * c->QD * aes,
+                               c->stream));
         if (np > 0) {
             hashattn_prefill_args_t pa = HASHATTN_PREFILL_ARGS_INIT;
             pa.layer = l;
@@ -561,6 +575,15 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
             st = pl->api->prefill(pl->ctx, &pa);
             if (st != HASHATTN_STATUS_OK)
                 return plugin_fail(c, "prefill", st);
+            if (c->tp > 1) {
+                /* x + 0 is exact: the sum over ranks is every rank's heads, bit for bit */
+                hashattn_all_reduce_args_t ar = HASHATTN_ALL_REDUCE_ARGS_INIT;
+                ar.tensor = &pall;
+                ar.stream = c->stream;
+                st = pl->api->all_reduce(pl->ctx, &ar);
+                if (st != HASHATTN_STATUS_OK)
+                    return plugin_fail(c, "all_reduce", st);
+            }
         }
         if (k_convert_att(c, T) || gemm(c, Ly.wo, c->gin, c->x, T, c->QD, c->E, 1.0f) ||
             k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wg, c->xb, c->hb, T, c->E, c->F, 0) ||
@@ -764,6 +787,58 @@ static void cuda_destroy(rn_exec_t *e)
 
 const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy };
 
+/* Tensor parallelism: swap the plugin's one-GPU context (made by
+ * rn_plugin_open) for a context of this rank's heads with the same shape,
+ * budget and hash weights (the whole model's file: the context keeps its
+ * share). The communicator comes later (rn_exec_cuda_create_tp). */
+static int replace_with_tp_context(CudaExec *c, const rn_plugin_config_t *pc)
+{
+    rn_plugin_t *pl = &c->pl;
+    if (pl->api->abi_minor < 1)
+        return seterr(c, "--tp: libhashattn %s has no tensor parallelism (ABI 1.1)", pl->api->version());
+    if (pc->hash && !pc->hash_weights)
+        return seterr(c, "--tp with random hash weights: give a weights file (every rank must bind the same)");
+    hashattn_context_config_t cc = HASHATTN_CONTEXT_CONFIG_INIT;
+    cc.num_layers = c->L;
+    cc.num_q_heads = c->Hq;
+    cc.num_kv_heads = c->Hkv;
+    cc.head_dim = c->D;
+    cc.block_size = pc->block_size;
+    cc.dtype = rn_dl_dtype(pc->dtype);
+    cc.device.device_type = kDLCUDA;
+    cc.device.device_id = pc->device_id;
+    cc.kv_layout = HASHATTN_KV_LAYOUT_NHD;
+    cc.mlp_width = pl->mlp_width;
+    cc.selection = pc->selection;
+    cc.signature_layout = pc->hash && pl->sig_heads == c->Hkv && c->Hkv != c->Hq ? HASHATTN_SIGNATURE_PER_KV_HEAD
+                                                                                 : HASHATTN_SIGNATURE_PER_QUERY_HEAD;
+    cc.budget.sink_tokens = pc->sink;
+    cc.budget.recent_tokens = pc->recent;
+    cc.budget.heavy_count = pc->heavy_count;
+    cc.budget.heavy_fraction = pc->heavy_fraction;
+    cc.tp_rank = c->rank;
+    cc.tp_size = c->tp;
+    hashattn_context_t *ctx = NULL;
+    hashattn_status_t st = pl->api->context_create(&cc, &ctx);
+    if (st != HASHATTN_STATUS_OK)
+        return seterr(c, "--tp: context_create: %s: %s", pl->api->status_string(st), pl->api->last_error(NULL));
+    if (pc->hash) {
+        hashattn_weights_load_args_t la = HASHATTN_WEIGHTS_LOAD_ARGS_INIT;
+        la.path = pc->hash_weights;
+        st = pl->api->weights_load(ctx, &la);
+        if (st != HASHATTN_STATUS_OK) {
+            seterr(c, "--tp: weights_load: %s: %s", pl->api->status_string(st), pl->api->last_error(ctx));
+            pl->api->context_destroy(ctx);
+            return -1;
+        }
+    }
+    pl->api->context_destroy(pl->ctx);
+    pl->ctx = ctx;
+    pl->sel_heads /= c->tp;
+    pl->sig_heads /= c->tp;
+    return 0;
+}
+
 static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
 {
     const rn_cuda_config_t *cf = &c->cfg;
@@ -777,6 +852,12 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     c->V = hp->n_vocab;
     c->QD = c->Hq * c->D;
     c->KD = c->Hkv * c->D;
+    c->tp = cf->tp_size > 1 ? cf->tp_size : 1;
+    c->rank = c->tp > 1 ? cf->tp_rank : 0;
+    if (c->Hkv % c->tp)
+        return seterr(c, "--tp %d must divide the model's %d KV heads", c->tp, c->Hkv);
+    c->Hq_l = c->Hq / c->tp;
+    c->Hkv_l = c->Hkv / c->tp;
     c->eps = hp->rms_eps;
     c->wbf16 = cf->weights_bf16 != 0;
     c->wsize = c->wbf16 ? 2 : 4;
@@ -812,6 +893,8 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
         return -1;
     c->hash_ctx = pc.hash;
     c->dense = !pc.hash;
+    if (c->tp > 1 && replace_with_tp_context(c, &pc))
+        return -1;
 
     /* weights */
     const size_t E = c->E, F = c->F, QD = c->QD, KD = c->KD, V = c->V;
@@ -863,7 +946,7 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
         dalloc(c, &c->atta, T * QD * ae, "attention output"))
         return -1;
     /* caches */
-    const size_t kv = (size_t)c->L * cf->num_blocks * cf->block_size * KD;
+    const size_t kv = (size_t)c->L * cf->num_blocks * cf->block_size * c->Hkv_l * c->D; /* this rank's heads */
     if (dalloc(c, &c->k_cache, kv * ae, "key cache") || dalloc(c, &c->v_cache, kv * ae, "value cache"))
         return -1;
     CU(cudaMemset(c->k_cache, 0, kv * ae));
@@ -898,8 +981,8 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, cf->device));
     snprintf(c->base.desc, sizeof c->base.desc,
-             "CUDA %s (cuda:%d), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, %.1f of %.1f GB free; attention: %s",
-             prop.name, cf->device, c->wbf16 ? "bf16" : "f32", pc.dtype == RN_DT_F16 ? "fp16" : "bf16",
+             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, %.1f of %.1f GB free; attention: %s",
+             prop.name, cf->device, c->tp > 1 ? ", tensor-parallel rank" : "", c->wbf16 ? "bf16" : "f32", pc.dtype == RN_DT_F16 ? "fp16" : "bf16",
              2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off", free_b / 1e9, total_b / 1e9, c->pl.desc);
     return 0;
 }
@@ -941,4 +1024,183 @@ extern "C" int rn_exec_cuda_create(const rn_model_t *m, const rn_cuda_config_t *
 extern "C" int rn_exec_cuda_random_weights(const rn_exec_t *e)
 {
     return e && e->ops == &k_cuda_ops && ((const CudaExec *)e)->pl.random_weights;
+}
+
+/* ---- tensor parallelism: one executor per GPU, stepped together ---- */
+
+namespace {
+
+struct TpExec {
+    rn_exec_t base;
+    int tp;
+    rn_exec_t *rank[8];
+    char rank_err[8][768];
+};
+
+struct TpJob {
+    rn_exec_t *e;
+    const rn_plan_t *plan;
+    const rn_sample_req_t *smp;
+    int32_t *next;
+    float *all_logits;
+    int rc;
+    const hashattn_comm_id_t *id; /* comm_create jobs */
+};
+
+static void *tp_step_job(void *p)
+{
+    TpJob *j = (TpJob *)p;
+    j->rc = rn_exec_step(j->e, j->plan, j->smp, j->next, j->all_logits);
+    return NULL;
+}
+
+static int tp_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *smp, int32_t *next, float *all_logits)
+{
+    TpExec *t = (TpExec *)e;
+    TpJob jobs[8];
+    pthread_t th[8];
+    int32_t scratch[8][512];
+    const int S = p->n_seqs;
+    if (S > 512) {
+        snprintf(e->err, sizeof e->err, "--tp: %d sequences in a step, at most 512", S);
+        return -1;
+    }
+    for (int r = 0; r < t->tp; r++)
+        jobs[r] = TpJob{ t->rank[r], p, smp, r == 0 ? next : scratch[r], r == 0 ? all_logits : NULL, 0, NULL };
+    for (int r = 1; r < t->tp; r++)
+        pthread_create(&th[r], NULL, tp_step_job, &jobs[r]);
+    tp_step_job(&jobs[0]);
+    for (int r = 1; r < t->tp; r++)
+        pthread_join(th[r], NULL);
+    for (int r = 0; r < t->tp; r++)
+        if (jobs[r].rc) {
+            snprintf(e->err, sizeof e->err, "rank %d: %s", r, t->rank[r]->err);
+            return -1;
+        }
+    for (int r = 1; r < t->tp; r++)
+        if (memcmp(scratch[r], next, 4 * (size_t)S) != 0) {
+            snprintf(e->err, sizeof e->err, "rank %d sampled other tokens than rank 0", r);
+            return -1;
+        }
+    e->graph_replays = t->rank[0]->graph_replays;
+    e->graph_captures = t->rank[0]->graph_captures;
+    e->eager_steps = t->rank[0]->eager_steps;
+    return 0;
+}
+
+static int tp_set_dense(rn_exec_t *e, int dense)
+{
+    TpExec *t = (TpExec *)e;
+    for (int r = 0; r < t->tp; r++)
+        if (t->rank[r]->ops->set_dense(t->rank[r], dense)) {
+            snprintf(e->err, sizeof e->err, "rank %d: %s", r, t->rank[r]->err);
+            return -1;
+        }
+    return 0;
+}
+
+static void *tp_destroy_job(void *p)
+{
+    rn_exec_destroy((rn_exec_t *)p);
+    return NULL;
+}
+
+/* all ranks at once: destroying a communicator may wait for its peers */
+static void tp_destroy(rn_exec_t *e)
+{
+    TpExec *t = (TpExec *)e;
+    pthread_t th[8];
+    for (int r = 0; r < t->tp; r++)
+        pthread_create(&th[r], NULL, tp_destroy_job, t->rank[r]);
+    for (int r = 0; r < t->tp; r++)
+        pthread_join(th[r], NULL);
+    free(t);
+}
+
+const rn_exec_ops_t k_tp_ops = { tp_step, tp_set_dense, tp_destroy };
+
+static void *tp_comm_job(void *p)
+{
+    TpJob *j = (TpJob *)p;
+    CudaExec *c = (CudaExec *)j->e;
+    cudaSetDevice(c->cfg.device);
+    hashattn_comm_create_args_t a = HASHATTN_COMM_CREATE_ARGS_INIT;
+    a.unique_id = j->id;
+    hashattn_status_t st = c->pl.api->comm_create(c->pl.ctx, &a);
+    j->rc = st == HASHATTN_STATUS_OK ? 0 : plugin_fail(c, "comm_create", st);
+    return NULL;
+}
+
+} // namespace
+
+extern "C" int rn_exec_cuda_create_tp(const rn_model_t *m, const rn_cuda_config_t *cfg, int tp, rn_exec_t **out,
+                                      char *err, size_t errlen)
+{
+    *out = NULL;
+    if (tp <= 1)
+        return rn_exec_cuda_create(m, cfg, out, err, errlen);
+    if (tp > 8) {
+        snprintf(err, errlen, "--tp %d: at most 8", tp);
+        return -1;
+    }
+    TpExec *t = (TpExec *)calloc(1, sizeof(TpExec));
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    t->tp = 0; /* ranks created so far: what tp_destroy frees */
+    t->base.ops = &k_tp_ops;
+    for (int r = 0; r < tp; r++) {
+        rn_cuda_config_t c = *cfg;
+        c.device = cfg->device + r;
+        c.tp_rank = r;
+        c.tp_size = tp;
+        char e2[900];
+        if (rn_exec_cuda_create(m, &c, &t->rank[r], e2, sizeof e2)) {
+            snprintf(err, errlen, "--tp %d, rank %d (cuda:%d): %s", tp, r, c.device, e2);
+            tp_destroy(&t->base);
+            return -1;
+        }
+        t->tp = r + 1;
+    }
+    /* one communicator per rank's context, made together (each waits for all) */
+    CudaExec *c0 = (CudaExec *)t->rank[0];
+    hashattn_comm_id_t id;
+    hashattn_status_t st = c0->pl.api->comm_unique_id(&id);
+    if (st != HASHATTN_STATUS_OK) {
+        snprintf(err, errlen, "--tp: comm_unique_id: %s: %s", c0->pl.api->status_string(st),
+                 c0->pl.api->last_error(NULL));
+        tp_destroy(&t->base);
+        return -1;
+    }
+    TpJob jobs[8];
+    pthread_t th[8];
+    for (int r = 0; r < tp; r++) {
+        memset(&jobs[r], 0, sizeof jobs[r]);
+        jobs[r].e = t->rank[r];
+        jobs[r].id = &id;
+        pthread_create(&th[r], NULL, tp_comm_job, &jobs[r]);
+    }
+    for (int r = 0; r < tp; r++)
+        pthread_join(th[r], NULL);
+    for (int r = 0; r < tp; r++)
+        if (jobs[r].rc) {
+            snprintf(err, errlen, "--tp: rank %d: %s", r, t->rank[r]->err);
+            tp_destroy(&t->base);
+            return -1;
+        }
+    rn_exec_t *e0 = t->rank[0];
+    rn_exec_t *e = &t->base;
+    e->n_vocab = e0->n_vocab;
+    e->block_size = e0->block_size;
+    e->num_blocks = e0->num_blocks;
+    e->max_seqs = e0->max_seqs < 512 ? e0->max_seqs : 512;
+    e->max_tokens = e0->max_tokens;
+    e->max_blocks = e0->max_blocks;
+    e->width_round = e0->width_round;
+    e->stats = e0->stats; /* rank 0's heads */
+    snprintf(e->desc, sizeof e->desc, "%d GPUs, tensor-parallel attention (heads split, NCCL); rank 0: %.400s", tp,
+             e0->desc);
+    *out = e;
+    return 0;
 }

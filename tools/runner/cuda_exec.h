@@ -24,11 +24,25 @@ typedef struct rn_cuda_config {
     int32_t max_blocks;
     int width_round;       /* block-table widths rounded to this many blocks (graph reuse) */
     rn_plugin_config_t plugin; /* shape, device and dtype are filled in here */
+    /* tensor parallelism (rn_exec_cuda_create_tp fills these): attention on
+     * this rank's heads through a TP context, everything else replicated */
+    int tp_rank, tp_size;      /* 0, 0 = one GPU */
 } rn_cuda_config_t;
 
 /* Upload m's weights (m may be freed afterwards) and create everything.
  * 0, or -1 with err. */
 int rn_exec_cuda_create(const rn_model_t *m, const rn_cuda_config_t *cfg, rn_exec_t **out, char *err, size_t errlen);
+
+/* The same over `tp` GPUs (cfg->device .. cfg->device + tp - 1), tp dividing
+ * the model's KV heads: one executor per GPU, each running the whole model
+ * except attention, which runs on its rank's heads through a tensor-parallel
+ * plugin context (the gathered decode output; prefill outputs summed with the
+ * plugin's all_reduce over zeroed other heads, which is exact). A step runs on
+ * every rank at once (one host thread per rank) and rank 0's tokens are
+ * returned; the ranks compute the same tokens. Hash mode needs a weights file
+ * (random weights are refused). tp = 1 is rn_exec_cuda_create. */
+int rn_exec_cuda_create_tp(const rn_model_t *m, const rn_cuda_config_t *cfg, int tp, rn_exec_t **out, char *err,
+                           size_t errlen);
 
 /* 1 when random hash weights were bound. */
 int rn_exec_cuda_random_weights(const rn_exec_t *e);

@@ -45,6 +45,7 @@ typedef struct options {
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
     int sink, recent, heavy_count, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
+    int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
     uint64_t seed;
     int64_t ctx, kv_tokens;
@@ -100,6 +101,8 @@ static void usage(FILE *out)
             "  --kv-dtype T          cuda: bf16 (default) | fp16, the plugin's dtype\n"
             "  --weights-dtype T     cuda: f32 (default) | bf16\n"
             "  --no-graphs           cuda: do not capture decode steps in CUDA graphs\n"
+            "  --tp N                cuda: split the attention heads over N GPUs (cuda:D ..\n"
+            "                        cuda:D+N-1) with NCCL; N divides the KV heads (default 1)\n"
             "  --threads N           cpu: threads of the matrix products and of split\n"
             "                        prefill calls (default: every CPU)\n"
             "  --exact-matmul        cpu: batch-invariant matrix products (a sequence's\n"
@@ -357,6 +360,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         INTOPT("--mlp-width", 1, 1024, o->mlp_width)
         INTOPT("--max-new-tokens", 0, 1 << 24, o->max_new)
         INTOPT("--batch", 1, 4096, o->batch)
+        INTOPT("--tp", 1, 8, o->tp)
         INTOPT("--threads", 0, 256, o->threads)
         INTOPT("--seed", 0, INT64_MAX, o->seed)
         INTOPT("--ctx", 1, 1 << 24, o->ctx)
@@ -678,6 +682,7 @@ int main(int argc, char **argv)
     o.top_p = 1.0f;
     o.seed = 1234;
     o.batch = 8;
+    o.tp = 1;
     o.bench_steps = 64;
     o.bench_warmup = 3;
     o.bench_batch = "1,32";
@@ -724,6 +729,8 @@ int main(int argc, char **argv)
 #endif
     if (cuda && mode_naive)
         FAIL_USAGE("--attn naive runs on the CPU only");
+    if (o.tp > 1 && !cuda)
+        FAIL_USAGE("--tp %d needs --device cuda", o.tp);
     if (strcmp(o.kv_dtype, "bf16") && strcmp(o.kv_dtype, "fp16"))
         FAIL_USAGE("--kv-dtype is bf16 or fp16, not '%s'", o.kv_dtype);
     if (strcmp(o.weights_dtype, "f32") && strcmp(o.weights_dtype, "bf16"))
@@ -954,7 +961,7 @@ int main(int argc, char **argv)
         cc.max_blocks = max_blocks;
         cc.width_round = width_round;
         cc.plugin = pc;
-        if (rn_exec_cuda_create(m, &cc, &ex, err, sizeof err)) {
+        if (rn_exec_cuda_create_tp(m, &cc, o.tp, &ex, err, sizeof err)) {
             fprintf(stderr, "hashattn-run: %s\n", err);
             if (used_default)
                 fprintf(stderr, "hashattn-run: the default hash weights %s are SmolLM2-135M's; for another model "
@@ -1011,6 +1018,7 @@ int main(int argc, char **argv)
         json_object_object_add(js, "steps", json_object_new_int(o.bench_steps));
         json_object_object_add(js, "warmup", json_object_new_int(o.bench_warmup));
         json_object_object_add(js, "graphs", json_object_new_boolean(cuda && !o.no_graphs));
+        json_object_object_add(js, "tp", json_object_new_int(o.tp));
         printf("%-6s %-7s %-6s %12s %10s %10s %10s %8s %9s %8s\n", "batch", "ctx", "mode", "tok/s", "ms/step",
                "attended", "context", "speedup", "prefill_s", "graphs");
         int bad = 0;
