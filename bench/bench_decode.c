@@ -61,6 +61,8 @@ typedef struct bench_case {
     int stop;         /* lab: sparse decode stops after 1 hash, 2 score, 3 resolve */
     int blockscore;   /* lab: score items per block (1) or per warp (2); 0 = the size rule */
     int serialc;      /* lab: compaction by per-thread runs (1) or warp ballots (2); 0 = default */
+    int autodense;    /* 1: the context's automatic dense_below; 0: dense_below = -1 (sparse kernels
+                         whatever the length) */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -130,6 +132,16 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_8k_warpscore", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 2},
     {"gp32_b1_8k_nopdl", 1, 8192, G_, P_, 0, 32, 1, 0, 0, 0, 0},
     {"gc32_b8_128k_warpscore_pdl", 8, 131072, G_, C_, 0, 32, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2},
+    /* run 5: packed compaction (default) against the serial form; the automatic dense_below */
+    {"gc32_b8_128k_serial", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"hp32_b8_128k_serial", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"sel_gc32_b8_128k_serial", 8, 131072, G_, C_, 0, 32, 1, 1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b1_8k_auto", 1, 8192, G_, P_, 0, 32, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gc32_b1_8k_auto", 1, 8192, G_, C_, 0, 32, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b1_16k_auto", 1, 16384, G_, P_, 0, 32, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b1_32k_auto", 1, 32768, G_, P_, 0, 32, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b8_8k", 8, 8192, G_, P_, 0, 32, 0, 0, -1, 0, 0},
+    {"dense_b8_8k", 8, 8192, G_, P_, 1, 0, 0, 0, -1, 0, 0},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -244,7 +256,7 @@ static void bind_weights(hashattn_context_t *ctx, int hsig)
             free(bufs[side][p]);
 }
 
-static hashattn_context_t *make_ctx(int sel, int sig, int hnd)
+static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense)
 {
     hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
     cfg.num_layers = 1;
@@ -258,6 +270,7 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd)
     cfg.selection = sel;
     cfg.signature_layout = sig;
     cfg.kv_layout = hnd ? HASHATTN_KV_LAYOUT_HND : HASHATTN_KV_LAYOUT_NHD;
+    cfg.dense_below = autodense ? 0 : -1;
     hashattn_context_t *ctx = NULL;
     HA(NULL, g_api->context_create(&cfg, &ctx));
     bind_weights(ctx, sig == C_ ? HKV : HQ);
@@ -345,7 +358,7 @@ int main(int argc, char **argv)
         perm[i] = (int32_t)i;
     CK(cudaMemcpy(bt_seq, perm, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
 
-    hashattn_context_t *ctxs[2][2][2];
+    hashattn_context_t *ctxs[2][2][2][2];
     memset(ctxs, 0, sizeof ctxs);
     void *ws = NULL;
     size_t ws_cap = 0;
@@ -398,9 +411,10 @@ int main(int argc, char **argv)
         const int B = bc->B;
         const int64_t N = bc->N, per_seq = N / BS;
         const int sel_i = bc->sel == H_, sig_i = bc->sig == C_;
-        if (!ctxs[sel_i][sig_i][bc->hnd])
-            ctxs[sel_i][sig_i][bc->hnd] = make_ctx(bc->sel, bc->sig, bc->hnd);
-        hashattn_context_t *ctx = ctxs[sel_i][sig_i][bc->hnd];
+        const int au = bc->autodense;
+        if (!ctxs[sel_i][sig_i][bc->hnd][au])
+            ctxs[sel_i][sig_i][bc->hnd][au] = make_ctx(bc->sel, bc->sig, bc->hnd, au);
+        hashattn_context_t *ctx = ctxs[sel_i][sig_i][bc->hnd][au];
         int32_t lens[8];
         for (int s = 0; s < B; s++)
             lens[s] = (int32_t)N;
@@ -520,8 +534,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 2; j++)
             for (int k = 0; k < 2; k++)
-                if (ctxs[i][j][k])
-                    g_api->context_destroy(ctxs[i][j][k]);
+                for (int u = 0; u < 2; u++)
+                    if (ctxs[i][j][k][u])
+                        g_api->context_destroy(ctxs[i][j][k][u]);
     printf("%s: %d cases, %d failed: %s\n", BENCH_NAME, ran, failed, failed ? "FAILED" : "OK");
     return failed ? 1 : 0;
 }

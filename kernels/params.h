@@ -69,6 +69,7 @@ typedef struct ha_budget {
     int32_t recent;      /* R >= 1 */
     int32_t heavy_count; /* >= 0: K; < 0: use heavy_fraction */
     float heavy_fraction;
+    int32_t dense_below; /* > 0: sequences with n < dense_below are dense */
 } ha_budget_t;
 
 /* Heavy budget K for a sequence of n tokens (host and device). */
@@ -206,6 +207,8 @@ ha_kernel_status_t ha_cpu_hash(const ha_hash_params_t *p);
 
 /* CUDA backend (kernels/cuda/), built when HASHATTN_WITH_CUDA. */
 size_t ha_cuda_workspace_size(int op, const ha_workspace_bounds_t *b);
+/* What one call with exactly these sizes needs (<= the bound above). */
+size_t ha_cuda_workspace_need(int op, const ha_workspace_bounds_t *b);
 ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t *p);
 ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p);
 ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p);

@@ -1,6 +1,7 @@
 /*
  * context.c - context creation and destruction, config and budget checks.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@ static const ha_field_t config_fields[] = {
     HA_F(CFG, kv_layout),   HA_F(CFG, hash_bits),    HA_F(CFG, mlp_width),
     HA_F(CFG, selection),   HA_F(CFG, signature_layout), HA_F(CFG, softmax_scale),
     HA_F(CFG, budget),      HA_F(CFG, tp_rank),     HA_F(CFG, tp_size),
+    HA_F(CFG, dense_below),
 };
 static const ha_struct_desc_t config_desc = {"config", config_fields,
                                              (int)(sizeof config_fields / sizeof config_fields[0]),
@@ -62,6 +64,7 @@ hashattn_status_t ha_read_budget(hashattn_context_t *ctx, const char *op, const 
     out->recent = b.recent_tokens;
     out->heavy_count = b.heavy_count;
     out->heavy_fraction = b.heavy_fraction;
+    out->dense_below = ctx->dense_below;
     return HASHATTN_STATUS_OK;
 }
 
@@ -110,6 +113,10 @@ static hashattn_status_t check_config(const hashattn_context_config_t *c, ha_bac
                        "KV heads)", c->tp_size, c->num_kv_heads);
     if (c->tp_rank < 0 || c->tp_rank >= tp)
         return ha_fail(NULL, bad, "config.tp_rank = %d is outside [0, tp_size = %d)", c->tp_rank, tp);
+
+    if (c->dense_below < -1)
+        return ha_fail(NULL, bad, "config.dense_below = %d must be >= -1 (0 = automatic, -1 = never)",
+                       c->dense_below);
 
     DLDataType dt = c->dtype;
     if (dt.lanes != 1)
@@ -160,6 +167,21 @@ static hashattn_status_t check_config(const hashattn_context_config_t *c, ha_bac
 #endif
 }
 
+/* config.dense_below after the automatic choice: the CPU backend's sparse
+ * step is cheaper than its dense one at every length, so it has none; on
+ * CUDA a sequence is dense while its K and V (this rank's heads) are under
+ * HASHATTN_CUDA_DENSE_BELOW_BYTES. */
+static int32_t resolve_dense_below(const hashattn_context_config_t *c, ha_backend_t backend, ha_dtype_t dtype)
+{
+    if (c->dense_below != 0)
+        return c->dense_below > 0 ? c->dense_below : 0;
+    if (backend != HA_BACKEND_CUDA)
+        return 0;
+    const long long per_token = (long long)c->num_kv_heads * c->head_dim * 2 * (dtype == HA_DTYPE_F32 ? 4 : 2);
+    const long long n = (HASHATTN_CUDA_DENSE_BELOW_BYTES + per_token - 1) / per_token;
+    return n < INT32_MAX ? (int32_t)n : INT32_MAX;
+}
+
 hashattn_status_t ha_context_create(const hashattn_context_config_t *config, hashattn_context_t **out)
 {
     if (!out)
@@ -194,6 +216,7 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
     ctx->num_sig_heads =
         cfg.signature_layout == HASHATTN_SIGNATURE_PER_KV_HEAD ? cfg.num_kv_heads : cfg.num_q_heads;
     ctx->scale = cfg.softmax_scale > 0.0f ? cfg.softmax_scale : 1.0f / sqrtf((float)cfg.head_dim);
+    ctx->dense_below = resolve_dense_below(&cfg, backend, dtype);
     *out = ctx;
     return HASHATTN_STATUS_OK;
 }

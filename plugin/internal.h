@@ -33,6 +33,7 @@ struct hashattn_context {
     int32_t num_sig_heads;  /* Hq or Hkv */
     ha_dtype_t dtype;
     float scale;            /* softmax scale after the default */
+    int32_t dense_below;    /* cfg.dense_below resolved: > 0 tokens, or 0 (never) */
 
     /* Hash weights, float32, both sides of every layer in one block
      * (ha_weights_offset gives the layout); a device copy on CUDA. */

@@ -166,7 +166,7 @@ static status_t check_workspace(hashattn_context_t *ctx, const char *op, int whi
 {
     size_t need;
 #ifdef HASHATTN_WITH_CUDA
-    need = ctx->backend == HA_BACKEND_CUDA ? ha_cuda_workspace_size(which, b) : ha_cpu_workspace_size(which, b);
+    need = ctx->backend == HA_BACKEND_CUDA ? ha_cuda_workspace_need(which, b) : ha_cpu_workspace_size(which, b);
 #else
     need = ha_cpu_workspace_size(which, b);
 #endif
@@ -418,6 +418,10 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     p.block_table_stride = vbt.strides[0];
     p.max_blocks_per_seq = (int32_t)vbt.shape[1];
     p.seq_lens = (const int32_t *)vsl.data;
+    /* every sequence below dense_below (its table bounds n): the dense path,
+     * which is what the per-sequence rule gives, without the sparse launches */
+    if ((int64_t)p.max_blocks_per_seq * p.block_size < p.budget.dense_below)
+        p.dense = 1;
     if (ctx->weights_bound)
         p.query_mlp = ha_weights_mlp(ctx, weights_base(ctx), HA_SIDE_QUERY, a.layer);
     p.workspace = a.workspace;

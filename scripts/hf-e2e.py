@@ -205,7 +205,9 @@ def generate_ids(model: Any, ids: List[int], new_tokens: int,
 def make_cache(model: Any, args: argparse.Namespace, **budget: Any) -> hf.HashAttnCache:
     weights = args.weights or "random"
     return hf.HashAttnCache(model, weights=weights, seed=args.seed, selection=args.selection,
-                            block_size=args.block_size, record_selection=True, **budget)
+                            block_size=args.block_size, record_selection=True,
+                            dense_below=-1,  # sparse at every length, as hashattn-run's default
+                            **budget)
 
 
 def full_budget() -> dict:

@@ -111,6 +111,13 @@ static const grid_case_t k_grid[] = {
     {0, {.dtype = F32, .hq = 4, .hkv = 4, .d = 64, .block = 1, .batch = 1, .m = 16, .kv_layout = HND,
          .selection = HEAD, .sig_layout = COMPACT, .sink = 4, .recent = 64, .heavy_count = 100,
          .seq_lens = (const int[]){1500}, .fill = HT_FILL_TIES, .tensor_flags = HT_PAD}},
+    /* config.dense_below: the sequences under 400 tokens attend to all of theirs */
+    {0, {.dtype = F32, .hq = 4, .hkv = 2, .d = 64, .block = 16, .batch = 4, .m = 16, .kv_layout = NHD,
+         .selection = GROUP, .sig_layout = PAPER, .sink = 8, .recent = 8, .heavy_count = 16,
+         .seq_lens = (const int[]){399, 400, 900, 60}, .fill = HT_FILL_DIRECT, .dense_below = 400}},
+    {0, {.dtype = F32, .hq = 4, .hkv = 1, .d = 64, .block = 16, .batch = 3, .m = 16, .kv_layout = HND,
+         .selection = HEAD, .sig_layout = COMPACT, .sink = 4, .recent = 4, .heavy_count = 10,
+         .seq_lens = (const int[]){700, 100, 350}, .fill = HT_FILL_TIES, .dense_below = 350}},
 };
 /* clang-format on */
 #define NGRID ((int)(sizeof k_grid / sizeof k_grid[0]))

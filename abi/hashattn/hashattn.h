@@ -202,13 +202,27 @@ typedef struct hashattn_context_config {
     int32_t tp_rank;         /* in [0, tp_size). Default 0. */
     int32_t tp_size;         /* ranks, must divide num_kv_heads; 0 or 1 = no split. Default 0
                                 (zero, so that a 1.0 library accepts a config that leaves it). */
+    /* 1.1: a sequence with fewer cached tokens than this decodes densely
+     * (every token, as if the budget covered it), for the lengths where the
+     * sparse step would not be faster than reading everything. 0 = automatic:
+     * the backend's break-even length for this context's shape (CPU: none;
+     * CUDA: HASHATTN_CUDA_DENSE_BELOW_BYTES of K and V per sequence, see
+     * docs/performance.md "Short contexts"); -1 = never; > 0 = this many
+     * tokens. Set it explicitly (e.g. -1) where CPU and CUDA contexts must
+     * give the same answers. Default 0. */
+    int32_t dense_below;
 } hashattn_context_config_t;
+
+/* The automatic dense_below of CUDA contexts: sequences whose keys and values
+ * (n * kv heads * head_dim * 2 * element size bytes) are fewer than this
+ * many bytes decode densely. Measured on an H200 (docs/performance.md). */
+#define HASHATTN_CUDA_DENSE_BELOW_BYTES (96ll << 20)
 
 #define HASHATTN_CONTEXT_CONFIG_INIT                                        \
     { sizeof(hashattn_context_config_t), 0u, 0, 0, 0, 0, 16,                \
       { (uint8_t)kDLBfloat, 16, 1 }, { kDLCPU, 0 },                         \
       HASHATTN_KV_LAYOUT_NHD, 32, 128, HASHATTN_SELECTION_GROUP,            \
-      HASHATTN_SIGNATURE_PER_QUERY_HEAD, 0.0f, HASHATTN_BUDGET_INIT, 0, 0 }
+      HASHATTN_SIGNATURE_PER_QUERY_HEAD, 0.0f, HASHATTN_BUDGET_INIT, 0, 0, 0 }
 
 /* ------------------------------------------------------------------------- */
 /* Hash weights                                                               */

@@ -2,7 +2,7 @@
  * select.c - which tokens a decode step attends to.
  *
  * For n tokens and budget (I sink, R recent, K heavy):
- *   dense (flag, or n <= I + R + K): [0, n);
+ *   dense (flag, n <= I + R + K, or n < dense_below): [0, n);
  *   otherwise sink [0, I) + recent [n - R, n) + the K best candidates of
  *   [I, n - R) by score.
  * Top-K is a counting selection, no sort: a histogram of the candidates'
@@ -23,7 +23,7 @@ ha_cpu_budget_t ha_cpu_resolve_budget(const ha_budget_t *b, int dense_flag, int6
     r.sink = b->sink > 0 ? b->sink : 0;
     r.recent = b->recent > 0 ? b->recent : 0;
     r.heavy = k > 0 ? k : 0;
-    r.dense = dense_flag || n <= r.sink + r.recent + r.heavy;
+    r.dense = dense_flag || n <= r.sink + r.recent + r.heavy || n < b->dense_below;
     return r;
 }
 

@@ -13,8 +13,10 @@
  *     positions) and the count selected before it into one table entry; the
  *     block reads that entry while its scores arrive in shared memory, then
  *     compacts the chunk into an ordered list, no sort: by default each
- *     thread walks a run of positions (ranks from block scans); the lab's
- *     compact_serial = 0 uses warp ballots instead (slower, bench/NOTES.md).
+ *     thread classifies a run of positions four at a time with byte-wise
+ *     compares of one-byte scores (ranks from block scans); two-byte scores
+ *     (32G > 255) and the lab's compact_serial = 1 walk the run a position
+ *     at a time, compact_serial = 0 uses warp ballots (bench/NOTES.md).
  *
  * Then tiles of 32 listed rows are gathered with 16-byte cp.async through the
  * block table, three stages deep, into rows padded by 16 bytes (ldmatrix rows
@@ -62,7 +64,7 @@ __device__ __forceinline__ Bud resolve_budget(const ha_budget_t &b, int dense_fl
     r.I = b.sink > 0 ? b.sink : 0;
     r.R = b.recent > 0 ? b.recent : 0;
     r.K = k > 0 ? k : 0;
-    r.dense = dense_flag || n <= r.I + r.R + r.K;
+    r.dense = dense_flag || n <= r.I + r.R + r.K || n < b.dense_below;
     return r;
 }
 
@@ -120,6 +122,27 @@ __device__ __forceinline__ void row_sequence(int prefill, const int32_t *qsl, in
         return;
     }
     *n = pos >= 0 ? pos + 1 : 0;
+}
+
+/* Byte lanes k of the 4-byte word at chunk offset e with lo <= e + k < hi,
+ * as 0xFF bytes (the form __vcmpgtu4 and __vcmpeq4 return). */
+__device__ __forceinline__ uint32_t byte_range_mask(int e, int lo, int hi)
+{
+    const int k0 = min(max(lo - e, 0), 4), k1 = min(max(hi - e, 0), 4);
+    if (k1 <= k0)
+        return 0u;
+    const uint32_t below_hi = k1 == 4 ? 0xffffffffu : (1u << (8 * k1)) - 1u;
+    return below_hi & ~((1u << (8 * k0)) - 1u); /* k0 <= 3 */
+}
+
+/* Clear the lowest `skip` set bytes of a byte mask, decrementing skip. */
+__device__ __forceinline__ uint32_t drop_low_bytes(uint32_t m, int &skip)
+{
+    while (skip > 0 && m) {
+        m &= ~(0xFFu << (__ffs(m) - 1));
+        skip--;
+    }
+    return m;
 }
 
 /* In-place suffix sums of a[0, len) in shared memory: a[b] = sum a[b..len).
@@ -182,7 +205,8 @@ struct AttnArgs {
     int32_t *sel_cnt;
     int64_t sc_ss, sc_sh;
     int32_t select_only;
-    int32_t compact_serial; /* 1: the run-4a compaction (per-thread position runs) */
+    int32_t compact_serial; /* 2: packed (byte compares, one-byte scores), 1: per-thread position
+                               runs (the run-4a form), 0: warp ballots */
 };
 
 /* Softmax states merged at the end of a block: one per warp (MMA) or one
@@ -365,7 +389,143 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             const unsigned char *b = stg + (size_t)j * a.C * sb;
             return sb == 1 ? (int)b[e] : (int)reinterpret_cast<const uint16_t *>(b)[e];
         };
-        if (!a.compact_serial) {
+        /* list entry for position p (if any unit attends it), and its
+         * inspection index in each unit's ascending row (cn[j + 1]: unit j's
+         * count so far, from thr_off[j]) */
+        auto list_put = [&](int64_t p, uint32_t msk, int &off, int (&cn)[GH + 1]) {
+            if (!msk)
+                return;
+            lidx[off] = (int32_t)p;
+            lmask[off] = (uint8_t)msk;
+            off++;
+            if (a.sel_idx) {
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    if (j < nunits && ((msk >> j) & 1u)) {
+                        const int64_t idx = (int64_t)thr_off[j] + cn[j + 1];
+                        if (idx < a.cap)
+                            a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] = (int32_t)p;
+                        cn[j + 1]++;
+                    }
+                }
+            }
+        };
+        if (a.compact_serial == 2 && sb == 1) {
+            /* Packed compaction (one-byte scores): a thread owns ppt
+             * consecutive positions, 4 per word, and classifies a word at a
+             * time with byte-wise compares (__vcmpgtu4 / __vcmpeq4 against
+             * t in every byte), counting with popcounts. Ties at t are
+             * ranked by one block scan; a thread takes its newest `taken`
+             * ties. Only set bytes are walked when the list is written. */
+            const int ppt = a.C / kAttnThreads; /* a multiple of 8 */
+            const int e0 = tid * ppt;
+            const int lo_r = (int)min(max(lo - p0, (int64_t)0), (int64_t)a.C);
+            const int hi_r = (int)min(max(hi - p0, (int64_t)0), (int64_t)a.C);
+            const int end_r = (int)(pend - p0);
+            const bool inner = e0 >= lo_r && e0 + ppt <= hi_r; /* all candidates */
+            auto word_at = [&](int j, int e) -> uint32_t {
+                return *reinterpret_cast<const uint32_t *>(stg + (size_t)j * a.C + e);
+            };
+            auto cand_at = [&](int e) -> uint32_t { return inner ? 0xffffffffu : byte_range_mask(e, lo_r, hi_r); };
+            auto fixed_at = [&](int e) -> uint32_t { /* sink and recent: every unit */
+                return inner ? 0u : byte_range_mask(e, 0, end_r) & ~byte_range_mask(e, lo_r, hi_r);
+            };
+            uint32_t t4[GH];
+            int ngt[GH], neq[GH], rank[GH], skip[GH];
+#pragma unroll
+            for (int j = 0; j < GH; j++) {
+                t4[j] = (uint32_t)thr_t[j < nsel ? j : 0] * 0x01010101u;
+                ngt[j] = 0;
+                neq[j] = 0;
+            }
+            int nfix = 0;
+            for (int e = e0; e < e0 + ppt; e += 4) {
+                const uint32_t cm = cand_at(e);
+                nfix += __popc(fixed_at(e));
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    if (j < nsel) {
+                        const uint32_t w = word_at(j, e);
+                        ngt[j] += __popc(__vcmpgtu4(w, t4[j]) & cm);
+                        neq[j] += __popc(__vcmpeq4(w, t4[j]) & cm);
+                    }
+                }
+            }
+            nfix >>= 3;
+#pragma unroll
+            for (int j = 0; j < GH; j++) {
+                ngt[j] >>= 3;
+                neq[j] >>= 3;
+                rank[j] = neq[j];
+            }
+            {
+                int tot[GH];
+                block_excl_scan<GH>(rank, tot, scan_sm);
+            }
+            /* the chunk's newest thr_tkc ties are taken: this thread's share */
+#pragma unroll
+            for (int j = 0; j < GH; j++) {
+                const int taken = j < nsel ? min(max(rank[j] + neq[j] - (thr_eqc[j] - thr_tkc[j]), 0), neq[j]) : 0;
+                skip[j] = neq[j] - taken;
+                ngt[j] += taken; /* now: this thread's selected candidates of unit j */
+            }
+            /* selected bytes of unit j in the word at e (advances skip[j]) */
+            auto sel_bytes = [&](int j, int e, uint32_t cm, int (&sk)[GH]) -> uint32_t {
+                const uint32_t w = word_at(j, e);
+                return (__vcmpgtu4(w, t4[j]) & cm) | drop_low_bytes(__vcmpeq4(w, t4[j]) & cm, sk[j]);
+            };
+            int cnt[GH + 1], tot[GH + 1];
+            if (a.group_sel) {
+                cnt[0] = ngt[0] + nfix;
+#pragma unroll
+                for (int j = 0; j < GH; j++)
+                    cnt[j + 1] = cnt[0];
+            } else {
+                /* a position is listed once whichever units select it */
+                int sk[GH];
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    sk[j] = skip[j];
+                    cnt[j + 1] = ngt[j] + nfix;
+                }
+                int u = 0;
+                for (int e = e0; e < e0 + ppt; e += 4) {
+                    const uint32_t cm = cand_at(e);
+                    uint32_t any = 0u;
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        if (j < nsel)
+                            any |= sel_bytes(j, e, cm, sk);
+                    u += __popc(any);
+                }
+                cnt[0] = (u >> 3) + nfix;
+            }
+            block_excl_scan<GH + 1>(cnt, tot, scan_sm);
+            L = tot[0];
+            int off = cnt[0];
+            for (int e = e0; e < e0 + ppt; e += 4) {
+                const uint32_t cm = cand_at(e), fm = fixed_at(e);
+                uint32_t sj[GH], any = fm;
+#pragma unroll
+                for (int j = 0; j < GH; j++) {
+                    sj[j] = j < nsel ? sel_bytes(j, e, cm, skip) : 0u;
+                    any |= sj[j];
+                }
+                while (any) {
+                    const int bit = __ffs(any) - 1; /* 8 k */
+                    any &= ~(0xFFu << bit);
+                    uint32_t msk = 0;
+#pragma unroll
+                    for (int j = 0; j < GH; j++)
+                        msk |= ((sj[j] >> bit) & 1u) << j;
+                    if (a.group_sel && msk)
+                        msk = full;
+                    if ((fm >> bit) & 1u)
+                        msk = full;
+                    list_put(p0 + e + (bit >> 3), msk, off, cnt);
+                }
+            }
+        } else if (!a.compact_serial) {
             /* ordered compaction by warp ballots: warp w owns the positions
              * [p0 + w C/4, p0 + (w+1) C/4); a lane per position and step.
              * Pass 1 counts each warp's ties at t, so that a tie's rank in
@@ -560,25 +720,8 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 for (int j = 0; j < GH; j++)
                     rk[j] = rank[j];
                 int off = cnt[0];
-                for (int64_t p = q0; p < q1; p++) {
-                    const uint32_t msk = classify(p, rk);
-                    if (msk) {
-                        lidx[off] = (int32_t)p;
-                        lmask[off] = (uint8_t)msk;
-                        off++;
-                    }
-                    if (a.sel_idx) {
-    #pragma unroll
-                        for (int j = 0; j < GH; j++) {
-                            if (j < nunits && ((msk >> j) & 1u)) {
-                                const int64_t idx = (int64_t)thr_off[j] + cnt[j + 1];
-                                if (idx < a.cap)
-                                    a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] = (int32_t)p;
-                                cnt[j + 1]++;
-                            }
-                        }
-                    }
-                }
+                for (int64_t p = q0; p < q1; p++)
+                    list_put(p, classify(p, rk), off, cnt);
             }
         }
         if (c == 0 && a.sel_cnt && tid < nunits)

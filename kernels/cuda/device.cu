@@ -54,7 +54,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* stop_after */
     0,    /* score_blocks_per_sm */
     2,    /* score_block_items: per warp for large steps (upto2 92.6 vs 102.6 us), per block for small */
-    1,    /* compact_serial: 283 vs 343 us (warp ballots) at B=8 128K */
+    2,    /* compact_serial: packed (run 5); run 4: serial 283 vs 343 us (warp ballots) at B=8 128K */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
@@ -334,10 +334,17 @@ size_t ha_cuda_workspace_size(int op, const ha_workspace_bounds_t *b)
                              (int64_t)b->max_blocks_per_seq * b->block_size)
             .total;
     case 2: /* HASHATTN_OP_PREFILL */
-        return prefill_partials_bytes(b->max_num_tokens, b->num_q_heads, b->head_dim);
+        return prefill_workspace_bytes(b->max_num_tokens, b->num_q_heads, b->head_dim);
     default: /* HASHATTN_OP_HASH */
         return 0;
     }
+}
+
+size_t ha_cuda_workspace_need(int op, const ha_workspace_bounds_t *b)
+{
+    if (op == 2) /* HASHATTN_OP_PREFILL: rows past the split threshold need nothing */
+        return prefill_partials_bytes(b->max_num_tokens, b->num_q_heads, b->head_dim);
+    return ha_cuda_workspace_size(op, b);
 }
 
 } /* extern "C" */

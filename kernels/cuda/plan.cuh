@@ -73,6 +73,16 @@ __host__ inline size_t prefill_partials_bytes(int64_t rows, int Hq, int D)
            align_up((size_t)rows * Hq * kPrefillSplits * 4, kAlign) + kAlign;
 }
 
+/* The workspace that serves every prefill of up to max_rows rows: the
+ * partials are needed only below 4096 row-heads and grow with the rows, so
+ * the largest need is at the most rows that still split. Monotone in
+ * max_rows, as the workspace query promises. */
+__host__ inline size_t prefill_workspace_bytes(int64_t max_rows, int Hq, int D)
+{
+    const int64_t split_rows = Hq > 0 ? (4096 - 1) / Hq : 0;
+    return prefill_partials_bytes(max_rows < split_rows ? max_rows : split_rows, Hq, D);
+}
+
 /* cache_write: one keep flag per token. */
 __host__ inline size_t cache_write_bytes(int64_t tokens)
 {

@@ -29,7 +29,8 @@ typedef struct ha_cuda_tuning {
     int score_blocks_per_sm; /* persistent score kernel: blocks per SM (0: as many as fit) */
     int score_block_items;   /* score items per block (1), per warp (0), or per block when there are
                                 fewer than 8 x SMs items (2) */
-    int compact_serial;      /* 1: sparse compaction by per-thread position runs; 0: warp ballots */
+    int compact_serial;      /* sparse compaction: 2 packed byte compares (one-byte scores; else
+                                as 1), 1 per-thread position runs, 0 warp ballots */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

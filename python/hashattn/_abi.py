@@ -17,7 +17,7 @@ from typing import Any
 from ._dlpack import KDLBFLOAT, KDLCPU, DLDataType, DLDevice, DLTensor
 
 ABI_MAJOR = 1
-ABI_MINOR = 0
+ABI_MINOR = 1
 
 _size_t = ctypes.c_size_t
 _i32 = ctypes.c_int32
@@ -139,6 +139,10 @@ class ContextConfig(_Args):
         ("signature_layout", _i32),
         ("softmax_scale", _f32),
         ("budget", Budget),
+        # 1.1
+        ("tp_rank", _i32),
+        ("tp_size", _i32),
+        ("dense_below", _i32),
     ]
     _defaults_ = {
         "flags": 0, "num_layers": 0, "num_q_heads": 0, "num_kv_heads": 0, "head_dim": 0,
@@ -146,7 +150,7 @@ class ContextConfig(_Args):
         "device": lambda: DLDevice(KDLCPU, 0), "kv_layout": KVLayout.NHD, "hash_bits": 32,
         "mlp_width": 128, "selection": Selection.GROUP,
         "signature_layout": SignatureLayout.PER_QUERY_HEAD, "softmax_scale": 0.0,
-        "budget": Budget.init,
+        "budget": Budget.init, "tp_rank": 0, "tp_size": 0, "dense_below": 0,
     }
 
 
@@ -315,6 +319,12 @@ class Api(ctypes.Structure):
         ("decode", DecodeFn),
         ("prefill", PrefillFn),
         ("hash", HashFn),
+        # 1.1: tensor parallelism (docs/multi-gpu.md); not wrapped by the adapter yet
+        ("comm_unique_id", _vp),
+        ("comm_create", _vp),
+        ("comm_bind", _vp),
+        ("comm_abort", _vp),
+        ("all_reduce", _vp),
     ]
 
 

@@ -102,10 +102,11 @@ def load(path: Optional[str] = None) -> Api:
             if not ptr:
                 raise LibraryNotFoundError(f"{p} does not implement ABI major {ABI_MAJOR}")
             api = ptr.contents
-            if api.struct_size < ctypes.sizeof(Api):
+            need = Api.comm_unique_id.offset  # the 1.0 table: all the adapter calls
+            if api.struct_size < need:
                 raise LibraryNotFoundError(
                     f"{p}: function table is {api.struct_size} bytes, this package needs "
-                    f"{ctypes.sizeof(Api)} (ABI {api.abi_major}.{api.abi_minor} is older)")
+                    f"{need} (ABI {api.abi_major}.{api.abi_minor} is older)")
             _loaded = (os.path.realpath(p) if os.path.exists(p) else p, lib, api)
         elif path is not None and os.path.realpath(path) != _loaded[0]:
             raise LibraryNotFoundError(f"{_loaded[0]} is already loaded; cannot switch to {path}")

@@ -143,7 +143,9 @@ class Context:
     ``signature_layout="per_kv_head"``), dtypes as names, numpy or torch dtypes,
     devices as ``"cpu"``, ``"cuda:0"`` or a ``torch.device``. Defaults are the
     header's: block_size 16, bfloat16, CPU, NHD, mlp_width 128, group selection,
-    per-query-head signatures, scale 1/sqrt(D), budget 128 + 128 + n/16.
+    per-query-head signatures, scale 1/sqrt(D), budget 128 + 128 + n/16, and
+    ``dense_below=0``: on CUDA, sequences too short for the sparse step to pay
+    decode densely (-1: never; N: below N tokens; docs/abi.md).
 
     Use it as a context manager or call :meth:`close`; the library context is also
     freed when the object is garbage collected.
@@ -156,7 +158,7 @@ class Context:
                  signature_layout: Union[str, int] = "per_query_head",
                  softmax_scale: float = 0.0,
                  budget: Optional[Union[Budget, Mapping[str, Any]]] = None,
-                 hash_bits: int = 32) -> None:
+                 hash_bits: int = 32, dense_below: int = 0) -> None:
         self._api = load()
         self._ctx = ctypes.c_void_p()
         dev = _parse_device(device)
@@ -167,7 +169,7 @@ class Context:
             kv_layout=_enum(kv_layout, KVLayout, "kv_layout"), hash_bits=int(hash_bits),
             mlp_width=int(mlp_width), selection=_enum(selection, Selection, "selection"),
             signature_layout=_enum(signature_layout, SignatureLayout, "signature_layout"),
-            softmax_scale=float(softmax_scale),
+            softmax_scale=float(softmax_scale), dense_below=int(dense_below),
             budget=(Budget.of(budget) if budget is not None else Budget()).to_c())
         status = self._api.context_create(ctypes.byref(cfg), ctypes.byref(self._ctx))
         if status != 0:

@@ -536,6 +536,9 @@ class HashAttnCache(Cache):
         pool grows by doubling when a step needs more blocks.
       record_selection: count the tokens each decode attends to (see
         :meth:`selection_stats` and :meth:`last_selected_counts`).
+      dense_below: the context's ``dense_below``: 0 (default) lets a CUDA context decode
+        sequences too short for the sparse step to pay densely; -1 keeps every decode
+        sparse (comparisons with the CPU, or with the C runner's ``--dense-below -1``).
     """
 
     def __init__(self, model: Any, *, weights: Optional[WeightsArg] = None, seed: int = 0,
@@ -546,7 +549,7 @@ class HashAttnCache(Cache):
                  selection: str = "group", signature_layout: Optional[str] = None,
                  dense: bool = False, block_size: int = 16, kv_layout: str = "NHD",
                  initial_blocks: Optional[int] = None, record_selection: bool = False,
-                 dtype: Any = None, device: Any = None) -> None:
+                 dtype: Any = None, device: Any = None, dense_below: int = 0) -> None:
         cfg = _config_of(model)
         num_layers, hq, hkv, d = _check_config(cfg)
         impl = getattr(cfg, "_attn_implementation", None)
@@ -612,7 +615,8 @@ class HashAttnCache(Cache):
         ctx = Context(num_layers, hq, hkv, d, block_size=block_size,
                       dtype=_TORCH_DTYPES[dtype], device=str(device), kv_layout=kv_layout,
                       mlp_width=mlp_width, selection=selection,
-                      signature_layout=signature_layout, softmax_scale=scale, budget=budget)
+                      signature_layout=signature_layout, softmax_scale=scale, budget=budget,
+                      dense_below=dense_below)
         if path is not None:
             ctx.load_weights(path)
         elif isinstance(weights, (tuple, list)):

@@ -43,6 +43,8 @@
 
 #include "abi_util.h"
 
+size_t ht_current_config_size(void); /* current_sizes.c */
+
 #define END(T, f) (offsetof(T, f) + sizeof(((T *)0)->f))
 /* A field's start and end, for the struct_size boundary rule. */
 typedef struct fld {
@@ -662,10 +664,24 @@ static void case_sizes_other(void)
                                FLD(T, device), FLD(T, kv_layout), FLD(T, hash_bits), FLD(T, mlp_width),
                                FLD(T, selection), FLD(T, signature_layout), FLD(T, softmax_scale),
                                FLD(T, budget)};
-        for (size_t size = 0; size <= sizeof cfg + 16; size += 4) {
+        /* past the 1.0 struct and up to the library's: fields of a newer
+         * minor, which a 1.0 host cannot know; their values are checked by
+         * their own rules, so only a non-zero tail past the library's struct
+         * is certain to be refused */
+        const size_t lib_size = ht_current_config_size();
+        for (size_t size = 0; size <= (lib_size > sizeof cfg ? lib_size : sizeof cfg) + 16; size += 4) {
             for (int tail = 0; tail < 2; tail++) {
                 if (tail && size <= sizeof cfg)
                     continue;
+                if (size > sizeof cfg && size <= lib_size) {
+                    hashattn_context_t *c = NULL;
+                    hashattn_status_t st = call_sized(OP_CREATE, NULL, &cfg, sizeof cfg, size, tail, &c);
+                    AU_CHECK((st == HASHATTN_STATUS_OK) == (c != NULL), "context_create: *out = %p with %s",
+                             (void *)c, api->status_string(st));
+                    if (st == HASHATTN_STATUS_OK)
+                        api->context_destroy(c);
+                    continue;
+                }
                 int boundary = on_boundary(size, ends, 16, sizeof cfg);
                 hashattn_status_t want = size >= END(T, head_dim) && boundary && !tail
                                              ? HASHATTN_STATUS_OK

@@ -7,7 +7,8 @@
  * purpose: a change to the header that moves anything fails the test instead
  * of silently regenerating the table. Appending a field at the end of a
  * struct changes only its S() line (and adds an F() line) in a new minor.
- * 1.1 appended the tensor-parallel fields, structs, entries and constants.
+ * 1.1 appended the tensor-parallel fields, structs, entries and constants, and
+ * config.dense_below.
  *
  *   S(type, sizeof, alignof)
  *   F(type, field, offsetof, sizeof)
@@ -23,7 +24,7 @@
     F(hashattn_budget_t, recent_tokens, 12, 4) \
     F(hashattn_budget_t, heavy_count, 16, 4) \
     F(hashattn_budget_t, heavy_fraction, 20, 4) \
-    S(hashattn_context_config_t, 104, 8) \
+    S(hashattn_context_config_t, 112, 8) \
     F(hashattn_context_config_t, struct_size, 0, 8) \
     F(hashattn_context_config_t, flags, 8, 4) \
     F(hashattn_context_config_t, num_layers, 12, 4) \
@@ -42,6 +43,7 @@
     F(hashattn_context_config_t, budget, 72, 24) \
     F(hashattn_context_config_t, tp_rank, 96, 4) \
     F(hashattn_context_config_t, tp_size, 100, 4) \
+    F(hashattn_context_config_t, dense_below, 104, 4) \
     S(hashattn_mlp_weights_t, 56, 8) \
     F(hashattn_mlp_weights_t, struct_size, 0, 8) \
     F(hashattn_mlp_weights_t, w1, 8, 8) \

@@ -1009,7 +1009,7 @@ static int *assign_blocks(ht_rng_t *r, int batch, const int *lens, int block, in
 
 static hashattn_status_t create_ctx(const hashattn_api_t *api, DLDataType dt, int layers, int hq,
                                     int hkv, int d, int block, int layout, int m, int selection,
-                                    int sig_layout, float scale, hashattn_context_t **ctx)
+                                    int sig_layout, float scale, int dense_below, hashattn_context_t **ctx)
 {
     hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
     cfg.num_layers = layers;
@@ -1023,6 +1023,7 @@ static hashattn_status_t create_ctx(const hashattn_api_t *api, DLDataType dt, in
     cfg.selection = selection;
     cfg.signature_layout = sig_layout;
     cfg.softmax_scale = scale;
+    cfg.dense_below = dense_below;
     return api->context_create(&cfg, ctx);
 }
 
@@ -1100,7 +1101,7 @@ int ht_decode_case_build(const hashattn_api_t *api, const ht_decode_desc_t *din,
     c->scale = d->softmax_scale > 0 ? (double)d->softmax_scale : 1.0 / sqrt((double)D);
 
     hashattn_status_t st = create_ctx(api, d->dtype, d->layers, hq, hkv, D, bs, d->kv_layout, d->m,
-                                      d->selection, d->sig_layout, d->softmax_scale, &c->ctx);
+                                      d->selection, d->sig_layout, d->softmax_scale, d->dense_below, &c->ctx);
     if (st != HASHATTN_STATUS_OK) {
         snprintf(err, errlen, "context_create: %s: %s", api->status_string(st), api->last_error(NULL));
         return -1;
@@ -1349,7 +1350,8 @@ void ht_decode_case_reference(ht_decode_case_t *c, const hashattn_budget_t *budg
                 score[p] = sc;
             }
             c->ref_cnt[s * c->hsel + e] =
-                ht_ref_select(n, b, score, dense, c->ref_sel + ((int64_t)s * c->hsel + e) * c->maxlen);
+                ht_ref_select(n, b, score, dense || (d->dense_below > 0 && n < d->dense_below),
+                              c->ref_sel + ((int64_t)s * c->hsel + e) * c->maxlen);
         }
         for (int h = 0; h < hq; h++) {
             int e = d->selection == HASHATTN_SELECTION_GROUP ? h / G : h;
@@ -1555,7 +1557,7 @@ int ht_prefill_case_build(const hashattn_api_t *api, const ht_prefill_desc_t *di
     }
     hashattn_status_t st = create_ctx(api, d->dtype, 1, hq, hkv, D, bs, d->kv_layout, d->m,
                                       HASHATTN_SELECTION_GROUP, HASHATTN_SIGNATURE_PER_QUERY_HEAD,
-                                      d->softmax_scale, &c->ctx);
+                                      d->softmax_scale, 0, &c->ctx);
     if (st != HASHATTN_STATUS_OK) {
         snprintf(err, errlen, "context_create: %s: %s", api->status_string(st), api->last_error(NULL));
         return -1;

@@ -283,6 +283,7 @@ typedef struct ht_decode_desc {
     float softmax_scale;   /* 0 = 1/sqrt(D) */
     int sel_cap;           /* 0 = max_seq + 3 */
     int tight_tables;      /* 1: max_blocks_per_seq = the longest sequence's blocks (no spare column) */
+    int dense_below;       /* config.dense_below (0: the default, automatic) */
     uint64_t seed;
 } ht_decode_desc_t;
 

@@ -113,8 +113,9 @@ static const hashattn_api_t *api_or_fail(void)
     return api;
 }
 
-static hashattn_context_t *gpu_ctx(const hashattn_api_t *api, DLDataType dt, int layers, int hq, int hkv, int d,
-                                   int block, int layout, int m, int selection, int sig_layout, float scale)
+static hashattn_context_t *gpu_ctx_full(const hashattn_api_t *api, DLDataType dt, int layers, int hq, int hkv,
+                                        int d, int block, int layout, int m, int selection, int sig_layout,
+                                        float scale, int dense_below)
 {
     hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
     cfg.num_layers = layers > 0 ? layers : 1;
@@ -130,11 +131,26 @@ static hashattn_context_t *gpu_ctx(const hashattn_api_t *api, DLDataType dt, int
     cfg.selection = selection;
     cfg.signature_layout = sig_layout;
     cfg.softmax_scale = scale;
+    cfg.dense_below = dense_below;
     hashattn_context_t *ctx = NULL;
     hashattn_status_t st = api->context_create(&cfg, &ctx);
     ck_assert_msg(st == HASHATTN_STATUS_OK, "CUDA context_create: %s: %s", api->status_string(st),
                   api->last_error(NULL));
     return ctx;
+}
+
+/* A CUDA context that, like the CPU reference, never switches to dense by
+ * length (config.dense_below = -1): the parity tests compare the sparse path. */
+static hashattn_context_t *gpu_ctx(const hashattn_api_t *api, DLDataType dt, int layers, int hq, int hkv, int d,
+                                   int block, int layout, int m, int selection, int sig_layout, float scale)
+{
+    return gpu_ctx_full(api, dt, layers, hq, hkv, d, block, layout, m, selection, sig_layout, scale, -1);
+}
+
+static hashattn_context_t *gpu_ctx_db(const hashattn_api_t *api, const ht_decode_desc_t *d, int dense_below)
+{
+    return gpu_ctx_full(api, d->dtype, d->layers, d->hq, d->hkv, d->d, d->block, d->kv_layout,
+                        d->m, d->selection, d->sig_layout, d->softmax_scale, dense_below);
 }
 
 static void *dev_workspace(const hashattn_api_t *api, hashattn_context_t *ctx, int op, int seqs, int64_t tokens,
@@ -177,8 +193,8 @@ static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
     memset(gc, 0, sizeof *gc);
     ck_assert_msg(ht_decode_case_build(api, d, &gc->c, err, sizeof err) == 0, "build: %s", err);
     ht_decode_case_t *c = &gc->c;
-    gc->g = gpu_ctx(api, d->dtype, c->desc.layers, d->hq, d->hkv, d->d, d->block, d->kv_layout, d->m,
-                    d->selection, d->sig_layout, d->softmax_scale);
+    /* an explicit dense_below is the CPU context's too; else -1, as the CPU's automatic value is none */
+    gc->g = gpu_ctx_db(api, d, d->dense_below != 0 ? d->dense_below : -1);
     ht_rng_t r;
     ht_rng_seed(&r, d->seed ^ 0x5157u);
     hashattn_status_t st = ht_model_bind(api, gc->g, c->model, 0, &r);
@@ -361,11 +377,8 @@ END_TEST
 /* Long sequences: several sparse chunks (>= 1024 positions each), ties
  * spread over chunks, the paper's shape at small scale. */
 static const int k_long[] = {5000, 1, 2300, 0, 3100};
-START_TEST(gpu_decode_long)
+static ht_decode_desc_t long_desc(int selection, int sig_layout, int fill, int kv_layout, uint64_t seed)
 {
-    static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
-    static const int sigs[] = {PAPER, PAPER, COMPACT, COMPACT};
-    static const int fills[] = {HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_TIES, HT_FILL_DIRECT};
     ht_decode_desc_t d;
     memset(&d, 0, sizeof d);
     d.dtype = (DLDataType)BF16;
@@ -375,17 +388,110 @@ START_TEST(gpu_decode_long)
     d.block = 16;
     d.batch = 5;
     d.m = 32;
-    d.kv_layout = _i & 1 ? HND : NHD;
-    d.selection = sels[_i];
-    d.sig_layout = sigs[_i];
+    d.kv_layout = kv_layout;
+    d.selection = selection;
+    d.sig_layout = sig_layout;
     d.sink = 16;
     d.recent = 32;
     d.heavy_count = -1;
     d.heavy_fraction = 1.0f / 32;
     d.seq_lens = k_long;
-    d.fill = fills[_i];
-    d.seed = ht_seed(0x10a9 + (uint64_t)_i);
+    d.fill = fill;
+    d.seed = ht_seed(seed);
+    return d;
+}
+
+START_TEST(gpu_decode_long)
+{
+    static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
+    static const int sigs[] = {PAPER, PAPER, COMPACT, COMPACT};
+    static const int fills[] = {HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_TIES, HT_FILL_DIRECT};
+    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], _i & 1 ? HND : NHD, 0x10a9 + (uint64_t)_i);
     check_decode(&d, 0);
+}
+END_TEST
+
+/* config.dense_below given explicitly (the CPU context has the same value):
+ * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
+ * 3100 stay sparse, within one call. */
+START_TEST(gpu_decode_dense_below)
+{
+    ht_decode_desc_t d = long_desc(_i ? HEAD : GROUP, _i ? PAPER : COMPACT, HT_FILL_DIRECT, NHD, 0xdb00 + (uint64_t)_i);
+    d.dense_below = 3000;
+    check_decode(&d, 0);
+}
+END_TEST
+
+/* The automatic dense_below of a CUDA context (config.dense_below = 0): at
+ * this shape every sequence up to 5000 tokens is under the break-even
+ * length, so a sparse budget decodes exactly as HASHATTN_DECODE_DENSE. */
+START_TEST(gpu_decode_dense_below_auto)
+{
+    ht_decode_desc_t d = long_desc(GROUP, PAPER, HT_FILL_DIRECT, NHD, 0xdba0);
+    if (!ht_case_begin("dense_below_auto", d.seed))
+        return;
+    gpu_case_t gc;
+    gpu_case_build(&gc, &d);
+    const hashattn_api_t *api = gc.c.api;
+    hashattn_context_t *autoctx = gpu_ctx_db(api, &d, 0);
+    ht_rng_t r;
+    ht_rng_seed(&r, d.seed ^ 0x5157u);
+    ck_assert_msg(ht_model_bind(api, autoctx, gc.c.model, 0, &r) == HASHATTN_STATUS_OK, "weights_bind: %s",
+                  api->last_error(autoctx));
+    hashattn_status_t st = gpu_decode(&gc, HASHATTN_DECODE_DENSE);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "dense decode: %s", api->last_error(gc.g));
+    saved_t dense_out, dense_cnt;
+    save(&dense_out, gc.c.output);
+    save(&dense_cnt, gc.c.sel_cnt);
+    hashattn_context_t *explicit_ctx = gc.g;
+    gc.g = autoctx;
+    st = gpu_decode(&gc, 0);
+    gc.g = explicit_ctx;
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "automatic decode: %s", api->last_error(autoctx));
+    int64_t first = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(gc.c.output, &dense_out.view, &first) == 0,
+                  "automatic dense_below: output differs from the dense decode (flat %lld)", (long long)first);
+    ck_assert_msg(ht_tensor_cmp_bits(gc.c.sel_cnt, &dense_cnt.view, &first) == 0,
+                  "automatic dense_below: selected_counts differ from the dense decode (flat %lld)",
+                  (long long)first);
+    for (int s = 0; s < d.batch; s++)
+        ck_assert_msg((int)HT_GET(gc.c.sel_cnt, s, 0) == k_long[s], "sequence %d: %d tokens attended, want all %d",
+                      s, (int)HT_GET(gc.c.sel_cnt, s, 0), k_long[s]);
+    api->context_destroy(autoctx);
+    saved_free(&dense_out);
+    saved_free(&dense_cnt);
+    gpu_case_free(&gc);
+}
+END_TEST
+
+/* The workspace query is a bound: non-decreasing in each bound, and a size
+ * asked at the largest bound serves a call of any smaller size (prefill
+ * needs partials only below 4096 row-heads, so the bound is not the need of
+ * a call at the bound). */
+START_TEST(gpu_workspace_monotone)
+{
+    const hashattn_api_t *api = api_or_fail();
+    hashattn_context_t *g = gpu_ctx(api, (DLDataType)BF16, 1, 9, 3, 64, 16, NHD, 32, GROUP, PAPER, 0.0f);
+    static const int ops[] = {HASHATTN_OP_CACHE_WRITE, HASHATTN_OP_DECODE, HASHATTN_OP_PREFILL};
+    for (int o = 0; o < 3; o++) {
+        size_t prev = 0;
+        for (int64_t t = 1; t <= 4096; t += (t < 64 ? 1 : 37)) {
+            hashattn_workspace_args_t a;
+            memset(&a, 0, sizeof a);
+            a.struct_size = sizeof a;
+            a.op = ops[o];
+            a.max_num_seqs = (int32_t)(t < 64 ? t : 64);
+            a.max_num_tokens = t;
+            a.max_blocks_per_seq = (int32_t)(t / 16 + 1);
+            size_t size = 0;
+            ck_assert_msg(api->workspace_size(g, &a, &size) == HASHATTN_STATUS_OK, "workspace_size: %s",
+                          api->last_error(g));
+            ck_assert_msg(size >= prev, "op %d: workspace_size(%lld tokens) = %zu < %zu at fewer tokens", ops[o],
+                          (long long)t, size, prev);
+            prev = size;
+        }
+    }
+    api->context_destroy(g);
 }
 END_TEST
 
@@ -970,6 +1076,9 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_grid, 0, full ? NGRID : 12);
     tcase_add_loop_test(tc, gpu_decode_dense_flag, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_decode_long, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
+    tcase_add_test(tc, gpu_decode_dense_below_auto);
+    tcase_add_test(tc, gpu_workspace_monotone);
     tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);

@@ -44,7 +44,7 @@ typedef struct options {
     int n_calib_text, capture_seqs, capture_len, capture_queries, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
+    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
     uint64_t seed;
@@ -88,6 +88,9 @@ static void usage(FILE *out)
             "  --recent N            recent tokens always attended (default 128)\n"
             "  --heavy-fraction F    heavy budget as a fraction of the context (default 0.0625)\n"
             "  --heavy-count N       heavy budget as a count (overrides the fraction)\n"
+            "  --dense-below N       sequences under N tokens attend to every token; -1\n"
+            "                        (default) never, 0 the library's automatic choice\n"
+            "                        (on CUDA: where the sparse step would not be faster)\n"
             "  --selection S         group (default) | per-head\n"
             "  --hash-weights FILE   hash weights (safetensors). Default: the trained\n"
             "                        weights/" RN_DEFAULT_HASH_WEIGHTS ", found beside\n"
@@ -357,6 +360,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         INTOPT("--sink", 0, INT32_MAX, o->sink)
         INTOPT("--recent", 1, INT32_MAX, o->recent)
         INTOPT("--heavy-count", 0, INT32_MAX, o->heavy_count)
+        INTOPT("--dense-below", -1, INT32_MAX, o->dense_below)
         INTOPT("--mlp-width", 1, 1024, o->mlp_width)
         INTOPT("--max-new-tokens", 0, 1 << 24, o->max_new)
         INTOPT("--batch", 1, 4096, o->batch)
@@ -678,6 +682,7 @@ int main(int argc, char **argv)
     o.recent = 128;
     o.heavy_count = -1;
     o.heavy_fraction = 0.0625f;
+    o.dense_below = -1; /* the runner measures the sparse path unless asked */
     o.mlp_width = 128;
     o.top_p = 1.0f;
     o.seed = 1234;
@@ -929,6 +934,7 @@ int main(int argc, char **argv)
     pc.recent = o.recent;
     pc.heavy_count = o.heavy_count;
     pc.heavy_fraction = o.heavy_fraction;
+    pc.dense_below = o.dense_below;
     char default_weights[4096];
     int used_default = 0;
     if (hash_ctx && !o.hash_weights && !o.random_hash_weights) {
@@ -997,9 +1003,10 @@ int main(int argc, char **argv)
                         "): the selected heavy tokens are arbitrary\n",
                 o.seed);
     if (hash_ctx)
-        fprintf(stderr, "hashattn-run: budget: sink %d, recent %d, heavy %s%g, %s selection\n", o.sink, o.recent,
-                o.heavy_count >= 0 ? "" : "fraction ", o.heavy_count >= 0 ? (double)o.heavy_count : o.heavy_fraction,
-                o.selection);
+        fprintf(stderr, "hashattn-run: budget: sink %d, recent %d, heavy %s%g, %s selection, dense below %s\n",
+                o.sink, o.recent, o.heavy_count >= 0 ? "" : "fraction ",
+                o.heavy_count >= 0 ? (double)o.heavy_count : o.heavy_fraction, o.selection,
+                o.dense_below < 0 ? "never" : (o.dense_below == 0 ? "automatic" : "--dense-below tokens"));
 
     if (o.bench) {
         json_object *js = json_object_new_object(), *rows = json_object_new_array();

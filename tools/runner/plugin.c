@@ -274,6 +274,7 @@ int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, siz
     cc.budget.recent_tokens = cfg->recent;
     cc.budget.heavy_count = cfg->heavy_count;
     cc.budget.heavy_fraction = cfg->heavy_fraction;
+    cc.dense_below = cfg->dense_below;
     hashattn_status_t st = api->context_create(&cc, &p->ctx);
     if (st != HASHATTN_STATUS_OK) {
         snprintf(err, errlen, "hashattn context_create: %s: %s", api->status_string(st), api->last_error(NULL));

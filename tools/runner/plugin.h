@@ -30,13 +30,14 @@ typedef struct rn_plugin_config {
     int sink, recent;         /* budget */
     int heavy_count;          /* >= 0 count, else heavy_fraction */
     float heavy_fraction;
+    int dense_below;          /* config.dense_below: -1 never, 0 the library's automatic choice */
     const char *hash_weights; /* safetensors file, NULL = random weights (seeded) */
     uint64_t seed;
     int mlp_width;            /* random weights' hidden width */
 } rn_plugin_config_t;
 
 #define RN_PLUGIN_CONFIG_INIT \
-    { NULL, 0, 0, 0, 0, 16, 0, 0, RN_DT_F32, 0, 1 /* GROUP */, 128, 128, -1, 0.0625f, NULL, 1234, 128 }
+    { NULL, 0, 0, 0, 0, 16, 0, 0, RN_DT_F32, 0, 1 /* GROUP */, 128, 128, -1, 0.0625f, -1, NULL, 1234, 128 }
 
 typedef struct rn_plugin {
     void *dl;
