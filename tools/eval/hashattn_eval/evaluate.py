@@ -308,8 +308,9 @@ def run_quality(model: Any, windows: List[Dict[str, Any]], methods: List[Method]
     per: Dict[Tuple[str, float], Dict[str, List[Any]]] = {}
     done_windows = []
     for wi, w in enumerate(windows):
-        if wi > 0 and time.time() > deadline:
-            log(f"quality: deadline reached, {wi} of {len(windows)} windows evaluated")
+        if wi > 0 and time.time() + done_windows[-1]["seconds"] > deadline:
+            log(f"quality: another window would end past the deadline; {wi} of "
+                f"{len(windows)} windows evaluated")
             break
         t0 = time.time()
         ids = torch.tensor(w["ids"], device=device).unsqueeze(0)     # S + 1 tokens
@@ -381,9 +382,14 @@ def run_passkey(model: Any, tok: Any, methods: List[Method], fractions: List[flo
     rows: List[Dict[str, Any]] = []
     contexts_done = []
     for ci, c in enumerate(args.passkey_contexts):
-        if ci > 0 and time.time() > deadline:
-            log(f"passkey: deadline reached before context {c}")
-            break
+        if contexts_done:
+            # the cost grows at most with the square of the length (attention)
+            last = contexts_done[-1]
+            guess = last["seconds"] * max(1.0, c / last["context"]) ** 2
+            if time.time() + guess > deadline:
+                log(f"passkey: context {c} (about {guess:.0f} s) would end past the deadline; "
+                    "stopped")
+                break
         t0 = time.time()
         prompts = [pk.make_prompt(tokenize, c, d, s) for s in range(args.passkey_seeds)
                    for d in args.passkey_depths]
@@ -696,8 +702,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--block", type=int, default=128, help="bootstrap block (tokens)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--deadline", type=float, default=0.0,
-                    help="seconds after start after which no new window or passkey context "
-                         "starts (0 = none); what ran is reported")
+                    help="seconds after start by which the run should end (0 = none): a "
+                         "window or passkey context that would end later (estimated from "
+                         "the previous one) is not started; what ran is reported")
     ap.add_argument("--quality-deadline", type=float, default=0.0,
                     help="the same for the long-text windows alone, so that the passkey part "
                          "keeps its time (0 = --deadline)")
