@@ -216,7 +216,7 @@ typedef struct hashattn_context_config {
 /* The automatic dense_below of CUDA contexts: sequences whose keys and values
  * (n * kv heads * head_dim * 2 * element size bytes) are fewer than this
  * many bytes decode densely. Measured on an H200 (docs/performance.md). */
-#define HASHATTN_CUDA_DENSE_BELOW_BYTES (96ll << 20)
+#define HASHATTN_CUDA_DENSE_BELOW_BYTES (104ll << 20)
 
 #define HASHATTN_CONTEXT_CONFIG_INIT                                        \
     { sizeof(hashattn_context_config_t), 0u, 0, 0, 0, 0, 16,                \

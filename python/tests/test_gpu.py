@@ -82,7 +82,8 @@ def test_cpu_context_refuses_cuda_tensors():
 def _gpu_twin(c):
     g = hashattn.Context(2, c.hq, c.hkv, c.d, block_size=c.block_size, dtype=c.dtype,
                          device=DEV, kv_layout=c.layout, mlp_width=c.m, selection=c.selection,
-                         signature_layout=c.sig_layout)
+                         signature_layout=c.sig_layout,
+                         dense_below=-1)  # the CPU twin never goes dense by length
     g.bind_weights(c.wq, c.wk)
     return g
 

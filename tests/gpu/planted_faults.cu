@@ -86,8 +86,10 @@ int main(int argc, char **argv)
         return 77;
     }
     int *out = nullptr, *in = nullptr;
-    check(cudaMalloc(&out, kN * sizeof(int)), "cudaMalloc out");
+    /* out last: a write past it must not land in another allocation, where
+     * memcheck cannot see it (gpu-check also pads allocations) */
     check(cudaMalloc(&in, kN * sizeof(int)), "cudaMalloc in");
+    check(cudaMalloc(&out, kN * sizeof(int)), "cudaMalloc out");
     check(cudaMemset(out, 0, kN * sizeof(int)), "cudaMemset out");
     if (!uninit)
         check(cudaMemset(in, 0, kN * sizeof(int)), "cudaMemset in");
