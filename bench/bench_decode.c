@@ -63,6 +63,7 @@ typedef struct bench_case {
     int serialc;      /* lab: compaction by per-thread runs (1) or warp ballots (2); 0 = default */
     int autodense;    /* 1: the context's automatic dense_below; 0: dense_below = -1 (sparse kernels
                          whatever the length) */
+    int fused;        /* lab: 1 = selection and attention in one kernel (before run 8) */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -142,6 +143,14 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_32k_auto", 1, 32768, G_, P_, 0, 32, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
     {"gp32_b8_8k", 8, 8192, G_, P_, 0, 32, 0, 0, -1, 0, 0},
     {"dense_b8_8k", 8, 8192, G_, P_, 1, 0, 0, 0, -1, 0, 0},
+    /* run 8: the selection pass as its own kernel (default) against the fused form */
+    {"gc32_b8_128k_fused", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"sel_gc32_b8_128k_fused", 8, 131072, G_, C_, 0, 32, 1, 1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"hp32_b8_128k_fused", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b1_128k_fused", 1, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gc32_b1_1m_fused", 1, 1048576, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b8_32k_fused", 8, 32768, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gp32_b1_8k_fused", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -406,6 +415,8 @@ int main(int argc, char **argv)
             tn.score_block_items = bc->blockscore == 1 ? 1 : 0;
         if (bc->serialc)
             tn.compact_serial = bc->serialc == 1 ? 1 : 0;
+        if (bc->fused)
+            tn.select_pass = 0;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

@@ -205,6 +205,11 @@ struct AttnArgs {
     int32_t *sel_cnt;
     int64_t sc_ss, sc_sh;
     int32_t select_only;
+    /* two-pass sparse decode (LM below): the selection pass writes each
+     * block's list here ([grid.x][grid.y] slots of C entries) */
+    int32_t *list_pos;
+    uint8_t *list_mask;
+    int32_t *list_cnt;
     int32_t compact_serial; /* 2: packed (byte compares, one-byte scores), 1: per-thread position
                                runs (the run-4a form), 0: warp ballots */
 };
@@ -240,7 +245,18 @@ __host__ size_t attend_smem(int C, int nsel, int score_bytes, int *list_off)
     return a + 16; /* ptxas may merge guarded shared loads past the last element */
 }
 
-template <typename T, int D, int GH, bool SPARSE, bool MMA>
+/* Shared memory of the selection pass (LM = 1): the staged scores only. */
+__host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
+{
+    return align_up((size_t)nsel * C * score_bytes, 16) + 16;
+}
+
+/* LM: 0 = one kernel selects and attends; 1 = the selection pass alone
+ * (no query, no attention: few registers and only the staged scores in
+ * shared memory, so many blocks per SM hide its latencies), writing each
+ * block's list and the inspection outputs to global memory; 2 = the
+ * attention pass, reading the list the selection pass wrote. */
+template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0>
 __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 {
     constexpr int LPR = D / 8;        /* 16-byte chunks per row */
@@ -289,7 +305,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const int lg = lane / LPR, dc = lane % LPR; /* FMA lane group, chunk */
     uint32_t qa[MMA ? D / 16 : 1][2];
     float qf[MMA ? 1 : GH][8];
-    {
+    if constexpr (LM != 1) {
         const T *qb = static_cast<const T *>(a.q) + (int64_t)row * a.q_st;
         if constexpr (MMA) {
 #pragma unroll
@@ -326,9 +342,9 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 
     if (p0 >= n) {
         if (c == 0) { /* n == 0: zeros and count 0 */
-            if (a.sel_cnt && !a.prefill && tid < nunits)
+            if (LM != 2 && a.sel_cnt && !a.prefill && tid < nunits)
                 a.sel_cnt[(int64_t)s * a.sc_ss + (int64_t)unit_of(tid) * a.sc_sh] = 0;
-            if (a.direct) {
+            if (LM != 1 && a.direct) {
                 T *o = static_cast<T *>(a.out);
                 for (int idx = tid; idx < nh * D; idx += kAttnThreads)
                     o[(int64_t)row * a.o_st + (int64_t)(h0 + idx / D) * a.o_sh + idx % D] = from_f32<T>(0.0f);
@@ -349,12 +365,26 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             off = p - blk * a.bs;
         }
     };
-    /* the list: position and head mask per entry */
-    int32_t *const lidx = reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
-    uint8_t *const lmask = reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) + (size_t)a.C * 4);
+    /* the list: position and head mask per entry (the selection pass writes
+     * it to the block's global slot) */
+    const int64_t slot = (int64_t)blockIdx.x * gridDim.y + c;
+    int32_t *const lidx = LM == 1 ? a.list_pos + slot * a.C
+                                  : reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
+    uint8_t *const lmask = LM == 1 ? a.list_mask + slot * a.C
+                                   : reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) + (size_t)a.C * 4);
     int L;
 
-    if (sparse_seq) {
+    if (sparse_seq && LM == 2) {
+        /* the selection pass's list, into shared memory */
+        L = a.list_cnt[slot];
+        const int32_t *gp = a.list_pos + slot * a.C;
+        const uint8_t *gm = a.list_mask + slot * a.C;
+        for (int i = tid; i < L; i += kAttnThreads) {
+            lidx[i] = gp[i];
+            lmask[i] = gm[i];
+        }
+        __syncthreads();
+    } else if (sparse_seq) {
         const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
         /* the chunk's scores into shared memory, one 16-byte copy per thread
@@ -726,10 +756,12 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         }
         if (c == 0 && a.sel_cnt && tid < nunits)
             a.sel_cnt[(int64_t)s * a.sc_ss + (int64_t)unit_of(tid) * a.sc_sh] = (int32_t)(bud.I + bud.K + bud.R);
+        if (LM == 1 && tid == 0)
+            a.list_cnt[slot] = L;
         __syncthreads();
     } else {
         L = (int)(pend - p0);
-        if (!a.prefill) {
+        if (!a.prefill && LM != 2) {
             if (a.sel_idx) {
                 for (int j = 0; j < nunits; j++) {
                     int32_t *r = a.sel_idx + (int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh;
@@ -741,6 +773,8 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 a.sel_cnt[(int64_t)s * a.sc_ss + (int64_t)unit_of(tid) * a.sc_sh] = (int32_t)n;
         }
     }
+    if constexpr (LM == 1)
+        return;
     if (a.select_only)
         return;
 

@@ -17,7 +17,10 @@
  *                    taken, ties present and the count selected before it,
  *                    into one int4 table entry;
  *   4. attend_kernel<sparse> one table read, ordered compaction of the
- *                    chunk, gather and attention (attend.cuh);
+ *                    chunk, gather and attention (attend.cuh); by default
+ *                    in two passes: the selection pass writes each block's
+ *                    list to the workspace (a light kernel, many blocks per
+ *                    SM), the attention pass reads it;
  *   5. combine_kernel when there is more than one chunk.
  * Each kernel's launch shape follows from the params only, nothing is
  * allocated and nothing synchronises: the step can be captured in a graph.
@@ -623,10 +626,26 @@ __global__ void __launch_bounds__(kResolveThreads) resolve_kernel(const ResolveA
 }
 
 template <typename T, int D, int GH, bool MMA>
-ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl)
+ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl,
+                                   bool two_pass)
 {
     AttnArgs A = A0;
-    if (sparse) {
+    if (sparse && two_pass) {
+        /* the selection pass (small: many blocks per SM), then attention */
+        const int nsel = A.group_sel ? 1 : GH;
+        auto ks = attend_kernel<T, D, GH, true, MMA, 1>;
+        const size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
+        HA_CUDA_TRY(allow_smem(ks, ssmem));
+        HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
+        if (A.select_only)
+            return HA_KERNEL_OK;
+        auto k = attend_kernel<T, D, GH, true, MMA, 2>;
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, &A.list_off);
+        if (smem > 220 * 1024)
+            return HA_KERNEL_UNSUPPORTED;
+        HA_CUDA_TRY(allow_smem(k, smem));
+        HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
+    } else if (sparse) {
         auto k = attend_kernel<T, D, GH, true, MMA>;
         const int nsel = A.group_sel ? 1 : GH;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, &A.list_off);
@@ -644,10 +663,11 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
 }
 
 template <typename T, int D, int GH>
-ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cudaStream_t st, bool pdl, bool mma)
+ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cudaStream_t st, bool pdl, bool mma,
+                                 bool two_pass)
 {
-    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl)
-               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl);
+    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl, two_pass)
+               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl, two_pass);
 }
 
 template <bool GROUPSEL>
@@ -825,6 +845,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.sc_sh = p->cnt_stride_head;
     A.select_only = sparse && tn.select_only;
     A.compact_serial = tn.compact_serial;
+    A.list_pos = reinterpret_cast<int32_t *>(ws + W.list_pos);
+    A.list_mask = ws + W.list_mask;
+    A.list_cnt = reinterpret_cast<int32_t *>(ws + W.list_cnt);
 
     int C;
     if (sparse) {
@@ -931,7 +954,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const bool mma = tn.attn_mma != 0;
     ha_kernel_status_t ks = HA_KERNEL_OK;
     HA_DISPATCH(p->dtype, D, T, DD,
-                HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, mma))));
+                HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, mma,
+                                                                         tn.select_pass != 0))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
 

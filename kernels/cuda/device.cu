@@ -55,6 +55,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* score_blocks_per_sm */
     2,    /* score_block_items: per warp for large steps (upto2 92.6 vs 102.6 us), per block for small */
     2,    /* compact_serial: packed (run 5); run 4: serial 283 vs 343 us (warp ballots) at B=8 128K */
+    1,    /* select_pass: the selection pass as its own kernel (run 8) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

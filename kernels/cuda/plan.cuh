@@ -22,12 +22,15 @@ constexpr size_t kAlign = 256;
 /* Decode workspace: query signatures, histograms, per-chunk cumulative
  * histograms ([B][Hsel][nch_cum][nbins]), the selection table of each
  * (sequence, unit, chunk) (int4: threshold, ties taken, ties present,
- * selected before the chunk), scores, partial outputs. */
+ * selected before the chunk), scores, partial outputs, and the lists of the
+ * two-pass sparse step (5 bytes per position and KV head group). */
 struct DecodeLayout {
     int64_t max_tokens, score_stride;
     int nbins_max, hsel_nbins_max; /* max over modes of nbins and Hsel * nbins */
     int nch_cum, nch_part;         /* chunk capacity of the cum table and the partials */
-    size_t qsig, hist, cum, table, scores, part_o, part_lse, total;
+    size_t qsig, hist, cum, table, scores, part_o, part_lse;
+    size_t list_pos, list_mask, list_cnt; /* the two-pass sparse step's lists */
+    size_t total;
 };
 
 __host__ inline DecodeLayout decode_layout(int64_t B, int Hq, int Hkv, int D, int64_t max_tokens)
@@ -59,6 +62,16 @@ __host__ inline DecodeLayout decode_layout(int64_t B, int Hq, int Hkv, int D, in
     o = align_up(o + (size_t)B * Hq * L.nch_part * D * 4, kAlign);
     L.part_lse = o;
     o = align_up(o + (size_t)B * Hq * L.nch_part * 4, kAlign);
+    /* a slot of C entries per attend block (sequence, KV head, head group,
+     * chunk): units * nch * C <= units * (max_tokens + kSparseChunkMax) */
+    const int64_t units = B * Hkv * ((G + 7) / 8);
+    const int64_t entries = units * (max_tokens + kSparseChunkMax);
+    L.list_pos = o;
+    o = align_up(o + (size_t)entries * 4, kAlign);
+    L.list_mask = o;
+    o = align_up(o + (size_t)entries, kAlign);
+    L.list_cnt = o;
+    o = align_up(o + (size_t)units * (size_t)ceil_div(max_tokens > 0 ? max_tokens : 1, kSparseChunkMin) * 4, kAlign);
     L.total = o + kAlign; /* slack to align the caller's pointer */
     return L;
 }

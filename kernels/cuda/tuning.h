@@ -31,6 +31,8 @@ typedef struct ha_cuda_tuning {
                                 fewer than 8 x SMs items (2) */
     int compact_serial;      /* sparse compaction: 2 packed byte compares (one-byte scores; else
                                 as 1), 1 per-thread position runs, 0 warp ballots */
+    /* appended in run 8 */
+    int select_pass;         /* 1: sparse selection in its own kernel before attention; 0: fused */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
