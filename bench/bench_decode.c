@@ -64,6 +64,7 @@ typedef struct bench_case {
     int autodense;    /* 1: the context's automatic dense_below; 0: dense_below = -1 (sparse kernels
                          whatever the length) */
     int fused;        /* lab: 1 = selection and attention in one kernel (before run 8) */
+    int novec;        /* lab: 1 = warp scores one position per lane (before run 9) */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -151,6 +152,13 @@ static const bench_case_t k_cases[] = {
     {"gc32_b1_1m_fused", 1, 1048576, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
     {"gp32_b8_32k_fused", 8, 32768, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
     {"gp32_b1_8k_fused", 1, 8192, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    /* run 9: four positions per lane in the warp score kernel (default) against one */
+    {"gc32_b8_128k_novec", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"upto2_gc32_b8_128k_novec", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1},
+    {"gp32_b8_128k_novec", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"upto2_gp32_b8_128k_novec", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1},
+    {"hp32_b8_128k_novec", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"gc32_b1_1m_novec", 1, 1048576, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -417,6 +425,8 @@ int main(int argc, char **argv)
             tn.compact_serial = bc->serialc == 1 ? 1 : 0;
         if (bc->fused)
             tn.select_pass = 0;
+        if (bc->novec)
+            tn.score_vec4 = 0;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

@@ -33,6 +33,8 @@ typedef struct ha_cuda_tuning {
                                 as 1), 1 per-thread position runs, 0 warp ballots */
     /* appended in run 8 */
     int select_pass;         /* 1: sparse selection in its own kernel before attention; 0: fused */
+    int score_vec4;          /* 1: warp scores four positions per lane (16-byte loads) where the
+                                layout allows; 0: one position per lane */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
