@@ -106,6 +106,7 @@ START_TEST(abi_load)
     int used = 0;
     ck_assert_msg(sscanf(v, "%u.%u.%u%n", &ma, &mi, &pa, &used) == 3, "version \"%s\" is not M.m.p+...", v);
     ck_assert_msg(ma == api->abi_major, "version %s: major differs from abi_major %u", v, api->abi_major);
+    ck_assert_msg(mi == api->abi_minor, "version %s: minor differs from abi_minor %u", v, api->abi_minor);
     ck_assert_msg(v[used] == '+' && strstr(v + used, "cpu") != NULL,
                   "version \"%s\" does not list its backends (+cpu...)", v);
     /* the same static table on every call */
