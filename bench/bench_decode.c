@@ -64,7 +64,8 @@ typedef struct bench_case {
     int autodense;    /* 1: the context's automatic dense_below; 0: dense_below = -1 (sparse kernels
                          whatever the length) */
     int fused;        /* lab: 1 = selection and attention in one kernel (before run 8) */
-    int novec;        /* lab: 1 = warp scores one position per lane (before run 9) */
+    int novec;        /* lab: 1 = warp scores one position per lane (before run 9); -1 = four
+                         per lane for per-head selection too (score_vec4 = 2) */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -159,6 +160,10 @@ static const bench_case_t k_cases[] = {
     {"upto2_gp32_b8_128k_novec", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1},
     {"hp32_b8_128k_novec", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
     {"gc32_b1_1m_novec", 1, 1048576, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"hp32_b8_128k_vec4", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
+    {"upto2_hp32_b8_128k_vec4", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, -1},
+    {"hc32_b8_128k", 8, 131072, H_, C_, 0, 32, 0, 0, -1, 0, 0},
+    {"hc32_b8_128k_vec4", 8, 131072, H_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -426,7 +431,7 @@ int main(int argc, char **argv)
         if (bc->fused)
             tn.select_pass = 0;
         if (bc->novec)
-            tn.score_vec4 = 0;
+            tn.score_vec4 = bc->novec > 0 ? 0 : 2;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

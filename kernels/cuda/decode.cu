@@ -463,20 +463,17 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                     *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) = packed;
                 }
             } else {
-                for (int g = 0; g < G; g++) {
+                /* head g's scores of the group's positions; its words from wv
+                 * (registers: g must be a compile-time index into w) or, past
+                 * the GW held words, loaded per position */
+                auto head = [&](int g, const uint32_t (&wv)[V], bool held) {
                     uint32_t packed = 0u;
 #pragma unroll
                     for (int e = 0; e < V; e++) {
                         if (!((km >> e) & 1u))
                             continue;
                         const int64_t p = pk + e;
-                        uint32_t kw;
-                        if (GW == 1)
-                            kw = w[k][0][e];
-                        else if (g < GW)
-                            kw = w[k][g < GW ? g : 0][e];
-                        else
-                            kw = sig_word(it, p, g);
+                        const uint32_t kw = held ? wv[e] : sig_word(it, p, g);
                         const int sc = 32 - __popc(qs[g] ^ kw);
                         if (V == 4)
                             packed |= (uint32_t)sc << (8 * e);
@@ -488,6 +485,17 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                     if (V == 4)
                         *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe +
                                                       (int64_t)g * a.score_stride + pk) = packed;
+                };
+                if (GW == 1) {
+                    for (int g = 0; g < G; g++)
+                        head(g, w[k][0], true);
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GW; g++)
+                        if (g < G)
+                            head(g, w[k][g], true);
+                    for (int g = GW; g < G; g++)
+                        head(g, w[k][0], false);
                 }
             }
         }
@@ -721,7 +729,7 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cuda
 
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
-                                bool block_items, bool vec4)
+                                bool block_items, bool vec4, bool per_head_vec4)
 {
     constexpr int NW = kScoreThreads / 32;
     const size_t smem = block_items ? ((size_t)9 * sa.nbt + sa.G) * 4 + 16
@@ -749,9 +757,10 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         return go(score_kernel<GROUPSEL, 8>);
     }
     /* four positions per lane where a page's signature rows allow 16-byte
-     * loads, group selection only: per-head selection indexes its words by
-     * a runtime head (local memory; run 9: 474 vs 395 us at B=8 128K) */
-    const bool v4 = GROUPSEL && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
+     * loads (run 9 measured per-head selection slower with it, 474 vs 395 us
+     * at B=8 128K, while its words were indexed by a runtime head and went
+     * through local memory; now indexed at compile time) */
+    const bool v4 = (GROUPSEL || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
                     (reinterpret_cast<uintptr_t>(sa.sig) & 15) == 0 && sa.C % 256 == 0;
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
@@ -977,9 +986,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         sa.guard = gd;
         const int gw = p->sig_per_kv_head ? 1 : G;
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && small);
-        ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items, tn.score_vec4 != 0)
+        ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
+                                            tn.score_vec4 != 0, false)
                        : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                             tn.score_vec4 != 0);
+                                             tn.score_vec4 != 0, tn.score_vec4 == 2);
         if (ks != HA_KERNEL_OK || tn.stop_after == 2)
             return ks;
 

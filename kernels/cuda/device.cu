@@ -56,7 +56,7 @@ static const ha_cuda_tuning_t kDefaults = {
     2,    /* score_block_items: per warp for large steps (upto2 92.6 vs 102.6 us), per block for small */
     2,    /* compact_serial: packed (run 5); run 4: serial 283 vs 343 us (warp ballots) at B=8 128K */
     1,    /* select_pass: the selection pass as its own kernel (run 8) */
-    1,    /* score_vec4: four positions per lane in the warp score kernel (run 9) */
+    2,    /* score_vec4: four positions per lane in the warp score kernel (run 9), per-head too (run 12) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -34,7 +34,8 @@ typedef struct ha_cuda_tuning {
     /* appended in run 8 */
     int select_pass;         /* 1: sparse selection in its own kernel before attention; 0: fused */
     int score_vec4;          /* 1: warp scores four positions per lane (16-byte loads) where the
-                                layout allows; 0: one position per lane */
+                                layout allows, group selection; 2: per-head selection too;
+                                0: one position per lane */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
