@@ -169,8 +169,10 @@ static hashattn_status_t check_config(const hashattn_context_config_t *c, ha_bac
 
 /* config.dense_below after the automatic choice: the CPU backend's sparse
  * step is cheaper than its dense one at every length, so it has none; on
- * CUDA a sequence is dense while its K and V (this rank's heads) are under
- * HASHATTN_CUDA_DENSE_BELOW_BYTES. */
+ * CUDA a sequence is dense while its K and V are under
+ * HASHATTN_CUDA_DENSE_BELOW_BYTES, counted over the whole model's KV heads
+ * (c is the config as given, before a tensor-parallel split), so that a
+ * model decides alike at every tp_size. */
 static int32_t resolve_dense_below(const hashattn_context_config_t *c, ha_backend_t backend, ha_dtype_t dtype)
 {
     if (c->dense_below != 0)
@@ -202,6 +204,7 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
         return ha_fail(NULL, HASHATTN_STATUS_OUT_OF_MEMORY, "context_create: out of host memory");
     ctx->cfg = cfg;
     ctx->cfg.struct_size = sizeof cfg;
+    ctx->dense_below = resolve_dense_below(&cfg, backend, dtype);
     /* tensor parallelism: the context computes on its rank's heads only */
     ctx->tp_size = cfg.tp_size > 1 ? cfg.tp_size : 1;
     ctx->tp_rank = cfg.tp_rank;
@@ -216,7 +219,6 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
     ctx->num_sig_heads =
         cfg.signature_layout == HASHATTN_SIGNATURE_PER_KV_HEAD ? cfg.num_kv_heads : cfg.num_q_heads;
     ctx->scale = cfg.softmax_scale > 0.0f ? cfg.softmax_scale : 1.0f / sqrtf((float)cfg.head_dim);
-    ctx->dense_below = resolve_dense_below(&cfg, backend, dtype);
     *out = ctx;
     return HASHATTN_STATUS_OK;
 }

@@ -214,7 +214,8 @@ typedef struct hashattn_context_config {
 } hashattn_context_config_t;
 
 /* The automatic dense_below of CUDA contexts: sequences whose keys and values
- * (n * kv heads * head_dim * 2 * element size bytes) are fewer than this
+ * (n * num_kv_heads * head_dim * 2 * element size bytes; num_kv_heads of the
+ * whole model, also with tp_size > 1) are fewer than this
  * many bytes decode densely. Measured on an H200 (docs/performance.md). */
 #define HASHATTN_CUDA_DENSE_BELOW_BYTES (104ll << 20)
 

@@ -169,6 +169,7 @@ static hashattn_context_config_t case_config(const ht_decode_case_t *c, int gpu,
     cfg.signature_layout = c->desc.sig_layout;
     cfg.tp_rank = rank;
     cfg.tp_size = size;
+    cfg.dense_below = -1; /* the sparse path at every length, as the single-GPU reference */
     return cfg;
 }
 
