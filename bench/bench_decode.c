@@ -31,6 +31,8 @@
 #include <cuda_runtime_api.h>
 #include <hashattn/hashattn.h>
 
+#include "bench_util.h"
+
 #ifdef HA_BENCH_LAB
 #include "kernels/cuda/tuning.h"
 #define BENCH_NAME "bench_lab"
@@ -209,14 +211,7 @@ static const hashattn_api_t *load_api(const char *lib)
 }
 
 static uint64_t g_rng = 0x243f6a8885a308d3ull;
-static uint64_t rnd(void)
-{
-    g_rng += 0x9e3779b97f4a7c15ull;
-    uint64_t z = g_rng;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd(void) { return ha_bench_rand(&g_rng); }
 
 static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
 {
@@ -230,52 +225,6 @@ static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
     t.shape = shape;
     t.strides = NULL;
     return t;
-}
-
-/* Random hash weights on the host, bound through weights_bind. */
-static void bind_weights(hashattn_context_t *ctx, int hsig)
-{
-    const int heads[2] = {HQ, hsig};
-    float *bufs[2][6];
-    int64_t shapes[2][6][5];
-    DLTensor ts[2][6];
-    hashattn_weights_bind_args_t a = HASHATTN_WEIGHTS_BIND_ARGS_INIT;
-    for (int side = 0; side < 2; side++) {
-        const int H = heads[side];
-        const int64_t dims[6][4] = {{H, M, D, 0}, {H, M, 0, 0}, {H, M, M, 0}, {H, M, 0, 0}, {H, 32, M, 0},
-                                    {H, 32, 0, 0}};
-        const int nd[6] = {3, 2, 3, 2, 3, 2};
-        const double fan[6] = {D, D, M, M, M, M};
-        for (int p = 0; p < 6; p++) {
-            int64_t n = 1;
-            shapes[side][p][0] = 1; /* one layer */
-            for (int k = 0; k < nd[p]; k++) {
-                shapes[side][p][k + 1] = dims[p][k];
-                n *= dims[p][k];
-            }
-            bufs[side][p] = malloc(sizeof(float) * (size_t)n);
-            const double sc = 1.7 / sqrt(fan[p]);
-            for (int64_t i = 0; i < n; i++)
-                bufs[side][p][i] = (float)(((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1) * sc);
-            memset(&ts[side][p], 0, sizeof(DLTensor));
-            ts[side][p].data = bufs[side][p];
-            ts[side][p].device.device_type = kDLCPU;
-            ts[side][p].ndim = nd[p] + 1;
-            ts[side][p].dtype = (DLDataType){kDLFloat, 32, 1};
-            ts[side][p].shape = shapes[side][p];
-        }
-        hashattn_mlp_weights_t *w = side ? &a.key : &a.query;
-        w->w1 = &ts[side][0];
-        w->b1 = &ts[side][1];
-        w->w2 = &ts[side][2];
-        w->b2 = &ts[side][3];
-        w->w3 = &ts[side][4];
-        w->b3 = &ts[side][5];
-    }
-    HA(ctx, g_api->weights_bind(ctx, &a));
-    for (int side = 0; side < 2; side++)
-        for (int p = 0; p < 6; p++)
-            free(bufs[side][p]);
 }
 
 static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense)
@@ -295,7 +244,7 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense)
     cfg.dense_below = autodense ? 0 : -1;
     hashattn_context_t *ctx = NULL;
     HA(NULL, g_api->context_create(&cfg, &ctx));
-    bind_weights(ctx, sig == C_ ? HKV : HQ);
+    HA(ctx, ha_bench_bind_random_weights(g_api, ctx, HQ, sig == C_ ? HKV : HQ, D, M, &g_rng));
     return ctx;
 }
 

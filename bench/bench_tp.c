@@ -33,6 +33,8 @@
 #include <cuda_runtime_api.h>
 #include <hashattn/hashattn.h>
 
+#include "bench_util.h"
+
 int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
 int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
 
@@ -64,63 +66,6 @@ typedef struct rank_arg {
     group_t *g;
     int rank;
 } rank_arg_t;
-
-static uint64_t mix(uint64_t *s)
-{
-    *s += 0x9e3779b97f4a7c15ull;
-    uint64_t z = *s;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* The whole model's random hash weights (the same seed on every rank), bound
- * through weights_bind: the context keeps its rank's heads. */
-static hashattn_status_t bind_weights(hashattn_context_t *ctx)
-{
-    const int heads[2] = {HQ, HKV}; /* compact signatures: one key MLP per KV head */
-    float *bufs[2][6];
-    int64_t shapes[2][6][4];
-    DLTensor ts[2][6];
-    uint64_t seed = 0x243f6a8885a308d3ull;
-    hashattn_weights_bind_args_t a = HASHATTN_WEIGHTS_BIND_ARGS_INIT;
-    for (int side = 0; side < 2; side++) {
-        const int H = heads[side];
-        const int64_t dims[6][3] = {{H, M, D}, {H, M, 0}, {H, M, M}, {H, M, 0}, {H, 32, M}, {H, 32, 0}};
-        const int nd[6] = {3, 2, 3, 2, 3, 2};
-        const double fan[6] = {D, D, M, M, M, M};
-        for (int p = 0; p < 6; p++) {
-            int64_t n = 1;
-            shapes[side][p][0] = 1;
-            for (int k = 0; k < nd[p]; k++) {
-                shapes[side][p][k + 1] = dims[p][k];
-                n *= dims[p][k];
-            }
-            bufs[side][p] = malloc(sizeof(float) * (size_t)n);
-            const double sc = 1.7 / sqrt(fan[p]);
-            for (int64_t i = 0; i < n; i++)
-                bufs[side][p][i] = (float)(((double)(mix(&seed) >> 11) / 9007199254740992.0 * 2 - 1) * sc);
-            memset(&ts[side][p], 0, sizeof(DLTensor));
-            ts[side][p].data = bufs[side][p];
-            ts[side][p].device.device_type = kDLCPU;
-            ts[side][p].ndim = nd[p] + 1;
-            ts[side][p].dtype = (DLDataType){kDLFloat, 32, 1};
-            ts[side][p].shape = shapes[side][p];
-        }
-        hashattn_mlp_weights_t *w = side ? &a.key : &a.query;
-        w->w1 = &ts[side][0];
-        w->b1 = &ts[side][1];
-        w->w2 = &ts[side][2];
-        w->b2 = &ts[side][3];
-        w->w3 = &ts[side][4];
-        w->b3 = &ts[side][5];
-    }
-    hashattn_status_t st = g_api->weights_bind(ctx, &a);
-    for (int side = 0; side < 2; side++)
-        for (int p = 0; p < 6; p++)
-            free(bufs[side][p]);
-    return st;
-}
 
 static DLTensor dev_tensor(void *data, int dev, DLDataType dt, int ndim, int64_t *shape)
 {
@@ -193,7 +138,7 @@ static void *rank_main(void *p)
         for (int64_t i = 0; i < per_seq_max; i++)
             r[i] = (int32_t)i;
         for (int64_t i = per_seq_max - 1; i > 0; i--) {
-            int64_t j = (int64_t)(mix(&s) % (uint64_t)(i + 1));
+            int64_t j = (int64_t)(ha_bench_rand(&s) % (uint64_t)(i + 1));
             int32_t t = r[i];
             r[i] = r[j];
             r[j] = t;
@@ -220,7 +165,10 @@ static void *rank_main(void *p)
     cfg.tp_size = tp;
     if (g_api->context_create(&cfg, &ctx) != HASHATTN_STATUS_OK)
         RFAIL("rank %d: context_create: %s", rank, g_api->last_error(NULL));
-    RHA(bind_weights(ctx));
+    /* the whole model's weights (the same seed on every rank), compact signatures:
+     * one key MLP per KV head; the context keeps its rank's heads */
+    uint64_t seed = 0x243f6a8885a308d3ull;
+    RHA(ha_bench_bind_random_weights(g_api, ctx, HQ, HKV, D, M, &seed));
     if (tp > 1) {
         hashattn_comm_create_args_t ca = HASHATTN_COMM_CREATE_ARGS_INIT;
         ca.unique_id = &g->id;

@@ -56,8 +56,20 @@ static hashattn_status_t need_cuda(hashattn_context_t *ctx, const char *op)
     return OK;
 }
 
-static hashattn_status_t check_timeout(hashattn_context_t *ctx, const char *op, int32_t ms, int32_t *out)
+static hashattn_status_t check_flags(hashattn_context_t *ctx, const char *op, uint32_t flags)
 {
+    if (flags != 0)
+        return ha_fail(ctx, BAD, "%s: flags = 0x%x has unknown bits (none are defined)", op, flags);
+    return OK;
+}
+
+/* flags (none defined) and timeout_ms of the communicator args */
+static hashattn_status_t check_timeout(hashattn_context_t *ctx, const char *op, uint32_t flags, int32_t ms,
+                                       int32_t *out)
+{
+    hashattn_status_t st = check_flags(ctx, op, flags);
+    if (st != OK)
+        return st;
     if (ms < 0)
         return ha_fail(ctx, BAD, "%s: timeout_ms = %d must be > 0 (0 = %d)", op, ms, DEFAULT_TIMEOUT_MS);
     *out = ms == 0 ? DEFAULT_TIMEOUT_MS : ms;
@@ -381,10 +393,8 @@ hashattn_status_t ha_comm_create(hashattn_context_t *ctx, const hashattn_comm_cr
     hashattn_status_t st = ha_read_struct(ctx, &create_desc, args, &a);
     if (st != OK)
         return st;
-    if (a.flags != 0)
-        return ha_fail(ctx, BAD, "comm_create: flags = 0x%x has unknown bits (none are defined)", a.flags);
     int32_t timeout = 0;
-    if ((st = check_timeout(ctx, op, a.timeout_ms, &timeout)) != OK)
+    if ((st = check_timeout(ctx, op, a.flags, a.timeout_ms, &timeout)) != OK)
         return st;
     if (!a.unique_id)
         return ha_fail(ctx, BAD, "comm_create: unique_id is NULL");
@@ -442,10 +452,8 @@ hashattn_status_t ha_comm_bind(hashattn_context_t *ctx, const hashattn_comm_bind
     hashattn_status_t st = ha_read_struct(ctx, &bind_desc, args, &a);
     if (st != OK)
         return st;
-    if (a.flags != 0)
-        return ha_fail(ctx, BAD, "comm_bind: flags = 0x%x has unknown bits (none are defined)", a.flags);
     int32_t timeout = 0;
-    if ((st = check_timeout(ctx, op, a.timeout_ms, &timeout)) != OK)
+    if ((st = check_timeout(ctx, op, a.flags, a.timeout_ms, &timeout)) != OK)
         return st;
     if ((st = need_cuda(ctx, op)) != OK)
         return st;
@@ -498,8 +506,8 @@ hashattn_status_t ha_all_reduce(hashattn_context_t *ctx, const hashattn_all_redu
     hashattn_status_t st = ha_read_struct(ctx, &reduce_desc, args, &a);
     if (st != OK)
         return st;
-    if (a.flags != 0)
-        return ha_fail(ctx, BAD, "all_reduce: flags = 0x%x has unknown bits (none are defined)", a.flags);
+    if ((st = check_flags(ctx, op, a.flags)) != OK)
+        return st;
     if (!a.tensor)
         return ha_fail(ctx, BAD, "all_reduce: tensor is NULL");
     if ((st = need_cuda(ctx, op)) != OK)

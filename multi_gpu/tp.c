@@ -138,21 +138,12 @@ hashattn_status_t ha_tp_workspace_size(const hashattn_context_t *cctx, const has
 
 /* ---- decode ---- */
 
-#define T hashattn_decode_args_t
-static const ha_field_t decode_fields[] = {
-    HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, query), HA_F(T, key_cache),
-    HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, block_tables), HA_F(T, seq_lens),
-    HA_F(T, output), HA_F(T, budget), HA_F(T, selected_indices), HA_F(T, selected_counts),
-    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
-static const ha_struct_desc_t decode_desc = {"decode_args", decode_fields, 16, HA_END(T, output), sizeof(T)};
-#undef T
-
 hashattn_status_t ha_tp_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
 {
     if (!ctx)
         return ha_decode(ctx, args);
     hashattn_decode_args_t a = HASHATTN_DECODE_ARGS_INIT;
-    hashattn_status_t st = ha_read_struct(ctx, &decode_desc, args, &a);
+    hashattn_status_t st = ha_read_struct(ctx, &ha_decode_desc, args, &a);
     if (st != OK)
         return st;
     const int sharded = (a.flags & HASHATTN_DECODE_TP_SHARDED) != 0;

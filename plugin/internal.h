@@ -87,6 +87,9 @@ typedef struct ha_struct_desc {
 hashattn_status_t ha_read_struct(hashattn_context_t *ctx, const ha_struct_desc_t *desc,
                                  const void *src, void *dst);
 
+/* decode's args description (ops.c), also read by the tensor-parallel decode (multi_gpu/tp.c) */
+extern const ha_struct_desc_t ha_decode_desc;
+
 /* ---- tensors ---- */
 
 /* A validated DLTensor: data pointer with byte_offset applied, element

@@ -37,7 +37,7 @@ static const ha_field_t decode_fields[] = {
     HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, block_tables), HA_F(T, seq_lens),
     HA_F(T, output), HA_F(T, budget), HA_F(T, selected_indices), HA_F(T, selected_counts),
     HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
-static const ha_struct_desc_t decode_desc = {"decode_args", decode_fields, 16, HA_END(T, output), sizeof(T)};
+const ha_struct_desc_t ha_decode_desc = {"decode_args", decode_fields, 16, HA_END(T, output), sizeof(T)};
 #undef T
 #define T hashattn_prefill_args_t
 static const ha_field_t prefill_fields[] = {
@@ -342,7 +342,7 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     if (!ctx)
         return ha_fail(NULL, BAD, "decode: ctx is NULL");
     hashattn_decode_args_t a = HASHATTN_DECODE_ARGS_INIT;
-    TRY(ha_read_struct(ctx, &decode_desc, args, &a));
+    TRY(ha_read_struct(ctx, &ha_decode_desc, args, &a));
     TRY(check_common(ctx, op, a.flags, HASHATTN_DECODE_DENSE, a.layer));
     const hashattn_context_config_t *c = &ctx->cfg;
     const int dense = (a.flags & HASHATTN_DECODE_DENSE) != 0;

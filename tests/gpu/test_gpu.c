@@ -211,6 +211,19 @@ static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
     gc->ws = dev_workspace(api, gc->g, HASHATTN_OP_DECODE, d->batch, d->batch, c->max_blocks, &gc->ws_size);
 }
 
+/* A named case "prefix/<the case's name>" (into full): 0 when the run skips
+ * it (the case filter), else 1 with the case built. */
+static int gpu_case_begin(gpu_case_t *gc, const ht_decode_desc_t *d, const char *prefix, char *full, size_t len)
+{
+    char name[512];
+    ht_decode_case_name(d, name, sizeof name);
+    snprintf(full, len, "%s/%s", prefix, name);
+    if (!ht_case_begin(full, d->seed))
+        return 0;
+    gpu_case_build(gc, d);
+    return 1;
+}
+
 static void gpu_case_free(gpu_case_t *gc)
 {
     mirror_t *ms[] = {&gc->query, &gc->kc, &gc->vc, &gc->sc, &gc->bt, &gc->sl, &gc->out, &gc->idx, &gc->cnt};
@@ -503,14 +516,10 @@ START_TEST(gpu_cache_write_and_hash)
 {
     ht_decode_desc_t d = grid_desc(_i * 7 + 2);
     d.fill = HT_FILL_WRITE; /* keys sampled away from MLP zeros */
-    char name[512];
-    ht_decode_case_name(&d, name, sizeof name);
-    char full[600];
-    snprintf(full, sizeof full, "cache_write+hash/%s", name);
-    if (!ht_case_begin(full, d.seed))
-        return;
     gpu_case_t gc;
-    gpu_case_build(&gc, &d);
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "cache_write+hash", full, sizeof full))
+        return;
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
     const int hkv = d.hkv, D = d.d, bs = d.block;
@@ -780,14 +789,10 @@ START_TEST(gpu_graph)
     d.batch = 12;
     d.max_seq = 600;
     d.heavy_count = 24;
-    char name[512];
-    ht_decode_case_name(&d, name, sizeof name);
-    char full[600];
-    snprintf(full, sizeof full, "graph/%s", name);
-    if (!ht_case_begin(full, d.seed))
-        return;
     gpu_case_t gc;
-    gpu_case_build(&gc, &d);
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "graph", full, sizeof full))
+        return;
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
     const int B = d.batch, hkv = d.hkv, D = d.d, bs = d.block;
@@ -933,14 +938,10 @@ START_TEST(gpu_device_validation)
     d.fill = HT_FILL_DIRECT;
     d.tensor_flags = 0;
     d.seed = ht_seed(0x7a1d + (uint64_t)_i);
-    char name[512];
-    ht_decode_case_name(&d, name, sizeof name);
-    char full[600];
-    snprintf(full, sizeof full, "device_validation/%s", name);
-    if (!ht_case_begin(full, d.seed))
-        return;
     gpu_case_t gc;
-    gpu_case_build(&gc, &d);
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "device_validation", full, sizeof full))
+        return;
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
     ck_assert_int_eq(gpu_decode(&gc, 0), HASHATTN_STATUS_OK);

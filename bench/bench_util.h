@@ -1,0 +1,20 @@
+/*
+ * bench_util.h - pieces the benchmarks share (bench_decode, bench_lab, bench_tp).
+ */
+#ifndef HASHATTN_BENCH_UTIL_H
+#define HASHATTN_BENCH_UTIL_H
+
+#include <stdint.h>
+
+#include <hashattn/hashattn.h>
+
+/* splitmix64: advances *state and returns the next value */
+uint64_t ha_bench_rand(uint64_t *state);
+
+/* Random hash MLP weights for one layer (hq query heads, hsig key heads, head
+ * dim d, width m, uniform in +-1.7/sqrt(fan-in), drawn from *state), bound
+ * through api->weights_bind on the host. Returns weights_bind's status. */
+hashattn_status_t ha_bench_bind_random_weights(const hashattn_api_t *api, hashattn_context_t *ctx, int hq,
+                                               int hsig, int d, int m, uint64_t *state);
+
+#endif
