@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "attn.h"
+#include "exec.h"
 #include "calib.h"
 #include "matmul.h"
 #include "plan.h"
@@ -253,13 +254,12 @@ static int label_all(const cap_state_t *c, const int32_t *pos, int sink, int rec
 
 /* ---- the run ---- */
 
-int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
-                   const rn_capture_config_t *cfg, rn_capture_stats_t *st_out, char *err, size_t errlen)
+int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenizer_t *tok,
+                        const rn_capture_config_t *cfg, rn_capture_stats_t *st_out, char *err, size_t errlen)
 {
     const double t_start = now_s();
     rn_capture_stats_t st;
     memset(&st, 0, sizeof st);
-    const rn_hparams_t *hp = &m->hp;
     const int64_t len = cfg->seq_len > 0 ? cfg->seq_len : hp->n_ctx_train;
     if (!cfg->out || cfg->n_texts < 1 || cfg->n_seqs < 1 || cfg->queries < 1 || cfg->sink < 0 ||
         cfg->recent < 1 || cfg->topk < 1 || len < 2 || len > (1 << 24) || cfg->block_size < 1 ||
@@ -284,13 +284,10 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
     c.keys = malloc((size_t)c.L * c.Hkv * len * c.D * sizeof(float));
     c.qidx = malloc((size_t)len * sizeof *c.qidx);
     c.qvec = malloc((size_t)c.L * c.Hq * nq_cap * c.D * sizeof(float));
-    rn_attn_t *attn = NULL;
     rn_single_t single;
     memset(&single, 0, sizeof single);
     tr_calib_writer_t *w = NULL;
-    int rc = -1, opened = 0;
-    rn_qk_hook_fn old_hook = m->qk_hook;
-    void *old_user = m->qk_user;
+    int rc = -1, opened = 0, hooked = 0;
 
     if (!src || !ids || !pos || !top || !c.keys || !c.qidx || !c.qvec) {
         seterr(err, errlen, "capture: out of memory for a %lld-token sequence", (long long)len);
@@ -302,14 +299,18 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
 
     const int32_t per = (int32_t)((len + cfg->block_size - 1) / cfg->block_size);
     const int chunk = cfg->prefill_chunk < len ? cfg->prefill_chunk : (int)len;
-    rn_attn_shape_t sh = { c.L, c.Hq, c.Hkv, c.D, cfg->block_size, per, 1, chunk, per };
-    rn_plugin_config_t apc = *pc;
-    apc.hash = 0; /* dense, no signatures: the model runs as it was trained */
-    apc.hash_weights = NULL;
-    if (rn_attn_plugin_create(&apc, &sh, &attn, err, errlen) ||
-        rn_single_init(&single, len, cfg->block_size, chunk, 0, cfg->seed)) {
-        if (!attn)
-            goto out;
+    if (ex->block_size != cfg->block_size || ex->num_blocks < per || ex->max_blocks < per || ex->max_tokens < chunk ||
+        ex->max_seqs < 1) {
+        seterr(err, errlen, "capture: the executor (blocks of %d, %d blocks, %d tokens a step) cannot hold a "
+                            "%lld-token sequence in steps of %d", ex->block_size, ex->num_blocks, ex->max_tokens,
+               (long long)len, chunk);
+        goto out;
+    }
+    if (!ex->ops->set_qk_hook) {
+        seterr(err, errlen, "capture: this executor has no capture hook (tensor parallelism?)");
+        goto out;
+    }
+    if (rn_single_init(&single, len, cfg->block_size, chunk, 0, cfg->seed)) {
         seterr(err, errlen, "capture: out of memory for the sequence plan");
         goto out;
     }
@@ -337,8 +338,11 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
             goto out;
     }
 
-    m->qk_hook = cap_hook;
-    m->qk_user = &c;
+    if (ex->ops->set_qk_hook(ex, cap_hook, &c)) {
+        seterr(err, errlen, "capture: %s", ex->err);
+        goto out;
+    }
+    hooked = 1;
     const int G = c.Hq / c.Hkv;
     const tr_calib_dtype_t dt = cfg->f16 ? TR_CALIB_F16 : TR_CALIB_F32;
     for (int s = 0; s < cfg->n_seqs; s++) {
@@ -378,9 +382,14 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
         rn_single_reset(&single);
         for (int64_t done = 0; done < n;) {
             const int step = (int)(n - done < chunk ? n - done : chunk);
-            if (rn_single_step(&single, ids + done, step, 0, err, errlen) ||
-                rn_model_forward(m, attn, &single.plan, NULL, 0, err, errlen))
+            const rn_sample_req_t greedy = { 0.0f, 1.0f, 0.0 };
+            int32_t next;
+            if (rn_single_step(&single, ids + done, step, 0, err, errlen))
                 goto out;
+            if (rn_exec_step(ex, &single.plan, &greedy, &next, NULL)) {
+                seterr(err, errlen, "capture: %s", ex->err);
+                goto out;
+            }
             done += step;
             if (cfg->progress)
                 cfg->progress(cfg->user, s, cfg->n_seqs, done, n, "forward");
@@ -439,8 +448,8 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
     }
     rc = 0;
 out:
-    m->qk_hook = old_hook;
-    m->qk_user = old_user;
+    if (hooked)
+        ex->ops->set_qk_hook(ex, NULL, NULL);
     if (w) {
         char e2[256];
         if (tr_calib_writer_close(w, e2, sizeof e2) && rc == 0)
@@ -452,7 +461,6 @@ out:
             st.file_bytes = (int64_t)fs.st_size;
     }
     rn_single_free(&single);
-    rn_attn_destroy(attn);
     for (int i = 0; i < opened; i++)
         text_close(&src[i]);
     free(src);
@@ -465,5 +473,33 @@ out:
     st.total_s = now_s() - t_start;
     if (st_out)
         *st_out = st;
+    return rc;
+}
+
+int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
+                   const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen)
+{
+    const int64_t len = cfg->seq_len > 0 ? cfg->seq_len : m->hp.n_ctx_train;
+    const int32_t per = cfg->block_size > 0 ? (int32_t)((len + cfg->block_size - 1) / cfg->block_size) : 1;
+    const int chunk = cfg->prefill_chunk < len ? cfg->prefill_chunk : (int)len;
+    rn_attn_shape_t sh = { m->hp.n_layer, m->hp.n_head, m->hp.n_head_kv, m->hp.head_dim, cfg->block_size,
+                           per, 1, chunk > 0 ? chunk : 1, per };
+    rn_plugin_config_t apc = *pc;
+    apc.hash = 0; /* dense, no signatures: the model runs as it was trained */
+    apc.hash_weights = NULL;
+    rn_attn_t *attn = NULL;
+    rn_exec_t *ex = NULL;
+    if (st)
+        memset(st, 0, sizeof *st);
+    if (len < 2 || len > (1 << 24) || cfg->block_size < 1 || cfg->prefill_chunk < 1)
+        return seterr(err, errlen, "capture: bad configuration (length %lld, blocks of %d, steps of %d)",
+                      (long long)len, cfg->block_size, cfg->prefill_chunk);
+    if (rn_attn_plugin_create(&apc, &sh, &attn, err, errlen) || rn_exec_cpu_create(m, attn, &ex, err, errlen)) {
+        rn_attn_destroy(attn);
+        return -1;
+    }
+    const int rc = rn_capture_run_exec(ex, &m->hp, tok, cfg, st, err, errlen);
+    rn_exec_destroy(ex);
+    rn_attn_destroy(attn);
     return rc;
 }

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "exec.h"
 #include "model.h"
 #include "plugin.h"
 #include "tokenizer.h"
@@ -71,6 +72,15 @@ typedef struct rn_capture_stats {
  * the same way (what = "time"). 0, or -1 with a message in err. */
 int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
                    const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen);
+
+/* The same on an executor the caller made (exec.h: the CPU one, or one GPU
+ * with --device cuda): dense attention, blocks of cfg->block_size, room for
+ * one sequence of the capture's length in steps of cfg->prefill_chunk tokens.
+ * The vectors come through the executor's capture hook (float32 post-RoPE q
+ * and k; on CUDA after the float32 projections, with the KV dtype's attention
+ * in the layers below). */
+int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenizer_t *tok,
+                        const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen);
 
 /* The query positions of one sequence of n tokens: `count` distinct
  * positions in [lo, n - 1], lo = min(sink + recent + topk, n - 1), drawn

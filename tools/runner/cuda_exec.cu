@@ -334,6 +334,11 @@ struct CudaExec {
     uint64_t tick;
     int graph_note;
     rn_attn_stats_t stats;
+    /* calibration capture (set_qk_hook): float32 post-RoPE q/k of every layer to the host */
+    rn_qk_hook_fn hook;
+    void *hook_user;
+    float *qf, *kf;         /* device [max_tokens, QD] / [max_tokens, KD] */
+    float *hq, *hk;         /* pinned host, the same */
 };
 
 static int seterr(CudaExec *c, const char *fmt, ...)
@@ -457,6 +462,19 @@ static int plugin_fail(CudaExec *c, const char *what, hashattn_status_t st)
 
 /* Everything a step enqueues after the staging copy is in place: the part a
  * graph captures (with the copies around it). */
+/* The capture hook of layer l: the same RoPE in float32 (rope_convert_kernel
+ * with float outputs; v converts onto itself), copied to the host, then fn. */
+static int run_hook(CudaExec *c, const rn_plan_t *p, int l, const int32_t *d_pos, int T)
+{
+    rope_convert_kernel<float><<<T, 256, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin, c->qf,
+                                                         c->kf, c->v, c->Hq, c->Hkv, c->D);
+    CU(cudaGetLastError());
+    CU(cudaMemcpyAsync(c->hq, c->qf, 4 * (size_t)T * c->QD, cudaMemcpyDeviceToHost, c->stream));
+    CU(cudaMemcpyAsync(c->hk, c->kf, 4 * (size_t)T * c->KD, cudaMemcpyDeviceToHost, c->stream));
+    CU(cudaStreamSynchronize(c->stream));
+    return c->hook(c->hook_user, l, p, c->hq, c->hk, c->base.err, sizeof c->base.err) ? -1 : 0;
+}
+
 static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
 {
     const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode, np = S - nd, W = p->width;
@@ -518,6 +536,8 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
                                                                (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va, c->Hq,
                                                                c->Hkv, c->D);
         CU(cudaGetLastError());
+        if (c->hook && run_hook(c, p, l, d_pos, T))
+            return -1;
 
         DLTensor kc = rn_dl_tensor(pl, (char *)c->k_cache + (size_t)l * kv_layer * aes, adt, 4, sh_cache, NULL);
         DLTensor vc = rn_dl_tensor(pl, (char *)c->v_cache + (size_t)l * kv_layer * aes, adt, 4, sh_cache, NULL);
@@ -682,7 +702,7 @@ static int cuda_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *sm
     CU(cudaSetDevice(c->cfg.device));
     pack(c, p, smp, M, all);
 
-    const int graphable = c->cfg.graphs && nd == S && !all;
+    const int graphable = c->cfg.graphs && nd == S && !all && !c->hook;
     int done = 0;
     if (graphable) {
         Graph *g = find_graph(c, S, p->width, c->dense);
@@ -770,6 +790,10 @@ static void cuda_destroy(rn_exec_t *e)
     }
     if (c->out_w != c->emb)
         cudaFree(c->out_w);
+    cudaFree(c->qf);
+    cudaFree(c->kf);
+    cudaFreeHost(c->hq);
+    cudaFreeHost(c->hk);
     void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->q, c->k, c->v, c->hb, c->hb2,
                    c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
                    c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws };
@@ -785,7 +809,24 @@ static void cuda_destroy(rn_exec_t *e)
     free(c);
 }
 
-const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy };
+static int cuda_set_qk_hook(rn_exec_t *e, rn_qk_hook_fn fn, void *user)
+{
+    CudaExec *c = (CudaExec *)e;
+    const size_t T = (size_t)c->cfg.max_tokens;
+    if (fn && !c->qf) {
+        CU(cudaSetDevice(c->cfg.device));
+        if (dalloc(c, (void **)&c->qf, T * c->QD * 4, "capture q") ||
+            dalloc(c, (void **)&c->kf, T * c->KD * 4, "capture k"))
+            return -1;
+        CU(cudaHostAlloc((void **)&c->hq, T * c->QD * 4, cudaHostAllocDefault));
+        CU(cudaHostAlloc((void **)&c->hk, T * c->KD * 4, cudaHostAllocDefault));
+    }
+    c->hook = fn;
+    c->hook_user = user;
+    return 0;
+}
+
+const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy, cuda_set_qk_hook };
 
 /* Tensor parallelism: swap the plugin's one-GPU context (made by
  * rn_plugin_open) for a context of this rank's heads with the same shape,
@@ -1117,7 +1158,7 @@ static void tp_destroy(rn_exec_t *e)
     free(t);
 }
 
-const rn_exec_ops_t k_tp_ops = { tp_step, tp_set_dense, tp_destroy };
+const rn_exec_ops_t k_tp_ops = { tp_step, tp_set_dense, tp_destroy, NULL }; /* no capture hook */
 
 static void *tp_comm_job(void *p)
 {

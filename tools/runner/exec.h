@@ -37,6 +37,12 @@ typedef struct rn_exec_ops {
      * created for hash mode). For benchmarks. */
     int (*set_dense)(rn_exec_t *e, int dense);
     void (*destroy)(rn_exec_t *e);
+    /* Calibration capture: fn (NULL = none) receives, per layer of every
+     * later step, the step's post-RoPE q [n_tokens, Hq, D] and k
+     * [n_tokens, Hkv, D] rows as float32 host arrays, between RoPE and
+     * attention (model.h, rn_qk_hook_fn); its error fails the step. Steps
+     * with a hook run eagerly (no CUDA graphs). NULL op: not supported. */
+    int (*set_qk_hook)(rn_exec_t *e, rn_qk_hook_fn fn, void *user);
 } rn_exec_ops_t;
 
 struct rn_exec {

@@ -55,7 +55,15 @@ static void cpu_destroy(rn_exec_t *e)
     free(c);
 }
 
-static const rn_exec_ops_t k_cpu_ops = { cpu_step, cpu_set_dense, cpu_destroy };
+static int cpu_set_qk_hook(rn_exec_t *e, rn_qk_hook_fn fn, void *user)
+{
+    cpu_exec_t *c = (cpu_exec_t *)e;
+    c->m->qk_hook = fn;
+    c->m->qk_user = user;
+    return 0;
+}
+
+static const rn_exec_ops_t k_cpu_ops = { cpu_step, cpu_set_dense, cpu_destroy, cpu_set_qk_hook };
 
 int rn_exec_cpu_create(rn_model_t *m, rn_attn_t *attn, rn_exec_t **out, char *err, size_t errlen)
 {

@@ -134,7 +134,7 @@ static void usage(FILE *out)
             "  --bench-steps N       timed decode steps (default 64)\n"
             "  --bench-warmup N      untimed steps first (default 3)\n"
             "  --bench-json FILE     write the results as JSON\n"
-            "  --capture FILE        calibration capture (cpu): run the model densely over\n"
+            "  --capture FILE        calibration capture (cpu, or one GPU): run the model densely over\n"
             "                        --calib-text and write a calibration file for\n"
             "                        hashattn-train (docs/calibration-format.md):\n"
             "  --calib-text FILE     plain text; repeat it (up to 16): sequence i reads\n"
@@ -608,7 +608,42 @@ static void cb_capture(void *user, int seq, int n_seqs, int64_t done, int64_t le
 
 /* --capture: dense forward passes over the calibration text, a calibration
  * file out (capture.h). Returns main's exit code. */
-static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokenizer_t *tok)
+/* The capture on one GPU: a dense CUDA executor with room for one sequence
+ * of the capture's length (float32 GEMMs; attention in the KV dtype). */
+static int capture_cuda(const rn_model_t *m, const rn_plugin_config_t *pc, const rn_capture_config_t *cc,
+                        int device, int fp16, const rn_tokenizer_t *tok, rn_capture_stats_t *st, char *err,
+                        size_t errlen)
+{
+#ifdef HASHATTN_RUNNER_CUDA
+    const int64_t len = cc->seq_len > 0 ? cc->seq_len : m->hp.n_ctx_train;
+    const int32_t per = (int32_t)((len + cc->block_size - 1) / cc->block_size);
+    rn_cuda_config_t xc;
+    memset(&xc, 0, sizeof xc);
+    xc.device = device;
+    xc.kv_dtype = fp16 ? RN_DT_F16 : RN_DT_BF16;
+    xc.block_size = cc->block_size;
+    xc.num_blocks = per;
+    xc.max_seqs = 1;
+    xc.max_tokens = cc->prefill_chunk < len ? cc->prefill_chunk : (int)len;
+    xc.max_blocks = per;
+    xc.width_round = 1;
+    xc.plugin = *pc;
+    xc.plugin.hash = 0;
+    xc.plugin.hash_weights = NULL;
+    rn_exec_t *ex = NULL;
+    if (rn_exec_cuda_create(m, &xc, &ex, err, errlen))
+        return -1;
+    const int rc = rn_capture_run_exec(ex, &m->hp, tok, cc, st, err, errlen);
+    rn_exec_destroy(ex);
+    return rc;
+#else
+    (void)m, (void)pc, (void)cc, (void)device, (void)fp16, (void)tok, (void)st;
+    snprintf(err, errlen, "capture: this runner was built without CUDA");
+    return -1;
+#endif
+}
+
+static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokenizer_t *tok, int cuda_dev)
 {
     char err[1024];
     rn_model_t *m = NULL;
@@ -619,13 +654,17 @@ static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokeni
     }
     fprintf(stderr, "hashattn-run: capture: loaded %s in %.2f s; %s; %d texts, %d sequences of %lld tokens, "
                     "%d sampled positions each, sink %d, recent %d\n",
-            o->model, now_s() - t0, rn_matmul_desc(), o->n_calib_text, o->capture_seqs,
+            o->model, now_s() - t0, cuda_dev < 0 ? rn_matmul_desc() : "on the GPU", o->n_calib_text, o->capture_seqs,
             (long long)(o->capture_len ? o->capture_len : m->hp.n_ctx_train), o->capture_queries, o->sink, o->recent);
     rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
     pc.path = o->plugin;
     rn_capture_config_t cc = RN_CAPTURE_CONFIG_INIT;
     char meta[4200];
-    snprintf(meta, sizeof meta, "model=%s\nmatmul=%s\n", o->model, rn_matmul_desc());
+    if (cuda_dev < 0)
+        snprintf(meta, sizeof meta, "model=%s\nmatmul=%s\n", o->model, rn_matmul_desc());
+    else
+        snprintf(meta, sizeof meta, "model=%s\nmatmul=cuBLAS float32 on GPU %d\nattention=CUDA plugin, %s\n",
+                 o->model, cuda_dev, o->kv_dtype);
     cc.out = o->capture;
     cc.texts = o->calib_text;
     cc.n_texts = o->n_calib_text;
@@ -644,7 +683,12 @@ static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokeni
     cc.progress = cb_capture;
     cc.user = &pg;
     rn_capture_stats_t st;
-    int rc = rn_capture_run(m, tok, &pc, &cc, &st, err, sizeof err);
+    int rc;
+    if (cuda_dev < 0) {
+        rc = rn_capture_run(m, tok, &pc, &cc, &st, err, sizeof err);
+    } else {
+        rc = capture_cuda(m, &pc, &cc, cuda_dev, !strcmp(o->kv_dtype, "fp16"), tok, &st, err, sizeof err);
+    }
     progress_end(&pg);
     rn_model_free(m);
     if (rc) {
@@ -749,8 +793,8 @@ int main(int argc, char **argv)
     if (o.hash_weights && o.random_hash_weights)
         FAIL_USAGE("give --hash-weights FILE or --random-hash-weights, not both");
     if (o.capture) {
-        if (cuda)
-            FAIL_USAGE("--capture runs on the CPU");
+        if (cuda && o.tp > 1)
+            FAIL_USAGE("--capture runs on one device (--tp 1)");
         if (o.n_calib_text < 1)
             FAIL_USAGE("--capture needs at least one --calib-text FILE");
         if (strcmp(o.capture_dtype, "f16") && strcmp(o.capture_dtype, "f32"))
@@ -795,7 +839,7 @@ int main(int argc, char **argv)
     }
 
     if (o.capture) {
-        rc = run_capture(&o, f, tok);
+        rc = run_capture(&o, f, tok, cuda ? cuda_dev : -1);
         goto out;
     }
 

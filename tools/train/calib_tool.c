@@ -5,6 +5,10 @@
  *       write a synthetic calibration file with a learnable structure (synth.h)
  *   hashattn-calib info FILE
  *       check a calibration file and print what it holds
+ *   hashattn-calib compare A B [--min-overlap F]
+ *       two captures of the same text (say the CPU's and a GPU's): per layer the
+ *       largest relative difference of the query vectors and the mean share of
+ *       each query's labels found in the other file's; FAILED below F (0.8)
  *
  * Ends with one line "hashattn-calib: ... OK" (exit 0) or "... FAILED" (exit 1).
  */
@@ -12,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #include "calib.h"
 #include "progress.h"
@@ -28,7 +33,8 @@ static void usage(FILE *f)
             "         --query-offset F                               planted structure (16, 4, 0.5, 8, 0.1, 0.5)\n"
             "         --sink N --recent N                            (16, 16)\n"
             "         --fp16 --seed N\n"
-            "       hashattn-calib info FILE\n");
+            "       hashattn-calib info FILE\n"
+            "       hashattn-calib compare A B [--min-overlap F]   two captures of the same text\n");
 }
 
 static int info(const char *path)
@@ -83,6 +89,86 @@ static int info(const char *path)
     return 0;
 }
 
+/* Labels of b's query found among a's, over the labels a has. */
+static double label_overlap(const int32_t *a, const int32_t *b, int32_t k)
+{
+    int32_t n = 0, hit = 0;
+    for (int32_t i = 0; i < k; i++) {
+        if (a[i] < 0)
+            continue;
+        n++;
+        for (int32_t j = 0; j < k; j++)
+            hit += b[j] == a[i];
+    }
+    return n ? (double)hit / n : 1.0;
+}
+
+static int compare(const char *pa, const char *pb, double min_overlap)
+{
+    char err[512];
+    tr_calib_t *a = NULL, *b = NULL;
+    if (tr_calib_open(pa, &a, err, sizeof err) || tr_calib_open(pb, &b, err, sizeof err)) {
+        fprintf(stderr, "hashattn-calib: %s\n", err);
+        tr_calib_close(a);
+        printf("hashattn-calib: compare: FAILED\n");
+        return 1;
+    }
+    const tr_calib_shape_t *s = tr_calib_shape(a), *t = tr_calib_shape(b);
+    int bad = s->num_layers != t->num_layers || s->num_q_heads != t->num_q_heads ||
+              s->num_kv_heads != t->num_kv_heads || s->head_dim != t->head_dim || s->topk != t->topk;
+    double worst_overlap = 1.0, sum_overlap = 0;
+    int64_t nq_all = 0;
+    float *va = malloc((size_t)s->head_dim * sizeof(float)), *vb = malloc((size_t)s->head_dim * sizeof(float));
+    for (int32_t l = 0; !bad && va && vb && l < s->num_layers; l++) {
+        double max_rel = 0, ov = 0;
+        int64_t nq = 0;
+        for (int32_t h = 0; !bad && h < s->num_q_heads; h++) {
+            const tr_calib_qrec_t *ra, *rb;
+            int32_t na, nb;
+            bad = tr_calib_query_records(a, l, h, &ra, &na) || tr_calib_query_records(b, l, h, &rb, &nb) || na != nb;
+            for (int32_t r = 0; !bad && r < na; r++) {
+                bad = ra[r].q.count != rb[r].q.count || ra[r].q.seq != rb[r].q.seq ||
+                      memcmp(ra[r].q.positions, rb[r].q.positions, (size_t)ra[r].q.count * sizeof(int32_t));
+                for (int32_t i = 0; !bad && i < ra[r].q.count; i++) {
+                    tr_calib_query_vector(a, &ra[r], i, va);
+                    tr_calib_query_vector(b, &rb[r], i, vb);
+                    double dn = 0, nn = 0;
+                    for (int32_t d = 0; d < s->head_dim; d++) {
+                        dn += ((double)va[d] - vb[d]) * ((double)va[d] - vb[d]);
+                        nn += (double)va[d] * va[d];
+                    }
+                    const double rel = nn > 0 ? sqrt(dn / nn) : sqrt(dn);
+                    max_rel = rel > max_rel ? rel : max_rel;
+                    ov += label_overlap(ra[r].q.top + (size_t)i * s->topk, rb[r].q.top + (size_t)i * s->topk,
+                                        s->topk);
+                    nq++;
+                }
+            }
+        }
+        if (bad)
+            break;
+        const double m = nq ? ov / nq : 1.0;
+        printf("layer %3d: %lld queries, query vectors max relative L2 difference %.2e, labels shared %.4f\n", l,
+               (long long)nq, max_rel, m);
+        worst_overlap = m < worst_overlap ? m : worst_overlap;
+        sum_overlap += ov;
+        nq_all += nq;
+    }
+    free(va);
+    free(vb);
+    tr_calib_close(a);
+    tr_calib_close(b);
+    if (bad || nq_all == 0) {
+        printf("hashattn-calib: compare: the files do not hold the same shape, queries and positions: FAILED\n");
+        return 1;
+    }
+    const double mean = sum_overlap / nq_all;
+    const int ok = worst_overlap >= min_overlap;
+    printf("hashattn-calib: compare: %lld queries, labels shared %.4f (worst layer %.4f, at least %.2f wanted): %s\n",
+           (long long)nq_all, mean, worst_overlap, min_overlap, ok ? "OK" : "FAILED");
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
@@ -91,6 +177,8 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && strcmp(argv[1], "info") == 0)
         return info(argv[2]);
+    if ((argc == 4 || (argc == 6 && strcmp(argv[4], "--min-overlap") == 0)) && strcmp(argv[1], "compare") == 0)
+        return compare(argv[2], argv[3], argc == 6 ? atof(argv[5]) : 0.8);
     if (argc < 2 || strcmp(argv[1], "synth") != 0) {
         usage(stderr);
         printf("hashattn-calib: bad arguments: FAILED\n");
