@@ -100,15 +100,6 @@ typedef struct {
     int32_t pos;
 } scored_t;
 
-/* best first; ties to the newer key */
-static int scored_cmp(const void *a, const void *b)
-{
-    const scored_t *x = a, *y = b;
-    if (x->score != y->score)
-        return x->score > y->score ? -1 : 1;
-    return x->pos > y->pos ? -1 : (x->pos < y->pos);
-}
-
 int32_t tr_calib_true_topk(const float *q, const float *keys, int32_t dim, int32_t t, int32_t sink,
                            int32_t recent, int32_t topk, int32_t *top)
 {
@@ -116,24 +107,33 @@ int32_t tr_calib_true_topk(const float *q, const float *keys, int32_t dim, int32
     int32_t n = hi >= lo ? hi - lo + 1 : 0;
     for (int32_t i = 0; i < topk; i++)
         top[i] = -1;
-    if (n <= 0)
+    if (n <= 0 || topk <= 0)
         return 0;
-    scored_t *s = malloc((size_t)n * sizeof *s);
-    if (!s)
+    /* The best `topk` so far, best first (higher score, then newer key), kept by
+     * insertion: candidates come in ascending position, so a newcomer ranks
+     * before every kept key of an equal score (ties to the newer key). */
+    scored_t *best = malloc((size_t)topk * sizeof *best);
+    if (!best)
         return -1;
+    int32_t got = 0;
     for (int32_t j = 0; j < n; j++) {
         const float *k = keys + (size_t)(lo + j) * (size_t)dim;
         double acc = 0.0;
         for (int32_t d = 0; d < dim; d++)
             acc += (double)q[d] * (double)k[d];
-        s[j].score = acc;
-        s[j].pos = lo + j;
+        if (got == topk && acc < best[got - 1].score)
+            continue;
+        int32_t i = got < topk ? got++ : got - 1;
+        while (i > 0 && best[i - 1].score <= acc) {
+            best[i] = best[i - 1];
+            i--;
+        }
+        best[i].score = acc;
+        best[i].pos = lo + j;
     }
-    qsort(s, (size_t)n, sizeof *s, scored_cmp);
-    int32_t got = n < topk ? n : topk;
     for (int32_t i = 0; i < got; i++)
-        top[i] = s[i].pos;
-    free(s);
+        top[i] = best[i].pos;
+    free(best);
     return got;
 }
 
