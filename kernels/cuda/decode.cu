@@ -52,6 +52,86 @@ struct ScoreArgs {
     Guard guard;
 };
 
+/* A work item of the score kernels: item idx = (chunk * B + sequence) * Hkv
+ * + KV head, so that neighbours read the same signature pages; positions
+ * [lo, hi) of chunk c are its candidates. */
+struct ScoreItem {
+    int64_t idx, n, lo, hi;
+    int s, kvh, c;
+};
+
+/* The kernels' walk over the items and the signature pages; every member is
+ * a value derived from the launch's ScoreArgs. */
+struct ScoreWalk {
+    int64_t units, total;
+    bool bs_pow2;
+    int bs_shift;
+};
+
+__device__ __forceinline__ ScoreWalk score_walk(const ScoreArgs &a)
+{
+    ScoreWalk w;
+    w.units = (int64_t)a.B * a.Hkv;
+    w.total = w.units * a.nch;
+    w.bs_pow2 = (a.bs & (a.bs - 1)) == 0;
+    w.bs_shift = __ffs(a.bs) - 1;
+    return w;
+}
+
+/* false: the item has no candidates (past the sequence, or a dense one) */
+__device__ __forceinline__ bool score_item_at(const ScoreArgs &a, const ScoreWalk &w, int64_t idx, ScoreItem &it)
+{
+    it.idx = idx;
+    it.c = (int)(idx / w.units);
+    const int64_t rem = idx - (int64_t)it.c * w.units;
+    it.s = (int)(rem / a.Hkv);
+    it.kvh = (int)(rem - (int64_t)it.s * a.Hkv);
+    it.n = seq_len_clamped(a.seq_lens, it.s, a.max_tokens, nullptr);
+    if ((int64_t)it.c * a.C >= it.n)
+        return false;
+    const Bud b = resolve_budget(a.budget, 0, it.n);
+    if (b.dense)
+        return false;
+    it.lo = b.I;
+    it.hi = it.n - b.R;
+    return true;
+}
+
+/* the first item with candidates among from, from + stride, ... */
+__device__ __forceinline__ bool score_next_item(const ScoreArgs &a, const ScoreWalk &w, int64_t from,
+                                                int64_t stride, ScoreItem &it)
+{
+    for (int64_t idx = from; idx < w.total; idx += stride)
+        if (score_item_at(a, w, idx, it))
+            return true;
+    return false;
+}
+
+/* position p -> block-table column and offset in the page */
+__device__ __forceinline__ void score_split(const ScoreArgs &a, const ScoreWalk &w, int64_t p, int &blk, int &off)
+{
+    if (w.bs_pow2) {
+        blk = (int)(p >> w.bs_shift);
+        off = (int)(p & (a.bs - 1));
+    } else {
+        blk = (int)(p / a.bs);
+        off = (int)(p - (int64_t)blk * a.bs);
+    }
+}
+
+/* signature word g of position p of the item's unit (0 when its block id is bad) */
+__device__ __forceinline__ uint32_t score_sig_word(const ScoreArgs &a, const ScoreWalk &w, const ScoreItem &it,
+                                                   int64_t p, int g)
+{
+    int blk, off;
+    score_split(a, w, p, blk, off);
+    const int32_t page = a.bt[(int64_t)it.s * a.bt_stride + blk];
+    if (!page_ok(a.guard, page, it.s, blk))
+        return 0u;
+    const int64_t h = a.sig_per_kv ? it.kvh : (int64_t)it.kvh * a.G + g;
+    return a.sig[(int64_t)page * a.sb + h * a.sh + off];
+}
+
 /* Positions per thread per slab: about 8 to 16 signature words in flight
  * per thread for the next slab while the current one is scored. */
 template <int GW> __host__ __device__ constexpr int score_pk() { return GW == 1 ? 8 : (GW <= 4 ? 4 : 2); }
@@ -71,62 +151,16 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
     int *const hw = ssm;            /* a histogram per warp: [8][nbt] */
     int *const tot = hw + 8 * nbt;  /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(tot + nbt); /* [G] */
-    const int64_t units = (int64_t)a.B * a.Hkv;
-    const int64_t total = units * a.nch;
-    const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
-    const int bs_shift = __ffs(a.bs) - 1;
+    const ScoreWalk W = score_walk(a);
     pdl_launch_dependents();
 
     for (int i = tid; i < 8 * nbt; i += kScoreThreads)
         hw[i] = 0;
 
-    struct Item {
-        int64_t idx, n, lo, hi;
-        int s, kvh, c;
-    };
-    /* item idx = (chunk * B + sequence) * Hkv + KV head: neighbours read the
-     * same signature pages */
-    auto item_at = [&](int64_t idx, Item &it) -> bool {
-        it.idx = idx;
-        it.c = (int)(idx / units);
-        const int64_t rem = idx - (int64_t)it.c * units;
-        it.s = (int)(rem / a.Hkv);
-        it.kvh = (int)(rem - (int64_t)it.s * a.Hkv);
-        it.n = seq_len_clamped(a.seq_lens, it.s, a.max_tokens, nullptr);
-        if ((int64_t)it.c * a.C >= it.n)
-            return false;
-        const Bud b = resolve_budget(a.budget, 0, it.n);
-        if (b.dense)
-            return false;
-        it.lo = b.I;
-        it.hi = it.n - b.R;
-        return true;
-    };
-    auto next_item = [&](int64_t from, Item &it) -> bool {
-        for (int64_t idx = from; idx < total; idx += gridDim.x)
-            if (item_at(idx, it))
-                return true;
-        return false;
-    };
-    auto split = [&](int64_t p, int &blk, int &off) {
-        if (bs_pow2) {
-            blk = (int)(p >> bs_shift);
-            off = (int)(p & (a.bs - 1));
-        } else {
-            blk = (int)(p / a.bs);
-            off = (int)(p - (int64_t)blk * a.bs);
-        }
-    };
-    /* signature word g of position p of the item's unit (0 when its block id is bad) */
-    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t {
-        int blk, off;
-        split(p, blk, off);
-        const int32_t page = a.bt[(int64_t)it.s * a.bt_stride + blk];
-        if (!page_ok(a.guard, page, it.s, blk))
-            return 0u;
-        const int64_t h = a.sig_per_kv ? it.kvh : (int64_t)it.kvh * G + g;
-        return a.sig[(int64_t)page * a.sb + h * a.sh + off];
-    };
+    using Item = ScoreItem;
+    auto next_item = [&](int64_t from, Item &it) -> bool { return score_next_item(a, W, from, gridDim.x, it); };
+    auto split = [&](int64_t p, int &blk, int &off) { score_split(a, W, p, blk, off); };
+    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t { return score_sig_word(a, W, it, p, g); };
     /* the slab's page ids, then its signature words (loads in flight) */
     auto fetch = [&](const Item &it, int j, uint32_t (&w)[PK][GW], uint32_t &inm) {
         const int32_t *btrow = a.bt + (int64_t)it.s * a.bt_stride;
@@ -323,60 +357,17 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     const int nbp = (nbt + 3) & ~3;
     int *const hw = ssm + warp * nbp;                                          /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + NW * nbp) + warp * G; /* [G] */
-    const int64_t units = (int64_t)a.B * a.Hkv;
-    const int64_t total = units * a.nch;
+    const ScoreWalk W = score_walk(a);
     const int64_t stride = (int64_t)gridDim.x * NW;
-    const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
-    const int bs_shift = __ffs(a.bs) - 1;
     pdl_launch_dependents();
 
     for (int i = lane; i < nbt; i += 32)
         hw[i] = 0;
 
-    struct Item {
-        int64_t idx, n, lo, hi;
-        int s, kvh, c;
-    };
-    auto item_at = [&](int64_t idx, Item &it) -> bool {
-        it.idx = idx;
-        it.c = (int)(idx / units);
-        const int64_t rem = idx - (int64_t)it.c * units;
-        it.s = (int)(rem / a.Hkv);
-        it.kvh = (int)(rem - (int64_t)it.s * a.Hkv);
-        it.n = seq_len_clamped(a.seq_lens, it.s, a.max_tokens, nullptr);
-        if ((int64_t)it.c * a.C >= it.n)
-            return false;
-        const Bud b = resolve_budget(a.budget, 0, it.n);
-        if (b.dense)
-            return false;
-        it.lo = b.I;
-        it.hi = it.n - b.R;
-        return true;
-    };
-    auto next_item = [&](int64_t from, Item &it) -> bool {
-        for (int64_t idx = from; idx < total; idx += stride)
-            if (item_at(idx, it))
-                return true;
-        return false;
-    };
-    auto split = [&](int64_t p, int &blk, int &off) {
-        if (bs_pow2) {
-            blk = (int)(p >> bs_shift);
-            off = (int)(p & (a.bs - 1));
-        } else {
-            blk = (int)(p / a.bs);
-            off = (int)(p - (int64_t)blk * a.bs);
-        }
-    };
-    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t {
-        int blk, off;
-        split(p, blk, off);
-        const int32_t page = a.bt[(int64_t)it.s * a.bt_stride + blk];
-        if (!page_ok(a.guard, page, it.s, blk))
-            return 0u;
-        const int64_t h = a.sig_per_kv ? it.kvh : (int64_t)it.kvh * G + g;
-        return a.sig[(int64_t)page * a.sb + h * a.sh + off];
-    };
+    using Item = ScoreItem;
+    auto next_item = [&](int64_t from, Item &it) -> bool { return score_next_item(a, W, from, stride, it); };
+    auto split = [&](int64_t p, int &blk, int &off) { score_split(a, W, p, blk, off); };
+    auto sig_word = [&](const Item &it, int64_t p, int g) -> uint32_t { return score_sig_word(a, W, it, p, g); };
     /* bit k * V + e of inm: position e of the lane's group k is in the item */
     auto fetch = [&](const Item &it, int j, uint32_t (&w)[PK][GW][V], uint32_t &inm) {
         const int32_t *btrow = a.bt + (int64_t)it.s * a.bt_stride;
