@@ -29,6 +29,7 @@
 
 #include "calib.h"
 #include "capture.h"
+#include "exec.h"
 #include "check.h"
 #include "gguf.h"
 #include "matmul.h"
@@ -356,6 +357,47 @@ static void test_capture(void)
     cc.out = out2;
     CHECK(rn_capture_run(m, tok, &pc, &cc, NULL, err, sizeof err) == 0 && same_bytes(out1, out2),
           "a second capture gives the same bytes (%s)", err);
+    /* the same capture through an executor the caller made (the path of
+     * --device cuda): the same bytes; an executor too small for the sequence,
+     * or one without a capture hook, is refused with a message */
+    {
+        const int32_t per = (int32_t)((len + 15) / 16);
+        rn_attn_shape_t sh = { cf.n_layer, cf.n_head, cf.n_head_kv, cf.head_dim, 16, per, 1, 37, per };
+        rn_attn_shape_t small = sh;
+        small.num_blocks = per - 1;
+        rn_plugin_config_t dpc = pc;
+        dpc.hash = 0;
+        rn_attn_t *attn = NULL, *attn_small = NULL;
+        rn_exec_t *ex = NULL, *ex_small = NULL;
+        char out4[128];
+        snprintf(out4, sizeof out4, "%s/4.calib", dir);
+        cc.out = out4;
+        CHECK(rn_attn_plugin_create(&dpc, &sh, &attn, err, sizeof err) == 0 &&
+                  rn_exec_cpu_create(m, attn, &ex, err, sizeof err) == 0 &&
+                  rn_capture_run_exec(ex, &m->hp, tok, &cc, NULL, err, sizeof err) == 0 && same_bytes(out1, out4),
+              "capture on a caller's executor gives the same bytes (%s)", err);
+        CHECK(m->qk_hook == NULL, "the capture leaves no hook behind");
+        CHECK(rn_attn_plugin_create(&dpc, &small, &attn_small, err, sizeof err) == 0 &&
+                  rn_exec_cpu_create(m, attn_small, &ex_small, err, sizeof err) == 0 &&
+                  rn_capture_run_exec(ex_small, &m->hp, tok, &cc, NULL, err, sizeof err) != 0 &&
+                  strstr(err, "cannot hold"),
+              "an executor too small for the sequence is refused: %s", err);
+        if (ex) {
+            rn_exec_ops_t no_hook = *ex->ops;
+            const rn_exec_ops_t *saved = ex->ops;
+            no_hook.set_qk_hook = NULL;
+            ex->ops = &no_hook;
+            CHECK(rn_capture_run_exec(ex, &m->hp, tok, &cc, NULL, err, sizeof err) != 0 &&
+                      strstr(err, "no capture hook"),
+                  "an executor without a capture hook is refused: %s", err);
+            ex->ops = saved;
+        }
+        rn_exec_destroy(ex);
+        rn_exec_destroy(ex_small);
+        rn_attn_destroy(attn);
+        rn_attn_destroy(attn_small);
+        unlink(out4);
+    }
     /* the text ends: 60 lines give a few sequences, not 50 */
     char t4[128];
     snprintf(t4, sizeof t4, "%s/c.txt", dir);
