@@ -21,7 +21,6 @@
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,13 +199,7 @@ static const hashattn_api_t *load_api(const char *lib)
     (void)lib;
     return hashattn_get_api(HASHATTN_ABI_MAJOR);
 #else
-    void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        fprintf(stderr, "dlopen %s: %s\n", lib, dlerror());
-        return NULL;
-    }
-    hashattn_get_api_fn f = (hashattn_get_api_fn)dlsym(h, "hashattn_get_api");
-    return f ? f(HASHATTN_ABI_MAJOR) : NULL;
+    return ha_bench_load_api(lib);
 #endif
 }
 
@@ -246,12 +239,6 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense)
     HA(NULL, g_api->context_create(&cfg, &ctx));
     HA(ctx, ha_bench_bind_random_weights(g_api, ctx, HQ, sig == C_ ? HKV : HQ, D, M, &g_rng));
     return ctx;
-}
-
-static int cmp_float(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
 }
 
 int main(int argc, char **argv)
@@ -450,7 +437,7 @@ int main(int argc, char **argv)
             CK(cudaEventSynchronize(e1));
             CK(cudaEventElapsedTime(&times[r], e0, e1));
         }
-        qsort(times, (size_t)reps, sizeof(float), cmp_float);
+        qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
         const double med = 1000.0 * times[reps / 2], mn = 1000.0 * times[0];
 
         /* graph replays */
@@ -470,7 +457,7 @@ int main(int argc, char **argv)
                     CK(cudaEventSynchronize(e1));
                     CK(cudaEventElapsedTime(&times[r], e0, e1));
                 }
-                qsort(times, (size_t)reps, sizeof(float), cmp_float);
+                qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
                 gmed = 1000.0 * times[reps / 2];
                 cudaGraphExecDestroy(exec);
                 cudaGraphDestroy(graph);

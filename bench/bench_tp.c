@@ -22,7 +22,6 @@
  * Last line: "bench_tp: N cases: OK" (every case ran) or FAILED.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -256,12 +255,6 @@ done:
     return NULL;
 }
 
-static int cmp_float(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv)
 {
     const char *lib = getenv("HASHATTN_LIB"), *json = NULL, *tplist = NULL;
@@ -292,11 +285,9 @@ int main(int argc, char **argv)
 #ifndef HASHATTN_BENCH_LIB
 #define HASHATTN_BENCH_LIB "libhashattn.so.1"
 #endif
-    void *h = dlopen(lib ? lib : HASHATTN_BENCH_LIB, RTLD_NOW | RTLD_LOCAL);
-    hashattn_get_api_fn f = h ? (hashattn_get_api_fn)dlsym(h, "hashattn_get_api") : NULL;
-    g_api = f ? f(HASHATTN_ABI_MAJOR) : NULL;
+    g_api = ha_bench_load_api(lib ? lib : HASHATTN_BENCH_LIB);
     if (!g_api || g_api->abi_minor < 1) {
-        printf("bench_tp: cannot load a 1.1 library (%s): FAILED\n", h ? "too old" : dlerror());
+        printf("bench_tp: cannot load a 1.1 library (%s): FAILED\n", g_api ? "too old" : "see stderr");
         return 1;
     }
     int tps[8], ntp = 0;
@@ -368,7 +359,7 @@ int main(int argc, char **argv)
                 for (int r = 0; r < tp; r++) /* the slowest rank of each rep */
                     t[k] = g->times[r][ci][k] > t[k] ? g->times[r][ci][k] : t[k];
             }
-            qsort(t, (size_t)g_reps, sizeof(float), cmp_float);
+            qsort(t, (size_t)g_reps, sizeof(float), ha_bench_cmp_float);
             med[ti][ci] = 1000.0 * t[g_reps / 2];
             const double mn = 1000.0 * t[0];
             double base = NAN;

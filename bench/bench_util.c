@@ -3,7 +3,9 @@
  */
 #include "bench_util.h"
 
+#include <dlfcn.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +16,23 @@ uint64_t ha_bench_rand(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+const hashattn_api_t *ha_bench_load_api(const char *lib)
+{
+    void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        fprintf(stderr, "dlopen %s: %s\n", lib, dlerror());
+        return NULL;
+    }
+    hashattn_get_api_fn f = (hashattn_get_api_fn)dlsym(h, "hashattn_get_api");
+    return f ? f(HASHATTN_ABI_MAJOR) : NULL;
+}
+
+int ha_bench_cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
 }
 
 hashattn_status_t ha_bench_bind_random_weights(const hashattn_api_t *api, hashattn_context_t *ctx, int hq,

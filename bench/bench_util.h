@@ -17,4 +17,11 @@ uint64_t ha_bench_rand(uint64_t *state);
 hashattn_status_t ha_bench_bind_random_weights(const hashattn_api_t *api, hashattn_context_t *ctx, int hq,
                                                int hsig, int d, int m, uint64_t *state);
 
+/* dlopen(lib) + dlsym("hashattn_get_api") + get_api(HASHATTN_ABI_MAJOR); NULL
+ * (dlopen's message on stderr) when any step fails */
+const hashattn_api_t *ha_bench_load_api(const char *lib);
+
+/* qsort comparator of floats, ascending (the benchmarks' medians) */
+int ha_bench_cmp_float(const void *a, const void *b);
+
 #endif

@@ -1297,6 +1297,22 @@ void ht_decode_case_args(ht_decode_case_t *c, hashattn_decode_args_t *a)
     a->workspace_size = c->ws.size;
 }
 
+hashattn_context_config_t ht_decode_case_config(const ht_decode_case_t *c)
+{
+    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
+    cfg.num_layers = c->desc.layers;
+    cfg.num_q_heads = c->desc.hq;
+    cfg.num_kv_heads = c->desc.hkv;
+    cfg.head_dim = c->desc.d;
+    cfg.block_size = c->desc.block;
+    cfg.dtype = c->desc.dtype;
+    cfg.kv_layout = c->desc.kv_layout;
+    cfg.mlp_width = c->desc.m;
+    cfg.selection = c->desc.selection;
+    cfg.signature_layout = c->desc.sig_layout;
+    return cfg;
+}
+
 hashattn_status_t ht_decode_case_run(ht_decode_case_t *c, uint32_t flags,
                                      const hashattn_budget_t *budget)
 {

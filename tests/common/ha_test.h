@@ -318,6 +318,9 @@ int ht_decode_case_build(const hashattn_api_t *api, const ht_decode_desc_t *d,
                          ht_decode_case_t *c, char *err, size_t errlen);
 /* Decode args pointing at the case's tensors and workspace. */
 void ht_decode_case_args(ht_decode_case_t *c, hashattn_decode_args_t *a);
+/* A context config of the case's shape, dtype, layout, width and selection
+ * (CPU device, the defaults elsewhere: a caller sets device, tp, ...). */
+hashattn_context_config_t ht_decode_case_config(const ht_decode_case_t *c);
 /* Fills output with NaN and the selection outputs with -7. */
 void ht_decode_case_prepare(ht_decode_case_t *c);
 /* prepare + decode with the case's args, flags and budget (NULL = the

@@ -154,19 +154,9 @@ typedef struct rank_arg {
 
 static hashattn_context_config_t case_config(const ht_decode_case_t *c, int gpu, int rank, int size)
 {
-    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
-    cfg.num_layers = c->desc.layers;
-    cfg.num_q_heads = c->desc.hq;
-    cfg.num_kv_heads = c->desc.hkv;
-    cfg.head_dim = c->desc.d;
-    cfg.block_size = c->desc.block;
-    cfg.dtype = c->desc.dtype;
+    hashattn_context_config_t cfg = ht_decode_case_config(c);
     cfg.device.device_type = kDLCUDA;
     cfg.device.device_id = gpu;
-    cfg.kv_layout = c->desc.kv_layout;
-    cfg.mlp_width = c->desc.m;
-    cfg.selection = c->desc.selection;
-    cfg.signature_layout = c->desc.sig_layout;
     cfg.tp_rank = rank;
     cfg.tp_size = size;
     cfg.dense_below = -1; /* the sparse path at every length, as the single-GPU reference */

@@ -160,17 +160,7 @@ static void build_full(const hashattn_api_t *api, const variant_t *v, int fill, 
 
 static hashattn_context_t *rank_ctx(const hashattn_api_t *api, const ht_decode_case_t *c, int rank, int size)
 {
-    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
-    cfg.num_layers = c->desc.layers;
-    cfg.num_q_heads = c->desc.hq;
-    cfg.num_kv_heads = c->desc.hkv;
-    cfg.head_dim = c->desc.d;
-    cfg.block_size = c->desc.block;
-    cfg.dtype = c->desc.dtype;
-    cfg.kv_layout = c->desc.kv_layout;
-    cfg.mlp_width = c->desc.m;
-    cfg.selection = c->desc.selection;
-    cfg.signature_layout = c->desc.sig_layout;
+    hashattn_context_config_t cfg = ht_decode_case_config(c);
     cfg.tp_rank = rank;
     cfg.tp_size = size;
     hashattn_context_t *ctx = NULL;

@@ -260,7 +260,8 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     const double t_start = now_s();
     rn_capture_stats_t st;
     memset(&st, 0, sizeof st);
-    const int64_t len = cfg->seq_len > 0 ? cfg->seq_len : hp->n_ctx_train;
+    const rn_capture_extent_t ext = rn_capture_extent_of(cfg, hp);
+    const int64_t len = ext.len;
     if (!cfg->out || cfg->n_texts < 1 || cfg->n_seqs < 1 || cfg->queries < 1 || cfg->sink < 0 ||
         cfg->recent < 1 || cfg->topk < 1 || len < 2 || len > (1 << 24) || cfg->block_size < 1 ||
         cfg->prefill_chunk < 1)
@@ -297,8 +298,8 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         if (text_open(&src[i], cfg->texts[i], err, errlen))
             goto out;
 
-    const int32_t per = (int32_t)((len + cfg->block_size - 1) / cfg->block_size);
-    const int chunk = cfg->prefill_chunk < len ? cfg->prefill_chunk : (int)len;
+    const int32_t per = ext.blocks;
+    const int chunk = ext.chunk;
     if (ex->block_size != cfg->block_size || ex->num_blocks < per || ex->max_blocks < per || ex->max_tokens < chunk ||
         ex->max_seqs < 1) {
         seterr(err, errlen, "capture: the executor (blocks of %d, %d blocks, %d tokens a step) cannot hold a "
@@ -476,14 +477,24 @@ out:
     return rc;
 }
 
+rn_capture_extent_t rn_capture_extent_of(const rn_capture_config_t *cfg, const rn_hparams_t *hp)
+{
+    rn_capture_extent_t e;
+    e.len = cfg->seq_len > 0 ? cfg->seq_len : hp->n_ctx_train;
+    e.blocks = cfg->block_size > 0 ? (int32_t)((e.len + cfg->block_size - 1) / cfg->block_size) : 1;
+    e.chunk = cfg->prefill_chunk < e.len ? cfg->prefill_chunk : (int)e.len;
+    if (e.chunk < 1)
+        e.chunk = 1;
+    return e;
+}
+
 int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
                    const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen)
 {
-    const int64_t len = cfg->seq_len > 0 ? cfg->seq_len : m->hp.n_ctx_train;
-    const int32_t per = cfg->block_size > 0 ? (int32_t)((len + cfg->block_size - 1) / cfg->block_size) : 1;
-    const int chunk = cfg->prefill_chunk < len ? cfg->prefill_chunk : (int)len;
+    const rn_capture_extent_t ext = rn_capture_extent_of(cfg, &m->hp);
+    const int64_t len = ext.len;
     rn_attn_shape_t sh = { m->hp.n_layer, m->hp.n_head, m->hp.n_head_kv, m->hp.head_dim, cfg->block_size,
-                           per, 1, chunk > 0 ? chunk : 1, per };
+                           ext.blocks, 1, ext.chunk, ext.blocks };
     rn_plugin_config_t apc = *pc;
     apc.hash = 0; /* dense, no signatures: the model runs as it was trained */
     apc.hash_weights = NULL;

@@ -73,6 +73,16 @@ typedef struct rn_capture_stats {
 int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
                    const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen);
 
+/* The extent of one captured sequence: its length (cfg->seq_len, or the
+ * model's context when 0), the KV blocks it fills and the tokens of a
+ * forward step (what an executor for rn_capture_run_exec must hold). */
+typedef struct rn_capture_extent {
+    int64_t len;
+    int32_t blocks;
+    int chunk;
+} rn_capture_extent_t;
+rn_capture_extent_t rn_capture_extent_of(const rn_capture_config_t *cfg, const rn_hparams_t *hp);
+
 /* The same on an executor the caller made (exec.h: the CPU one, or one GPU
  * with --device cuda): dense attention, blocks of cfg->block_size, room for
  * one sequence of the capture's length in steps of cfg->prefill_chunk tokens.

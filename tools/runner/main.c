@@ -615,17 +615,16 @@ static int capture_cuda(const rn_model_t *m, const rn_plugin_config_t *pc, const
                         size_t errlen)
 {
 #ifdef HASHATTN_RUNNER_CUDA
-    const int64_t len = cc->seq_len > 0 ? cc->seq_len : m->hp.n_ctx_train;
-    const int32_t per = (int32_t)((len + cc->block_size - 1) / cc->block_size);
+    const rn_capture_extent_t ext = rn_capture_extent_of(cc, &m->hp);
     rn_cuda_config_t xc;
     memset(&xc, 0, sizeof xc);
     xc.device = device;
     xc.kv_dtype = fp16 ? RN_DT_F16 : RN_DT_BF16;
     xc.block_size = cc->block_size;
-    xc.num_blocks = per;
+    xc.num_blocks = ext.blocks;
     xc.max_seqs = 1;
-    xc.max_tokens = cc->prefill_chunk < len ? cc->prefill_chunk : (int)len;
-    xc.max_blocks = per;
+    xc.max_tokens = ext.chunk;
+    xc.max_blocks = ext.blocks;
     xc.width_round = 1;
     xc.plugin = *pc;
     xc.plugin.hash = 0;
