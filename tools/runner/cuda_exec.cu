@@ -460,8 +460,6 @@ static int plugin_fail(CudaExec *c, const char *what, hashattn_status_t st)
     return rn_plugin_fail(&c->pl, what, st, c->base.err, sizeof c->base.err);
 }
 
-/* Everything a step enqueues after the staging copy is in place: the part a
- * graph captures (with the copies around it). */
 /* The capture hook of layer l: the same RoPE in float32 (rope_convert_kernel
  * with float outputs; v converts onto itself), copied to the host, then fn. */
 static int run_hook(CudaExec *c, const rn_plan_t *p, int l, const int32_t *d_pos, int T)
@@ -475,6 +473,8 @@ static int run_hook(CudaExec *c, const rn_plan_t *p, int l, const int32_t *d_pos
     return c->hook(c->hook_user, l, p, c->hq, c->hk, c->base.err, sizeof c->base.err) ? -1 : 0;
 }
 
+/* Everything a step enqueues after the staging copy is in place: the part a
+ * graph captures (with the copies around it). */
 static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
 {
     const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode, np = S - nd, W = p->width;
@@ -790,18 +790,16 @@ static void cuda_destroy(rn_exec_t *e)
     }
     if (c->out_w != c->emb)
         cudaFree(c->out_w);
-    cudaFree(c->qf);
-    cudaFree(c->kf);
-    cudaFreeHost(c->hq);
-    cudaFreeHost(c->hk);
     void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->q, c->k, c->v, c->hb, c->hb2,
                    c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
-                   c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws };
+                   c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         cudaFree(ds[i]);
     cudaFreeHost(c->h_meta);
     cudaFreeHost(c->h_next);
     cudaFreeHost(c->h_counts);
+    cudaFreeHost(c->hq);
+    cudaFreeHost(c->hk);
     if (c->blas)
         cublasDestroy(c->blas);
     if (c->stream)
