@@ -17,6 +17,11 @@
  * overhead stays out of the GPU time); CUDA events around the call; median.
  * The same case is also captured once in a CUDA graph and its replays timed.
  *
+ * Cases named m135_* use the attention shape of the runner's default model
+ * (SmolLM2-135M: Hq 9, Hkv 3, D 64, hash MLP width 64) at the batch and
+ * context of issue 5's throughput target (B = 32, 8K): one layer of the
+ * runner's step, with random data like the others.
+ *
  * usage: bench_decode [--lib PATH] [--only SUBSTR|=NAME] [--reps N] [--json FILE]
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
@@ -42,8 +47,15 @@
 int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
 int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
 
-enum { HQ = 32, HKV = 8, D = 128, BS = 16, M = 128, SINK = 128, RECENT = 128 };
+enum { BS = 16, SINK = 128, RECENT = 128, MAX_B = 64 };
 #define MAX_TOKENS (1 << 20)
+
+/* attention shapes: 0 = issue 3's (the default), 1 = SmolLM2-135M's */
+typedef struct bench_shape {
+    int hq, hkv, d, m;
+} bench_shape_t;
+static const bench_shape_t k_shapes[2] = {{32, 8, 128, 128}, {9, 3, 64, 64}};
+enum { HQ = 32, HKV = 8, D = 128 }; /* the largest: the buffers' sizes */
 
 typedef struct bench_case {
     const char *name;
@@ -67,6 +79,7 @@ typedef struct bench_case {
     int fused;        /* lab: 1 = selection and attention in one kernel (before run 8) */
     int novec;        /* lab: 1 = warp scores one position per lane (before run 9); -1 = four
                          per lane for per-head selection too (score_vec4 = 2) */
+    int shape;        /* index into k_shapes */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -165,6 +178,20 @@ static const bench_case_t k_cases[] = {
     {"upto2_hp32_b8_128k_vec4", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, -1},
     {"hc32_b8_128k", 8, 131072, H_, C_, 0, 32, 0, 0, -1, 0, 0},
     {"hc32_b8_128k_vec4", 8, 131072, H_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
+    /* SmolLM2-135M's shape (issue 5's runner): one layer of its decode step, 16x as the runner's
+     * default; _auto = the context's automatic dense_below */
+    {"m135_dense_b32_8k", 32, 8192, G_, P_, 1, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_gc16_b32_8k", 32, 8192, G_, C_, 0, 16, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_gp16_b32_8k_auto", 32, 8192, G_, P_, 0, 16, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1},
+    {"m135_dense_b32_4k", 32, 4096, G_, P_, 1, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_gp16_b32_4k", 32, 4096, G_, P_, 0, 16, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_dense_b1_8k", 1, 8192, G_, P_, 1, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"m135_gp16_b1_8k", 1, 8192, G_, P_, 0, 16, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    {"upto1_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 0, -1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1},
+    {"upto2_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1},
+    {"upto3_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 0, -1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 1},
+    {"sel_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -220,24 +247,24 @@ static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
     return t;
 }
 
-static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense)
+static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense, const bench_shape_t *sh)
 {
     hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
     cfg.num_layers = 1;
-    cfg.num_q_heads = HQ;
-    cfg.num_kv_heads = HKV;
-    cfg.head_dim = D;
+    cfg.num_q_heads = sh->hq;
+    cfg.num_kv_heads = sh->hkv;
+    cfg.head_dim = sh->d;
     cfg.block_size = BS;
     cfg.device.device_type = kDLCUDA;
     cfg.device.device_id = 0;
-    cfg.mlp_width = M;
+    cfg.mlp_width = sh->m;
     cfg.selection = sel;
     cfg.signature_layout = sig;
     cfg.kv_layout = hnd ? HASHATTN_KV_LAYOUT_HND : HASHATTN_KV_LAYOUT_NHD;
     cfg.dense_below = autodense ? 0 : -1;
     hashattn_context_t *ctx = NULL;
     HA(NULL, g_api->context_create(&cfg, &ctx));
-    HA(ctx, ha_bench_bind_random_weights(g_api, ctx, HQ, sig == C_ ? HKV : HQ, D, M, &g_rng));
+    HA(ctx, ha_bench_bind_random_weights(g_api, ctx, sh->hq, sig == C_ ? sh->hkv : sh->hq, sh->d, sh->m, &g_rng));
     return ctx;
 }
 
@@ -286,17 +313,17 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&vc, kv_elems * 2));
     CK(cudaMalloc(&sig_p, (size_t)nblocks * HQ * BS * 4));
     CK(cudaMalloc(&sig_c, (size_t)nblocks * HKV * BS * 4));
-    CK(cudaMalloc(&q, (size_t)8 * HQ * D * 2));
-    CK(cudaMalloc(&out, (size_t)8 * HQ * D * 2));
+    CK(cudaMalloc(&q, (size_t)MAX_B * HQ * D * 2));
+    CK(cudaMalloc(&out, (size_t)MAX_B * HQ * D * 2));
     const size_t flush_bytes = (size_t)512 << 20;
     CK(cudaMalloc(&flush, flush_bytes));
     CK(cudaMalloc(&bt_d, (size_t)nblocks * 4));
-    CK(cudaMalloc(&sl_d, 8 * 4));
+    CK(cudaMalloc(&sl_d, MAX_B * 4));
     ha_bench_fill_bf16(kc, kv_elems, 1);
     ha_bench_fill_bf16(vc, kv_elems, 2);
     ha_bench_fill_u32(sig_p, (size_t)nblocks * HQ * BS, 3);
     ha_bench_fill_u32(sig_c, (size_t)nblocks * HKV * BS, 4);
-    ha_bench_fill_bf16(q, (size_t)8 * HQ * D, 5);
+    ha_bench_fill_bf16(q, (size_t)MAX_B * HQ * D, 5);
     CK(cudaDeviceSynchronize());
 
     /* a random permutation of the pages */
@@ -316,7 +343,7 @@ int main(int argc, char **argv)
         perm[i] = (int32_t)i;
     CK(cudaMemcpy(bt_seq, perm, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
 
-    hashattn_context_t *ctxs[2][2][2][2];
+    hashattn_context_t *ctxs[2][2][2][2][2]; /* [selection][layout][HND][auto dense][shape] */
     memset(ctxs, 0, sizeof ctxs);
     void *ws = NULL;
     size_t ws_cap = 0;
@@ -374,16 +401,19 @@ int main(int argc, char **argv)
         const int64_t N = bc->N, per_seq = N / BS;
         const int sel_i = bc->sel == H_, sig_i = bc->sig == C_;
         const int au = bc->autodense;
-        if (!ctxs[sel_i][sig_i][bc->hnd][au])
-            ctxs[sel_i][sig_i][bc->hnd][au] = make_ctx(bc->sel, bc->sig, bc->hnd, au);
-        hashattn_context_t *ctx = ctxs[sel_i][sig_i][bc->hnd][au];
-        int32_t lens[8];
+        const bench_shape_t *sh = &k_shapes[bc->shape];
+        const int hq = sh->hq, hkv = sh->hkv, d = sh->d;
+        hashattn_context_t **cp = &ctxs[sel_i][sig_i][bc->hnd][au][bc->shape];
+        if (!*cp)
+            *cp = make_ctx(bc->sel, bc->sig, bc->hnd, au, sh);
+        hashattn_context_t *ctx = *cp;
+        int32_t lens[MAX_B];
         for (int s = 0; s < B; s++)
             lens[s] = (int32_t)N;
         CK(cudaMemcpy(sl_d, lens, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice));
 
-        int64_t sh_q[3] = {B, HQ, D}, sh_kv[4] = {nblocks, bc->hnd ? HKV : BS, bc->hnd ? BS : HKV, D};
-        int64_t sh_sig[3] = {nblocks, sig_i ? HKV : HQ, BS}, sh_bt[2] = {B, per_seq}, sh_sl[1] = {B};
+        int64_t sh_q[3] = {B, hq, d}, sh_kv[4] = {nblocks, bc->hnd ? hkv : BS, bc->hnd ? BS : hkv, d};
+        int64_t sh_sig[3] = {nblocks, sig_i ? hkv : hq, BS}, sh_bt[2] = {B, per_seq}, sh_sl[1] = {B};
         DLTensor tq = tensor(q, bf16, 3, sh_q), to = tensor(out, bf16, 3, sh_q);
         DLTensor tk = tensor(kc, bf16, 4, sh_kv), tv = tensor(vc, bf16, 4, sh_kv);
         DLTensor ts = tensor(sig_i ? sig_c : sig_p, (DLDataType){kDLUInt, 32, 1}, 3, sh_sig);
@@ -470,14 +500,14 @@ int main(int argc, char **argv)
 
         /* bytes that must move */
         double bytes;
-        const int64_t kv_row = (int64_t)D * 2 * 2; /* K + V of one token and KV head */
+        const int64_t kv_row = (int64_t)d * 2 * 2; /* K + V of one token and KV head */
         if (bc->dense) {
-            bytes = (double)B * N * HKV * kv_row;
+            bytes = (double)B * N * hkv * kv_row;
         } else {
             const int64_t keep = SINK + RECENT + (int64_t)((double)bud.heavy_fraction * (double)N);
-            const int hsig = sig_i ? HKV : HQ;
+            const int hsig = sig_i ? hkv : hq;
             const double sigb = (double)B * N * hsig * 4;
-            const double gat = (double)B * (sel_i ? HQ : HKV) * keep * kv_row;
+            const double gat = (double)B * (sel_i ? hq : hkv) * keep * kv_row;
             bytes = (bc->select_only || bc->stop) ? sigb : sigb + gat;
         }
         const double tbps = bytes / (med * 1e-6) / 1e12;
@@ -493,12 +523,10 @@ int main(int argc, char **argv)
         fprintf(jf, "\n]}\n");
         fclose(jf);
     }
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 2; j++)
-            for (int k = 0; k < 2; k++)
-                for (int u = 0; u < 2; u++)
-                    if (ctxs[i][j][k][u])
-                        g_api->context_destroy(ctxs[i][j][k][u]);
+    hashattn_context_t **all = &ctxs[0][0][0][0][0];
+    for (size_t i = 0; i < sizeof ctxs / sizeof ctxs[0][0][0][0][0]; i++)
+        if (all[i])
+            g_api->context_destroy(all[i]);
     printf("%s: %d cases, %d failed: %s\n", BENCH_NAME, ran, failed, failed ? "FAILED" : "OK");
     return failed ? 1 : 0;
 }

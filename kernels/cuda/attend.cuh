@@ -256,9 +256,14 @@ __host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
  * shared memory, so many blocks per SM hide its latencies), writing each
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
-template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0>
+template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
 __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 {
+    /* selection units the compaction tracks: one with GSEL (the selection
+     * pass of group selection: a quarter of the code, which is what bounds
+     * that short kernel, through instruction fetch), else the block's heads */
+    constexpr int NU = GSEL ? 1 : GH;
+    static_assert(!GSEL || LM == 1, "GSEL: the selection pass only");
     constexpr int LPR = D / 8;        /* 16-byte chunks per row */
     constexpr int RP = kv_pitch<D>(); /* shared row pitch (elements) */
     constexpr int RPW = 32 / LPR;     /* FMA: rows per warp per round */
@@ -422,7 +427,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         /* list entry for position p (if any unit attends it), and its
          * inspection index in each unit's ascending row (cn[j + 1]: unit j's
          * count so far, from thr_off[j]) */
-        auto list_put = [&](int64_t p, uint32_t msk, int &off, int (&cn)[GH + 1]) {
+        auto list_put = [&](int64_t p, uint32_t msk, int &off, int (&cn)[NU + 1]) {
             if (!msk)
                 return;
             lidx[off] = (int32_t)p;
@@ -430,7 +435,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             off++;
             if (a.sel_idx) {
 #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     if (j < nunits && ((msk >> j) & 1u)) {
                         const int64_t idx = (int64_t)thr_off[j] + cn[j + 1];
                         if (idx < a.cap)
@@ -460,10 +465,10 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             auto fixed_at = [&](int e) -> uint32_t { /* sink and recent: every unit */
                 return inner ? 0u : byte_range_mask(e, 0, end_r) & ~byte_range_mask(e, lo_r, hi_r);
             };
-            uint32_t t4[GH];
-            int ngt[GH], neq[GH], rank[GH], skip[GH];
+            uint32_t t4[NU];
+            int ngt[NU], neq[NU], rank[NU], skip[NU];
 #pragma unroll
-            for (int j = 0; j < GH; j++) {
+            for (int j = 0; j < NU; j++) {
                 t4[j] = (uint32_t)thr_t[j < nsel ? j : 0] * 0x01010101u;
                 ngt[j] = 0;
                 neq[j] = 0;
@@ -473,7 +478,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 const uint32_t cm = cand_at(e);
                 nfix += __popc(fixed_at(e));
 #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     if (j < nsel) {
                         const uint32_t w = word_at(j, e);
                         ngt[j] += __popc(__vcmpgtu4(w, t4[j]) & cm);
@@ -483,38 +488,38 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             }
             nfix >>= 3;
 #pragma unroll
-            for (int j = 0; j < GH; j++) {
+            for (int j = 0; j < NU; j++) {
                 ngt[j] >>= 3;
                 neq[j] >>= 3;
                 rank[j] = neq[j];
             }
             {
-                int tot[GH];
-                block_excl_scan<GH>(rank, tot, scan_sm);
+                int tot[NU];
+                block_excl_scan<NU>(rank, tot, scan_sm);
             }
             /* the chunk's newest thr_tkc ties are taken: this thread's share */
 #pragma unroll
-            for (int j = 0; j < GH; j++) {
+            for (int j = 0; j < NU; j++) {
                 const int taken = j < nsel ? min(max(rank[j] + neq[j] - (thr_eqc[j] - thr_tkc[j]), 0), neq[j]) : 0;
                 skip[j] = neq[j] - taken;
                 ngt[j] += taken; /* now: this thread's selected candidates of unit j */
             }
             /* selected bytes of unit j in the word at e (advances skip[j]) */
-            auto sel_bytes = [&](int j, int e, uint32_t cm, int (&sk)[GH]) -> uint32_t {
+            auto sel_bytes = [&](int j, int e, uint32_t cm, int (&sk)[NU]) -> uint32_t {
                 const uint32_t w = word_at(j, e);
                 return (__vcmpgtu4(w, t4[j]) & cm) | drop_low_bytes(__vcmpeq4(w, t4[j]) & cm, sk[j]);
             };
-            int cnt[GH + 1], tot[GH + 1];
+            int cnt[NU + 1], tot[NU + 1];
             if (a.group_sel) {
                 cnt[0] = ngt[0] + nfix;
 #pragma unroll
-                for (int j = 0; j < GH; j++)
+                for (int j = 0; j < NU; j++)
                     cnt[j + 1] = cnt[0];
             } else {
                 /* a position is listed once whichever units select it */
-                int sk[GH];
+                int sk[NU];
 #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     sk[j] = skip[j];
                     cnt[j + 1] = ngt[j] + nfix;
                 }
@@ -523,21 +528,21 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                     const uint32_t cm = cand_at(e);
                     uint32_t any = 0u;
 #pragma unroll
-                    for (int j = 0; j < GH; j++)
+                    for (int j = 0; j < NU; j++)
                         if (j < nsel)
                             any |= sel_bytes(j, e, cm, sk);
                     u += __popc(any);
                 }
                 cnt[0] = (u >> 3) + nfix;
             }
-            block_excl_scan<GH + 1>(cnt, tot, scan_sm);
+            block_excl_scan<NU + 1>(cnt, tot, scan_sm);
             L = tot[0];
             int off = cnt[0];
             for (int e = e0; e < e0 + ppt; e += 4) {
                 const uint32_t cm = cand_at(e), fm = fixed_at(e);
-                uint32_t sj[GH], any = fm;
+                uint32_t sj[NU], any = fm;
 #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     sj[j] = j < nsel ? sel_bytes(j, e, cm, skip) : 0u;
                     any |= sj[j];
                 }
@@ -546,7 +551,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                     any &= ~(0xFFu << bit);
                     uint32_t msk = 0;
 #pragma unroll
-                    for (int j = 0; j < GH; j++)
+                    for (int j = 0; j < NU; j++)
                         msk |= ((sj[j] >> bit) & 1u) << j;
                     if (a.group_sel && msk)
                         msk = full;
@@ -555,7 +560,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                     list_put(p0 + e + (bit >> 3), msk, off, cnt);
                 }
             }
-        } else if (!a.compact_serial) {
+        } else if (LM != 1 && !a.compact_serial) { /* the selection pass: never (launch_attend_v) */
             /* ordered compaction by warp ballots: warp w owns the positions
              * [p0 + w C/4, p0 + (w+1) C/4); a lane per position and step.
              * Pass 1 counts each warp's ties at t, so that a tie's rank in
@@ -690,11 +695,11 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 const unsigned char *b = stg + (size_t)j * a.C * sb;
                 return sb == 1 ? (int)b[e] : (int)reinterpret_cast<const uint16_t *>(b)[e];
             };
-            int rank[GH];
+            int rank[NU];
             {
-                int tot[GH];
+                int tot[NU];
     #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     int eqc = 0;
                     if (j < nsel) {
                         const int t = thr_t[j];
@@ -703,15 +708,15 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                     }
                     rank[j] = eqc;
                 }
-                block_excl_scan<GH>(rank, tot, scan_sm);
+                block_excl_scan<NU>(rank, tot, scan_sm);
             }
             /* classify position p: bit j = unit j attends it; advances the tie ranks */
-            auto classify = [&](int64_t p, int (&rk)[GH]) -> uint32_t {
+            auto classify = [&](int64_t p, int (&rk)[NU]) -> uint32_t {
                 if (p < lo || p >= hi)
                     return full;
                 uint32_t msk = 0;
     #pragma unroll
-                for (int j = 0; j < GH; j++) {
+                for (int j = 0; j < NU; j++) {
                     if (j < nsel) {
                         const int sc = score_at(j, p), t = thr_t[j];
                         bool sel = sc > t;
@@ -725,29 +730,29 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                 }
                 return a.group_sel ? (msk ? full : 0u) : msk;
             };
-            int cnt[GH + 1], tot[GH + 1];
+            int cnt[NU + 1], tot[NU + 1];
             {
-                int rk[GH];
+                int rk[NU];
     #pragma unroll
-                for (int j = 0; j < GH; j++)
+                for (int j = 0; j < NU; j++)
                     rk[j] = rank[j];
     #pragma unroll
-                for (int j = 0; j <= GH; j++)
+                for (int j = 0; j <= NU; j++)
                     cnt[j] = 0;
                 for (int64_t p = q0; p < q1; p++) {
                     const uint32_t msk = classify(p, rk);
                     cnt[0] += msk != 0;
     #pragma unroll
-                    for (int j = 0; j < GH; j++)
+                    for (int j = 0; j < NU; j++)
                         cnt[j + 1] += (msk >> j) & 1u;
                 }
-                block_excl_scan<GH + 1>(cnt, tot, scan_sm);
+                block_excl_scan<NU + 1>(cnt, tot, scan_sm);
             }
             L = tot[0];
             {
-                int rk[GH];
+                int rk[NU];
     #pragma unroll
-                for (int j = 0; j < GH; j++)
+                for (int j = 0; j < NU; j++)
                     rk[j] = rank[j];
                 int off = cnt[0];
                 for (int64_t p = q0; p < q1; p++)

@@ -132,6 +132,45 @@ __device__ __forceinline__ uint32_t score_sig_word(const ScoreArgs &a, const Sco
     return a.sig[(int64_t)page * a.sb + h * a.sh + off];
 }
 
+/* Group selection: the bits in which a position's signature words kw differ
+ * from the group's G query words (score = 32 G - that). Query words from
+ * registers (qr: the first QR) and past them from shared memory (qs); past
+ * GW held words (the paper's layout, G > GW) the key word of head g comes
+ * from word(g). */
+template <int GW> __host__ __device__ constexpr int score_qr() { return GW == 1 ? 8 : GW; }
+
+template <int GW, typename Word>
+__device__ __forceinline__ int score_diff(const uint32_t (&qr)[score_qr<GW>()], const uint32_t *qs, int G,
+                                          const uint32_t (&kw)[GW], Word word)
+{
+    constexpr int QR = score_qr<GW>();
+    int d = 0;
+    if (GW == 1) {
+#pragma unroll
+        for (int g = 0; g < QR; g++)
+            if (g < G)
+                d += __popc(qr[g] ^ kw[0]);
+        for (int g = QR; g < G; g++)
+            d += __popc(qs[g] ^ kw[0]);
+    } else {
+#pragma unroll
+        for (int g = 0; g < GW; g++)
+            if (g < G)
+                d += __popc(qr[g] ^ kw[g]);
+        for (int g = GW; g < G; g++)
+            d += __popc(qs[g] ^ word(g));
+    }
+    return d;
+}
+
+template <int GW>
+__device__ __forceinline__ void score_load_qr(uint32_t (&qr)[score_qr<GW>()], const uint32_t *qs, int G)
+{
+#pragma unroll
+    for (int g = 0; g < score_qr<GW>(); g++)
+        qr[g] = g < G ? qs[g] : 0u;
+}
+
 /* Positions per thread per slab: about 8 to 16 signature words in flight
  * per thread for the next slab while the current one is scored. */
 template <int GW> __host__ __device__ constexpr int score_pk() { return GW == 1 ? 8 : (GW <= 4 ? 4 : 2); }
@@ -151,6 +190,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
     int *const hw = ssm;            /* a histogram per warp: [8][nbt] */
     int *const tot = hw + 8 * nbt;  /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(tot + nbt); /* [G] */
+    uint32_t qr[score_qr<GW>()];                                  /* qs's first words */
     const ScoreWalk W = score_walk(a);
     pdl_launch_dependents();
 
@@ -202,18 +242,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
             const int64_t p = pbase + (int64_t)k * kScoreThreads;
             const bool cand = p >= it.lo && p < it.hi;
             if (GROUPSEL) {
-                int sc = 0;
-                if (GW == 1) {
-                    for (int g = 0; g < G; g++)
-                        sc += 32 - __popc(qs[g] ^ w[k][0]);
-                } else {
-#pragma unroll
-                    for (int g = 0; g < GW; g++)
-                        if (g < G)
-                            sc += 32 - __popc(qs[g] ^ w[k][g]);
-                    for (int g = GW; g < G; g++)
-                        sc += 32 - __popc(qs[g] ^ sig_word(it, p, g));
-                }
+                const int sc = 32 * G - score_diff<GW>(qr, qs, G, w[k], [&](int g) { return sig_word(it, p, g); });
                 if (a.score_bytes == 1)
                     static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
                 else
@@ -298,6 +327,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
         return;
     load_qs(cur);
     __syncthreads();
+    score_load_qr<GW>(qr, qs, G);
     int ja = 0;
     for (;;) {
         Item nxt = cur;
@@ -318,6 +348,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
         if (item_end) {
             load_qs(nxt); /* merge's barriers: nobody reads qs now */
             __syncthreads();
+            score_load_qr<GW>(qr, qs, G);
         }
         cur = nxt;
         ja = jn;
@@ -351,6 +382,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
     constexpr int NW = kScoreThreads / 32;
+    uint32_t qr[score_qr<GW>()]; /* group selection: the query words in registers */
     extern __shared__ int ssm[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int nbt = a.nbt, G = a.G;
@@ -412,6 +444,14 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
             }
         }
     };
+    /* the group's score of position e of the lane's group k */
+    auto group_score = [&](const Item &it, const uint32_t (&w)[PK][GW][V], int k, int e, int64_t p) -> int {
+        uint32_t kw[GW];
+#pragma unroll
+        for (int g = 0; g < GW; g++)
+            kw[g] = w[k][g][e];
+        return 32 * G - score_diff<GW>(qr, qs, G, kw, [&](int g) { return sig_word(it, p, g); });
+    };
     auto process = [&](const Item &it, int j, const uint32_t (&w)[PK][GW][V], uint32_t inm) {
         const int64_t pbase = (int64_t)it.c * a.C + (int64_t)j * SLAB + (int64_t)lane * V;
         const int64_t rowe = ((int64_t)it.s * a.Hsel + (GROUPSEL ? it.kvh : it.kvh * G)) * a.score_stride;
@@ -421,25 +461,25 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
             if (!km)
                 continue;
             const int64_t pk = pbase + (int64_t)k * 32 * V;
-            if (GROUPSEL) {
+            if (GROUPSEL && V == 4 && km == 15u && a.score_bytes == 1 && pk >= it.lo && pk + V <= it.hi) {
+                /* the common case: four candidates, one-byte scores */
+                const int s0 = group_score(it, w, k, 0, pk), s1 = group_score(it, w, k, V > 1 ? 1 : 0, pk + 1);
+                const int s2 = group_score(it, w, k, V > 2 ? 2 : 0, pk + 2);
+                const int s3 = group_score(it, w, k, V > 3 ? 3 : 0, pk + 3);
+                *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) =
+                    (uint32_t)s0 | (uint32_t)s1 << 8 | (uint32_t)s2 << 16 | (uint32_t)s3 << 24;
+                atomicAdd(&hw[s0], 1);
+                atomicAdd(&hw[s1], 1);
+                atomicAdd(&hw[s2], 1);
+                atomicAdd(&hw[s3], 1);
+            } else if (GROUPSEL) {
                 uint32_t packed = 0u; /* V = 4, one-byte scores: the four in one store */
 #pragma unroll
                 for (int e = 0; e < V; e++) {
                     if (!((km >> e) & 1u))
                         continue;
                     const int64_t p = pk + e;
-                    int sc = 0;
-                    if (GW == 1) {
-                        for (int g = 0; g < G; g++)
-                            sc += 32 - __popc(qs[g] ^ w[k][0][e]);
-                    } else {
-#pragma unroll
-                        for (int g = 0; g < GW; g++)
-                            if (g < G)
-                                sc += 32 - __popc(qs[g] ^ w[k][g][e]);
-                        for (int g = GW; g < G; g++)
-                            sc += 32 - __popc(qs[g] ^ sig_word(it, p, g));
-                    }
+                    const int sc = group_score(it, w, k, e, p);
                     if (V == 4 && a.score_bytes == 1)
                         packed |= (uint32_t)sc << (8 * e);
                     else if (a.score_bytes == 1)
@@ -554,6 +594,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
         for (int g = lane; g < G; g += 32)
             qs[g] = a.qsig[(int64_t)it.s * a.Hq + it.kvh * G + g];
         __syncwarp();
+        score_load_qr<GW>(qr, qs, G);
     };
 
     Item cur;
@@ -678,10 +719,15 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
                                    bool two_pass)
 {
     AttnArgs A = A0;
-    if (sparse && two_pass) {
-        /* the selection pass (small: many blocks per SM), then attention */
+    if (sparse && two_pass && A.compact_serial != 0) {
+        /* the selection pass (small: many blocks per SM), then attention. The
+         * pass reads no query and no cache: one instantiation serves every
+         * dtype, head size and attention form; group selection has its own
+         * (one unit: a quarter of the code). Ballot compaction (lab) runs in
+         * the fused kernel. */
         const int nsel = A.group_sel ? 1 : GH;
-        auto ks = attend_kernel<T, D, GH, true, MMA, 1>;
+        auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, true>
+                              : attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, false>;
         const size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
         HA_CUDA_TRY(allow_smem(ks, ssmem));
         HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
