@@ -192,6 +192,11 @@ static const bench_case_t k_cases[] = {
     {"upto2_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1},
     {"upto3_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 0, -1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 1},
     {"sel_m135_gp16_b32_8k", 32, 8192, G_, P_, 0, 16, 1, 1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    /* run 14: the scores with pages in order (how much of their time is the random page order?) */
+    {"upto2_gc32_b8_128k_seqpg", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 1, 0, 0, 2},
+    {"upto1_gc32_b8_128k_seqpg", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 1, 0, 0, 1},
+    {"upto2_gp32_b8_128k_seqpg", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 1, 0, 0, 2},
+    {"gp32_b8_128k_seqpg", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
