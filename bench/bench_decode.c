@@ -80,6 +80,7 @@ typedef struct bench_case {
     int novec;        /* lab: 1 = warp scores one position per lane (before run 9); -1 = four
                          per lane for per-head selection too (score_vec4 = 2) */
     int shape;        /* index into k_shapes */
+    int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -197,6 +198,13 @@ static const bench_case_t k_cases[] = {
     {"upto1_gc32_b8_128k_seqpg", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 1, 0, 0, 1},
     {"upto2_gp32_b8_128k_seqpg", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 1, 0, 0, 2},
     {"gp32_b8_128k_seqpg", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 1},
+    /* run 14: group selection's warp scores through a cp.async ring (score_staged, the default)
+     * against the register form before it */
+    {"gc32_b8_128k_regs", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
+    {"upto2_gc32_b8_128k_regs", 8, 131072, G_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, -1},
+    {"gp32_b8_128k_regs", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
+    {"upto2_gp32_b8_128k_regs", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, -1},
+    {"gp32_b8_32k_regs", 8, 32768, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -400,6 +408,8 @@ int main(int argc, char **argv)
             tn.select_pass = 0;
         if (bc->novec)
             tn.score_vec4 = bc->novec > 0 ? 0 : 2;
+        if (bc->staged)
+            tn.score_staged = bc->staged > 0 ? 1 : 0;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

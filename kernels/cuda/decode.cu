@@ -376,17 +376,35 @@ template <int GW, int V> __host__ __device__ constexpr int score_warp_pk()
     return V == 1 ? score_pk<GW>() : (GW == 1 ? 2 : 1);
 }
 
-template <bool GROUPSEL, int GW, int V = 1>
+/* Staged form (S > 0; V = 4, group selection): a warp's signature words come
+ * through a ring of S slabs in shared memory filled by cp.async, S slabs in
+ * flight without holding registers, and the item's page ids are read once
+ * into shared memory (run 14: the register form keeps ~15 KB in flight per
+ * SM, which at ~2 us of loaded latency is ~1 TB/s). */
+constexpr int kScoreStages = 4;
+constexpr int kScoreStagePages = 512; /* page ids of an item held in shared memory */
+template <int GW> __host__ __device__ constexpr int score_stage_words() { return score_warp_pk<GW, 4>() * GW; }
+/* shared bytes per warp of the staged form: the ring, then the page ids */
+template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
+{
+    return (size_t)kScoreStages * score_stage_words<GW>() * 32 * 16 + (size_t)kScoreStagePages * 4;
+}
+
+template <bool GROUPSEL, int GW, int V = 1, int S = 0>
 __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
 {
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
     constexpr int NW = kScoreThreads / 32;
+    static_assert(S == 0 || (V == 4 && GROUPSEL), "the staged form: four positions per lane, group selection");
     uint32_t qr[score_qr<GW>()]; /* group selection: the query words in registers */
-    extern __shared__ int ssm[];
+    extern __shared__ uint4 ssm4[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int nbt = a.nbt, G = a.G;
     const int nbp = (nbt + 3) & ~3;
+    /* staged form first (16-byte aligned): [NW][S][words][32] uint4, then [NW][pages] */
+    constexpr size_t stage_b = S > 0 ? (size_t)NW * score_stage_bytes<GW>() : 0;
+    int *const ssm = reinterpret_cast<int *>(reinterpret_cast<unsigned char *>(ssm4) + stage_b);
     int *const hw = ssm + warp * nbp;                                          /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + NW * nbp) + warp * G; /* [G] */
     const ScoreWalk W = score_walk(a);
@@ -597,6 +615,90 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
         score_load_qr<GW>(qr, qs, G);
     };
 
+    if constexpr (S > 0) {
+        constexpr int NWD = score_stage_words<GW>(); /* uint4 per lane and slab: [k][g] */
+        uint4 *const ring = ssm4 + (size_t)warp * (score_stage_bytes<GW>() / 16);
+        int32_t *const pg = reinterpret_cast<int32_t *>(ring + (size_t)S * NWD * 32); /* [pages] */
+        const int gw = a.sig_per_kv ? 1 : G;
+        Item cur;
+        const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
+        pdl_wait();
+        if (!have)
+            return;
+        for (;;) {
+            const int64_t p0 = (int64_t)cur.c * a.C, pend = min(cur.n, p0 + a.C);
+            const int64_t hb = (int64_t)(a.sig_per_kv ? cur.kvh : cur.kvh * G) * a.sh;
+            /* the item's page ids (-1: a bad id, reported: its positions score against zero words) */
+            const int64_t b0 = p0 / a.bs;
+            const int npg = (int)((pend - p0 + a.bs - 1) / a.bs);
+            const int32_t *btrow = a.bt + (int64_t)cur.s * a.bt_stride;
+            __syncwarp(); /* the previous item's reads of pg are done */
+            for (int i = lane; i < npg; i += 32) {
+                const int32_t page = btrow[b0 + i];
+                pg[i] = page_ok(a.guard, page, cur.s, b0 + i) ? page : -1;
+            }
+            load_qs(cur); /* its __syncwarp also publishes pg */
+            const int nslab = (int)((pend - p0 + SLAB - 1) / SLAB);
+            /* slab j into ring slot j % S: each lane copies (and later reads) only its own words */
+            auto issue = [&](int j) {
+                uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
+#pragma unroll
+                for (int k = 0; k < PK; k++) {
+                    const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
+                    const int rel = (int)(p - p0);
+                    const int32_t page = p < pend ? pg[rel / a.bs] : -1;
+                    const uint32_t *base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + rel % a.bs : a.sig;
+#pragma unroll
+                    for (int g = 0; g < GW; g++) {
+                        uint4 *d = slot + (size_t)(k * GW + g) * 32 + lane;
+                        if (page >= 0 && g < gw)
+                            cp_async16(d, base + (int64_t)g * a.sh);
+                        else
+                            *d = make_uint4(0u, 0u, 0u, 0u);
+                    }
+                }
+            };
+#pragma unroll
+            for (int j = 0; j < S; j++) {
+                if (j < nslab)
+                    issue(j);
+                cp_async_commit();
+            }
+            for (int j = 0; j < nslab; j++) {
+                cp_async_wait<S - 1>();
+                const uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
+                uint32_t w[PK][GW][V];
+                uint32_t inm = 0u;
+#pragma unroll
+                for (int k = 0; k < PK; k++) {
+                    const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
+#pragma unroll
+                    for (int g = 0; g < GW; g++) {
+                        const uint4 q4 = slot[(size_t)(k * GW + g) * 32 + lane];
+                        w[k][g][0] = q4.x;
+                        w[k][g][V > 1 ? 1 : 0] = q4.y;
+                        w[k][g][V > 2 ? 2 : 0] = q4.z;
+                        w[k][g][V > 3 ? 3 : 0] = q4.w;
+                    }
+#pragma unroll
+                    for (int e = 0; e < V; e++)
+                        if (p + e < pend)
+                            inm |= 1u << (k * V + e);
+                }
+                if (j + S < nslab)
+                    issue(j + S); /* the slot just read, refilled */
+                cp_async_commit();
+                process(cur, j, w, inm);
+            }
+            merge(cur);
+            Item nxt;
+            if (!next_item(cur.idx + stride, nxt))
+                break;
+            cur = nxt;
+        }
+        cp_async_wait<0>();
+        return;
+    } else {
     Item cur;
     const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
     uint32_t wa[PK][GW][V], wb[PK][GW][V];
@@ -636,6 +738,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                 for (int e = 0; e < V; e++)
                     wa[k][g][e] = wb[k][g][e];
         ina = inb;
+    }
     }
 }
 
@@ -766,11 +869,11 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cuda
 
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
-                                bool block_items, bool vec4, bool per_head_vec4)
+                                bool block_items, bool vec4, bool per_head_vec4, bool staged)
 {
     constexpr int NW = kScoreThreads / 32;
-    const size_t smem = block_items ? ((size_t)9 * sa.nbt + sa.G) * 4 + 16
-                                    : ((size_t)NW * ((sa.nbt + 3) & ~3) + (size_t)NW * sa.G) * 4 + 16;
+    size_t smem = block_items ? ((size_t)9 * sa.nbt + sa.G) * 4 + 16
+                              : ((size_t)NW * ((sa.nbt + 3) & ~3) + (size_t)NW * sa.G) * 4 + 16;
     if (smem > 200 * 1024)
         return HA_KERNEL_UNSUPPORTED;
     const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
@@ -799,6 +902,16 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
      * through local memory; now indexed at compile time) */
     const bool v4 = (GROUPSEL || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
                     (reinterpret_cast<uintptr_t>(sa.sig) & 15) == 0 && sa.C % 256 == 0;
+    /* the staged form (lab knob score_staged): an item's pages fit the page-id buffer */
+    if constexpr (GROUPSEL) {
+        if (staged && v4 && gw <= 4 && sa.C % sa.bs == 0 && sa.C / sa.bs <= kScoreStagePages) {
+            smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
+            if (smem > 200 * 1024)
+                return HA_KERNEL_UNSUPPORTED;
+            return gw <= 1 ? go(score_warp_kernel<true, 1, 4, kScoreStages>)
+                           : go(score_warp_kernel<true, 4, 4, kScoreStages>);
+        }
+    }
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
     if (gw <= 4)
@@ -1024,9 +1137,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const int gw = p->sig_per_kv_head ? 1 : G;
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && small);
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                            tn.score_vec4 != 0, false)
+                                            tn.score_vec4 != 0, false, tn.score_staged != 0)
                        : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                             tn.score_vec4 != 0, tn.score_vec4 == 2);
+                                             tn.score_vec4 != 0, tn.score_vec4 == 2, false);
         if (ks != HA_KERNEL_OK || tn.stop_after == 2)
             return ks;
 
