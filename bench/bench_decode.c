@@ -80,7 +80,8 @@ typedef struct bench_case {
     int novec;        /* lab: 1 = warp scores one position per lane (before run 9); -1 = four
                          per lane for per-head selection too (score_vec4 = 2) */
     int shape;        /* index into k_shapes */
-    int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default */
+    int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default;
+                         1: group selection only; 2: per-head selection too */
 } bench_case_t;
 
 #define G_ HASHATTN_SELECTION_GROUP
@@ -205,6 +206,9 @@ static const bench_case_t k_cases[] = {
     {"gp32_b8_128k_regs", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
     {"upto2_gp32_b8_128k_regs", 8, 131072, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, -1},
     {"gp32_b8_32k_regs", 8, 32768, G_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1},
+    {"hp32_b8_128k_staged", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2},
+    {"upto2_hp32_b8_128k_staged", 8, 131072, H_, P_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2},
+    {"hc32_b8_128k_staged", 8, 131072, H_, C_, 0, 32, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -409,7 +413,7 @@ int main(int argc, char **argv)
         if (bc->novec)
             tn.score_vec4 = bc->novec > 0 ? 0 : 2;
         if (bc->staged)
-            tn.score_staged = bc->staged > 0 ? 1 : 0;
+            tn.score_staged = bc->staged > 0 ? bc->staged : 0;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

@@ -376,7 +376,7 @@ template <int GW, int V> __host__ __device__ constexpr int score_warp_pk()
     return V == 1 ? score_pk<GW>() : (GW == 1 ? 2 : 1);
 }
 
-/* Staged form (S > 0; V = 4, group selection): a warp's signature words come
+/* Staged form (S > 0; V = 4): a warp's signature words come
  * through a ring of S slabs in shared memory filled by cp.async, S slabs in
  * flight without holding registers, and the item's page ids are read once
  * into shared memory (run 14: the register form keeps ~15 KB in flight per
@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
     constexpr int NW = kScoreThreads / 32;
-    static_assert(S == 0 || (V == 4 && GROUPSEL), "the staged form: four positions per lane, group selection");
+    static_assert(S == 0 || V == 4, "the staged form: four positions per lane");
     uint32_t qr[score_qr<GW>()]; /* group selection: the query words in registers */
     extern __shared__ uint4 ssm4[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -902,15 +902,13 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
      * through local memory; now indexed at compile time) */
     const bool v4 = (GROUPSEL || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
                     (reinterpret_cast<uintptr_t>(sa.sig) & 15) == 0 && sa.C % 256 == 0;
-    /* the staged form (lab knob score_staged): an item's pages fit the page-id buffer */
-    if constexpr (GROUPSEL) {
-        if (staged && v4 && gw <= 4 && sa.C % sa.bs == 0 && sa.C / sa.bs <= kScoreStagePages) {
-            smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
-            if (smem > 200 * 1024)
-                return HA_KERNEL_UNSUPPORTED;
-            return gw <= 1 ? go(score_warp_kernel<true, 1, 4, kScoreStages>)
-                           : go(score_warp_kernel<true, 4, 4, kScoreStages>);
-        }
+    /* the staged form (knob score_staged): an item's pages fit the page-id buffer */
+    if (staged && v4 && gw <= 4 && sa.C % sa.bs == 0 && sa.C / sa.bs <= kScoreStagePages) {
+        smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
+        if (smem > 200 * 1024)
+            return HA_KERNEL_UNSUPPORTED;
+        return gw <= 1 ? go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>)
+                       : go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
     }
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
@@ -1139,7 +1137,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                             tn.score_vec4 != 0, false, tn.score_staged != 0)
                        : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                             tn.score_vec4 != 0, tn.score_vec4 == 2, false);
+                                             tn.score_vec4 != 0, tn.score_vec4 == 2, tn.score_staged == 2);
         if (ks != HA_KERNEL_OK || tn.stop_after == 2)
             return ks;
 

@@ -38,8 +38,9 @@ typedef struct ha_cuda_tuning {
                                 0: one position per lane */
     /* appended in run 14 */
     int score_staged;        /* 1: group selection's warp scores through a cp.async ring in shared
-                                memory (kScoreStages slabs in flight per warp); 0: the words in
-                                registers, one slab ahead (before run 14) */
+                                memory (kScoreStages slabs in flight per warp); 2: per-head
+                                selection's too; 0: the words in registers, one slab ahead
+                                (before run 14) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
