@@ -7,7 +7,10 @@
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
  *                    items, the next slab's signatures in flight while the
- *                    current one is scored; writes the scores of every
+ *                    current one is scored (score_warp_kernel: a warp per
+ *                    item for large steps; for group selection its words
+ *                    come through a cp.async ring of 4 slabs in shared
+ *                    memory, the staged form); writes the scores of every
  *                    position (u8, or u16 when 32G > 255), adds the item's
  *                    candidate histogram to its selection units' histograms
  *                    (atomics) and writes the item's suffix-cumulative
