@@ -426,34 +426,25 @@ END_TEST
 
 /* A step large enough for the kernels of large steps (the other cases are
  * all small): at least 8 x 132 score items (B 8 x Hkv 8 x 20 chunks of
- * 1024), so the scores run a warp per item with four positions per lane,
- * then the selection pass of each form. Sequence lengths differ, so the
- * shorter ones' last items end early or hold no positions. */
+ * 1024), so the scores run a warp per item with four positions per lane
+ * (group selection: the staged form), then the selection pass of each
+ * form. Sequence lengths differ, so the shorter ones' last items end early
+ * or hold no positions. */
 static const int k_wide[] = {20000, 19000, 20000, 17500, 20000, 16001, 20000, 18000};
 START_TEST(gpu_decode_wide)
 {
     static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
     static const int sigs[] = {COMPACT, PAPER, PAPER, COMPACT};
     static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_DIRECT, HT_FILL_TIES};
-    ht_decode_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.dtype = (DLDataType)BF16;
+    /* long_desc's case, widened */
+    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], NHD, 0x1de0 + (uint64_t)_i);
     d.hq = 16;
     d.hkv = 8;
     d.d = 64;
-    d.block = 16;
     d.batch = 8;
-    d.m = 32;
-    d.kv_layout = NHD;
-    d.selection = sels[_i];
-    d.sig_layout = sigs[_i];
     d.sink = 64;
     d.recent = 64;
-    d.heavy_count = -1;
-    d.heavy_fraction = 1.0f / 32;
     d.seq_lens = k_wide;
-    d.fill = fills[_i];
-    d.seed = ht_seed(0x1de0 + (uint64_t)_i);
     check_decode(&d, 0);
 }
 END_TEST
