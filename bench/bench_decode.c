@@ -22,7 +22,8 @@
  * context of issue 5's throughput target (B = 32, 8K): one layer of the
  * runner's step, with random data like the others.
  *
- * usage: bench_decode [--lib PATH] [--only SUBSTR|=NAME] [--reps N] [--json FILE]
+ * usage: bench_decode [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]
+ *   SEL: a substring of the case names, or =NAME for that case alone; cases run in table order
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -213,9 +214,11 @@ static const bench_case_t k_cases[] = {
     {"gp32_b8_128k_regs", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .staged = -1},
     {"upto2_gp32_b8_128k_regs", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .staged = -1},
     {"gp32_b8_32k_regs", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .staged = -1},
-    {"hp32_b8_128k_staged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .staged = 2},
-    {"upto2_hp32_b8_128k_staged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .staged = 2},
-    {"hc32_b8_128k_staged", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .staged = 2},
+    /* run 15: per-head selection's scores staged too (score_staged = 2, the default) against
+     * group selection's only (1, the default of run 14) */
+    {"hp32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .staged = 1},
+    {"upto2_hp32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .staged = 1},
+    {"hc32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .staged = 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -292,6 +295,26 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense, co
     return ctx;
 }
 
+/* --only: a comma-separated list of substrings and =NAMEs; NULL selects all. */
+static int selected(const char *only, const char *name)
+{
+    if (!only)
+        return 1;
+    for (const char *p = only; *p;) {
+        const char *e = strchr(p, ',');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        char tok[128];
+        if (len > 0 && len < sizeof tok) {
+            memcpy(tok, p, len);
+            tok[len] = 0;
+            if (tok[0] == '=' ? !strcmp(name, tok + 1) : strstr(name, tok) != NULL)
+                return 1;
+        }
+        p += len + (e ? 1 : 0);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *lib = getenv("HASHATTN_LIB");
@@ -307,7 +330,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--lib PATH] [--only SUBSTR] [--reps N] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -390,8 +413,8 @@ int main(int argc, char **argv)
 
     for (int ci = 0; ci < NCASES; ci++) {
         const bench_case_t *bc = &k_cases[ci];
-        if (only && (only[0] == '=' ? strcmp(bc->name, only + 1) != 0 : !strstr(bc->name, only)))
-            continue; /* --only =NAME: that case alone */
+        if (!selected(only, bc->name))
+            continue;
 #ifndef HA_BENCH_LAB
         if (bc->lab)
             continue;

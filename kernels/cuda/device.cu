@@ -57,8 +57,8 @@ static const ha_cuda_tuning_t kDefaults = {
     2,    /* compact_serial: packed (run 5); run 4: serial 283 vs 343 us (warp ballots) at B=8 128K */
     1,    /* select_pass: the selection pass as its own kernel (run 8) */
     2,    /* score_vec4: four positions per lane in the warp score kernel (run 9), per-head too (run 12) */
-    1,    /* score_staged: group+paper B=8 128K 179.7 vs 190.5 us (run 14b); per-head (2) measured
-             364.3 vs 380.9 but not yet run under the GPU tests and sanitizers */
+    2,    /* score_staged: group+paper B=8 128K 179.7 vs 190.5 us (run 14b); per-head too (2):
+             hp32 364.3 vs 380.9 us (run 14b), default from run 15 */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
