@@ -189,6 +189,8 @@ struct AttnArgs {
     Guard guard;
     int32_t vec16;    /* caches 16-byte aligned: cp.async rows */
     int32_t list_off; /* sparse: shared offset of the list */
+    int32_t list_cap; /* sparse: entries the shared list holds (C, or kListPiece in the attention
+                         pass, which walks a longer list in pieces) */
     /* selection */
     int32_t group_sel, Hsel, score_bytes;
     const void *scores;
@@ -227,20 +229,30 @@ __host__ __device__ constexpr size_t attend_region_a()
                : (size_t)attend_nstate<D, false>() * GH * (D + 2) * 4;
 }
 
+/* Entries of the attention pass's shared list (LM = 2): it walks the list
+ * the selection pass wrote in pieces of this many, so that its shared memory
+ * does not grow with the chunk (at 32x a 4096-position chunk lists ~128-384
+ * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
+constexpr int kListPiece = 512;
+
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
- * and in the sparse prologue the staged scores), then the sparse list
- * (positions, then head masks). *list_off receives the list's offset. */
+ * and in the one-pass sparse prologue the staged scores), then the sparse
+ * list (positions, then head masks) of cap entries. *list_off receives the
+ * list's offset. LM as in attend_kernel. */
 template <typename T, int D, int GH, bool SPARSE>
-__host__ size_t attend_smem(int C, int nsel, int score_bytes, int *list_off)
+__host__ size_t attend_smem(int C, int nsel, int score_bytes, int lm, int *list_off, int *list_cap)
 {
     size_t a = attend_region_a<T, D, GH>();
     if (SPARSE) {
-        const size_t pro = (size_t)nsel * C * score_bytes;
+        const size_t pro = lm == 2 ? 0 : (size_t)nsel * C * score_bytes;
         if (pro > a)
             a = align_up(pro, 16);
+        const int cap = lm == 2 && C > kListPiece ? kListPiece : C;
         if (list_off)
             *list_off = (int)a;
-        a += align_up((size_t)C * 4, 16) + align_up((size_t)C, 16);
+        if (list_cap)
+            *list_cap = cap;
+        a += align_up((size_t)cap * 4, 16) + align_up((size_t)cap, 16);
     }
     return a + 16; /* ptxas may merge guarded shared loads past the last element */
 }
@@ -376,19 +388,12 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     int32_t *const lidx = LM == 1 ? a.list_pos + slot * a.C
                                   : reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
     uint8_t *const lmask = LM == 1 ? a.list_mask + slot * a.C
-                                   : reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) + (size_t)a.C * 4);
+                                   : reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) +
+                                                                 (size_t)(SPARSE ? a.list_cap : 0) * 4);
     int L;
 
     if (sparse_seq && LM == 2) {
-        /* the selection pass's list, into shared memory */
-        L = a.list_cnt[slot];
-        const int32_t *gp = a.list_pos + slot * a.C;
-        const uint8_t *gm = a.list_mask + slot * a.C;
-        for (int i = tid; i < L; i += kAttnThreads) {
-            lidx[i] = gp[i];
-            lmask[i] = gm[i];
-        }
-        __syncthreads();
+        L = a.list_cnt[slot]; /* the selection pass's list: into shared memory piece by piece, below */
     } else if (sparse_seq) {
         const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
@@ -788,7 +793,12 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const T *const vc = static_cast<const T *>(a.vc);
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
     T *const stage0 = reinterpret_cast<T *>(sm);
-    const int ntiles = (L + kTT - 1) / kTT;
+    /* The entries in pieces of `piece` (the attention pass's shared list;
+     * otherwise one piece of L): entry i of piece pb is entry pb + i of the
+     * block. Lp: the current piece's entries. */
+    const bool pieces = LM == 2 && sparse_seq;
+    const int piece = pieces ? a.list_cap : max(L, 1);
+    int pbase = 0, Lp = 0, ntiles = 0;
     /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
     const int cc = tid % LPR, r0 = tid / LPR;
     const int64_t kconst = (int64_t)kvh * a.k_sh + cc * 8, vconst = (int64_t)kvh * a.v_sh + cc * 8;
@@ -802,10 +812,10 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 #pragma unroll
         for (int it = 0; it < NIT; it++) {
             const int i = tile * kTT + r0 + it * RSTEP;
-            ok[it] = i < L;
+            ok[it] = i < Lp;
             int p = 0;
             if (ok[it])
-                p = sparse_seq ? lidx[i] : (int)(p0 + i);
+                p = sparse_seq ? lidx[i] : (int)(p0 + pbase + i);
             split(p, blk[it], off[it]);
             page[it] = ok[it] ? btrow[blk[it]] : 0;
         }
@@ -850,6 +860,21 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         for (int e = 0; e < (MMA ? 4 : 8); e++)
             acc[j][e] = 0.0f;
 
+    for (pbase = 0; pbase < L; pbase += piece) {
+    Lp = min(piece, L - pbase);
+    ntiles = (Lp + kTT - 1) / kTT;
+    if (pieces) {
+        /* the previous piece's tiles are done with the list and the stages */
+        if (pbase > 0)
+            __syncthreads();
+        const int32_t *gp = a.list_pos + slot * a.C + pbase;
+        const uint8_t *gm = a.list_mask + slot * a.C + pbase;
+        for (int i = tid; i < Lp; i += kAttnThreads) {
+            lidx[i] = gp[i];
+            lmask[i] = gm[i];
+        }
+        __syncthreads();
+    }
 #pragma unroll
     for (int st = 0; st < kStages - 1; st++) {
         if (st < ntiles)
@@ -881,8 +906,8 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
             }
             /* this lane: head g8, rows 2tg and 2tg + 1 of the warp's eight */
             const int i0 = t * kTT + wr0 + 2 * tg;
-            const uint32_t mk0 = i0 < L ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
-            const uint32_t mk1 = i0 + 1 < L ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
+            const uint32_t mk0 = i0 < Lp ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
+            const uint32_t mk1 = i0 + 1 < Lp ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
             const float s0 = ((mk0 >> g8) & 1u) ? sc4[0] * a.scale_log2 : -INFINITY;
             const float s1 = ((mk1 >> g8) & 1u) ? sc4[1] * a.scale_log2 : -INFINITY;
             float mx = fmaxf(s0, s1);
@@ -944,7 +969,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
 #pragma unroll
             for (int rd = 0; rd < ROUNDS; rd++) {
                 const int i = t * kTT + warp * TPW + rd * RPW + lg;
-                valid[rd] = i < L;
+                valid[rd] = i < Lp;
                 const uint32_t mk = valid[rd] ? (sparse_seq ? (uint32_t)lmask[i] : full) : 0u;
 #pragma unroll
                 for (int j = 0; j < GH; j++)
@@ -988,6 +1013,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         }
     }
     cp_async_wait<0>();
+    } /* pieces */
     __syncthreads();
 
     /* ---- merge the block's states ---- */

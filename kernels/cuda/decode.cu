@@ -840,7 +840,7 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         if (A.select_only)
             return HA_KERNEL_OK;
         auto k = attend_kernel<T, D, GH, true, MMA, 2>;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, &A.list_off);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A.list_off, &A.list_cap);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
@@ -848,14 +848,14 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
     } else if (sparse) {
         auto k = attend_kernel<T, D, GH, true, MMA>;
         const int nsel = A.group_sel ? 1 : GH;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, &A.list_off);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 0, &A.list_off, &A.list_cap);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     } else {
         auto k = attend_kernel<T, D, GH, false, MMA>;
-        const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, nullptr);
+        const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     }

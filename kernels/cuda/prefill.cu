@@ -18,7 +18,7 @@ template <typename T, int D, int GH, bool MMA>
 ha_kernel_status_t launch_prefill_v(const AttnArgs &A, dim3 grid, cudaStream_t st)
 {
     auto k = attend_kernel<T, D, GH, false, MMA>;
-    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, nullptr);
+    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
     HA_CUDA_TRY(allow_smem(k, smem));
     HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, false, A));
     return HA_KERNEL_OK;
