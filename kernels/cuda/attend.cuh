@@ -191,6 +191,10 @@ struct AttnArgs {
     int32_t list_off; /* sparse: shared offset of the list */
     int32_t list_cap; /* sparse: entries the shared list holds (C, or kListPiece in the attention
                          pass, which walks a longer list in pieces) */
+    /* the attention pass (LM = 2): each block attends list_k consecutive
+     * selection chunks (C = list_k x sel_C positions); the selection pass's
+     * slots are [grid.x][sel_nch] of sel_C entries */
+    int32_t list_k, sel_C, sel_nch;
     /* selection */
     int32_t group_sel, Hsel, score_bytes;
     const void *scores;
@@ -234,6 +238,7 @@ __host__ __device__ constexpr size_t attend_region_a()
  * does not grow with the chunk (at 32x a 4096-position chunk lists ~128-384
  * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
 constexpr int kListPiece = 512;
+constexpr int kMaxListK = 8; /* selection chunks per attention block (knob attn_list_k) */
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
  * and in the one-pass sparse prologue the staged scores), then the sparse
@@ -392,8 +397,18 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
                                                                  (size_t)(SPARSE ? a.list_cap : 0) * 4);
     int L;
 
+    /* the attention pass: the lengths of its selection chunks' lists (chunks
+     * past the sequence listed nothing: 0) */
+    int seg_len[LM == 2 ? kMaxListK : 1];
     if (sparse_seq && LM == 2) {
-        L = a.list_cnt[slot]; /* the selection pass's list: into shared memory piece by piece, below */
+        L = 0;
+#pragma unroll
+        for (int k = 0; k < (LM == 2 ? kMaxListK : 1); k++) {
+            const int cs = c * a.list_k + k;
+            seg_len[k] = k < a.list_k && cs < a.sel_nch && (int64_t)cs * a.sel_C < n
+                             ? a.list_cnt[(int64_t)blockIdx.x * a.sel_nch + cs] : 0;
+            L += seg_len[k];
+        }
     } else if (sparse_seq) {
         const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
@@ -793,11 +808,14 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const T *const vc = static_cast<const T *>(a.vc);
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
     T *const stage0 = reinterpret_cast<T *>(sm);
-    /* The entries in pieces of `piece` (the attention pass's shared list;
-     * otherwise one piece of L): entry i of piece pb is entry pb + i of the
-     * block. Lp: the current piece's entries. */
+    /* The entries in segments (the attention pass: one per selection chunk,
+     * its list in the chunk's slot; otherwise one segment of L entries) and
+     * pieces of at most `piece` (the attention pass's shared list): entry i
+     * of the piece at pbase is entry pbase + i of the segment. Lp: the
+     * current piece's entries. */
     const bool pieces = LM == 2 && sparse_seq;
     const int piece = pieces ? a.list_cap : max(L, 1);
+    const int nseg = pieces ? a.list_k : 1;
     int pbase = 0, Lp = 0, ntiles = 0;
     /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
     const int cc = tid % LPR, r0 = tid / LPR;
@@ -860,15 +878,26 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         for (int e = 0; e < (MMA ? 4 : 8); e++)
             acc[j][e] = 0.0f;
 
-    for (pbase = 0; pbase < L; pbase += piece) {
-    Lp = min(piece, L - pbase);
+    bool first = true;
+    for (int sg = 0; sg < nseg; sg++) {
+    int Ls = L;
+    if constexpr (LM == 2) {
+#pragma unroll
+        for (int k = 0; k < kMaxListK; k++) /* a compile-time index: seg_len stays in registers */
+            if (k == sg)
+                Ls = pieces ? seg_len[k] : L;
+    }
+    const int64_t sslot = (int64_t)blockIdx.x * a.sel_nch + (int64_t)c * a.list_k + sg;
+    for (pbase = 0; pbase < Ls; pbase += piece) {
+    Lp = min(piece, Ls - pbase);
     ntiles = (Lp + kTT - 1) / kTT;
     if (pieces) {
         /* the previous piece's tiles are done with the list and the stages */
-        if (pbase > 0)
+        if (!first)
             __syncthreads();
-        const int32_t *gp = a.list_pos + slot * a.C + pbase;
-        const uint8_t *gm = a.list_mask + slot * a.C + pbase;
+        first = false;
+        const int32_t *gp = a.list_pos + sslot * a.sel_C + pbase;
+        const uint8_t *gm = a.list_mask + sslot * a.sel_C + pbase;
         for (int i = tid; i < Lp; i += kAttnThreads) {
             lidx[i] = gp[i];
             lmask[i] = gm[i];
@@ -1014,6 +1043,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     }
     cp_async_wait<0>();
     } /* pieces */
+    } /* segments */
     __syncthreads();
 
     /* ---- merge the block's states ---- */

@@ -839,12 +839,19 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
         if (A.select_only)
             return HA_KERNEL_OK;
+        /* the attention pass: list_k selection chunks per block (attend_span) */
+        AttnArgs A2 = A;
+        A2.sel_C = A.C;
+        A2.sel_nch = A.nch;
+        A2.C = A.C * A.list_k;
+        A2.nch = (A.nch + A.list_k - 1) / A.list_k;
+        A2.direct = A2.nch == 1;
         auto k = attend_kernel<T, D, GH, true, MMA, 2>;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A.list_off, &A.list_cap);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
-        HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
+        HA_CUDA_TRY(launch(k, dim3(grid.x, (unsigned)A2.nch), dim3(kAttnThreads), smem, st, pdl, A2));
     } else if (sparse) {
         auto k = attend_kernel<T, D, GH, true, MMA>;
         const int nsel = A.group_sel ? 1 : GH;
@@ -969,6 +976,34 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
     return C <= kSparseChunkMax ? C : 0;
 }
 
+/* Selection chunks per attention block (two-pass sparse step). Short
+ * blocks pay their fixed work (prologue, pipeline fill, merge, partials) for
+ * a few tiles; long ones leave SMs idle. Automatic (knob 0): the largest
+ * power of two up to kMaxListK whose blocks attend at most kListTarget
+ * entries (estimated from the budget at max_tokens; per-head selection's
+ * union counts every head of the block) while there are still at least two
+ * blocks per SM. Run 15 (bench/NOTES.md): B=8 128K 2 (gp32 164.0 vs 171.9
+ * us with 1), B=8 32K 4 (86.8 vs 100.3), B=1 1M 2 (169.3 vs 184.0), B=1
+ * 128K 1 (70.5 vs 72.0 with 2), per-head B=8 128K 1 (338 vs 350). A forced
+ * knob is rounded to a power of two. */
+constexpr int kListTarget = 512;
+inline int attend_list_k(int knob, int nch, int64_t units, double entries_per_chunk)
+{
+    int k = 1;
+    if (knob > 0) {
+        k = pow2_ceil(knob);
+    } else {
+        while (2 * k <= kMaxListK && entries_per_chunk * 2 * k <= kListTarget &&
+               units * ceil_div((int64_t)nch, (int64_t)(2 * k)) >= (int64_t)2 * sm_count())
+            k *= 2;
+    }
+    if (k > kMaxListK)
+        k = kMaxListK;
+    while (k > 1 && k > nch)
+        k >>= 1;
+    return k;
+}
+
 } // namespace ha
 
 using namespace ha;
@@ -1074,7 +1109,20 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const int nch = (int)(max_tokens > 0 ? ceil_div(max_tokens, C) : 1);
     A.C = C;
     A.nch = nch;
-    A.direct = nch == 1;
+    /* the two-pass sparse step's attention pass spans list_k selection chunks
+     * per block; the combine then merges ncha partials of span Ca */
+    const bool two_pass = sparse && tn.select_pass != 0 && tn.compact_serial != 0;
+    if (two_pass) {
+        const ha_budget_t &bg = p->budget;
+        const double heavy = bg.heavy_count >= 0 ? (double)bg.heavy_count : (double)bg.heavy_fraction * max_tokens;
+        const double per_unit = (bg.sink > 0 ? bg.sink : 0) + (bg.recent > 0 ? bg.recent : 0) + (heavy > 0 ? heavy : 0);
+        const int heads = group_sel ? 1 : (G < GH ? G : GH);
+        A.list_k = attend_list_k(tn.attn_list_k, nch, units, per_unit * heads / nch);
+    } else {
+        A.list_k = 1;
+    }
+    const int ncha = (nch + A.list_k - 1) / A.list_k, Ca = C * A.list_k;
+    A.direct = ncha == 1;
     /* Small sparse steps (few score items) gain from overlapped launches
      * and from a block per score item; large ones lose with both (runs 4a
      * and 4b, bench/NOTES.md). */
@@ -1174,12 +1222,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
                                                                          tn.select_pass != 0))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
+    /* (A.direct: one partial per row in the pass that attends; the selection
+     * pass never reads it) */
 
     /* 5. combine the chunks */
     CombineArgs cb = {};
     cb.Hq = Hq;
-    cb.C = C;
-    cb.nch = nch;
+    cb.C = Ca;
+    cb.nch = ncha;
     cb.prefill = 0;
     cb.num_seqs = B;
     cb.max_tokens = max_tokens;

@@ -41,6 +41,10 @@ typedef struct ha_cuda_tuning {
                                 memory (kScoreStages slabs in flight per warp); 2: per-head
                                 selection's too; 0: the words in registers, one slab ahead
                                 (before run 14) */
+    /* appended in run 15 */
+    int attn_list_k;         /* selection chunks per attention-pass block (two-pass sparse step):
+                                0 automatic (decode.cu's attend_list_k), else a power of two up
+                                to 8; 1 before run 15 */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
