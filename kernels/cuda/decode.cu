@@ -139,14 +139,15 @@ __device__ __forceinline__ uint32_t score_sig_word(const ScoreArgs &a, const Sco
  * from the group's G query words (score = 32 G - that). Query words from
  * registers (qr: the first QR) and past them from shared memory (qs); past
  * GW held words (the paper's layout, G > GW) the key word of head g comes
- * from word(g). */
+ * from word(g). Each of the QR register words costs its xor and popcount
+ * whether g < G or not (the compiler selects, it does not branch), so the
+ * staged kernel of the compact layout takes QR = 4 when G <= 4. */
 template <int GW> __host__ __device__ constexpr int score_qr() { return GW == 1 ? 8 : GW; }
 
-template <int GW, typename Word>
-__device__ __forceinline__ int score_diff(const uint32_t (&qr)[score_qr<GW>()], const uint32_t *qs, int G,
+template <int GW, int QR, typename Word>
+__device__ __forceinline__ int score_diff(const uint32_t (&qr)[QR], const uint32_t *qs, int G,
                                           const uint32_t (&kw)[GW], Word word)
 {
-    constexpr int QR = score_qr<GW>();
     int d = 0;
     if (GW == 1) {
 #pragma unroll
@@ -166,11 +167,11 @@ __device__ __forceinline__ int score_diff(const uint32_t (&qr)[score_qr<GW>()], 
     return d;
 }
 
-template <int GW>
-__device__ __forceinline__ void score_load_qr(uint32_t (&qr)[score_qr<GW>()], const uint32_t *qs, int G)
+template <int GW, int QR>
+__device__ __forceinline__ void score_load_qr(uint32_t (&qr)[QR], const uint32_t *qs, int G)
 {
 #pragma unroll
-    for (int g = 0; g < score_qr<GW>(); g++)
+    for (int g = 0; g < QR; g++)
         qr[g] = g < G ? qs[g] : 0u;
 }
 
@@ -393,14 +394,14 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
     return (size_t)kScoreStages * score_stage_words<GW>() * 32 * 16 + (size_t)kScoreStagePages * 4;
 }
 
-template <bool GROUPSEL, int GW, int V = 1, int S = 0>
+template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>()>
 __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
 {
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
     constexpr int NW = kScoreThreads / 32;
     static_assert(S == 0 || V == 4, "the staged form: four positions per lane");
-    uint32_t qr[score_qr<GW>()]; /* group selection: the query words in registers */
+    uint32_t qr[QR]; /* group selection: the query words in registers */
     extern __shared__ uint4 ssm4[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int nbt = a.nbt, G = a.G;
@@ -623,6 +624,16 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
         uint4 *const ring = ssm4 + (size_t)warp * (score_stage_bytes<GW>() / 16);
         int32_t *const pg = reinterpret_cast<int32_t *>(ring + (size_t)S * NWD * 32); /* [pages] */
         const int gw = a.sig_per_kv ? 1 : G;
+        /* positions within an item in int (C <= kSparseChunkMax) and the
+         * page of one by a shift where block_size is a power of two (a
+         * division by a runtime value is ~20 instructions, per slab): gc32
+         * B=8 128K 167.9 -> 161.5 us, hp32 337.0 -> 333.1 (run 15). Group
+         * selection's paper-layout kernel measured 2-3% slower with it (and
+         * per-head selection's 2.4% slower without it), so it alone keeps the
+         * run-14 form: measured, not understood (bench/NOTES.md) */
+        constexpr bool kScoreIntIssue = GW == 1 || !GROUPSEL;
+        const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
+        const int bs_shift = __ffs(a.bs) - 1;
         Item cur;
         const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
         pdl_wait();
@@ -641,16 +652,26 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                 pg[i] = page_ok(a.guard, page, cur.s, b0 + i) ? page : -1;
             }
             load_qs(cur); /* its __syncwarp also publishes pg */
-            const int nslab = (int)((pend - p0 + SLAB - 1) / SLAB);
+            const int plen = (int)(pend - p0); /* positions of the item */
+            const int nslab = (plen + SLAB - 1) / SLAB;
             /* slab j into ring slot j % S: each lane copies (and later reads) only its own words */
             auto issue = [&](int j) {
                 uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
 #pragma unroll
                 for (int k = 0; k < PK; k++) {
-                    const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
-                    const int rel = (int)(p - p0);
-                    const int32_t page = p < pend ? pg[rel / a.bs] : -1;
-                    const uint32_t *base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + rel % a.bs : a.sig;
+                    int32_t page;
+                    const uint32_t *base;
+                    if constexpr (kScoreIntIssue) { /* int positions, the page by a shift */
+                        const int rel = j * SLAB + k * 32 * V + lane * V;
+                        const int pi = bs_pow2 ? rel >> bs_shift : rel / a.bs;
+                        page = rel < plen ? pg[pi] : -1;
+                        base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + (rel - pi * a.bs) : a.sig;
+                    } else { /* group selection's paper layout: its run-14 form (run 15) */
+                        const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
+                        const int rel = (int)(p - p0);
+                        page = p < pend ? pg[rel / a.bs] : -1;
+                        base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + rel % a.bs : a.sig;
+                    }
 #pragma unroll
                     for (int g = 0; g < GW; g++) {
                         uint4 *d = slot + (size_t)(k * GW + g) * 32 + lane;
@@ -674,7 +695,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                 uint32_t inm = 0u;
 #pragma unroll
                 for (int k = 0; k < PK; k++) {
-                    const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
+                    const int rel = j * SLAB + k * 32 * V + lane * V;
+                    const int64_t p = p0 + rel;
 #pragma unroll
                     for (int g = 0; g < GW; g++) {
                         const uint4 q4 = slot[(size_t)(k * GW + g) * 32 + lane];
@@ -685,7 +707,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                     }
 #pragma unroll
                     for (int e = 0; e < V; e++)
-                        if (p + e < pend)
+                        if (kScoreIntIssue ? rel + e < plen : p + e < pend)
                             inm |= 1u << (k * V + e);
                 }
                 if (j + S < nslab)
@@ -917,8 +939,13 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
-        return gw <= 1 ? go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>)
-                       : go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
+        if (gw <= 1) {
+            if constexpr (GROUPSEL)
+                if (sa.G <= 4)
+                    return go(score_warp_kernel<true, 1, 4, kScoreStages, 4>);
+            return go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>);
+        }
+        return go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
     }
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
