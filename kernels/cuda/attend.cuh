@@ -300,7 +300,12 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     /* x = row * (Hkv * nhg) + head group: the KV heads of one (row, chunk)
      * are neighbours in launch order and read the same pages together */
     const int zh = (int)(blockIdx.x % (unsigned)(a.Hkv * a.nhg));
-    const int row = (int)(blockIdx.x / (unsigned)(a.Hkv * a.nhg)), c = blockIdx.y;
+    /* the attention pass launches the recent window's chunk (the last, and
+     * with the sink's the longest list) second instead of last, so that it
+     * does not run alone at the end of the last wave */
+    const int cy = (int)blockIdx.y, ny = (int)gridDim.y;
+    const int c = LM == 2 && ny > 2 && cy > 0 ? (cy == 1 ? ny - 1 : cy - 1) : cy;
+    const int row = (int)(blockIdx.x / (unsigned)(a.Hkv * a.nhg));
     const int kvh = zh / a.nhg, hg = zh % a.nhg;
     pdl_launch_dependents();
 
