@@ -842,6 +842,21 @@ __global__ void __launch_bounds__(kResolveThreads) resolve_kernel(const ResolveA
         a.table[ub * a.nch_cap + c] = make_int4(t, ties, eq, w[0]);
 }
 
+/* The attention pass's arguments in a two-pass sparse step: each block
+ * attends list_k consecutive selection chunks, so C and nch count attention
+ * spans and their partials, while sel_C and sel_nch keep the selection
+ * pass's list slots. With list_k = 1 the spans are the chunks. */
+inline AttnArgs attention_pass_args(const AttnArgs &A)
+{
+    AttnArgs A2 = A;
+    A2.sel_C = A.C;
+    A2.sel_nch = A.nch;
+    A2.C = A.C * A.list_k;
+    A2.nch = (A.nch + A.list_k - 1) / A.list_k;
+    A2.direct = A2.nch == 1;
+    return A2;
+}
+
 template <typename T, int D, int GH, bool MMA>
 ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl,
                                    bool two_pass)
@@ -861,13 +876,7 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
         if (A.select_only)
             return HA_KERNEL_OK;
-        /* the attention pass: list_k selection chunks per block (attend_span) */
-        AttnArgs A2 = A;
-        A2.sel_C = A.C;
-        A2.sel_nch = A.nch;
-        A2.C = A.C * A.list_k;
-        A2.nch = (A.nch + A.list_k - 1) / A.list_k;
-        A2.direct = A2.nch == 1;
+        AttnArgs A2 = attention_pass_args(A);
         auto k = attend_kernel<T, D, GH, true, MMA, 2>;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap);
         if (smem > 220 * 1024)
@@ -1137,7 +1146,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.C = C;
     A.nch = nch;
     /* the two-pass sparse step's attention pass spans list_k selection chunks
-     * per block; the combine then merges ncha partials of span Ca */
+     * per block; the combine then merges one partial per span
+     * (attention_pass_args) */
     const bool two_pass = sparse && tn.select_pass != 0 && tn.compact_serial != 0;
     if (two_pass) {
         const ha_budget_t &bg = p->budget;
@@ -1148,8 +1158,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     } else {
         A.list_k = 1;
     }
-    const int ncha = (nch + A.list_k - 1) / A.list_k, Ca = C * A.list_k;
-    A.direct = ncha == 1;
+    /* the pass that attends writes one partial per span: direct when one
+     * span covers the sequence (the selection pass never reads it) */
+    const AttnArgs Aspan = attention_pass_args(A);
+    A.direct = Aspan.direct;
     /* Small sparse steps (few score items) gain from overlapped launches
      * and from a block per score item; large ones lose with both (runs 4a
      * and 4b, bench/NOTES.md). */
@@ -1249,14 +1261,12 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
                                                                          tn.select_pass != 0))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
-    /* (A.direct: one partial per row in the pass that attends; the selection
-     * pass never reads it) */
 
     /* 5. combine the chunks */
     CombineArgs cb = {};
     cb.Hq = Hq;
-    cb.C = Ca;
-    cb.nch = ncha;
+    cb.C = Aspan.C;
+    cb.nch = Aspan.nch;
     cb.prefill = 0;
     cb.num_seqs = B;
     cb.max_tokens = max_tokens;

@@ -427,7 +427,7 @@ END_TEST
 /* A step large enough for the kernels of large steps (the other cases are
  * all small): at least 8 x 132 score items (B 8 x Hkv 8 x 20 chunks of
  * 1024), so the scores run a warp per item with four positions per lane
- * (group selection: the staged form), then the selection pass of each
+ * (the staged form), then the selection pass of each
  * form. Sequence lengths differ, so the shorter ones' last items end early
  * or hold no positions. */
 static const int k_wide[] = {20000, 19000, 20000, 17500, 20000, 16001, 20000, 18000};
