@@ -1130,42 +1130,76 @@ struct CombineArgs {
     int64_t o_st, o_sh;
 };
 
-/* out[row, h] = sum_c w_c o_c / sum_c w_c, w_c = 2^(lse_c - max lse). */
-template <typename T, int D>
-__global__ void __launch_bounds__(D) combine_kernel(const CombineArgs a)
+/* out[row, h] = sum_c w_c o_c / sum_c w_c, w_c = 2^(lse_c - max lse).
+ * blockDim.x / D groups of D threads (combine_groups: up to kCombineGroups,
+ * about 8 chunks each) split the chunks into contiguous ranges and merge
+ * them at the same time (B=1 128K: 64 partials, 8 dependent rounds of loads
+ * for one group), then group 0 merges the groups' states in group order: a
+ * fixed order, so the result is deterministic. */
+constexpr int kCombineGroups = 4;
+__host__ __device__ inline int combine_groups(int nch)
 {
-    const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    const int g = (nch + 7) / 8;
+    return g < 1 ? 1 : g > kCombineGroups ? kCombineGroups : g;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(D * kCombineGroups) combine_kernel(const CombineArgs a)
+{
+    __shared__ float sm_m[kCombineGroups - 1][D], sm_w[kCombineGroups - 1][D], sm_o[kCombineGroups - 1][D];
+    const int row = blockIdx.x, h = blockIdx.y;
+    const int d = (int)threadIdx.x % D, g = (int)threadIdx.x / D, ng = (int)blockDim.x / D;
     pdl_launch_dependents();
     int s, bad;
     int64_t n, bi, bv;
     row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bi, &bv);
     pdl_wait();
     const int nchs = (int)min((int64_t)a.nch, (n + a.C - 1) / a.C);
+    const int per = (nchs + ng - 1) / ng;
+    const int cb = g * per, ce = min(nchs, cb + per);
     const int64_t pi = ((int64_t)row * a.Hq + h) * a.nch;
-    /* one pass, 8 chunks per round with their loads in flight together */
+    /* the (max, weight, output) state of a run of chunks; merge folds in
+     * one more partial or state */
     float M = -INFINITY, W = 0.0f, O = 0.0f;
-    for (int c0 = 0; c0 < nchs; c0 += 8) {
+    auto merge = [&](float m, float w, float o) {
+        if (m == -INFINITY)
+            return;
+        if (m > M) { /* rescale what is summed so far */
+            const float f = M == -INFINITY ? 0.0f : exp2f(M - m);
+            W *= f;
+            O *= f;
+            M = m;
+        }
+        const float f = exp2f(m - M);
+        W += w * f;
+        O += o * f;
+    };
+    /* this group's chunks, 8 per round with their loads in flight together */
+    for (int c0 = cb; c0 < ce; c0 += 8) {
         float l[8], o[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            const bool in = c0 + k < nchs;
+            const bool in = c0 + k < ce;
             l[k] = in ? a.part_lse[pi + c0 + k] : -INFINITY;
             o[k] = in ? a.part_o[(pi + c0 + k) * D + d] : 0.0f;
         }
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            if (l[k] == -INFINITY)
-                continue;
-            if (l[k] > M) { /* rescale what is summed so far */
-                const float f = M == -INFINITY ? 0.0f : exp2f(M - l[k]);
-                W *= f;
-                O *= f;
-                M = l[k];
-            }
-            const float w = exp2f(l[k] - M);
-            W += w;
-            O += w * o[k];
+        for (int k = 0; k < 8; k++)
+            merge(l[k], 1.0f, o[k]);
+    }
+    if (ng > 1) { /* uniform: the launch's group count */
+        if (g > 0) {
+            sm_m[g - 1][d] = M;
+            sm_w[g - 1][d] = W;
+            sm_o[g - 1][d] = O;
         }
+        __syncthreads();
+        if (g > 0)
+            return;
+#pragma unroll
+        for (int k = 0; k < kCombineGroups - 1; k++)
+            if (k < ng - 1)
+                merge(sm_m[k][d], sm_w[k][d], sm_o[k][d]);
     }
     static_cast<T *>(a.out)[(int64_t)row * a.o_st + (int64_t)h * a.o_sh + d] = from_f32<T>(W > 0.0f ? O / W : 0.0f);
 }

@@ -1223,7 +1223,13 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
         sa.guard = gd;
         const int gw = p->sig_per_kv_head ? 1 : G;
-        const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && small);
+        /* a block per score item below 5 x SMs items: the warp kernel's blocks
+         * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
+         * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
+         * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5;
+         * B=1 1M, 1024 items, equal (until run 16: blocks below 8 x SMs) */
+        const bool few = (int64_t)B * Hkv * nch < (int64_t)5 * sm_count();
+        const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                             tn.score_vec4 != 0, false, tn.score_staged != 0)
                        : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
@@ -1278,6 +1284,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
     const dim3 cgrid((unsigned)B, (unsigned)Hq);
-    HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY(launch(combine_kernel<T, DD>, cgrid, dim3(DD), 0, st, pdl, cb)));
+    const int cthreads = D * combine_groups(cb.nch);
+    HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY(launch(combine_kernel<T, DD>, cgrid, dim3(cthreads), 0, st, pdl, cb)));
     return HA_KERNEL_OK;
 }

@@ -130,8 +130,9 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     cb.out = p->output.data;
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
+    const int cthreads = D * combine_groups(nch);
     HA_DISPATCH(p->dtype, D, T, DD,
-                HA_CUDA_TRY(launch(combine_kernel<T, DD>, dim3((unsigned)rows, (unsigned)Hq), dim3(DD), 0, st,
+                HA_CUDA_TRY(launch(combine_kernel<T, DD>, dim3((unsigned)rows, (unsigned)Hq), dim3(cthreads), 0, st,
                                    tuning().pdl == 1, cb)));
     return HA_KERNEL_OK;
 }

@@ -28,7 +28,7 @@ typedef struct ha_cuda_tuning {
     int stop_after;          /* sparse decode stops after 1 hash, 2 score, 3 resolve (0: never) */
     int score_blocks_per_sm; /* persistent score kernel: blocks per SM (0: as many as fit) */
     int score_block_items;   /* score items per block (1), per warp (0), or per block when there are
-                                fewer than 8 x SMs items (2) */
+                                fewer than 5 x SMs items (2; 8 x SMs until run 16) */
     int compact_serial;      /* sparse compaction: 2 packed byte compares (one-byte scores; else
                                 as 1), 1 per-thread position runs, 0 warp ballots */
     /* appended in run 8 */
