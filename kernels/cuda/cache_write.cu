@@ -5,8 +5,9 @@
  * Two launches: kv_write_kernel decides which token owns each slot (with
  * equal slots the last token wins, as on the CPU: a token is kept when no
  * later token has its slot) and copies the kept tokens' K/V rows with
- * 16-byte moves; hash_kernel (mlp.cuh) then writes the kept tokens'
- * signatures into the signature cache. Keep flags live in the workspace.
+ * 16-byte moves; hash_kernel or, for a decode step's few tokens,
+ * qhash_kernel (mlp.cuh) then writes the kept tokens' signatures into the
+ * signature cache. Keep flags live in the workspace.
  */
 #include "kernels/cuda/mlp.cuh"
 #include "kernels/cuda/plan.cuh"
@@ -15,6 +16,7 @@ namespace ha {
 
 constexpr int kCwTokens = 64;   /* tokens owned by a block */
 constexpr int kCwThreads = 256;
+constexpr int kCwBatch = 8;     /* 16-byte copies in flight per thread */
 
 struct CopyArgs {
     int32_t n, Hkv, row_bytes, vec, write_kv, bs;
@@ -30,7 +32,7 @@ struct CopyArgs {
 __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 {
     __shared__ int64_t tile[kCwThreads];
-    __shared__ int64_t own_slot[kCwTokens];
+    __shared__ int64_t own_blk[kCwTokens], own_off[kCwTokens];
     __shared__ uint8_t win[kCwTokens];
     const int tid = threadIdx.x;
     const int64_t tok0 = (int64_t)blockIdx.x * kCwTokens;
@@ -61,7 +63,12 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
     }
     if (tid < kCwTokens) {
         win[tid] = keep;
-        own_slot[tid] = slot;
+        if (keep) { /* the slot split once per token, not per copied piece */
+            int64_t blk, off;
+            ha_slot_split(slot, a.bs, &blk, &off);
+            own_blk[tid] = blk;
+            own_off[tid] = off;
+        }
         if (t < a.n)
             a.keep[t] = keep;
     }
@@ -69,24 +76,49 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
     if (!a.write_kv)
         return;
     const int chunks = a.row_bytes / a.vec; /* per row */
-    const int per_tok = 2 * a.Hkv * chunks;
-    for (int idx = tid; idx < kCwTokens * per_tok; idx += kCwThreads) {
-        const int r = idx / per_tok, rest = idx % per_tok;
+    const int hc = a.Hkv * chunks, per_tok = 2 * hc;
+    const int total = (int)min((int64_t)kCwTokens, a.n - tok0) * per_tok;
+    /* piece idx of the block's rows: its source and destination, or false
+     * when its token lost the slot */
+    auto piece = [&](int idx, const unsigned char *&src, unsigned char *&dst) -> bool {
+        const int r = idx / per_tok, rest = idx - r * per_tok;
         if (!win[r])
-            continue;
-        const int kv = rest / (a.Hkv * chunks), h = (rest / chunks) % a.Hkv, q = rest % chunks;
-        const int64_t tt = tok0 + r;
-        int64_t blk, off;
-        ha_slot_split(own_slot[r], a.bs, &blk, &off);
-        const unsigned char *src = kv ? a.v + tt * a.v_st + h * a.v_sh : a.k + tt * a.k_st + h * a.k_sh;
-        unsigned char *dst = kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
-                                : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh;
-        src += (int64_t)q * a.vec;
-        dst += (int64_t)q * a.vec;
-        if (a.vec == 16)
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
-        else
-            *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src);
+            return false;
+        const int kv = rest / hc, h = (rest - kv * hc) / chunks, q = rest % chunks;
+        const int64_t tt = tok0 + r, blk = own_blk[r], off = own_off[r];
+        src = (kv ? a.v + tt * a.v_st + h * a.v_sh : a.k + tt * a.k_st + h * a.k_sh) + (int64_t)q * a.vec;
+        dst = (kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
+                  : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh) +
+              (int64_t)q * a.vec;
+        return true;
+    };
+    if (a.vec == 16) {
+        /* kCwBatch loads in flight per thread before their stores: one block
+         * writes a decode step's 32 tokens (run 16: 11 us with one load at a
+         * time) */
+        for (int i0 = tid; i0 < total; i0 += kCwThreads * kCwBatch) {
+            uint4 val[kCwBatch];
+            unsigned char *dst[kCwBatch];
+#pragma unroll
+            for (int b = 0; b < kCwBatch; b++) {
+                const int idx = i0 + b * kCwThreads;
+                const unsigned char *src;
+                dst[b] = nullptr;
+                if (idx < total && piece(idx, src, dst[b]))
+                    val[b] = *reinterpret_cast<const uint4 *>(src);
+            }
+#pragma unroll
+            for (int b = 0; b < kCwBatch; b++)
+                if (dst[b])
+                    *reinterpret_cast<uint4 *>(dst[b]) = val[b];
+        }
+    } else {
+        for (int idx = tid; idx < total; idx += kCwThreads) {
+            const unsigned char *src;
+            unsigned char *dst;
+            if (piece(idx, src, dst))
+                *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src);
+        }
     }
 }
 
@@ -169,10 +201,17 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     h.sb = p->sig_cache.stride_block;
     h.sh = p->sig_cache.stride_head;
     h.num_blocks = p->num_blocks;
+    /* A decode step's few keys (below launch_hash's 32-token tiles) on the
+     * query MLPs' 4-CTA clusters: the runner's B=32 step, 9 heads, 8.4 us
+     * against 15.5 with a block per head and 8 tokens (run 16, bench/NOTES.md) */
+    const bool few = p->num_tokens < 256;
     switch (p->dtype) {
-    case HA_DTYPE_F32: return launch_hash<float>(h, p->num_sig_heads, st, false);
-    case HA_DTYPE_F16: return launch_hash<__half>(h, p->num_sig_heads, st, false);
-    case HA_DTYPE_BF16: return launch_hash<__nv_bfloat16>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_F32: return few ? launch_qhash<float>(h, p->num_sig_heads, st, true)
+                                  : launch_hash<float>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_F16: return few ? launch_qhash<__half>(h, p->num_sig_heads, st, true)
+                                  : launch_hash<__half>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_BF16: return few ? launch_qhash<__nv_bfloat16>(h, p->num_sig_heads, st, true)
+                                   : launch_hash<__nv_bfloat16>(h, p->num_sig_heads, st, false);
     default: return HA_KERNEL_UNSUPPORTED;
     }
 }

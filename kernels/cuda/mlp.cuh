@@ -97,6 +97,24 @@ __device__ __forceinline__ int mlp_jobs(int d, int m)
     return nm * jd + nm * jm + jm;
 }
 
+/* Token tok's signature of output head o: direct (mode 0) or into the paged
+ * signature cache through its slot (mode 1; tokens that lost their slot to a
+ * later token, and slots past the cache, write nothing). */
+__device__ __forceinline__ void hash_store(const HashArgs &a, int tok, int o, uint32_t sig)
+{
+    if (a.mode == 0) {
+        a.sig[(int64_t)tok * a.st_tok + (int64_t)o * a.st_head] = sig;
+        return;
+    }
+    const int64_t slot = a.slots[tok];
+    if (slot >= 0 && (!a.keep || a.keep[tok])) {
+        int64_t blk, off;
+        ha_slot_split(slot, a.block_size, &blk, &off);
+        if (a.num_blocks <= 0 || blk < a.num_blocks) /* kv_write_kernel reports */
+            a.sig[blk * a.sb + (int64_t)o * a.sh + off] = sig;
+    }
+}
+
 template <typename T, int TB>
 __global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
 {
@@ -243,22 +261,8 @@ __global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
         __syncthreads();
     }
 
-    if (tid < TB) {
-        const int tok = tok0 + tid;
-        if (tok < a.n) {
-            if (a.mode == 0) {
-                a.sig[(int64_t)tok * a.st_tok + (int64_t)o * a.st_head] = bits[tid];
-            } else {
-                const int64_t slot = a.slots[tok];
-                if (slot >= 0 && (!a.keep || a.keep[tok])) {
-                    int64_t blk, off;
-                    ha_slot_split(slot, a.block_size, &blk, &off);
-                    if (a.num_blocks <= 0 || blk < a.num_blocks) /* kv_write_kernel reports */
-                        a.sig[blk * a.sb + (int64_t)o * a.sh + off] = bits[tid];
-                }
-            }
-        }
-    }
+    if (tid < TB && tok0 + tid < a.n)
+        hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
 /* Launch the MLP over n tokens and out_heads heads (weights must be on the
@@ -451,12 +455,13 @@ __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
             w |= parts[r * kQhTB + tid];
-        a.sig[(int64_t)(tok0 + tid) * a.st_tok + (int64_t)o * a.st_head] = w;
+        hash_store(a, tok0 + tid, o, w);
     }
 }
 
-/* Query signatures (mode 0) on clusters; falls back to launch_hash when the
- * cluster launch is refused. */
+/* Signatures of a few tokens (a decode step's queries, or its new keys in
+ * cache_write) on clusters; falls back to launch_hash when the cluster launch
+ * is refused. */
 template <typename T>
 __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaStream_t stream, bool use_cluster)
 {
