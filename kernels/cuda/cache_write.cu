@@ -201,9 +201,10 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     h.sb = p->sig_cache.stride_block;
     h.sh = p->sig_cache.stride_head;
     h.num_blocks = p->num_blocks;
-    /* A decode step's few keys (below launch_hash's 32-token tiles) on the
-     * query MLPs' 4-CTA clusters: the runner's B=32 step, 9 heads, 8.4 us
-     * against 15.5 with a block per head and 8 tokens (run 16, bench/NOTES.md) */
+    /* A decode step's few keys (under 256, where launch_hash would give each
+     * block a head's whole MLP for 8 tokens) on the query MLPs' 4-CTA
+     * clusters: the runner's B=32 step, 9 heads, 8.4 us against 15.5 (run 16,
+     * bench/NOTES.md) */
     const bool few = p->num_tokens < 256;
     switch (p->dtype) {
     case HA_DTYPE_F32: return few ? launch_qhash<float>(h, p->num_sig_heads, st, true)
