@@ -156,6 +156,13 @@ static const bench_case_t k_cases[] = {
     {"upto2_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2},
     /* the size rules of run 4b's defaults, each side forced */
     {"gp32_b1_8k_warpscore", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2},
+    /* run 16: PDL against its size rule (on below 8 x SMs score items), each side forced */
+    {"gp32_b8_128k_pdl", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .pdl = PDL_ON},
+    {"hp32_b8_128k_pdl", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .pdl = PDL_ON},
+    {"gc32_b1_1m_nopdl", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .pdl = PDL_OFF},
+    {"gp32_b8_32k_nopdl", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .pdl = PDL_OFF},
+    {"m135_gp16_b32_8k_nopdl", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .pdl = PDL_OFF,
+     .shape = 1},
     /* run 16: the staged warp scores where the size rule takes a block per item */
     {"gp32_b1_128k_warpscore", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2},
     {"gc32_b1_1m_warpscore", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .blockscore = 2},
