@@ -1162,9 +1162,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
      * span covers the sequence (the selection pass never reads it) */
     const AttnArgs Aspan = attention_pass_args(A);
     A.direct = Aspan.direct;
-    /* Small sparse steps (few score items) gain from overlapped launches
-     * and from a block per score item; large ones lose with both (runs 4a
-     * and 4b, bench/NOTES.md). */
+    /* Small sparse steps (below 8 x SMs score items) gain from overlapped
+     * launches, large ones lose (runs 4a and 4b, bench/NOTES.md; not re-run
+     * since). The scores' block-per-item form has its own bound (below). */
     const bool small = sparse && (int64_t)B * Hkv * nch < (int64_t)8 * sm_count();
     const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && small);
 
