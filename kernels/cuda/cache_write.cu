@@ -122,6 +122,16 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
     }
 }
 
+/* The key signatures of cache_write. A decode step's few keys (under 256,
+ * where launch_hash would give each block a head's whole MLP for 8 tokens)
+ * go on the query MLPs' 4-CTA clusters: the runner's B=32 step, 9 heads, 8.4
+ * us against 15.5 (run 16, bench/NOTES.md). */
+template <typename T>
+ha_kernel_status_t launch_key_hash(const HashArgs &h, int heads, cudaStream_t st)
+{
+    return h.n < 256 ? launch_qhash<T>(h, heads, st, true) : launch_hash<T>(h, heads, st, false);
+}
+
 } // namespace ha
 
 using namespace ha;
@@ -201,18 +211,10 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     h.sb = p->sig_cache.stride_block;
     h.sh = p->sig_cache.stride_head;
     h.num_blocks = p->num_blocks;
-    /* A decode step's few keys (under 256, where launch_hash would give each
-     * block a head's whole MLP for 8 tokens) on the query MLPs' 4-CTA
-     * clusters: the runner's B=32 step, 9 heads, 8.4 us against 15.5 (run 16,
-     * bench/NOTES.md) */
-    const bool few = p->num_tokens < 256;
     switch (p->dtype) {
-    case HA_DTYPE_F32: return few ? launch_qhash<float>(h, p->num_sig_heads, st, true)
-                                  : launch_hash<float>(h, p->num_sig_heads, st, false);
-    case HA_DTYPE_F16: return few ? launch_qhash<__half>(h, p->num_sig_heads, st, true)
-                                  : launch_hash<__half>(h, p->num_sig_heads, st, false);
-    case HA_DTYPE_BF16: return few ? launch_qhash<__nv_bfloat16>(h, p->num_sig_heads, st, true)
-                                   : launch_hash<__nv_bfloat16>(h, p->num_sig_heads, st, false);
+    case HA_DTYPE_F32: return launch_key_hash<float>(h, p->num_sig_heads, st);
+    case HA_DTYPE_F16: return launch_key_hash<__half>(h, p->num_sig_heads, st);
+    case HA_DTYPE_BF16: return launch_key_hash<__nv_bfloat16>(h, p->num_sig_heads, st);
     default: return HA_KERNEL_UNSUPPORTED;
     }
 }

@@ -1165,7 +1165,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     /* Small sparse steps (below 8 x SMs score items) gain from overlapped
      * launches, large ones lose (runs 4a and 4b, bench/NOTES.md; not re-run
      * since). The scores' block-per-item form has its own bound (below). */
-    const bool small = sparse && (int64_t)B * Hkv * nch < (int64_t)8 * sm_count();
+    const int64_t score_items = (int64_t)B * Hkv * nch;
+    const bool small = sparse && score_items < (int64_t)8 * sm_count();
     const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && small);
 
     if (sparse) {
@@ -1228,7 +1229,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
          * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
          * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5;
          * B=1 1M, 1024 items, equal (until run 16: blocks below 8 x SMs) */
-        const bool few = (int64_t)B * Hkv * nch < (int64_t)5 * sm_count();
+        const bool few = score_items < (int64_t)5 * sm_count();
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                             tn.score_vec4 != 0, false, tn.score_staged != 0)
