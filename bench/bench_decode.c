@@ -84,6 +84,7 @@ typedef struct bench_case {
     int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default;
                          1: group selection only; 2: per-head selection too */
     int lk;           /* lab: selection chunks per attention-pass block (attn_list_k; 0 default) */
+    int warps;        /* lab: warps per block of the warp score kernels (score_warps; 0 automatic) */
 } bench_case_t;
 
 enum { PDL_DEFAULT = 0, PDL_OFF, PDL_ON };
@@ -169,6 +170,24 @@ static const bench_case_t k_cases[] = {
     {"m135_gp16_b32_8k_warpscore", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .blockscore = 2,
      .shape = 1},
     {"gp32_b1_8k_nopdl", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .pdl = PDL_OFF},
+    /* run 17: the warp score kernels' warps per block (8 before run 17; now halved while the
+     * blocks would not cover the SMs); m135 8K with PDL as before run 17 */
+    {"gp32_b1_128k_warpscore_w8", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2,
+     .warps = 8},
+    {"gp32_b1_128k_warpscore_w4", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2,
+     .warps = 4},
+    {"gp32_b1_128k_warpscore_w1", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2,
+     .warps = 1},
+    {"gc32_b1_1m_w8", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .warps = 8},
+    {"gc32_b1_1m_w2", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .warps = 2},
+    {"m135_gp16_b32_8k_w8", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .warps = 8, .shape = 1},
+    {"m135_gp16_b32_8k_w2", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .warps = 2, .shape = 1},
+    {"m135_gp16_b32_4k_warpscore", 32, 4096, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .blockscore = 2,
+     .shape = 1},
+    {"gp32_b1_8k_warpscore_w1", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2,
+     .warps = 1},
+    {"m135_gp16_b32_8k_pdl", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .pdl = PDL_ON,
+     .shape = 1},
     {"gc32_b8_128k_warpscore_pdl", 8, 131072, .sel = G_, .sig = C_,
      .sparsity = 32, .lab = 1, .pdl = PDL_ON, .blockscore = 2},
     /* run 5: packed compaction (default) against the serial form; the automatic dense_below */
@@ -480,6 +499,8 @@ int main(int argc, char **argv)
             tn.score_staged = bc->staged > 0 ? bc->staged : 0;
         if (bc->lk)
             tn.attn_list_k = bc->lk;
+        if (bc->warps)
+            tn.score_warps = bc->warps;
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;

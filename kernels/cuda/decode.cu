@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
 {
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
-    constexpr int NW = kScoreThreads / 32;
+    const int NW = (int)(blockDim.x >> 5); /* warps per block: launch_score's rule */
     static_assert(S == 0 || V == 4, "the staged form: four positions per lane");
     uint32_t qr[QR]; /* group selection: the query words in registers */
     extern __shared__ uint4 ssm4[];
@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     const int nbt = a.nbt, G = a.G;
     const int nbp = (nbt + 3) & ~3;
     /* staged form first (16-byte aligned): [NW][S][words][32] uint4, then [NW][pages] */
-    constexpr size_t stage_b = S > 0 ? (size_t)NW * score_stage_bytes<GW>() : 0;
+    const size_t stage_b = S > 0 ? (size_t)NW * score_stage_bytes<GW>() : 0;
     int *const ssm = reinterpret_cast<int *>(reinterpret_cast<unsigned char *>(ssm4) + stage_b);
     int *const hw = ssm + warp * nbp;                                          /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + NW * nbp) + warp * G; /* [G] */
@@ -910,24 +910,33 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cuda
 
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
-                                bool block_items, bool vec4, bool per_head_vec4, bool staged)
+                                bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged)
 {
-    constexpr int NW = kScoreThreads / 32;
+    const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
+    /* warps per block of the warp kernels: 8, halved while the blocks (an
+     * item per warp) would not cover the SMs (run 17: m135's 768 items
+     * took 96 blocks of 8 warps, on 96 of 132 SMs) */
+    int NW = kScoreThreads / 32;
+    if (warps_knob > 0)
+        NW = warps_knob < NW ? warps_knob : NW;
+    else
+        while (NW > 1 && ceil_div(items, NW) < sm_count())
+            NW /= 2;
+    const int threads = block_items ? kScoreThreads : 32 * NW;
     size_t smem = block_items ? ((size_t)9 * sa.nbt + sa.G) * 4 + 16
                               : ((size_t)NW * ((sa.nbt + 3) & ~3) + (size_t)NW * sa.G) * 4 + 16;
     if (smem > 200 * 1024)
         return HA_KERNEL_UNSUPPORTED;
-    const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
     const int64_t per_block = block_items ? 1 : NW;
     auto go = [&](auto k) -> ha_kernel_status_t {
         HA_CUDA_TRY(allow_smem(k, smem));
-        const int bps = bps_knob > 0 ? bps_knob : blocks_per_sm(k, kScoreThreads, smem);
+        const int bps = bps_knob > 0 ? bps_knob : blocks_per_sm(k, threads, smem);
         int64_t blocks = (int64_t)sm_count() * bps;
         if (blocks > ceil_div(items, per_block))
             blocks = ceil_div(items, per_block);
         if (blocks < 1)
             blocks = 1;
-        HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3(kScoreThreads), smem, st, pdl, sa));
+        HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, sa));
         return HA_KERNEL_OK;
     };
     if (block_items) {
@@ -1162,14 +1171,31 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
      * span covers the sequence (the selection pass never reads it) */
     const AttnArgs Aspan = attention_pass_args(A);
     A.direct = Aspan.direct;
-    /* Small sparse steps (below 8 x SMs score items) gain from overlapped
-     * launches, large ones lose (runs 4a and 4b, bench/NOTES.md; not re-run
-     * since). The scores' block-per-item form has its own bound (below). */
+    /* Few score items (below 5 x SMs): the scores take a block per item
+     * (below) and the launches overlap (PDL). Large steps lose with PDL (runs
+     * 4a and 4b, bench/NOTES.md); run 17: m135 (B=32 8K, 768 items) replays
+     * its graph in 53.8 us without PDL against 58.6 with it (until run 17:
+     * PDL below 8 x SMs items). */
     const int64_t score_items = (int64_t)B * Hkv * nch;
-    const bool small = sparse && score_items < (int64_t)8 * sm_count();
-    const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && small);
+    const bool few = sparse && score_items < (int64_t)5 * sm_count();
+    const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && few);
 
     if (sparse) {
+        /* 3.'s arguments first: a step it cannot resolve launches nothing */
+        ResolveArgs ra = {};
+        ra.Hsel = Hsel;
+        ra.nbins = nbins;
+        ra.C = C;
+        ra.nch_cap = W.nch_cum;
+        ra.max_tokens = max_tokens;
+        ra.budget = p->budget;
+        ra.seq_lens = p->seq_lens;
+        ra.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
+        ra.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
+        ra.table = reinterpret_cast<int4 *>(ws + W.table);
+        const size_t rsmem = (size_t)nbins * 4 + 16;
+        if (nch > kResolveThreads || rsmem > 200 * 1024)
+            return HA_KERNEL_UNSUPPORTED;
         /* 1. query signatures; clears the histograms */
         HashArgs h = {};
         h.in = p->query.data;
@@ -1229,30 +1255,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
          * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
          * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5;
          * B=1 1M, 1024 items, equal (until run 16: blocks below 8 x SMs) */
-        const bool few = score_items < (int64_t)5 * sm_count();
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                            tn.score_vec4 != 0, false, tn.score_staged != 0)
+                                            tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0)
                        : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                             tn.score_vec4 != 0, tn.score_vec4 == 2, tn.score_staged == 2);
+                                             tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
+                                             tn.score_staged == 2);
         if (ks != HA_KERNEL_OK || tn.stop_after == 2)
             return ks;
 
         /* 3. thresholds, ties and offsets per chunk */
-        ResolveArgs ra = {};
-        ra.Hsel = Hsel;
-        ra.nbins = nbins;
-        ra.C = C;
-        ra.nch_cap = W.nch_cum;
-        ra.max_tokens = max_tokens;
-        ra.budget = p->budget;
-        ra.seq_lens = p->seq_lens;
-        ra.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
-        ra.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
-        ra.table = reinterpret_cast<int4 *>(ws + W.table);
-        const size_t rsmem = (size_t)nbins * 4 + 16;
-        if (nch > kResolveThreads || rsmem > 200 * 1024)
-            return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
         HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl, ra));
         if (tn.stop_after == 3)

@@ -14,7 +14,8 @@ extern "C" {
 
 typedef struct ha_cuda_tuning {
     int pdl;                 /* programmatic dependent launch between decode kernels: 0 never,
-                                1 always, 2 sparse steps with fewer than 8 x SMs score items */
+                                1 always, 2 sparse steps with fewer than 5 x SMs score items
+                                (8 x SMs until run 17) */
     int dense_waves;         /* dense split: aim for this many blocks per SM slot (x4 blocks/SM) */
     int sparse_waves;        /* sparse split: likewise */
     int sparse_chunk_min;    /* chunk bounds of the sparse path (powers of two, 1024..8192) */
@@ -45,6 +46,10 @@ typedef struct ha_cuda_tuning {
     int attn_list_k;         /* selection chunks per attention-pass block (two-pass sparse step):
                                 0 automatic (decode.cu's attend_list_k), else a power of two up
                                 to 8; 1 before run 15 */
+    /* appended in run 17 */
+    int score_warps;         /* warps per block of the warp score kernels: 0 automatic (8, halved
+                                while the blocks would not cover the SMs), else 1..8 (8 until
+                                run 17) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -429,22 +429,26 @@ END_TEST
  * 1024), so the scores run a warp per item with four positions per lane
  * (the staged form), then the selection pass of each
  * form. Sequence lengths differ, so the shorter ones' last items end early
- * or hold no positions. */
+ * or hold no positions. Cases 4 and up: 12 chunks, 768 items, between
+ * the block-per-item bound (5 x SMs) and 8 x SMs, where the warp kernels
+ * run in blocks of fewer than 8 warps (launch_score). */
 static const int k_wide[] = {20000, 19000, 20000, 17500, 20000, 16001, 20000, 18000};
+static const int k_mid[] = {12000, 11000, 12000, 9500, 12000, 8001, 12000, 10000};
 START_TEST(gpu_decode_wide)
 {
     static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
     static const int sigs[] = {COMPACT, PAPER, PAPER, COMPACT};
     static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_DIRECT, HT_FILL_TIES};
+    const int k = _i & 3;
     /* long_desc's case, widened */
-    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], NHD, 0x1de0 + (uint64_t)_i);
+    ht_decode_desc_t d = long_desc(sels[k], sigs[k], fills[k], NHD, 0x1de0 + (uint64_t)_i);
     d.hq = 16;
     d.hkv = 8;
     d.d = 64;
     d.batch = 8;
     d.sink = 64;
     d.recent = 64;
-    d.seq_lens = k_wide;
+    d.seq_lens = _i < 4 ? k_wide : k_mid;
     check_decode(&d, 0);
 }
 END_TEST
@@ -1102,7 +1106,9 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_grid, 0, full ? NGRID : 12);
     tcase_add_loop_test(tc, gpu_decode_dense_flag, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_decode_long, 0, full ? 4 : 2);
-    tcase_add_loop_test(tc, gpu_decode_wide, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_decode_wide, 0, full ? 8 : 2);
+    if (!full)
+        tcase_add_loop_test(tc, gpu_decode_wide, 4, 6);
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
