@@ -186,6 +186,17 @@ static const bench_case_t k_cases[] = {
      .shape = 1},
     {"gp32_b1_8k_warpscore_w1", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2,
      .warps = 1},
+    /* run 17: B=1 with smaller chunks (more score items: the warp kernel's one warp per item
+     * is issue-bound at B=1 128K, ncu) */
+    {"gp32_b1_128k_c2048", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .sparse_chunk = 2048},
+    {"gp32_b1_128k_c1024", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .sparse_chunk = 1024},
+    {"gp32_b1_128k_c1024_pdl", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .sparse_chunk = 1024,
+     .pdl = PDL_ON},
+    {"gp32_b1_128k_c1024_block", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .sparse_chunk = 1024,
+     .pdl = PDL_ON, .blockscore = 1},
+    {"gc32_b1_1m_c4096", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 4096},
+    {"gc32_b1_1m_c4096_pdl", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 4096,
+     .pdl = PDL_ON},
     {"m135_gp16_b32_8k_pdl", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .pdl = PDL_ON,
      .shape = 1},
     {"gc32_b8_128k_warpscore_pdl", 8, 131072, .sel = G_, .sig = C_,

@@ -991,9 +991,12 @@ inline int dense_chunk(int64_t max_tokens, int64_t units, int waves, int forced)
 }
 
 /* Chunk of the sparse path: a power of two in [min, max]; 0 = unsupported.
- * About `sparse_waves` blocks per block slot, and at most 64 chunks per
- * sequence (B=1 128K: 2048 beat 1024, 90 vs 102 us; B=8 128K: 4096 beat
- * 2048, 343 vs 370 us; B=1 8K: 1024 beat 2048, 50 vs 59 us). A forced
+ * About `sparse_waves` blocks per block slot, and at most 128 chunks per
+ * sequence (B=8 128K: 4096 beat 2048, 343 vs 370 us; B=1 8K: 1024 beat
+ * 2048, 50 vs 59 us; B=1 128K: 2048 beat 1024 in run 4a, 90 vs 102 us, and
+ * lost in run 17, 68.5 vs 67.1 us and from a graph 65.4 vs 61.4: 1024
+ * positions make 1024 score items, a warp each and no PDL, where 512 took
+ * a block each; at most 64 chunks until run 17). A forced
  * chunk (lab) ignores [min, max]: until run 4b it was clamped to max, so
  * the earlier "4096" and "8192" sweeps measured 2048 (bench/NOTES.md). */
 inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_t &tn)
@@ -1003,7 +1006,7 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
     if (nch < 1)
         nch = 1;
     int C = pow2_ceil(ceil_div(max_tokens, nch));
-    const int per_seq = pow2_ceil(ceil_div(max_tokens, 64));
+    const int per_seq = pow2_ceil(ceil_div(max_tokens, 128));
     if (C < per_seq)
         C = per_seq;
     const int lo = tn.sparse_chunk_min >= kSparseChunkMin ? tn.sparse_chunk_min : kSparseChunkMin;
