@@ -2,7 +2,8 @@
  * decode.cu - ha_cuda_decode: one HashAttention decode step per sequence.
  *
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
- * Sparse, five launches chained with programmatic dependent launch:
+ * Sparse, five launches (chained with programmatic dependent launch only
+ * when the lab's knob pdl asks; off by default since run 17):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
@@ -1175,10 +1176,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const AttnArgs Aspan = attention_pass_args(A);
     A.direct = Aspan.direct;
     /* Few score items (below 5 x SMs): the scores take a block per item
-     * (below) and the launches overlap (PDL). Large steps lose with PDL (runs
-     * 4a and 4b, bench/NOTES.md); run 17: m135 (B=32 8K, 768 items) replays
-     * its graph in 53.8 us without PDL against 58.6 with it (until run 17:
-     * PDL below 8 x SMs items). */
+     * (below), and with the knob pdl = 2 the launches overlap (PDL; the
+     * default is 0 since run 17, which measured every shape equal or faster
+     * without it: m135 B=32 8K from a graph 53.8 us against 58.6, B=1 8K
+     * 42.6 against 48.4; bench/NOTES.md). */
     const int64_t score_items = (int64_t)B * Hkv * nch;
     const bool few = sparse && score_items < (int64_t)5 * sm_count();
     const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && few);

@@ -41,7 +41,9 @@ int sm_count()
 
 /* The measured choices (bench/NOTES.md, runs 4a and 4b). */
 static const ha_cuda_tuning_t kDefaults = {
-    2,    /* pdl: off for large steps (B=8 128K: 343 vs 350 us), on for small ones (B=1 8K: 69 vs 75 us) */
+    0,    /* pdl: never (run 17: without it B=1 8K 47.5 vs 49.6 us, from a graph 42.6 vs 48.4; m135
+             4K from a graph 45.2 vs 48.3; large steps equal or slower with it). Runs 4a/4b had it
+             on for small steps (B=1 8K: 69 vs 75 us) with kernels that have all changed since */
     4,    /* dense_waves: 1046 vs 1060 us (2 waves) at B=8 128K */
     4,    /* sparse_waves */
     1024, /* sparse_chunk_min */
