@@ -1257,8 +1257,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         /* a block per score item below 5 x SMs items: the warp kernel's blocks
          * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
          * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
-         * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5;
-         * B=1 1M, 1024 items, equal (until run 16: blocks below 8 x SMs) */
+         * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5
+         * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
+         * under either rule) */
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
         ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                             tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0)
