@@ -103,7 +103,7 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float 
 /* half-split RoPE of q and k at each token's position, and q/k/v converted
  * to the plugin's dtype. One block per token. */
 template <typename TA>
-__global__ void rope_convert_kernel(const float *q, const float *k, const float *v, const int32_t *pos,
+__global__ void rope_convert_kernel(const float *q, const float *k, const float *v, int ld, const int32_t *pos,
                                     const float *cs, const float *sn, TA *qa, TA *ka, TA *va, int Hq, int Hkv,
                                     int D)
 {
@@ -113,14 +113,14 @@ __global__ void rope_convert_kernel(const float *q, const float *k, const float 
     for (int j = threadIdx.x; j < nq + nk; j += blockDim.x) {
         const bool isq = j < nq;
         const int jj = isq ? j : j - nq, h = jj / half, i = jj % half;
-        const float *src = (isq ? q + (size_t)t * Hq * D : k + (size_t)t * Hkv * D) + (size_t)h * D;
+        const float *src = (isq ? q : k) + (size_t)t * ld + (size_t)h * D;
         TA *dst = (isq ? qa + (size_t)t * Hq * D : ka + (size_t)t * Hkv * D) + (size_t)h * D;
         const float a = src[i], b = src[i + half];
         dst[i] = from_f<TA>(a * c[i] - b * s[i]);
         dst[i + half] = from_f<TA>(a * s[i] + b * c[i]);
     }
-    for (int j = threadIdx.x; j < Hkv * D; j += blockDim.x)
-        va[(size_t)t * Hkv * D + j] = from_f<TA>(v[(size_t)t * Hkv * D + j]);
+    for (int j = threadIdx.x; va && j < Hkv * D; j += blockDim.x)
+        va[(size_t)t * Hkv * D + j] = from_f<TA>(v[(size_t)t * ld + j]);
 }
 
 template <typename TI, typename TO>
@@ -130,12 +130,14 @@ __global__ void convert_kernel(const TI *in, TO *out, size_t n)
         out[i] = from_f<TO>(to_f(in[i]));
 }
 
+/* gu: [n / F rows][gate F | up F], the fused projection's output; out [n / F, F] */
 template <typename TO>
-__global__ void swiglu_kernel(const float *g, const float *u, TO *out, size_t n)
+__global__ void swiglu_kernel(const float *gu, int F, TO *out, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float x = g[i];
-        out[i] = from_f<TO>(x / (1.0f + expf(-x)) * u[i]);
+        const size_t t = i / F, j = i % F;
+        const float x = gu[2 * t * F + j];
+        out[i] = from_f<TO>(x / (1.0f + expf(-x)) * gu[2 * t * F + F + j]);
     }
 }
 
@@ -261,7 +263,9 @@ constexpr size_t kBlasWorkspace = 32u << 20;
 
 struct Layer {
     float *attn_norm, *ffn_norm;
-    void *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+    void *wqkv; /* [QD + 2 KD, E]: wq, wk, wv stacked (one GEMM) */
+    void *wgu;  /* [2 F, E]: gate, up stacked */
+    void *wo, *wd;
 };
 
 struct Meta { /* byte offsets in the staging buffer */
@@ -290,7 +294,7 @@ static Meta meta_layout(int T, int S, int W, int NP, int R)
 }
 
 struct Graph {
-    int b, w, dense, failed;
+    int b, w, dense, prof, failed;
     int seen;
     uint64_t used;
     cudaGraphExec_t exec;
@@ -314,7 +318,9 @@ struct CudaExec {
     Layer *layers;
     float *rope_cos, *rope_sin; /* [max_pos, D/2] */
     /* activations */
-    float *x, *q, *k, *v, *hb, *hb2, *logits;
+    float *x, *qkv, *hb, *logits; /* qkv [T, QKV]: q | k | v per row; hb [T, 2F]: gate | up */
+    float *q, *k, *v;               /* views into qkv (row stride QKV) */
+    int QKV;                        /* QD + 2 KD */
     void *xb, *gin, *qa, *ka, *va, *atta; /* xb/gin: GEMM dtype; qa..atta: plugin dtype */
     /* caches */
     void *k_cache, *v_cache;
@@ -339,6 +345,11 @@ struct CudaExec {
     void *hook_user;
     float *qf, *kf;         /* device [max_tokens, QD] / [max_tokens, KD] */
     float *hq, *hk;         /* pinned host, the same */
+    /* set_profile: an event at each part's end (RN_PROF_*), recorded as graph nodes */
+    int prof;
+    cudaEvent_t *prof_ev;   /* [prof_cap] */
+    int *prof_part;         /* [prof_cap]: the part that ends at mark i */
+    int prof_cap, prof_n;
 };
 
 static int seterr(CudaExec *c, const char *fmt, ...)
@@ -382,13 +393,11 @@ static uint16_t f32_to_bf16_bits(float f)
     return (uint16_t)(u >> 16);
 }
 
-/* upload n floats as the GEMM dtype */
-static int upload_w(CudaExec *c, void **dst, const float *src, size_t n, const char *what)
+/* copy n floats as the GEMM dtype to element off of dst */
+static int upload_w_at(CudaExec *c, void *dst, size_t off, const float *src, size_t n, const char *what)
 {
-    if (dalloc(c, dst, n * c->wsize, what))
-        return -1;
     if (!c->wbf16) {
-        CU(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy((float *)dst + off, src, n * 4, cudaMemcpyHostToDevice));
         return 0;
     }
     uint16_t *tmp = (uint16_t *)malloc(n * 2);
@@ -396,9 +405,30 @@ static int upload_w(CudaExec *c, void **dst, const float *src, size_t n, const c
         return seterr(c, "out of memory converting %s", what);
     for (size_t i = 0; i < n; i++)
         tmp[i] = f32_to_bf16_bits(src[i]);
-    cudaError_t e = cudaMemcpy(*dst, tmp, n * 2, cudaMemcpyHostToDevice);
+    cudaError_t e = cudaMemcpy((uint16_t *)dst + off, tmp, n * 2, cudaMemcpyHostToDevice);
     free(tmp);
     CU(e);
+    return 0;
+}
+
+/* upload n floats as the GEMM dtype */
+static int upload_w(CudaExec *c, void **dst, const float *src, size_t n, const char *what)
+{
+    return dalloc(c, dst, n * c->wsize, what) || upload_w_at(c, *dst, 0, src, n, what) ? -1 : 0;
+}
+
+/* upload the matrices srcs[i] of rows[i] x in, stacked, into one allocation */
+static int upload_stacked(CudaExec *c, void **dst, const float *const *srcs, const size_t *rows, int n, size_t in,
+                          const char *what)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += rows[i];
+    if (dalloc(c, dst, total * in * c->wsize, what))
+        return -1;
+    for (size_t i = 0, off = 0; i < (size_t)n; off += rows[i++] * in)
+        if (upload_w_at(c, *dst, off, srcs[i], rows[i] * in, what))
+            return -1;
     return 0;
 }
 
@@ -436,23 +466,28 @@ static int k_rmsnorm(CudaExec *c, const float *x, const int32_t *rows, const flo
     return 0;
 }
 
-static int k_convert_att(CudaExec *c, int n)
+/* The attention output as the output projection's input: atta itself when
+ * both are bf16, else converted into gin. */
+static const void *k_convert_att(CudaExec *c, int n)
 {
     const size_t cnt = (size_t)n * c->QD;
     const bool f16 = c->cfg.kv_dtype == RN_DT_F16;
     if (c->wbf16) {
-        if (f16)
-            convert_kernel<__half, bf16><<<grid_for(cnt), 256, 0, c->stream>>>((const __half *)c->atta, (bf16 *)c->gin, cnt);
-        else
-            convert_kernel<bf16, bf16><<<grid_for(cnt), 256, 0, c->stream>>>((const bf16 *)c->atta, (bf16 *)c->gin, cnt);
+        if (!f16)
+            return c->atta;
+        convert_kernel<__half, bf16><<<grid_for(cnt), 256, 0, c->stream>>>((const __half *)c->atta, (bf16 *)c->gin, cnt);
     } else {
         if (f16)
             convert_kernel<__half, float><<<grid_for(cnt), 256, 0, c->stream>>>((const __half *)c->atta, (float *)c->gin, cnt);
         else
             convert_kernel<bf16, float><<<grid_for(cnt), 256, 0, c->stream>>>((const bf16 *)c->atta, (float *)c->gin, cnt);
     }
-    CU(cudaGetLastError());
-    return 0;
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        seterr(c, "convert_kernel: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    return c->gin;
 }
 
 static int plugin_fail(CudaExec *c, const char *what, hashattn_status_t st)
@@ -460,12 +495,23 @@ static int plugin_fail(CudaExec *c, const char *what, hashattn_status_t st)
     return rn_plugin_fail(&c->pl, what, st, c->base.err, sizeof c->base.err);
 }
 
+/* Profiling: end the current part with an event (a graph node when
+ * captured); mark 0 only starts the first part. */
+static int mark(CudaExec *c, int part)
+{
+    if (!c->prof || c->prof_n >= c->prof_cap)
+        return 0;
+    c->prof_part[c->prof_n] = part;
+    CU(cudaEventRecordWithFlags(c->prof_ev[c->prof_n++], c->stream, cudaEventRecordExternal));
+    return 0;
+}
+
 /* The capture hook of layer l: the same RoPE in float32 (rope_convert_kernel
- * with float outputs; v converts onto itself), copied to the host, then fn. */
+ * with float outputs, no v), copied to the host, then fn. */
 static int run_hook(CudaExec *c, const rn_plan_t *p, int l, const int32_t *d_pos, int T)
 {
-    rope_convert_kernel<float><<<T, 256, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin, c->qf,
-                                                         c->kf, c->v, c->Hq, c->Hkv, c->D);
+    rope_convert_kernel<float><<<T, 256, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos, c->rope_sin,
+                                                         c->qf, c->kf, NULL, c->Hq, c->Hkv, c->D);
     CU(cudaGetLastError());
     CU(cudaMemcpyAsync(c->hq, c->qf, 4 * (size_t)T * c->QD, cudaMemcpyDeviceToHost, c->stream));
     CU(cudaMemcpyAsync(c->hk, c->kf, 4 * (size_t)T * c->KD, cudaMemcpyDeviceToHost, c->stream));
@@ -480,6 +526,9 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
     const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode, np = S - nd, W = p->width;
     const unsigned char *dm = c->d_meta;
     const int32_t *d_tokens = (const int32_t *)(dm + M.tokens), *d_pos = (const int32_t *)(dm + M.pos);
+    c->prof_n = 0;
+    if (mark(c, RN_PROF_EMBED))
+        return -1;
     CU(cudaMemcpyAsync(c->d_meta, c->h_meta, M.total, cudaMemcpyHostToDevice, c->stream));
     if (c->wbf16)
         embed_kernel<bf16><<<T, 256, 0, c->stream>>>((const bf16 *)c->emb, d_tokens, c->x, c->E);
@@ -523,20 +572,20 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
 
     for (int l = 0; l < c->L; l++) {
         const Layer &Ly = c->layers[l];
-        if (k_rmsnorm(c, c->x, NULL, Ly.attn_norm, c->xb, T) || gemm(c, Ly.wq, c->xb, c->q, T, c->E, c->QD, 0) ||
-            gemm(c, Ly.wk, c->xb, c->k, T, c->E, c->KD, 0) || gemm(c, Ly.wv, c->xb, c->v, T, c->E, c->KD, 0))
+        if (mark(c, l ? RN_PROF_FFN : RN_PROF_EMBED) || k_rmsnorm(c, c->x, NULL, Ly.attn_norm, c->xb, T) ||
+            gemm(c, Ly.wqkv, c->xb, c->qkv, T, c->E, c->QKV, 0))
             return -1;
         const int thr = 256;
         if (c->cfg.kv_dtype == RN_DT_F16)
-            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin,
+            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos, c->rope_sin,
                                                                  (__half *)c->qa, (__half *)c->ka, (__half *)c->va,
                                                                  c->Hq, c->Hkv, c->D);
         else
-            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, d_pos, c->rope_cos, c->rope_sin,
+            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos, c->rope_sin,
                                                                (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va, c->Hq,
                                                                c->Hkv, c->D);
         CU(cudaGetLastError());
-        if (c->hook && run_hook(c, p, l, d_pos, T))
+        if ((c->hook && run_hook(c, p, l, d_pos, T)) || mark(c, RN_PROF_QKV))
             return -1;
 
         DLTensor kc = rn_dl_tensor(pl, (char *)c->k_cache + (size_t)l * kv_layer * aes, adt, 4, sh_cache, NULL);
@@ -556,6 +605,8 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
         hashattn_status_t st = pl->api->cache_write(pl->ctx, &w);
         if (st != HASHATTN_STATUS_OK)
             return plugin_fail(c, "cache_write", st);
+        if (mark(c, RN_PROF_CACHE_WRITE))
+            return -1;
         if (nd > 0) {
             DLTensor cnt = rn_dl_tensor(pl, c->d_counts + (size_t)l * c->cfg.max_seqs * hsel, i32, 2, sh_cnt, NULL);
             hashattn_decode_args_t da = HASHATTN_DECODE_ARGS_INIT;
@@ -605,20 +656,22 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
                     return plugin_fail(c, "all_reduce", st);
             }
         }
-        if (k_convert_att(c, T) || gemm(c, Ly.wo, c->gin, c->x, T, c->QD, c->E, 1.0f) ||
-            k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wg, c->xb, c->hb, T, c->E, c->F, 0) ||
-            gemm(c, Ly.wu, c->xb, c->hb2, T, c->E, c->F, 0))
+        if (mark(c, RN_PROF_ATTENTION))
+            return -1;
+        const void *ain = k_convert_att(c, T);
+        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f) || k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) ||
+            gemm(c, Ly.wgu, c->xb, c->hb, T, c->E, 2 * c->F, 0))
             return -1;
         const size_t nf = (size_t)T * c->F;
         if (c->wbf16)
-            swiglu_kernel<bf16><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->hb2, (bf16 *)c->gin, nf);
+            swiglu_kernel<bf16><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (bf16 *)c->gin, nf);
         else
-            swiglu_kernel<float><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->hb2, (float *)c->gin, nf);
+            swiglu_kernel<float><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (float *)c->gin, nf);
         CU(cudaGetLastError());
         if (gemm(c, Ly.wd, c->gin, c->x, T, c->F, c->E, 1.0f))
             return -1;
     }
-    if (k_rmsnorm(c, c->x, (const int32_t *)(dm + M.logit_rows), c->out_norm, c->xb, R) ||
+    if (mark(c, RN_PROF_FFN) || k_rmsnorm(c, c->x, (const int32_t *)(dm + M.logit_rows), c->out_norm, c->xb, R) ||
         gemm(c, c->out_w, c->xb, c->logits, R, c->E, c->V, 0))
         return -1;
     sample_kernel<<<S, kSampleThreads, 0, c->stream>>>(c->logits, c->V, (const int32_t *)(dm + M.sample_rows),
@@ -629,7 +682,7 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
     if (nd > 0)
         CU(cudaMemcpyAsync(c->h_counts, c->d_counts, 4 * (size_t)c->L * c->cfg.max_seqs * hsel,
                            cudaMemcpyDeviceToHost, c->stream));
-    return 0;
+    return mark(c, RN_PROF_HEAD);
 }
 
 static void pack(CudaExec *c, const rn_plan_t *p, const rn_sample_req_t *smp, const Meta &M, int all)
@@ -671,7 +724,7 @@ static Graph *find_graph(CudaExec *c, int b, int w, int dense)
     Graph *pick = NULL;
     for (int i = 0; i < kMaxGraphs; i++) {
         Graph *g = &c->graphs[i];
-        if (g->seen && g->b == b && g->w == w && g->dense == dense)
+        if (g->seen && g->b == b && g->w == w && g->dense == dense && g->prof == c->prof)
             return g;
     }
     /* a free entry, else the least recently used one */
@@ -688,6 +741,7 @@ static Graph *find_graph(CudaExec *c, int b, int w, int dense)
     pick->b = b;
     pick->w = w;
     pick->dense = dense;
+    pick->prof = c->prof;
     return pick;
 }
 
@@ -751,6 +805,14 @@ static int cuda_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *sm
     }
     CU(cudaStreamSynchronize(c->stream));
     CU(cudaGetLastError());
+    if (c->prof && done) { /* a replay: its marks are the graph's event nodes */
+        for (int i = 1; i < c->prof_n; i++) {
+            float ms = 0;
+            CU(cudaEventElapsedTime(&ms, c->prof_ev[i - 1], c->prof_ev[i]));
+            e->prof_ms[c->prof_part[i]] += ms;
+        }
+        e->prof_steps++;
+    }
     if (all)
         CU(cudaMemcpy(all_logits, c->logits, 4 * (size_t)T * c->V, cudaMemcpyDeviceToHost));
     memcpy(next, c->h_next, 4 * (size_t)S);
@@ -771,26 +833,46 @@ static int cuda_set_dense(rn_exec_t *e, int dense)
     return 0;
 }
 
+static int cuda_set_profile(rn_exec_t *e, int on)
+{
+    CudaExec *c = (CudaExec *)e;
+    if (on && !c->prof_ev) {
+        const int cap = 4 * c->L + 3; /* start, embed, four parts per layer, head */
+        c->prof_ev = (cudaEvent_t *)calloc((size_t)cap, sizeof *c->prof_ev);
+        c->prof_part = (int *)calloc((size_t)cap, sizeof *c->prof_part);
+        if (!c->prof_ev || !c->prof_part)
+            return seterr(c, "out of memory for profile events");
+        for (int i = 0; i < cap; i++, c->prof_cap = i)
+            CU(cudaEventCreate(&c->prof_ev[i]));
+    }
+    c->prof = on != 0;
+    return 0;
+}
+
 static void cuda_destroy(rn_exec_t *e)
 {
     CudaExec *c = (CudaExec *)e;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < c->prof_cap; i++)
+        cudaEventDestroy(c->prof_ev[i]);
+    free(c->prof_ev);
+    free(c->prof_part);
     for (int i = 0; i < kMaxGraphs; i++)
         destroy_graph(&c->graphs[i]);
     rn_plugin_close(&c->pl);
     if (c->layers) {
         for (int l = 0; l < c->L; l++) {
             Layer &Ly = c->layers[l];
-            void *ps[9] = { Ly.attn_norm, Ly.ffn_norm, Ly.wq, Ly.wk, Ly.wv, Ly.wo, Ly.wg, Ly.wu, Ly.wd };
-            for (int i = 0; i < 9; i++)
+            void *ps[6] = { Ly.attn_norm, Ly.ffn_norm, Ly.wqkv, Ly.wgu, Ly.wo, Ly.wd };
+            for (int i = 0; i < 6; i++)
                 cudaFree(ps[i]);
         }
         free(c->layers);
     }
     if (c->out_w != c->emb)
         cudaFree(c->out_w);
-    void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->q, c->k, c->v, c->hb, c->hb2,
+    void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->qkv, c->hb,
                    c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
                    c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
@@ -824,7 +906,7 @@ static int cuda_set_qk_hook(rn_exec_t *e, rn_qk_hook_fn fn, void *user)
     return 0;
 }
 
-const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy, cuda_set_qk_hook };
+const rn_exec_ops_t k_cuda_ops = { cuda_step, cuda_set_dense, cuda_destroy, cuda_set_qk_hook, cuda_set_profile };
 
 /* Tensor parallelism: swap the plugin's one-GPU context (made by
  * rn_plugin_open) for a context of this rank's heads with the same shape,
@@ -891,6 +973,7 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     c->V = hp->n_vocab;
     c->QD = c->Hq * c->D;
     c->KD = c->Hkv * c->D;
+    c->QKV = c->QD + 2 * c->KD;
     c->tp = cf->tp_size > 1 ? cf->tp_size : 1;
     c->rank = c->tp > 1 ? cf->tp_rank : 0;
     if (c->Hkv % c->tp)
@@ -949,11 +1032,13 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     for (int l = 0; l < c->L; l++) {
         const rn_layer_t *H = &m->layers[l];
         Layer &Ly = c->layers[l];
+        const float *qkv_src[3] = { H->wq, H->wk, H->wv }, *gu_src[2] = { H->w_gate, H->w_up };
+        const size_t qkv_rows[3] = { QD, KD, KD }, gu_rows[2] = { F, F };
         if (upload_f32(c, &Ly.attn_norm, H->attn_norm, E, "attn_norm") ||
-            upload_f32(c, &Ly.ffn_norm, H->ffn_norm, E, "ffn_norm") || upload_w(c, &Ly.wq, H->wq, QD * E, "wq") ||
-            upload_w(c, &Ly.wk, H->wk, KD * E, "wk") || upload_w(c, &Ly.wv, H->wv, KD * E, "wv") ||
-            upload_w(c, &Ly.wo, H->wo, E * QD, "wo") || upload_w(c, &Ly.wg, H->w_gate, F * E, "w_gate") ||
-            upload_w(c, &Ly.wu, H->w_up, F * E, "w_up") || upload_w(c, &Ly.wd, H->w_down, E * F, "w_down"))
+            upload_f32(c, &Ly.ffn_norm, H->ffn_norm, E, "ffn_norm") ||
+            upload_stacked(c, &Ly.wqkv, qkv_src, qkv_rows, 3, E, "wq|wk|wv") ||
+            upload_stacked(c, &Ly.wgu, gu_src, gu_rows, 2, E, "w_gate|w_up") ||
+            upload_w(c, &Ly.wo, H->wo, E * QD, "wo") || upload_w(c, &Ly.wd, H->w_down, E * F, "w_down"))
             return -1;
     }
     /* RoPE tables in double on the host, like the CPU path */
@@ -976,14 +1061,16 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     /* activations */
     const size_t T = (size_t)cf->max_tokens, S = (size_t)cf->max_seqs, ae = 2;
     const size_t gmax = (QD > F ? QD : F) > E ? (QD > F ? QD : F) : E;
-    if (dalloc(c, (void **)&c->x, T * E * 4, "x") || dalloc(c, (void **)&c->q, T * QD * 4, "q") ||
-        dalloc(c, (void **)&c->k, T * KD * 4, "k") || dalloc(c, (void **)&c->v, T * KD * 4, "v") ||
-        dalloc(c, (void **)&c->hb, T * F * 4, "hb") || dalloc(c, (void **)&c->hb2, T * F * 4, "hb2") ||
+    if (dalloc(c, (void **)&c->x, T * E * 4, "x") || dalloc(c, (void **)&c->qkv, T * c->QKV * 4, "q|k|v") ||
+        dalloc(c, (void **)&c->hb, T * 2 * F * 4, "gate|up") ||
         dalloc(c, (void **)&c->logits, T * V * 4, "logits") || dalloc(c, &c->xb, T * E * c->wsize, "xb") ||
         dalloc(c, &c->gin, T * gmax * c->wsize, "gemm input") || dalloc(c, &c->qa, T * QD * ae, "q (plugin)") ||
         dalloc(c, &c->ka, T * KD * ae, "k (plugin)") || dalloc(c, &c->va, T * KD * ae, "v (plugin)") ||
         dalloc(c, &c->atta, T * QD * ae, "attention output"))
         return -1;
+    c->q = c->qkv;
+    c->k = c->qkv + QD;
+    c->v = c->qkv + QD + KD;
     /* caches */
     const size_t kv = (size_t)c->L * cf->num_blocks * cf->block_size * c->Hkv_l * c->D; /* this rank's heads */
     if (dalloc(c, &c->k_cache, kv * ae, "key cache") || dalloc(c, &c->v_cache, kv * ae, "value cache"))
@@ -1156,7 +1243,7 @@ static void tp_destroy(rn_exec_t *e)
     free(t);
 }
 
-const rn_exec_ops_t k_tp_ops = { tp_step, tp_set_dense, tp_destroy, NULL }; /* no capture hook */
+const rn_exec_ops_t k_tp_ops = { tp_step, tp_set_dense, tp_destroy, NULL, NULL }; /* no capture hook, no profile */
 
 static void *tp_comm_job(void *p)
 {

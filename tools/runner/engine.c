@@ -308,11 +308,26 @@ out:
 
 /* ---- decode benchmark ---------------------------------------------------------------- */
 
-int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, int prefill_chunk, int modes,
-                    uint64_t seed, rn_bench_result_t *out, char *err, size_t errlen)
+/* One greedy decode step of the whole batch (bench): plan, run, feed back. */
+static int bench_step(loop_t *L, rn_exec_t *ex, int batch, char *err, size_t errlen)
+{
+    if (rn_kv_plan(&L->kv, &L->plan, batch, L->ids, L->n_new, batch, L->tokens, ex->width_round, err, errlen))
+        return -1;
+    if (rn_exec_step(ex, &L->plan, L->smp, L->next, NULL)) {
+        snprintf(err, errlen, "bench decode: %s", ex->err);
+        return -1;
+    }
+    memcpy(L->tokens, L->next, (size_t)batch * sizeof(int32_t));
+    return 0;
+}
+
+int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, int profile_steps, int prefill_chunk,
+                    int modes, uint64_t seed, rn_bench_result_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    if (batch < 1 || batch > ex->max_seqs || ctx < 1 || steps < 1 || warmup < 0 || prefill_chunk < 1 ||
+    /* profiled steps run after the timed ones: two more to capture their graph */
+    const int prof = profile_steps > 0 && ex->ops->set_profile ? profile_steps + 2 : 0;
+    if (batch < 1 || batch > ex->max_seqs || ctx < 1 || steps < 1 || warmup < 0 || profile_steps < 0 || prefill_chunk < 1 ||
         prefill_chunk > ex->max_tokens || batch > ex->max_tokens) {
         snprintf(err, errlen, "bench: batch %d, ctx %d, chunk %d do not fit the executor", batch, ctx, prefill_chunk);
         return -1;
@@ -331,9 +346,9 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
     for (size_t i = 0; i < (size_t)batch * ctx; i++)
         prompt[i] = (int32_t)(rn_rng_uniform(&rng) * ex->n_vocab);
     for (int s = 0; s < batch; s++) {
-        if (rn_kv_acquire(&L.kv, (int64_t)ctx + warmup + steps + 1) != s) {
+        if (rn_kv_acquire(&L.kv, (int64_t)ctx + warmup + steps + prof + 1) != s) {
             snprintf(err, errlen, "bench: the pool cannot hold %d sequences of %d tokens", batch,
-                     ctx + warmup + steps + 1);
+                     ctx + warmup + steps + prof + 1);
             goto out;
         }
         L.smp[s].temperature = 0;
@@ -375,13 +390,8 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
         for (int i = 0; i < warmup + steps; i++) {
             if (i == warmup)
                 t_start = now_s();
-            if (rn_kv_plan(&L.kv, &L.plan, batch, L.ids, L.n_new, batch, L.tokens, ex->width_round, err, errlen))
+            if (bench_step(&L, ex, batch, err, errlen))
                 goto out;
-            if (rn_exec_step(ex, &L.plan, L.smp, L.next, NULL)) {
-                snprintf(err, errlen, "bench decode: %s", ex->err);
-                goto out;
-            }
-            memcpy(L.tokens, L.next, (size_t)batch * sizeof(int32_t));
         }
         const double dt = now_s() - t_start;
         rn_bench_mode_t *bm = &out->mode[m];
@@ -395,6 +405,22 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
         }
         bm->graph_replays = ex->graph_replays - replays;
         bm->eager_steps = ex->eager_steps - eager;
+        if (prof) {
+            memset(ex->prof_ms, 0, sizeof ex->prof_ms);
+            ex->prof_steps = 0;
+            if (ex->ops->set_profile(ex, 1)) {
+                snprintf(err, errlen, "bench profile: %s", ex->err);
+                goto out;
+            }
+            int prc = 0;
+            for (int i = 0; i < prof && !prc; i++)
+                prc = bench_step(&L, ex, batch, err, errlen);
+            if (ex->ops->set_profile(ex, 0) || prc)
+                goto out;
+            bm->prof_steps = ex->prof_steps;
+            for (int k = 0; k < RN_PROF_PARTS && ex->prof_steps; k++)
+                bm->prof_ms[k] = ex->prof_ms[k] / (double)ex->prof_steps;
+        }
         for (int s = 0; s < batch; s++)
             rn_kv_truncate(&L.kv, s, ctx);
     }

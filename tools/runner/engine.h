@@ -84,6 +84,10 @@ typedef struct rn_bench_mode {
     double tok_s, ms_per_step;
     double attended, context;  /* mean tokens attended / cached per (layer, head) */
     uint64_t graph_replays, eager_steps;
+    /* profile_steps > 0 (and an executor that profiles): after the timed
+     * steps, ms per replayed step in each part of the step (exec.h RN_PROF_*) */
+    double prof_ms[RN_PROF_PARTS];
+    uint64_t prof_steps;
 } rn_bench_mode_t;
 
 typedef struct rn_bench_result {
@@ -91,8 +95,8 @@ typedef struct rn_bench_result {
     rn_bench_mode_t mode[2]; /* [0] dense, [1] hash */
 } rn_bench_result_t;
 
-int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, int prefill_chunk, int modes,
-                    uint64_t seed, rn_bench_result_t *out, char *err, size_t errlen);
+int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, int profile_steps, int prefill_chunk,
+                    int modes, uint64_t seed, rn_bench_result_t *out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

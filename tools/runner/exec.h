@@ -28,6 +28,17 @@ typedef struct rn_sample_req {
 
 typedef struct rn_exec rn_exec_t;
 
+/* The parts of a step that set_profile times (GPU time between marks). */
+enum {
+    RN_PROF_EMBED,       /* the plan's upload and the embedding */
+    RN_PROF_QKV,         /* per layer: RMSNorm, the q/k/v projections, RoPE */
+    RN_PROF_CACHE_WRITE, /* per layer: the plugin's cache_write (K/V rows, key signatures) */
+    RN_PROF_ATTENTION,   /* per layer: the plugin's decode and prefill */
+    RN_PROF_FFN,         /* per layer: output projection, RMSNorm, SwiGLU MLP */
+    RN_PROF_HEAD,        /* final RMSNorm, logits, sampling, copies back */
+    RN_PROF_PARTS
+};
+
 typedef struct rn_exec_ops {
     /* Run the step; next[i] is the token sampled from the last row of the
      * plan's sequence i (smp[i] says how). all_logits: NULL, or a host buffer
@@ -43,6 +54,11 @@ typedef struct rn_exec_ops {
      * attention (model.h, rn_qk_hook_fn); its error fails the step. Steps
      * with a hook run eagerly (no CUDA graphs). NULL op: not supported. */
     int (*set_qk_hook)(rn_exec_t *e, rn_qk_hook_fn fn, void *user);
+    /* Profiling: while on, every step replayed from a CUDA graph adds the
+     * GPU time of each part (RN_PROF_*, summed over layers) to prof_ms and
+     * counts itself in prof_steps; the marks are event nodes in their own
+     * graphs. NULL op: not supported (the CPU). */
+    int (*set_profile)(rn_exec_t *e, int on);
 } rn_exec_ops_t;
 
 struct rn_exec {
@@ -54,6 +70,8 @@ struct rn_exec {
     int width_round;                /* plans' table widths rounded to this (CUDA graphs) */
     const rn_attn_stats_t *stats;   /* attended tokens per decode */
     uint64_t graph_replays, graph_captures, eager_steps; /* CUDA graphs at work */
+    double prof_ms[RN_PROF_PARTS];  /* set_profile's sums */
+    uint64_t prof_steps;
     char err[768];
     char desc[512];
 };

@@ -63,7 +63,7 @@ static int cpu_set_qk_hook(rn_exec_t *e, rn_qk_hook_fn fn, void *user)
     return 0;
 }
 
-static const rn_exec_ops_t k_cpu_ops = { cpu_step, cpu_set_dense, cpu_destroy, cpu_set_qk_hook };
+static const rn_exec_ops_t k_cpu_ops = { cpu_step, cpu_set_dense, cpu_destroy, cpu_set_qk_hook, NULL };
 
 int rn_exec_cpu_create(rn_model_t *m, rn_attn_t *attn, rn_exec_t **out, char *err, size_t errlen)
 {

@@ -44,7 +44,8 @@ typedef struct options {
     int n_calib_text, capture_seqs, capture_len, capture_queries, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup;
+    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup,
+        bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
     uint64_t seed;
@@ -133,6 +134,8 @@ static void usage(FILE *out)
             "  --bench-ctx LIST      context lengths (default 4096,8192)\n"
             "  --bench-steps N       timed decode steps (default 64)\n"
             "  --bench-warmup N      untimed steps first (default 3)\n"
+            "  --bench-profile N     then N more steps timed per part of the step (cuda: GPU\n"
+            "                        time of QKV, cache_write, attention, FFN..., per step)\n"
             "  --bench-json FILE     write the results as JSON\n"
             "  --capture FILE        calibration capture (cpu, or one GPU): run the model densely over\n"
             "                        --calib-text and write a calibration file for\n"
@@ -373,6 +376,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         INTOPT("--prefill-chunk", 1, 1 << 16, o->prefill_chunk)
         INTOPT("--bench-steps", 1, 1 << 20, o->bench_steps)
         INTOPT("--bench-warmup", 0, 1 << 20, o->bench_warmup)
+        INTOPT("--bench-profile", 0, 1 << 20, o->bench_profile)
         else if (!strcmp(a, "--heavy-fraction")) {
             NEEDV();
             if (parse_float(v, a, 0, 1, &o->heavy_fraction))
@@ -946,7 +950,7 @@ int main(int argc, char **argv)
             batch = bench_b[i] > batch ? bench_b[i] : batch;
         for (int i = 0; i < nbc; i++)
             ctx = bench_c[i] > ctx ? bench_c[i] : ctx;
-        ctx += o.bench_warmup + o.bench_steps + 1;
+        ctx += o.bench_warmup + o.bench_steps + (o.bench_profile ? o.bench_profile + 2 : 0) + 1;
     } else {
         if (batch > n_prompts)
             batch = n_prompts;
@@ -1067,16 +1071,20 @@ int main(int argc, char **argv)
         json_object_object_add(js, "random_hash_weights", json_object_new_boolean(random_weights));
         json_object_object_add(js, "steps", json_object_new_int(o.bench_steps));
         json_object_object_add(js, "warmup", json_object_new_int(o.bench_warmup));
+        json_object_object_add(js, "profile_steps", json_object_new_int(o.bench_profile));
         json_object_object_add(js, "graphs", json_object_new_boolean(cuda && !o.no_graphs));
         json_object_object_add(js, "tp", json_object_new_int(o.tp));
+        if (o.bench_profile && !ex->ops->set_profile)
+            fprintf(stderr, "hashattn-run: note: --bench-profile times parts of CUDA graphs on one GPU; "
+                            "not with this executor\n");
         printf("%-6s %-7s %-6s %12s %10s %10s %10s %8s %9s %8s\n", "batch", "ctx", "mode", "tok/s", "ms/step",
                "attended", "context", "speedup", "prefill_s", "graphs");
         int bad = 0;
         for (int ib = 0; ib < nbb; ib++) {
             for (int ic = 0; ic < nbc; ic++) {
                 rn_bench_result_t br;
-                if (rn_engine_bench(ex, bench_b[ib], bench_c[ic], o.bench_warmup, o.bench_steps, o.prefill_chunk, 3,
-                                    o.seed, &br, err, sizeof err)) {
+                if (rn_engine_bench(ex, bench_b[ib], bench_c[ic], o.bench_warmup, o.bench_steps, o.bench_profile,
+                                    o.prefill_chunk, 3, o.seed, &br, err, sizeof err)) {
                     fprintf(stderr, "hashattn-run: bench batch %d ctx %d: %s\n", bench_b[ib], bench_c[ic], err);
                     bad = 1;
                     continue;
@@ -1101,6 +1109,23 @@ int main(int argc, char **argv)
                     json_object_object_add(r, "prefill_s", json_object_new_double(br.prefill_s));
                     json_object_object_add(r, "graph_replays", json_object_new_int64((int64_t)bm->graph_replays));
                     json_object_object_add(r, "eager_steps", json_object_new_int64((int64_t)bm->eager_steps));
+                    if (bm->prof_steps) {
+                        static const char *const parts[RN_PROF_PARTS] = { "embed",     "qkv", "cache_write",
+                                                                          "attention", "ffn", "head" };
+                        json_object *pj = json_object_new_object();
+                        double sum = 0;
+                        printf("       profile, ms per step (%llu graph replays):",
+                               (unsigned long long)bm->prof_steps);
+                        for (int k = 0; k < RN_PROF_PARTS; k++) {
+                            printf(" %s %.3f", parts[k], bm->prof_ms[k]);
+                            json_object_object_add(pj, parts[k], json_object_new_double(bm->prof_ms[k]));
+                            sum += bm->prof_ms[k];
+                        }
+                        printf(", sum %.3f\n", sum);
+                        json_object_object_add(pj, "sum", json_object_new_double(sum));
+                        json_object_object_add(pj, "replays", json_object_new_int64((int64_t)bm->prof_steps));
+                        json_object_object_add(r, "profile_ms", pj);
+                    }
                     json_object_array_add(rows, r);
                 }
             }
