@@ -2,12 +2,14 @@
  * cache_write.cu - ha_cuda_cache_write: K/V rows and key signatures into the
  * paged caches.
  *
- * Two launches: kv_write_kernel decides which token owns each slot (with
- * equal slots the last token wins, as on the CPU: a token is kept when no
- * later token has its slot) and copies the kept tokens' K/V rows with
- * 16-byte moves; hash_kernel or, for a decode step's few tokens,
- * qhash_kernel (mlp.cuh) then writes the kept tokens' signatures into the
- * signature cache. Keep flags live in the workspace.
+ * kv_write_kernel decides which token owns each slot (with equal slots the
+ * last token wins, as on the CPU: a token is kept when no later token has its
+ * slot) and copies the kept tokens' K/V rows with 16-byte moves; hash_kernel
+ * then writes the kept tokens' signatures into the signature cache (keep
+ * flags in the workspace). A decode step's few tokens (up to kCwFusedMax)
+ * take one launch instead, cw_fused_kernel: the same ownership rule and
+ * copies, then the query MLPs' cluster form (qhash_body, mlp.cuh) for the
+ * keys.
  */
 #include "kernels/cuda/mlp.cuh"
 #include "kernels/cuda/plan.cuh"
@@ -29,6 +31,73 @@ struct CopyArgs {
     Guard guard; /* slots of blocks >= num_blocks are skipped and reported */
 };
 
+/* Copy the K/V rows of tokens [tok0, tok0 + ntok) that own their slots
+ * (win[r], slot split into blk[r] / off[r] for token tok0 + r): piece
+ * first, first + step, ... of the range's 16- or 2-byte pieces. */
+__device__ __forceinline__ void copy_rows(const CopyArgs &a, int64_t tok0, int ntok, const uint8_t *win,
+                                          const int64_t *own_blk, const int64_t *own_off, int first, int step)
+{
+    const int chunks = a.row_bytes / a.vec; /* per row */
+    const int hc = a.Hkv * chunks, per_tok = 2 * hc;
+    const int total = ntok * per_tok;
+    /* piece idx of the range's rows: its source and destination, or false
+     * when its token lost the slot */
+    auto piece = [&](int idx, const unsigned char *&src, unsigned char *&dst) -> bool {
+        const int r = idx / per_tok, rest = idx - r * per_tok;
+        if (!win[r])
+            return false;
+        const int kv = rest / hc, h = (rest - kv * hc) / chunks, q = rest % chunks;
+        const int64_t tt = tok0 + r, blk = own_blk[r], off = own_off[r];
+        src = (kv ? a.v + tt * a.v_st + h * a.v_sh : a.k + tt * a.k_st + h * a.k_sh) + (int64_t)q * a.vec;
+        dst = (kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
+                  : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh) +
+              (int64_t)q * a.vec;
+        return true;
+    };
+    if (a.vec == 16) {
+        /* kCwBatch loads in flight per thread before their stores: one block
+         * writes a decode step's 32 tokens (run 16: 11 us with one load at a
+         * time) */
+        for (int i0 = first; i0 < total; i0 += step * kCwBatch) {
+            uint4 val[kCwBatch];
+            unsigned char *dst[kCwBatch];
+#pragma unroll
+            for (int b = 0; b < kCwBatch; b++) {
+                const int idx = i0 + b * step;
+                const unsigned char *src;
+                dst[b] = nullptr;
+                if (idx < total && piece(idx, src, dst[b]))
+                    val[b] = *reinterpret_cast<const uint4 *>(src);
+            }
+#pragma unroll
+            for (int b = 0; b < kCwBatch; b++)
+                if (dst[b])
+                    *reinterpret_cast<uint4 *>(dst[b]) = val[b];
+        }
+    } else {
+        for (int idx = first; idx < total; idx += step) {
+            const unsigned char *src;
+            unsigned char *dst;
+            if (piece(idx, src, dst))
+                *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src);
+        }
+    }
+}
+
+/* Whether token t keeps slot (>= 0, inside the pool; no later token of the
+ * n has it); a slot outside the pool is reported when report is set. */
+__device__ __forceinline__ bool owns_slot(const CopyArgs &a, int64_t t, int64_t slot, bool report)
+{
+    if (slot < 0)
+        return false;
+    if (a.guard.num_blocks > 0 && slot / a.bs >= a.guard.num_blocks) {
+        if (report)
+            report_bad(a.guard, HA_BAD_SLOT, t, 0, slot, a.guard.num_blocks * a.bs);
+        return false;
+    }
+    return true;
+}
+
 __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 {
     __shared__ int64_t tile[kCwThreads];
@@ -41,11 +110,7 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
     bool keep = false;
     if (tid < kCwTokens && t < a.n) {
         slot = a.slots[t];
-        keep = slot >= 0;
-        if (keep && a.guard.num_blocks > 0 && slot / a.bs >= a.guard.num_blocks) {
-            report_bad(a.guard, HA_BAD_SLOT, t, 0, slot, a.guard.num_blocks * a.bs);
-            keep = false;
-        }
+        keep = owns_slot(a, t, slot, true);
     }
     /* a later token with the same slot takes it */
     for (int64_t base = tok0 + 1; base < a.n; base += kCwThreads) {
@@ -73,53 +138,41 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
             a.keep[t] = keep;
     }
     __syncthreads();
-    if (!a.write_kv)
-        return;
-    const int chunks = a.row_bytes / a.vec; /* per row */
-    const int hc = a.Hkv * chunks, per_tok = 2 * hc;
-    const int total = (int)min((int64_t)kCwTokens, a.n - tok0) * per_tok;
-    /* piece idx of the block's rows: its source and destination, or false
-     * when its token lost the slot */
-    auto piece = [&](int idx, const unsigned char *&src, unsigned char *&dst) -> bool {
-        const int r = idx / per_tok, rest = idx - r * per_tok;
-        if (!win[r])
-            return false;
-        const int kv = rest / hc, h = (rest - kv * hc) / chunks, q = rest % chunks;
-        const int64_t tt = tok0 + r, blk = own_blk[r], off = own_off[r];
-        src = (kv ? a.v + tt * a.v_st + h * a.v_sh : a.k + tt * a.k_st + h * a.k_sh) + (int64_t)q * a.vec;
-        dst = (kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
-                  : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh) +
-              (int64_t)q * a.vec;
-        return true;
-    };
-    if (a.vec == 16) {
-        /* kCwBatch loads in flight per thread before their stores: one block
-         * writes a decode step's 32 tokens (run 16: 11 us with one load at a
-         * time) */
-        for (int i0 = tid; i0 < total; i0 += kCwThreads * kCwBatch) {
-            uint4 val[kCwBatch];
-            unsigned char *dst[kCwBatch];
-#pragma unroll
-            for (int b = 0; b < kCwBatch; b++) {
-                const int idx = i0 + b * kCwThreads;
-                const unsigned char *src;
-                dst[b] = nullptr;
-                if (idx < total && piece(idx, src, dst[b]))
-                    val[b] = *reinterpret_cast<const uint4 *>(src);
-            }
-#pragma unroll
-            for (int b = 0; b < kCwBatch; b++)
-                if (dst[b])
-                    *reinterpret_cast<uint4 *>(dst[b]) = val[b];
-        }
-    } else {
-        for (int idx = tid; idx < total; idx += kCwThreads) {
-            const unsigned char *src;
-            unsigned char *dst;
-            if (piece(idx, src, dst))
-                *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src);
-        }
+    if (a.write_kv)
+        copy_rows(a, tok0, (int)min((int64_t)kCwTokens, a.n - tok0), win, own_blk, own_off, tid, kCwThreads);
+}
+
+/* A decode step's cache_write in one launch (n <= kCwFusedMax tokens, with
+ * signatures): on qhash_kernel's grid, every CTA works out which tokens own
+ * their slots (block 0 reports bad ones), the grid copies the K/V rows, then
+ * each cluster hashes its head's keys for its kQhTB tokens. Run 18: the
+ * runner's step paid ~6 us per layer for kv_write_kernel's own launch. */
+constexpr int kCwFusedMax = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h)
+{
+    __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
+    __shared__ uint8_t win[kCwFusedMax];
+    const int tid = threadIdx.x;
+    const int bl = blockIdx.y * gridDim.x + blockIdx.x, nbl = gridDim.x * gridDim.y;
+    for (int t = tid; t < a.n; t += kQhThreads)
+        slot_s[t] = a.slots[t];
+    __syncthreads();
+    for (int t = tid; t < a.n; t += kQhThreads) {
+        const int64_t slot = slot_s[t];
+        bool keep = owns_slot(a, t, slot, bl == 0);
+        for (int u = t + 1; keep && u < a.n; u++) /* a later token with the same slot takes it */
+            keep = slot_s[u] != slot;
+        win[t] = keep;
+        if (keep)
+            ha_slot_split(slot, a.bs, &own_blk[t], &own_off[t]);
     }
+    __syncthreads();
+    if (a.write_kv)
+        copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
+    h.keep = win;
+    qhash_body<T>(h);
 }
 
 /* The key signatures of cache_write. A decode step's few keys (under 256,
@@ -189,28 +242,44 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     }
     a.vec = al ? 16 : 2;
     cudaStream_t st = (cudaStream_t)p->stream;
+    HashArgs h = {};
+    if (p->num_sig_heads > 0) {
+        h.in = p->key.data;
+        h.in_st = p->key.stride_token;
+        h.in_sh = p->key.stride_head;
+        h.n = p->num_tokens;
+        h.group = p->sig_per_kv_head ? 1 : (p->group > 0 ? p->group : 1);
+        h.dim = p->head_dim;
+        h.mlp = p->key_mlp;
+        h.mode = 1;
+        h.sig = static_cast<uint32_t *>(p->sig_cache.data);
+        h.slots = p->slot_mapping;
+        h.keep = keep;
+        h.block_size = p->block_size;
+        h.sb = p->sig_cache.stride_block;
+        h.sh = p->sig_cache.stride_head;
+        h.num_blocks = p->num_blocks;
+        if (p->num_tokens <= kCwFusedMax) {
+            cudaError_t e = cudaErrorInvalidValue;
+            switch (p->dtype) {
+            case HA_DTYPE_F32: e = launch_qh_grid(cw_fused_kernel<float>, h, p->num_sig_heads, st, a, h); break;
+            case HA_DTYPE_F16: e = launch_qh_grid(cw_fused_kernel<__half>, h, p->num_sig_heads, st, a, h); break;
+            case HA_DTYPE_BF16:
+                e = launch_qh_grid(cw_fused_kernel<__nv_bfloat16>, h, p->num_sig_heads, st, a, h);
+                break;
+            default: return HA_KERNEL_UNSUPPORTED;
+            }
+            if (e == cudaSuccess)
+                return HA_KERNEL_OK;
+            (void)cudaGetLastError(); /* refused (cluster or shared memory): two launches */
+        }
+    }
     HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads), 0,
                        st, false, a));
 
     if (p->num_sig_heads == 0)
         return HA_KERNEL_OK;
 
-    HashArgs h = {};
-    h.in = p->key.data;
-    h.in_st = p->key.stride_token;
-    h.in_sh = p->key.stride_head;
-    h.n = p->num_tokens;
-    h.group = p->sig_per_kv_head ? 1 : (p->group > 0 ? p->group : 1);
-    h.dim = p->head_dim;
-    h.mlp = p->key_mlp;
-    h.mode = 1;
-    h.sig = static_cast<uint32_t *>(p->sig_cache.data);
-    h.slots = p->slot_mapping;
-    h.keep = keep;
-    h.block_size = p->block_size;
-    h.sb = p->sig_cache.stride_block;
-    h.sh = p->sig_cache.stride_head;
-    h.num_blocks = p->num_blocks;
     switch (p->dtype) {
     case HA_DTYPE_F32: return launch_key_hash<float>(h, p->num_sig_heads, st);
     case HA_DTYPE_F16: return launch_key_hash<__half>(h, p->num_sig_heads, st);

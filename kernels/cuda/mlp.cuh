@@ -322,8 +322,10 @@ __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
            (size_t)kQhTB * qh_pitch(d) + (size_t)2 * kQhTB * qh_pitch(m) + (size_t)kQhRanks * kQhTB;
 }
 
+/* The body of qhash_kernel, also run by cache_write's fused kernel (after
+ * its K/V copies) with keep pointing to shared memory. */
 template <typename T>
-__global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
+__device__ __forceinline__ void qhash_body(const HashArgs &a)
 {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -459,6 +461,39 @@ __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
     }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
+{
+    qhash_body<T>(a);
+}
+
+/* A kernel on qhash_kernel's grid (kQhRanks-CTA clusters, one per output head
+ * and kQhTB tokens), its dynamic shared memory set; the error of a refused
+ * launch is the caller's to clear. */
+template <typename K, typename... Args>
+__host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, cudaStream_t stream, Args... args)
+{
+    const size_t smem = qh_smem_floats(a.dim, a.mlp.width) * sizeof(float) + 16;
+    if (smem > 200 * 1024 || (int64_t)out_heads * kQhRanks >= 0x7fffffff)
+        return cudaErrorInvalidConfiguration;
+    cudaError_t e = allow_smem(kernel, smem);
+    if (e != cudaSuccess)
+        return e;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, kQhTB));
+    cfg.blockDim = dim3(kQhThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kQhRanks;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* Signatures of a few tokens (a decode step's queries, or its new keys in
  * cache_write) on clusters; falls back to launch_hash when the cluster launch
  * is refused. */
@@ -467,27 +502,9 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
 {
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
-    const size_t smem = qh_smem_floats(a.dim, a.mlp.width) * sizeof(float) + 16;
-    if (use_cluster && smem <= 200 * 1024 && (int64_t)out_heads * kQhRanks < 0x7fffffff) {
-        auto k = qhash_kernel<T>;
-        cudaError_t e = allow_smem(k, smem);
-        if (e == cudaSuccess) {
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, kQhTB));
-            cfg.blockDim = dim3(kQhThreads);
-            cfg.dynamicSmemBytes = smem;
-            cfg.stream = stream;
-            cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeClusterDimension;
-            attr[0].val.clusterDim.x = kQhRanks;
-            attr[0].val.clusterDim.y = 1;
-            attr[0].val.clusterDim.z = 1;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
-            e = cudaLaunchKernelEx(&cfg, k, a);
-            if (e == cudaSuccess)
-                return HA_KERNEL_OK;
-        }
+    if (use_cluster) {
+        if (launch_qh_grid(qhash_kernel<T>, a, out_heads, stream, a) == cudaSuccess)
+            return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */
     }
     return launch_hash<T>(a, out_heads, stream, false);

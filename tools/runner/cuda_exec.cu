@@ -501,8 +501,12 @@ static int mark(CudaExec *c, int part)
 {
     if (!c->prof || c->prof_n >= c->prof_cap)
         return 0;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CU(cudaStreamIsCapturing(c->stream, &cs));
     c->prof_part[c->prof_n] = part;
-    CU(cudaEventRecordWithFlags(c->prof_ev[c->prof_n++], c->stream, cudaEventRecordExternal));
+    /* the external flag is for captures only */
+    CU(cudaEventRecordWithFlags(c->prof_ev[c->prof_n++], c->stream,
+                                cs == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
     return 0;
 }
 
