@@ -28,6 +28,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +326,51 @@ static const hashattn_api_t *load_api(const char *lib)
 #endif
 }
 
+#ifdef HA_BENCH_LAB
+/* --tune NAME=VALUE (repeatable): a knob set on top of every case's own, so
+ * that a sweep needs no new case and no rebuild */
+#define TUNE_FIELD(f) {#f, offsetof(ha_cuda_tuning_t, f)}
+static const struct {
+    const char *name;
+    size_t off;
+} k_tune_fields[] = {
+    TUNE_FIELD(pdl), TUNE_FIELD(dense_waves), TUNE_FIELD(sparse_waves), TUNE_FIELD(sparse_chunk_min),
+    TUNE_FIELD(sparse_chunk_max), TUNE_FIELD(dense_chunk), TUNE_FIELD(sparse_chunk), TUNE_FIELD(select_only),
+    TUNE_FIELD(attn_mma), TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
+    TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(select_pass), TUNE_FIELD(score_vec4),
+    TUNE_FIELD(score_staged), TUNE_FIELD(attn_list_k), TUNE_FIELD(score_warps),
+};
+enum { MAX_TUNES = 16 };
+static struct {
+    size_t off;
+    int value;
+} g_tunes[MAX_TUNES];
+static int g_ntunes;
+
+/* 0, or -1 with a message for an unknown knob or a bad value */
+static int add_tune(const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    char *end = NULL;
+    if (!eq || g_ntunes == MAX_TUNES)
+        goto bad;
+    const long v = strtol(eq + 1, &end, 10);
+    if (end == eq + 1 || *end || v < INT32_MIN || v > INT32_MAX)
+        goto bad;
+    for (size_t i = 0; i < sizeof k_tune_fields / sizeof k_tune_fields[0]; i++) {
+        if (strlen(k_tune_fields[i].name) == (size_t)(eq - arg) && !strncmp(k_tune_fields[i].name, arg, eq - arg)) {
+            g_tunes[g_ntunes].off = k_tune_fields[i].off;
+            g_tunes[g_ntunes++].value = (int)v;
+            return 0;
+        }
+    }
+bad:
+    fprintf(stderr, "%s: --tune %s: want KNOB=INTEGER, KNOB one of kernels/cuda/tuning.h's fields (at most %d)\n",
+            BENCH_NAME, arg, MAX_TUNES);
+    return -1;
+}
+#endif
+
 static uint64_t g_rng = 0x243f6a8885a308d3ull;
 static uint64_t rnd(void) { return ha_bench_rand(&g_rng); }
 
@@ -396,12 +443,29 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
+#ifdef HA_BENCH_LAB
+        else if (!strcmp(argv[i], "--tune") && i + 1 < argc) {
+            if (add_tune(argv[++i]))
+                return 2;
+        }
+#endif
         else {
-            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]%s\n", argv[0],
+#ifdef HA_BENCH_LAB
+                    " [--tune KNOB=VALUE]..."
+#else
+                    ""
+#endif
+            );
             return 2;
         }
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+#ifdef HA_BENCH_LAB
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--tune") && i + 1 < argc)
+            printf("%s: every case with --tune %s\n", BENCH_NAME, argv[++i]);
+#endif
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         printf("%s: skipped: no GPU\n", BENCH_NAME);
@@ -515,6 +579,8 @@ int main(int argc, char **argv)
             tn.attn_list_k = bc->lk;
         if (bc->warps)
             tn.score_warps = bc->warps;
+        for (int t = 0; t < g_ntunes; t++)
+            memcpy((char *)&tn + g_tunes[t].off, &g_tunes[t].value, sizeof(int));
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;
