@@ -415,6 +415,36 @@ def _():
                     assert bool(bits[h, i, o]) == (float(z[o]) > 0)
 
 
+@case("evaluate: oracle_layers gives hash methods the oracle's mask in those layers only", True)
+def _():
+    import torch
+    from hashattn_eval import evaluate as ev
+    from hashattn_eval import select as sel
+    g = torch.Generator().manual_seed(6)
+    L, hq, hkv, D, m, S = 2, 4, 2, 16, 8, 300
+    w = lambda *shape: torch.randn(*shape, generator=g) / 4  # noqa: E731
+    side = lambda H: {"w1": w(L, H, m, D), "b1": w(L, H, m), "w2": w(L, H, m, m), "b2": w(L, H, m),  # noqa: E731
+                      "w3": w(L, H, 32, m), "b3": w(L, H, 32)}
+    method = ev.Method("hash-paper-group", {"query": side(hq), "key": side(hq)}, False, True)
+    q, k = torch.randn(hq, 5, D, generator=g), torch.randn(hkv, S, D, generator=g)
+    pos = torch.arange(S - 5, S)
+    logits = torch.matmul(q, k.repeat_interleave(hq // hkv, 0).transpose(1, 2))
+    b = sel.Budget(8, 8, 1 / 16)
+    ev.STATE.begin(method, b, 5, "cpu", 0)
+    try:
+        oracle = sel.oracle_mask(logits, pos, b)
+        ev.STATE.oracle_layers = frozenset({1})
+        for layer in range(L):
+            got = ev._mask_for(layer, hq // hkv, q, k, pos, logits, {})
+            ev.STATE.oracle_layers = frozenset()
+            own = ev._mask_for(layer, hq // hkv, q, k, pos, logits, {})
+            ev.STATE.oracle_layers = frozenset({1})
+            assert torch.equal(got, oracle if layer == 1 else own), layer
+        assert not torch.equal(own, oracle)  # the test can tell the two apart
+    finally:
+        ev.STATE.oracle_layers = frozenset()
+
+
 print(f"eval: {RESULTS['passed']} passed, {RESULTS['failed']} failed, "
       f"{RESULTS['skipped']} skipped")
 print("eval: " + ("FAILED" if RESULTS["failed"] else "OK"))

@@ -126,6 +126,8 @@ class State:
         self.mass: Dict[int, List[float]] = {}      # layer -> [sum over heads and rows, rows*heads]
         self.capture_layers: Sequence[int] = ()
         self.captured: Dict[int, Tuple[torch.Tensor, ...]] = {}
+        # diagnostic (layers.py): hash methods take the oracle's selection in these layers
+        self.oracle_layers: frozenset = frozenset()
 
     def begin(self, method: Method, budget: sel.Budget, decode_rows: int, device: Any,
               tag: int) -> None:
@@ -163,6 +165,8 @@ def _mask_for(layer: int, module_groups: int, q: torch.Tensor, k: torch.Tensor,
             prep["bounds"] = sel.page_bounds(k, 16)
         return sel.quest_mask(q, k, pos, b, 16, prep["bounds"])
     if m.name.startswith("hash-"):
+        if layer in STATE.oracle_layers:
+            return sel.oracle_mask(logits, pos, b)
         wq = {p: t[layer] for p, t in m.weights["query"].items()}
         if "k_bits" not in prep:
             wk = {p: t[layer] for p, t in m.weights["key"].items()}
