@@ -1074,9 +1074,9 @@ int main(int argc, char **argv)
         json_object_object_add(js, "profile_steps", json_object_new_int(o.bench_profile));
         json_object_object_add(js, "graphs", json_object_new_boolean(cuda && !o.no_graphs));
         json_object_object_add(js, "tp", json_object_new_int(o.tp));
-        if (o.bench_profile && !ex->ops->set_profile)
+        if (o.bench_profile && (!ex->ops->set_profile || o.no_graphs))
             fprintf(stderr, "hashattn-run: note: --bench-profile times parts of CUDA graphs on one GPU; "
-                            "not with this executor\n");
+                            "not with this executor%s\n", o.no_graphs ? " (--no-graphs)" : "");
         printf("%-6s %-7s %-6s %12s %10s %10s %10s %8s %9s %8s\n", "batch", "ctx", "mode", "tok/s", "ms/step",
                "attended", "context", "speedup", "prefill_s", "graphs");
         int bad = 0;
