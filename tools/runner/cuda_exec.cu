@@ -505,8 +505,8 @@ static int mark(CudaExec *c, int part)
     CU(cudaStreamIsCapturing(c->stream, &cs));
     c->prof_part[c->prof_n] = part;
     /* the external flag is for captures only */
-    CU(cudaEventRecordWithFlags(c->prof_ev[c->prof_n++], c->stream,
-                                cs == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
+    const unsigned flags = cs == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault;
+    CU(cudaEventRecordWithFlags(c->prof_ev[c->prof_n++], c->stream, flags));
     return 0;
 }
 
@@ -581,13 +581,13 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
             return -1;
         const int thr = 256;
         if (c->cfg.kv_dtype == RN_DT_F16)
-            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos, c->rope_sin,
-                                                                 (__half *)c->qa, (__half *)c->ka, (__half *)c->va,
-                                                                 c->Hq, c->Hkv, c->D);
+            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
+                                                                 c->rope_sin, (__half *)c->qa, (__half *)c->ka,
+                                                                 (__half *)c->va, c->Hq, c->Hkv, c->D);
         else
-            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos, c->rope_sin,
-                                                               (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va, c->Hq,
-                                                               c->Hkv, c->D);
+            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
+                                                               c->rope_sin, (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va,
+                                                               c->Hq, c->Hkv, c->D);
         CU(cudaGetLastError());
         if ((c->hook && run_hook(c, p, l, d_pos, T)) || mark(c, RN_PROF_QKV))
             return -1;
@@ -663,8 +663,8 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
         if (mark(c, RN_PROF_ATTENTION))
             return -1;
         const void *ain = k_convert_att(c, T);
-        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f) || k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) ||
-            gemm(c, Ly.wgu, c->xb, c->hb, T, c->E, 2 * c->F, 0))
+        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f) ||
+            k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wgu, c->xb, c->hb, T, c->E, 2 * c->F, 0))
             return -1;
         const size_t nf = (size_t)T * c->F;
         if (c->wbf16)

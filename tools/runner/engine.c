@@ -327,8 +327,8 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
     memset(out, 0, sizeof *out);
     /* profiled steps run after the timed ones: two more to capture their graph */
     const int prof = profile_steps > 0 && ex->ops->set_profile ? profile_steps + 2 : 0;
-    if (batch < 1 || batch > ex->max_seqs || ctx < 1 || steps < 1 || warmup < 0 || profile_steps < 0 || prefill_chunk < 1 ||
-        prefill_chunk > ex->max_tokens || batch > ex->max_tokens) {
+    if (batch < 1 || batch > ex->max_seqs || ctx < 1 || steps < 1 || warmup < 0 || profile_steps < 0 ||
+        prefill_chunk < 1 || prefill_chunk > ex->max_tokens || batch > ex->max_tokens) {
         snprintf(err, errlen, "bench: batch %d, ctx %d, chunk %d do not fit the executor", batch, ctx, prefill_chunk);
         return -1;
     }

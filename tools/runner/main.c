@@ -44,8 +44,8 @@ typedef struct options {
     int n_calib_text, capture_seqs, capture_len, capture_queries, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, bench, bench_steps, bench_warmup,
-        bench_profile;
+    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs;
+    int bench, bench_steps, bench_warmup, bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
     uint64_t seed;
