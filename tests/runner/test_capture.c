@@ -85,7 +85,11 @@ static int by_score(const void *a, const void *b)
 }
 
 /* every query's labels against a brute force over the stored vectors */
-static void check_labels(const char *path, int n_seqs, int64_t len, int sink, int recent, int nq_want)
+/* lens: the sequences' lengths to expect (NULL: any); lens_out: where to put
+ * them (NULL: nowhere); the last `tail` positions of every record must be
+ * its sequence's last ones */
+static void check_labels_of(const char *path, int n_seqs, const int64_t *lens, int64_t *lens_out, int sink,
+                            int recent, int nq_want, int tail)
 {
     tr_calib_t *c = NULL;
     char err[256];
@@ -95,9 +99,9 @@ static void check_labels(const char *path, int n_seqs, int64_t len, int sink, in
     const tr_calib_shape_t *sh = tr_calib_shape(c);
     const int D = sh->head_dim, G = sh->num_q_heads / sh->num_kv_heads, K = sh->topk;
     CHECK(K == 32, "topk %d", K);
-    int64_t queries = 0, labels = 0, padded = 0, bad = 0;
+    int64_t queries = 0, labels = 0, padded = 0, bad = 0, cap_sc = 0;
     float *qv = malloc((size_t)D * sizeof *qv);
-    scored_t *sc = malloc((size_t)len * sizeof *sc);
+    scored_t *sc = NULL;
     for (int l = 0; l < sh->num_layers; l++) {
         for (int h = 0; h < sh->num_q_heads; h++) {
             const tr_calib_qrec_t *recs;
@@ -113,7 +117,18 @@ static void check_labels(const char *path, int n_seqs, int64_t len, int sink, in
                     CHECK(0, "keys of layer %d head %d seq %lld: %s", l, h / G, (long long)q->seq, err);
                     continue;
                 }
-                CHECK(n == len, "keys cover %d tokens, expected %lld", n, (long long)len);
+                if (lens_out && q->seq < n_seqs)
+                    lens_out[q->seq] = n;
+                if (lens)
+                    CHECK(n == lens[q->seq], "keys cover %d tokens, expected %lld", n, (long long)lens[q->seq]);
+                if (n > cap_sc) {
+                    free(sc);
+                    sc = malloc((size_t)n * sizeof *sc);
+                    cap_sc = n;
+                }
+                for (int i = 0; i < tail && i < q->count; i++)
+                    if (q->positions[q->count - 1 - i] != n - 1 - i)
+                        bad++;
                 CHECK(q->sink == sink && q->recent == recent && q->count == nq_want && q->dtype == TR_CALIB_F32,
                       "record: sink %d recent %d count %d dtype %d", q->sink, q->recent, q->count, q->dtype);
                 for (int i = 0; i < q->count; i++) {
@@ -153,6 +168,14 @@ static void check_labels(const char *path, int n_seqs, int64_t len, int sink, in
     free(qv);
     free(sc);
     tr_calib_close(c);
+}
+
+static void check_labels(const char *path, int n_seqs, int64_t len, int sink, int recent, int nq_want)
+{
+    int64_t lens[8];
+    for (int i = 0; i < n_seqs && i < 8; i++)
+        lens[i] = len;
+    check_labels_of(path, n_seqs < 8 ? n_seqs : 8, lens, NULL, sink, recent, nq_want, 0);
 }
 
 /* layer 0's q and k from the GGUF's stored rows, in double: embedding,
@@ -271,21 +294,103 @@ static int same_bytes(const char *a, const char *b)
 static void test_positions(void)
 {
     int32_t pos[64];
-    int n = rn_capture_positions(1000, 128, 128, 32, 40, 7, 3, pos);
+    int n = rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 3, pos);
     int ok = n == 40;
     for (int i = 0; i < n; i++)
         ok &= pos[i] >= 288 && pos[i] <= 999 && (i == 0 || pos[i] > pos[i - 1]);
     CHECK(ok, "40 distinct ascending positions in [288, 999]");
     int32_t again[64];
-    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 7, 3, again) == 40 && !memcmp(pos, again, sizeof(int32_t) * 40),
+    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 3, again) == 40 && !memcmp(pos, again, sizeof(int32_t) * 40),
           "the same seed gives the same positions");
-    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 7, 4, again) == 40 && memcmp(pos, again, sizeof(int32_t) * 40),
+    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 4, again) == 40 && memcmp(pos, again, sizeof(int32_t) * 40),
           "another sequence gets other positions");
-    n = rn_capture_positions(300, 128, 128, 32, 64, 1, 0, pos);
+    n = rn_capture_positions(300, 128, 128, 32, 64, 0, 1, 0, pos);
     CHECK(n == 12 && pos[0] == 288 && pos[11] == 299, "a short range is taken whole: %d from %d", n, pos[0]);
-    n = rn_capture_positions(50, 128, 128, 32, 64, 1, 0, pos);
+    n = rn_capture_positions(50, 128, 128, 32, 64, 0, 1, 0, pos);
     CHECK(n == 1 && pos[0] == 49, "a sequence shorter than sink + recent + topk: its last position (%d, %d)", n,
           pos[0]);
+    /* a tail: the last 6 positions always, 34 drawn from the rest, none twice */
+    n = rn_capture_positions(1000, 128, 128, 32, 40, 6, 7, 3, pos);
+    ok = n == 40;
+    for (int i = 0; i < n; i++)
+        ok &= pos[i] >= 288 && pos[i] <= 999 && (i == 0 || pos[i] > pos[i - 1]);
+    for (int i = 0; i < 6 && ok; i++)
+        ok &= pos[34 + i] == 994 + i;
+    CHECK(ok, "tail 6: 40 distinct ascending positions ending in 994..999");
+    n = rn_capture_positions(1000, 128, 128, 32, 4, 6, 7, 3, pos);
+    CHECK(n == 4 && pos[0] == 996 && pos[3] == 999, "a tail longer than the count: the last 4 positions (%d)", pos[0]);
+    n = rn_capture_positions(300, 128, 128, 32, 64, 6, 1, 0, pos);
+    CHECK(n == 12 && pos[0] == 288 && pos[11] == 299, "tail 6, short range: taken whole (%d)", n);
+}
+
+/* Documents (--capture-doc-sep) and a tail (--capture-tail): one sequence per
+ * document, cut at the length, a too-short document skipped, the last
+ * positions always sampled, the labels right for every length. */
+static void test_capture_docs(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_config_t *pc,
+                              const char *dir)
+{
+    static const int lines[4] = { 5, 1, 30, 8 }; /* the second is too short, the third too long */
+    const int64_t len = 230;
+    const int sink = 5, recent = 9, queries = 24, tail = 6;
+    char path[160], out[160], part[160];
+    snprintf(path, sizeof path, "%s/docs.txt", dir);
+    snprintf(out, sizeof out, "%s/docs.calib", dir);
+    snprintf(part, sizeof part, "%s/part.txt", dir);
+    FILE *f = fopen(path, "w");
+    int64_t ntok[4];
+    for (int d = 0; f && d < 4; d++) {
+        write_text(part, lines[d], 100 + (uint64_t)d);
+        char buf[16384];
+        FILE *pf = fopen(part, "r");
+        const size_t nb = pf ? fread(buf, 1, sizeof buf, pf) : 0;
+        if (pf)
+            fclose(pf);
+        fwrite(buf, 1, nb, f);
+        fputs(d < 3 ? "<doc>\n" : "<doc>", f);
+        rn_tokens_t t = { 0 };
+        CHECK(rn_tokenizer_encode(tok, buf, nb, 0, &t) == 0, "tokenize document %d", d);
+        ntok[d] = (int64_t)t.n;
+        rn_tokens_free(&t);
+    }
+    if (f)
+        fclose(f);
+    /* 5 lines fit, 1 line is too short, 30 lines are cut, 8 fit */
+    CHECK(ntok[0] > sink + recent + 32 && ntok[0] < len && ntok[1] <= sink + recent + 32 && ntok[2] > len &&
+              ntok[3] > sink + recent + 32 && ntok[3] < len,
+          "documents of %lld, %lld, %lld, %lld tokens", (long long)ntok[0], (long long)ntok[1], (long long)ntok[2],
+          (long long)ntok[3]);
+    const char *texts[1] = { path };
+    rn_capture_config_t cc = RN_CAPTURE_CONFIG_INIT;
+    cc.out = out;
+    cc.texts = texts;
+    cc.n_texts = 1;
+    cc.n_seqs = 10; /* more than there are documents: the text ends */
+    cc.seq_len = (int)len;
+    cc.queries = queries;
+    cc.sink = sink;
+    cc.recent = recent;
+    cc.f16 = 0;
+    cc.seed = 5;
+    cc.block_size = 16;
+    cc.prefill_chunk = 37;
+    cc.doc_sep = "<doc>";
+    cc.tail = tail;
+    rn_capture_stats_t st;
+    char err[512];
+    printf("capture(tiny, documents, len=230, queries=24, tail=6)\n");
+    const int rc = rn_capture_run(m, tok, pc, &cc, &st, err, sizeof err);
+    const int64_t want[3] = { ntok[0], len, ntok[3] };
+    CHECK(rc == 0 && st.seqs == 3 && st.tokens == want[0] + want[1] + want[2],
+          "a sequence per long-enough document, the long one cut (%d sequences, %lld tokens: %s)", st.seqs,
+          (long long)st.tokens, err);
+    if (rc == 0 && st.seqs == 3)
+        check_labels_of(out, 3, want, NULL, sink, recent, queries, tail);
+    cc.tail = -1;
+    CHECK(rn_capture_run(m, tok, pc, &cc, NULL, err, sizeof err) != 0 && strstr(err, "bad configuration"),
+          "a negative tail is refused: %s", err);
+    unlink(part);
+    unlink(path);
+    unlink(out);
 }
 
 static void test_capture(void)
@@ -450,6 +555,7 @@ static void test_capture(void)
     printf("capture(tiny, seqs=1, len=40, sink=5, recent=9): fewer candidates than labels\n");
     CHECK(rn_capture_run(m, tok, &pc, &cc, NULL, err, sizeof err) == 0, "short capture: %s", err);
     check_labels(out3, 1, 40, 5, 9, 1);
+    test_capture_docs(m, tok, &pc, dir);
     unlink(t1);
     unlink(t2);
     unlink(t3);

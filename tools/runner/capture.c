@@ -54,8 +54,8 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int rn_capture_positions(int64_t n, int sink, int recent, int topk, int count, uint64_t seed, int64_t seq,
-                         int32_t *pos)
+int rn_capture_positions(int64_t n, int sink, int recent, int topk, int count, int tail, uint64_t seed,
+                         int64_t seq, int32_t *pos)
 {
     if (n < 1 || count < 1)
         return 0;
@@ -68,20 +68,25 @@ int rn_capture_positions(int64_t n, int sink, int recent, int topk, int count, u
             pos[i] = (int32_t)(lo + i);
         return (int)range;
     }
-    int32_t *perm = malloc((size_t)range * sizeof *perm);
+    const int fixed = tail < 0 ? 0 : tail < count ? tail : count;
+    const int64_t drawn_range = range - fixed; /* the tail's positions are not drawn again */
+    const int drawn = count - fixed;
+    int32_t *perm = malloc((size_t)(drawn_range > 0 ? drawn_range : 1) * sizeof *perm);
     if (!perm)
         return -1;
-    for (int64_t i = 0; i < range; i++)
+    for (int64_t i = 0; i < drawn_range; i++)
         perm[i] = (int32_t)(lo + i);
     uint64_t rng = seed * 0x2545f4914f6cdd1dull + (uint64_t)seq + 1;
-    for (int i = 0; i < count; i++) { /* partial Fisher-Yates */
-        const int64_t j = i + (int64_t)(splitmix(&rng) % (uint64_t)(range - i));
+    for (int i = 0; i < drawn; i++) { /* partial Fisher-Yates */
+        const int64_t j = i + (int64_t)(splitmix(&rng) % (uint64_t)(drawn_range - i));
         const int32_t t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
     }
-    memcpy(pos, perm, (size_t)count * sizeof *pos);
+    memcpy(pos, perm, (size_t)drawn * sizeof *pos);
     free(perm);
+    for (int i = 0; i < fixed; i++)
+        pos[drawn + i] = (int32_t)(n - fixed + i);
     qsort(pos, (size_t)count, sizeof *pos, cmp_i32);
     return count;
 }
@@ -92,6 +97,7 @@ typedef struct text_src {
     const char *path;
     const char *data;
     size_t size, off;
+    size_t end; /* text_tokens reads no further: the current document's end, else size */
 } text_src_t;
 
 static int text_open(text_src_t *t, const char *path, char *err, size_t errlen)
@@ -115,6 +121,7 @@ static int text_open(text_src_t *t, const char *path, char *err, size_t errlen)
         t->data = p;
     }
     close(fd);
+    t->end = t->size;
     return 0;
 }
 
@@ -132,11 +139,11 @@ static int64_t text_tokens(text_src_t *t, const rn_tokenizer_t *tok, int64_t wan
 {
     int64_t have = 0;
     rn_tokens_t piece = { 0 };
-    while (have < want && t->off < t->size) {
+    while (have < want && t->off < t->end) {
         /* about 4 bytes a token: a piece a little larger than what is missing */
         size_t len = (size_t)(want - have) * 4 + 256;
-        if (len > t->size - t->off)
-            len = t->size - t->off;
+        if (len > t->end - t->off)
+            len = t->end - t->off;
         else {
             size_t cut = len;
             while (cut > 0 && t->data[t->off + cut - 1] != '\n')
@@ -159,6 +166,48 @@ static int64_t text_tokens(text_src_t *t, const rn_tokenizer_t *tok, int64_t wan
     }
     rn_tokens_free(&piece);
     return have;
+}
+
+/* Where `sep` next occurs in t from its offset on (t->size when nowhere). */
+static size_t find_sep(const text_src_t *t, const char *sep, size_t sl)
+{
+    for (size_t i = t->off; i + sl <= t->size; i++) {
+        const char *p = memchr(t->data + i, sep[0], t->size - sl + 1 - i);
+        if (!p)
+            break;
+        i = (size_t)(p - t->data);
+        if (!memcmp(p, sep, sl))
+            return i;
+    }
+    return t->size;
+}
+
+/* The next sequence's tokens: the next `want` tokens of the text, or with a
+ * separator `sep` (NULL: none) the next document: the text up to the next
+ * `sep`, cut at `want` tokens, the offset then past the separator and one
+ * newline after it (the rest of a long document is skipped). Documents of at
+ * most `min_len` tokens are skipped; text after the last separator is read as
+ * without one. Returns the token count (0, or short of `want` without a
+ * separator: the text ended), or -1 (out of memory). */
+static int64_t next_sequence(text_src_t *t, const rn_tokenizer_t *tok, const char *sep, int64_t want,
+                             int64_t min_len, int32_t *ids)
+{
+    if (!sep || !*sep)
+        return text_tokens(t, tok, want, ids);
+    const size_t sl = strlen(sep);
+    while (t->off < t->size) {
+        t->end = find_sep(t, sep, sl);
+        const int64_t n = text_tokens(t, tok, want, ids);
+        if (t->end < t->size) {
+            t->off = t->end + sl;
+            if (t->off < t->size && t->data[t->off] == '\n')
+                t->off++;
+        }
+        t->end = t->size;
+        if (n < 0 || n > min_len)
+            return n;
+    }
+    return 0;
 }
 
 /* ---- the hook: keep every key and the sampled queries of one sequence ---- */
@@ -262,7 +311,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     memset(&st, 0, sizeof st);
     const rn_capture_extent_t ext = rn_capture_extent_of(cfg, hp);
     const int64_t len = ext.len;
-    if (!cfg->out || cfg->n_texts < 1 || cfg->n_seqs < 1 || cfg->queries < 1 || cfg->sink < 0 ||
+    if (!cfg->out || cfg->n_texts < 1 || cfg->n_seqs < 1 || cfg->queries < 1 || cfg->tail < 0 || cfg->sink < 0 ||
         cfg->recent < 1 || cfg->topk < 1 || len < 2 || len > (1 << 24) || cfg->block_size < 1 ||
         cfg->prefill_chunk < 1)
         return seterr(err, errlen, "capture: bad configuration (texts %d, sequences %d, length %lld, queries %d)",
@@ -333,6 +382,10 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
                          (unsigned long long)cfg->seed, cfg->f16 ? "fp16" : "fp32");
         for (int i = 0; i < cfg->n_texts && k < (int)sizeof meta; i++)
             k += snprintf(meta + k, sizeof meta - (size_t)k, "text=%s\n", cfg->texts[i]);
+        if (cfg->doc_sep && *cfg->doc_sep && k < (int)sizeof meta)
+            k += snprintf(meta + k, sizeof meta - (size_t)k, "doc_sep=%s\n", cfg->doc_sep);
+        if (cfg->tail > 0 && k < (int)sizeof meta)
+            k += snprintf(meta + k, sizeof meta - (size_t)k, "tail=%d\n", cfg->tail);
         if (cfg->meta && k < (int)sizeof meta)
             snprintf(meta + k, sizeof meta - (size_t)k, "%s", cfg->meta);
         if (tr_calib_write_meta(w, meta, err, errlen))
@@ -345,6 +398,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     }
     hooked = 1;
     const int G = c.Hq / c.Hkv;
+    const int docs = cfg->doc_sep && *cfg->doc_sep;
     const tr_calib_dtype_t dt = cfg->f16 ? TR_CALIB_F16 : TR_CALIB_F32;
     for (int s = 0; s < cfg->n_seqs; s++) {
         const double spent = now_s() - t_start;
@@ -355,18 +409,20 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         }
         text_src_t *t = &src[s % cfg->n_texts];
         const size_t off0 = t->off;
-        const int64_t n = text_tokens(t, tok, len, ids);
+        const int64_t n = next_sequence(t, tok, docs ? cfg->doc_sep : NULL, len,
+                                        (int64_t)cfg->sink + cfg->recent + cfg->topk, ids);
         if (n < 0) {
             seterr(err, errlen, "capture: out of memory tokenizing %s", t->path);
             goto out;
         }
-        if (n < len) {
+        if (docs ? n == 0 : n < len) {
             if (cfg->progress)
                 cfg->progress(cfg->user, s, cfg->n_seqs, n, len, "text ended");
             break;
         }
         st.text_bytes += (int64_t)(t->off - off0);
-        const int nq = rn_capture_positions(n, cfg->sink, cfg->recent, cfg->topk, nq_cap, cfg->seed, s, pos);
+        const int nq =
+            rn_capture_positions(n, cfg->sink, cfg->recent, cfg->topk, nq_cap, cfg->tail, cfg->seed, s, pos);
         if (nq < 1) {
             seterr(err, errlen, "capture: out of memory for query positions");
             goto out;

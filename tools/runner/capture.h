@@ -50,10 +50,18 @@ typedef struct rn_capture_config {
     /* after every forward step and every written sequence; NULL = silent */
     void (*progress)(void *user, int seq, int n_seqs, int64_t done, int64_t len, const char *what);
     void *user;
+    /* Documents (NULL = none): a sequence is the text up to the next doc_sep,
+     * cut at seq_len tokens (the rest of a longer document is skipped); the
+     * next starts after the separator and one newline after it. Documents of
+     * at most sink + recent + topk tokens are skipped; text after the last
+     * separator is read as without one. */
+    const char *doc_sep;
+    int tail;                       /* the last `tail` positions of every sequence are always among
+                                       its `queries` sampled positions (e.g. a question and its answer) */
 } rn_capture_config_t;
 
 #define RN_CAPTURE_CONFIG_INIT \
-    { NULL, NULL, 0, 1, 0, 256, 128, 128, 32, 1, 1, 16, 512, 0, 0.0, NULL, NULL, NULL }
+    { NULL, NULL, 0, 1, 0, 256, 128, 128, 32, 1, 1, 16, 512, 0, 0.0, NULL, NULL, NULL, NULL, 0 }
 
 typedef struct rn_capture_stats {
     int seqs;                     /* sequences written */
@@ -93,11 +101,13 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
                         const rn_capture_config_t *cfg, rn_capture_stats_t *st, char *err, size_t errlen);
 
 /* The query positions of one sequence of n tokens: `count` distinct
- * positions in [lo, n - 1], lo = min(sink + recent + topk, n - 1), drawn
- * uniformly from (seed, seq), ascending. Returns how many (fewer when the
- * range is smaller). Exposed for tests. */
-int rn_capture_positions(int64_t n, int sink, int recent, int topk, int count, uint64_t seed, int64_t seq,
-                         int32_t *pos);
+ * positions in [lo, n - 1], lo = min(sink + recent + topk, n - 1), ascending:
+ * the last min(tail, count) positions of that range, and the others drawn
+ * uniformly from the rest of it by (seed, seq) (tail 0: all drawn). Returns
+ * how many (fewer when the range is smaller), or -1 (out of memory). Exposed
+ * for tests. */
+int rn_capture_positions(int64_t n, int sink, int recent, int topk, int count, int tail, uint64_t seed,
+                         int64_t seq, int32_t *pos);
 
 #ifdef __cplusplus
 }

@@ -40,8 +40,8 @@
 typedef struct options {
     const char *model, *plugin, *prompt, *prompt_file, *prompts, *system, *hash_weights, *attn, *selection, *device;
     const char *dump_logits, *jsonl, *kv_dtype, *weights_dtype, *bench_batch, *bench_ctx, *bench_json;
-    const char *capture, *capture_dtype, *calib_text[16];
-    int n_calib_text, capture_seqs, capture_len, capture_queries, exact_matmul, random_hash_weights;
+    const char *capture, *capture_dtype, *capture_doc_sep, *calib_text[16];
+    int n_calib_text, capture_seqs, capture_len, capture_queries, capture_tail, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
     int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs;
@@ -148,6 +148,11 @@ static void usage(FILE *out)
             "  --capture-time S      start no sequence that would end after S seconds\n"
             "                        (judged by the mean of the finished ones; default 0:\n"
             "                        no limit)\n"
+            "  --capture-doc-sep S   each sequence is one document: the text up to the next S\n"
+            "                        (and a newline after it), cut at --capture-len; documents\n"
+            "                        of at most sink + recent + 32 tokens are skipped\n"
+            "  --capture-tail N      the last N positions of every sequence are always among its\n"
+            "                        sampled queries (e.g. a question and its answer; default 0)\n"
             "  --capture-dtype T     f16 (default) | f32: how vectors are stored\n"
             "                        (labels come from the fp32 vectors either way);\n"
             "                        --sink/--recent set the labels' candidates, --seed\n"
@@ -333,6 +338,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         STROPT("--bench-json", o->bench_json)
         STROPT("--capture", o->capture)
         STROPT("--capture-dtype", o->capture_dtype)
+        STROPT("--capture-doc-sep", o->capture_doc_sep)
         else if (!strcmp(a, "--calib-text")) {
             NEEDV();
             if (o->n_calib_text == (int)(sizeof o->calib_text / sizeof o->calib_text[0])) {
@@ -346,6 +352,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         INTOPT("--capture-seqs", 1, 1 << 20, o->capture_seqs)
         INTOPT("--capture-len", 2, 1 << 24, o->capture_len)
         INTOPT("--capture-queries", 1, 1 << 24, o->capture_queries)
+        INTOPT("--capture-tail", 0, 1 << 24, o->capture_tail)
         else if (!strcmp(a, "--capture-time")) {
             NEEDV();
             if (parse_float(v, a, 0, 1e7, &o->capture_time))
@@ -682,6 +689,8 @@ static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokeni
     cc.prefill_chunk = o->prefill_chunk;
     cc.meta = meta;
     cc.max_seconds = o->capture_time;
+    cc.doc_sep = o->capture_doc_sep;
+    cc.tail = o->capture_tail;
     progress_t pg = { now_s(), 0, isatty(2), 0 };
     cc.progress = cb_capture;
     cc.user = &pg;
