@@ -300,9 +300,11 @@ static void test_positions(void)
         ok &= pos[i] >= 288 && pos[i] <= 999 && (i == 0 || pos[i] > pos[i - 1]);
     CHECK(ok, "40 distinct ascending positions in [288, 999]");
     int32_t again[64];
-    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 3, again) == 40 && !memcmp(pos, again, sizeof(int32_t) * 40),
+    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 3, again) == 40 &&
+              !memcmp(pos, again, sizeof(int32_t) * 40),
           "the same seed gives the same positions");
-    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 4, again) == 40 && memcmp(pos, again, sizeof(int32_t) * 40),
+    CHECK(rn_capture_positions(1000, 128, 128, 32, 40, 0, 7, 4, again) == 40 &&
+              memcmp(pos, again, sizeof(int32_t) * 40),
           "another sequence gets other positions");
     n = rn_capture_positions(300, 128, 128, 32, 64, 0, 1, 0, pos);
     CHECK(n == 12 && pos[0] == 288 && pos[11] == 299, "a short range is taken whole: %d from %d", n, pos[0]);
