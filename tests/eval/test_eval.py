@@ -5,6 +5,9 @@
   database with its index) read back, NA and UTF-8 strings, refusals;
 - passkey: prompt length, key placement and answer, determinism, refusals;
 - stats: the block bootstrap on known data;
+- needle-text (scripts/needle-text, the retrieval fine-tune's documents): separators,
+  each document ends in its number, which sits in the text before the question,
+  lengths, determinism, none of the passkey prompts' wording;
 - select (torch; "skipped: no torch" without it): every method attends to exactly
   T(n) = sink + recent + floor(f n) tokens per row; hash selection equals a direct
   transcription of the plugin's counting selection (kernels/cpu/select.c) with many
@@ -231,6 +234,39 @@ def _():
             pass
         else:
             raise AssertionError(f"accepted {bad}")
+
+
+@case("needle-text: documents end in their number, other wording than the passkey prompts")
+def _():
+    import re
+    import subprocess
+    script = os.path.join(ROOT, "scripts", "needle-text")
+    with tempfile.TemporaryDirectory() as d:
+        prose = os.path.join(d, "prose.txt")
+        with open(prose, "w") as f:
+            f.write("A line of some documentation text, with no digits in it.\n" * 3000)
+        outs = []
+        for seed in (5, 5, 6):
+            out = os.path.join(d, f"n{len(outs)}.txt")
+            subprocess.run([sys.executable, script, "--out", out, "--docs", "12", "--seed", str(seed),
+                            "--min-tokens", "300", "--max-tokens", "900", "--prose", prose],
+                           check=True, capture_output=True)
+            with open(out) as f:
+                outs.append(f.read())
+    assert outs[0] == outs[1] and outs[0] != outs[2], "deterministic per seed"
+    docs = outs[0].split("<<<doc>>>\n")
+    assert docs[-1] == "" and len(docs) == 13, len(docs)
+    fillers = [u.strip() + "." for u in passkey.FILLER.split(".") if u.strip()]
+    for doc in docs[:-1]:
+        m = re.search(r"(\d{4,7})\n$", doc)
+        assert m, doc[-80:]
+        key = m.group(1)
+        assert doc.count(key) >= 2, "the number is in the text and in the answer"
+        question = doc.rindex("\n", 0, len(doc) - 1)
+        assert doc.index(key) < question, "the number sits in the text before the question"
+        assert 300 * 4 - 400 <= len(doc) <= 900 * 4 + 400, len(doc)
+        assert "pass key" not in doc.lower()
+        assert not any(f in doc for f in fillers), "none of the evaluation's filler sentences"
 
 
 # ---- stats -----------------------------------------------------------------------------------
