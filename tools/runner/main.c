@@ -603,8 +603,12 @@ static void cb_capture(void *user, int seq, int n_seqs, int64_t done, int64_t le
     }
     if (!strcmp(what, "text ended")) {
         progress_end(p);
-        fprintf(stderr, "hashattn-run: capture: the text of sequence %d ended after %lld of %lld tokens; "
-                        "stopping at %d sequences\n", seq, (long long)done, (long long)len, seq);
+        if (done > 0)
+            fprintf(stderr, "hashattn-run: capture: the text of sequence %d ended after %lld of %lld tokens; "
+                            "stopping at %d sequences\n", seq, (long long)done, (long long)len, seq);
+        else /* --capture-doc-sep: no document left */
+            fprintf(stderr, "hashattn-run: capture: the text ended before sequence %d; stopping at %d sequences\n",
+                    seq + 1, seq);
         return;
     }
     if (!strcmp(what, "written")) {
