@@ -10,10 +10,11 @@
  * bench_decode) and a random permutation of the pages as block tables; with
  * B = 8 at 1M the 8 sequences read the same pool through 8 different
  * permutations. Timed: one decode call with the gathered output, so the
- * all-gather and the head interleave are included. Each rep: the ranks meet
- * at a barrier, each flushes L2 with a 512 MB memset on its stream, then
- * CUDA events around the decode; 3 warm-up calls; median over reps of the
- * slowest rank (the all-gather makes every rank wait for the slowest).
+ * all-gather and the head interleave are included. Each rep: each rank
+ * flushes L2 with a 512 MB memset on its stream and waits for it, the ranks
+ * meet at a barrier, then CUDA events around the decode; 3 warm-up calls;
+ * median over reps of the slowest rank (the all-gather makes every rank wait
+ * for the slowest).
  *
  * usage: bench_tp [--lib PATH] [--tp LIST] [--reps N] [--json FILE]
  *   --tp 1,2,4 (default: those that fit the GPUs present)
@@ -219,8 +220,11 @@ static void *rank_main(void *p)
             RHA(g_api->decode(ctx, &a));
         RCU(cudaStreamSynchronize(st));
         for (int r = 0; r < g_reps; r++) {
-            pthread_barrier_wait(&g->bar);
+            /* flush, wait for it, then start together: a rank whose flush
+             * ended later would otherwise show up in the others' all-gather */
             RCU(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+            RCU(cudaStreamSynchronize(st));
+            pthread_barrier_wait(&g->bar);
             RCU(cudaEventRecord(e0, st));
             RHA(g_api->decode(ctx, &a));
             RCU(cudaEventRecord(e1, st));

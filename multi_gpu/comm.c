@@ -195,10 +195,14 @@ static void nap(void)
 }
 
 /* Wait until a non-blocking communicator has no operation in progress.
- * ncclSuccess, an error, or ncclInProgress when the time ran out. */
+ * ncclSuccess, an error, or ncclInProgress when the time ran out. The first
+ * 2 ms poll without sleeping: a collective on a set-up communicator is
+ * enqueued in microseconds, and a 0.2 ms nap on every decode made tp = 2
+ * slower than one GPU (bench_tp, 2026-11-29: ~270 us per call); connection
+ * setup and dead peers take longer and get the naps. */
 static ncclResult_t wait_comm(ncclComm_t comm, int32_t timeout_ms)
 {
-    const double end = now_ms() + timeout_ms;
+    const double start = now_ms(), end = start + timeout_ms;
     for (;;) {
         ncclResult_t state = ncclInProgress;
         ncclResult_t r = g_nccl.CommGetAsyncError(comm, &state);
@@ -206,9 +210,11 @@ static ncclResult_t wait_comm(ncclComm_t comm, int32_t timeout_ms)
             return r;
         if (state != ncclInProgress)
             return state;
-        if (now_ms() > end)
+        const double now = now_ms();
+        if (now > end)
             return ncclInProgress;
-        nap();
+        if (now - start > 2.0)
+            nap();
     }
 }
 
