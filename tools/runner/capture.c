@@ -171,13 +171,11 @@ static int64_t text_tokens(text_src_t *t, const rn_tokenizer_t *tok, int64_t wan
 /* Where `sep` next occurs in t from its offset on (t->size when nowhere). */
 static size_t find_sep(const text_src_t *t, const char *sep, size_t sl)
 {
-    for (size_t i = t->off; i + sl <= t->size; i++) {
-        const char *p = memchr(t->data + i, sep[0], t->size - sl + 1 - i);
-        if (!p)
-            break;
-        i = (size_t)(p - t->data);
+    const char *p = t->data + t->off, *const end = t->data + t->size;
+    while ((size_t)(end - p) >= sl && (p = memchr(p, sep[0], (size_t)(end - p) - sl + 1)) != NULL) {
         if (!memcmp(p, sep, sl))
-            return i;
+            return (size_t)(p - t->data);
+        p++;
     }
     return t->size;
 }
@@ -409,8 +407,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         }
         text_src_t *t = &src[s % cfg->n_texts];
         const size_t off0 = t->off;
-        const int64_t n = next_sequence(t, tok, docs ? cfg->doc_sep : NULL, len,
-                                        (int64_t)cfg->sink + cfg->recent + cfg->topk, ids);
+        const int64_t n = next_sequence(t, tok, cfg->doc_sep, len, (int64_t)cfg->sink + cfg->recent + cfg->topk, ids);
         if (n < 0) {
             seterr(err, errlen, "capture: out of memory tokenizing %s", t->path);
             goto out;
