@@ -339,6 +339,7 @@ static const struct {
     TUNE_FIELD(attn_mma), TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
     TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(select_pass), TUNE_FIELD(score_vec4),
     TUNE_FIELD(score_staged), TUNE_FIELD(attn_list_k), TUNE_FIELD(score_warps),
+    TUNE_FIELD(attn_parts),
 };
 enum { MAX_TUNES = 16 };
 static struct {
@@ -575,8 +576,10 @@ int main(int argc, char **argv)
             tn.score_vec4 = bc->novec > 0 ? 0 : 2;
         if (bc->staged)
             tn.score_staged = bc->staged > 0 ? bc->staged : 0;
-        if (bc->lk)
+        if (bc->lk) { /* run 15's spans of lk chunks, not run 19's balanced parts */
             tn.attn_list_k = bc->lk;
+            tn.attn_parts = -1;
+        }
         if (bc->warps)
             tn.score_warps = bc->warps;
         for (int t = 0; t < g_ntunes; t++)

@@ -195,6 +195,13 @@ struct AttnArgs {
      * selection chunks (C = list_k x sel_C positions); the selection pass's
      * slots are [grid.x][sel_nch] of sel_C entries */
     int32_t list_k, sel_C, sel_nch;
+    /* the attention pass in balanced parts (> 0; list_k is then 1): block y
+     * of a row and head group attends part y of `parts` equal shares of the
+     * entries its selection chunks listed (of the positions, for a sequence
+     * decoded densely), whatever chunks they came from, and every part
+     * writes a partial, empty ones too */
+    int32_t parts;
+    int32_t pre_off; /* balanced parts: shared offset of the chunks' entry prefix (sel_nch ints) */
     /* selection */
     int32_t group_sel, Hsel, score_bytes;
     const void *scores;
@@ -239,13 +246,21 @@ __host__ __device__ constexpr size_t attend_region_a()
  * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
 constexpr int kListPiece = 512;
 constexpr int kMaxListK = 8; /* selection chunks per attention block (knob attn_list_k) */
+/* Blocks per SM of the attention pass (LM = 2, tensor cores): its launch
+ * bounds hold it to 128 registers, and its ~56 KB of shared memory fit four
+ * times (run 19: the balanced parts' prologue had taken it to 168 registers,
+ * three blocks per SM and 7% slower). decode.cu's attend_parts counts waves
+ * with it. */
+constexpr int kAttnPassBlocksPerSm = 4;
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
  * and in the one-pass sparse prologue the staged scores), then the sparse
- * list (positions, then head masks) of cap entries. *list_off receives the
- * list's offset. LM as in attend_kernel. */
+ * list (positions, then head masks) of cap entries, then (the attention pass
+ * in balanced parts) pre_n ints of the chunks' entry prefix. *list_off and
+ * *pre_off receive the offsets. LM as in attend_kernel. */
 template <typename T, int D, int GH, bool SPARSE>
-__host__ size_t attend_smem(int C, int nsel, int score_bytes, int lm, int *list_off, int *list_cap)
+__host__ size_t attend_smem(int C, int nsel, int score_bytes, int lm, int *list_off, int *list_cap,
+                            int pre_n = 0, int *pre_off = nullptr)
 {
     size_t a = attend_region_a<T, D, GH>();
     if (SPARSE) {
@@ -258,6 +273,9 @@ __host__ size_t attend_smem(int C, int nsel, int score_bytes, int lm, int *list_
         if (list_cap)
             *list_cap = cap;
         a += align_up((size_t)cap * 4, 16) + align_up((size_t)cap, 16);
+        if (pre_off) /* the attention pass in balanced parts: the chunks' entry prefix */
+            *pre_off = (int)a;
+        a += align_up((size_t)pre_n * 4, 16);
     }
     return a + 16; /* ptxas may merge guarded shared loads past the last element */
 }
@@ -274,7 +292,8 @@ __host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
 template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
-__global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
+__global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocksPerSm : 1)
+    attend_kernel(const AttnArgs a)
 {
     /* selection units the compaction tracks: one with GSEL (the selection
      * pass of group selection: a quarter of the code, which is what bounds
@@ -303,8 +322,9 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     /* the attention pass launches the recent window's chunk (the last, and
      * with the sink's the longest list) second instead of last, so that it
      * does not run alone at the end of the last wave */
+    const bool bal = LM == 2 && a.parts > 0; /* balanced parts: all equal, no reordering */
     const int cy = (int)blockIdx.y, ny = (int)gridDim.y;
-    const int c = LM == 2 && ny > 2 && cy > 0 ? (cy == 1 ? ny - 1 : cy - 1) : cy;
+    const int c = LM == 2 && !bal && ny > 2 && cy > 0 ? (cy == 1 ? ny - 1 : cy - 1) : cy;
     const int row = (int)(blockIdx.x / (unsigned)(a.Hkv * a.nhg));
     const int kvh = zh / a.nhg, hg = zh % a.nhg;
     pdl_launch_dependents();
@@ -317,8 +337,12 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     const int h0 = kvh * a.G + hg * GH;
     const int nh = min(GH, a.G - hg * GH);
     const uint32_t full = (1u << nh) - 1u;
-    const int64_t p0 = (int64_t)c * a.C;
-    const int64_t pend = min(n, p0 + (int64_t)a.C);
+    int64_t p0 = (int64_t)c * a.C;
+    int64_t pend = min(n, p0 + (int64_t)a.C);
+    if (bal) { /* a densely decoded sequence: part c of its n positions */
+        p0 = (int64_t)c * n / a.parts;
+        pend = (int64_t)(c + 1) * n / a.parts;
+    }
 
     Bud bud = {0, 0, 0, true};
     if (!a.prefill)
@@ -367,7 +391,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
      * that the whole chain has finished when the last kernel has. */
     pdl_wait();
 
-    if (p0 >= n) {
+    if (bal ? n == 0 : p0 >= n) { /* balanced: every part of a sequence writes its partial */
         if (c == 0) { /* n == 0: zeros and count 0 */
             if (LM != 2 && a.sel_cnt && !a.prefill && tid < nunits)
                 a.sel_cnt[(int64_t)s * a.sc_ss + (int64_t)unit_of(tid) * a.sc_sh] = 0;
@@ -405,7 +429,31 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
     /* the attention pass: the lengths of its selection chunks' lists (chunks
      * past the sequence listed nothing: 0) */
     int seg_len[LM == 2 ? kMaxListK : 1];
-    if (sparse_seq && LM == 2) {
+    /* balanced parts: this part's first entry (of the row's listed ones) */
+    int e0 = 0;
+    if (sparse_seq && bal) {
+        /* the chunks' list lengths (chunks past the sequence listed nothing),
+         * a few chunks per thread, scanned across the block into pre[j]: the
+         * entries listed before chunk j; this part attends [e0, e1) */
+        int *const pre = reinterpret_cast<int *>(sm + a.pre_off);
+        const int R = (a.sel_nch + kAttnThreads - 1) / kAttnThreads;
+        const int jb = tid * R, je = min(a.sel_nch, jb + R);
+        auto count = [&](int j) {
+            return (int64_t)j * a.sel_C < n ? a.list_cnt[(int64_t)blockIdx.x * a.sel_nch + j] : 0;
+        };
+        int v[1] = {0}, tot[1];
+        for (int j = jb; j < je; j++)
+            v[0] += count(j);
+        /* scratch: region A, which the pipeline fills only later */
+        block_excl_scan<1>(v, tot, reinterpret_cast<int *>(sm));
+        for (int j = jb, run = v[0]; j < je; j++) {
+            pre[j] = run;
+            run += count(j);
+        }
+        e0 = (int)((int64_t)c * tot[0] / a.parts);
+        L = (int)((int64_t)(c + 1) * tot[0] / a.parts) - e0;
+        __syncthreads();
+    } else if (sparse_seq && LM == 2) {
         L = 0;
 #pragma unroll
         for (int k = 0; k < (LM == 2 ? kMaxListK : 1); k++) {
@@ -883,16 +931,20 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         for (int e = 0; e < (MMA ? 4 : 8); e++)
             acc[j][e] = 0.0f;
 
+    /* balanced parts: one segment of L entries, whose pieces gather their
+     * entries from the chunks' lists */
+    const bool walk = pieces && bal;
     bool first = true;
-    for (int sg = 0; sg < nseg; sg++) {
+    for (int sg = 0; sg < (walk ? 1 : nseg); sg++) {
     int Ls = L;
-    if constexpr (LM == 2) {
+    const int64_t sslot = (int64_t)blockIdx.x * a.sel_nch + (int64_t)c * a.list_k + sg;
+    if (walk) {
+    } else if constexpr (LM == 2) {
 #pragma unroll
         for (int k = 0; k < kMaxListK; k++) /* a compile-time index: seg_len stays in registers */
             if (k == sg)
                 Ls = pieces ? seg_len[k] : L;
     }
-    const int64_t sslot = (int64_t)blockIdx.x * a.sel_nch + (int64_t)c * a.list_k + sg;
     for (pbase = 0; pbase < Ls; pbase += piece) {
     Lp = min(piece, Ls - pbase);
     ntiles = (Lp + kTT - 1) / kTT;
@@ -901,11 +953,47 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const AttnArgs a)
         if (!first)
             __syncthreads();
         first = false;
-        const int32_t *gp = a.list_pos + sslot * a.sel_C + pbase;
-        const uint8_t *gm = a.list_mask + sslot * a.sel_C + pbase;
-        for (int i = tid; i < Lp; i += kAttnThreads) {
-            lidx[i] = gp[i];
-            lmask[i] = gm[i];
+        if (walk) {
+            /* entry i of the piece is the row's entry e0 + pbase + i, in the
+             * last chunk j with pre[j] <= it: all of a thread's loads in
+             * flight together */
+            static_assert(kListPiece == 4 * kAttnThreads, "four entries per thread");
+            const int *const pre = reinterpret_cast<const int *>(sm + a.pre_off);
+            int64_t gi[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int i = tid + u * kAttnThreads, e = e0 + pbase + i;
+                int lo = 0, hi = a.sel_nch - 1;
+                while (lo < hi) {
+                    const int mid = (lo + hi + 1) >> 1;
+                    if (pre[mid] <= e)
+                        lo = mid;
+                    else
+                        hi = mid - 1;
+                }
+                gi[u] = i < Lp ? ((int64_t)blockIdx.x * a.sel_nch + lo) * a.sel_C + (e - pre[lo]) : -1;
+            }
+            int32_t pv[4];
+            uint8_t mv[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                pv[u] = gi[u] >= 0 ? a.list_pos[gi[u]] : 0;
+                mv[u] = gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (gi[u] >= 0) {
+                    lidx[tid + u * kAttnThreads] = pv[u];
+                    lmask[tid + u * kAttnThreads] = mv[u];
+                }
+            }
+        } else {
+            const int32_t *gp = a.list_pos + sslot * a.sel_C + pbase;
+            const uint8_t *gm = a.list_mask + sslot * a.sel_C + pbase;
+            for (int i = tid; i < Lp; i += kAttnThreads) {
+                lidx[i] = gp[i];
+                lmask[i] = gm[i];
+            }
         }
         __syncthreads();
     }
@@ -1128,6 +1216,7 @@ struct CombineArgs {
     const float *part_o, *part_lse;
     void *out;
     int64_t o_st, o_sh;
+    int32_t all_parts; /* 1: all nch partials of a sequence with tokens (balanced parts) */
 };
 
 /* out[row, h] = sum_c w_c o_c / sum_c w_c, w_c = 2^(lse_c - max lse).
@@ -1154,7 +1243,7 @@ __global__ void __launch_bounds__(D * kCombineGroups) combine_kernel(const Combi
     int64_t n, bi, bv;
     row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bi, &bv);
     pdl_wait();
-    const int nchs = (int)min((int64_t)a.nch, (n + a.C - 1) / a.C);
+    const int nchs = a.all_parts ? (n > 0 ? a.nch : 0) : (int)min((int64_t)a.nch, (n + a.C - 1) / a.C);
     const int per = (nchs + ng - 1) / ng;
     const int cb = g * per, ce = min(nchs, cb + per);
     const int64_t pi = ((int64_t)row * a.Hq + h) * a.nch;

@@ -853,7 +853,7 @@ inline AttnArgs attention_pass_args(const AttnArgs &A)
     A2.sel_C = A.C;
     A2.sel_nch = A.nch;
     A2.C = A.C * A.list_k;
-    A2.nch = (A.nch + A.list_k - 1) / A.list_k;
+    A2.nch = A.parts > 0 ? A.parts : (A.nch + A.list_k - 1) / A.list_k;
     A2.direct = A2.nch == 1;
     return A2;
 }
@@ -879,7 +879,8 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
             return HA_KERNEL_OK;
         AttnArgs A2 = attention_pass_args(A);
         auto k = attend_kernel<T, D, GH, true, MMA, 2>;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap,
+                                                        A2.parts > 0 ? A2.sel_nch : 0, &A2.pre_off);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
@@ -1053,6 +1054,36 @@ inline int attend_list_k(int knob, int nch, int64_t units, double entries_per_ch
     return k;
 }
 
+/* Balanced parts per (row, head group) of the attention pass (two-pass
+ * sparse step): every block attends an equal share of its row's listed
+ * entries, so none runs long at the end of a wave (run 15's spans of list_k
+ * chunks gave the sink's and the recent window's spans ~1.5x the entries of
+ * the others). Automatic (knob 0): the P up to nch that minimises
+ * waves(P) x (entries / P + kPartFixed), waves counted at
+ * kAttnPassBlocksPerSm blocks per SM (attend.cuh), at
+ * least a tile of entries per part; kPartFixed is a block's fixed work
+ * (prologue, list copies, pipeline fill, merge, partial) in entries. */
+constexpr double kPartFixed = 64.0;
+inline int attend_parts(int knob, int nch, int64_t units, double entries)
+{
+    if (knob > 0)
+        return knob < nch ? knob : nch;
+    const int64_t slots = (int64_t)sm_count() * kAttnPassBlocksPerSm;
+    int best = 1;
+    double best_t = 0.0;
+    for (int P = 1; P <= nch; P++) {
+        if (P > 1 && entries / P < kTT)
+            break;
+        const double waves = (double)ceil_div(units * P, slots);
+        const double t = waves * (entries / P + kPartFixed);
+        if (P == 1 || t < best_t * 0.999) {
+            best = P;
+            best_t = t;
+        }
+    }
+    return best;
+}
+
 } // namespace ha
 
 using namespace ha;
@@ -1167,7 +1198,12 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const double heavy = bg.heavy_count >= 0 ? (double)bg.heavy_count : (double)bg.heavy_fraction * max_tokens;
         const double per_unit = (bg.sink > 0 ? bg.sink : 0) + (bg.recent > 0 ? bg.recent : 0) + (heavy > 0 ? heavy : 0);
         const int heads = group_sel ? 1 : (G < GH ? G : GH);
-        A.list_k = attend_list_k(tn.attn_list_k, nch, units, per_unit * heads / nch);
+        if (tn.attn_parts >= 0) {
+            A.list_k = 1;
+            A.parts = attend_parts(tn.attn_parts, nch, units, per_unit * heads);
+        } else {
+            A.list_k = attend_list_k(tn.attn_list_k, nch, units, per_unit * heads / nch);
+        }
     } else {
         A.list_k = 1;
     }
@@ -1301,6 +1337,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     cb.out = p->output.data;
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
+    cb.all_parts = Aspan.parts > 0;
     const dim3 cgrid((unsigned)B, (unsigned)Hq);
     const int cthreads = D * combine_groups(cb.nch);
     HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY(launch(combine_kernel<T, DD>, cgrid, dim3(cthreads), 0, st, pdl, cb)));

@@ -64,6 +64,7 @@ static const ha_cuda_tuning_t kDefaults = {
              hp32 364.3 vs 380.9 us (run 14b), default from run 15 */
     0,    /* attn_list_k: automatic (attend_list_k; run 15, lab cases *_lk1 / *_lk4) */
     0,    /* score_warps: automatic (run 17, lab cases *_w8 / *_w4 / *_w2) */
+    0,    /* attn_parts: automatic balanced parts (run 19) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -50,6 +50,11 @@ typedef struct ha_cuda_tuning {
     int score_warps;         /* warps per block of the warp score kernels: 0 automatic (8, halved
                                 while the blocks would not cover the SMs), else 1..8 (8 until
                                 run 17) */
+    /* appended in run 19 */
+    int attn_parts;          /* two-pass sparse step: the attention pass in balanced parts (equal
+                                shares of each row's listed entries): 0 automatic (decode.cu's
+                                attend_parts), > 0 forced; -1: spans of attn_list_k selection
+                                chunks (before run 19) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
