@@ -18,6 +18,12 @@
  *     (32G > 255) and the lab's compact_serial = 1 walk the run a position
  *     at a time, compact_serial = 0 uses warp ballots (bench/NOTES.md).
  *
+ * The two-pass sparse step splits this: the selection pass (LM = 1) writes
+ * each chunk's list to global memory, and the attention pass (LM = 2) gives
+ * block y of a (row, head group) part y of `parts` equal shares of the
+ * entries the row's chunks listed (balanced parts, run 19), or, with the lab
+ * knob attn_parts = -1, list_k whole chunks.
+ *
  * Then tiles of 32 listed rows are gathered with 16-byte cp.async through the
  * block table, three stages deep, into rows padded by 16 bytes (ldmatrix rows
  * then hit distinct banks), and attended with an online softmax in base 2.
