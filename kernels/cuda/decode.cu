@@ -1026,7 +1026,8 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
     return C <= kSparseChunkMax ? C : 0;
 }
 
-/* Selection chunks per attention block (two-pass sparse step). Short
+/* Selection chunks per attention block (two-pass sparse step, with the
+ * lab knob attn_parts = -1 only: balanced parts replaced it in run 19). Short
  * blocks pay their fixed work (prologue, pipeline fill, merge, partials) for
  * a few tiles; long ones leave SMs idle. Automatic (knob 0): the largest
  * power of two up to kMaxListK whose blocks attend at most kListTarget

@@ -43,7 +43,7 @@ typedef struct ha_cuda_tuning {
                                 selection's too; 0: the words in registers, one slab ahead
                                 (before run 14) */
     /* appended in run 15 */
-    int attn_list_k;         /* selection chunks per attention-pass block (two-pass sparse step):
+    int attn_list_k;         /* with attn_parts = -1: selection chunks per attention-pass block:
                                 0 automatic (decode.cu's attend_list_k), else a power of two up
                                 to 8; 1 before run 15 */
     /* appended in run 17 */
