@@ -648,9 +648,21 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
             const int npg = (int)((pend - p0 + a.bs - 1) / a.bs);
             const int32_t *btrow = a.bt + (int64_t)cur.s * a.bt_stride;
             __syncwarp(); /* the previous item's reads of pg are done */
-            for (int i = lane; i < npg; i += 32) {
-                const int32_t page = btrow[b0 + i];
-                pg[i] = page_ok(a.guard, page, cur.s, b0 + i) ? page : -1;
+            /* eight page ids per lane in flight at once (an item of 4096
+             * positions in pages of 16: one round), then their checks: the
+             * item's first dependent read (run 19: two rounds of four, ~10% of
+             * the kernel's stall samples, ncu-source-2026-11-29-run19-scores) */
+            for (int i0 = lane; i0 < npg; i0 += 8 * 32) {
+                int32_t page[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    page[u] = i0 + 32 * u < npg ? btrow[b0 + i0 + 32 * u] : 0;
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const int i = i0 + 32 * u;
+                    if (i < npg)
+                        pg[i] = page_ok(a.guard, page[u], cur.s, b0 + i) ? page[u] : -1;
+                }
             }
             load_qs(cur); /* its __syncwarp also publishes pg */
             const int plen = (int)(pend - p0); /* positions of the item */
