@@ -325,9 +325,10 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocks
     /* x = row * (Hkv * nhg) + head group: the KV heads of one (row, chunk)
      * are neighbours in launch order and read the same pages together */
     const int zh = (int)(blockIdx.x % (unsigned)(a.Hkv * a.nhg));
-    /* the attention pass launches the recent window's chunk (the last, and
-     * with the sink's the longest list) second instead of last, so that it
-     * does not run alone at the end of the last wave */
+    /* the attention pass in spans of chunks (attn_parts = -1) launches the
+     * recent window's chunk (the last, and with the sink's the longest list)
+     * second instead of last, so that it does not run alone at the end of the
+     * last wave; balanced parts are all equal */
     const bool bal = LM == 2 && a.parts > 0; /* balanced parts: all equal, no reordering */
     const int cy = (int)blockIdx.y, ny = (int)gridDim.y;
     const int c = LM == 2 && !bal && ny > 2 && cy > 0 ? (cy == 1 ? ny - 1 : cy - 1) : cy;
@@ -874,7 +875,7 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocks
      * current piece's entries. */
     const bool pieces = LM == 2 && sparse_seq;
     const int piece = pieces ? a.list_cap : max(L, 1);
-    const int nseg = pieces ? a.list_k : 1;
+    const int nseg = pieces && !bal ? a.list_k : 1; /* balanced parts: one segment of L entries */
     int pbase = 0, Lp = 0, ntiles = 0;
     /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
     const int cc = tid % LPR, r0 = tid / LPR;
@@ -937,19 +938,19 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocks
         for (int e = 0; e < (MMA ? 4 : 8); e++)
             acc[j][e] = 0.0f;
 
-    /* balanced parts: one segment of L entries, whose pieces gather their
-     * entries from the chunks' lists */
+    /* balanced parts: the pieces gather their entries from the chunks' lists */
     const bool walk = pieces && bal;
     bool first = true;
-    for (int sg = 0; sg < (walk ? 1 : nseg); sg++) {
+    for (int sg = 0; sg < nseg; sg++) {
     int Ls = L;
     const int64_t sslot = (int64_t)blockIdx.x * a.sel_nch + (int64_t)c * a.list_k + sg;
-    if (walk) {
-    } else if constexpr (LM == 2) {
+    if constexpr (LM == 2) {
+        if (!walk) {
 #pragma unroll
-        for (int k = 0; k < kMaxListK; k++) /* a compile-time index: seg_len stays in registers */
-            if (k == sg)
-                Ls = pieces ? seg_len[k] : L;
+            for (int k = 0; k < kMaxListK; k++) /* a compile-time index: seg_len stays in registers */
+                if (k == sg)
+                    Ls = pieces ? seg_len[k] : L;
+        }
     }
     for (pbase = 0; pbase < Ls; pbase += piece) {
     Lp = min(piece, Ls - pbase);
