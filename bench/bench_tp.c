@@ -16,10 +16,23 @@
  * median over reps of the slowest rank (the all-gather makes every rank wait
  * for the slowest).
  *
+ * Two timings per case, in the same run:
+ *   called  the host calls decode between the events (as above): the rank's
+ *           enqueue (launches, the NCCL enqueue poll) and the ranks' host
+ *           skew after the barrier are in the time;
+ *   queued  each rank queues a gate kernel, the events and the decode, the
+ *           ranks meet at a barrier, and one host write releases every
+ *           rank's gate at once: the time is the GPUs' (what a host that
+ *           enqueues ahead, or replays a graph, sees), with the ranks started
+ *           within a few microseconds of each other;
+ *   sharded queued, with HASHATTN_DECODE_TP_SHARDED: each rank's decode of
+ *           its heads without the all-gather (tp = 1: the plain decode), so
+ *           that queued - sharded is what the collective costs.
+ *
  * usage: bench_tp [--lib PATH] [--tp LIST] [--reps N] [--json FILE]
  *   --tp 1,2,4 (default: those that fit the GPUs present)
- * Prints a table, the speedups against tp = 1 and the issue's targets at
- * N = 1M, B = 1 (tp 2 >= 1.8x, tp 4 >= 3.2x: "target met" / "target missed").
+ * Prints a table (both timings), the speedups against tp = 1 and the
+ * issue's targets at N = 1M, B = 1 (tp 2 >= 1.8x, tp 4 >= 3.2x: "target met" / "target missed").
  * Last line: "bench_tp: N cases: OK" (every case ran) or FAILED.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -37,11 +50,14 @@
 
 int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
 int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
+int ha_bench_gate(const volatile int *flag, int value, cudaStream_t st);
 
 enum { HQ = 32, HKV = 8, D = 128, BS = 16, M = 128, SINK = 128, RECENT = 128, SPARSITY = 32, MAXB = 8 };
 #define POOL_TOKENS (1 << 20)
 #define MAX_TP 8
 #define MAX_REPS 200
+enum { MODE_CALLED, MODE_QUEUED, MODE_SHARDED, NMODES };
+static const char *const k_mode_names[NMODES] = {"called", "queued", "sharded"};
 
 typedef struct bcase {
     int B;
@@ -57,7 +73,8 @@ typedef struct group {
     int tp;
     hashattn_comm_id_t id;
     pthread_barrier_t bar;
-    float times[MAX_TP][NCASES][MAX_REPS]; /* ms */
+    volatile int *gate; /* pinned, mapped: the queued timing's release word */
+    float times[MAX_TP][NMODES][NCASES][MAX_REPS]; /* ms */
     int ok[MAX_TP][NCASES];
     char err[MAX_TP][512];
 } group_t;
@@ -229,7 +246,33 @@ static void *rank_main(void *p)
             RHA(g_api->decode(ctx, &a));
             RCU(cudaEventRecord(e1, st));
             RCU(cudaEventSynchronize(e1));
-            RCU(cudaEventElapsedTime(&g->times[rank][ci][r], e0, e1));
+            RCU(cudaEventElapsedTime(&g->times[rank][MODE_CALLED][ci][r], e0, e1));
+        }
+        for (int m = MODE_QUEUED; m <= MODE_SHARDED; m++) {
+            hashattn_decode_args_t am = a;
+            int64_t sh_os[3] = {B, HQ / tp, D};
+            DLTensor tos = dev_tensor(out, rank, bf16, 3, sh_os);
+            if (m == MODE_SHARDED && tp > 1) {
+                am.flags |= HASHATTN_DECODE_TP_SHARDED;
+                am.output = &tos;
+            }
+            for (int r = 0; r < g_reps; r++) {
+                /* everything behind a gate, released by one write once every
+                 * rank has queued its decode */
+                const int token = (ci * NMODES + m) * MAX_REPS + r + 1; /* rising in run order */
+                RCU(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+                RCU(cudaStreamSynchronize(st));
+                if (ha_bench_gate(g->gate, token, st))
+                    RFAIL("rank %d: gate launch failed", rank);
+                RCU(cudaEventRecord(e0, st));
+                RHA(g_api->decode(ctx, &am));
+                RCU(cudaEventRecord(e1, st));
+                pthread_barrier_wait(&g->bar);
+                if (rank == 0)
+                    __atomic_store_n(g->gate, token, __ATOMIC_SEQ_CST);
+                RCU(cudaEventSynchronize(e1));
+                RCU(cudaEventElapsedTime(&g->times[rank][m][ci][r], e0, e1));
+            }
         }
         g->ok[rank][ci] = 1;
     }
@@ -240,6 +283,7 @@ done:
          * communicator (their NCCL calls end) and report */
         if (ctx)
             g_api->comm_abort(ctx);
+        __atomic_store_n(g->gate, 0x7fffffff, __ATOMIC_SEQ_CST); /* no rank waits at its gate */
     }
     if (st)
         cudaStreamSynchronize(st);
@@ -308,9 +352,14 @@ int main(int argc, char **argv)
     cudaGetDeviceProperties(&prop, 0);
     printf("bench_tp: %d GPUs (%s), reps %d, Hq %d Hkv %d D %d bf16, group selection, compact signatures, "
            "heavy N/%d, sink %d, recent %d\n", ndev, prop.name, g_reps, HQ, HKV, D, SPARSITY, SINK, RECENT);
-    printf("%3s %3s %8s %10s %10s %8s\n", "tp", "B", "N", "us_med", "us_min", "speedup");
+    printf("%-7s %3s %3s %8s %10s %10s %8s\n", "timing", "tp", "B", "N", "us_med", "us_min", "speedup");
 
-    double med[8][NCASES];
+    int *gate = NULL; /* the queued timing's release word, seen by every GPU */
+    if (cudaHostAlloc((void **)&gate, sizeof *gate, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
+        printf("bench_tp: cudaHostAlloc of the gate word failed: FAILED\n");
+        return 1;
+    }
+    double med[8][NMODES][NCASES];
     int ran = 0, failed = 0;
     FILE *jf = json ? fopen(json, "w") : NULL;
     char date[64];
@@ -321,14 +370,17 @@ int main(int argc, char **argv)
                 "\"cases\": [", prop.name, ndev, date, g_reps);
     for (int ti = 0; ti < ntp; ti++) {
         const int tp = tps[ti];
-        for (int ci = 0; ci < NCASES; ci++)
-            med[ti][ci] = NAN;
+        for (int m = 0; m < NMODES; m++)
+            for (int ci = 0; ci < NCASES; ci++)
+                med[ti][m][ci] = NAN;
         if (tp < 1 || tp > ndev || tp > MAX_TP || HKV % tp) {
             printf("tp = %d: skipped: needs %d GPUs dividing Hkv = %d (%d here)\n", tp, tp, HKV, ndev);
             continue;
         }
         group_t *g = calloc(1, sizeof *g);
         g->tp = tp;
+        *gate = 0;
+        g->gate = gate;
         if (tp > 1 && g_api->comm_unique_id(&g->id) != HASHATTN_STATUS_OK) {
             printf("tp = %d: comm_unique_id: %s\n", tp, g_api->last_error(NULL));
             failed++;
@@ -351,56 +403,71 @@ int main(int argc, char **argv)
                 printf("tp = %d: %s\n", tp, g->err[r]);
                 failed++;
             }
-        for (int ci = 0; ci < NCASES; ci++) {
-            int all = 1;
-            for (int r = 0; r < tp; r++)
-                all &= g->ok[r][ci];
-            if (!all)
-                continue;
-            float t[MAX_REPS];
-            for (int k = 0; k < g_reps; k++) {
-                t[k] = 0;
-                for (int r = 0; r < tp; r++) /* the slowest rank of each rep */
-                    t[k] = g->times[r][ci][k] > t[k] ? g->times[r][ci][k] : t[k];
+        for (int m = 0; m < NMODES; m++)
+            for (int ci = 0; ci < NCASES; ci++) {
+                int all = 1;
+                for (int r = 0; r < tp; r++)
+                    all &= g->ok[r][ci];
+                if (!all)
+                    continue;
+                float t[MAX_REPS];
+                for (int k = 0; k < g_reps; k++) {
+                    t[k] = 0;
+                    for (int r = 0; r < tp; r++) /* the slowest rank of each rep */
+                        t[k] = g->times[r][m][ci][k] > t[k] ? g->times[r][m][ci][k] : t[k];
+                }
+                qsort(t, (size_t)g_reps, sizeof(float), ha_bench_cmp_float);
+                med[ti][m][ci] = 1000.0 * t[g_reps / 2];
+                const double mn = 1000.0 * t[0];
+                double base = NAN;
+                for (int tj = 0; tj < ntp; tj++)
+                    if (tps[tj] == 1)
+                        base = med[tj][m][ci];
+                const double sp = base / med[ti][m][ci];
+                printf("%-7s %3d %3d %8lld %10.1f %10.1f %8.2f\n", k_mode_names[m], tp, k_cases[ci].B,
+                       (long long)k_cases[ci].N, med[ti][m][ci], mn, sp);
+                if (jf)
+                    fprintf(jf, "%s\n  {\"timing\": \"%s\", \"tp\": %d, \"B\": %d, \"N\": %lld, \"us\": %.2f, "
+                            "\"us_min\": %.2f, \"speedup\": %.3f}", ran ? "," : "", k_mode_names[m], tp,
+                            k_cases[ci].B, (long long)k_cases[ci].N, med[ti][m][ci], mn, isnan(sp) ? -1.0 : sp);
+                ran++;
             }
-            qsort(t, (size_t)g_reps, sizeof(float), ha_bench_cmp_float);
-            med[ti][ci] = 1000.0 * t[g_reps / 2];
-            const double mn = 1000.0 * t[0];
-            double base = NAN;
-            for (int tj = 0; tj < ntp; tj++)
-                if (tps[tj] == 1)
-                    base = med[tj][ci];
-            const double sp = base / med[ti][ci];
-            printf("%3d %3d %8lld %10.1f %10.1f %8.2f\n", tp, k_cases[ci].B, (long long)k_cases[ci].N, med[ti][ci],
-                   mn, sp);
-            if (jf)
-                fprintf(jf, "%s\n  {\"tp\": %d, \"B\": %d, \"N\": %lld, \"us\": %.2f, \"us_min\": %.2f, "
-                        "\"speedup\": %.3f}", ran ? "," : "", tp, k_cases[ci].B, (long long)k_cases[ci].N, med[ti][ci],
-                        mn, isnan(sp) ? -1.0 : sp);
-            ran++;
-        }
         free(g);
     }
-    /* the targets: N = 1M, B = 1 */
-    double t1 = NAN, t2 = NAN, t4 = NAN;
-    for (int ti = 0; ti < ntp; ti++) {
-        if (tps[ti] == 1)
-            t1 = med[ti][2];
-        if (tps[ti] == 2)
-            t2 = med[ti][2];
-        if (tps[ti] == 4)
-            t4 = med[ti][2];
+    /* the issue's targets: N = 1M, B = 1, in each timing that includes the
+     * all-gather */
+    double sp[NMODES][2]; /* tp 2, tp 4 */
+    for (int m = 0; m < NMODES; m++) {
+        sp[m][0] = sp[m][1] = NAN;
+        if (m == MODE_SHARDED)
+            continue;
+        double t1 = NAN, t2 = NAN, t4 = NAN;
+        for (int ti = 0; ti < ntp; ti++) {
+            if (tps[ti] == 1)
+                t1 = med[ti][m][2];
+            if (tps[ti] == 2)
+                t2 = med[ti][m][2];
+            if (tps[ti] == 4)
+                t4 = med[ti][m][2];
+        }
+        sp[m][0] = t1 / t2;
+        sp[m][1] = t1 / t4;
+        if (!isnan(sp[m][0]))
+            printf("target N=1M B=1 tp=2 (%s): %.2fx (>= 1.8x): target %s\n", k_mode_names[m], sp[m][0],
+                   sp[m][0] >= 1.8 ? "met" : "missed");
+        if (!isnan(sp[m][1]))
+            printf("target N=1M B=1 tp=4 (%s): %.2fx (>= 3.2x): target %s\n", k_mode_names[m], sp[m][1],
+                   sp[m][1] >= 3.2 ? "met" : "missed");
     }
-    const double s2 = t1 / t2, s4 = t1 / t4;
-    if (!isnan(s2))
-        printf("target N=1M B=1 tp=2: %.2fx (>= 1.8x): target %s\n", s2, s2 >= 1.8 ? "met" : "missed");
-    if (!isnan(s4))
-        printf("target N=1M B=1 tp=4: %.2fx (>= 3.2x): target %s\n", s4, s4 >= 3.2 ? "met" : "missed");
     if (jf) {
-        fprintf(jf, "\n], \"speedup_1m_b1\": {\"tp2\": %.3f, \"tp4\": %.3f}}\n", isnan(s2) ? -1.0 : s2,
-                isnan(s4) ? -1.0 : s4);
+        fprintf(jf, "\n], \"speedup_1m_b1\": {");
+        for (int m = 0; m < NMODES; m++)
+            fprintf(jf, "%s\"%s\": {\"tp2\": %.3f, \"tp4\": %.3f}", m ? ", " : "", k_mode_names[m],
+                    isnan(sp[m][0]) ? -1.0 : sp[m][0], isnan(sp[m][1]) ? -1.0 : sp[m][1]);
+        fprintf(jf, "}}\n");
         fclose(jf);
     }
+    cudaFreeHost(gate);
     printf("bench_tp: %d cases: %s\n", ran, failed || ran == 0 ? "FAILED" : "OK");
     return failed || ran == 0 ? 1 : 0;
 }

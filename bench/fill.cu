@@ -42,3 +42,28 @@ extern "C" int ha_bench_fill_u32(void *p, size_t n, uint64_t seed)
     fill_u32_kernel<<<4096, 256>>>((uint32_t *)p, n, seed);
     return cudaGetLastError() == cudaSuccess ? 0 : -1;
 }
+
+/* A one-thread kernel that holds its stream until *flag >= value (a pinned,
+ * mapped host word that the host sets) or about two seconds have passed, so
+ * that work queued behind it on several GPUs starts at one moment
+ * (bench_tp's queued timing). The timeout keeps a rank that never gets its
+ * release (another rank failed) from hanging. */
+__global__ void gate_kernel(const volatile int *flag, int value)
+{
+    uint64_t t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    for (;;) {
+        if (*flag >= value)
+            return;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        if (t - t0 > 2000000000ull)
+            return;
+        __nanosleep(200);
+    }
+}
+
+extern "C" int ha_bench_gate(const volatile int *flag, int value, cudaStream_t st)
+{
+    gate_kernel<<<1, 1, 0, st>>>(flag, value);
+    return cudaGetLastError() == cudaSuccess ? 0 : -1;
+}
