@@ -214,6 +214,13 @@ struct AttnArgs {
     int64_t score_stride; /* elements per (seq, unit) row */
     const int4 *table;    /* [B][Hsel][nch_cap]: t, ties taken here, ties here, selected before */
     int32_t nch_cap;
+    /* the resolve folded in (non-null hist; run 20; group selection's
+     * selection pass, GSEL): each block works out its chunk's table entry
+     * itself from the units' histograms
+     * [B][Hsel][nbins] and the chunks' suffix-cumulative histograms
+     * [B][Hsel][nch_cap][nbins] (warp_resolve), and no resolve kernel runs */
+    const int32_t *hist, *cum;
+    int32_t nbins;
     /* outputs */
     int32_t direct;
     float *part_o;   /* [rows][Hq][nch][D] */
@@ -258,6 +265,10 @@ constexpr int kMaxListK = 8; /* selection chunks per attention block (knob attn_
  * three blocks per SM and 7% slower). decode.cu's attend_parts counts waves
  * with it. */
 constexpr int kAttnPassBlocksPerSm = 4;
+/* Blocks per SM of group selection's selection pass (LM = 1, GSEL): 64
+ * registers at most, so that the resolve folded into it (warp_resolve, run
+ * 20) does not cost it a block per SM (it took the pass from 62 to 72). */
+constexpr int kSelectPassBlocksPerSm = 8;
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
  * and in the one-pass sparse prologue the staged scores), then the sparse
@@ -292,13 +303,92 @@ __host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
     return align_up((size_t)nsel * C * score_bytes, 16) + 16;
 }
 
+/* One selection unit's table entry for chunk c, by one warp: decode.cu's
+ * resolve_kernel for one chunk, the same rule (kernels/cpu/select.c). H: the
+ * unit's histogram [nbins] (candidates per score); Cu: its chunks'
+ * suffix-cumulative histograms [nch][nbins]. t is the score with
+ * count(>= t) >= K > count(> t) (nbins when K is 0 or above the candidates),
+ * the K - count(> t) ties at t are taken newest first, and the entry is
+ * {t, ties taken in chunk c, ties in chunk c, entries selected before chunk
+ * c}. Two rounds of loads: the histogram, then two bins of every chunk. */
+__device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu, int nbins, int K, int n, int lo,
+                                             int hi, int C, int c, int lane)
+{
+    const unsigned full = 0xffffffffu;
+    /* lane l holds bins [b0, b1); x: candidates scoring in them (counts and
+     * positions fit in 32 bits: max_tokens < 2^31) */
+    const int R = (nbins + 31) / 32, b0 = min(nbins, lane * R), b1 = min(nbins, b0 + R);
+    int x = 0;
+#pragma unroll 4
+    for (int b = b0; b < b1; b++)
+        x += H[b];
+    int above = x; /* then: candidates in the bins of lanes >= this one */
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_down_sync(full, above, o);
+        if (lane + o < 32)
+            above += y;
+    }
+    above -= x; /* count(score >= b1) */
+    int t = nbins, take = 0;
+    if (K > 0) {
+        for (int b = b1 - 1; b >= b0; b--) { /* count(>= b) = above + H[b]: one b crosses K */
+            const int ge = above + H[b];
+            if (ge >= K && above < K) {
+                t = b;
+                take = K - above;
+            }
+            above = ge;
+        }
+    }
+    const unsigned who = __ballot_sync(full, t < nbins);
+    if (who) {
+        const int src = __ffs(who) - 1;
+        t = __shfl_sync(full, t, src);
+        take = __shfl_sync(full, take, src);
+    } else {
+        t = nbins;
+        take = 0;
+    }
+    /* ties and the entries above t: in chunk c, before it (above t) and
+     * after it (ties) */
+    const int nchs = (n + C - 1) / C;
+    int gt_before = 0, eq_after = 0, eq_here = 0;
+    if (t < nbins) {
+        const int t1 = min(t + 1, nbins - 1), has1 = t + 1 < nbins;
+#pragma unroll 4
+        for (int cc = lane; cc < nchs; cc += 32) {
+            const int32_t *row = Cu + (int64_t)cc * nbins;
+            const int ge = row[t];
+            const int gt = has1 ? row[t1] : 0;
+            gt_before += cc < c ? gt : 0;
+            eq_after += cc > c ? ge - gt : 0;
+            eq_here += cc == c ? ge - gt : 0;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            gt_before += __shfl_xor_sync(full, gt_before, o);
+            eq_after += __shfl_xor_sync(full, eq_after, o);
+            eq_here += __shfl_xor_sync(full, eq_here, o);
+        }
+    }
+    const int ties = max(0, min(take - eq_after, eq_here));
+    /* sink and recent positions before the chunk (resolve_kernel's per-chunk
+     * sum), and the ties the newer chunks left to the older ones (take is at
+     * most every tie at t) */
+    const int e = min(c * C, n);
+    const int fixed_before = min(e, lo) + max(0, e - hi);
+    const int ties_before = take - min(take, eq_here + eq_after);
+    return make_int4(t, ties, eq_here, fixed_before + gt_before + ties_before);
+}
+
 /* LM: 0 = one kernel selects and attends; 1 = the selection pass alone
  * (no query, no attention: few registers and only the staged scores in
  * shared memory, so many blocks per SM hide its latencies), writing each
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
 template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
-__global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocksPerSm : 1)
+__global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocksPerSm : (GSEL ? kSelectPassBlocksPerSm : 1))
     attend_kernel(const AttnArgs a)
 {
     /* selection units the compaction tracks: one with GSEL (the selection
@@ -488,7 +578,19 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocks
             }
             cp_async_commit();
         }
-        if (tid < nsel) {
+        if (GSEL && a.hist) { /* the resolve folded in (decode.cu sets hist for GSEL's pass only) */
+            for (int j = warp; j < nsel; j += kAttnThreads / 32) {
+                const int64_t ub = (int64_t)s * a.Hsel + (a.group_sel ? kvh : h0 + j);
+                const int4 e = warp_resolve(a.hist + ub * a.nbins, a.cum + ub * a.nch_cap * a.nbins, a.nbins,
+                                            (int)bud.K, (int)n, (int)lo, (int)hi, a.C, c, lane);
+                if (lane == 0) {
+                    thr_t[j] = e.x;
+                    thr_tkc[j] = e.y;
+                    thr_eqc[j] = e.z;
+                    thr_off[j] = e.w;
+                }
+            }
+        } else if (tid < nsel) {
             const int u = a.group_sel ? kvh : h0 + tid;
             const int4 e = a.table[((int64_t)s * a.Hsel + u) * a.nch_cap + c];
             thr_t[tid] = e.x;

@@ -2,7 +2,7 @@
  * decode.cu - ha_cuda_decode: one HashAttention decode step per sequence.
  *
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
- * Sparse, five launches (chained with programmatic dependent launch only
+ * Sparse, five launches, four with group selection (chained with programmatic dependent launch only
  * when the lab's knob pdl asks; off by default since run 17):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
@@ -19,7 +19,10 @@
  *   3. resolve_kernel one block per (sequence, unit): threshold t, take the
  *                    ties at t newest first, and for every chunk its ties
  *                    taken, ties present and the count selected before it,
- *                    into one int4 table entry;
+ *                    into one int4 table entry (per-head selection; group
+ *                    selection's selection pass works out its chunk's entry
+ *                    itself, attend.cuh's warp_resolve, since run 20: one
+ *                    launch fewer);
  *   4. attend_kernel<sparse> one table read, ordered compaction of the
  *                    chunk, gather and attention (attend.cuh); by default
  *                    in two passes: the selection pass writes each block's
@@ -1206,6 +1209,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
      * per block; the combine then merges one partial per span
      * (attention_pass_args) */
     const bool two_pass = sparse && tn.select_pass != 0 && tn.compact_serial != 0;
+    /* the resolve folded into group selection's selection pass (GSEL: one
+     * unit per block; per-head selection's blocks would resolve GH units each
+     * and lose a block per SM to the registers: hp32 B=8 128K 310 -> 327 us) */
+    if (two_pass && group_sel && tn.resolve_fused) {
+        A.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
+        A.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
+        A.nbins = nbins;
+    }
     if (two_pass) {
         const ha_budget_t &bg = p->budget;
         const double heavy = bg.heavy_count >= 0 ? (double)bg.heavy_count : (double)bg.heavy_fraction * max_tokens;
@@ -1318,9 +1329,13 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         if (ks != HA_KERNEL_OK || tn.stop_after == 2)
             return ks;
 
-        /* 3. thresholds, ties and offsets per chunk */
-        HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
-        HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl, ra));
+        /* 3. thresholds, ties and offsets per chunk (folded into 4. by
+         * default: A.hist) */
+        if (!A.hist) {
+            HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
+            HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl,
+                               ra));
+        }
         if (tn.stop_after == 3)
             return HA_KERNEL_OK;
     }

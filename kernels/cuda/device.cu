@@ -65,6 +65,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* attn_list_k: automatic (attend_list_k; run 15, lab cases *_lk1 / *_lk4) */
     0,    /* score_warps: automatic (run 17, lab cases *_w8 / *_w4 / *_w2) */
     0,    /* attn_parts: automatic balanced parts (run 19) */
+    1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

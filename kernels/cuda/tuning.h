@@ -55,6 +55,10 @@ typedef struct ha_cuda_tuning {
                                 shares of each row's listed entries): 0 automatic (decode.cu's
                                 attend_parts), > 0 forced; -1: spans of attn_list_k selection
                                 chunks (before run 19) */
+    /* appended in run 20 */
+    int resolve_fused;       /* 1: the selecting blocks work out their chunks' thresholds, ties
+                                and offsets from the histograms themselves (warp_resolve; no
+                                resolve launch); 0: resolve_kernel (before run 20) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
