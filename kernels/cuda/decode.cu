@@ -65,6 +65,7 @@ struct ScoreArgs {
 struct ScoreItem {
     int64_t idx, n, lo, hi;
     int s, kvh, c;
+    int lo_r, hi_r; /* [lo, hi) relative to the chunk's first position, clamped to [0, C] */
 };
 
 /* The kernels' walk over the items and the signature pages; every member is
@@ -101,6 +102,9 @@ __device__ __forceinline__ bool score_item_at(const ScoreArgs &a, const ScoreWal
         return false;
     it.lo = b.I;
     it.hi = it.n - b.R;
+    const int64_t p0 = (int64_t)it.c * a.C;
+    it.lo_r = (int)min(max(it.lo - p0, (int64_t)0), (int64_t)a.C);
+    it.hi_r = (int)min(max(it.hi - p0, (int64_t)0), (int64_t)a.C);
     return true;
 }
 
@@ -398,7 +402,11 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
     return (size_t)kScoreStages * score_stage_words<GW>() * 32 * 16 + (size_t)kScoreStagePages * 4;
 }
 
-template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>()>
+/* GC > 0: the group size G known at compile time (launch_score: G = 4, the
+ * Llama-family shape), so that the query words past G cost no selects and no
+ * loop: ncu (run 19, gc32 B=8 128K) counted four SELs, a branch and five
+ * compares of G per position and group of positions in the scoring loop. */
+template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0>
 __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
 {
     constexpr int PK = score_warp_pk<GW, V>();
@@ -408,7 +416,9 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     uint32_t qr[QR]; /* group selection: the query words in registers */
     extern __shared__ uint4 ssm4[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int nbt = a.nbt, G = a.G;
+    const int G = GC > 0 ? GC : a.G;
+    const int nbt = GC > 0 ? (GROUPSEL ? 32 * GC + 1 : 33 * GC) : a.nbt;
+    const bool one_byte = GC > 0 ? (!GROUPSEL || 32 * GC <= 255) : a.score_bytes == 1;
     const int nbp = (nbt + 3) & ~3;
     /* staged form first (16-byte aligned): [NW][S][words][32] uint4, then [NW][pages] */
     const size_t stage_b = S > 0 ? (size_t)NW * score_stage_bytes<GW>() : 0;
@@ -487,7 +497,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
             if (!km)
                 continue;
             const int64_t pk = pbase + (int64_t)k * 32 * V;
-            if (GROUPSEL && V == 4 && km == 15u && a.score_bytes == 1 && pk >= it.lo && pk + V <= it.hi) {
+            const int rk = j * SLAB + k * 32 * V + lane * V; /* pk - the chunk's first position */
+            if (GROUPSEL && V == 4 && km == 15u && one_byte && rk >= it.lo_r && rk + V <= it.hi_r) {
                 /* the common case: four candidates, one-byte scores */
                 const int s0 = group_score(it, w, k, 0, pk), s1 = group_score(it, w, k, V > 1 ? 1 : 0, pk + 1);
                 const int s2 = group_score(it, w, k, V > 2 ? 2 : 0, pk + 2);
@@ -506,16 +517,16 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                         continue;
                     const int64_t p = pk + e;
                     const int sc = group_score(it, w, k, e, p);
-                    if (V == 4 && a.score_bytes == 1)
+                    if (V == 4 && one_byte)
                         packed |= (uint32_t)sc << (8 * e);
-                    else if (a.score_bytes == 1)
+                    else if (one_byte)
                         static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
                     else
                         static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)sc;
                     if (p >= it.lo && p < it.hi)
                         atomicAdd(&hw[sc], 1);
                 }
-                if (V == 4 && a.score_bytes == 1) {
+                if (V == 4 && one_byte) {
                     /* the row's bytes past the item are never read: a whole word is fine */
                     *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) = packed;
                 }
@@ -709,6 +720,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                 const uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
                 uint32_t w[PK][GW][V];
                 uint32_t inm = 0u;
+                const bool whole = (j + 1) * SLAB <= plen; /* every position of the slab in the item */
 #pragma unroll
                 for (int k = 0; k < PK; k++) {
                     const int rel = j * SLAB + k * 32 * V + lane * V;
@@ -721,11 +733,15 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
                         w[k][g][V > 2 ? 2 : 0] = q4.z;
                         w[k][g][V > 3 ? 3 : 0] = q4.w;
                     }
+                    if (!whole) {
 #pragma unroll
-                    for (int e = 0; e < V; e++)
-                        if (kScoreIntIssue ? rel + e < plen : p + e < pend)
-                            inm |= 1u << (k * V + e);
+                        for (int e = 0; e < V; e++)
+                            if (kScoreIntIssue ? rel + e < plen : p + e < pend)
+                                inm |= 1u << (k * V + e);
+                    }
                 }
+                if (whole)
+                    inm = (PK * V >= 32) ? 0xffffffffu : (1u << (PK * V)) - 1u;
                 if (j + S < nslab)
                     issue(j + S); /* the slot just read, refilled */
                 cp_async_commit();
@@ -974,13 +990,16 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
+        /* G = 4 (the Llama-family shape) known at compile time (run 20) */
         if (gw <= 1) {
             if constexpr (GROUPSEL)
                 if (sa.G <= 4)
-                    return go(score_warp_kernel<true, 1, 4, kScoreStages, 4>);
+                    return sa.G == 4 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4>)
+                                     : go(score_warp_kernel<true, 1, 4, kScoreStages, 4>);
             return go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>);
         }
-        return go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
+        return sa.G == 4 ? go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages, score_qr<4>(), 4>)
+                         : go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
     }
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);

@@ -431,7 +431,9 @@ END_TEST
  * form. Sequence lengths differ, so the shorter ones' last items end early
  * or hold no positions. Cases 4 and up: 12 chunks, 768 items, between
  * the block-per-item bound (5 x SMs) and 8 x SMs, where the warp kernels
- * run in blocks of fewer than 8 warps (launch_score). */
+ * run in blocks of fewer than 8 warps (launch_score). Cases 8 and up: Hq 32
+ * (G = 4, the Llama-family group, 1280 items), which the staged warp kernels
+ * take with G known at compile time. */
 static const int k_wide[] = {20000, 19000, 20000, 17500, 20000, 16001, 20000, 18000};
 static const int k_mid[] = {12000, 11000, 12000, 9500, 12000, 8001, 12000, 10000};
 START_TEST(gpu_decode_wide)
@@ -448,7 +450,9 @@ START_TEST(gpu_decode_wide)
     d.batch = 8;
     d.sink = 64;
     d.recent = 64;
-    d.seq_lens = _i < 4 ? k_wide : k_mid;
+    d.seq_lens = _i < 4 || _i >= 8 ? k_wide : k_mid;
+    if (_i >= 8)
+        d.hq = 32;
     check_decode(&d, 0);
 }
 END_TEST
@@ -1106,9 +1110,12 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_grid, 0, full ? NGRID : 12);
     tcase_add_loop_test(tc, gpu_decode_dense_flag, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_decode_long, 0, full ? 4 : 2);
-    tcase_add_loop_test(tc, gpu_decode_wide, 0, full ? 8 : 2);
-    if (!full)
+    tcase_add_loop_test(tc, gpu_decode_wide, 0, full ? 12 : 2);
+    if (!full) {
         tcase_add_loop_test(tc, gpu_decode_wide, 4, 6);
+        tcase_add_loop_test(tc, gpu_decode_wide, 8, 9);
+        tcase_add_loop_test(tc, gpu_decode_wide, 10, 11);
+    }
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
