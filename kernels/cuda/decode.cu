@@ -190,7 +190,7 @@ template <int GW> __host__ __device__ constexpr int score_pk() { return GW == 1 
 /* GW: signature words per position held in registers (1: compact layout or
  * G = 1; 4 or 8: the paper's layout, G words; heads past 8 are loaded when
  * scored). */
-template <bool GROUPSEL, int GW>
+template <bool GROUPSEL, int GW, int GC = 0> /* GC: as score_warp_kernel's */
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
 {
     constexpr int PK = score_pk<GW>();
@@ -198,7 +198,9 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
     extern __shared__ int ssm[];
     __shared__ int scan_sm[32];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int nbt = a.nbt, G = a.G;
+    const int G = GC > 0 ? GC : a.G;
+    const int nbt = GC > 0 ? (GROUPSEL ? 32 * GC + 1 : 33 * GC) : a.nbt;
+    const bool one_byte = GC > 0 ? (!GROUPSEL || 32 * GC <= 255) : a.score_bytes == 1;
     int *const hw = ssm;            /* a histogram per warp: [8][nbt] */
     int *const tot = hw + 8 * nbt;  /* [nbt] */
     uint32_t *const qs = reinterpret_cast<uint32_t *>(tot + nbt); /* [G] */
@@ -255,7 +257,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
             const bool cand = p >= it.lo && p < it.hi;
             if (GROUPSEL) {
                 const int sc = 32 * G - score_diff<GW>(qr, qs, G, w[k], [&](int g) { return sig_word(it, p, g); });
-                if (a.score_bytes == 1)
+                if (one_byte)
                     static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
                 else
                     static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)sc;
@@ -974,9 +976,9 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
     };
     if (block_items) {
         if (gw <= 1)
-            return go(score_kernel<GROUPSEL, 1>);
+            return sa.G == 4 ? go(score_kernel<GROUPSEL, 1, 4>) : go(score_kernel<GROUPSEL, 1>);
         if (gw <= 4)
-            return go(score_kernel<GROUPSEL, 4>);
+            return sa.G == 4 ? go(score_kernel<GROUPSEL, 4, 4>) : go(score_kernel<GROUPSEL, 4>);
         return go(score_kernel<GROUPSEL, 8>);
     }
     /* four positions per lane where a page's signature rows allow 16-byte
