@@ -388,7 +388,8 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
 template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
-__global__ void __launch_bounds__(kAttnThreads, LM == 2 && MMA ? kAttnPassBlocksPerSm : (GSEL ? kSelectPassBlocksPerSm : 1))
+__global__ void __launch_bounds__(kAttnThreads,
+                                  LM == 2 && MMA ? kAttnPassBlocksPerSm : (GSEL ? kSelectPassBlocksPerSm : 1))
     attend_kernel(const AttnArgs a)
 {
     /* selection units the compaction tracks: one with GSEL (the selection

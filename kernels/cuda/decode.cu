@@ -2,8 +2,9 @@
  * decode.cu - ha_cuda_decode: one HashAttention decode step per sequence.
  *
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
- * Sparse, five launches, four with group selection (chained with programmatic dependent launch only
- * when the lab's knob pdl asks; off by default since run 17):
+ * Sparse, five launches, four with group selection (chained with
+ * programmatic dependent launch only when the lab's knob pdl asks; off by
+ * default since run 17):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
