@@ -322,14 +322,7 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
 #pragma unroll 4
     for (int b = b0; b < b1; b++)
         x += H[b];
-    int above = x; /* then: candidates in the bins of lanes >= this one */
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_down_sync(full, above, o);
-        if (lane + o < 32)
-            above += y;
-    }
-    above -= x; /* count(score >= b1) */
+    int above = warp_sum(x) - warp_incl_scan(x); /* count(score >= b1): the bins of the lanes after */
     int t = nbins, take = 0;
     if (K > 0) {
         for (int b = b1 - 1; b >= b0; b--) { /* count(>= b) = above + H[b]: one b crosses K */
@@ -365,12 +358,9 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
             eq_after += cc > c ? ge - gt : 0;
             eq_here += cc == c ? ge - gt : 0;
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            gt_before += __shfl_xor_sync(full, gt_before, o);
-            eq_after += __shfl_xor_sync(full, eq_after, o);
-            eq_here += __shfl_xor_sync(full, eq_here, o);
-        }
+        gt_before = warp_sum(gt_before);
+        eq_after = warp_sum(eq_after);
+        eq_here = warp_sum(eq_here);
     }
     const int ties = max(0, min(take - eq_after, eq_here));
     /* sink and recent positions before the chunk (resolve_kernel's per-chunk
@@ -579,16 +569,18 @@ __global__ void __launch_bounds__(kAttnThreads,
             }
             cp_async_commit();
         }
-        if (GSEL && a.hist) { /* the resolve folded in (decode.cu sets hist for GSEL's pass only) */
-            for (int j = warp; j < nsel; j += kAttnThreads / 32) {
-                const int64_t ub = (int64_t)s * a.Hsel + (a.group_sel ? kvh : h0 + j);
+        if (GSEL && a.hist) {
+            /* the resolve folded in (decode.cu sets hist for GSEL's pass
+             * only): warp 0 works out the one unit's entry, the KV head's */
+            if (warp == 0) {
+                const int64_t ub = (int64_t)s * a.Hsel + kvh;
                 const int4 e = warp_resolve(a.hist + ub * a.nbins, a.cum + ub * a.nch_cap * a.nbins, a.nbins,
                                             (int)bud.K, (int)n, (int)lo, (int)hi, a.C, c, lane);
                 if (lane == 0) {
-                    thr_t[j] = e.x;
-                    thr_tkc[j] = e.y;
-                    thr_eqc[j] = e.z;
-                    thr_off[j] = e.w;
+                    thr_t[0] = e.x;
+                    thr_tkc[0] = e.y;
+                    thr_eqc[0] = e.z;
+                    thr_off[0] = e.w;
                 }
             }
         } else if (tid < nsel) {
