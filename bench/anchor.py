@@ -5,7 +5,9 @@
       times torch SDPA (flash backend) dense decode on contiguous K/V
       (Hq 32, Hkv 8, D 128, bf16, enable_gqa) at the benchmark's sizes, and
       torch.topk over [B, Hkv, N] scores (k = N/32) at B=8 N=128K; each timed
-      call follows a 512 MB write that evicts L2, CUDA events, median of 30.
+      call follows a 512 MB write that evicts L2 (--flush read: a read of the
+      512 MB instead, which leaves clean lines; bench_decode takes the same
+      option), CUDA events, median of 30.
   python3 bench/anchor.py --compare anchor.json bench.json [--md out.md]
       prints the table of issue 3's targets: ratio = anchor time / our time.
 """
@@ -15,16 +17,23 @@ import sys
 import time
 
 
+FLUSH = "write"
+
+
 def time_cuda(fn, reps=30, warmup=3):
     import torch
 
-    flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    flush = torch.zeros(512 << 20, dtype=torch.uint8, device="cuda")
+    words = flush.view(torch.int64)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     ts = []
     for r in range(reps):
-        flush.fill_(r & 0xFF)
+        if FLUSH == "read":
+            words.sum()  # reads every byte; the L2 then holds clean lines
+        else:
+            flush.fill_(r & 0xFF)
         e0 = torch.cuda.Event(enable_timing=True)
         e1 = torch.cuda.Event(enable_timing=True)
         e0.record()
@@ -42,7 +51,7 @@ def run_anchor(path, reps):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     hq, hkv, d = 32, 8, 128
-    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "flush": FLUSH,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sdpa": [], "topk": []}
     sizes = [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)]
     for b, n in sizes:
@@ -91,8 +100,10 @@ def compare(anchor_path, bench_paths, md_path):
     a = json.load(open(anchor_path))
     ours = {}
     meta = []
+    flushes = {a.get("flush", "write")}
     for p in bench_paths:
         b = json.load(open(p))
+        flushes.add(b.get("flush", "write"))
         meta.append("%s on %s (%s)" % (b.get("bench"), b.get("gpu"), b.get("date")))
         for c in b["cases"]:
             ours.setdefault(c["name"], c)
@@ -134,8 +145,10 @@ def compare(anchor_path, bench_paths, md_path):
     for name, c in ours.items():
         lines.append("| %s | %d | %d | %.1f | %.1f | %.2f |" % (name, c["B"], c["N"], c["us"], c.get("us_graph", -1),
                                                                c["tbps"]))
-    text = "\n".join(["anchor: torch %s on %s (%s)" % (a.get("torch"), a.get("gpu"), a.get("date"))] + meta + [""] +
-                     lines)
+    flush = ("flush before each timed call: %s" % flushes.pop() if len(flushes) == 1 else
+             "WARNING: the files were timed with different flushes (%s)" % ", ".join(sorted(flushes)))
+    text = "\n".join(["anchor: torch %s on %s (%s)" % (a.get("torch"), a.get("gpu"), a.get("date"))] + meta +
+                     [flush, ""] + lines)
     print(text)
     if md_path:
         open(md_path, "w").write(text + "\n")
@@ -149,7 +162,11 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--compare", nargs="+", metavar="FILE", help="anchor.json bench.json [bench_lab.json ...]")
     ap.add_argument("--md", help="also write the comparison as markdown")
+    ap.add_argument("--flush", choices=("write", "read"), default="write",
+                    help="before each timed call: a 512 MB memset (write) or read")
     args = ap.parse_args()
+    global FLUSH
+    FLUSH = args.flush
     if args.json:
         run_anchor(args.json, args.reps)
         print("anchor: OK")

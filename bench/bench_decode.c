@@ -22,8 +22,11 @@
  * context of issue 5's throughput target (B = 32, 8K): one layer of the
  * runner's step, with random data like the others.
  *
- * usage: bench_decode [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]
+ * usage: bench_decode [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]
  *   SEL: a substring of the case names, or =NAME for that case alone; cases run in table order
+ *   --flush: before every timed step a 512 MB buffer is memset (write, the default: the L2
+ *   is left full of dirty lines, whose write-back runs during the timed step) or read by a
+ *   kernel (read: the L2 holds clean lines); bench/anchor.py takes the same option
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -49,6 +52,7 @@
 
 int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
 int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
+int ha_bench_read_flush(const void *p, size_t bytes, void *sink, cudaStream_t st);
 
 enum { BS = 16, SINK = 128, RECENT = 128, MAX_B = 64 };
 #define MAX_TOKENS (1 << 20)
@@ -375,6 +379,15 @@ bad:
 static uint64_t g_rng = 0x243f6a8885a308d3ull;
 static uint64_t rnd(void) { return ha_bench_rand(&g_rng); }
 
+/* --flush read: a read of the buffer instead of a memset (see the usage) */
+static int g_flush_read;
+static cudaError_t flush_l2(void *buf, size_t bytes, int r, cudaStream_t st)
+{
+    if (!g_flush_read)
+        return cudaMemsetAsync(buf, r & 0xff, bytes, st);
+    return ha_bench_read_flush(buf, bytes, buf, st) == 0 ? cudaSuccess : cudaErrorLaunchFailure;
+}
+
 static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
 {
     DLTensor t;
@@ -435,6 +448,7 @@ int main(int argc, char **argv)
     const char *lib = getenv("HASHATTN_LIB");
     const char *only = NULL, *json = NULL;
     int reps = 30;
+    g_flush_read = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--lib") && i + 1 < argc)
             lib = argv[++i];
@@ -444,6 +458,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
+        else if (!strcmp(argv[i], "--flush") && i + 1 < argc && (!strcmp(argv[i + 1], "write") || !strcmp(argv[i + 1], "read")))
+            g_flush_read = !strcmp(argv[++i], "read");
 #ifdef HA_BENCH_LAB
         else if (!strcmp(argv[i], "--tune") && i + 1 < argc) {
             if (add_tune(argv[++i]))
@@ -451,7 +467,8 @@ int main(int argc, char **argv)
         }
 #endif
         else {
-            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--json FILE]%s\n", argv[0],
+            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]%s\n",
+                    argv[0],
 #ifdef HA_BENCH_LAB
                     " [--tune KNOB=VALUE]..."
 #else
@@ -496,6 +513,7 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&out, (size_t)MAX_B * HQ * D * 2));
     const size_t flush_bytes = (size_t)512 << 20;
     CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaMemset(flush, 0x5a, flush_bytes));
     CK(cudaMalloc(&bt_d, (size_t)nblocks * 4));
     CK(cudaMalloc(&sl_d, MAX_B * 4));
     ha_bench_fill_bf16(kc, kv_elems, 1);
@@ -537,8 +555,10 @@ int main(int argc, char **argv)
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     if (jf)
-        fprintf(jf, "{\"bench\": \"%s\", \"gpu\": \"%s\", \"sms\": %d, \"date\": \"%s\", \"reps\": %d, \"cases\": [",
-                BENCH_NAME, prop.name, prop.multiProcessorCount, date, reps);
+        fprintf(jf,
+                "{\"bench\": \"%s\", \"gpu\": \"%s\", \"sms\": %d, \"date\": \"%s\", \"reps\": %d, \"flush\": \"%s\", "
+                "\"cases\": [",
+                BENCH_NAME, prop.name, prop.multiProcessorCount, date, reps, g_flush_read ? "read" : "write");
     printf("%-22s %3s %8s %10s %10s %10s %8s\n", "case", "B", "N", "us_med", "us_min", "us_graph", "TB/s");
     int ran = 0, failed = 0;
     float *times = malloc(sizeof(float) * (size_t)(reps > 0 ? reps : 1));
@@ -649,7 +669,7 @@ int main(int argc, char **argv)
             continue;
         }
         for (int r = 0; r < reps; r++) {
-            CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+            CK(flush_l2(flush, flush_bytes, r, st));
             CK(cudaEventRecord(e0, st));
             (void)g_api->decode(ctx, &a);
             CK(cudaEventRecord(e1, st));
@@ -669,7 +689,7 @@ int main(int argc, char **argv)
             if (s1 == HASHATTN_STATUS_OK && ce == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
                 CK(cudaGraphLaunch(exec, st));
                 for (int r = 0; r < reps; r++) {
-                    CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+                    CK(flush_l2(flush, flush_bytes, r, st));
                     CK(cudaEventRecord(e0, st));
                     CK(cudaGraphLaunch(exec, st));
                     CK(cudaEventRecord(e1, st));

@@ -1,0 +1,556 @@
+/*
+ * bench_gather.cu - how fast can an H200 gather the K/V rows a sparse decode
+ * step selects? The ceiling the attention pass is measured against.
+ *
+ * The sparse step reads one 256-byte row per selected token, KV head and
+ * cache (D 128, bf16), scattered over the cache through the block table.
+ * This program times exactly that read, without any attention: a kernel
+ * whose half-warps each load one row (16 lanes x 16 bytes) of K and of V,
+ * U rows per lane group in flight, folding the bytes into one word per
+ * thread so that nothing is written but the result. Every SM is filled; the
+ * loads bypass L1 (ld.global.nc). Same shapes and medians as bench_decode;
+ * before every timed launch a 512 MB flush: --flush write (a memset, as
+ * bench_decode: it leaves the L2 full of dirty lines, whose write-back then
+ * competes with the timed reads), read (a kernel reads the buffer: the L2
+ * holds clean lines) or none:
+ *
+ *   copy        cudaMemcpyAsync device to device (DESIGN.md section 7's anchor)
+ *   contig      the same kernel over contiguous rows (each unit's first k tokens)
+ *   gather      each unit's selection: sink 128 + recent 128 + N/32 random
+ *               positions, sorted, through a shuffled block table; NHD and HND
+ *   gather U=n  rows in flight per lane group (1, 2, 4, 8, 16)
+ *   pipe S=n TT=m  the attention pass's copy structure without its
+ *               arithmetic: 128-thread blocks, each a unit's share of the
+ *               rows (8 per unit at B=8, as the pass's balanced parts), m-row
+ *               K and V tiles through n cp.async stages in shared memory (n - 1
+ *               in flight), the page looked up per row as the tile is issued,
+ *               at most 4 blocks per SM (the pass's occupancy); "lsm": the
+ *               block's entries copied to shared memory first (the pass's list
+ *               piece); "phys": row offsets precomputed (no page reads)
+ *   bulk S=n TT=m  the same loop with one cp.async.bulk (TMA) per row and an
+ *               mbarrier per stage
+ *
+ * bench/NOTES.md "Run 21" has the results and what they meant.
+ *
+ * Usage: bench_gather [--reps N] [--flush write|read|none] [--json FILE]
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cuda/common.cuh"
+
+extern "C" {
+#include "bench_util.h"
+}
+
+#define CK(x)                                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "bench_gather: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+enum { kBlock = 16, kD = 128, kSink = 128, kRecent = 128, kThreads = 256 };
+
+struct Shape {
+    const char *name;
+    int B, Hkv;
+    int64_t N;
+};
+
+/* Strides in 16-byte words: a row is 16 of them (D 128, bf16). */
+struct Layout {
+    int64_t sb, st, sh;
+};
+
+__device__ __forceinline__ uint4 ld_nc(const uint4 *p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+/* Row r of the whole step (unit r / k, entry r % k): position pos[r] of
+ * sequence unit / Hkv, KV head unit % Hkv. Half-warps take rows, U of them
+ * in flight: first every page lookup, then every load. */
+template <int U>
+__global__ void __launch_bounds__(kThreads) gather_kernel(const uint4 *kc, const uint4 *vc, const int32_t *bt,
+                                                          int64_t bps, const int32_t *pos, int64_t k, int hkv,
+                                                          int64_t rows, Layout L, uint32_t *sink)
+{
+    const int lane16 = threadIdx.x & 15;
+    const int64_t g0 = ((int64_t)blockIdx.x * kThreads + threadIdx.x) >> 4;
+    const int64_t gstep = ((int64_t)gridDim.x * kThreads) >> 4;
+    uint32_t acc = 0u;
+    for (int64_t base = g0; base < rows; base += gstep * U) {
+        int64_t off[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t r = base + (int64_t)u * gstep;
+            off[u] = -1;
+            if (r < rows) {
+                const int64_t unit = r / k;
+                const int b = (int)(unit / hkv), h = (int)(unit % hkv);
+                const int32_t p = pos[r];
+                const int32_t page = bt[(int64_t)b * bps + p / kBlock];
+                off[u] = (int64_t)page * L.sb + (int64_t)(p % kBlock) * L.st + (int64_t)h * L.sh + lane16;
+            }
+        }
+        uint4 kv[U][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (off[u] >= 0) {
+                kv[u][0] = ld_nc(kc + off[u]);
+                kv[u][1] = ld_nc(vc + off[u]);
+            } else {
+                kv[u][0] = kv[u][1] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            acc ^= kv[u][0].x ^ kv[u][0].y ^ kv[u][0].z ^ kv[u][0].w ^ kv[u][1].x ^ kv[u][1].y ^ kv[u][1].z ^
+                   kv[u][1].w;
+    }
+    sink[(int64_t)blockIdx.x * kThreads + threadIdx.x] = acc;
+}
+
+/* The read flush: every 16-byte word of the buffer read once. */
+__global__ void __launch_bounds__(kThreads) read_flush_kernel(const uint4 *p, int64_t words, uint32_t *sink)
+{
+    uint32_t acc = 0u;
+    for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < words; i += (int64_t)gridDim.x * kThreads) {
+        const uint4 v = ld_nc(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) /* practically never: keeps the loads */
+        sink[0] = acc;
+}
+
+/* The attention pass's copy loop (attend.cuh issue() and its pipeline) with
+ * a token read of each tile in place of the attention: S stages of TT-row K
+ * and V tiles, S - 1 in flight. Block x takes entries [x * per, (x + 1) *
+ * per) of its unit (x / parts). PHYS: the entries are 16-byte-word offsets
+ * of the rows (the pages looked up beforehand) instead of positions. LSM:
+ * the block's entries are copied into shared memory first (the attention
+ * pass's list piece), so that a tile's only global read before its copies
+ * is the page lookup (none with PHYS). */
+constexpr int kPipeThreads = 128;
+constexpr int kPipeListMax = 1024; /* LSM: entries per block */
+template <int S, int TT, bool PHYS, bool LSM = false>
+__global__ void __launch_bounds__(kPipeThreads) pipe_kernel(const uint4 *kc, const uint4 *vc, const int32_t *bt,
+                                                            int64_t bps, const int32_t *pos, const int64_t *phys,
+                                                            int64_t k, int hkv, int parts, Layout L, uint32_t *sink)
+{
+    constexpr int NIT = TT / 8; /* rows a thread copies per tile: 16 lanes a row, 8 rows a pass */
+    extern __shared__ uint4 sm[]; /* [S][2][TT rows][16 words] */
+    const int tid = threadIdx.x, cc = tid & 15, r0 = tid >> 4;
+    const int64_t unit = blockIdx.x / parts;
+    const int part = blockIdx.x % parts;
+    const int b = (int)(unit / hkv), h = (int)(unit % hkv);
+    const int64_t e0 = k * part / parts, e1 = k * (part + 1) / parts;
+    const int ntiles = (int)((e1 - e0 + TT - 1) / TT);
+    __shared__ int64_t lst[LSM ? kPipeListMax : 1];
+    if (LSM) {
+        for (int64_t e = e0 + tid; e < e1 && e - e0 < kPipeListMax; e += kPipeThreads)
+            lst[e - e0] = PHYS ? phys[unit * k + e] : pos[unit * k + e];
+        __syncthreads();
+    }
+    auto issue = [&](int tile, int st) {
+        int64_t off[NIT];
+#pragma unroll
+        for (int it = 0; it < NIT; it++) {
+            const int64_t e = e0 + (int64_t)tile * TT + r0 + it * 8;
+            off[it] = -1;
+            if (e < e1) {
+                if (PHYS) {
+                    off[it] = (LSM ? lst[e - e0] : phys[unit * k + e]) + cc;
+                } else {
+                    const int32_t p = LSM ? (int32_t)lst[e - e0] : pos[unit * k + e];
+                    const int32_t page = bt[(int64_t)b * bps + p / kBlock];
+                    off[it] = (int64_t)page * L.sb + (int64_t)(p % kBlock) * L.st + (int64_t)h * L.sh + cc;
+                }
+            }
+        }
+#pragma unroll
+        for (int it = 0; it < NIT; it++) {
+            uint4 *dk = sm + ((size_t)st * 2 * TT + r0 + it * 8) * 16 + cc;
+            uint4 *dv = dk + (size_t)TT * 16;
+            if (off[it] >= 0) {
+                ha::cp_async16(dk, kc + off[it]);
+                ha::cp_async16(dv, vc + off[it]);
+            } else {
+                *dk = *dv = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+    };
+#pragma unroll
+    for (int st = 0; st < S - 1; st++) {
+        if (st < ntiles)
+            issue(st, st);
+        ha::cp_async_commit();
+    }
+    uint32_t acc = 0u;
+    for (int t = 0; t < ntiles; t++) {
+        ha::cp_async_wait<S - 2>();
+        __syncthreads();
+        if (t + S - 1 < ntiles)
+            issue(t + S - 1, (t + S - 1) % S);
+        ha::cp_async_commit();
+        const uint4 *tile = sm + (size_t)(t % S) * 2 * TT * 16;
+#pragma unroll
+        for (int i = 0; i < TT / 4; i++) { /* every word of K and V once */
+            const uint4 w = tile[tid + i * kPipeThreads];
+            acc ^= w.x ^ w.y ^ w.z ^ w.w;
+        }
+    }
+    sink[(int64_t)blockIdx.x * kPipeThreads + tid] = acc;
+}
+
+/* The same loop with Hopper's bulk copies: one thread per row issues
+ * cp.async.bulk (256 bytes global -> shared) completing on the stage's
+ * mbarrier, which thread 0 arms with the tile's byte count; every thread
+ * waits on the barrier's phase instead of cp.async.wait_group. The entries
+ * are in shared memory first (as LSM). */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect(uint64_t *bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done)
+                     : "r"(a), "r"(parity)
+                     : "memory");
+}
+__device__ __forceinline__ void bulk_row(void *dst, const void *src, unsigned bytes, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar))
+                 : "memory");
+}
+
+template <int S, int TT, bool PHYS>
+__global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, const uint4 *vc, const int32_t *bt,
+                                                            int64_t bps, const int32_t *pos, const int64_t *phys,
+                                                            int64_t k, int hkv, int parts, Layout L, uint32_t *sink)
+{
+    static_assert(2 * TT <= kPipeThreads, "a thread per row of K and of V");
+    extern __shared__ uint4 sm[]; /* [S][2][TT rows][16 words] */
+    __shared__ int64_t lst[kPipeListMax];
+    __shared__ uint64_t full[S];
+    const int tid = threadIdx.x;
+    const int64_t unit = blockIdx.x / parts;
+    const int part = blockIdx.x % parts;
+    const int b = (int)(unit / hkv), h = (int)(unit % hkv);
+    const int64_t e0 = k * part / parts, e1 = k * (part + 1) / parts;
+    const int ntiles = (int)((e1 - e0 + TT - 1) / TT);
+    for (int64_t e = e0 + tid; e < e1 && e - e0 < kPipeListMax; e += kPipeThreads)
+        lst[e - e0] = PHYS ? phys[unit * k + e] : pos[unit * k + e];
+    if (tid < S)
+        mbar_init(&full[tid], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    __syncthreads();
+    auto issue = [&](int tile, int st) {
+        const int64_t base = e0 + (int64_t)tile * TT;
+        const int rows = (int)min((int64_t)TT, e1 - base);
+        if (tid == 0)
+            mbar_expect(&full[st], (unsigned)rows * 2 * 256);
+        if (tid < 2 * TT) {
+            const int r = tid % TT, kv = tid / TT;
+            if (r < rows) {
+                int64_t off;
+                if (PHYS) {
+                    off = lst[base - e0 + r];
+                } else {
+                    const int32_t p = (int32_t)lst[base - e0 + r];
+                    const int32_t page = bt[(int64_t)b * bps + p / kBlock];
+                    off = (int64_t)page * L.sb + (int64_t)(p % kBlock) * L.st + (int64_t)h * L.sh;
+                }
+                bulk_row(sm + ((size_t)st * 2 * TT + kv * TT + r) * 16, (kv ? vc : kc) + off, 256, &full[st]);
+            }
+        }
+    };
+#pragma unroll
+    for (int st = 0; st < S - 1; st++)
+        if (st < ntiles)
+            issue(st, st);
+    uint32_t acc = 0u;
+    for (int t = 0; t < ntiles; t++) {
+        mbar_wait(&full[t % S], (unsigned)(t / S) & 1u);
+        __syncthreads(); /* everyone is done with tile t - 1's stage */
+        if (t + S - 1 < ntiles)
+            issue(t + S - 1, (t + S - 1) % S);
+        const int rows = (int)min((int64_t)TT, e1 - (e0 + (int64_t)t * TT));
+        const uint4 *tile = sm + (size_t)(t % S) * 2 * TT * 16;
+#pragma unroll
+        for (int i = 0; i < TT / 4; i++) { /* every word of K and V once (rows past the end: stale) */
+            const int w = tid + i * kPipeThreads;
+            if ((w / 16) % TT < rows) {
+                const uint4 x = tile[w];
+                acc ^= x.x ^ x.y ^ x.z ^ x.w;
+            }
+        }
+    }
+    sink[(int64_t)blockIdx.x * kPipeThreads + tid] = acc;
+}
+
+typedef void (*PipeFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, const int32_t *, const int64_t *,
+                       int64_t, int, int, Layout, uint32_t *);
+struct PipeCase {
+    int S, TT, phys, lsm, bulk;
+    PipeFn fn;
+};
+static const PipeCase kPipeCases[] = {
+    {3, 32, 0, 0, 0, pipe_kernel<3, 32, false>},       {3, 32, 1, 0, 0, pipe_kernel<3, 32, true>},
+    {3, 32, 0, 1, 0, pipe_kernel<3, 32, false, true>}, {3, 32, 1, 1, 0, pipe_kernel<3, 32, true, true>},
+    {2, 32, 0, 1, 0, pipe_kernel<2, 32, false, true>}, {2, 32, 1, 1, 0, pipe_kernel<2, 32, true, true>},
+    {4, 16, 0, 1, 0, pipe_kernel<4, 16, false, true>}, {4, 16, 1, 1, 0, pipe_kernel<4, 16, true, true>},
+    {3, 32, 0, 1, 1, bulk_kernel<3, 32, false>},       {3, 32, 1, 1, 1, bulk_kernel<3, 32, true>},
+    {2, 32, 0, 1, 1, bulk_kernel<2, 32, false>},       {4, 16, 0, 1, 1, bulk_kernel<4, 16, false>},
+    {6, 16, 0, 1, 1, bulk_kernel<6, 16, false>},       {4, 32, 0, 1, 1, bulk_kernel<4, 32, false>},
+};
+
+typedef void (*GatherFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, const int32_t *, int64_t, int,
+                         int64_t, Layout, uint32_t *);
+
+static GatherFn gather_fn(int u)
+{
+    switch (u) {
+    case 1: return gather_kernel<1>;
+    case 2: return gather_kernel<2>;
+    case 4: return gather_kernel<4>;
+    case 8: return gather_kernel<8>;
+    default: return gather_kernel<16>;
+    }
+}
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+static uint64_t rng_next(void) { return ha_bench_rand(&rng_state); }
+
+/* Each unit's k positions: the sink, the recent window and heavy random
+ * positions between them (distinct, sorted), or the unit's first k (contig). */
+static void make_positions(int32_t *pos, int64_t units, int64_t n, int64_t k, int contig)
+{
+    const int64_t heavy = k - kSink - kRecent, span = n - kSink - kRecent;
+    uint8_t *mark = (uint8_t *)malloc((size_t)span);
+    for (int64_t u = 0; u < units; u++) {
+        int32_t *p = pos + u * k;
+        if (contig) {
+            for (int64_t i = 0; i < k; i++)
+                p[i] = (int32_t)i;
+            continue;
+        }
+        memset(mark, 0, (size_t)span);
+        for (int64_t c = 0; c < heavy;) {
+            const int64_t x = (int64_t)(rng_next() % (uint64_t)span);
+            if (!mark[x]) {
+                mark[x] = 1;
+                c++;
+            }
+        }
+        int64_t i = 0;
+        for (int64_t t = 0; t < kSink; t++)
+            p[i++] = (int32_t)t;
+        for (int64_t x = 0; x < span; x++)
+            if (mark[x])
+                p[i++] = (int32_t)(kSink + x);
+        for (int64_t t = n - kRecent; t < n; t++)
+            p[i++] = (int32_t)t;
+    }
+    free(mark);
+}
+
+int main(int argc, char **argv)
+{
+    int reps = 30;
+    const char *json = NULL, *flush_mode = "write";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--flush") && i + 1 < argc)
+            flush_mode = argv[++i];
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else {
+            fprintf(stderr, "usage: bench_gather [--reps N] [--flush write|read|none] [--json FILE]\n");
+            return 2;
+        }
+    }
+    const int fmode = !strcmp(flush_mode, "write") ? 0 : !strcmp(flush_mode, "read") ? 1 : !strcmp(flush_mode, "none") ? 2 : -1;
+    if (fmode < 0) {
+        fprintf(stderr, "bench_gather: --flush %s: expected write, read or none\n", flush_mode);
+        return 2;
+    }
+    if (reps < 1 || reps > 1000)
+        reps = 30;
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    int sms = prop.multiProcessorCount, per_sm = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gather_kernel<8>, kThreads, 0));
+    const int grid = sms * (per_sm > 0 ? per_sm : 1);
+
+    const Shape shapes[] = {{"B=8 N=128K", 8, 8, 131072}, {"B=1 N=1M", 1, 8, 1048576}};
+    const size_t flush_bytes = (size_t)512 << 20;
+    void *flush;
+    uint32_t *sink;
+    cudaEvent_t e0, e1;
+    cudaStream_t st;
+    CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaMemset(flush, 0x5a, flush_bytes));
+    CK(cudaMalloc(&sink, (size_t)grid * kThreads * sizeof(uint32_t)));
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float *times = (float *)malloc(sizeof(float) * (size_t)reps);
+    FILE *jf = json ? fopen(json, "w") : NULL;
+    if (jf)
+        fprintf(jf, "{\"gpu\": \"%s\", \"grid\": %d, \"reps\": %d, \"flush\": \"%s\", \"cases\": [\n", prop.name, grid,
+                reps, flush_mode);
+    int first = 1;
+    time_t now = time(NULL);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    printf("bench_gather on %s (%s), grid %d x %d threads, medians of %d, 512 MB %s flush before each\n",
+           prop.name, stamp, grid, kThreads, reps, flush_mode);
+    printf("%-12s %-18s %12s %10s %8s\n", "shape", "case", "MB", "us", "TB/s");
+
+    /* the median time of one launch, each after the flush */
+    auto timed = [&](auto &&launch) {
+        launch();
+        CK(cudaStreamSynchronize(st));
+        for (int r = 0; r < reps; r++) {
+            if (fmode == 0)
+                CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes, st));
+            else if (fmode == 1)
+                read_flush_kernel<<<grid, kThreads, 0, st>>>((const uint4 *)flush, (int64_t)(flush_bytes / 16), sink);
+            CK(cudaEventRecord(e0, st));
+            launch();
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            CK(cudaEventElapsedTime(&times[r], e0, e1));
+        }
+        qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
+        return 1000.0 * times[reps / 2];
+    };
+    auto report = [&](const char *shape, const char *name, double bytes, double us) {
+        printf("%-12s %-18s %12.1f %10.1f %8.2f\n", shape, name, bytes / 1e6, us, bytes / us / 1e6);
+        fflush(stdout);
+        if (jf) {
+            fprintf(jf, "%s  {\"shape\": \"%s\", \"case\": \"%s\", \"bytes\": %.0f, \"us\": %.2f, \"tbps\": %.3f}",
+                    first ? "" : ",\n", shape, name, bytes, us, bytes / us / 1e6);
+            first = 0;
+        }
+    };
+
+    for (const Shape &sh : shapes) {
+        const int64_t bps = sh.N / kBlock, nblocks = (int64_t)sh.B * bps;
+        const int64_t units = (int64_t)sh.B * sh.Hkv, k = kSink + kRecent + sh.N / 32, rows = units * k;
+        const int64_t row_words = kD * 2 / 16;
+        const size_t cache_words = (size_t)(nblocks * kBlock * sh.Hkv * row_words);
+        uint4 *kc, *vc;
+        int32_t *bt_d, *pos_d;
+        CK(cudaMalloc(&kc, cache_words * 16));
+        CK(cudaMalloc(&vc, cache_words * 16));
+        CK(cudaMemset(kc, 0x3c, cache_words * 16));
+        CK(cudaMemset(vc, 0x3c, cache_words * 16));
+        /* a shuffled block table, as bench_decode's */
+        int32_t *bt = (int32_t *)malloc(sizeof(int32_t) * (size_t)nblocks);
+        for (int64_t i = 0; i < nblocks; i++)
+            bt[i] = (int32_t)i;
+        for (int64_t i = nblocks - 1; i > 0; i--) {
+            const int64_t j = (int64_t)(rng_next() % (uint64_t)(i + 1));
+            const int32_t t = bt[i];
+            bt[i] = bt[j];
+            bt[j] = t;
+        }
+        int32_t *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)rows);
+        CK(cudaMalloc(&bt_d, sizeof(int32_t) * (size_t)nblocks));
+        CK(cudaMalloc(&pos_d, sizeof(int32_t) * (size_t)rows));
+        CK(cudaMemcpy(bt_d, bt, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
+        const double bytes = (double)rows * kD * 2 * 2;
+        const Layout nhd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)sh.Hkv * row_words, (int64_t)row_words};
+        const Layout hnd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)row_words, (int64_t)kBlock * row_words};
+
+        report(sh.name, "copy", 2.0 * bytes,
+               timed([&] { CK(cudaMemcpyAsync(vc, kc, (size_t)bytes, cudaMemcpyDeviceToDevice, st)); }));
+        for (int contig = 1; contig >= 0; contig--) {
+            make_positions(pos, units, sh.N, k, contig);
+            CK(cudaMemcpy(pos_d, pos, sizeof(int32_t) * (size_t)rows, cudaMemcpyHostToDevice));
+            const int us_list[] = {1, 2, 4, 8, 16};
+            for (int li = 0; li < 2; li++) {
+                const Layout L = li == 0 ? nhd : hnd;
+                for (int ui = 0; ui < 5; ui++) {
+                    const int u = us_list[ui];
+                    if (contig && u != 8)
+                        continue;
+                    if (li == 1 && u != 8)
+                        continue;
+                    char name[40];
+                    snprintf(name, sizeof name, "%s %s U=%d", contig ? "contig" : "gather", li ? "HND" : "NHD", u);
+                    GatherFn fn = gather_fn(u);
+                    report(sh.name, name, bytes, timed([&] {
+                               fn<<<grid, kThreads, 0, st>>>(kc, vc, bt_d, bps, pos_d, k, sh.Hkv, rows, L, sink);
+                               CK(cudaGetLastError());
+                           }));
+                }
+            }
+        }
+        /* the attention pass's structure (positions: the gather's, still in pos[] and pos_d) */
+        int64_t *phys = (int64_t *)malloc(sizeof(int64_t) * (size_t)rows), *phys_d;
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t unit = r / k, p = pos[r];
+            phys[r] = (int64_t)bt[(unit / sh.Hkv) * bps + p / kBlock] * nhd.sb + (p % kBlock) * nhd.st +
+                      (unit % sh.Hkv) * nhd.sh;
+        }
+        CK(cudaMalloc(&phys_d, sizeof(int64_t) * (size_t)rows));
+        CK(cudaMemcpy(phys_d, phys, sizeof(int64_t) * (size_t)rows, cudaMemcpyHostToDevice));
+        const int parts = (int)((int64_t)sms * 4 / units > 0 ? (int64_t)sms * 4 / units : 1);
+        for (const PipeCase &pc : kPipeCases) {
+            /* shared memory padded to the attention pass's 55 KB: at most 4 blocks per SM */
+            const size_t pad = pc.lsm ? 56 * 1024 - kPipeListMax * 8 : 56 * 1024; /* lsm: 8 KB static */
+            const size_t need = (size_t)pc.S * 2 * pc.TT * 16 * 16, smem = need > pad ? need : pad;
+            CK(cudaFuncSetAttribute(pc.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            char name[40];
+            snprintf(name, sizeof name, "%s S=%d TT=%d%s%s", pc.bulk ? "bulk" : "pipe", pc.S, pc.TT,
+                     pc.lsm ? " lsm" : "", pc.phys ? " phys" : "");
+            report(sh.name, name, bytes, timed([&] {
+                       pc.fn<<<(unsigned)(units * parts), kPipeThreads, smem, st>>>(kc, vc, bt_d, bps, pos_d, phys_d, k,
+                                                                                     sh.Hkv, parts, nhd, sink);
+                       CK(cudaGetLastError());
+                   }));
+        }
+        free(phys);
+        CK(cudaFree(phys_d));
+        free(bt);
+        free(pos);
+        CK(cudaFree(kc));
+        CK(cudaFree(vc));
+        CK(cudaFree(bt_d));
+        CK(cudaFree(pos_d));
+    }
+    if (jf) {
+        fprintf(jf, "\n]}\n");
+        fclose(jf);
+    }
+    free(times);
+    return 0;
+}
