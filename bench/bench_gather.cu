@@ -318,6 +318,7 @@ typedef void (*PipeFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, c
 struct PipeCase {
     int S, TT, phys, lsm, bulk;
     PipeFn fn;
+    int pm; /* > 0: pm x the parts, shared memory not padded (as many blocks per SM as fit) */
 };
 static const PipeCase kPipeCases[] = {
     {3, 32, 0, 0, 0, pipe_kernel<3, 32, false>},       {3, 32, 1, 0, 0, pipe_kernel<3, 32, true>},
@@ -327,6 +328,9 @@ static const PipeCase kPipeCases[] = {
     {3, 32, 0, 1, 1, bulk_kernel<3, 32, false>},       {3, 32, 1, 1, 1, bulk_kernel<3, 32, true>},
     {2, 32, 0, 1, 1, bulk_kernel<2, 32, false>},       {4, 16, 0, 1, 1, bulk_kernel<4, 16, false>},
     {6, 16, 0, 1, 1, bulk_kernel<6, 16, false>},       {4, 32, 0, 1, 1, bulk_kernel<4, 32, false>},
+    {3, 16, 0, 1, 0, pipe_kernel<3, 16, false, true>, 2}, {3, 16, 1, 1, 0, pipe_kernel<3, 16, true, true>, 2},
+    {4, 16, 0, 1, 0, pipe_kernel<4, 16, false, true>, 2}, {3, 16, 0, 1, 0, pipe_kernel<3, 16, false, true>, 4},
+    {3, 32, 0, 1, 0, pipe_kernel<3, 32, false, true>, 2},
 };
 
 typedef void (*GatherFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, const int32_t *, int64_t, int,
@@ -416,7 +420,9 @@ int main(int argc, char **argv)
     cudaStream_t st;
     CK(cudaMalloc(&flush, flush_bytes));
     CK(cudaMemset(flush, 0x5a, flush_bytes));
-    CK(cudaMalloc(&sink, (size_t)grid * kThreads * sizeof(uint32_t)));
+    /* one word per thread of the largest launch (the pipe cases' 4 x parts: ~270 K threads) */
+    const size_t sink_words = (size_t)grid * kThreads > ((size_t)1 << 20) ? (size_t)grid * kThreads : (size_t)1 << 20;
+    CK(cudaMalloc(&sink, sink_words * sizeof(uint32_t)));
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -431,7 +437,7 @@ int main(int argc, char **argv)
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     printf("bench_gather on %s (%s), grid %d x %d threads, medians of %d, 512 MB %s flush before each\n",
            prop.name, stamp, grid, kThreads, reps, flush_mode);
-    printf("%-12s %-18s %12s %10s %8s\n", "shape", "case", "MB", "us", "TB/s");
+    printf("%-12s %-34s %12s %10s %8s\n", "shape", "case", "MB", "us", "TB/s");
 
     /* the median time of one launch, each after the flush */
     auto timed = [&](auto &&launch) {
@@ -452,7 +458,7 @@ int main(int argc, char **argv)
         return 1000.0 * times[reps / 2];
     };
     auto report = [&](const char *shape, const char *name, double bytes, double us) {
-        printf("%-12s %-18s %12.1f %10.1f %8.2f\n", shape, name, bytes / 1e6, us, bytes / us / 1e6);
+        printf("%-12s %-34s %12.1f %10.1f %8.2f\n", shape, name, bytes / 1e6, us, bytes / us / 1e6);
         fflush(stdout);
         if (jf) {
             fprintf(jf, "%s  {\"shape\": \"%s\", \"case\": \"%s\", \"bytes\": %.0f, \"us\": %.2f, \"tbps\": %.3f}",
@@ -526,15 +532,18 @@ int main(int argc, char **argv)
         const int parts = (int)((int64_t)sms * 4 / units > 0 ? (int64_t)sms * 4 / units : 1);
         for (const PipeCase &pc : kPipeCases) {
             /* shared memory padded to the attention pass's 55 KB: at most 4 blocks per SM */
-            const size_t pad = pc.lsm ? 56 * 1024 - kPipeListMax * 8 : 56 * 1024; /* lsm: 8 KB static */
+            const size_t pad = pc.pm ? 0 : pc.lsm ? 56 * 1024 - kPipeListMax * 8 : 56 * 1024; /* lsm: 8 KB static */
             const size_t need = (size_t)pc.S * 2 * pc.TT * 16 * 16, smem = need > pad ? need : pad;
+            const int cparts = pc.pm ? parts * pc.pm : parts;
+            int nb = 0;
             CK(cudaFuncSetAttribute(pc.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            char name[40];
-            snprintf(name, sizeof name, "%s S=%d TT=%d%s%s", pc.bulk ? "bulk" : "pipe", pc.S, pc.TT,
-                     pc.lsm ? " lsm" : "", pc.phys ? " phys" : "");
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, pc.fn, kPipeThreads, smem));
+            char name[64];
+            snprintf(name, sizeof name, "%s S=%d TT=%d%s%s x%d %d/SM", pc.bulk ? "bulk" : "pipe", pc.S, pc.TT,
+                     pc.lsm ? " lsm" : "", pc.phys ? " phys" : "", pc.pm ? pc.pm : 1, nb);
             report(sh.name, name, bytes, timed([&] {
-                       pc.fn<<<(unsigned)(units * parts), kPipeThreads, smem, st>>>(kc, vc, bt_d, bps, pos_d, phys_d, k,
-                                                                                     sh.Hkv, parts, nhd, sink);
+                       pc.fn<<<(unsigned)(units * cparts), kPipeThreads, smem, st>>>(kc, vc, bt_d, bps, pos_d, phys_d,
+                                                                                      k, sh.Hkv, cparts, nhd, sink);
                        CK(cudaGetLastError());
                    }));
         }
