@@ -29,11 +29,16 @@
  *               piece); "phys": row offsets precomputed (no page reads)
  *   bulk S=n TT=m  the same loop with one cp.async.bulk (TMA) per row and an
  *               mbarrier per stage
+ *   chain K     what a step's dependent launches cost by themselves: K kernels
+ *               that do almost nothing (4 blocks per SM, each block one
+ *               dependent global read and write), replayed from a CUDA graph,
+ *               against one cooperative kernel with K - 1 grid barriers
  *
  * bench/NOTES.md "Run 21" has the results and what they meant.
  *
  * Usage: bench_gather [--reps N] [--flush write|read|none] [--json FILE]
  */
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -313,6 +318,24 @@ __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, con
     sink[(int64_t)blockIdx.x * kPipeThreads + tid] = acc;
 }
 
+/* chain K: a kernel with nothing to do but one dependent read and write
+ * per block, and the same K times in one launch with grid barriers. */
+__global__ void tiny_kernel(uint32_t *w)
+{
+    if (threadIdx.x == 0)
+        w[blockIdx.x] = w[blockIdx.x] * 3u + 1u;
+}
+__global__ void tiny_phases_kernel(uint32_t *w, int phases)
+{
+    cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+    for (int k = 0; k < phases; k++) {
+        if (k > 0)
+            grid.sync();
+        if (threadIdx.x == 0)
+            w[blockIdx.x] = w[blockIdx.x] * 3u + 1u;
+    }
+}
+
 typedef void (*PipeFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, const int32_t *, const int64_t *,
                        int64_t, int, int, Layout, uint32_t *);
 struct PipeCase {
@@ -555,6 +578,31 @@ int main(int argc, char **argv)
         CK(cudaFree(vc));
         CK(cudaFree(bt_d));
         CK(cudaFree(pos_d));
+    }
+    /* chain K: launches against grid barriers */
+    {
+        const unsigned tiny_grid = (unsigned)sms * 4;
+        for (int K = 1; K <= 6; K++) {
+            cudaGraph_t g;
+            cudaGraphExec_t ge;
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+            for (int i = 0; i < K; i++)
+                tiny_kernel<<<tiny_grid, kPipeThreads, 0, st>>>(sink);
+            CK(cudaStreamEndCapture(st, &g));
+            CK(cudaGraphInstantiate(&ge, g, 0));
+            char name[64];
+            snprintf(name, sizeof name, "chain K=%d graph", K);
+            report("-", name, 0.0, timed([&] { CK(cudaGraphLaunch(ge, st)); }));
+            CK(cudaGraphExecDestroy(ge));
+            CK(cudaGraphDestroy(g));
+            int phases = K;
+            void *args[] = {&sink, &phases};
+            snprintf(name, sizeof name, "chain K=%d grid barriers", K);
+            report("-", name, 0.0, timed([&] {
+                       CK(cudaLaunchCooperativeKernel((const void *)tiny_phases_kernel, dim3(tiny_grid),
+                                                      dim3(kPipeThreads), args, 0, st));
+                   }));
+        }
     }
     if (jf) {
         fprintf(jf, "\n]}\n");
