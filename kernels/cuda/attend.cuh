@@ -236,6 +236,13 @@ struct AttnArgs {
     int32_t *list_pos;
     uint8_t *list_mask;
     int32_t *list_cnt;
+    /* 1 (group selection, the attention pass in balanced parts): the
+     * selection pass writes its chunk's entries at their place in the unit's
+     * whole list (the table entry's w: the entries before the chunk), one
+     * contiguous list per unit from the unit's first slot, and the attention
+     * pass takes its share of the unit's I + K + R entries without reading
+     * the chunks' counts */
+    int32_t list_contig;
     int32_t compact_serial; /* 2: packed (byte compares, one-byte scores), 1: per-thread position
                                runs (the run-4a form), 0: warp ballots */
 };
@@ -378,15 +385,18 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
 template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
-__global__ void __launch_bounds__(kAttnThreads,
-                                  LM == 2 && MMA ? kAttnPassBlocksPerSm : (GSEL ? kSelectPassBlocksPerSm : 1))
+__global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocksPerSm : 1)
+                                                         : (GSEL ? kSelectPassBlocksPerSm : 1))
     attend_kernel(const AttnArgs a)
 {
     /* selection units the compaction tracks: one with GSEL (the selection
      * pass of group selection: a quarter of the code, which is what bounds
      * that short kernel, through instruction fetch), else the block's heads */
     constexpr int NU = GSEL ? 1 : GH;
-    static_assert(!GSEL || LM == 1, "GSEL: the selection pass only");
+    static_assert(!GSEL || LM != 0, "GSEL: group selection's selection or attention pass");
+    /* GSEL (group selection) with list_contig: one contiguous list per unit
+     * (AttnArgs); a compile-time false for per-head selection's passes */
+    const bool contig = GSEL && a.list_contig;
     constexpr int LPR = D / 8;        /* 16-byte chunks per row */
     constexpr int RP = kv_pitch<D>(); /* shared row pitch (elements) */
     constexpr int RPW = 32 / LPR;     /* FMA: rows per warp per round */
@@ -507,9 +517,10 @@ __global__ void __launch_bounds__(kAttnThreads,
     /* the list: position and head mask per entry (the selection pass writes
      * it to the block's global slot) */
     const int64_t slot = (int64_t)blockIdx.x * gridDim.y + c;
-    int32_t *const lidx = LM == 1 ? a.list_pos + slot * a.C
+    const int64_t lslot = contig ? (int64_t)blockIdx.x * gridDim.y : slot; /* contig: the unit's first */
+    int32_t *const lidx = LM == 1 ? a.list_pos + lslot * a.C
                                   : reinterpret_cast<int32_t *>(sm + (SPARSE ? a.list_off : 0));
-    uint8_t *const lmask = LM == 1 ? a.list_mask + slot * a.C
+    uint8_t *const lmask = LM == 1 ? a.list_mask + lslot * a.C
                                    : reinterpret_cast<uint8_t *>(sm + (SPARSE ? a.list_off : 0) +
                                                                  (size_t)(SPARSE ? a.list_cap : 0) * 4);
     int L;
@@ -519,7 +530,12 @@ __global__ void __launch_bounds__(kAttnThreads,
     int seg_len[LM == 2 ? kMaxListK : 1];
     /* balanced parts: this part's first entry (of the row's listed ones) */
     int e0 = 0;
-    if (sparse_seq && bal) {
+    if (sparse_seq && bal && contig) {
+        /* one list per unit: I + K + R entries (n > I + R + K when sparse) */
+        const int64_t tot = bud.I + bud.K + bud.R;
+        e0 = (int)((int64_t)c * tot / a.parts);
+        L = (int)((int64_t)(c + 1) * tot / a.parts) - e0;
+    } else if (sparse_seq && bal) {
         /* the chunks' list lengths (chunks past the sequence listed nothing),
          * a few chunks per thread, scanned across the block into pre[j]: the
          * entries listed before chunk j; this part attends [e0, e1) */
@@ -593,6 +609,8 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         cp_async_wait<0>();
         __syncthreads();
+        /* list_contig: this chunk's entries go after the unit's earlier ones */
+        const int lofs = LM == 1 && contig ? thr_off[0] : 0;
 
         auto score_at = [&](int j, int64_t p) -> int {
             const int e = (int)(p - p0);
@@ -605,8 +623,8 @@ __global__ void __launch_bounds__(kAttnThreads,
         auto list_put = [&](int64_t p, uint32_t msk, int &off, int (&cn)[NU + 1]) {
             if (!msk)
                 return;
-            lidx[off] = (int32_t)p;
-            lmask[off] = (uint8_t)msk;
+            lidx[lofs + off] = (int32_t)p;
+            lmask[lofs + off] = (uint8_t)msk;
             off++;
             if (a.sel_idx) {
 #pragma unroll
@@ -1065,6 +1083,10 @@ __global__ void __launch_bounds__(kAttnThreads,
 #pragma unroll
             for (int u = 0; u < 4; u++) {
                 const int i = tid + u * kAttnThreads, e = e0 + pbase + i;
+                if (contig) { /* the unit's list from its first slot */
+                    gi[u] = i < Lp ? (int64_t)blockIdx.x * a.sel_nch * a.sel_C + e : -1;
+                    continue;
+                }
                 int lo = 0, hi = a.sel_nch - 1;
                 while (lo < hi) {
                     const int mid = (lo + hi + 1) >> 1;

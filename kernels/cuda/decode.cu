@@ -912,7 +912,10 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         if (A.select_only)
             return HA_KERNEL_OK;
         AttnArgs A2 = attention_pass_args(A);
-        auto k = attend_kernel<T, D, GH, true, MMA, 2>;
+        /* group selection's contiguous lists: its own instantiation (GSEL), so
+         * that per-head selection's pass keeps the chunk-count walk's registers */
+        auto k = A2.list_contig ? attend_kernel<T, D, GH, true, MMA, 2, true>
+                                : attend_kernel<T, D, GH, true, MMA, 2, false>;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap,
                                                         A2.parts > 0 ? A2.sel_nch : 0, &A2.pre_off);
         if (smem > 220 * 1024)
@@ -1247,6 +1250,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         if (tn.attn_parts >= 0) {
             A.list_k = 1;
             A.parts = attend_parts(tn.attn_parts, nch, units, per_unit * heads);
+            A.list_contig = tn.list_contig && group_sel && A.parts > 0;
         } else {
             A.list_k = attend_list_k(tn.attn_list_k, nch, units, per_unit * heads / nch);
         }

@@ -66,6 +66,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* score_warps: automatic (run 17, lab cases *_w8 / *_w4 / *_w2) */
     0,    /* attn_parts: automatic balanced parts (run 19) */
     1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */
+    1,    /* list_contig: one list per unit for group selection's balanced parts (run 21) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -59,6 +59,10 @@ typedef struct ha_cuda_tuning {
     int resolve_fused;       /* 1: the selecting blocks work out their chunks' thresholds, ties
                                 and offsets from the histograms themselves (warp_resolve; no
                                 resolve launch); 0: resolve_kernel (before run 20) */
+    /* appended in run 21 */
+    int list_contig;         /* group selection with balanced parts: 1: one contiguous list per unit
+                                (each selecting block writes at its chunk's offset; the attention
+                                pass reads no chunk counts); 0: a list per chunk (before run 21) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
