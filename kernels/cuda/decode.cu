@@ -28,7 +28,9 @@
  *                    chunk, gather and attention (attend.cuh); by default
  *                    in two passes: the selection pass writes each block's
  *                    list to the workspace (a light kernel, many blocks per
- *                    SM), the attention pass reads it;
+ *                    SM), the attention pass reads it (group selection: each
+ *                    block at its chunk's offset in one list per unit, so
+ *                    the pass's balanced parts need no chunk counts; run 21);
  *   5. combine_kernel when there is more than one chunk.
  * Each kernel's launch shape follows from the params only, nothing is
  * allocated and nothing synchronises: the step can be captured in a graph.
