@@ -292,6 +292,14 @@ static const bench_case_t k_cases[] = {
     {"hp32_b8_128k_lk2", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 2},
     {"gc32_b8_128k_c2048_lk4", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 2048,
      .lk = 4},
+    /* run 22: short tables' scores and selection in one kernel (small_step, the
+     * default) against the five launches (LAB_TUNES small_step=0), at more batch sizes (and
+     * gp32_b8_8k above) */
+    {"gp32_b64_8k", 64, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
+    {"gp32_b8_16k", 8, 16384, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
+    {"gp32_b1_16k", 1, 16384, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
+    {"m135_gp16_b8_8k", 8, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    {"m135_gp16_b64_8k", 64, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -343,7 +351,7 @@ static const struct {
     TUNE_FIELD(attn_mma), TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
     TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(select_pass), TUNE_FIELD(score_vec4),
     TUNE_FIELD(score_staged), TUNE_FIELD(attn_list_k), TUNE_FIELD(score_warps),
-    TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig),
+    TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
 };
 enum { MAX_TUNES = 16 };
 static struct {

@@ -502,18 +502,7 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
         return;
     }
 
-    /* block_size is usually a power of two: shifts instead of divisions */
-    const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
-    const int bs_shift = __ffs(a.bs) - 1;
-    auto split = [&](int p, int &blk, int &off) {
-        if (bs_pow2) {
-            blk = p >> bs_shift;
-            off = p & (a.bs - 1);
-        } else {
-            blk = p / a.bs;
-            off = p - blk * a.bs;
-        }
-    };
+    const PageSplit split = page_split(a.bs);
     /* the list: position and head mask per entry (the selection pass writes
      * it to the block's global slot) */
     const int64_t slot = (int64_t)blockIdx.x * gridDim.y + c;

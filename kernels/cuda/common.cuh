@@ -303,6 +303,31 @@ __device__ __forceinline__ int64_t seq_len_clamped(const int32_t *seq_lens, int 
     return b ? 0 : v;
 }
 
+/* Position p of a sequence -> block-table column and offset in the page;
+ * block_size is usually a power of two: shifts instead of divisions. */
+struct PageSplit {
+    int bs, shift;
+    bool pow2;
+    __device__ __forceinline__ void operator()(int p, int &blk, int &off) const
+    {
+        if (pow2) {
+            blk = p >> shift;
+            off = p & (bs - 1);
+        } else {
+            blk = p / bs;
+            off = p - blk * bs;
+        }
+    }
+};
+__device__ __forceinline__ PageSplit page_split(int block_size)
+{
+    PageSplit s;
+    s.bs = block_size;
+    s.shift = __ffs(block_size) - 1;
+    s.pow2 = (block_size & (block_size - 1)) == 0;
+    return s;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Scans                                                                      */
 /* ------------------------------------------------------------------------- */

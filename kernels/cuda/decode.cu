@@ -32,12 +32,16 @@
  *                    block at its chunk's offset in one list per unit, so
  *                    the pass's balanced parts need no chunk counts; run 21);
  *   5. combine_kernel when there is more than one chunk.
+ * Group selection over short tables (at most kSmallMaxTokens positions, G
+ * <= 4; run 22): small.cu's one kernel scores and selects a (sequence, KV
+ * head) per block in place of 2. and 4.'s selection pass.
  * Each kernel's launch shape follows from the params only, nothing is
  * allocated and nothing synchronises: the step can be captured in a graph.
  */
 #include "kernels/cuda/attend.cuh"
 #include "kernels/cuda/mlp.cuh"
 #include "kernels/cuda/plan.cuh"
+#include "kernels/cuda/small.cuh"
 
 namespace ha {
 
@@ -896,7 +900,7 @@ inline AttnArgs attention_pass_args(const AttnArgs &A)
 
 template <typename T, int D, int GH, bool MMA>
 ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl,
-                                   bool two_pass)
+                                   bool two_pass, bool selected)
 {
     AttnArgs A = A0;
     if (sparse && two_pass && A.compact_serial != 0) {
@@ -909,8 +913,10 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, true>
                               : attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, false>;
         const size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
-        HA_CUDA_TRY(allow_smem(ks, ssmem));
-        HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
+        if (!selected) { /* selected: small.cu's kernel wrote the lists */
+            HA_CUDA_TRY(allow_smem(ks, ssmem));
+            HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
+        }
         if (A.select_only)
             return HA_KERNEL_OK;
         AttnArgs A2 = attention_pass_args(A);
@@ -943,10 +949,10 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
 
 template <typename T, int D, int GH>
 ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cudaStream_t st, bool pdl, bool mma,
-                                 bool two_pass)
+                                 bool two_pass, bool selected)
 {
-    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl, two_pass)
-               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl, two_pass);
+    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl, two_pass, selected)
+               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl, two_pass, selected);
 }
 
 template <bool GROUPSEL>
@@ -1272,6 +1278,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const bool few = sparse && score_items < (int64_t)5 * sm_count();
     const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && few);
 
+    bool small = false; /* scores and selection by small.cu's kernel */
     if (sparse) {
         /* 3.'s arguments first: a step it cannot resolve launches nothing */
         ResolveArgs ra = {};
@@ -1301,8 +1308,13 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.sig = reinterpret_cast<uint32_t *>(ws + W.qsig);
         h.st_tok = Hq;
         h.st_head = 1;
-        h.zero = reinterpret_cast<uint32_t *>(ws + W.hist);
-        h.zero_words = (int64_t)B * Hsel * nbins;
+        /* a short table: scores and selection in one kernel (small.cu),
+         * which keeps its histograms in shared memory, for the attention
+         * pass's contiguous lists */
+        const int ranks = small_select_ranks((int64_t)B * Hkv, max_tokens, p->sig_per_kv_head ? 1 : G);
+        small = two_pass && A.list_contig && A.parts > 0 && ranks > 0 && small_select_fits(p, max_tokens);
+        h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
+        h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
         switch (p->dtype) {
         case HA_DTYPE_F16: ks = launch_qhash<__half>(h, Hq, st, tn.qhash_cluster != 0); break;
@@ -1311,58 +1323,92 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         }
         if (ks != HA_KERNEL_OK || tn.stop_after == 1)
             return ks;
+        if (small) {
+            SmallArgs sm = {};
+            sm.Hq = Hq;
+            sm.Hkv = Hkv;
+            sm.G = G;
+            sm.bs = p->block_size;
+            sm.sig_per_kv = p->sig_per_kv_head;
+            sm.max_tokens = max_tokens;
+            sm.budget = p->budget;
+            sm.bt = A.bt;
+            sm.bt_stride = A.bt_stride;
+            sm.seq_lens = A.seq_lens;
+            sm.sig = static_cast<const uint32_t *>(p->sig_cache.data);
+            sm.sb = p->sig_cache.stride_block;
+            sm.sh = p->sig_cache.stride_head;
+            sm.qsig = h.sig;
+            sm.list_pos = A.list_pos;
+            sm.list_mask = A.list_mask;
+            sm.list_stride = (int64_t)nch * C; /* the attention pass's sel_nch * sel_C */
+            sm.sel_idx = A.sel_idx;
+            sm.si_ss = A.si_ss;
+            sm.si_sh = A.si_sh;
+            sm.cap = A.cap;
+            sm.sel_cnt = A.sel_cnt;
+            sm.sc_ss = A.sc_ss;
+            sm.sc_sh = A.sc_sh;
+            sm.guard = gd;
+            sm.ranks = ranks;
+            ks = launch_small_select(sm, B, st);
+            if (ks != HA_KERNEL_OK)
+                return ks;
+        }
 
-        /* 2. scores and histograms */
-        ScoreArgs sa = {};
-        sa.B = B;
-        sa.Hq = Hq;
-        sa.Hkv = Hkv;
-        sa.G = G;
-        sa.sig_per_kv = p->sig_per_kv_head;
-        sa.bs = p->block_size;
-        sa.C = C;
-        sa.nch = nch;
-        sa.nch_cap = W.nch_cum;
-        sa.Hsel = Hsel;
-        sa.score_bytes = score_bytes;
-        sa.nbt = group_sel ? nbins : 33 * G;
-        sa.nb_unit = nbins;
-        sa.max_tokens = max_tokens;
-        sa.budget = p->budget;
-        sa.seq_lens = p->seq_lens;
-        sa.bt = p->block_tables;
-        sa.bt_stride = p->block_table_stride;
-        sa.sig = static_cast<const uint32_t *>(p->sig_cache.data);
-        sa.sb = p->sig_cache.stride_block;
-        sa.sh = p->sig_cache.stride_head;
-        sa.qsig = reinterpret_cast<const uint32_t *>(ws + W.qsig);
-        sa.scores = ws + W.scores;
-        sa.score_stride = W.score_stride;
-        sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
-        sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
-        sa.guard = gd;
-        const int gw = p->sig_per_kv_head ? 1 : G;
-        /* a block per score item below 5 x SMs items: the warp kernel's blocks
-         * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
-         * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
-         * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5
-         * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
-         * under either rule) */
-        const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
-        ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                            tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0)
-                       : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                             tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
-                                             tn.score_staged == 2);
-        if (ks != HA_KERNEL_OK || tn.stop_after == 2)
-            return ks;
+        if (!small) { /* 2. and 3. (small: done) */
+            /* 2. scores and histograms */
+            ScoreArgs sa = {};
+            sa.B = B;
+            sa.Hq = Hq;
+            sa.Hkv = Hkv;
+            sa.G = G;
+            sa.sig_per_kv = p->sig_per_kv_head;
+            sa.bs = p->block_size;
+            sa.C = C;
+            sa.nch = nch;
+            sa.nch_cap = W.nch_cum;
+            sa.Hsel = Hsel;
+            sa.score_bytes = score_bytes;
+            sa.nbt = group_sel ? nbins : 33 * G;
+            sa.nb_unit = nbins;
+            sa.max_tokens = max_tokens;
+            sa.budget = p->budget;
+            sa.seq_lens = p->seq_lens;
+            sa.bt = p->block_tables;
+            sa.bt_stride = p->block_table_stride;
+            sa.sig = static_cast<const uint32_t *>(p->sig_cache.data);
+            sa.sb = p->sig_cache.stride_block;
+            sa.sh = p->sig_cache.stride_head;
+            sa.qsig = reinterpret_cast<const uint32_t *>(ws + W.qsig);
+            sa.scores = ws + W.scores;
+            sa.score_stride = W.score_stride;
+            sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
+            sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
+            sa.guard = gd;
+            const int gw = p->sig_per_kv_head ? 1 : G;
+            /* a block per score item below 5 x SMs items: the warp kernel's blocks
+             * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
+             * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
+             * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5
+             * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
+             * under either rule) */
+            const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
+            ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
+                                                tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0)
+                           : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
+                                                 tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
+                                                 tn.score_staged == 2);
+            if (ks != HA_KERNEL_OK || tn.stop_after == 2)
+                return ks;
 
-        /* 3. thresholds, ties and offsets per chunk (folded into 4. by
-         * default: A.hist) */
-        if (!A.hist) {
-            HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
-            HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl,
-                               ra));
+            /* 3. thresholds, ties and offsets per chunk (folded into 4. by
+             * default: A.hist) */
+            if (!A.hist) {
+                HA_CUDA_TRY(allow_smem(resolve_kernel, rsmem));
+                HA_CUDA_TRY(launch(resolve_kernel, dim3((unsigned)(B * Hsel)), dim3(kResolveThreads), rsmem, st, pdl,
+                                   ra));
+            }
         }
         if (tn.stop_after == 3)
             return HA_KERNEL_OK;
@@ -1374,7 +1420,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     ha_kernel_status_t ks = HA_KERNEL_OK;
     HA_DISPATCH(p->dtype, D, T, DD,
                 HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, mma,
-                                                                         tn.select_pass != 0))));
+                                                                         tn.select_pass != 0, small))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
 

@@ -67,6 +67,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* attn_parts: automatic balanced parts (run 19) */
     1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */
     1,    /* list_contig: one list per unit for group selection's balanced parts (run 21) */
+    1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

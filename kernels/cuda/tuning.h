@@ -63,6 +63,11 @@ typedef struct ha_cuda_tuning {
     int list_contig;         /* group selection with balanced parts: 1: one contiguous list per unit
                                 (each selecting block writes at its chunk's offset; the attention
                                 pass reads no chunk counts); 0: a list per chunk (before run 21) */
+    /* appended in run 22 */
+    int small_step;          /* 1: group selection's scores and selection over tables of at most
+                                16384 positions (G <= 4) in one kernel on clusters (small.cu),
+                                where small_select_ranks finds it faster; 2, 4, 8, 16: always, on
+                                clusters of 1, 2, 4, 8 blocks; 0: never (before run 22) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -457,6 +457,36 @@ START_TEST(gpu_decode_wide)
 }
 END_TEST
 
+/* The one-kernel selection of short tables (kernels/cuda/small.cu: group
+ * selection, tables of at most 16384 positions, G <= 4, here on clusters of
+ * 8 blocks per (sequence, KV head)): the runner's shape (Hq 9, Hkv 3, D 64,
+ * G = 3) and G = 4 at D 128, one sequence filling a table of exactly 16384
+ * positions (tight tables), an empty one, one that decodes densely for its
+ * budget, ties, both signature layouts and both KV layouts. (The grid's
+ * short group-selection cases take it with one block per unit, the long and
+ * wide ones with 4.) */
+static const int k_small[] = {8192, 1, 16384, 0, 4000, 300};
+START_TEST(gpu_decode_small)
+{
+    static const int sigs[] = {PAPER, COMPACT, COMPACT, PAPER};
+    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_WRITE};
+    ht_decode_desc_t d = long_desc(GROUP, sigs[_i], fills[_i], _i & 1 ? HND : NHD, 0x5a11 + (uint64_t)_i);
+    d.batch = 6;
+    d.seq_lens = k_small;
+    d.tight_tables = 1;
+    d.sink = 128;
+    d.recent = 128;
+    d.heavy_fraction = 1.0f / 16;
+    if (_i < 2) {
+        d.hq = 9;
+        d.hkv = 3;
+        d.d = 64;
+        d.dtype = _i ? (DLDataType)F16 : (DLDataType)BF16;
+    }
+    check_decode(&d, 0);
+}
+END_TEST
+
 /* config.dense_below given explicitly (the CPU context has the same value):
  * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
  * 3100 stay sparse, within one call. */
@@ -1116,6 +1146,7 @@ static Suite *suite(void)
         tcase_add_loop_test(tc, gpu_decode_wide, 8, 9);
         tcase_add_loop_test(tc, gpu_decode_wide, 10, 11);
     }
+    tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
