@@ -301,11 +301,15 @@ bool small_select_fits(const ha_decode_params_t *p, int64_t max_tokens)
            p->sig_cache.stride_head % 4 == 0;
 }
 
-template <int GP, bool CMP>
-static ha_kernel_status_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem, cudaStream_t st)
+/* One launch on clusters of a.ranks blocks; the error of a refused launch
+ * is the caller's to clear. */
+template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem,
+                                                               cudaStream_t st)
 {
     auto k = small_select_kernel<GP, CMP>;
-    HA_CUDA_TRY(allow_smem(k, smem));
+    cudaError_t e = allow_smem(k, smem);
+    if (e != cudaSuccess)
+        return e;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(num_seqs * a.Hkv * a.ranks));
     cfg.blockDim = dim3(kSmallThreads);
@@ -318,8 +322,7 @@ static ha_kernel_status_t launch_small_v(const SmallArgs &a, int num_seqs, size_
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    HA_CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
-    return HA_KERNEL_OK;
+    return cudaLaunchKernelEx(&cfg, k, a);
 }
 
 int small_select_ranks(int64_t units, int64_t max_tokens, int words)
@@ -336,13 +339,30 @@ int small_select_ranks(int64_t units, int64_t max_tokens, int words)
 
 ha_kernel_status_t launch_small_select(SmallArgs a, int num_seqs, cudaStream_t st)
 {
-    const size_t smem = small_select_smem(a.max_tokens, a.G, a.ranks, &a.hist_off);
-    const bool cmp = a.sig_per_kv != 0;
-    if (a.G <= 1)
-        return cmp ? launch_small_v<1, true>(a, num_seqs, smem, st) : launch_small_v<1, false>(a, num_seqs, smem, st);
-    if (a.G <= 2)
-        return cmp ? launch_small_v<2, true>(a, num_seqs, smem, st) : launch_small_v<2, false>(a, num_seqs, smem, st);
-    return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st) : launch_small_v<4, false>(a, num_seqs, smem, st);
+    auto go = [&]() -> cudaError_t {
+        const size_t smem = small_select_smem(a.max_tokens, a.G, a.ranks, &a.hist_off);
+        const bool cmp = a.sig_per_kv != 0;
+        if (a.G <= 1)
+            return cmp ? launch_small_v<1, true>(a, num_seqs, smem, st)
+                       : launch_small_v<1, false>(a, num_seqs, smem, st);
+        if (a.G <= 2)
+            return cmp ? launch_small_v<2, true>(a, num_seqs, smem, st)
+                       : launch_small_v<2, false>(a, num_seqs, smem, st);
+        return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st) : launch_small_v<4, false>(a, num_seqs, smem, st);
+    };
+    cudaError_t e = go();
+    if (e != cudaSuccess && a.ranks > 1) {
+        /* a cluster the device will not schedule (a partitioned GPU, say):
+         * a refused launch is not sticky; one block per unit instead */
+        (void)cudaGetLastError();
+        a.ranks = 1;
+        e = go();
+    }
+    if (e != cudaSuccess) {
+        note_error(e, "ha_cuda_decode: launching small_select_kernel");
+        return HA_KERNEL_DEVICE_ERROR;
+    }
+    return HA_KERNEL_OK;
 }
 
 } // namespace ha
