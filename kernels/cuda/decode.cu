@@ -1311,8 +1311,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
-        const int ranks = small_select_ranks((int64_t)B * Hkv, max_tokens, p->sig_per_kv_head ? 1 : G);
-        small = two_pass && A.list_contig && A.parts > 0 && ranks > 0 && small_select_fits(p, max_tokens);
+        const int ranks = two_pass && A.list_contig && A.parts > 0 ? small_select_plan(p, max_tokens) : 0;
+        small = ranks > 0;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
@@ -1324,39 +1324,11 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         if (ks != HA_KERNEL_OK || tn.stop_after == 1)
             return ks;
         if (small) {
-            SmallArgs sm = {};
-            sm.Hq = Hq;
-            sm.Hkv = Hkv;
-            sm.G = G;
-            sm.bs = p->block_size;
-            sm.sig_per_kv = p->sig_per_kv_head;
-            sm.max_tokens = max_tokens;
-            sm.budget = p->budget;
-            sm.bt = A.bt;
-            sm.bt_stride = A.bt_stride;
-            sm.seq_lens = A.seq_lens;
-            sm.sig = static_cast<const uint32_t *>(p->sig_cache.data);
-            sm.sb = p->sig_cache.stride_block;
-            sm.sh = p->sig_cache.stride_head;
-            sm.qsig = h.sig;
-            sm.list_pos = A.list_pos;
-            sm.list_mask = A.list_mask;
-            sm.list_stride = (int64_t)nch * C; /* the attention pass's sel_nch * sel_C */
-            sm.sel_idx = A.sel_idx;
-            sm.si_ss = A.si_ss;
-            sm.si_sh = A.si_sh;
-            sm.cap = A.cap;
-            sm.sel_cnt = A.sel_cnt;
-            sm.sc_ss = A.sc_ss;
-            sm.sc_sh = A.sc_sh;
-            sm.guard = gd;
-            sm.ranks = ranks;
-            ks = launch_small_select(sm, B, st);
+            const SmallLists sl = {h.sig, A.list_pos, A.list_mask, (int64_t)nch * C}; /* the pass's sel_nch x sel_C */
+            ks = launch_small_select(p, max_tokens, ranks, sl, gd);
             if (ks != HA_KERNEL_OK)
                 return ks;
-        }
-
-        if (!small) { /* 2. and 3. (small: done) */
+        } else {
             /* 2. scores and histograms */
             ScoreArgs sa = {};
             sa.B = B;

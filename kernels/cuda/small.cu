@@ -42,8 +42,29 @@ constexpr int kSmallMaxRanks = 8;        /* the portable cluster size */
 constexpr int kSmallRankTokens = 1024;   /* a rank's share of the table, at least */
 constexpr int64_t kSmallRankWords = 24576; /* signature words a rank scores, at most (96 KB) */
 
+struct SmallArgs {
+    int32_t Hq, Hkv, G, bs, sig_per_kv;
+    int64_t max_tokens;
+    ha_budget_t budget;
+    const int32_t *bt;
+    int64_t bt_stride;
+    const int32_t *seq_lens;
+    const uint32_t *sig; /* 16-byte aligned; sb and sh multiples of 4 words */
+    int64_t sb, sh;
+    SmallLists w;
+    /* inspection outputs (optional): the selection of each (sequence, KV head) */
+    int32_t *sel_idx;
+    int64_t si_ss, si_sh;
+    int32_t cap;
+    int32_t *sel_cnt;
+    int64_t sc_ss, sc_sh;
+    Guard guard;
+    int32_t ranks;    /* blocks per (sequence, KV head): the cluster */
+    int32_t hist_off; /* shared-memory offset of the histograms */
+};
+
 /* Quads of positions a rank scores at most: its share of the table's. */
-__host__ __device__ inline int small_rank_quads(int64_t max_tokens, int ranks)
+__host__ inline int small_rank_quads(int64_t max_tokens, int ranks)
 {
     return (int)((((max_tokens + 3) / 4) + ranks - 1) / ranks) + 1;
 }
@@ -62,7 +83,7 @@ __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, i
  * CMP: one signature word per KV head (compact layout), else one per query
  * head. */
 template <int GP, bool CMP>
-__global__ void __launch_bounds__(kSmallThreads, 2) small_select_kernel(const SmallArgs a)
+__global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select_kernel(const SmallArgs a)
 {
     namespace cg = cooperative_groups;
     constexpr int GW = CMP ? 1 : GP; /* signature words per position */
@@ -113,7 +134,7 @@ __global__ void __launch_bounds__(kSmallThreads, 2) small_select_kernel(const Sm
     uint32_t qs[GP];
 #pragma unroll
     for (int g = 0; g < GP; g++)
-        qs[g] = g < G ? a.qsig[(int64_t)s * a.Hq + h0 + g] : 0u;
+        qs[g] = g < G ? a.w.qsig[(int64_t)s * a.Hq + h0 + g] : 0u;
     __syncthreads();
 
     /* 1. scores */
@@ -262,8 +283,8 @@ __global__ void __launch_bounds__(kSmallThreads, 2) small_select_kernel(const Sm
     int skip = eq - taken;
     int c[1] = {gt + taken}, ctot[1];
     block_excl_scan<1>(c, ctot, scan_sm);
-    int32_t *const lpos = a.list_pos + (int64_t)unit * a.list_stride;
-    uint8_t *const lmask = a.list_mask + (int64_t)unit * a.list_stride;
+    int32_t *const lpos = a.w.list_pos + (int64_t)unit * a.w.list_stride;
+    uint8_t *const lmask = a.w.list_mask + (int64_t)unit * a.w.list_stride;
     const uint8_t full = (uint8_t)((1u << G) - 1u);
     auto put = [&](int e, int p) {
         lpos[e] = p;
@@ -291,16 +312,6 @@ __global__ void __launch_bounds__(kSmallThreads, 2) small_select_kernel(const Sm
             put(lo + K + i, hi + i);
 }
 
-bool small_select_fits(const ha_decode_params_t *p, int64_t max_tokens)
-{
-    const int G = p->group > 0 ? p->group : 1;
-    const uint32_t *sig = static_cast<const uint32_t *>(p->sig_cache.data);
-    return tuning().small_step != 0 && !tuning().select_only && tuning().stop_after == 0 && !p->dense &&
-           p->group_selection != 0 && G <= kSmallMaxGroup && max_tokens <= kSmallMaxTokens &&
-           p->block_size % 4 == 0 && ((uintptr_t)sig & 15u) == 0 && p->sig_cache.stride_block % 4 == 0 &&
-           p->sig_cache.stride_head % 4 == 0;
-}
-
 /* One launch on clusters of a.ranks blocks; the error of a refused launch
  * is the caller's to clear. */
 template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem,
@@ -325,20 +336,55 @@ template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a
     return cudaLaunchKernelEx(&cfg, k, a);
 }
 
-int small_select_ranks(int64_t units, int64_t max_tokens, int words)
+int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
 {
-    const int forced = tuning().small_step / 2; /* the lab's knob: 2, 4, 8, 16 force R = 1, 2, 4, 8 */
+    const int G = p->group > 0 ? p->group : 1;
+    const uint32_t *sig = static_cast<const uint32_t *>(p->sig_cache.data);
+    const ha_cuda_tuning_t &tn = tuning();
+    if (tn.small_step == 0 || tn.select_only || tn.stop_after != 0 || p->dense || !p->group_selection ||
+        G > kSmallMaxGroup || max_tokens > kSmallMaxTokens || p->block_size % 4 != 0 ||
+        ((uintptr_t)sig & 15u) != 0 || p->sig_cache.stride_block % 4 != 0 || p->sig_cache.stride_head % 4 != 0)
+        return 0;
+    const int64_t units = (int64_t)p->num_seqs * p->num_kv_heads;
+    const int forced = tn.small_step / 2; /* the lab's knob: 2, 4, 8, 16 force R = 1, 2, 4, 8 */
     if (forced >= 1 && forced <= kSmallMaxRanks)
         return units * forced <= (int64_t)kSmallBlocksPerSm * sm_count() ? forced : 0;
-    const int64_t cap = (int64_t)sm_count() * 3 / 2;
+    const int64_t cap = (int64_t)sm_count() * 3 / 2, words = p->sig_per_kv_head ? 1 : G;
     int r = 1;
     while (r < kSmallMaxRanks && units * r * 2 <= cap && max_tokens / (r * 2) >= kSmallRankTokens)
         r *= 2;
     return units * r <= cap && max_tokens * words / r <= kSmallRankWords ? r : 0;
 }
 
-ha_kernel_status_t launch_small_select(SmallArgs a, int num_seqs, cudaStream_t st)
+ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,
+                                       const SmallLists &w, const Guard &guard)
 {
+    SmallArgs a = {};
+    a.Hq = p->num_q_heads;
+    a.Hkv = p->num_kv_heads;
+    a.G = p->group > 0 ? p->group : 1;
+    a.bs = p->block_size;
+    a.sig_per_kv = p->sig_per_kv_head;
+    a.max_tokens = max_tokens;
+    a.budget = p->budget;
+    a.bt = p->block_tables;
+    a.bt_stride = p->block_table_stride;
+    a.seq_lens = p->seq_lens;
+    a.sig = static_cast<const uint32_t *>(p->sig_cache.data);
+    a.sb = p->sig_cache.stride_block;
+    a.sh = p->sig_cache.stride_head;
+    a.w = w;
+    a.sel_idx = p->sel_indices;
+    a.si_ss = p->sel_stride_seq;
+    a.si_sh = p->sel_stride_head;
+    a.cap = p->sel_cap;
+    a.sel_cnt = p->sel_counts;
+    a.sc_ss = p->cnt_stride_seq;
+    a.sc_sh = p->cnt_stride_head;
+    a.guard = guard;
+    a.ranks = ranks;
+    const int num_seqs = p->num_seqs;
+    cudaStream_t st = (cudaStream_t)p->stream;
     auto go = [&]() -> cudaError_t {
         const size_t smem = small_select_smem(a.max_tokens, a.G, a.ranks, &a.hist_off);
         const bool cmp = a.sig_per_kv != 0;
