@@ -787,7 +787,9 @@ static void do_context_create(fz_t *f)
     full.num_layers = (int32_t)pick_index(f, 1, 4);
     full.num_q_heads = (int32_t)pick_index(f, 1, 9);
     full.num_kv_heads = (int32_t)pick_index(f, 1, 5);
-    full.head_dim = (int32_t)(uint32_t)(8u * (uint64_t)pick_index(f, 1, 33)) - (fz_u8(f) > 240);
+    /* a multiple of 8, or one less; the arithmetic wraps in uint32_t (pick_index may
+     * return any int64, and INT32_MIN - 1 in int would be undefined) */
+    full.head_dim = (int32_t)(uint32_t)(8u * (uint64_t)pick_index(f, 1, 33) - (uint64_t)(fz_u8(f) > 240));
     full.block_size = (int32_t)pick_index(f, 1, 17);
     full.dtype = fz_u8(f) < 200 ? (fz_u8(f) & 1 ? F32 : BF16) : random_dtype(f);
     if (fz_u8(f) > 230) {
