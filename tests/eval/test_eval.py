@@ -8,6 +8,8 @@
 - needle-text (scripts/needle-text, the retrieval fine-tune's documents): separators,
   each document ends in its number, which sits in the text before the question,
   lengths, determinism, none of the passkey prompts' wording;
+- selection-stats (tools/eval/hashattn-selection-stats): its tie rule and bit agreement,
+  its reader of one-sequence fp32 captures;
 - select (torch; "skipped: no torch" without it): every method attends to exactly
   T(n) = sink + recent + floor(f n) tokens per row; hash selection equals a direct
   transcription of the plugin's counting selection (kernels/cpu/select.c) with many
@@ -285,6 +287,90 @@ def _():
     assert stats.bootstrap_mean(x, block=128, seed=1) == r
     e = stats.bootstrap_mean([], block=16)
     assert e["tokens"] == 0
+
+
+# ---- hashattn-selection-stats (numpy) ----------------------------------------------------------
+
+
+def _selection_stats():
+    """tools/eval/hashattn-selection-stats as a module (its file name has no .py)."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+    path = os.path.join(ROOT, "tools", "eval", "hashattn-selection-stats")
+    loader = SourceFileLoader("selection_stats", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+@case("selection-stats: its pick is the plugin's rule, agreement is 32 - popcount(xor)")
+def _():
+    st = _selection_stats()
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = int(rng.integers(40, 300))
+        scores = rng.integers(0, 6, n)  # few values: many ties
+        k = int(rng.integers(1, n))
+        got = set(st.pick(scores, k).tolist())
+        # ref_select's heavy part with no sink or recent window
+        want = set(sorted(range(n), key=lambda j: (-scores[j], -j))[:k])
+        assert got == want, (trial, sorted(got ^ want)[:8])
+    a = rng.integers(0, 2**32, 64, dtype=np.uint64).astype(np.uint32)
+    b = np.uint32(rng.integers(0, 2**32))
+    want = [32 - bin(int(x) ^ int(b)).count("1") for x in a]
+    assert st.agreement(a, b).tolist() == want
+
+
+@case("selection-stats: reads a one-sequence fp32 capture (docs/calibration-format.md), refuses fp16")
+def _():
+    st = _selection_stats()
+    L, hq, hkv, D, n = 2, 4, 2, 8, 40
+    rng = np.random.default_rng(6)
+    keys = rng.standard_normal((L, hkv, n, D)).astype(np.float32)
+    pos = np.array([10, 25, 39], np.int32)
+    qv = rng.standard_normal((L, hq, len(pos), D)).astype(np.float32)
+
+    def record(kind, fields, payload):
+        head = struct.pack("<IIQ", kind, 16 + len(fields), len(payload)) + fields
+        return head + payload
+
+    def pad8(b):
+        return b + bytes(-len(b) % 8)
+
+    def build(key_dtype):
+        out = b"HACALIB\0" + struct.pack("<II5iI", 1, 64, L, hq, hkv, D, 32, 0) + bytes(24)
+        for layer in range(L):
+            for g in range(hkv):  # two pieces, the second first
+                for start, count in ((25, n - 25), (0, 25)):
+                    rows = keys[layer, g, start:start + count]
+                    out += record(1, struct.pack("<iiqiiii", layer, g, 7, start, count, key_dtype, 0),
+                                  pad8(rows.tobytes()))
+            for h in range(hq):
+                top = -np.ones((len(pos), 32), np.int32)
+                body = pad8(pos.tobytes()) + pad8(qv[layer, h].tobytes()) + top.tobytes()
+                out += record(2, struct.pack("<iiqiiiiii", layer, h, 7, len(pos), 0, 4, 4, 32, 0), body)
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "c.calib")
+        with open(path, "wb") as f:
+            f.write(build(0))
+        shape, k, q = st.read_calib(path)
+        assert shape == (L, hq, hkv, D)
+        for layer in range(L):
+            for g in range(hkv):
+                assert np.array_equal(k[(layer, g)], keys[layer, g])
+            for h in range(hq):
+                assert q[(layer, h)][0].tolist() == pos.tolist()
+                assert np.array_equal(q[(layer, h)][1], qv[layer, h])
+        with open(path, "wb") as f:
+            f.write(build(1))
+        try:
+            st.read_calib(path)
+        except SystemExit as e:
+            assert "fp16" in str(e), e
+        else:
+            raise AssertionError("an fp16 capture was accepted")
 
 
 # ---- selection (torch) ------------------------------------------------------------------------
