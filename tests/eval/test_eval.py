@@ -9,7 +9,7 @@
   each document ends in its number, which sits in the text before the question,
   lengths, determinism, none of the passkey prompts' wording;
 - selection-stats (tools/eval/hashattn-selection-stats): its tie rule and bit agreement,
-  its reader of one-sequence fp32 captures;
+  its reader of one-sequence fp32 captures; copy-probe's token classes (torch);
 - select (torch; "skipped: no torch" without it): every method attends to exactly
   T(n) = sink + recent + floor(f n) tokens per row; hash selection equals a direct
   transcription of the plugin's counting selection (kernels/cpu/select.c) with many
@@ -371,6 +371,22 @@ def _():
             assert "fp16" in str(e), e
         else:
             raise AssertionError("an fp16 capture was accepted")
+
+
+@case("copy-probe: far copy, recent copy and other next tokens", True)
+def _():
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+    loader = SourceFileLoader("copy_probe", os.path.join(ROOT, "tools", "eval", "hashattn-copy-probe"))
+    cp = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(cp)
+    #      0  1  2  3  4  5  6  7  8  9
+    ids = [5, 6, 9, 9, 9, 9, 5, 6, 5, 7]
+    assert cp.copy_class(ids, 6, recent=3) == cp.FAR      # (5, 6) at 0 only, before t - 3
+    assert cp.copy_class(ids, 6, recent=6) == cp.RECENT   # now inside the window [0, 6)
+    assert cp.copy_class(ids, 8, recent=3) == cp.OTHER    # 5 was never followed by 7
+    assert cp.copy_class(ids, 4, recent=1) == cp.RECENT   # (9, 9) at 3
+    assert cp.copy_class(ids, 2, recent=1) == cp.OTHER    # 9 first seen at 2
 
 
 # ---- selection (torch) ------------------------------------------------------------------------
