@@ -292,12 +292,11 @@ def _():
 # ---- hashattn-selection-stats (numpy) ----------------------------------------------------------
 
 
-def _selection_stats():
-    """tools/eval/hashattn-selection-stats as a module (its file name has no .py)."""
+def _tool(name):
+    """tools/eval/NAME (an executable script, no .py) as a module."""
     import importlib.util
     from importlib.machinery import SourceFileLoader
-    path = os.path.join(ROOT, "tools", "eval", "hashattn-selection-stats")
-    loader = SourceFileLoader("selection_stats", path)
+    loader = SourceFileLoader(name.replace("-", "_"), os.path.join(ROOT, "tools", "eval", name))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
     return module
@@ -305,7 +304,7 @@ def _selection_stats():
 
 @case("selection-stats: its pick is the plugin's rule, agreement is 32 - popcount(xor)")
 def _():
-    st = _selection_stats()
+    st = _tool("hashattn-selection-stats")
     rng = np.random.default_rng(5)
     for trial in range(20):
         n = int(rng.integers(40, 300))
@@ -323,7 +322,7 @@ def _():
 
 @case("selection-stats: reads a one-sequence fp32 capture (docs/calibration-format.md), refuses fp16")
 def _():
-    st = _selection_stats()
+    st = _tool("hashattn-selection-stats")
     L, hq, hkv, D, n = 2, 4, 2, 8, 40
     rng = np.random.default_rng(6)
     keys = rng.standard_normal((L, hkv, n, D)).astype(np.float32)
@@ -375,11 +374,7 @@ def _():
 
 @case("copy-probe: far copy, recent copy and other next tokens", True)
 def _():
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-    loader = SourceFileLoader("copy_probe", os.path.join(ROOT, "tools", "eval", "hashattn-copy-probe"))
-    cp = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(cp)
+    cp = _tool("hashattn-copy-probe")
     #      0  1  2  3  4  5  6  7  8  9
     ids = [5, 6, 9, 9, 9, 9, 5, 6, 5, 7]
     assert cp.copy_class(ids, 6, recent=3) == cp.FAR      # (5, 6) at 0 only, before t - 3
