@@ -322,19 +322,23 @@ static void test_gap(void)
 static void test_selection(void)
 {
     /* candidates [10, 17], scores: */
-    const uint8_t s[8] = {5, 9, 5, 7, 5, 9, 2, 5};
+    const uint16_t s[8] = {5, 9, 5, 7, 5, 9, 2, 5};
     /* k = 3: the two 9s (11, 15), then one 7 (13) */
     int32_t lab1[3] = {11, 13, 15};
-    CHECK(tr_hits_in_selection(s, 10, 17, 3, lab1, 3) == 3, "k=3");
+    CHECK(tr_hits_in_selection(s, 32, 10, 17, 3, lab1, 3) == 3, "k=3");
     /* k = 4: 9, 9, 7 and the newest 5 (17), not 10, 12, 14 */
     int32_t lab2[4] = {17, 14, 12, 10};
-    CHECK(tr_hits_in_selection(s, 10, 17, 4, lab2, 4) == 1, "k=4 ties go to the newer token");
+    CHECK(tr_hits_in_selection(s, 32, 10, 17, 4, lab2, 4) == 1, "k=4 ties go to the newer token");
     /* k = 5: 17 and 14 */
-    CHECK(tr_hits_in_selection(s, 10, 17, 5, lab2, 4) == 2, "k=5");
+    CHECK(tr_hits_in_selection(s, 32, 10, 17, 5, lab2, 4) == 2, "k=5");
     /* k >= candidates: all selected; labels outside and -1 ignored */
     int32_t lab3[4] = {10, 17, 9, -1};
-    CHECK(tr_hits_in_selection(s, 10, 17, 8, lab3, 4) == 2, "everything selected");
-    CHECK(tr_hits_in_selection(s, 10, 17, 1, lab3, 4) == 0, "k=1 (a 9)");
+    CHECK(tr_hits_in_selection(s, 32, 10, 17, 8, lab3, 4) == 2, "everything selected");
+    CHECK(tr_hits_in_selection(s, 32, 10, 17, 1, lab3, 4) == 0, "k=1 (a 9)");
+    /* group selection's scores past 32 (up to 32 G) */
+    const uint16_t g[8] = {40, 96, 40, 70, 40, 96, 33, 40};
+    CHECK(tr_hits_in_selection(g, 96, 10, 17, 4, lab2, 4) == 1, "group scores: k=4, ties to the newer token");
+    CHECK(tr_hits_in_selection(g, 96, 10, 17, 3, lab1, 3) == 3, "group scores: k=3");
 }
 
 int main(int argc, char **argv)

@@ -1,7 +1,8 @@
 /*
  * test_cuda.c - the CUDA backend against the CPU backend: the same batch
  * gives the same loss and gradients (to FP32 rounding), the same Adam steps
- * the same parameters, and a whole training run on the GPU learns as well.
+ * the same parameters (per head, and under the group objective with G key
+ * MLPs or one), and a whole training run on the GPU learns as well.
  * Exits 77 (skipped) when the build has no CUDA backend or no GPU or cuBLAS
  * is found.
  *
@@ -36,14 +37,16 @@ static double rel_diff(const float *a, const float *b, size_t n)
     return sqrt(num / (den + 1e-30));
 }
 
-static void test_parity(tr_backend_t *gpu)
+/* nkm key MLPs; joint: the group objective (NQ blocks of 16 positions) */
+static void test_parity(tr_backend_t *gpu, int nkm, int joint)
 {
     tr_backend_t *cpu = tr_backend_cpu_create();
     tr_net_t nc, ng;
-    CHECK(tr_net_create(&nc, cpu, D, M, NQ, B, NK) == 0 && tr_net_create(&ng, gpu, D, M, NQ, B, NK) == 0, "nets");
-    size_t f = tr_mlp_floats(D, M), np = f * (NQ + 1);
+    CHECK(tr_net_create(&nc, cpu, D, M, NQ, nkm, joint, B, NK) == 0 &&
+              tr_net_create(&ng, gpu, D, M, NQ, nkm, joint, B, NK) == 0, "nets (%d key MLPs, joint %d)", nkm, joint);
+    size_t f = tr_mlp_floats(D, M), np = f * (size_t)(NQ + nkm);
     float *p = malloc(np * sizeof(float)), *gc = malloc(np * sizeof(float)), *gg = malloc(np * sizeof(float));
-    for (int i = 0; i <= NQ; i++)
+    for (int i = 0; i < NQ + nkm; i++)
         tr_mlp_init(p + (size_t)i * f, D, M, 21, (uint64_t)i, 0);
     tr_rng_t r;
     tr_rng_seed(&r, 21, 1, 0, 0);
@@ -58,6 +61,9 @@ static void test_parity(tr_backend_t *gpu)
         labels[i] = u < 5 ? TR_LABEL_POS : u < 80 ? TR_LABEL_NEG : TR_LABEL_MASK;
     }
     int32_t rows[NQ] = {20, 0, 30}; /* one query MLP idle */
+    if (joint)
+        rows[0] = rows[1] = rows[2] = 16;
+    printf("  %s, %d key MLP(s):\n", joint ? "group objective" : "per head", nkm);
     tr_net_set_params(&nc, p);
     tr_net_set_params(&ng, p);
     double lc = tr_net_loss_grad(&nc, xq, rows, NK, xk, labels, 20.0f);
@@ -116,7 +122,7 @@ static void test_training(const char *dir)
         o.threads = 4;
         o.quiet = 1;
         o.cuda = dev;
-        int nt = tr_num_tasks(s, 0, NULL);
+        int nt = tr_num_tasks(s, 0, 0, NULL);
         tr_task_report_t *rep = calloc((size_t)nt, sizeof *rep);
         double t0 = tr_now();
         rc = tr_train(&o, c, &m, rep, err, sizeof err);
@@ -151,7 +157,9 @@ int main(int argc, char **argv)
         printf("  SKIP: %s\ntest_train_cuda: SKIPPED\n", err);
         return 77;
     }
-    test_parity(gpu);
+    test_parity(gpu, 1, 0);
+    test_parity(gpu, NQ, 1);
+    test_parity(gpu, 1, 1);
     gpu->destroy(gpu);
     test_training(argc > 1 ? argv[1] : "/tmp");
     return check_finish("test_train_cuda");

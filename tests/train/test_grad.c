@@ -1,7 +1,8 @@
 /*
  * test_grad.c - the hand-written backward pass against finite differences of
  * an independent double-precision forward pass, on tiny MLPs (two query MLPs
- * and a key MLP, as in a compact task); Adam's first step; input folding.
+ * and a key MLP, as in a compact task; and the group objective's joint loss
+ * with two key MLPs or one); Adam's first step; input folding.
  */
 #include <math.h>
 #include <stdio.h>
@@ -73,61 +74,96 @@ static double ref_loss(const double *params, size_t f, const double *xq, const i
     return loss / valid;
 }
 
-static void test_gradients(void)
+/* A random case: nmlp MLP blocks of f floats (fresh init plus noise, so that
+ * the biases' gradients are exercised away from 0), B query rows, NK keys,
+ * nlab labels of every kind; the doubles are the same values. */
+static void random_case(uint64_t seed, int nmlp, size_t f, float *p, double *pd, float *xq, double *xqd, float *xk,
+                        double *xkd, uint8_t *labels, int nlab)
 {
-    tr_backend_t *be = tr_backend_cpu_create();
-    tr_net_t net;
-    CHECK(tr_net_create(&net, be, D, M, NQ, B, NK) == 0, "net");
-    size_t f = tr_mlp_floats(D, M), np = f * (NQ + 1);
-    float *p = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
-    double *pd = malloc(np * sizeof(double));
     tr_rng_t r;
-    tr_rng_seed(&r, 11, 0, 0, 0);
-    for (int i = 0; i <= NQ; i++)
-        tr_mlp_init(p + (size_t)i * f, D, M, 11, (uint64_t)i, 0);
-    /* non-zero biases so that their gradients are exercised away from 0 */
-    for (size_t i = 0; i < np; i++)
+    tr_rng_seed(&r, seed, (uint64_t)nmlp, 0, 0);
+    for (int i = 0; i < nmlp; i++)
+        tr_mlp_init(p + (size_t)i * f, D, M, seed, (uint64_t)i, 0);
+    for (size_t i = 0; i < (size_t)nmlp * f; i++) {
         p[i] += (float)(0.1 * tr_rng_normal(&r));
-    float xq[B * D], xk[NK * D];
-    double xqd[B * D], xkd[NK * D];
+        pd[i] = p[i];
+    }
     for (int i = 0; i < B * D; i++)
         xqd[i] = xq[i] = (float)tr_rng_normal(&r);
     for (int i = 0; i < NK * D; i++)
         xkd[i] = xk[i] = (float)tr_rng_normal(&r);
-    uint8_t labels[B * NK];
-    for (int i = 0; i < B * NK; i++)
+    for (int i = 0; i < nlab; i++)
         labels[i] = (uint8_t)tr_rng_below(&r, 3);
     labels[0] = TR_LABEL_POS;
     labels[1] = TR_LABEL_NEG;
+}
+
+/* The analytic gradients g [np] against central differences of the double
+ * reference loss at pd (restored); the count off by more than 1e-3 relative. */
+static int fd_check(double *pd, size_t np, const float *g, double (*ref)(const double *, const void *),
+                    const void *ctx, double *worst, size_t *worst_i)
+{
+    int bad = 0;
+    *worst = 0;
+    *worst_i = 0;
+    for (size_t i = 0; i < np; i++) {
+        const double eps = 1e-6;
+        double keep = pd[i];
+        pd[i] = keep + eps;
+        double lp = ref(pd, ctx);
+        pd[i] = keep - eps;
+        double lm = ref(pd, ctx);
+        pd[i] = keep;
+        double num = (lp - lm) / (2 * eps), err = fabs(num - g[i]) / (1e-3 + fabs(num));
+        if (err > *worst) {
+            *worst = err;
+            *worst_i = i;
+        }
+        bad += err > 1e-3;
+    }
+    return bad;
+}
+
+typedef struct {
+    size_t f;
+    int nkm;
+    const double *xq, *xk;
+    const int32_t *rows;
+    const uint8_t *labels;
+    double pw;
+} ref_ctx_t;
+
+static double ref_head(const double *pd, const void *v)
+{
+    const ref_ctx_t *c = v;
+    return ref_loss(pd, c->f, c->xq, c->rows, c->xk, c->labels, c->pw);
+}
+
+static void test_gradients(void)
+{
+    tr_backend_t *be = tr_backend_cpu_create();
+    tr_net_t net;
+    CHECK(tr_net_create(&net, be, D, M, NQ, 1, 0, B, NK) == 0, "net");
+    size_t f = tr_mlp_floats(D, M), np = f * (NQ + 1);
+    float *p = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
+    double *pd = malloc(np * sizeof(double));
+    float xq[B * D], xk[NK * D];
+    double xqd[B * D], xkd[NK * D];
+    uint8_t labels[B * NK];
+    random_case(11, NQ + 1, f, p, pd, xq, xqd, xk, xkd, labels, B * NK);
     int32_t rows[NQ] = {4, 2};
     const float pw = 20.0f;
 
     tr_net_set_params(&net, p);
     double loss = tr_net_loss_grad(&net, xq, rows, NK, xk, labels, pw);
     tr_net_get_grads(&net, g);
-    for (size_t i = 0; i < np; i++)
-        pd[i] = p[i];
-    double ref = ref_loss(pd, f, xqd, rows, xkd, labels, pw);
+    const ref_ctx_t ctx = {f, 1, xqd, xkd, rows, labels, pw};
+    double ref = ref_head(pd, &ctx);
     CHECK(fabs(loss - ref) < 1e-5 * (1 + fabs(ref)), "loss %.8f, double reference %.8f", loss, ref);
 
-    double worst = 0;
-    size_t worst_i = 0;
-    int bad = 0;
-    for (size_t i = 0; i < np; i++) {
-        const double eps = 1e-6;
-        double keep = pd[i];
-        pd[i] = keep + eps;
-        double lp = ref_loss(pd, f, xqd, rows, xkd, labels, pw);
-        pd[i] = keep - eps;
-        double lm = ref_loss(pd, f, xqd, rows, xkd, labels, pw);
-        pd[i] = keep;
-        double num = (lp - lm) / (2 * eps), err = fabs(num - g[i]) / (1e-3 + fabs(num));
-        if (err > worst) {
-            worst = err;
-            worst_i = i;
-        }
-        bad += err > 1e-3;
-    }
+    double worst;
+    size_t worst_i;
+    int bad = fd_check(pd, np, g, ref_head, &ctx, &worst, &worst_i);
     CHECK(bad == 0, "%d of %zu gradients off; worst relative error %.2e at parameter %zu", bad, np, worst, worst_i);
     printf("  gradient check: %zu parameters, worst relative error %.2e\n", np, worst);
 
@@ -163,6 +199,85 @@ static void test_gradients(void)
     free(g);
     free(pd);
     tr_net_destroy(&net);
+    be->destroy(be);
+}
+
+/* The group objective: NQ query MLPs over the same P positions and NKM key
+ * MLPs (NQ: the paper's layout, 1: compact), z_pj = sum_g u_g(p) . v_k(g)(j) / NQ. */
+static double ref_loss_joint(const double *params, size_t f, int nkm, const double *xq, const double *xk,
+                             const uint8_t *labels, double pw)
+{
+    enum { P = B / NQ };
+    double uq[NQ][P][32], vk[NQ][NK][32];
+    for (int g = 0; g < NQ; g++)
+        for (int i = 0; i < P; i++)
+            phi(params + (size_t)g * f, xq + (g * P + i) * D, uq[g][i]);
+    for (int kj = 0; kj < nkm; kj++)
+        for (int j = 0; j < NK; j++)
+            phi(params + (size_t)(NQ + kj) * f, xk + j * D, vk[kj][j]);
+    double loss = 0;
+    int valid = 0;
+    for (int i = 0; i < P; i++)
+        for (int j = 0; j < NK; j++) {
+            uint8_t y = labels[i * NK + j];
+            if (y == TR_LABEL_MASK)
+                continue;
+            double z = 0;
+            for (int g = 0; g < NQ; g++)
+                for (int b = 0; b < 32; b++)
+                    z += uq[g][i][b] * vk[nkm == 1 ? 0 : g][j][b];
+            z /= NQ;
+            loss += y == TR_LABEL_POS ? pw * softplus(-z) : softplus(z);
+            valid++;
+        }
+    return loss / valid;
+}
+
+static double ref_joint(const double *pd, const void *v)
+{
+    const ref_ctx_t *c = v;
+    return ref_loss_joint(pd, c->f, c->nkm, c->xq, c->xk, c->labels, c->pw);
+}
+
+static void test_joint_gradients(int nkm)
+{
+    enum { P = B / NQ };
+    tr_backend_t *be = tr_backend_cpu_create();
+    tr_net_t net;
+    CHECK(tr_net_create(&net, be, D, M, NQ, nkm, 1, B, NK) == 0, "joint net, %d key MLPs", nkm);
+    size_t f = tr_mlp_floats(D, M), np = f * (size_t)(NQ + nkm);
+    CHECK(net.num_params == np, "joint net: %zu parameters, expected %zu", net.num_params, np);
+    float *p = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
+    double *pd = malloc(np * sizeof(double));
+    float xq[B * D], xk[NK * D];
+    double xqd[B * D], xkd[NK * D];
+    uint8_t labels[P * NK];
+    random_case(13, NQ + nkm, f, p, pd, xq, xqd, xk, xkd, labels, P * NK);
+    int32_t rows[NQ] = {P, P};
+    const float pw = 20.0f;
+    tr_net_set_params(&net, p);
+    double loss = tr_net_loss_grad(&net, xq, rows, NK, xk, labels, pw);
+    tr_net_get_grads(&net, g);
+    const ref_ctx_t ctx = {f, nkm, xqd, xkd, rows, labels, pw};
+    double ref = ref_joint(pd, &ctx);
+    CHECK(fabs(loss - ref) < 1e-5 * (1 + fabs(ref)), "joint (%d key MLPs): loss %.8f, double reference %.8f", nkm,
+          loss, ref);
+    double worst;
+    size_t worst_i;
+    int bad = fd_check(pd, np, g, ref_joint, &ctx, &worst, &worst_i);
+    CHECK(bad == 0, "joint (%d key MLPs): %d of %zu gradients off; worst relative error %.2e at parameter %zu", nkm,
+          bad, np, worst, worst_i);
+    printf("  joint gradient check, %d key MLP(s): %zu parameters, worst relative error %.2e\n", nkm, np, worst);
+    /* unequal blocks are refused: no loss, zero gradients */
+    int32_t uneven[NQ] = {P, P - 1};
+    CHECK(isnan(tr_net_loss_grad(&net, xq, uneven, NK, xk, labels, pw)), "joint: unequal query blocks have a loss");
+    free(p);
+    free(g);
+    free(pd);
+    tr_net_destroy(&net);
+    /* the shapes a joint net cannot have */
+    CHECK(tr_net_create(&net, be, D, M, NQ, NQ + 1, 1, B, NK) != 0, "a joint net with nq + 1 key MLPs");
+    CHECK(tr_net_create(&net, be, D, M, NQ, NQ, 0, B, NK) != 0, "a per-head net with nq key MLPs");
     be->destroy(be);
 }
 
@@ -212,8 +327,10 @@ static void test_fold(void)
 
 int main(void)
 {
-    printf("  seeds: gradients 11, folding 4 (fixed)\n");
+    printf("  seeds: gradients 11, joint 13, folding 4 (fixed)\n");
     test_gradients();
+    test_joint_gradients(NQ);
+    test_joint_gradients(1);
     test_fold();
     return check_finish("test_train_grad");
 }

@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "         --query-offset F                               planted structure (16, 4, 0.5, 8, 0.1, 0.5)\n"
             "         --sink N --recent N                            (16, 16)\n"
             "         --fp16 --seed N\n"
+            "         --group-positions                              a KV head's query heads share positions\n"
+            "                                                        and clusters (for --objective group)\n"
             "       hashattn-calib info FILE\n"
             "       hashattn-calib compare A B [--min-overlap F]   two captures of the same text\n");
 }
@@ -225,6 +227,8 @@ int main(int argc, char **argv)
             c.seed = strtoull(v, NULL, 0);
         else if (strcmp(a, "--fp16") == 0)
             c.dtype = TR_CALIB_F16;
+        else if (strcmp(a, "--group-positions") == 0)
+            c.group_positions = 1;
         else {
             fprintf(stderr, "hashattn-calib: unknown or incomplete option %s\n", a);
             usage(stderr);

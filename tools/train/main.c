@@ -36,6 +36,10 @@ static void usage(FILE *f)
             "  --init FILE         start from this weight file (fine-tune); its width and layout are kept\n"
             "  --mlp-width N       hidden width m (default 128; 64 is enough for D = 64)\n"
             "  --compact           one key MLP per KV head (signature_layout per_kv_head)\n"
+            "  --objective head|group  head (default): each query head against its own top-32 (the\n"
+            "                      paper's loss); group: a KV head's query and key MLPs together on the\n"
+            "                      summed score of its heads against the keys of the largest summed\n"
+            "                      attention weight (for group selection; recall is then the group's)\n"
             "  --epochs N          passes over the training queries (default 10; 0 = evaluate only)\n"
             "  --steps N           optimiser steps per (layer, head) instead of epochs\n"
             "  --batch N           queries per step, from one sequence (default 64)\n"
@@ -152,6 +156,14 @@ int main(int argc, char **argv)
             mlp_width = atoi(v);
         } else if (strcmp(a, "--compact") == 0) {
             compact = 1;
+        } else if (ARG("--objective")) {
+            if (strcmp(v, "head") == 0 || strcmp(v, "group") == 0) {
+                o.group_loss = strcmp(v, "group") == 0;
+            } else {
+                fprintf(stderr, "hashattn-train: --objective %s: head or group\n", v);
+                printf("hashattn-train: bad arguments: FAILED\n");
+                return 1;
+            }
         } else if (ARG("--epochs")) {
             o.epochs = atoi(v);
         } else if (ARG("--steps")) {
@@ -292,12 +304,14 @@ int main(int argc, char **argv)
     if (o.epochs == 0 && o.steps == 0 && o.fresh)
         fprintf(stderr, "hashattn-train: note: no training steps and no --init: the file holds a fresh init\n");
 
-    int32_t ntasks = tr_num_tasks(s, model.compact, mask);
+    int32_t ntasks = tr_num_tasks(s, model.compact, o.group_loss, mask);
     int workers = o.threads < ntasks ? o.threads : ntasks;
     printf("hashattn-train: %s: %d layers, Hq %d, Hkv %d, D %d; layout %s, mlp_width %d, %d task(s), "
            "%d thread(s)\n", calib_path, s->num_layers, s->num_q_heads, s->num_kv_heads, s->head_dim,
            model.compact ? "per_kv_head" : "per_query_head", model.mlp_width, ntasks, workers);
     printf("  device: %s\n", o.cuda ? "cuda (batch math), cpu (evaluation)" : "cpu");
+    printf("  objective: %s\n", o.group_loss ? "group (a KV head's MLPs together, the group's summed score)"
+                                             : "head (each query head's own top-32)");
     printf("  recipe: %s, epochs %d, steps %lld, batch %d, negatives %d, lr %g, pos_weight %g, seed %llu, "
            "holdout %g, budget %g\n", init_path ? "fine-tune" : "fresh init", o.epochs, (long long)o.steps,
            o.batch, o.negatives, (double)o.lr, (double)o.pos_weight, (unsigned long long)o.seed,
@@ -312,7 +326,8 @@ int main(int argc, char **argv)
     }
 
     /* per task and overall, weighted by evaluated queries */
-    printf("\n%5s %5s %7s %6s %7s %17s %17s %17s %13s %6s %7s\n", "layer", model.compact ? "kvh" : "head",
+    printf("\n%5s %5s %7s %6s %7s %17s %17s %17s %13s %6s %7s\n", "layer",
+           model.compact || o.group_loss ? "kvh" : "head",
            "train", "eval", "steps", "loss first>last", "recall@32 b>a", "recall@bud b>a", "simhash 32/bud",
            "rnd32", "time_s");
     double sb = 0, sa = 0, bb = 0, ba = 0, hk = 0, hb = 0, rk = 0;
@@ -334,7 +349,12 @@ int main(int argc, char **argv)
         wb += r->after.n_budget;
     }
     double train_s = tr_now() - t0;
-    printf("\nrecall of the true top-%d (held-out queries, hard 32-bit hash, ties to the newer token):\n", s->topk);
+    if (o.group_loss)
+        printf("\nrecall of the group's top-%d (held-out positions, group selection's summed score of the hard "
+               "32-bit hashes, ties to the newer token):\n", s->topk);
+    else
+        printf("\nrecall of the true top-%d (held-out queries, hard 32-bit hash, ties to the newer token):\n",
+               s->topk);
     printf("  within the top %d:          before %.4f  after %.4f  (simhash %.4f, random %.4f; %lld queries)\n",
            s->topk, wk ? sb / wk : NAN, wk ? sa / wk : NAN, wk ? hk / wk : NAN, wk ? rk / wk : NAN, (long long)wk);
     printf("  within floor(%.4g * n):     before %.4f  after %.4f  (simhash %.4f; %lld queries)\n",

@@ -53,19 +53,24 @@ void tr_net_destroy(tr_net_t *net)
     memset(net, 0, sizeof *net);
 }
 
-int tr_net_create(tr_net_t *net, tr_backend_t *be, int32_t dim, int32_t width, int32_t nq, int32_t max_q,
-                  int32_t max_k)
+int tr_net_create(tr_net_t *net, tr_backend_t *be, int32_t dim, int32_t width, int32_t nq, int32_t nkm, int joint,
+                  int32_t max_q, int32_t max_k)
 {
     memset(net, 0, sizeof *net);
+    if (nq < 1 || (joint ? nkm != 1 && nkm != nq : nkm != 1))
+        return -1;
     net->be = be;
     net->dim = dim;
     net->width = width;
     net->nq = nq;
+    net->nkm = nkm;
+    net->joint = joint != 0;
     net->max_q = max_q;
     net->max_k = max_k;
     net->mlp_floats = tr_mlp_floats(dim, width);
-    net->num_params = net->mlp_floats * (size_t)(nq + 1);
-    size_t pb = net->num_params * sizeof(float), zb = (size_t)max_q * (size_t)max_k;
+    net->num_params = net->mlp_floats * (size_t)(nq + nkm);
+    /* joint: the pairs are (position, key), max_q / nq positions at most */
+    size_t pb = net->num_params * sizeof(float), zb = (size_t)(joint ? max_q / nq : max_q) * (size_t)max_k;
     net->params = be->alloc(be, pb);
     net->grads = be->alloc(be, pb);
     net->adam_m = be->alloc(be, pb);
@@ -73,8 +78,9 @@ int tr_net_create(tr_net_t *net, tr_backend_t *be, int32_t dim, int32_t width, i
     net->z = be->alloc(be, zb * sizeof(float));
     net->dz = be->alloc(be, zb * sizeof(float));
     net->labels = be->alloc(be, zb);
+    /* every key MLP has its own activation rows over the same keys */
     if (!net->params || !net->grads || !net->adam_m || !net->adam_v || !net->z || !net->dz ||
-        !net->labels || side_alloc(net, &net->q, max_q) || side_alloc(net, &net->k, max_k)) {
+        !net->labels || side_alloc(net, &net->q, max_q) || side_alloc(net, &net->k, max_k * nkm)) {
         tr_net_destroy(net);
         return -1;
     }
@@ -96,14 +102,16 @@ void tr_net_get_grads(const tr_net_t *net, float *host)
     net->be->download(net->be, host, net->grads, net->num_params * sizeof(float));
 }
 
-/* u = tanh(phi(x)) for rows [r0, r0 + rows) of side s with MLP block p */
-static void forward(tr_net_t *net, const float *p, tr_side_buf_t *s, int32_t r0, int32_t rows)
+/* u = tanh(phi(x)) for rows [r0, r0 + rows) of side s with MLP block p; the
+ * inputs are the rows [x0, x0 + rows) of s->x (x0 != r0: several key MLPs
+ * over the same keys) */
+static void forward(tr_net_t *net, const float *p, tr_side_buf_t *s, int32_t x0, int32_t r0, int32_t rows)
 {
     tr_backend_t *be = net->be;
     int d = net->dim, m = net->width;
     tr_mlp_parts_t w = tr_mlp_parts((float *)p, d, m);
     size_t o_m = (size_t)r0 * (size_t)m, o_b = (size_t)r0 * B_;
-    be->gemm(be, 0, 1, rows, m, d, 1.0f, s->x + (size_t)r0 * (size_t)d, d, w.w1, d, 0.0f, s->a1 + o_m, m);
+    be->gemm(be, 0, 1, rows, m, d, 1.0f, s->x + (size_t)x0 * (size_t)d, d, w.w1, d, 0.0f, s->a1 + o_m, m);
     be->bias_act(be, s->a1 + o_m, w.b1, rows, m, TR_ACT_SILU, s->h1 + o_m);
     be->gemm(be, 0, 1, rows, m, m, 1.0f, s->h1 + o_m, m, w.w2, m, 0.0f, s->a2 + o_m, m);
     be->bias_act(be, s->a2 + o_m, w.b2, rows, m, TR_ACT_SILU, s->h2 + o_m);
@@ -111,8 +119,9 @@ static void forward(tr_net_t *net, const float *p, tr_side_buf_t *s, int32_t r0,
     be->bias_act(be, s->o + o_b, w.b3, rows, B_, TR_ACT_TANH, s->u + o_b);
 }
 
-/* gradients of MLP p (into g) from du at rows [r0, r0 + rows) */
-static void backward(tr_net_t *net, const float *p, float *g, tr_side_buf_t *s, int32_t r0, int32_t rows)
+/* gradients of MLP p (into g) from du at rows [r0, r0 + rows), inputs as forward's */
+static void backward(tr_net_t *net, const float *p, float *g, tr_side_buf_t *s, int32_t x0, int32_t r0,
+                     int32_t rows)
 {
     tr_backend_t *be = net->be;
     int d = net->dim, m = net->width;
@@ -128,7 +137,7 @@ static void backward(tr_net_t *net, const float *p, float *g, tr_side_buf_t *s, 
     be->colsum(be, g2, rows, m, gw.b2);
     be->gemm(be, 0, 0, rows, m, m, 1.0f, g2, m, w.w2, m, 0.0f, g1, m); /* d(h1) */
     be->act_grad(be, s->a1 + o_m, s->h1 + o_m, g1, rows, m, TR_ACT_SILU, g1);
-    be->gemm(be, 1, 0, m, d, rows, 1.0f, g1, m, s->x + (size_t)r0 * (size_t)d, d, 1.0f, gw.w1, d);
+    be->gemm(be, 1, 0, m, d, rows, 1.0f, g1, m, s->x + (size_t)x0 * (size_t)d, d, 1.0f, gw.w1, d);
     be->colsum(be, g1, rows, m, gw.b1);
 }
 
@@ -136,14 +145,20 @@ double tr_net_loss_grad(tr_net_t *net, const float *xq, const int32_t *rows, int
                         const float *xk, const uint8_t *labels, float pos_weight)
 {
     tr_backend_t *be = net->be;
-    int32_t bq = 0;
-    for (int32_t i = 0; i < net->nq; i++)
+    int32_t bq = 0, same = 1;
+    for (int32_t i = 0; i < net->nq; i++) {
         bq += rows[i];
-    size_t d = (size_t)net->dim, pairs = (size_t)bq * (size_t)nk, valid = 0;
+        same &= rows[i] == rows[0];
+    }
+    /* the pairs: (query row, key), or joint (position, key) with P positions */
+    const int32_t np = net->joint ? rows[0] : bq;
+    size_t d = (size_t)net->dim, pairs = (size_t)np * (size_t)nk, valid = 0;
+    be->zero(be, net->grads, net->num_params * sizeof(float));
+    if (bq > net->max_q || nk > net->max_k || (net->joint && !same))
+        return NAN;
     for (size_t i = 0; i < pairs; i++)
         valid += labels[i] != TR_LABEL_MASK;
-    be->zero(be, net->grads, net->num_params * sizeof(float));
-    if (!valid || bq > net->max_q || nk > net->max_k)
+    if (!valid)
         return NAN;
     be->upload(be, net->q.x, xq, (size_t)bq * d * sizeof(float));
     be->upload(be, net->k.x, xk, (size_t)nk * d * sizeof(float));
@@ -153,20 +168,45 @@ double tr_net_loss_grad(tr_net_t *net, const float *xq, const int32_t *rows, int
     float *kg = net->grads + (size_t)net->nq * net->mlp_floats;
     for (int32_t i = 0, r0 = 0; i < net->nq; r0 += rows[i], i++)
         if (rows[i])
-            forward(net, net->params + (size_t)i * net->mlp_floats, &net->q, r0, rows[i]);
-    forward(net, kp, &net->k, 0, nk);
+            forward(net, net->params + (size_t)i * net->mlp_floats, &net->q, r0, r0, rows[i]);
+    /* key MLP j's rows: [j nk, (j + 1) nk), all over the nk keys */
+    for (int32_t j = 0; j < net->nkm; j++)
+        forward(net, kp + (size_t)j * net->mlp_floats, &net->k, 0, j * nk, nk);
 
-    /* z = U V^T, then dz, du = dz V, dv = dz^T U */
-    be->gemm(be, 0, 1, bq, nk, B_, 1.0f, net->q.u, B_, net->k.u, B_, 0.0f, net->z, nk);
+    if (!net->joint) {
+        /* z = U V^T, then dz, du = dz V, dv = dz^T U */
+        be->gemm(be, 0, 1, bq, nk, B_, 1.0f, net->q.u, B_, net->k.u, B_, 0.0f, net->z, nk);
+        double loss = be->bce(be, net->z, net->labels, pairs, pos_weight, 1.0f / (float)valid, net->dz);
+        be->gemm(be, 0, 0, bq, B_, nk, 1.0f, net->dz, nk, net->k.u, B_, 0.0f, net->q.du, B_);
+        be->gemm(be, 1, 0, nk, B_, bq, 1.0f, net->dz, nk, net->q.u, B_, 0.0f, net->k.du, B_);
+        for (int32_t i = 0, r0 = 0; i < net->nq; r0 += rows[i], i++)
+            if (rows[i])
+                backward(net, net->params + (size_t)i * net->mlp_floats,
+                         net->grads + (size_t)i * net->mlp_floats, &net->q, r0, r0, rows[i]);
+        backward(net, kp, kg, &net->k, 0, 0, nk);
+        return loss / (double)valid;
+    }
+
+    /* joint: z = sum_g U_g V_k(g)^T / nq; du_g = dz V_k(g) / nq; dv_k(g) (+)= dz^T U_g / nq */
+    const size_t ub = (size_t)np * B_, vb = (size_t)nk * B_;
+    const float zs = 1.0f / (float)net->nq; /* the mean: one head's logit scale */
+    for (int32_t g = 0; g < net->nq; g++) {
+        const int32_t kj = net->nkm == 1 ? 0 : g;
+        be->gemm(be, 0, 1, np, nk, B_, zs, net->q.u + g * ub, B_, net->k.u + kj * vb, B_, g ? 1.0f : 0.0f,
+                 net->z, nk);
+    }
     double loss = be->bce(be, net->z, net->labels, pairs, pos_weight, 1.0f / (float)valid, net->dz);
-    be->gemm(be, 0, 0, bq, B_, nk, 1.0f, net->dz, nk, net->k.u, B_, 0.0f, net->q.du, B_);
-    be->gemm(be, 1, 0, nk, B_, bq, 1.0f, net->dz, nk, net->q.u, B_, 0.0f, net->k.du, B_);
-
-    for (int32_t i = 0, r0 = 0; i < net->nq; r0 += rows[i], i++)
-        if (rows[i])
-            backward(net, net->params + (size_t)i * net->mlp_floats,
-                     net->grads + (size_t)i * net->mlp_floats, &net->q, r0, rows[i]);
-    backward(net, kp, kg, &net->k, 0, nk);
+    for (int32_t g = 0; g < net->nq; g++) {
+        const int32_t kj = net->nkm == 1 ? 0 : g;
+        be->gemm(be, 0, 0, np, B_, nk, zs, net->dz, nk, net->k.u + kj * vb, B_, 0.0f, net->q.du + g * ub, B_);
+        be->gemm(be, 1, 0, nk, B_, np, zs, net->dz, nk, net->q.u + g * ub, B_, net->nkm == 1 && g ? 1.0f : 0.0f,
+                 net->k.du + kj * vb, B_);
+    }
+    for (int32_t g = 0; g < net->nq; g++)
+        backward(net, net->params + (size_t)g * net->mlp_floats, net->grads + (size_t)g * net->mlp_floats, &net->q,
+                 g * np, g * np, np);
+    for (int32_t j = 0; j < net->nkm; j++)
+        backward(net, kp + (size_t)j * net->mlp_floats, kg + (size_t)j * net->mlp_floats, &net->k, 0, j * nk, nk);
     return loss / (double)valid;
 }
 

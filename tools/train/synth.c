@@ -50,9 +50,9 @@ int tr_synth_write(const char *path, const tr_synth_config_t *c, char *err, size
     float *mu_k = malloc(dd * sizeof(float)), *mu_q = malloc((size_t)s->num_q_heads * dd * sizeof(float));
     float *keys = malloc((size_t)s->num_kv_heads * (size_t)n * dd * sizeof(float));
     float *qv = malloc((size_t)c->queries * dd * sizeof(float));
-    int32_t *pos = malloc((size_t)c->queries * sizeof(int32_t));
+    int32_t *pos = malloc((size_t)c->queries * sizeof(int32_t)), *zs = malloc((size_t)c->queries * sizeof(int32_t));
     int rc = -1;
-    if (!centers || !mu_k || !mu_q || !keys || !qv || !pos) {
+    if (!centers || !mu_k || !mu_q || !keys || !qv || !pos || !zs) {
         fail(err, errlen, "out of memory");
         goto done;
     }
@@ -84,11 +84,20 @@ int tr_synth_write(const char *path, const tr_synth_config_t *c, char *err, size
                 }
                 if (tr_calib_write_keys(w, l, g, seq, 0, n, kg, c->dtype, err, errlen))
                     goto done;
+                if (c->group_positions) { /* the group's positions and clusters, drawn once */
+                    tr_rng_seed(&r, c->seed, (uint64_t)l, (uint64_t)g, 0x9f0000u + (uint64_t)seq);
+                    for (int32_t i = 0; i < c->queries; i++) {
+                        pos[i] = lo_t + (int32_t)tr_rng_below(&r, (uint32_t)(n - lo_t));
+                        zs[i] = (int32_t)tr_rng_below(&r, (uint32_t)C);
+                    }
+                }
                 for (int32_t h = g * G; h < (g + 1) * G; h++) {
                     tr_rng_seed(&r, c->seed, (uint64_t)l, (uint64_t)h, 0x9e0000u + (uint64_t)seq);
                     for (int32_t i = 0; i < c->queries; i++) {
-                        pos[i] = lo_t + (int32_t)tr_rng_below(&r, (uint32_t)(n - lo_t));
-                        const float *cz = centers + (size_t)tr_rng_below(&r, (uint32_t)C) * dd;
+                        if (!c->group_positions)
+                            pos[i] = lo_t + (int32_t)tr_rng_below(&r, (uint32_t)(n - lo_t));
+                        const int32_t z = c->group_positions ? zs[i] : (int32_t)tr_rng_below(&r, (uint32_t)C);
+                        const float *cz = centers + (size_t)z * dd;
                         for (int32_t e = 0; e < d; e++)
                             qv[(size_t)i * dd + (size_t)e] = mu_q[(size_t)h * dd + (size_t)e] + cz[e] +
                                                             c->query_noise * (float)tr_rng_normal(&r);
@@ -118,6 +127,7 @@ done:
     free(keys);
     free(qv);
     free(pos);
+    free(zs);
     if (tr_calib_writer_close(w, rc ? NULL : err, errlen) && rc == 0)
         rc = -1;
     return rc;

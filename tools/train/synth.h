@@ -9,6 +9,9 @@
  *   q = mu_q,h + c_z' + query_noise * e             (z' uniform),
  * so q . k is largest for the keys of the query's cluster, and among those for
  * the keys whose noise points along q. Labels are the exact top-k by q . k.
+ * With group_positions the G heads of a KV head are sampled at the same
+ * positions and look for the same cluster there (as a model's capture
+ * records them; the group objective of train.h needs it).
  */
 #ifndef HASHATTN_TOOLS_TRAIN_SYNTH_H
 #define HASHATTN_TOOLS_TRAIN_SYNTH_H
@@ -29,11 +32,12 @@ typedef struct tr_synth_config {
     int32_t sink, recent;
     tr_calib_dtype_t dtype;
     uint64_t seed;
+    int group_positions;     /* 1: a KV head's query heads share positions and clusters */
 } tr_synth_config_t;
 
 #define TR_SYNTH_CONFIG_INIT                                                        \
     { { 2, 4, 2, 64, TR_CALIB_TOPK }, 8, 1024, 64, 16, 4.0f, 0.5f, 8.0f, 0.1f, 0.5f, \
-      16, 16, TR_CALIB_F32, 1 }
+      16, 16, TR_CALIB_F32, 1, 0 }
 
 int tr_synth_write(const char *path, const tr_synth_config_t *cfg, char *err, size_t errlen);
 

@@ -42,21 +42,32 @@ typedef struct {
     int32_t nq;      /* query MLPs */
     int32_t qhead0;  /* query heads qhead0 .. qhead0 + nq - 1 */
     int32_t kv_head; /* the keys they see */
+    int32_t nkm;     /* key MLPs: 1, or nq (the paper's layout under the group objective) */
+    int32_t key0;    /* the model's index of key MLP 0 (a query head, or a KV head when compact) */
+    int joint;       /* the group objective: a query is a position with nq vectors */
 } task_id_t;
 
-int32_t tr_num_tasks(const tr_calib_shape_t *s, int compact, const uint8_t *layers)
+int32_t tr_num_tasks(const tr_calib_shape_t *s, int compact, int group_loss, const uint8_t *layers)
 {
     int32_t n = 0;
     for (int32_t l = 0; l < s->num_layers; l++)
         if (!layers || layers[l])
-            n += compact ? s->num_kv_heads : s->num_q_heads;
+            n += compact || group_loss ? s->num_kv_heads : s->num_q_heads;
     return n;
 }
 
-static task_id_t task_id(const tr_calib_shape_t *s, int compact, int32_t layer, int32_t group)
+static task_id_t task_id(const tr_calib_shape_t *s, int compact, int group_loss, int32_t layer, int32_t group)
 {
     int32_t g = s->num_q_heads / s->num_kv_heads;
-    task_id_t t = {layer, group, compact ? g : 1, compact ? group * g : group, compact ? group : group / g};
+    task_id_t t = {layer, group, 1, group, group / g, 1, group, 0};
+    if (compact || group_loss) { /* group: a KV head */
+        t.nq = g;
+        t.qhead0 = group * g;
+        t.kv_head = group;
+        t.nkm = compact ? 1 : g;
+        t.key0 = compact ? group : group * g;
+        t.joint = group_loss != 0;
+    }
     return t;
 }
 
@@ -70,12 +81,14 @@ typedef struct {
 typedef struct {
     task_id_t id;
     int32_t dim, topk;
+    int32_t nv;          /* vectors per query: 1, or nq (joint: one per query head) */
     seq_t *seqs;
     int32_t nseqs;
-    int64_t nq;          /* queries */
-    float *xq;           /* [nq, D] raw */
+    int64_t nq;          /* queries (joint: positions) */
+    float *xq;           /* [nq, nv, D] raw */
     int32_t *pos, *sink, *recent, *slot, *seq;
-    const int32_t **top; /* [nq] -> [topk] */
+    const int32_t **top; /* [nq] -> [topk]: into the file, or into gtop (joint) */
+    int32_t *gtop;       /* joint: the group's labels [nq, topk] */
     uint8_t *heldout;
     float *mu, *sigma;   /* [(nq_mlps + 1), D]: query slots, then the key side */
     int64_t ntrain, neval;
@@ -94,6 +107,7 @@ static void task_free(task_data_t *t)
     free(t->slot);
     free(t->seq);
     free(t->top);
+    free(t->gtop);
     free(t->heldout);
     free(t->mu);
     free(t->sigma);
@@ -143,6 +157,85 @@ static void sums_to_stats(const double *acc, int64_t used, int32_t d, float *mu,
     }
 }
 
+/* The group's labels of joint query qi: its candidates [sink, t - recent]
+ * ranked by sum_g softmax_g(q_g . k / sqrt(D)) over the keys [0, t], the
+ * topk best first, ties to the newer key, -1 padding. logits: the nv rows
+ * q_g . k_j (fp32, j < the sequence's length); acc: scratch. */
+static void group_labels(const task_data_t *t, int64_t qi, const float *logits, size_t ld, double *acc,
+                         int32_t *top)
+{
+    const int32_t pos = t->pos[qi], lo = t->sink[qi], hi = t->pos[qi] - t->recent[qi];
+    const double scale = 1.0 / sqrt((double)t->dim);
+    for (int32_t j = lo; j <= hi; j++)
+        acc[j] = 0.0;
+    for (int32_t g = 0; g < t->nv; g++) {
+        const float *w = logits + (size_t)g * ld;
+        double mx = -INFINITY, sum = 0.0;
+        for (int32_t j = 0; j <= pos; j++)
+            mx = w[j] > mx ? w[j] : mx;
+        for (int32_t j = 0; j <= pos; j++)
+            sum += exp(((double)w[j] - mx) * scale);
+        for (int32_t j = lo; j <= hi; j++)
+            acc[j] += exp(((double)w[j] - mx) * scale) / sum;
+    }
+    /* the topk largest, best first; scanning newest first keeps a tie's newer key ahead */
+    int32_t n = 0;
+    for (int32_t j = hi; j >= lo; j--) {
+        if (n == t->topk && acc[j] <= acc[top[n - 1]])
+            continue;
+        int32_t i = n < t->topk ? n++ : n - 1;
+        while (i > 0 && acc[top[i - 1]] < acc[j]) {
+            top[i] = top[i - 1];
+            i--;
+        }
+        top[i] = j;
+    }
+    for (int32_t i = n; i < t->topk; i++)
+        top[i] = -1;
+}
+
+/* Every joint query's group labels (t->gtop), a sequence and up to 128 of
+ * its queries at a time: their nv vectors against every key in one GEMM. */
+static int label_groups(task_data_t *t)
+{
+    enum { CHUNK = 128 };
+    const size_t d = (size_t)t->dim, nv = (size_t)t->nv;
+    int32_t maxn = 0;
+    for (int32_t si = 0; si < t->nseqs; si++)
+        maxn = t->seqs[si].n > maxn ? t->seqs[si].n : maxn;
+    tr_backend_t *be = tr_backend_cpu_create();
+    float *qm = malloc((size_t)CHUNK * nv * d * sizeof(float));
+    float *lg = malloc((size_t)CHUNK * nv * ((size_t)maxn + 1) * sizeof(float));
+    double *acc = malloc(((size_t)maxn + 1) * sizeof(double));
+    int64_t *idx = malloc((size_t)CHUNK * sizeof(int64_t));
+    int rc = be && qm && lg && acc && idx ? 0 : -1;
+    for (int32_t si = 0; rc == 0 && si < t->nseqs; si++) {
+        const seq_t *sq = &t->seqs[si];
+        for (int64_t i0 = 0; i0 < t->nq;) {
+            int32_t cnt = 0;
+            for (; i0 < t->nq && cnt < CHUNK; i0++)
+                if (t->seq[i0] == si) {
+                    memcpy(qm + (size_t)cnt * nv * d, t->xq + (size_t)i0 * nv * d, nv * d * sizeof(float));
+                    idx[cnt++] = i0;
+                }
+            if (!cnt)
+                break;
+            /* lg [cnt nv, n] = Q K^T */
+            be->gemm(be, 0, 1, cnt * (int)nv, sq->n, (int)d, 1.0f, qm, (int)d, sq->keys, (int)d, 0.0f, lg, sq->n);
+            for (int32_t c = 0; c < cnt; c++)
+                group_labels(t, idx[c], lg + (size_t)c * nv * (size_t)sq->n, (size_t)sq->n, acc,
+                             t->gtop + (size_t)idx[c] * (size_t)t->topk);
+        }
+    }
+    if (be)
+        be->destroy(be);
+    free(qm);
+    free(lg);
+    free(acc);
+    free(idx);
+    return rc;
+}
+
 static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, task_data_t *t, char *err,
                      size_t errlen)
 {
@@ -151,10 +244,14 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     t->id = id;
     t->dim = s->head_dim;
     t->topk = s->topk;
+    t->nv = id.joint ? id.nq : 1;
     size_t d = (size_t)s->head_dim;
+    /* joint: each query is a position of head qhead0's records, with the
+     * vectors of every head of the group there (the same records, positions) */
+    const int32_t nslots = id.joint ? 1 : id.nq;
     int64_t total = 0;
     int32_t nrec_all = 0;
-    for (int32_t sl = 0; sl < id.nq; sl++) {
+    for (int32_t sl = 0; sl < nslots; sl++) {
         total += tr_calib_num_queries(c, id.layer, id.qhead0 + sl);
         const tr_calib_qrec_t *r;
         int32_t nr;
@@ -163,7 +260,26 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     }
     if (total == 0)
         return fail(err, errlen, "layer %d, head %d: the calibration file has no queries", id.layer, id.qhead0);
-    t->xq = malloc((size_t)total * d * sizeof(float));
+    if (id.joint) {
+        const tr_calib_qrec_t *r0;
+        int32_t n0;
+        tr_calib_query_records(c, id.layer, id.qhead0, &r0, &n0);
+        for (int32_t g = 1; g < id.nq; g++) {
+            const tr_calib_qrec_t *rg;
+            int32_t ng;
+            tr_calib_query_records(c, id.layer, id.qhead0 + g, &rg, &ng);
+            int same = ng == n0;
+            for (int32_t ri = 0; same && ri < n0; ri++)
+                same = rg[ri].q.seq == r0[ri].q.seq && rg[ri].q.count == r0[ri].q.count &&
+                       rg[ri].q.sink == r0[ri].q.sink && rg[ri].q.recent == r0[ri].q.recent &&
+                       memcmp(rg[ri].q.positions, r0[ri].q.positions, (size_t)r0[ri].q.count * sizeof(int32_t)) == 0;
+            if (!same)
+                return fail(err, errlen, "layer %d: the queries of heads %d and %d are not at the same positions "
+                            "of the same sequences; the group objective needs every head of a group sampled "
+                            "together (as hashattn-run --capture does)", id.layer, id.qhead0, id.qhead0 + g);
+        }
+    }
+    t->xq = malloc((size_t)total * (size_t)t->nv * d * sizeof(float));
     t->pos = malloc((size_t)total * sizeof(int32_t));
     t->sink = malloc((size_t)total * sizeof(int32_t));
     t->recent = malloc((size_t)total * sizeof(int32_t));
@@ -174,15 +290,16 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     t->seqs = calloc((size_t)nrec_all + 1, sizeof *t->seqs);
     t->mu = malloc((size_t)(id.nq + 1) * d * sizeof(float));
     t->sigma = malloc((size_t)(id.nq + 1) * d * sizeof(float));
+    t->gtop = id.joint ? malloc((size_t)total * (size_t)t->topk * sizeof(int32_t)) : NULL;
     double *acc = malloc(2 * d * sizeof(double));
     if (!t->xq || !t->pos || !t->sink || !t->recent || !t->slot || !t->seq || !t->top || !t->heldout ||
-        !t->seqs || !t->mu || !t->sigma || !acc) {
+        !t->seqs || !t->mu || !t->sigma || !acc || (id.joint && !t->gtop)) {
         free(acc);
         task_free(t);
         return fail(err, errlen, "out of memory loading layer %d, head %d", id.layer, id.qhead0);
     }
     int64_t q = 0;
-    for (int32_t sl = 0; sl < id.nq; sl++) {
+    for (int32_t sl = 0; sl < nslots; sl++) {
         const tr_calib_qrec_t *recs;
         int32_t nr;
         tr_calib_query_records(c, id.layer, id.qhead0 + sl, &recs, &nr);
@@ -194,13 +311,21 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
             if (si == t->nseqs)
                 t->seqs[t->nseqs++].id = r->q.seq;
             for (int32_t i = 0; i < r->q.count; i++, q++) {
-                tr_calib_query_vector(c, r, i, t->xq + (size_t)q * d);
+                for (int32_t g = 0; g < t->nv; g++) {
+                    const tr_calib_qrec_t *rg = r;
+                    if (g > 0) {
+                        int32_t ng;
+                        tr_calib_query_records(c, id.layer, id.qhead0 + g, &rg, &ng);
+                        rg += ri;
+                    }
+                    tr_calib_query_vector(c, rg, i, t->xq + ((size_t)q * (size_t)t->nv + (size_t)g) * d);
+                }
                 t->pos[q] = r->q.positions[i];
                 t->sink[q] = r->q.sink;
                 t->recent[q] = r->q.recent;
                 t->slot[q] = sl;
                 t->seq[q] = si;
-                t->top[q] = r->q.top + (size_t)i * (size_t)s->topk;
+                t->top[q] = id.joint ? t->gtop + (size_t)q * (size_t)t->topk : r->q.top + (size_t)i * (size_t)s->topk;
                 t->heldout[q] = (uint8_t)is_heldout(o, &id, id.qhead0 + sl, r->q.seq, ri, i);
             }
         }
@@ -228,6 +353,11 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
         else
             t->ntrain++;
     }
+    if (id.joint && label_groups(t)) {
+        free(acc);
+        task_free(t);
+        return fail(err, errlen, "out of memory labelling layer %d, KV head %d", id.layer, id.kv_head);
+    }
     /* normalisation statistics: query slots from their training queries, keys from every key */
     uint8_t *skip = malloc((size_t)t->nq);
     if (!skip) {
@@ -235,13 +365,15 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
         task_free(t);
         return fail(err, errlen, "out of memory");
     }
+    const size_t ldq = (size_t)t->nv * d;
     for (int32_t sl = 0; sl <= id.nq; sl++) {
         memset(acc, 0, 2 * d * sizeof(double));
         int64_t used = 0;
         if (sl < id.nq) {
+            /* joint: slot sl is vector sl of every query */
             for (int64_t i = 0; i < t->nq; i++)
-                skip[i] = t->slot[i] != sl || (t->heldout[i] && t->ntrain > 0);
-            used = row_sums(t->xq, t->nq, t->dim, d, skip, acc);
+                skip[i] = (!id.joint && t->slot[i] != sl) || (t->heldout[i] && t->ntrain > 0);
+            used = row_sums(t->xq + (id.joint ? (size_t)sl * d : 0), t->nq, t->dim, ldq, skip, acc);
         } else {
             for (int32_t si = 0; si < t->nseqs; si++)
                 used += row_sums(t->seqs[si].keys, t->seqs[si].n, t->dim, d, NULL, acc);
@@ -255,22 +387,22 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
 
 /* ---- recall ---- */
 
-int32_t tr_hits_in_selection(const uint8_t *scores, int32_t lo, int32_t hi, int32_t k, const int32_t *labels,
-                             int32_t num_labels)
+int32_t tr_hits_in_selection(const uint16_t *scores, int32_t max_score, int32_t lo, int32_t hi, int32_t k,
+                             const int32_t *labels, int32_t num_labels)
 {
     int32_t n = hi - lo + 1, hits = 0;
-    if (n <= 0)
+    if (n <= 0 || max_score < 0 || max_score > 2048)
         return 0;
     if (k >= n) {
         for (int32_t i = 0; i < num_labels; i++)
             hits += labels[i] >= lo && labels[i] <= hi;
         return hits;
     }
-    int32_t hist[TR_BITS + 1] = {0};
+    int32_t hist[2049] = {0};
     for (int32_t j = 0; j < n; j++)
-        hist[scores[j]]++;
+        hist[scores[j] <= max_score ? scores[j] : max_score]++;
     int32_t thr = 0, need = 0, above = 0;
-    for (int32_t s = TR_BITS; s >= 0; s--) {
+    for (int32_t s = max_score; s >= 0; s--) {
         if (above + hist[s] >= k) {
             thr = s;
             need = k - above;
@@ -300,8 +432,24 @@ typedef struct {
     int64_t n_k, n_b;
 } recall_acc_t;
 
-static void recall_add(recall_acc_t *a, const uint32_t *ksig, uint32_t qsig, int32_t t, int32_t sink,
-                       int32_t recent, const int32_t *top, int32_t topk, float frac, uint8_t *scores)
+/* Signature agreement of a query's nv words (qsig) with the keys [lo, hi] of
+ * the sequence (ksig[v][j]: the key signatures that query word v is scored
+ * against), summed over the words: group selection's score, or one head's
+ * for nv = 1. Returns the score's maximum. */
+static int32_t sig_scores(const uint32_t *const *ksig, const uint32_t *qsig, int32_t nv, int32_t lo, int32_t hi,
+                          uint16_t *scores)
+{
+    for (int32_t j = lo; j <= hi; j++) {
+        int32_t sc = 0;
+        for (int32_t v = 0; v < nv; v++)
+            sc += TR_BITS - __builtin_popcount(qsig[v] ^ ksig[v][j]);
+        scores[j - lo] = (uint16_t)sc;
+    }
+    return TR_BITS * nv;
+}
+
+static void recall_add(recall_acc_t *a, const uint32_t *const *ksig, const uint32_t *qsig, int32_t nv, int32_t t,
+                       int32_t sink, int32_t recent, const int32_t *top, int32_t topk, float frac, uint16_t *scores)
 {
     int32_t lo = sink, hi = t - recent, n = hi - lo + 1, labels = 0;
     if (n <= 0)
@@ -310,16 +458,15 @@ static void recall_add(recall_acc_t *a, const uint32_t *ksig, uint32_t qsig, int
         labels += top[i] >= 0;
     if (!labels)
         return;
-    for (int32_t j = 0; j < n; j++)
-        scores[j] = (uint8_t)(TR_BITS - __builtin_popcount(qsig ^ ksig[lo + j]));
+    const int32_t mx = sig_scores(ksig, qsig, nv, lo, hi, scores);
     if (n > topk) {
-        a->sum_k += (double)tr_hits_in_selection(scores, lo, hi, topk, top, topk) / labels;
+        a->sum_k += (double)tr_hits_in_selection(scores, mx, lo, hi, topk, top, topk) / labels;
         a->rand_k += (double)topk / n;
         a->n_k++;
     }
     int32_t kb = (int32_t)floor((double)frac * (double)(t + 1));
     if (kb > 0 && n > kb) {
-        a->sum_b += (double)tr_hits_in_selection(scores, lo, hi, kb, top, topk) / labels;
+        a->sum_b += (double)tr_hits_in_selection(scores, mx, lo, hi, kb, top, topk) / labels;
         a->n_b++;
     }
 }
@@ -333,21 +480,26 @@ static void recall_finish(const recall_acc_t *a, tr_recall_t *r)
 }
 
 /* Recall of the model's hard hash (and, if simhash != NULL, of SimHash) on
- * the task's evaluation queries: held-out ones, or all when none is held out. */
+ * the task's evaluation queries: held-out ones, or all when none is held out.
+ * Joint tasks: each query's nv words against their key MLPs' signatures. */
 static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_model_t *model,
                        tr_recall_t *out, tr_recall_t *simhash, double *rand_k, char *err, size_t errlen)
 {
-    size_t d = (size_t)t->dim;
+    size_t d = (size_t)t->dim, nv = (size_t)t->nv;
+    const int32_t nkm = t->id.joint ? t->id.nkm : 1;
     int all = t->neval == 0;
     int32_t maxn = 0;
     for (int32_t i = 0; i < t->nseqs; i++)
         maxn = t->seqs[i].n > maxn ? t->seqs[i].n : maxn;
-    uint32_t *ksig = malloc((size_t)maxn * sizeof(uint32_t)), *hsig = malloc((size_t)maxn * sizeof(uint32_t));
-    uint8_t *scores = malloc((size_t)maxn + 1);
+    uint32_t *ksig = malloc((size_t)nkm * ((size_t)maxn + 1) * sizeof(uint32_t));
+    uint32_t *hsig = malloc(((size_t)maxn + 1) * sizeof(uint32_t));
+    uint16_t *scores = malloc(((size_t)maxn + 1) * sizeof(uint16_t));
     uint8_t *use = calloc((size_t)t->nq + 1, 1);
-    uint32_t *qsig = malloc(((size_t)t->nq + 1) * sizeof(uint32_t));
+    uint32_t *qsig = malloc(((size_t)t->nq + 1) * nv * sizeof(uint32_t));
     float *proj = malloc((size_t)TR_BITS * d * sizeof(float));
     float *buf = malloc(((size_t)t->nq + 1) * d * sizeof(float));
+    const uint32_t *kv[64], *hv[64]; /* nv <= 64 (tr_train) */
+    uint32_t hq[64];
     int rc = -1;
     if (!ksig || !hsig || !scores || !use || !qsig || !proj || !buf) {
         fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
@@ -359,12 +511,13 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
             use[i] = 1;
             taken++;
         }
-    /* query signatures, slot by slot */
+    /* query signatures, MLP by MLP: slot sl's queries, or (joint) vector sl of every query */
     for (int32_t sl = 0; sl < t->id.nq; sl++) {
         int64_t n = 0;
         for (int64_t i = 0; i < t->nq; i++)
-            if (use[i] && t->slot[i] == sl)
-                memcpy(buf + (size_t)(n++) * d, t->xq + (size_t)i * d, d * sizeof(float));
+            if (use[i] && (t->id.joint || t->slot[i] == sl))
+                memcpy(buf + (size_t)(n++) * d, t->xq + ((size_t)i * nv + (t->id.joint ? (size_t)sl : 0)) * d,
+                       d * sizeof(float));
         uint32_t *tmp = malloc(((size_t)n + 1) * sizeof(uint32_t));
         if (!tmp || tr_mlp_signatures(tr_model_mlp(model, TR_SIDE_QUERY, t->id.layer, t->id.qhead0 + sl),
                                       t->dim, model->mlp_width, buf, n, d, tmp)) {
@@ -374,13 +527,16 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
         }
         n = 0;
         for (int64_t i = 0; i < t->nq; i++)
-            if (use[i] && t->slot[i] == sl)
-                qsig[i] = tmp[n++];
+            if (use[i] && (t->id.joint || t->slot[i] == sl))
+                qsig[(size_t)i * nv + (t->id.joint ? (size_t)sl : 0)] = tmp[n++];
         free(tmp);
     }
     tr_simhash_init(proj, t->dim, o->seed, (uint64_t)t->id.layer, (uint64_t)t->id.group);
     recall_acc_t am = {0}, as = {0};
-    const float *kblock = tr_model_mlp(model, TR_SIDE_KEY, t->id.layer, t->id.group);
+    for (size_t v = 0; v < nv; v++) {
+        kv[v] = ksig + (size_t)(nkm == 1 ? 0 : v) * ((size_t)maxn + 1);
+        hv[v] = hsig;
+    }
     for (int32_t si = 0; si < t->nseqs; si++) {
         int any = 0;
         for (int64_t i = 0; i < t->nq && !any; i++)
@@ -388,21 +544,26 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
         if (!any)
             continue;
         const seq_t *sq = &t->seqs[si];
-        if (tr_mlp_signatures(kblock, t->dim, model->mlp_width, sq->keys, sq->n, d, ksig)) {
-            fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
-            goto done;
-        }
+        for (int32_t j = 0; j < nkm; j++)
+            if (tr_mlp_signatures(tr_model_mlp(model, TR_SIDE_KEY, t->id.layer, t->id.key0 + j), t->dim,
+                                  model->mlp_width, sq->keys, sq->n, d, ksig + (size_t)j * ((size_t)maxn + 1))) {
+                fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
+                goto done;
+            }
         if (simhash)
             for (int32_t j = 0; j < sq->n; j++)
                 hsig[j] = tr_simhash(proj, t->dim, sq->keys + (size_t)j * d);
         for (int64_t i = 0; i < t->nq; i++) {
             if (!use[i] || t->seq[i] != si)
                 continue;
-            recall_add(&am, ksig, qsig[i], t->pos[i], t->sink[i], t->recent[i], t->top[i], t->topk,
-                       o->budget_fraction, scores);
-            if (simhash)
-                recall_add(&as, hsig, tr_simhash(proj, t->dim, t->xq + (size_t)i * d), t->pos[i], t->sink[i],
-                           t->recent[i], t->top[i], t->topk, o->budget_fraction, scores);
+            recall_add(&am, kv, qsig + (size_t)i * nv, (int32_t)nv, t->pos[i], t->sink[i], t->recent[i], t->top[i],
+                       t->topk, o->budget_fraction, scores);
+            if (simhash) {
+                for (size_t v = 0; v < nv; v++)
+                    hq[v] = tr_simhash(proj, t->dim, t->xq + ((size_t)i * nv + v) * d);
+                recall_add(&as, hv, hq, (int32_t)nv, t->pos[i], t->sink[i], t->recent[i], t->top[i], t->topk,
+                           o->budget_fraction, scores);
+            }
         }
     }
     recall_finish(&am, out);
@@ -426,11 +587,28 @@ int tr_evaluate(const tr_options_t *o, const tr_calib_t *c, const tr_model_t *mo
                 int32_t group, tr_recall_t *out, tr_recall_t *simhash, char *err, size_t errlen)
 {
     task_data_t t;
-    if (task_load(o, c, task_id(tr_calib_shape(c), model->compact, layer, group), &t, err, errlen))
+    if (task_load(o, c, task_id(tr_calib_shape(c), model->compact, o->group_loss, layer, group), &t, err, errlen))
         return -1;
     int rc = eval_loaded(o, &t, model, out, simhash, NULL, err, errlen);
     task_free(&t);
     return rc;
+}
+
+int tr_task_labels(const tr_options_t *o, const tr_calib_t *c, int compact, int32_t layer, int32_t group,
+                   int64_t max, int32_t *positions, int64_t *seqs, int32_t *labels, int64_t *count, char *err,
+                   size_t errlen)
+{
+    task_data_t t;
+    if (task_load(o, c, task_id(tr_calib_shape(c), compact, o->group_loss, layer, group), &t, err, errlen))
+        return -1;
+    for (int64_t i = 0; i < t.nq && i < max; i++) {
+        positions[i] = t.pos[i];
+        seqs[i] = t.seqs[t.seq[i]].id;
+        memcpy(labels + (size_t)i * (size_t)t.topk, t.top[i], (size_t)t.topk * sizeof(int32_t));
+    }
+    *count = t.nq;
+    task_free(&t);
+    return 0;
 }
 
 /* ---- training ---- */
@@ -548,26 +726,31 @@ static int batch_buf_init(batch_buf_t *bb, const task_data_t *t, int32_t max_q, 
 }
 
 /* Assemble batch queries idx[0..n) (one sequence) into bb: normalised rows,
- * key set, labels. Returns the key count. */
+ * key set, labels. Query rows come grouped by query MLP; joint: block g holds
+ * vector g of every query, and the labels are per query (position). Returns
+ * the key count. */
 static int32_t assemble(const tr_options_t *o, const task_data_t *t, const int32_t *idx, int32_t n,
                         batch_buf_t *bb, tr_rng_t *r)
 {
-    size_t d = (size_t)t->dim;
+    size_t d = (size_t)t->dim, nv = (size_t)t->nv;
     const seq_t *sq = &t->seqs[t->seq[idx[0]]];
     int32_t nq = t->id.nq, nk = 0;
-    /* queries grouped by slot (stable) */
+    /* queries grouped by slot (stable); joint: every query in every block */
     int32_t q = 0;
     for (int32_t sl = 0; sl < nq; sl++) {
         bb->rows[sl] = 0;
         for (int32_t i = 0; i < n; i++)
-            if (t->slot[idx[i]] == sl) {
+            if (t->id.joint || t->slot[idx[i]] == sl) {
                 bb->qidx[q++] = idx[i];
                 bb->rows[sl]++;
             }
     }
-    for (int32_t i = 0; i < n; i++) {
-        int32_t qi = bb->qidx[i], sl = t->slot[qi];
-        const float *x = t->xq + (size_t)qi * d, *mu = t->mu + (size_t)sl * d, *sg = t->sigma + (size_t)sl * d;
+    for (int32_t i = 0, sl = 0, left = bb->rows[0]; i < q; i++, left--) {
+        while (left == 0)
+            left = bb->rows[++sl];
+        int32_t qi = bb->qidx[i];
+        const float *x = t->xq + ((size_t)qi * nv + (t->id.joint ? (size_t)sl : 0)) * d;
+        const float *mu = t->mu + (size_t)sl * d, *sg = t->sigma + (size_t)sl * d;
         float *dst = bb->xq + (size_t)i * d;
         for (size_t j = 0; j < d; j++)
             dst[j] = (x[j] - mu[j]) / sg[j];
@@ -576,7 +759,7 @@ static int32_t assemble(const tr_options_t *o, const task_data_t *t, const int32
     int32_t gen = ++bb->gen;
     int32_t lo = INT32_MAX, hi = -1;
     for (int32_t i = 0; i < n; i++) {
-        int32_t qi = bb->qidx[i];
+        int32_t qi = idx[i];
         const int32_t *top = t->top[qi];
         for (int32_t j = 0; j < t->topk; j++) {
             int32_t p = top[j];
@@ -605,9 +788,10 @@ static int32_t assemble(const tr_options_t *o, const task_data_t *t, const int32
         for (size_t e = 0; e < d; e++)
             dst[e] = (x[e] - kmu[e]) / ksg[e];
     }
-    /* labels */
-    for (int32_t i = 0; i < n; i++) {
-        int32_t qi = bb->qidx[i], lgen = ++bb->gen;
+    /* labels: a row per query row, or (joint) per query */
+    const int32_t nrows = t->id.joint ? n : q;
+    for (int32_t i = 0; i < nrows; i++) {
+        int32_t qi = t->id.joint ? idx[i] : bb->qidx[i], lgen = ++bb->gen;
         const int32_t *top = t->top[qi];
         for (int32_t j = 0; j < t->topk; j++)
             if (top[j] >= 0)
@@ -622,27 +806,36 @@ static int32_t assemble(const tr_options_t *o, const task_data_t *t, const int32
     return nk;
 }
 
+/* MLP i of the task's parameter vector: query MLPs, then key MLPs (model
+ * index key0 + j); its normalisation statistics' slot (the keys share one) */
+static float *task_mlp(const task_data_t *t, const tr_model_t *m, int32_t i, int32_t *stat_slot)
+{
+    *stat_slot = i < t->id.nq ? i : t->id.nq;
+    return i < t->id.nq ? tr_model_mlp(m, TR_SIDE_QUERY, t->id.layer, t->id.qhead0 + i)
+                        : tr_model_mlp(m, TR_SIDE_KEY, t->id.layer, t->id.key0 + (i - t->id.nq));
+}
+
 /* the task's MLPs in normalised space <-> the model's raw blocks */
 static void params_from_model(const task_data_t *t, const tr_model_t *m, float *params)
 {
     size_t f = tr_mlp_floats(t->dim, m->mlp_width), d = (size_t)t->dim;
-    for (int32_t i = 0; i <= t->id.nq; i++) {
-        const float *src = i < t->id.nq ? tr_model_mlp(m, TR_SIDE_QUERY, t->id.layer, t->id.qhead0 + i)
-                                        : tr_model_mlp(m, TR_SIDE_KEY, t->id.layer, t->id.group);
+    for (int32_t i = 0; i < t->id.nq + t->id.nkm; i++) {
+        int32_t st;
+        const float *src = task_mlp(t, m, i, &st);
         memcpy(params + (size_t)i * f, src, f * sizeof(float));
-        tr_mlp_unfold_input(params + (size_t)i * f, t->dim, m->mlp_width, t->mu + (size_t)i * d,
-                            t->sigma + (size_t)i * d);
+        tr_mlp_unfold_input(params + (size_t)i * f, t->dim, m->mlp_width, t->mu + (size_t)st * d,
+                            t->sigma + (size_t)st * d);
     }
 }
 
 static void params_to_model(const task_data_t *t, const float *params, tr_model_t *m)
 {
     size_t f = tr_mlp_floats(t->dim, m->mlp_width), d = (size_t)t->dim;
-    for (int32_t i = 0; i <= t->id.nq; i++) {
-        float *dst = i < t->id.nq ? tr_model_mlp(m, TR_SIDE_QUERY, t->id.layer, t->id.qhead0 + i)
-                                  : tr_model_mlp(m, TR_SIDE_KEY, t->id.layer, t->id.group);
+    for (int32_t i = 0; i < t->id.nq + t->id.nkm; i++) {
+        int32_t st;
+        float *dst = task_mlp(t, m, i, &st);
         memcpy(dst, params + (size_t)i * f, f * sizeof(float));
-        tr_mlp_fold_input(dst, t->dim, m->mlp_width, t->mu + (size_t)i * d, t->sigma + (size_t)i * d);
+        tr_mlp_fold_input(dst, t->dim, m->mlp_width, t->mu + (size_t)st * d, t->sigma + (size_t)st * d);
     }
 }
 
@@ -672,7 +865,7 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
         return -1;
     rep->train_queries = t.ntrain;
     rep->eval_queries = t.neval;
-    int32_t max_q = o->batch, max_k = o->batch * t.topk + o->negatives;
+    int32_t max_q = o->batch * t.nv, max_k = o->batch * t.topk + o->negatives;
     int64_t steps_per_epoch = 0;
     for (int32_t s = 0; s < t.nseqs; s++) {
         int64_t c = 0;
@@ -693,7 +886,8 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
     double u_eval = eval_cost / denom, u_step = step_cost / denom, u_rest = 1.0 / denom;
 
     size_t f = tr_mlp_floats(t.dim, model->mlp_width);
-    float *params = malloc(f * (size_t)(id.nq + 1) * sizeof(float));
+    const int32_t nmlp = id.nq + id.nkm;
+    float *params = malloc(f * (size_t)nmlp * sizeof(float));
     tr_net_t net;
     batch_buf_t bb;
     batches_t b = {0};
@@ -703,9 +897,9 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
         goto done;
     }
     if (o->fresh) {
-        for (int32_t i = 0; i <= id.nq; i++)
+        for (int32_t i = 0; i < nmlp; i++)
             tr_mlp_init(params + (size_t)i * f, t.dim, model->mlp_width, o->seed,
-                        (uint64_t)id.layer * 1000003u + (uint64_t)(i < id.nq ? id.qhead0 + i : id.group),
+                        (uint64_t)id.layer * 1000003u + (uint64_t)(i < id.nq ? id.qhead0 + i : id.key0 + i - id.nq),
                         i < id.nq ? 1u : 2u);
         params_to_model(&t, params, model);
     } else {
@@ -716,7 +910,7 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
     tr_progress_add(&pl->progress, u_eval, NAN);
 
     if (steps > 0) {
-        if (tr_net_create(&net, be, t.dim, model->mlp_width, id.nq, max_q, max_k)) {
+        if (tr_net_create(&net, be, t.dim, model->mlp_width, id.nq, id.nkm, id.joint, max_q, max_k)) {
             fail(err, errlen, "out of memory for the network of layer %d, group %d", id.layer, id.group);
             goto done;
         }
@@ -849,7 +1043,8 @@ int tr_train(const tr_options_t *o, const tr_calib_t *calib, tr_model_t *model, 
     if (o->cuda && !tr_have_cuda())
         return fail(err, errlen, "this build has no CUDA backend (configure with HASHATTN_WITH_CUDA=ON)");
     if (o->batch < 1 || o->negatives < 0 || !(o->lr > 0) || !(o->pos_weight > 0) || o->holdout < 0 ||
-        o->holdout >= 1 || o->threads < 1 || (s->num_q_heads / s->num_kv_heads > 64 && model->compact))
+        o->holdout >= 1 || o->threads < 1 ||
+        (s->num_q_heads / s->num_kv_heads > 64 && (model->compact || o->group_loss)))
         return fail(err, errlen, "bad options");
     pool_t pl;
     memset(&pl, 0, sizeof pl);
@@ -857,15 +1052,15 @@ int tr_train(const tr_options_t *o, const tr_calib_t *calib, tr_model_t *model, 
     pl.calib = calib;
     pl.model = model;
     pl.reports = reports;
-    pl.ntasks = tr_num_tasks(s, model->compact, o->layers);
+    pl.ntasks = tr_num_tasks(s, model->compact, o->group_loss, o->layers);
     pl.tasks = malloc(((size_t)pl.ntasks + 1) * sizeof *pl.tasks);
     if (!pl.tasks)
         return fail(err, errlen, "out of memory");
     int32_t k = 0;
     for (int32_t l = 0; l < s->num_layers; l++)
         if (!o->layers || o->layers[l])
-            for (int32_t g = 0; g < (model->compact ? s->num_kv_heads : s->num_q_heads); g++)
-                pl.tasks[k++] = task_id(s, model->compact, l, g);
+            for (int32_t g = 0; g < (model->compact || o->group_loss ? s->num_kv_heads : s->num_q_heads); g++)
+                pl.tasks[k++] = task_id(s, model->compact, o->group_loss, l, g);
     pthread_mutex_init(&pl.mu, NULL);
     tr_progress_init(&pl.progress, "train", (double)pl.ntasks, o->quiet);
     int nthreads = o->threads < pl.ntasks ? o->threads : pl.ntasks;
