@@ -13,7 +13,7 @@
  *   - keys cover [0, n), positions are distinct, ascending and in range;
  *     the same capture twice gives the same bytes; a text that ends stops the
  *     capture; a text too short for one sequence is refused;
- *   - weights/smollm2-135m-hash.safetensors (and the compact file) are found
+ *   - weights/smollm2-135m-hash.safetensors (and the per-head and compact files) are found
  *     by the runner's search and load into a SmolLM2-shaped plugin context
  *     (skipped when the files are absent).
  */
@@ -576,20 +576,32 @@ done:
  * attention shape in both layouts. */
 static void test_default_weights(void)
 {
-    char want[1024], found[4096], compact[1024];
+    char want[1024], head[1024], found[4096], compact[1024];
     snprintf(want, sizeof want, "%s/weights/%s", HASHATTN_TEST_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS);
+    snprintf(head, sizeof head, "%s/weights/%s", HASHATTN_TEST_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS_HEAD);
     snprintf(compact, sizeof compact, "%s/weights/smollm2-135m-hash-compact.safetensors", HASHATTN_TEST_SOURCE_DIR);
     if (access(want, R_OK) != 0) {
         SKIP("%s is absent", want);
         return;
     }
-    CHECK(rn_find_default_hash_weights(found, sizeof found) == 0, "the default weights are not found");
-    char *a = realpath(want, NULL), *b = realpath(found, NULL);
-    CHECK(a && b && !strcmp(a, b), "found %s, expected %s", found, want);
-    free(a);
-    free(b);
-    const char *files[2] = { want, compact };
+    /* the group-selection file and the per-head one, each by its name */
+    const char *names[2] = { RN_DEFAULT_HASH_WEIGHTS, RN_DEFAULT_HASH_WEIGHTS_HEAD };
+    const char *paths[2] = { want, head };
     for (int i = 0; i < 2; i++) {
+        if (access(paths[i], R_OK) != 0) {
+            SKIP("%s is absent", paths[i]);
+            continue;
+        }
+        CHECK(rn_find_default_hash_weights(names[i], found, sizeof found) == 0, "%s is not found", names[i]);
+        char *a = realpath(paths[i], NULL), *b = realpath(found, NULL);
+        CHECK(a && b && !strcmp(a, b), "found %s, expected %s", found, paths[i]);
+        free(a);
+        free(b);
+    }
+    CHECK(rn_find_default_hash_weights("no-such-hash.safetensors", found, sizeof found) != 0,
+          "a file that is nowhere was found at %s", found);
+    const char *files[3] = { want, head, compact };
+    for (int i = 0; i < 3; i++) {
         if (access(files[i], R_OK) != 0) {
             SKIP("%s is absent", files[i]);
             continue;
@@ -609,7 +621,7 @@ static void test_default_weights(void)
         if (rc == 0) {
             printf("  %s: mlp_width %d, %d signature heads, %s\n", files[i], p.mlp_width, p.sig_heads,
                    p.random_weights ? "random" : "loaded");
-            CHECK(!p.random_weights && p.sig_heads == (i ? 3 : 9), "layout: %d signature heads", p.sig_heads);
+            CHECK(!p.random_weights && p.sig_heads == (i == 2 ? 3 : 9), "layout: %d signature heads", p.sig_heads);
             rn_plugin_close(&p);
         }
     }

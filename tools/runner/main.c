@@ -94,7 +94,9 @@ static void usage(FILE *out)
             "                        (on CUDA: where the sparse step would not be faster)\n"
             "  --selection S         group (default) | per-head\n"
             "  --hash-weights FILE   hash weights (safetensors). Default: the trained\n"
-            "                        weights/" RN_DEFAULT_HASH_WEIGHTS ", found beside\n"
+            "                        weights/" RN_DEFAULT_HASH_WEIGHTS " (group selection)\n"
+            "                        or weights/" RN_DEFAULT_HASH_WEIGHTS_HEAD "\n"
+            "                        (per-head selection), found beside\n"
             "                        the executable, in ../share/hashattn/weights/, in\n"
             "                        weights/ of a folder up to 4 levels above it (a build\n"
             "                        tree in the repository), or in the source tree built\n"
@@ -998,15 +1000,19 @@ int main(int argc, char **argv)
     char default_weights[4096];
     int used_default = 0;
     if (hash_ctx && !o.hash_weights && !o.random_hash_weights) {
-        if (rn_find_default_hash_weights(default_weights, sizeof default_weights)) {
+        /* the file trained for the selection asked for (weights/README.md) */
+        const int per_head = pc.selection == HASHATTN_SELECTION_PER_HEAD;
+        const char *name = per_head ? RN_DEFAULT_HASH_WEIGHTS_HEAD : RN_DEFAULT_HASH_WEIGHTS;
+        if (rn_find_default_hash_weights(name, default_weights, sizeof default_weights)) {
             fprintf(stderr, "hashattn-run: hash mode: the default hash weights weights/%s were not found beside "
                             "the executable, in a folder above it or in the source tree; give --hash-weights FILE "
-                            "or --random-hash-weights\n", RN_DEFAULT_HASH_WEIGHTS);
+                            "or --random-hash-weights\n", name);
             goto out;
         }
         o.hash_weights = default_weights;
         used_default = 1;
-        fprintf(stderr, "hashattn-run: hash weights: %s (the default)\n", default_weights);
+        fprintf(stderr, "hashattn-run: hash weights: %s (the default for %s selection)\n", default_weights,
+                per_head ? "per-head" : "group");
     }
     pc.hash_weights = o.hash_weights;
     pc.seed = o.seed;

@@ -24,7 +24,7 @@ static int is_file(const char *path)
     return access(path, R_OK) == 0;
 }
 
-int rn_find_default_hash_weights(char *out, size_t cap)
+int rn_find_default_hash_weights(const char *name, char *out, size_t cap)
 {
     char exe[PATH_MAX], cand[PATH_MAX + 128];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -33,11 +33,11 @@ int rn_find_default_hash_weights(char *out, size_t cap)
         char *slash = strrchr(exe, '/');
         for (int up = 0; slash && up <= 4; up++) { /* EXE_DIR, its parent, ... */
             *slash = 0;
-            snprintf(cand, sizeof cand, "%s/weights/%s", exe, RN_DEFAULT_HASH_WEIGHTS);
+            snprintf(cand, sizeof cand, "%s/weights/%s", exe, name);
             if (is_file(cand))
                 goto found;
             if (up == 0) {
-                snprintf(cand, sizeof cand, "%s/../share/hashattn/weights/%s", exe, RN_DEFAULT_HASH_WEIGHTS);
+                snprintf(cand, sizeof cand, "%s/../share/hashattn/weights/%s", exe, name);
                 if (is_file(cand))
                     goto found;
             }
@@ -45,7 +45,7 @@ int rn_find_default_hash_weights(char *out, size_t cap)
         }
     }
 #ifdef HASHATTN_RUNNER_SOURCE_DIR
-    snprintf(cand, sizeof cand, "%s/weights/%s", HASHATTN_RUNNER_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS);
+    snprintf(cand, sizeof cand, "%s/weights/%s", HASHATTN_RUNNER_SOURCE_DIR, name);
     if (is_file(cand))
         goto found;
 #endif

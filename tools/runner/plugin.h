@@ -52,16 +52,18 @@ typedef struct rn_plugin {
 } rn_plugin_t;
 
 /* The hash weights trained for SmolLM2-135M-Instruct (weights/README.md),
- * which hash mode uses when no file is named. */
+ * which hash mode uses when no file is named: trained for group selection
+ * (the default), and for per-head selection (the paper's form). */
 #define RN_DEFAULT_HASH_WEIGHTS "smollm2-135m-hash.safetensors"
+#define RN_DEFAULT_HASH_WEIGHTS_HEAD "smollm2-135m-hash-head.safetensors"
 
-/* Find RN_DEFAULT_HASH_WEIGHTS in, in this order: EXE_DIR/weights/,
- * EXE_DIR/../share/hashattn/weights/ (an install), weights/ of the 4 folders
- * above EXE_DIR (a build tree inside the repository: build/tools/runner/),
- * weights/ of the source tree the runner was built from. EXE_DIR is the
- * running executable's folder (/proc/self/exe). 0 with the path in out, or
- * -1 (not found). */
-int rn_find_default_hash_weights(char *out, size_t cap);
+/* Find the weight file `name` (RN_DEFAULT_HASH_WEIGHTS*) in, in this order:
+ * EXE_DIR/weights/, EXE_DIR/../share/hashattn/weights/ (an install), weights/
+ * of the 4 folders above EXE_DIR (a build tree inside the repository:
+ * build/tools/runner/), weights/ of the source tree the runner was built
+ * from. EXE_DIR is the running executable's folder (/proc/self/exe). 0 with
+ * the path in out, or -1 (not found). */
+int rn_find_default_hash_weights(const char *name, char *out, size_t cap);
 
 /* Load, create the context, bind (hash) the weights. 0, or -1 with err. */
 int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, size_t errlen);

@@ -100,6 +100,28 @@ class Method:
     group: bool = False
 
 
+SHIPPED = {"paper": os.path.join(ROOT, "weights", "smollm2-135m-hash.safetensors"),
+           "paper-head": os.path.join(ROOT, "weights", "smollm2-135m-hash-head.safetensors"),
+           "compact": os.path.join(ROOT, "weights", "smollm2-135m-hash-compact.safetensors")}
+
+
+def weights_for(name: str, paper: Optional[str] = None, paper_head: Optional[str] = None,
+                compact: Optional[str] = None) -> str:
+    """The weight file of hash method `name`: the compact file, the paper file (trained
+    for group selection), or for hash-paper-head the per-head file: paper_head if given,
+    else the shipped per-head file when the paper file is the shipped one too, else
+    the paper file (a pair under test is one file per layout)."""
+    if "compact" in name:
+        return compact or SHIPPED["compact"]
+    paper = paper or SHIPPED["paper"]
+    if not name.endswith("head"):
+        return paper
+    if paper_head:
+        return paper_head
+    same = os.path.abspath(paper) == os.path.abspath(SHIPPED["paper"])
+    return SHIPPED["paper-head"] if same and os.path.exists(SHIPPED["paper-head"]) else paper
+
+
 def load_hash_weights(path: str, device: str) -> Tuple[Dict[str, torch.Tensor],
                                                          Dict[str, torch.Tensor], Dict[str, str]]:
     """(query, key, metadata) of a hashattn weight file as float32 torch tensors
@@ -456,7 +478,7 @@ def crosscheck(args: argparse.Namespace, methods: List[Method]) -> Dict[str, Any
     for m in methods:
         if not m.name.startswith("hash-"):
             continue
-        wfile = args.weights_compact if m.compact else args.weights_paper
+        wfile = weights_for(m.name, args.weights_paper, args.weights_paper_head, args.weights_compact)
         for layer, (q, k, v) in sorted(STATE.captured.items()):
             hq, hkv, D = q.shape[0], k.shape[0], q.shape[2]
             ctx = hashattn.Context.from_weights(
@@ -675,10 +697,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", default=os.path.join(cache, "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--text-dir", help="folder of the novels' texts (scripts/austen-text); "
                     "default .eval-data/austen, else $HASHATTN_CACHE/austen")
-    ap.add_argument("--weights-paper",
-                    default=os.path.join(ROOT, "weights", "smollm2-135m-hash.safetensors"))
-    ap.add_argument("--weights-compact",
-                    default=os.path.join(ROOT, "weights", "smollm2-135m-hash-compact.safetensors"))
+    ap.add_argument("--weights-paper", default=SHIPPED["paper"],
+                    help="paper-layout file for group selection (default: the shipped one)")
+    ap.add_argument("--weights-paper-head",
+                    help="paper-layout file for hash-paper-head (default: the shipped per-head file "
+                    "with the shipped --weights-paper, else --weights-paper)")
+    ap.add_argument("--weights-compact", default=SHIPPED["compact"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="model weights and activations (the attention math is float32)")
@@ -752,13 +776,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     STATE.srp = sel.srp_planes(cfg.num_hidden_layers, cfg.num_key_value_heads, D,
                                seed=args.seed).to(args.device)
     weights = {}
+    weight_files: Dict[str, str] = {}  # hash method -> the file it uses
     methods = []
     for name in args.methods:
         m = Method(name)
         if name.startswith("hash-"):
             m.compact = "compact" in name
             m.group = name.endswith("group")
-            path = args.weights_compact if m.compact else args.weights_paper
+            path = weights_for(name, args.weights_paper, args.weights_paper_head, args.weights_compact)
+            weight_files[name] = path
             if path not in weights:
                 wq, wk, meta = load_hash_weights(path, args.device)
                 want = "per_kv_head" if m.compact else "per_query_head"
@@ -776,6 +802,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "config": {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                    for k, v in vars(args).items()},
         "methods": {m: DESCRIBE[m] for m in ["dense"] + args.methods},
+        "weights": weight_files,
         "budget_rule": "row at position t sees n = t + 1 tokens and attends to T(n) = sink + "
                        "recent + floor(n / sparsity) of them (all when n <= T(n)); selecting "
                        "methods keep sink [0, I) and recent [n - R, n) and choose floor(n / "

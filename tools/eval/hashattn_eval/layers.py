@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", default=os.path.join(cache, "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--method", default="hash-paper-group",
                     choices=[m for m in ev.METHODS if m.startswith("hash-")])
-    ap.add_argument("--weights", help="hash weights (default: the shipped file of the method's layout)")
+    ap.add_argument("--weights", help="hash weights (default: the shipped file of the method's layout and selection)")
     ap.add_argument("--sparsity", type=float, default=16.0)
     ap.add_argument("--sink", type=int, default=128)
     ap.add_argument("--recent", type=int, default=128)
@@ -56,8 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.set_attn_implementation(ev.ATTN_NAME)
     L = model.config.num_hidden_layers
     compact = "compact" in args.method
-    path = args.weights or os.path.join(ev.ROOT, "weights", "smollm2-135m-hash-compact.safetensors"
-                                        if compact else "smollm2-135m-hash.safetensors")
+    path = args.weights or ev.weights_for(args.method)
     wq, wk, meta = ev.load_hash_weights(path, args.device)
     want = "per_kv_head" if compact else "per_query_head"
     if meta.get("signature_layout") != want:
