@@ -578,6 +578,21 @@ def _():
         ev.STATE.oracle_layers = frozenset()
 
 
+@case("evaluate: each hash method's weight file (per-head file beside the shipped paper file only)", True)
+def _():
+    from hashattn_eval import evaluate as ev
+    shipped, head, compact = ev.SHIPPED["paper"], ev.SHIPPED["paper-head"], ev.SHIPPED["compact"]
+    assert ev.weights_for("hash-paper-group") == shipped
+    assert ev.weights_for("hash-compact-head") == compact == ev.weights_for("hash-compact-group")
+    # the shipped per-head file when it exists, else the paper file
+    assert ev.weights_for("hash-paper-head") == (head if os.path.exists(head) else shipped)
+    # a pair under test: one file per layout, unless a per-head file is named
+    assert ev.weights_for("hash-paper-head", "/t/p.safetensors") == "/t/p.safetensors"
+    assert ev.weights_for("hash-paper-group", "/t/p.safetensors", "/t/h.safetensors") == "/t/p.safetensors"
+    assert ev.weights_for("hash-paper-head", "/t/p.safetensors", "/t/h.safetensors") == "/t/h.safetensors"
+    assert ev.weights_for("hash-compact-group", "/t/p.safetensors", None, "/t/c.safetensors") == "/t/c.safetensors"
+
+
 print(f"eval: {RESULTS['passed']} passed, {RESULTS['failed']} failed, "
       f"{RESULTS['skipped']} skipped")
 print("eval: " + ("FAILED" if RESULTS["failed"] else "OK"))
