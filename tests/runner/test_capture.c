@@ -600,7 +600,17 @@ static void test_default_weights(void)
     }
     CHECK(rn_find_default_hash_weights("no-such-hash.safetensors", found, sizeof found) != 0,
           "a file that is nowhere was found at %s", found);
+    /* what each file was trained for, from its metadata */
+    const char *objectives[3] = { "group", "head", "head" };
     const char *files[3] = { want, head, compact };
+    for (int i = 0; i < 3; i++) {
+        char ob[16], e2[256];
+        if (access(files[i], R_OK) == 0) {
+            const int rc = rn_weights_objective(files[i], ob, sizeof ob, e2, sizeof e2);
+            CHECK(rc == 0 && !strcmp(ob, objectives[i]), "%s: training_objective \"%s\", expected %s (%s)", files[i],
+                  rc ? "" : ob, objectives[i], rc ? e2 : "read");
+        }
+    }
     for (int i = 0; i < 3; i++) {
         if (access(files[i], R_OK) != 0) {
             SKIP("%s is absent", files[i]);

@@ -298,9 +298,23 @@ static void test_group_objective(const tr_options_t *base, const char *dir_calib
             CHECK(rg[i].loss_last < rg[i].loss_first, "%s: group task %d: loss %.4f -> %.4f did not fall",
                   names[compact], i, rg[i].loss_first, rg[i].loss_last);
         if (!compact) {
+            /* the metadata says what the file was trained for; the plugin ignores it */
+            gm.objective = TR_OBJECTIVE_GROUP;
             rc = tr_weights_write(w_path, &gm, err, sizeof err);
             CHECK(rc == 0, "write: %s", err);
             plugin_check(c, &gm, w_path, "group objective, per_query_head");
+            tr_model_t back;
+            rc = tr_weights_read(w_path, &back, err, sizeof err);
+            CHECK(rc == 0 && back.objective == TR_OBJECTIVE_GROUP && same_model(&gm, &back),
+                  "the group file reads back with objective %d (%s)", rc ? -1 : (int)back.objective, rc ? err : "");
+            if (rc == 0)
+                tr_model_free(&back);
+            ph.objective = TR_OBJECTIVE_UNKNOWN;
+            rc = tr_weights_write(w_path, &ph, err, sizeof err);
+            CHECK(rc == 0 && tr_weights_read(w_path, &back, err, sizeof err) == 0 &&
+                      back.objective == TR_OBJECTIVE_UNKNOWN, "a file without training_objective reads as unknown");
+            if (rc == 0)
+                tr_model_free(&back);
         }
         free(rh);
         free(rg);

@@ -1015,6 +1015,15 @@ int main(int argc, char **argv)
                 per_head ? "per-head" : "group");
     }
     pc.hash_weights = o.hash_weights;
+    if (hash_ctx && o.hash_weights && pc.selection == HASHATTN_SELECTION_PER_HEAD) {
+        /* a file trained for group selection does worse per head (docs/quality.md, "The group objective") */
+        char objective[16], e2[256];
+        if (rn_weights_objective(o.hash_weights, objective, sizeof objective, e2, sizeof e2) == 0 &&
+            !strcmp(objective, "group"))
+            fprintf(stderr, "hashattn-run: note: %s was trained for group selection (training_objective group); "
+                            "with per-head selection a file trained per head does better (weights/%s)\n",
+                    o.hash_weights, RN_DEFAULT_HASH_WEIGHTS_HEAD);
+    }
     pc.seed = o.seed;
     pc.mlp_width = o.mlp_width;
     int random_weights = 0;

@@ -104,7 +104,10 @@ int rn_plugin_fail(const rn_plugin_t *p, const char *what, hashattn_status_t st,
 
 /* Read mlp_width and signature_layout from a hash-weights safetensors file's
  * __metadata__ (the context must be created with them before weights_load). */
-static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, char *err, size_t errlen)
+/* mlp_width, signature_layout and (when the file records it, else "")
+ * training_objective of a weight file's __metadata__ */
+static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, char *objective, size_t objcap,
+                             char *err, size_t errlen)
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
@@ -150,8 +153,18 @@ static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, 
     if (json_object_object_get_ex(meta, "signature_layout", &l) &&
         strcmp(json_object_get_string(l), "per_kv_head") == 0)
         *sig_layout = HASHATTN_SIGNATURE_PER_KV_HEAD;
+    json_object *ob = NULL;
+    objective[0] = 0;
+    if (json_object_object_get_ex(meta, "training_objective", &ob) && json_object_is_type(ob, json_type_string))
+        snprintf(objective, objcap, "%s", json_object_get_string(ob));
     json_object_put(root);
     return 0;
+}
+
+int rn_weights_objective(const char *path, char *out, size_t cap, char *err, size_t errlen)
+{
+    int mlp_width, sig_layout;
+    return read_weights_meta(path, &mlp_width, &sig_layout, out, cap, err, errlen);
 }
 
 static uint64_t splitmix(uint64_t *x)
@@ -255,7 +268,9 @@ int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, siz
 
     int mlp_width = cfg->mlp_width > 0 ? cfg->mlp_width : 128;
     int sig_layout = HASHATTN_SIGNATURE_PER_QUERY_HEAD;
-    if (cfg->hash && cfg->hash_weights && read_weights_meta(cfg->hash_weights, &mlp_width, &sig_layout, err, errlen))
+    char objective[16];
+    if (cfg->hash && cfg->hash_weights &&
+        read_weights_meta(cfg->hash_weights, &mlp_width, &sig_layout, objective, sizeof objective, err, errlen))
         return -1;
     hashattn_context_config_t cc = HASHATTN_CONTEXT_CONFIG_INIT;
     cc.num_layers = cfg->num_layers;

@@ -65,6 +65,10 @@ typedef struct rn_plugin {
  * the path in out, or -1 (not found). */
 int rn_find_default_hash_weights(const char *name, char *out, size_t cap);
 
+/* The training_objective a weight file records ("head", "group", "mixed";
+ * "" when it records none): 0, or -1 with err (not a weight file). */
+int rn_weights_objective(const char *path, char *out, size_t cap, char *err, size_t errlen);
+
 /* Load, create the context, bind (hash) the weights. 0, or -1 with err. */
 int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, size_t errlen);
 /* Destroy the context; the library stays loaded (a host may not unload a

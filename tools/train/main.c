@@ -360,11 +360,24 @@ int main(int argc, char **argv)
     printf("  within floor(%.4g * n):     before %.4f  after %.4f  (simhash %.4f; %lld queries)\n",
            (double)o.budget_fraction, wb ? bb / wb : NAN, wb ? ba / wb : NAN, wb ? hb / wb : NAN, (long long)wb);
 
+    /* the file's training_objective: this run's when it trained every layer or
+     * continued a file of the same objective; an evaluation-only run keeps it */
+    {
+        const tr_objective_t run = o.group_loss ? TR_OBJECTIVE_GROUP : TR_OBJECTIVE_HEAD;
+        int all = 1;
+        for (int32_t l = 0; l < s->num_layers; l++)
+            all &= mask[l] != 0;
+        if (o.epochs > 0 || o.steps > 0)
+            model.objective = all || !init_path || model.objective == run ? run
+                              : model.objective == TR_OBJECTIVE_UNKNOWN ? TR_OBJECTIVE_UNKNOWN
+                                                                        : TR_OBJECTIVE_MIXED;
+    }
     if (tr_weights_write(out_path, &model, err, sizeof err)) {
         fprintf(stderr, "hashattn-train: %s\n", err);
         goto done;
     }
-    printf("wrote %s\n", out_path);
+    printf("wrote %s (training_objective %s)\n", out_path,
+           tr_objective_name(model.objective) ? tr_objective_name(model.objective) : "not recorded");
 
     if (plugin_check) {
         if (tr_plugin_open(plugin_path, &model, &plugin, err, sizeof err)) {

@@ -77,6 +77,11 @@ static int part_shape(const tr_model_t *m, int side, int part, int64_t shape[3])
     }
 }
 
+const char *tr_objective_name(tr_objective_t o)
+{
+    return o == TR_OBJECTIVE_HEAD ? "head" : o == TR_OBJECTIVE_GROUP ? "group" : o == TR_OBJECTIVE_MIXED ? "mixed" : NULL;
+}
+
 int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t errlen)
 {
     size_t cap = 4096 + (size_t)m->num_layers * 12 * 160, len = 0;
@@ -86,9 +91,12 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
 #define APPEND(...) len += (size_t)snprintf(hdr + len, cap - len, __VA_ARGS__)
     APPEND("{\"__metadata__\":{\"format\":\"hashattn-weights\",\"version\":\"1\",\"num_layers\":\"%d\","
            "\"num_q_heads\":\"%d\",\"num_kv_heads\":\"%d\",\"head_dim\":\"%d\",\"mlp_width\":\"%d\","
-           "\"hash_bits\":\"%d\",\"signature_layout\":\"%s\"}",
+           "\"hash_bits\":\"%d\",\"signature_layout\":\"%s\"",
            m->num_layers, m->num_q_heads, m->num_kv_heads, m->head_dim, m->mlp_width, TR_BITS,
            m->compact ? "per_kv_head" : "per_query_head");
+    if (tr_objective_name(m->objective))
+        APPEND(",\"training_objective\":\"%s\"", tr_objective_name(m->objective));
+    APPEND("}");
     uint64_t off = 0;
     size_t sizes[6];
     tr_mlp_part_sizes(m->head_dim, m->mlp_width, sizes);
@@ -231,6 +239,11 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
         goto done;
     }
     m->compact = strcmp(layout, "per_kv_head") == 0;
+    m->objective = TR_OBJECTIVE_UNKNOWN; /* an unknown value reads as unknown too */
+    if (json_object_object_get_ex(meta, "training_objective", &v) && json_object_is_type(v, json_type_string))
+        for (int ob = TR_OBJECTIVE_HEAD; ob <= TR_OBJECTIVE_MIXED; ob++)
+            if (strcmp(json_object_get_string(v), tr_objective_name((tr_objective_t)ob)) == 0)
+                m->objective = (tr_objective_t)ob;
     if (bits != TR_BITS || m->num_layers < 1 || m->num_q_heads < 1 || m->num_kv_heads < 1 ||
         m->num_q_heads % m->num_kv_heads || m->head_dim < 1 || m->mlp_width < 1 || m->mlp_width > 4096 ||
         m->head_dim > 4096) {

@@ -3,7 +3,8 @@
  * format api->weights_load reads (abi/hashattn/hashattn.h, docs/abi.md):
  *   layers.{l}.{query,key}.{w1,b1,w2,b2,w3,b3}  [H, ...], F32 (BF16 also read),
  *   __metadata__: format, version, num_layers, num_q_heads, num_kv_heads,
- *   head_dim, mlp_width, hash_bits, signature_layout.
+ *   head_dim, mlp_width, hash_bits, signature_layout, and (informational,
+ *   when known) training_objective: "head", "group" or "mixed".
  */
 #ifndef HASHATTN_TOOLS_TRAIN_WEIGHTS_IO_H
 #define HASHATTN_TOOLS_TRAIN_WEIGHTS_IO_H
@@ -13,9 +14,22 @@
 
 enum { TR_SIDE_QUERY = 0, TR_SIDE_KEY = 1 };
 
+/* What the MLPs were trained for (hashattn-train --objective; train.h):
+ * each query head alone, a group's summed score, or layers of both. */
+typedef enum tr_objective {
+    TR_OBJECTIVE_UNKNOWN = 0, /* not recorded: the key is left out */
+    TR_OBJECTIVE_HEAD = 1,
+    TR_OBJECTIVE_GROUP = 2,
+    TR_OBJECTIVE_MIXED = 3
+} tr_objective_t;
+
+/* "head", "group", "mixed"; NULL for unknown */
+const char *tr_objective_name(tr_objective_t o);
+
 typedef struct tr_model {
     int32_t num_layers, num_q_heads, num_kv_heads, head_dim, mlp_width;
     int compact;  /* 1: one key MLP per KV head (signature_layout per_kv_head) */
+    tr_objective_t objective; /* the file's training_objective */
     float *query; /* [L][Hq] MLP blocks (mlp.h) */
     float *key;   /* [L][Hsig] MLP blocks */
 } tr_model_t;
