@@ -103,9 +103,8 @@ int rn_plugin_fail(const rn_plugin_t *p, const char *what, hashattn_status_t st,
 }
 
 /* Read mlp_width and signature_layout from a hash-weights safetensors file's
- * __metadata__ (the context must be created with them before weights_load). */
-/* mlp_width, signature_layout and (when the file records it, else "")
- * training_objective of a weight file's __metadata__ */
+ * __metadata__ (the context must be created with them before weights_load),
+ * and into objective (unless NULL) its training_objective, "" when absent. */
 static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, char *objective, size_t objcap,
                              char *err, size_t errlen)
 {
@@ -154,9 +153,11 @@ static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, 
         strcmp(json_object_get_string(l), "per_kv_head") == 0)
         *sig_layout = HASHATTN_SIGNATURE_PER_KV_HEAD;
     json_object *ob = NULL;
-    objective[0] = 0;
-    if (json_object_object_get_ex(meta, "training_objective", &ob) && json_object_is_type(ob, json_type_string))
-        snprintf(objective, objcap, "%s", json_object_get_string(ob));
+    if (objective) {
+        objective[0] = 0;
+        if (json_object_object_get_ex(meta, "training_objective", &ob) && json_object_is_type(ob, json_type_string))
+            snprintf(objective, objcap, "%s", json_object_get_string(ob));
+    }
     json_object_put(root);
     return 0;
 }
@@ -268,9 +269,8 @@ int rn_plugin_open(rn_plugin_t *p, const rn_plugin_config_t *cfg, char *err, siz
 
     int mlp_width = cfg->mlp_width > 0 ? cfg->mlp_width : 128;
     int sig_layout = HASHATTN_SIGNATURE_PER_QUERY_HEAD;
-    char objective[16];
     if (cfg->hash && cfg->hash_weights &&
-        read_weights_meta(cfg->hash_weights, &mlp_width, &sig_layout, objective, sizeof objective, err, errlen))
+        read_weights_meta(cfg->hash_weights, &mlp_width, &sig_layout, NULL, 0, err, errlen))
         return -1;
     hashattn_context_config_t cc = HASHATTN_CONTEXT_CONFIG_INIT;
     cc.num_layers = cfg->num_layers;

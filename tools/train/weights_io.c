@@ -79,7 +79,10 @@ static int part_shape(const tr_model_t *m, int side, int part, int64_t shape[3])
 
 const char *tr_objective_name(tr_objective_t o)
 {
-    return o == TR_OBJECTIVE_HEAD ? "head" : o == TR_OBJECTIVE_GROUP ? "group" : o == TR_OBJECTIVE_MIXED ? "mixed" : NULL;
+    return o == TR_OBJECTIVE_HEAD    ? "head"
+           : o == TR_OBJECTIVE_GROUP ? "group"
+           : o == TR_OBJECTIVE_MIXED ? "mixed"
+                                     : NULL;
 }
 
 int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t errlen)
