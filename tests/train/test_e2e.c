@@ -323,6 +323,35 @@ static void test_group_objective(const tr_options_t *base, const char *dir_calib
     }
     tr_calib_close(c);
 
+    /* more than 64 query heads per KV head: refused with a message, not overrun */
+    {
+        char big[700];
+        snprintf(big, sizeof big, "%s.g65", dir_calib);
+        tr_synth_config_t sc = TR_SYNTH_CONFIG_INIT;
+        sc.shape.num_layers = 1;
+        sc.shape.num_q_heads = 65;
+        sc.shape.num_kv_heads = 1;
+        sc.shape.head_dim = 8;
+        sc.num_seqs = 1;
+        sc.seq_len = 120;
+        sc.queries = 2;
+        sc.clusters = 2;
+        sc.sink = sc.recent = 4;
+        sc.group_positions = 1;
+        tr_calib_t *cb;
+        if (tr_synth_write(big, &sc, err, sizeof err) || tr_calib_open(big, &cb, err, sizeof err)) {
+            CHECK(0, "synth (65 heads): %s", err);
+        } else {
+            int32_t p[2], l[2 * TR_CALIB_TOPK];
+            int64_t sq[2], n = 0;
+            int rc = tr_task_labels(&og, cb, 0, 0, 0, 2, p, sq, l, &n, err, sizeof err);
+            CHECK(rc != 0 && strstr(err, "at most 64"), "65 heads per KV head under the group objective: rc %d, \"%s\"",
+                  rc, rc ? err : "");
+            tr_calib_close(cb);
+        }
+        remove(big);
+    }
+
     /* heads sampled at their own positions: refused, naming the heads */
     if (tr_calib_open(other_calib, &c, err, sizeof err)) {
         CHECK(0, "open: %s", err);

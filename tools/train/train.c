@@ -195,25 +195,28 @@ static void group_labels(const task_data_t *t, int64_t qi, const float *logits, 
 }
 
 /* Every joint query's group labels (t->gtop), a sequence and up to 128 of
- * its queries at a time: their nv vectors against every key in one GEMM. */
+ * its queries at a time (fewer for long sequences or many heads): their nv
+ * vectors against every key in one GEMM. */
 static int label_groups(task_data_t *t)
 {
-    enum { CHUNK = 128 };
     const size_t d = (size_t)t->dim, nv = (size_t)t->nv;
     int32_t maxn = 0;
     for (int32_t si = 0; si < t->nseqs; si++)
         maxn = t->seqs[si].n > maxn ? t->seqs[si].n : maxn;
+    /* 128 queries at a time, fewer when their logits would pass 64 MB */
+    const size_t cap = (size_t)64 << 20, per_query = nv * ((size_t)maxn + 1) * sizeof(float);
+    const int32_t chunk = per_query * 128 <= cap ? 128 : per_query >= cap ? 1 : (int32_t)(cap / per_query);
     tr_backend_t *be = tr_backend_cpu_create();
-    float *qm = malloc((size_t)CHUNK * nv * d * sizeof(float));
-    float *lg = malloc((size_t)CHUNK * nv * ((size_t)maxn + 1) * sizeof(float));
+    float *qm = malloc((size_t)chunk * nv * d * sizeof(float));
+    float *lg = malloc((size_t)chunk * nv * ((size_t)maxn + 1) * sizeof(float));
     double *acc = malloc(((size_t)maxn + 1) * sizeof(double));
-    int64_t *idx = malloc((size_t)CHUNK * sizeof(int64_t));
+    int64_t *idx = malloc((size_t)chunk * sizeof(int64_t));
     int rc = be && qm && lg && acc && idx ? 0 : -1;
     for (int32_t si = 0; rc == 0 && si < t->nseqs; si++) {
         const seq_t *sq = &t->seqs[si];
         for (int64_t i0 = 0; i0 < t->nq;) {
             int32_t cnt = 0;
-            for (; i0 < t->nq && cnt < CHUNK; i0++)
+            for (; i0 < t->nq && cnt < chunk; i0++)
                 if (t->seq[i0] == si) {
                     memcpy(qm + (size_t)cnt * nv * d, t->xq + (size_t)i0 * nv * d, nv * d * sizeof(float));
                     idx[cnt++] = i0;
@@ -260,6 +263,9 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     }
     if (total == 0)
         return fail(err, errlen, "layer %d, head %d: the calibration file has no queries", id.layer, id.qhead0);
+    if (id.joint && id.nq > 64) /* eval_loaded's and the batches' per-head arrays */
+        return fail(err, errlen, "layer %d: the group objective takes at most 64 query heads per KV head, not %d",
+                    id.layer, id.nq);
     if (id.joint) {
         const tr_calib_qrec_t *r0;
         int32_t n0;
