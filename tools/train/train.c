@@ -194,48 +194,36 @@ static void group_labels(const task_data_t *t, int64_t qi, const float *logits, 
         top[i] = -1;
 }
 
-/* Every joint query's group labels (t->gtop), a sequence and up to 128 of
- * its queries at a time (fewer for long sequences or many heads): their nv
- * vectors against every key in one GEMM. */
+/* Every joint query's group labels (t->gtop): a run of up to 128 queries of
+ * one sequence at a time (fewer for long sequences or many heads), their nv
+ * vectors (contiguous in xq) against every key in one GEMM. */
 static int label_groups(task_data_t *t)
 {
     const size_t d = (size_t)t->dim, nv = (size_t)t->nv;
     int32_t maxn = 0;
     for (int32_t si = 0; si < t->nseqs; si++)
         maxn = t->seqs[si].n > maxn ? t->seqs[si].n : maxn;
-    /* 128 queries at a time, fewer when their logits would pass 64 MB */
     const size_t cap = (size_t)64 << 20, per_query = nv * ((size_t)maxn + 1) * sizeof(float);
     const int32_t chunk = per_query * 128 <= cap ? 128 : per_query >= cap ? 1 : (int32_t)(cap / per_query);
     tr_backend_t *be = tr_backend_cpu_create();
-    float *qm = malloc((size_t)chunk * nv * d * sizeof(float));
-    float *lg = malloc((size_t)chunk * nv * ((size_t)maxn + 1) * sizeof(float));
+    float *lg = malloc((size_t)chunk * per_query);
     double *acc = malloc(((size_t)maxn + 1) * sizeof(double));
-    int64_t *idx = malloc((size_t)chunk * sizeof(int64_t));
-    int rc = be && qm && lg && acc && idx ? 0 : -1;
-    for (int32_t si = 0; rc == 0 && si < t->nseqs; si++) {
-        const seq_t *sq = &t->seqs[si];
-        for (int64_t i0 = 0; i0 < t->nq;) {
-            int32_t cnt = 0;
-            for (; i0 < t->nq && cnt < chunk; i0++)
-                if (t->seq[i0] == si) {
-                    memcpy(qm + (size_t)cnt * nv * d, t->xq + (size_t)i0 * nv * d, nv * d * sizeof(float));
-                    idx[cnt++] = i0;
-                }
-            if (!cnt)
-                break;
-            /* lg [cnt nv, n] = Q K^T */
-            be->gemm(be, 0, 1, cnt * (int)nv, sq->n, (int)d, 1.0f, qm, (int)d, sq->keys, (int)d, 0.0f, lg, sq->n);
-            for (int32_t c = 0; c < cnt; c++)
-                group_labels(t, idx[c], lg + (size_t)c * nv * (size_t)sq->n, (size_t)sq->n, acc,
-                             t->gtop + (size_t)idx[c] * (size_t)t->topk);
-        }
+    int rc = be && lg && acc ? 0 : -1;
+    for (int64_t i0 = 0, cnt; rc == 0 && i0 < t->nq; i0 += cnt) {
+        const seq_t *sq = &t->seqs[t->seq[i0]];
+        for (cnt = 1; cnt < chunk && i0 + cnt < t->nq && t->seq[i0 + cnt] == t->seq[i0]; cnt++)
+            ;
+        /* lg [cnt nv, n] = Q K^T */
+        be->gemm(be, 0, 1, (int)(cnt * (int64_t)nv), sq->n, (int)d, 1.0f, t->xq + (size_t)i0 * nv * d, (int)d,
+                 sq->keys, (int)d, 0.0f, lg, sq->n);
+        for (int64_t c = 0; c < cnt; c++)
+            group_labels(t, i0 + c, lg + (size_t)c * nv * (size_t)sq->n, (size_t)sq->n, acc,
+                         t->gtop + (size_t)(i0 + c) * (size_t)t->topk);
     }
     if (be)
         be->destroy(be);
-    free(qm);
     free(lg);
     free(acc);
-    free(idx);
     return rc;
 }
 
@@ -266,14 +254,16 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     if (id.joint && id.nq > 64) /* eval_loaded's and the batches' per-head arrays */
         return fail(err, errlen, "layer %d: the group objective takes at most 64 query heads per KV head, not %d",
                     id.layer, id.nq);
+    /* joint: every head's records, which must match head qhead0's one for one */
+    const tr_calib_qrec_t *grec[64] = {NULL};
     if (id.joint) {
-        const tr_calib_qrec_t *r0;
         int32_t n0;
-        tr_calib_query_records(c, id.layer, id.qhead0, &r0, &n0);
+        tr_calib_query_records(c, id.layer, id.qhead0, &grec[0], &n0);
+        const tr_calib_qrec_t *r0 = grec[0];
         for (int32_t g = 1; g < id.nq; g++) {
-            const tr_calib_qrec_t *rg;
             int32_t ng;
-            tr_calib_query_records(c, id.layer, id.qhead0 + g, &rg, &ng);
+            tr_calib_query_records(c, id.layer, id.qhead0 + g, &grec[g], &ng);
+            const tr_calib_qrec_t *rg = grec[g];
             int same = ng == n0;
             for (int32_t ri = 0; same && ri < n0; ri++)
                 same = rg[ri].q.seq == r0[ri].q.seq && rg[ri].q.count == r0[ri].q.count &&
@@ -317,15 +307,9 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
             if (si == t->nseqs)
                 t->seqs[t->nseqs++].id = r->q.seq;
             for (int32_t i = 0; i < r->q.count; i++, q++) {
-                for (int32_t g = 0; g < t->nv; g++) {
-                    const tr_calib_qrec_t *rg = r;
-                    if (g > 0) {
-                        int32_t ng;
-                        tr_calib_query_records(c, id.layer, id.qhead0 + g, &rg, &ng);
-                        rg += ri;
-                    }
-                    tr_calib_query_vector(c, rg, i, t->xq + ((size_t)q * (size_t)t->nv + (size_t)g) * d);
-                }
+                for (int32_t g = 0; g < t->nv; g++)
+                    tr_calib_query_vector(c, id.joint ? &grec[g][ri] : r, i,
+                                          t->xq + ((size_t)q * (size_t)t->nv + (size_t)g) * d);
                 t->pos[q] = r->q.positions[i];
                 t->sink[q] = r->q.sink;
                 t->recent[q] = r->q.recent;
