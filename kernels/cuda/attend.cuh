@@ -14,9 +14,11 @@
  *     block reads that entry while its scores arrive in shared memory, then
  *     compacts the chunk into an ordered list, no sort: by default each
  *     thread classifies a run of positions four at a time with byte-wise
- *     compares of one-byte scores (ranks from block scans); two-byte scores
- *     (32G > 255) and the lab's compact_serial = 1 walk the run a position
- *     at a time, compact_serial = 0 uses warp ballots (bench/NOTES.md).
+ *     compares of one-byte scores (ranks from block scans), kept as one bit
+ *     per position where the block selects for one unit (run 25; the lab's
+ *     compact_serial = 2 keeps the bytes); two-byte scores (32G > 255) and
+ *     the lab's compact_serial = 1 walk the run a position at a time,
+ *     compact_serial = 0 uses warp ballots (bench/NOTES.md).
  *
  * The two-pass sparse step splits this: the selection pass (LM = 1) writes
  * each chunk's list to global memory, and the attention pass (LM = 2) gives
@@ -140,6 +142,21 @@ __device__ __forceinline__ uint32_t byte_range_mask(int e, int lo, int hi)
     const uint32_t below_hi = k1 == 4 ? 0xffffffffu : (1u << (8 * k1)) - 1u;
     return below_hi & ~((1u << (8 * k0)) - 1u); /* k0 <= 3 */
 }
+
+/* Bits k of the 32 positions from chunk offset e with lo <= e + k < hi. */
+__device__ __forceinline__ uint32_t bit_range_mask(int e, int lo, int hi)
+{
+    const int k0 = min(max(lo - e, 0), 32), k1 = min(max(hi - e, 0), 32);
+    if (k1 <= k0)
+        return 0u;
+    const uint32_t below_hi = k1 == 32 ? 0xffffffffu : (1u << k1) - 1u;
+    return below_hi & ~((1u << k0) - 1u); /* k0 <= 31 */
+}
+
+/* The 0xFF bytes of a __vcmp*4 result as four bits, byte k -> bit k: the
+ * products of bits 0, 8, 16, 24 with 0x10204080 land on distinct bits, of
+ * which 28..31 are the four wanted. */
+__device__ __forceinline__ uint32_t byte_bits(uint32_t m) { return ((m & 0x01010101u) * 0x10204080u) >> 28; }
 
 /* Clear the lowest `skip` set bytes of a byte mask, decrementing skip. */
 __device__ __forceinline__ uint32_t drop_low_bytes(uint32_t m, int &skip)
@@ -627,7 +644,79 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
                 }
             }
         };
-        if (a.compact_serial == 2 && sb == 1) {
+        if (NU == 1 && a.compact_serial == 3 && sb == 1 && a.C >= 32 * kAttnThreads && a.C <= 64 * kAttnThreads) {
+            /* Bit-mask compaction (one unit, one-byte scores, chunks of 4096
+             * or 8192 positions; run 25): a thread compares a word of four
+             * scores at a time with t (__vcmpgtu4 / __vcmpeq4) and keeps the
+             * results as one bit per position in 32-bit masks (above t, at
+             * t), the candidate, sink and recent ranges as bit ranges. Its
+             * oldest ties are dropped from the mask, and the list is written
+             * by walking the set bits: no second pass over the scores and no
+             * per-word loop when the list is written (the packed form below
+             * spends ~45 instructions per listed entry, bench/NOTES.md run
+             * 16). Below 4096 positions the packed form is as fast or faster
+             * (B=1 128K's chunks of 1024: 1.7 us faster, run 25). Several
+             * units (per-head selection) keep the packed form: a general
+             * version of this one spilled in group selection's pass, which
+             * is held to 64 registers. */
+            const int ppt = a.C / kAttnThreads; /* 32 or 64 */
+            const int e0 = tid * ppt;
+            const int lo_r = (int)min(max(lo - p0, (int64_t)0), (int64_t)a.C);
+            const int hi_r = (int)min(max(hi - p0, (int64_t)0), (int64_t)a.C);
+            const int end_r = (int)(pend - p0);
+            const uint32_t t4 = (uint32_t)thr_t[0] * 0x01010101u;
+            uint32_t gt[2] = {0u, 0u}, eq[2] = {0u, 0u}, fx[2] = {0u, 0u};
+            /* one or two halves of eight words, the eight loads in flight at
+             * once; the halves in a loop (one copy of the code: run 20 found
+             * this short kernel bound by instruction fetch), their masks kept
+             * in registers by selects */
+#pragma unroll 1
+            for (int h = 0; h < ppt / 32; h++) {
+                const int eb = e0 + 32 * h;
+                uint32_t g = 0u, q = 0u;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const uint32_t w = *reinterpret_cast<const uint32_t *>(stg + eb + 4 * k);
+                    g |= byte_bits(__vcmpgtu4(w, t4)) << (4 * k);
+                    q |= byte_bits(__vcmpeq4(w, t4)) << (4 * k);
+                }
+                const uint32_t cm = bit_range_mask(eb, lo_r, hi_r);
+                const uint32_t f = bit_range_mask(eb, 0, end_r) & ~cm; /* sink and recent */
+                gt[1] = h ? g & cm : gt[1];
+                eq[1] = h ? q & cm : eq[1];
+                fx[1] = h ? f : fx[1];
+                gt[0] = h ? gt[0] : g & cm;
+                eq[0] = h ? eq[0] : q & cm;
+                fx[0] = h ? fx[0] : f;
+            }
+            const int neq = __popc(eq[0]) + __popc(eq[1]);
+            int rank[1] = {neq}, rtot[1];
+            block_excl_scan<1>(rank, rtot, scan_sm);
+            /* the chunk's newest thr_tkc ties are taken: drop this thread's oldest */
+            int skip = neq - min(max(rank[0] + neq - (thr_eqc[0] - thr_tkc[0]), 0), neq);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                if (skip >= __popc(eq[h])) {
+                    skip -= __popc(eq[h]);
+                    eq[h] = 0u;
+                } else {
+                    for (; skip > 0; skip--)
+                        eq[h] &= eq[h] - 1u;
+                }
+            }
+            const uint32_t sel[2] = {gt[0] | eq[0] | fx[0], gt[1] | eq[1] | fx[1]};
+            int cnt[NU + 1], tot[NU + 1];
+            cnt[0] = __popc(sel[0]) + __popc(sel[1]);
+            cnt[1] = cnt[0]; /* one unit: every entry is its */
+            block_excl_scan<NU + 1>(cnt, tot, scan_sm);
+            L = tot[0];
+            int off = cnt[0];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                for (uint32_t m = sel[h]; m; m &= m - 1u)
+                    list_put(p0 + e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
+            }
+        } else if (a.compact_serial >= 2 && sb == 1) {
             /* Packed compaction (one-byte scores): a thread owns ppt
              * consecutive positions, 4 per word, and classifies a word at a
              * time with byte-wise compares (__vcmpgtu4 / __vcmpeq4 against
