@@ -158,6 +158,52 @@ __device__ __forceinline__ uint32_t bit_range_mask(int e, int lo, int hi)
  * which 28..31 are the four wanted. */
 __device__ __forceinline__ uint32_t byte_bits(uint32_t m) { return ((m & 0x01010101u) * 0x10204080u) >> 28; }
 
+/* The 32 one-byte scores from row (16-byte aligned words) against t in
+ * every byte of t4: bit k of g set when score k > t, of q when it equals t. */
+__device__ __forceinline__ void score_bits(const unsigned char *row, uint32_t t4, uint32_t &g, uint32_t &q)
+{
+    g = 0u;
+    q = 0u;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const uint32_t w = *reinterpret_cast<const uint32_t *>(row + 4 * k);
+        g |= byte_bits(__vcmpgtu4(w, t4)) << (4 * k);
+        q |= byte_bits(__vcmpeq4(w, t4)) << (4 * k);
+    }
+}
+
+/* The lowest `skip` set bits of the pair m[0], m[1] (m[0] first) cleared. */
+__device__ __forceinline__ void drop_low_bits(uint32_t (&m)[2], int skip)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        if (skip >= __popc(m[h])) {
+            skip -= __popc(m[h]);
+            m[h] = 0u;
+        } else {
+            for (; skip > 0; skip--)
+                m[h] &= m[h] - 1u;
+        }
+    }
+}
+
+/* A thread's run of a packed compaction: ppt positions from chunk offset
+ * e0; the candidates [lo, hi) and the sequence's end as chunk offsets. */
+struct PackedRun {
+    int ppt, e0, lo, hi, end;
+};
+
+__device__ __forceinline__ PackedRun packed_run(int C, int tid, int64_t lo, int64_t hi, int64_t p0, int64_t pend)
+{
+    PackedRun r;
+    r.ppt = C / kAttnThreads; /* a multiple of 8 */
+    r.e0 = tid * r.ppt;
+    r.lo = (int)min(max(lo - p0, (int64_t)0), (int64_t)C);
+    r.hi = (int)min(max(hi - p0, (int64_t)0), (int64_t)C);
+    r.end = (int)(pend - p0);
+    return r;
+}
+
 /* Clear the lowest `skip` set bytes of a byte mask, decrementing skip. */
 __device__ __forceinline__ uint32_t drop_low_bytes(uint32_t m, int &skip)
 {
@@ -644,26 +690,22 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
                 }
             }
         };
-        if (NU == 1 && a.compact_serial == 3 && sb == 1 && a.C >= 32 * kAttnThreads && a.C <= 64 * kAttnThreads) {
-            /* Bit-mask compaction (one unit, one-byte scores, chunks of 4096
-             * or 8192 positions; run 25): a thread compares a word of four
-             * scores at a time with t (__vcmpgtu4 / __vcmpeq4) and keeps the
-             * results as one bit per position in 32-bit masks (above t, at
-             * t), the candidate, sink and recent ranges as bit ranges. Its
-             * oldest ties are dropped from the mask, and the list is written
-             * by walking the set bits: no second pass over the scores and no
-             * per-word loop when the list is written (the packed form below
-             * spends ~45 instructions per listed entry, bench/NOTES.md run
-             * 16). Below 4096 positions the packed form is as fast or faster
-             * (B=1 128K's chunks of 1024: 1.7 us faster, run 25). Several
-             * units (per-head selection) keep the packed form: a general
-             * version of this one spilled in group selection's pass, which
-             * is held to 64 registers. */
-            const int ppt = a.C / kAttnThreads; /* 32 or 64 */
-            const int e0 = tid * ppt;
-            const int lo_r = (int)min(max(lo - p0, (int64_t)0), (int64_t)a.C);
-            const int hi_r = (int)min(max(hi - p0, (int64_t)0), (int64_t)a.C);
-            const int end_r = (int)(pend - p0);
+        const bool bits = a.compact_serial == 3 && sb == 1 && a.C >= 32 * kAttnThreads && a.C <= 64 * kAttnThreads;
+        if (NU == 1 && bits) {
+            /* Bit-mask compaction (one-byte scores, chunks of 4096 or 8192
+             * positions; run 25): a thread compares a word of four scores at
+             * a time with t (__vcmpgtu4 / __vcmpeq4) and keeps the results as
+             * one bit per position in 32-bit masks (above t, at t), the
+             * candidate, sink and recent ranges as bit ranges. Its oldest ties
+             * are dropped from the mask, and the list is written by walking
+             * the set bits: no second pass over the scores and no per-word
+             * loop when the list is written (the packed form below spends ~45
+             * instructions per listed entry, bench/NOTES.md run 16). Below
+             * 4096 positions the packed form is as fast or faster (B=1 128K's
+             * chunks of 1024: 1.7 us faster, run 25). One unit (group
+             * selection) here, several below: the general form spilled in
+             * group selection's pass, which is held to 64 registers. */
+            const PackedRun r = packed_run(a.C, tid, lo, hi, p0, pend);
             const uint32_t t4 = (uint32_t)thr_t[0] * 0x01010101u;
             uint32_t gt[2] = {0u, 0u}, eq[2] = {0u, 0u}, fx[2] = {0u, 0u};
             /* one or two halves of eight words, the eight loads in flight at
@@ -671,17 +713,12 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
              * this short kernel bound by instruction fetch), their masks kept
              * in registers by selects */
 #pragma unroll 1
-            for (int h = 0; h < ppt / 32; h++) {
-                const int eb = e0 + 32 * h;
-                uint32_t g = 0u, q = 0u;
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const uint32_t w = *reinterpret_cast<const uint32_t *>(stg + eb + 4 * k);
-                    g |= byte_bits(__vcmpgtu4(w, t4)) << (4 * k);
-                    q |= byte_bits(__vcmpeq4(w, t4)) << (4 * k);
-                }
-                const uint32_t cm = bit_range_mask(eb, lo_r, hi_r);
-                const uint32_t f = bit_range_mask(eb, 0, end_r) & ~cm; /* sink and recent */
+            for (int h = 0; h < r.ppt / 32; h++) {
+                const int eb = r.e0 + 32 * h;
+                uint32_t g, q;
+                score_bits(stg + eb, t4, g, q);
+                const uint32_t cm = bit_range_mask(eb, r.lo, r.hi);
+                const uint32_t f = bit_range_mask(eb, 0, r.end) & ~cm; /* sink and recent */
                 gt[1] = h ? g & cm : gt[1];
                 eq[1] = h ? q & cm : eq[1];
                 fx[1] = h ? f : fx[1];
@@ -693,17 +730,7 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
             int rank[1] = {neq}, rtot[1];
             block_excl_scan<1>(rank, rtot, scan_sm);
             /* the chunk's newest thr_tkc ties are taken: drop this thread's oldest */
-            int skip = neq - min(max(rank[0] + neq - (thr_eqc[0] - thr_tkc[0]), 0), neq);
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                if (skip >= __popc(eq[h])) {
-                    skip -= __popc(eq[h]);
-                    eq[h] = 0u;
-                } else {
-                    for (; skip > 0; skip--)
-                        eq[h] &= eq[h] - 1u;
-                }
-            }
+            drop_low_bits(eq, neq - min(max(rank[0] + neq - (thr_eqc[0] - thr_tkc[0]), 0), neq));
             const uint32_t sel[2] = {gt[0] | eq[0] | fx[0], gt[1] | eq[1] | fx[1]};
             int cnt[NU + 1], tot[NU + 1];
             cnt[0] = __popc(sel[0]) + __popc(sel[1]);
@@ -714,7 +741,83 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 for (uint32_t m = sel[h]; m; m &= m - 1u)
-                    list_put(p0 + e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
+                    list_put(p0 + r.e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
+            }
+        } else if (bits) {
+            /* the same for several units (per-head selection's heads of a
+             * block): each unit's masks, and the list walks their union, a
+             * position listed once with the mask of the units that select it */
+            const PackedRun r = packed_run(a.C, tid, lo, hi, p0, pend);
+            uint32_t gt[NU][2], eq[NU][2], fx[2] = {0u, 0u};
+#pragma unroll
+            for (int j = 0; j < NU; j++)
+                gt[j][0] = gt[j][1] = eq[j][0] = eq[j][1] = 0u;
+#pragma unroll 1
+            for (int h = 0; h < r.ppt / 32; h++) {
+                const int eb = r.e0 + 32 * h;
+                const uint32_t cm = bit_range_mask(eb, r.lo, r.hi);
+                const uint32_t f = bit_range_mask(eb, 0, r.end) & ~cm;
+                fx[1] = h ? f : fx[1];
+                fx[0] = h ? fx[0] : f;
+#pragma unroll
+                for (int j = 0; j < NU; j++) {
+                    if (j < nsel) {
+                        uint32_t g, q;
+                        score_bits(stg + (size_t)j * a.C + eb, (uint32_t)thr_t[j] * 0x01010101u, g, q);
+                        gt[j][1] = h ? g & cm : gt[j][1];
+                        eq[j][1] = h ? q & cm : eq[j][1];
+                        gt[j][0] = h ? gt[j][0] : g & cm;
+                        eq[j][0] = h ? eq[j][0] : q & cm;
+                    }
+                }
+            }
+            int rank[NU], neq[NU];
+#pragma unroll
+            for (int j = 0; j < NU; j++) {
+                neq[j] = __popc(eq[j][0]) + __popc(eq[j][1]);
+                rank[j] = neq[j];
+            }
+            {
+                int rtot[NU];
+                block_excl_scan<NU>(rank, rtot, scan_sm);
+            }
+            const int nfix = __popc(fx[0]) + __popc(fx[1]);
+            uint32_t any[2] = {fx[0], fx[1]};
+            int cnt[NU + 1], tot[NU + 1];
+#pragma unroll
+            for (int j = 0; j < NU; j++) {
+                /* unit j's chunk takes its newest thr_tkc ties */
+                if (j < nsel)
+                    drop_low_bits(eq[j], neq[j] - min(max(rank[j] + neq[j] - (thr_eqc[j] - thr_tkc[j]), 0), neq[j]));
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    gt[j][h] |= eq[j][h]; /* now: unit j's selected candidates */
+                    any[h] |= gt[j][h];
+                }
+                cnt[j + 1] = __popc(gt[j][0]) + __popc(gt[j][1]) + nfix;
+            }
+            cnt[0] = __popc(any[0]) + __popc(any[1]);
+            if (a.group_sel) { /* one unit's selection, attended by every head */
+#pragma unroll
+                for (int j = 0; j < NU; j++)
+                    cnt[j + 1] = cnt[0];
+            }
+            block_excl_scan<NU + 1>(cnt, tot, scan_sm);
+            L = tot[0];
+            int off = cnt[0];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                for (uint32_t m = any[h]; m; m &= m - 1u) {
+                    const int bit = __ffs(m) - 1;
+                    uint32_t msk = full; /* group selection, sink and recent: every head */
+                    if (!a.group_sel && !((fx[h] >> bit) & 1u)) {
+                        msk = 0u;
+#pragma unroll
+                        for (int j = 0; j < NU; j++)
+                            msk |= ((gt[j][h] >> bit) & 1u) << j;
+                    }
+                    list_put(p0 + r.e0 + 32 * h + bit, msk, off, cnt);
+                }
             }
         } else if (a.compact_serial >= 2 && sb == 1) {
             /* Packed compaction (one-byte scores): a thread owns ppt

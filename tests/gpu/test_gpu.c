@@ -457,24 +457,25 @@ START_TEST(gpu_decode_wide)
 }
 END_TEST
 
-/* Chunks of 4096 and 8192 positions, where group selection's selection pass
- * keeps one bit per position (attend.cuh, run 25) and the other cases never
- * reach: a sequence over 262144 tokens has at least 4096 per chunk (at most
- * 128 chunks per sequence), one over 1M tokens 8192 (at most kMaxSplits
+/* Chunks of 4096 and 8192 positions, where the selection pass keeps one bit
+ * per position (attend.cuh, run 25) and the other cases never reach: a
+ * sequence over 262144 tokens has at least 4096 per chunk (at most 128
+ * chunks per sequence), one over 1M tokens 8192 (at most kMaxSplits
  * partials). Sink and recent windows that end inside a thread's word and
  * cross a chunk boundary, last chunks of 1 and of 2272 positions, ties
- * taken across threads and chunks (HT_FILL_TIES: three key words). Cases 0
- * and 1 (one sequence of 270000, C 4096) run at every level; 2 (two
- * sequences, 300000 and 262145, two KV heads) and 3 (1.1M tokens, C 8192)
- * only at the full one. */
+ * taken across threads and chunks (HT_FILL_TIES: three key words), both
+ * selection modes. Cases 0-2 (one sequence of 270000, C 4096) run at every
+ * level; 3 (two sequences, 300000 and 262145, two KV heads) and 4-5 (1.1M
+ * tokens, C 8192) only at the full one. */
 static const int k_big[] = {270000};
 static const int k_big2[] = {300000, 262145};
 static const int k_huge[] = {1100000};
 START_TEST(gpu_decode_big_chunks)
 {
-    static const int sigs[] = {COMPACT, PAPER, COMPACT, PAPER};
-    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_TIES};
-    ht_decode_desc_t d = long_desc(GROUP, sigs[_i], fills[_i], _i == 1 ? HND : NHD, 0xb16c + (uint64_t)_i);
+    static const int sels[] = {GROUP, GROUP, HEAD, GROUP, GROUP, HEAD};
+    static const int sigs[] = {COMPACT, PAPER, PAPER, COMPACT, PAPER, COMPACT};
+    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_TIES, HT_FILL_TIES, HT_FILL_DIRECT};
+    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], _i == 1 ? HND : NHD, 0xb16c + (uint64_t)_i);
     d.hq = 4;
     d.hkv = 1;
     d.d = 64;
@@ -483,13 +484,13 @@ START_TEST(gpu_decode_big_chunks)
     d.recent = 200;
     d.seq_lens = k_big;
     if (_i == 1)
-        d.block = 32; /* case 0 alone under racecheck and initcheck (gpu-check: block=16) */
-    if (_i == 2) {
+        d.block = 32; /* cases 0 and 2 alone under racecheck and initcheck (gpu-check: block=16) */
+    if (_i == 3) {
         d.hq = 8;
         d.hkv = 2;
         d.batch = 2;
         d.seq_lens = k_big2;
-    } else if (_i == 3) {
+    } else if (_i >= 4) {
         d.sink = 70;
         d.recent = 300;
         d.seq_lens = k_huge;
@@ -1187,7 +1188,7 @@ static Suite *suite(void)
         tcase_add_loop_test(tc, gpu_decode_wide, 8, 9);
         tcase_add_loop_test(tc, gpu_decode_wide, 10, 11);
     }
-    tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
