@@ -30,9 +30,9 @@ typedef struct ha_cuda_tuning {
     int score_blocks_per_sm; /* persistent score kernel: blocks per SM (0: as many as fit) */
     int score_block_items;   /* score items per block (1), per warp (0), or per block when there are
                                 fewer than 5 x SMs items (2; 8 x SMs until run 16) */
-    int compact_serial;      /* sparse compaction: 3 bit masks where a block selects for one unit
-                                (run 25; else as 2), 2 packed byte compares (one-byte scores;
-                                else as 1), 1 per-thread position runs, 0 warp ballots */
+    int compact_serial;      /* sparse compaction: 3 bit masks (one-byte scores, chunks of 4096-8192
+                                positions; run 25; else as 2), 2 packed byte compares (one-byte
+                                scores; else as 1), 1 per-thread position runs, 0 warp ballots */
     /* appended in run 8 */
     int select_pass;         /* 1: sparse selection in its own kernel before attention; 0: fused */
     int score_vec4;          /* 1: warp scores four positions per lane (16-byte loads) where the
