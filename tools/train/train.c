@@ -160,9 +160,9 @@ static void sums_to_stats(const double *acc, int64_t used, int32_t d, float *mu,
 /* The group's labels of joint query qi: its candidates [sink, t - recent]
  * ranked by sum_g softmax_g(q_g . k / sqrt(D)) over the keys [0, t], the
  * topk best first, ties to the newer key, -1 padding. logits: the nv rows
- * q_g . k_j (fp32, j < the sequence's length); acc: scratch. */
+ * q_g . k_j (fp32, j < the sequence's length); acc, e: scratch of t + 1. */
 static void group_labels(const task_data_t *t, int64_t qi, const float *logits, size_t ld, double *acc,
-                         int32_t *top)
+                         double *e, int32_t *top)
 {
     const int32_t pos = t->pos[qi], lo = t->sink[qi], hi = t->pos[qi] - t->recent[qi];
     const double scale = 1.0 / sqrt((double)t->dim);
@@ -173,10 +173,12 @@ static void group_labels(const task_data_t *t, int64_t qi, const float *logits, 
         double mx = -INFINITY, sum = 0.0;
         for (int32_t j = 0; j <= pos; j++)
             mx = w[j] > mx ? w[j] : mx;
-        for (int32_t j = 0; j <= pos; j++)
-            sum += exp(((double)w[j] - mx) * scale);
+        for (int32_t j = 0; j <= pos; j++) { /* each exp once: the sum, then the candidates' weights */
+            e[j] = exp(((double)w[j] - mx) * scale);
+            sum += e[j];
+        }
         for (int32_t j = lo; j <= hi; j++)
-            acc[j] += exp(((double)w[j] - mx) * scale) / sum;
+            acc[j] += e[j] / sum;
     }
     /* the topk largest, best first; scanning newest first keeps a tie's newer key ahead */
     int32_t n = 0;
@@ -207,7 +209,7 @@ static int label_groups(task_data_t *t)
     const int32_t chunk = per_query * 128 <= cap ? 128 : per_query >= cap ? 1 : (int32_t)(cap / per_query);
     tr_backend_t *be = tr_backend_cpu_create();
     float *lg = malloc((size_t)chunk * per_query);
-    double *acc = malloc(((size_t)maxn + 1) * sizeof(double));
+    double *acc = malloc(2 * ((size_t)maxn + 1) * sizeof(double)); /* acc, then group_labels' exps */
     int rc = be && lg && acc ? 0 : -1;
     for (int64_t i0 = 0, cnt; rc == 0 && i0 < t->nq; i0 += cnt) {
         const seq_t *sq = &t->seqs[t->seq[i0]];
@@ -217,7 +219,7 @@ static int label_groups(task_data_t *t)
         be->gemm(be, 0, 1, (int)(cnt * (int64_t)nv), sq->n, (int)d, 1.0f, t->xq + (size_t)i0 * nv * d, (int)d,
                  sq->keys, (int)d, 0.0f, lg, sq->n);
         for (int64_t c = 0; c < cnt; c++)
-            group_labels(t, i0 + c, lg + (size_t)c * nv * (size_t)sq->n, (size_t)sq->n, acc,
+            group_labels(t, i0 + c, lg + (size_t)c * nv * (size_t)sq->n, (size_t)sq->n, acc, acc + maxn + 1,
                          t->gtop + (size_t)(i0 + c) * (size_t)t->topk);
     }
     if (be)
