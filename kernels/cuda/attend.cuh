@@ -308,6 +308,12 @@ struct AttnArgs {
     int32_t list_contig;
     int32_t compact_serial; /* 2: packed (byte compares, one-byte scores), 1: per-thread position
                                runs (the run-4a form), 0: warp ballots */
+    /* group selection's selection pass with the resolve folded in (GSEL,
+     * hist): score chunks per selecting block (0 or 1: one). C and nch count
+     * the selecting blocks' chunks of sel_k score chunks each; the
+     * histograms stay per score chunk of C / sel_k positions
+     * (launch_attend_v's select_chunks, run 26) */
+    int32_t sel_k;
 };
 
 /* Softmax states merged at the end of a block: one per warp (MMA) or one
@@ -373,16 +379,17 @@ __host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
     return align_up((size_t)nsel * C * score_bytes, 16) + 16;
 }
 
-/* One selection unit's table entry for chunk c, by one warp: decode.cu's
- * resolve_kernel for one chunk, the same rule (kernels/cpu/select.c). H: the
- * unit's histogram [nbins] (candidates per score); Cu: its chunks'
+/* One selection unit's table entry for the score chunks [c0, c1) of C
+ * positions each, by one warp: decode.cu's resolve_kernel for one chunk, the
+ * same rule (kernels/cpu/select.c), summed over the range. H: the unit's
+ * histogram [nbins] (candidates per score); Cu: its chunks'
  * suffix-cumulative histograms [nch][nbins]. t is the score with
  * count(>= t) >= K > count(> t) (nbins when K is 0 or above the candidates),
  * the K - count(> t) ties at t are taken newest first, and the entry is
- * {t, ties taken in chunk c, ties in chunk c, entries selected before chunk
- * c}. Two rounds of loads: the histogram, then two bins of every chunk. */
+ * {t, ties taken in the range, ties in the range, entries selected before
+ * it}. Two rounds of loads: the histogram, then two bins of every chunk. */
 __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu, int nbins, int K, int n, int lo,
-                                             int hi, int C, int c, int lane)
+                                             int hi, int C, int c0, int c1, int lane)
 {
     const unsigned full = 0xffffffffu;
     /* lane l holds bins [b0, b1); x: candidates scoring in them (counts and
@@ -413,7 +420,7 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
         t = nbins;
         take = 0;
     }
-    /* ties and the entries above t: in chunk c, before it (above t) and
+    /* ties and the entries above t: in the range, before it (above t) and
      * after it (ties) */
     const int nchs = (n + C - 1) / C;
     int gt_before = 0, eq_after = 0, eq_here = 0;
@@ -424,19 +431,19 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
             const int32_t *row = Cu + (int64_t)cc * nbins;
             const int ge = row[t];
             const int gt = has1 ? row[t1] : 0;
-            gt_before += cc < c ? gt : 0;
-            eq_after += cc > c ? ge - gt : 0;
-            eq_here += cc == c ? ge - gt : 0;
+            gt_before += cc < c0 ? gt : 0;
+            eq_after += cc >= c1 ? ge - gt : 0;
+            eq_here += cc >= c0 && cc < c1 ? ge - gt : 0;
         }
         gt_before = warp_sum(gt_before);
         eq_after = warp_sum(eq_after);
         eq_here = warp_sum(eq_here);
     }
     const int ties = max(0, min(take - eq_after, eq_here));
-    /* sink and recent positions before the chunk (resolve_kernel's per-chunk
+    /* sink and recent positions before the range (resolve_kernel's per-chunk
      * sum), and the ties the newer chunks left to the older ones (take is at
      * most every tie at t) */
-    const int e = min(c * C, n);
+    const int e = (int)min((int64_t)c0 * C, (int64_t)n);
     const int fixed_before = min(e, lo) + max(0, e - hi);
     const int ties_before = take - min(take, eq_here + eq_after);
     return make_int4(t, ties, eq_here, fixed_before + gt_before + ties_before);
@@ -638,12 +645,15 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
             cp_async_commit();
         }
         if (GSEL && a.hist) {
+            /* the score chunks [c0, c0 + sk) of Cs positions that this
+             * block's chunk covers (one unless the pass takes several) */
+            const int sk = a.sel_k > 1 ? a.sel_k : 1, Cs = a.C / sk, c0 = c * sk;
             /* the resolve folded in (decode.cu sets hist for GSEL's pass
              * only): warp 0 works out the one unit's entry, the KV head's */
             if (warp == 0) {
                 const int64_t ub = (int64_t)s * a.Hsel + kvh;
                 const int4 e = warp_resolve(a.hist + ub * a.nbins, a.cum + ub * a.nch_cap * a.nbins, a.nbins,
-                                            (int)bud.K, (int)n, (int)lo, (int)hi, a.C, c, lane);
+                                            (int)bud.K, (int)n, (int)lo, (int)hi, Cs, c0, c0 + sk, lane);
                 if (lane == 0) {
                     thr_t[0] = e.x;
                     thr_tkc[0] = e.y;
@@ -651,7 +661,7 @@ __global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocks
                     thr_off[0] = e.w;
                 }
             }
-        } else if (tid < nsel) {
+        } else if (tid < nsel) { /* one score chunk per block here (select_chunks) */
             const int u = a.group_sel ? kvh : h0 + tid;
             const int4 e = a.table[((int64_t)s * a.Hsel + u) * a.nch_cap + c];
             thr_t[tid] = e.x;

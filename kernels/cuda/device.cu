@@ -70,6 +70,8 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */
     1,    /* list_contig: one list per unit for group selection's balanced parts (run 21) */
     1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
+    0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
+             more than a wave (run 26) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

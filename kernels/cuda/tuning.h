@@ -69,6 +69,12 @@ typedef struct ha_cuda_tuning {
                                 16384 positions (G <= 4) in one kernel on clusters (small.cu),
                                 where small_select_ranks finds it faster; 2, 4, 8, 16: always, on
                                 clusters of 1, 2, 4, 8 blocks; 0: never (before run 22) */
+    /* appended in run 26 */
+    int select_chunks;       /* group selection's selection pass (resolve folded in, balanced
+                                parts, bit-mask compaction): score chunks per selecting block:
+                                0 automatic (two where one would take more than one wave of
+                                blocks and two make 4096-8192 positions), 1 one (before run 26),
+                                2 two wherever allowed */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

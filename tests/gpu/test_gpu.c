@@ -499,6 +499,40 @@ START_TEST(gpu_decode_big_chunks)
 }
 END_TEST
 
+/* Group selection's selection pass with two score chunks per block
+ * (decode.cu's select_chunks, run 26): on a GPU of 132 SMs, 64 (sequence,
+ * KV head) units in tables of 69008 positions (69024 in blocks of 32) are
+ * 17 score chunks of 4096 each, 1088 selecting blocks, more than one wave
+ * of the pass (8 blocks per SM); it then runs 9 blocks of 8192 positions
+ * per unit, the last covering one score chunk (per-head selection, cases 1
+ * and 3, keeps one chunk per block and checks the same shape). Lengths that
+ * end in the first half of the last block (69000, and 65537: one position)
+ * and in the second half of a block (61441: one position past the first
+ * half; 5000), an empty sequence and one decoded densely (300: its budget
+ * covers it); ties across the two chunks of a block (HT_FILL_TIES); both
+ * selection modes and signature layouts. Cases 0-1 at every level, 2-3 at
+ * the full one. */
+static const int k_two[] = {69000, 65537, 69000, 0, 61441, 300, 5000, 68999};
+START_TEST(gpu_decode_two_chunk_pass)
+{
+    static const int sels[] = {GROUP, HEAD, GROUP, HEAD};
+    static const int sigs[] = {COMPACT, PAPER, PAPER, COMPACT};
+    static const int fills[] = {HT_FILL_TIES, HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_DIRECT};
+    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], _i == 2 ? HND : NHD, 0x2c4a + (uint64_t)_i);
+    d.hq = 32;
+    d.hkv = 8;
+    d.d = 64;
+    d.batch = 8;
+    d.sink = 100;
+    d.recent = 200;
+    d.seq_lens = k_two;
+    d.tight_tables = 1;
+    if (_i & 1)
+        d.block = 32; /* the per-head cases: not under racecheck and initcheck (gpu-check: block=16) */
+    check_decode(&d, 0);
+}
+END_TEST
+
 /* The one-kernel selection of short tables (kernels/cuda/small.cu: group
  * selection, tables of at most 16384 positions, G <= 4, here on clusters of
  * 8 blocks per (sequence, KV head)): the runner's shape (Hq 9, Hkv 3, D 64,
@@ -1189,6 +1223,7 @@ static Suite *suite(void)
         tcase_add_loop_test(tc, gpu_decode_wide, 10, 11);
     }
     tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
+    tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
