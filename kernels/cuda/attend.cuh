@@ -345,6 +345,12 @@ constexpr int kAttnPassBlocksPerSm = 4;
  * registers at most, so that the resolve folded into it (warp_resolve, run
  * 20) does not cost it a block per SM (it took the pass from 62 to 72). */
 constexpr int kSelectPassBlocksPerSm = 8;
+/* Blocks per SM of per-head selection's selection pass (LM = 1, not GSEL)
+ * for up to 4 heads per block: unbounded it took 84 registers at GH = 4 and
+ * 5 blocks per SM; at 6 (80 registers, no spills) the pass went from 54.2
+ * to 49.3 us at hp32 B=8 128K (ncu, run 26). 8 spilled 32 bytes at GH = 4;
+ * GH = 8 (112 registers) stays unbounded: 6 spilled 100 bytes there. */
+constexpr int kHeadSelectPassBlocksPerSm = 6;
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
  * and in the one-pass sparse prologue the staged scores), then the sparse
@@ -455,8 +461,11 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
 template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
-__global__ void __launch_bounds__(kAttnThreads, LM == 2 ? (MMA ? kAttnPassBlocksPerSm : 1)
-                                                         : (GSEL ? kSelectPassBlocksPerSm : 1))
+__global__ void __launch_bounds__(kAttnThreads,
+                                  LM == 2   ? (MMA ? kAttnPassBlocksPerSm : 1)
+                                  : LM == 1 ? (GSEL ? kSelectPassBlocksPerSm
+                                                    : (GH <= 4 ? kHeadSelectPassBlocksPerSm : 1))
+                                            : 1)
     attend_kernel(const AttnArgs a)
 {
     /* selection units the compaction tracks: one with GSEL (the selection
