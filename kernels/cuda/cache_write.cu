@@ -260,6 +260,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.sb = p->sig_cache.stride_block;
         h.sh = p->sig_cache.stride_head;
         h.num_blocks = p->num_blocks;
+        h.gather_rank0 = tuning().qhash_gather;
         if (p->num_tokens <= kCwFusedMax) {
             cudaError_t e = cudaErrorInvalidValue;
             switch (p->dtype) {

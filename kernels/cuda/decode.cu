@@ -1344,6 +1344,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.sig = reinterpret_cast<uint32_t *>(ws + W.qsig);
         h.st_tok = Hq;
         h.st_head = 1;
+        h.gather_rank0 = tn.qhash_gather;
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */

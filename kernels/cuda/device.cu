@@ -72,6 +72,7 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
     0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
              more than a wave (run 26) */
+    0,    /* qhash_gather: each CTA of the MLP clusters stores its own byte (run 26) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

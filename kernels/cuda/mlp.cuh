@@ -47,6 +47,10 @@ struct HashArgs {
     uint32_t *zero;
     int64_t zero_words;
     int32_t prefetch_all; /* 1: every weight tile has its own slot, all loaded up front */
+    /* qhash_kernel (lab knob qhash_gather): 1 gathers a cluster's four bytes
+     * on rank 0 behind a fourth cluster barrier (before run 26); 0 each CTA
+     * stores its own byte of the word */
+    int32_t gather_rank0;
 };
 
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
@@ -100,19 +104,25 @@ __device__ __forceinline__ int mlp_jobs(int d, int m)
 /* Token tok's signature of output head o: direct (mode 0) or into the paged
  * signature cache through its slot (mode 1; tokens that lost their slot to a
  * later token, and slots past the cache, write nothing). */
-__device__ __forceinline__ void hash_store(const HashArgs &a, int tok, int o, uint32_t sig)
+__device__ __forceinline__ uint32_t *hash_dst(const HashArgs &a, int tok, int o)
 {
-    if (a.mode == 0) {
-        a.sig[(int64_t)tok * a.st_tok + (int64_t)o * a.st_head] = sig;
-        return;
-    }
+    if (a.mode == 0)
+        return a.sig + (int64_t)tok * a.st_tok + (int64_t)o * a.st_head;
     const int64_t slot = a.slots[tok];
     if (slot >= 0 && (!a.keep || a.keep[tok])) {
         int64_t blk, off;
         ha_slot_split(slot, a.block_size, &blk, &off);
         if (a.num_blocks <= 0 || blk < a.num_blocks) /* kv_write_kernel reports */
-            a.sig[blk * a.sb + (int64_t)o * a.sh + off] = sig;
+            return a.sig + blk * a.sb + (int64_t)o * a.sh + off;
     }
+    return nullptr;
+}
+
+__device__ __forceinline__ void hash_store(const HashArgs &a, int tok, int o, uint32_t sig)
+{
+    uint32_t *const d = hash_dst(a, tok, o);
+    if (d)
+        *d = sig;
 }
 
 template <typename T, int TB>
@@ -314,7 +324,8 @@ constexpr int kQhTB = 8; /* tokens per cluster */
 __host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
 __host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
 
-/* Shared floats: W1, W2, W3 row slices, x, h1, h2 (then 4 x TB words of bits). */
+/* Shared floats: W1, W2, W3 row slices, x, h1, h2 (then 4 x TB words of bits,
+ * gathered on rank 0 with the lab's qhash_gather). */
 __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
 {
     const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
@@ -365,9 +376,11 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
                       *const B3 = a.mlp.b3 + (size_t)o * 32;
     auto load_rows = [&](float *dst, int pitch, const float *src, int rows, int cols) {
         if ((cols & 3) == 0 && (((uintptr_t)src) & 15) == 0) {
-            const int q = cols / 4;
+            /* a row of q 16-byte copies; q a power of two (D and m of 64 or
+             * 128) takes a shift instead of a division per copy */
+            const int q = cols / 4, qs = (q & (q - 1)) == 0 ? __ffs(q) - 1 : -1;
             for (int idx = tid; idx < rows * q; idx += kQhThreads) {
-                const int r = idx / q, k = idx - r * q;
+                const int r = qs >= 0 ? idx >> qs : idx / q, k = idx - r * q;
                 cp_async16(dst + (size_t)r * pitch + 4 * k, src + (size_t)r * cols + 4 * k);
             }
         } else {
@@ -386,8 +399,9 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
 
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
+    const int ds = (d & (d - 1)) == 0 ? __ffs(d) - 1 : -1;
     for (int idx = tid; idx < kQhTB * d; idx += kQhThreads) {
-        const int t = idx / d, e = idx - t * d;
+        const int t = ds >= 0 ? idx >> ds : idx / d, e = idx - t * d;
         xs[(size_t)t * pd + e] =
             t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e]) : 0.0f;
     }
@@ -440,7 +454,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
             cluster.map_shared_rank(h2, r)[(size_t)t * pm + i] = v;
     }
     cluster.sync();
-    /* layer 3: bits i3 .. i3 + 7, collected on rank 0 */
+    /* layer 3: bits i3 .. i3 + 7 */
     cp_async_wait<0>();
     __syncthreads();
     for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {
@@ -449,6 +463,21 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
             atomicOr(&bits[t], 1u << i);
     }
     __syncthreads();
+    static_assert(32 / kQhRanks == 8, "a rank's bits are one byte of the word");
+    if (!a.gather_rank0) {
+        /* rank r's bits are byte r of the word (little-endian): each CTA
+         * stores its own byte. No CTA touches another's shared memory after
+         * the barrier before layer 3, so none has to wait for the others
+         * before it exits (run 26: one cluster barrier and a round of remote
+         * writes fewer) */
+        if (tid < ntok) {
+            uint32_t *const dst = hash_dst(a, tok0 + tid, o);
+            if (dst)
+                reinterpret_cast<uint8_t *>(dst)[rank] = (uint8_t)(bits[tid] >> (8 * rank));
+        }
+        return;
+    }
+    /* before run 26: collected on rank 0 */
     if (tid < kQhTB)
         cluster.map_shared_rank(parts, 0)[rank * kQhTB + tid] = bits[tid];
     cluster.sync();

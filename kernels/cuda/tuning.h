@@ -75,6 +75,9 @@ typedef struct ha_cuda_tuning {
                                 0 automatic (two where one would take more than one wave of
                                 blocks and two make 4096-8192 positions), 1 one (before run 26),
                                 2 two wherever allowed */
+    int qhash_gather;        /* query and key MLPs on clusters: 0 each CTA stores its byte of the
+                                signature; 1 the bytes gathered on rank 0 behind a fourth cluster
+                                barrier (before run 26) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
