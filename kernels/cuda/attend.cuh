@@ -24,7 +24,9 @@
  * each chunk's list to global memory, and the attention pass (LM = 2) gives
  * block y of a (row, head group) part y of `parts` equal shares of the
  * entries the row's chunks listed (balanced parts, run 19), or, with the lab
- * knob attn_parts = -1, list_k whole chunks.
+ * knob attn_parts = -1, list_k whole chunks. Group selection's pass takes two
+ * of the scores' chunks per block where one each would take more than a
+ * wave (decode.cu's select_chunks, run 26).
  *
  * Then tiles of 32 listed rows are gathered with 16-byte cp.async through the
  * block table, three stages deep, into rows padded by 16 bytes (ldmatrix rows
