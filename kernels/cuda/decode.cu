@@ -900,16 +900,16 @@ inline AttnArgs attention_pass_args(const AttnArgs &A)
 
 /* Score chunks per block of group selection's selection pass (tuning's
  * select_chunks; run 26): two where one per block would take more than one
- * wave of the pass's blocks and two chunks make 4096-8192 positions (the
- * bit-mask compaction's range), so that the pass's per-block latency (the
- * resolve's two rounds of loads, the scores' copy) is paid once instead of
- * once per wave: gc32 B=8 128K 2048 blocks in two waves, 1024 in one, ~1 us
- * faster. Only with the resolve folded in (warp_resolve sums the chunks)
- * and balanced attention parts (which find their entries whatever the
- * selection chunk). Per-head selection keeps one chunk: with two its pass
- * took hp32 B=8 128K from 287 to 301 us (run 26). */
-template <typename K>
-__host__ int select_chunks(const AttnArgs &A, dim3 grid, K kernel, size_t smem)
+ * wave of the pass's blocks (kSelectPassBlocksPerSm per SM, its launch
+ * bound: 64 registers, a few KB of shared memory) and two chunks make
+ * 4096-8192 positions (the bit-mask compaction's range), so that the pass's
+ * per-block latency (the resolve's two rounds of loads, the scores' copy)
+ * is paid once instead of once per wave: gc32 B=8 128K 2048 blocks in two
+ * waves, 1024 in one, ~1 us faster. Only with the resolve folded in
+ * (warp_resolve sums the chunks) and balanced attention parts (which find
+ * their entries whatever the selection chunk). Per-head selection keeps one
+ * chunk: with two its pass took hp32 B=8 128K from 287 to 301 us (run 26). */
+inline int select_chunks(const AttnArgs &A, dim3 grid)
 {
     const int knob = tuning().select_chunks;
     const int C2 = 2 * A.C;
@@ -918,12 +918,7 @@ __host__ int select_chunks(const AttnArgs &A, dim3 grid, K kernel, size_t smem)
         return 1;
     if (knob == 2)
         return 2;
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kAttnThreads, smem) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 1;
-    }
-    return (int64_t)grid.x * grid.y > (int64_t)per_sm * sm_count() ? 2 : 1;
+    return (int64_t)grid.x * grid.y > (int64_t)kSelectPassBlocksPerSm * sm_count() ? 2 : 1;
 }
 
 template <typename T, int D, int GH, bool MMA>
@@ -942,7 +937,7 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
                               : attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, false>;
         size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
         if (!selected) { /* selected: small.cu's kernel wrote the lists */
-            const int k = select_chunks(A, grid, ks, ssmem);
+            const int k = select_chunks(A, grid);
             if (k > 1) { /* the attention pass then reads k-chunk slots too */
                 A.C *= k;
                 A.nch = (A.nch + k - 1) / k;
