@@ -190,6 +190,40 @@ __device__ __forceinline__ void score_load_qr(uint32_t (&qr)[QR], const uint32_t
         qr[g] = g < G ? qs[g] : 0u;
 }
 
+/* Group selection's score in the compact layout with G = 4, from count
+ * planes (knob score_planes, run 27). Per bit, the number c (0..4) of the
+ * group's query words that set it gives the bit's disagreement with a key
+ * word k: c where k is 0, 4 - c where k is 1. Of that value's three bits the
+ * lowest is c's parity either way (one popcount per item, in base), the
+ * middle one is [c in {2, 3}] (k = 0) or [c in {1, 2}] (k = 1), the top one
+ * [c == 4] or [c == 0]. So a position costs two selects by k and two
+ * popcounts, where score_diff costs four xors and four popcounts (a
+ * quarter-rate instruction on sm_90). The same integer scores. */
+struct ScorePlanes {
+    uint32_t mid0, mid1, top0, top1; /* the middle and top planes for k = 0 and k = 1 */
+    int base;                        /* 32 G minus the parity plane's count */
+};
+
+__device__ __forceinline__ ScorePlanes score_planes(const uint32_t (&q)[4])
+{
+    const uint32_t any = q[0] | q[1] | q[2] | q[3], all = q[0] & q[1] & q[2] & q[3];
+    const uint32_t ge2 = (q[0] & (q[1] | q[2] | q[3])) | (q[1] & (q[2] | q[3])) | (q[2] & q[3]);
+    const uint32_t ge3 = (q[0] & q[1] & (q[2] | q[3])) | (q[2] & q[3] & (q[0] | q[1]));
+    ScorePlanes p;
+    p.mid0 = ge2 & ~all;
+    p.mid1 = any & ~ge3;
+    p.top0 = all;
+    p.top1 = ~any;
+    p.base = 128 - __popc(q[0] ^ q[1] ^ q[2] ^ q[3]);
+    return p;
+}
+
+__device__ __forceinline__ int score_from_planes(const ScorePlanes &p, uint32_t k)
+{
+    const uint32_t mid = (k & p.mid1) | (~k & p.mid0), top = (k & p.top1) | (~k & p.top0);
+    return p.base - 2 * __popc(mid) - 4 * __popc(top);
+}
+
 /* Positions per thread per slab: about 8 to 16 signature words in flight
  * per thread for the next slab while the current one is scored. */
 template <int GW> __host__ __device__ constexpr int score_pk() { return GW == 1 ? 8 : (GW <= 4 ? 4 : 2); }
@@ -415,14 +449,18 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
  * Llama-family shape), so that the query words past G cost no selects and no
  * loop: ncu (run 19, gc32 B=8 128K) counted four SELs, a branch and five
  * compares of G per position and group of positions in the scoring loop. */
-template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0>
+/* PL: group selection's compact layout with G = 4 scored from count planes
+ * (score_planes; GW = 1, GC = 4). */
+template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0, bool PL = false>
 __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
 {
+    static_assert(!PL || (GROUPSEL && GW == 1 && GC == 4 && QR == 4), "count planes: compact layout, G = 4");
     constexpr int PK = score_warp_pk<GW, V>();
     constexpr int SLAB = PK * 32 * V;
     const int NW = (int)(blockDim.x >> 5); /* warps per block: launch_score's rule */
     static_assert(S == 0 || V == 4, "the staged form: four positions per lane");
     uint32_t qr[QR]; /* group selection: the query words in registers */
+    ScorePlanes pl;  /* PL: their count planes */
     extern __shared__ uint4 ssm4[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int G = GC > 0 ? GC : a.G;
@@ -491,11 +529,15 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
     };
     /* the group's score of position e of the lane's group k */
     auto group_score = [&](const Item &it, const uint32_t (&w)[PK][GW][V], int k, int e, int64_t p) -> int {
-        uint32_t kw[GW];
+        if constexpr (PL) {
+            return score_from_planes(pl, w[k][0][e]);
+        } else {
+            uint32_t kw[GW];
 #pragma unroll
-        for (int g = 0; g < GW; g++)
-            kw[g] = w[k][g][e];
-        return 32 * G - score_diff<GW>(qr, qs, G, kw, [&](int g) { return sig_word(it, p, g); });
+            for (int g = 0; g < GW; g++)
+                kw[g] = w[k][g][e];
+            return 32 * G - score_diff<GW>(qr, qs, G, kw, [&](int g) { return sig_word(it, p, g); });
+        }
     };
     auto process = [&](const Item &it, int j, const uint32_t (&w)[PK][GW][V], uint32_t inm) {
         const int64_t pbase = (int64_t)it.c * a.C + (int64_t)j * SLAB + (int64_t)lane * V;
@@ -641,6 +683,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreAr
             qs[g] = a.qsig[(int64_t)it.s * a.Hq + it.kvh * G + g];
         __syncwarp();
         score_load_qr<GW>(qr, qs, G);
+        if constexpr (PL)
+            pl = score_planes(qr);
     };
 
     if constexpr (S > 0) {
@@ -988,7 +1032,8 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cuda
 
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
-                                bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged)
+                                bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged,
+                                bool planes)
 {
     const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
     /* warps per block of the warp kernels: 8, halved while the blocks (an
@@ -1038,9 +1083,12 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         /* G = 4 (the Llama-family shape) known at compile time (run 20) */
         if (gw <= 1) {
             if constexpr (GROUPSEL)
-                if (sa.G <= 4)
+                if (sa.G <= 4) {
+                    if (sa.G == 4 && planes)
+                        return go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true>);
                     return sa.G == 4 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4>)
                                      : go(score_warp_kernel<true, 1, 4, kScoreStages, 4>);
+                }
             return go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>);
         }
         return sa.G == 4 ? go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages, score_qr<4>(), 4>)
@@ -1399,10 +1447,11 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
              * under either rule) */
             const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
             ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                                tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0)
+                                                tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0,
+                                                tn.score_planes != 0)
                            : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                                  tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
-                                                 tn.score_staged == 2);
+                                                 tn.score_staged == 2, false);
             if (ks != HA_KERNEL_OK || tn.stop_after == 2)
                 return ks;
 

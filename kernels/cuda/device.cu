@@ -73,6 +73,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
              more than a wave (run 26) */
     0,    /* qhash_gather: each CTA of the MLP clusters stores its own byte (run 26) */
+    1,    /* score_planes: compact group scores from count planes (run 27) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

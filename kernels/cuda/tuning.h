@@ -78,6 +78,10 @@ typedef struct ha_cuda_tuning {
     int qhash_gather;        /* query and key MLPs on clusters: 0 each CTA stores its byte of the
                                 signature; 1 the bytes gathered on rank 0 behind a fourth cluster
                                 barrier (before run 26) */
+    /* appended in run 27 */
+    int score_planes;        /* group selection's staged score kernel, compact layout, G = 4: 1 the
+                                query words as count planes (two popcounts per position); 0 four
+                                xors and popcounts (before run 27) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
