@@ -197,8 +197,8 @@ __device__ __forceinline__ void score_load_qr(uint32_t (&qr)[QR], const uint32_t
  * lowest is c's parity either way (one popcount per item, in base), the
  * middle one is [c in {2, 3}] (k = 0) or [c in {1, 2}] (k = 1), the top one
  * [c == 4] or [c == 0]. So a position costs two selects by k and two
- * popcounts, where score_diff costs four xors and four popcounts (a
- * quarter-rate instruction on sm_90). The same integer scores. */
+ * popcounts, where score_diff costs four xors and four popcounts. The same
+ * integer scores. */
 struct ScorePlanes {
     uint32_t mid0, mid1, top0, top1; /* the middle and top planes for k = 0 and k = 1 */
     int base;                        /* 32 G minus the parity plane's count */
