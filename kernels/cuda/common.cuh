@@ -434,6 +434,10 @@ const ha_cuda_tuning_t &tuning();
 
 __host__ __forceinline__ size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 __host__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* log2(x) for a power of two x > 0, else -1: a division by x as a shift
+ * where the divisor allows it */
+__device__ __forceinline__ int pow2_shift(int x) { return (x & (x - 1)) == 0 ? __ffs(x) - 1 : -1; }
 __host__ __forceinline__ int pow2_ceil(int64_t x)
 {
     int p = 1;

@@ -378,7 +378,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
         if ((cols & 3) == 0 && (((uintptr_t)src) & 15) == 0) {
             /* a row of q 16-byte copies; q a power of two (D and m of 64 or
              * 128) takes a shift instead of a division per copy */
-            const int q = cols / 4, qs = (q & (q - 1)) == 0 ? __ffs(q) - 1 : -1;
+            const int q = cols / 4, qs = pow2_shift(q);
             for (int idx = tid; idx < rows * q; idx += kQhThreads) {
                 const int r = qs >= 0 ? idx >> qs : idx / q, k = idx - r * q;
                 cp_async16(dst + (size_t)r * pitch + 4 * k, src + (size_t)r * cols + 4 * k);
@@ -399,7 +399,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
 
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
-    const int ds = (d & (d - 1)) == 0 ? __ffs(d) - 1 : -1;
+    const int ds = pow2_shift(d);
     for (int idx = tid; idx < kQhTB * d; idx += kQhThreads) {
         const int t = ds >= 0 ? idx >> ds : idx / d, e = idx - t * d;
         xs[(size_t)t * pd + e] =
