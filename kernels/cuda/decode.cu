@@ -451,8 +451,12 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
  * compares of G per position and group of positions in the scoring loop. */
 /* PL: group selection's compact layout with G = 4 scored from count planes
  * (score_planes; GW = 1, GC = 4). */
+/* The launch bounds name one block per SM: with that explicit, ptxas
+ * allocates the paper layout's G = 4 kernel without its 12-byte spill (run 28,
+ * A/B in two calls: gp32 B=8 128K 138.6 -> 137.9 us a step on average, within
+ * noise in one of them; the other shapes the same). */
 template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0, bool PL = false>
-__global__ void __launch_bounds__(kScoreThreads) score_warp_kernel(const ScoreArgs a)
+__global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const ScoreArgs a)
 {
     static_assert(!PL || (GROUPSEL && GW == 1 && GC == 4 && QR == 4), "count planes: compact layout, G = 4");
     constexpr int PK = score_warp_pk<GW, V>();
