@@ -303,6 +303,10 @@ __device__ __forceinline__ int64_t seq_len_clamped(const int32_t *seq_lens, int 
     return b ? 0 : v;
 }
 
+/* log2(x) for a power of two x > 0, else -1: a division by x as a shift
+ * where the divisor allows it */
+__device__ __forceinline__ int pow2_shift(int x) { return (x & (x - 1)) == 0 ? __ffs(x) - 1 : -1; }
+
 /* Position p of a sequence -> block-table column and offset in the page;
  * block_size is usually a power of two: shifts instead of divisions. */
 struct PageSplit {
@@ -323,8 +327,8 @@ __device__ __forceinline__ PageSplit page_split(int block_size)
 {
     PageSplit s;
     s.bs = block_size;
-    s.shift = __ffs(block_size) - 1;
-    s.pow2 = (block_size & (block_size - 1)) == 0;
+    s.shift = pow2_shift(block_size);
+    s.pow2 = s.shift >= 0;
     return s;
 }
 
@@ -435,9 +439,6 @@ const ha_cuda_tuning_t &tuning();
 __host__ __forceinline__ size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 __host__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* log2(x) for a power of two x > 0, else -1: a division by x as a shift
- * where the divisor allows it */
-__device__ __forceinline__ int pow2_shift(int x) { return (x & (x - 1)) == 0 ? __ffs(x) - 1 : -1; }
 __host__ __forceinline__ int pow2_ceil(int64_t x)
 {
     int p = 1;

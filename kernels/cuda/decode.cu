@@ -88,8 +88,8 @@ __device__ __forceinline__ ScoreWalk score_walk(const ScoreArgs &a)
     ScoreWalk w;
     w.units = (int64_t)a.B * a.Hkv;
     w.total = w.units * a.nch;
-    w.bs_pow2 = (a.bs & (a.bs - 1)) == 0;
-    w.bs_shift = __ffs(a.bs) - 1;
+    w.bs_shift = pow2_shift(a.bs);
+    w.bs_pow2 = w.bs_shift >= 0;
     return w;
 }
 
@@ -448,10 +448,10 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
 /* GC > 0: the group size G known at compile time (launch_score: G = 4, the
  * Llama-family shape), so that the query words past G cost no selects and no
  * loop: ncu (run 19, gc32 B=8 128K) counted four SELs, a branch and five
- * compares of G per position and group of positions in the scoring loop. */
-/* PL: group selection's compact layout with G = 4 scored from count planes
- * (score_planes; GW = 1, GC = 4). */
-/* The launch bounds name one block per SM: with that explicit, ptxas
+ * compares of G per position and group of positions in the scoring loop.
+ * PL: group selection's compact layout with G = 4 scored from count planes
+ * (score_planes; GW = 1, GC = 4).
+ * The launch bounds name one block per SM: with that explicit, ptxas
  * allocates the paper layout's G = 4 kernel without its 12-byte spill (run 28,
  * A/B in two calls: gp32 B=8 128K 138.6 -> 137.9 us a step on average, within
  * noise in one of them; the other shapes the same). */
@@ -704,8 +704,6 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
          * per-head selection's 2.4% slower without it), so it alone keeps the
          * run-14 form: measured, not understood (bench/NOTES.md) */
         constexpr bool kScoreIntIssue = GW == 1 || !GROUPSEL;
-        const bool bs_pow2 = (a.bs & (a.bs - 1)) == 0;
-        const int bs_shift = __ffs(a.bs) - 1;
         Item cur;
         const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
         pdl_wait();
@@ -747,7 +745,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                     const uint32_t *base;
                     if constexpr (kScoreIntIssue) { /* int positions, the page by a shift */
                         const int rel = j * SLAB + k * 32 * V + lane * V;
-                        const int pi = bs_pow2 ? rel >> bs_shift : rel / a.bs;
+                        const int pi = W.bs_pow2 ? rel >> W.bs_shift : rel / a.bs;
                         page = rel < plen ? pg[pi] : -1;
                         base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + (rel - pi * a.bs) : a.sig;
                     } else { /* group selection's paper layout: its run-14 form (run 15) */
