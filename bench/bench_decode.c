@@ -76,14 +76,12 @@ typedef struct bench_case {
     int dense_waves;  /* lab: 0 default */
     int hnd;          /* 1: HND cache layout (default NHD, vLLM's) */
     int seqpg;        /* 1: pages in order (block table = identity) instead of shuffled */
-    int fma;          /* lab: 1 = attention on fp32 FMA lanes instead of mma.sync */
     int noclu;        /* lab: 1 = query MLPs one block per head instead of 4-CTA clusters */
     int stop;         /* lab: sparse decode stops after 1 hash, 2 score, 3 resolve */
     int blockscore;   /* lab: score items per block (1) or per warp (2); 0 = the size rule */
-    int serialc;      /* lab: compaction by per-thread runs (1) or warp ballots (2); 0 = default */
+    int serialc;      /* lab: 1 = compaction by per-thread runs; 0 = default */
     int autodense;    /* 1: the context's automatic dense_below; 0: dense_below = -1 (sparse kernels
                          whatever the length) */
-    int fused;        /* lab: 1 = selection and attention in one kernel (before run 8) */
     int novec;        /* lab: 1 = warp scores one position per lane (before run 9); -1 = four
                          per lane for per-head selection too (score_vec4 = 2) */
     int shape;        /* index into k_shapes */
@@ -132,8 +130,6 @@ static const bench_case_t k_cases[] = {
     {"dense_b8_128k_seqpg", 8, 131072, .sel = G_, .sig = P_, .dense = 1, .lab = 1, .seqpg = 1},
     {"gc32_b8_128k_seqpg", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .seqpg = 1},
     /* run 4: the variants these kernels replaced, and the step cut after each kernel */
-    {"dense_b8_128k_fma", 8, 131072, .sel = G_, .sig = P_, .dense = 1, .lab = 1, .fma = 1},
-    {"gc32_b8_128k_fma", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .fma = 1},
     {"gc32_b8_128k_noclu", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .noclu = 1},
     {"upto1_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 1},
     {"upto2_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2},
@@ -151,7 +147,6 @@ static const bench_case_t k_cases[] = {
     {"dense_b1_4k", 1, 4096, .sel = G_, .sig = P_, .dense = 1},
     /* run 4b: the run-4a forms of what changed, and the knobs whose defaults moved */
     {"gc32_b8_128k_blockscore", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .blockscore = 1},
-    {"gc32_b8_128k_ballot", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .serialc = 2},
     {"gc32_b8_128k_run4a", 8, 131072, .sel = G_, .sig = C_,
      .sparsity = 32, .lab = 1, .pdl = PDL_ON, .sparse_chunk = 2048, .blockscore = 1, .serialc = 1},
     {"gc32_b8_128k_pdl", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .pdl = PDL_ON},
@@ -221,14 +216,6 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_32k_auto", 1, 32768, .sel = G_, .sig = P_, .sparsity = 32, .autodense = 1},
     {"gp32_b8_8k", 8, 8192, .sel = G_, .sig = P_, .sparsity = 32},
     {"dense_b8_8k", 8, 8192, .sel = G_, .sig = P_, .dense = 1},
-    /* run 8: the selection pass as its own kernel (default) against the fused form */
-    {"gc32_b8_128k_fused", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .fused = 1},
-    {"sel_gc32_b8_128k_fused", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1, .fused = 1},
-    {"hp32_b8_128k_fused", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .fused = 1},
-    {"gp32_b1_128k_fused", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .fused = 1},
-    {"gc32_b1_1m_fused", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .fused = 1},
-    {"gp32_b8_32k_fused", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .fused = 1},
-    {"gp32_b1_8k_fused", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .fused = 1},
     /* run 9: four positions per lane in the warp score kernel (default) against one */
     {"gc32_b8_128k_novec", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .novec = 1},
     {"upto2_gc32_b8_128k_novec", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2, .novec = 1},
@@ -348,8 +335,8 @@ static const struct {
 } k_tune_fields[] = {
     TUNE_FIELD(pdl), TUNE_FIELD(dense_waves), TUNE_FIELD(sparse_waves), TUNE_FIELD(sparse_chunk_min),
     TUNE_FIELD(sparse_chunk_max), TUNE_FIELD(dense_chunk), TUNE_FIELD(sparse_chunk), TUNE_FIELD(select_only),
-    TUNE_FIELD(attn_mma), TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
-    TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(select_pass), TUNE_FIELD(score_vec4),
+    TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
+    TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(score_vec4),
     TUNE_FIELD(score_staged), TUNE_FIELD(attn_list_k), TUNE_FIELD(score_warps),
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes),
@@ -590,17 +577,13 @@ int main(int argc, char **argv)
             tn.sparse_chunk = bc->sparse_chunk;
         if (bc->dense_waves > 0)
             tn.dense_waves = bc->dense_waves;
-        if (bc->fma)
-            tn.attn_mma = 0;
         if (bc->noclu)
             tn.qhash_cluster = 0;
         tn.stop_after = bc->stop;
         if (bc->blockscore)
             tn.score_block_items = bc->blockscore == 1 ? 1 : 0;
         if (bc->serialc)
-            tn.compact_serial = bc->serialc == 1 ? 1 : 0;
-        if (bc->fused)
-            tn.select_pass = 0;
+            tn.compact_serial = 1;
         if (bc->novec)
             tn.score_vec4 = bc->novec > 0 ? 0 : 2;
         if (bc->staged)

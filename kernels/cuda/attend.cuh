@@ -1,47 +1,47 @@
 /*
- * attend.cuh - split-K paged attention over a chunk of positions, with the
- * sparse selection of that chunk fused in front (decode and prefill).
+ * attend.cuh - split-K paged attention over a chunk of positions (decode and
+ * prefill), and the sparse step's selection pass.
  *
  * Grid: (row x KV head x head group, chunk). A block owns the positions
  * [chunk * C, chunk * C + C) of one row's sequence and GH query heads of one
  * KV head, so a K/V row is read once for the whole group.
  *
- *   SPARSE = false: every position of the chunk (dense decode, prefill).
- *   SPARSE = true : the selection of sequences that are sparse for their
- *     budget. The resolve kernel (decode.cu) has already put this chunk's
- *     threshold t, its share of the ties at t (ties go to the newest
- *     positions) and the count selected before it into one table entry; the
- *     block reads that entry while its scores arrive in shared memory, then
- *     compacts the chunk into an ordered list, no sort: by default each
- *     thread classifies a run of positions four at a time with byte-wise
- *     compares of one-byte scores (ranks from block scans), kept as one bit
- *     per position in chunks of 4096 and 8192 positions (run 25; the lab's
- *     compact_serial = 2 keeps the bytes); two-byte scores (32G > 255) and
- *     the lab's compact_serial = 1 walk the run a position at a time,
- *     compact_serial = 0 uses warp ballots (bench/NOTES.md).
+ * LM (the kernel's role):
+ *   0: every position of the chunk (SPARSE = false: dense decode, prefill).
+ *   1: the selection pass of the sparse step. Its block reads its chunk's
+ *      table entry (threshold t, its share of the ties at t, which go to the
+ *      newest positions, and the count selected before it; resolve_kernel in
+ *      decode.cu, or warp_resolve below for group selection) while the
+ *      chunk's scores arrive in shared memory, then compacts the chunk into an
+ *      ordered list in global memory, no sort: each thread classifies a run
+ *      of positions four at a time with byte-wise compares of one-byte
+ *      scores (ranks from block scans), kept as one bit per position in
+ *      chunks of 4096 and 8192 positions (run 25; the lab's compact_serial =
+ *      2 keeps the bytes); two-byte scores (32G > 255) and the lab's
+ *      compact_serial = 1 walk the run a position at a time. Group
+ *      selection's pass takes two of the scores' chunks per block where one
+ *      each would take more than a wave (decode.cu's select_chunks, run 26).
+ *   2: the attention pass of the sparse step: block y of a (row, head group)
+ *      attends part y of `parts` equal shares of the entries the row's chunks
+ *      listed (balanced parts, run 19), or, with the lab knob attn_parts =
+ *      -1, list_k whole chunks.
+ * (Until run 29 a lab knob also selected and attended in one kernel, with
+ * warp-ballot compaction, and attended on fp32 FMA lanes instead of the
+ * tensor cores; bench/NOTES.md keeps their numbers, branch
+ * archive/lab-variants-0c6eb8d their code.)
  *
- * The two-pass sparse step splits this: the selection pass (LM = 1) writes
- * each chunk's list to global memory, and the attention pass (LM = 2) gives
- * block y of a (row, head group) part y of `parts` equal shares of the
- * entries the row's chunks listed (balanced parts, run 19), or, with the lab
- * knob attn_parts = -1, list_k whole chunks. Group selection's pass takes two
- * of the scores' chunks per block where one each would take more than a
- * wave (decode.cu's select_chunks, run 26).
- *
- * Then tiles of 32 listed rows are gathered with 16-byte cp.async through the
- * block table, three stages deep, into rows padded by 16 bytes (ldmatrix rows
- * then hit distinct banks), and attended with an online softmax in base 2.
- *   MMA = true : each warp owns 8 rows of a tile; S^T = Q K^T with
- *     mma.m16n8k16 (the GH heads padded to 16 rows of A, q unscaled in its
- *     own dtype), softmax on the accumulator fragments, O^T += V^T P^T with
- *     mma.m16n8k8 (P rounded to the cache dtype, as flash attention does).
- *     The C fragment of S^T is the B fragment of P^T: no shuffles.
- *   MMA = false: a lane group of D/8 lanes owns a row (8 elements per lane),
- *     fp32 FMAs and shuffle reductions (the run-3 kernel, kept for the lab).
- * The block's partial states merge in shared memory, and the block writes
- * either the output (one chunk) or a partial (o, lse) that the combine
- * kernel reduces. Every block table id is checked against num_blocks
- * (Guard, common.cuh); a bad one reads zeros and is reported.
+ * Tiles of 32 rows (listed rows in the attention pass) are gathered with
+ * 16-byte cp.async through the block table, three stages deep, into rows
+ * padded by 16 bytes (ldmatrix rows then hit distinct banks), and attended
+ * with an online softmax in base 2: each warp owns 8 rows of a tile; S^T =
+ * Q K^T with mma.m16n8k16 (the GH heads padded to 16 rows of A, q unscaled
+ * in its own dtype), softmax on the accumulator fragments, O^T += V^T P^T
+ * with mma.m16n8k8 (P rounded to the cache dtype, as flash attention does).
+ * The C fragment of S^T is the B fragment of P^T: no shuffles. The warps'
+ * states merge in shared memory, and the block writes either the output (one
+ * chunk) or a partial (o, lse) that the combine kernel reduces. Every block
+ * table id is checked against num_blocks (Guard, common.cuh); a bad one reads
+ * zeros and is reported.
  */
 #ifndef HASHATTN_KERNELS_CUDA_ATTEND_CUH
 #define HASHATTN_KERNELS_CUDA_ATTEND_CUH
@@ -308,8 +308,9 @@ struct AttnArgs {
      * pass takes its share of the unit's I + K + R entries without reading
      * the chunks' counts */
     int32_t list_contig;
-    int32_t compact_serial; /* 2: packed (byte compares, one-byte scores), 1: per-thread position
-                               runs (the run-4a form), 0: warp ballots */
+    int32_t compact_serial; /* the selection pass's compaction (tuning.h): 3 bit masks where they
+                               apply, else 2 packed (byte compares, one-byte scores), else 1
+                               per-thread position runs (the run-4a form) */
     /* group selection's selection pass with the resolve folded in (GSEL,
      * hist): score chunks per selecting block (0 or 1: one). C and nch count
      * the selecting blocks' chunks of sel_k score chunks each; the
@@ -318,17 +319,15 @@ struct AttnArgs {
     int32_t sel_k;
 };
 
-/* Softmax states merged at the end of a block: one per warp (MMA) or one
- * per lane group (FMA). */
-template <int D, bool MMA> __host__ __device__ constexpr int attend_nstate() { return MMA ? 4 : 4 * (32 / (D / 8)); }
+/* Softmax states merged at the end of a block: one per warp. */
+constexpr int kAttnStates = kAttnThreads / 32;
 
 template <typename T, int D, int GH>
 __host__ __device__ constexpr size_t attend_region_a()
 {
-    return (size_t)kStages * 2 * kTT * kv_pitch<D>() * sizeof(T) >
-                   (size_t)attend_nstate<D, false>() * GH * (D + 2) * 4
+    return (size_t)kStages * 2 * kTT * kv_pitch<D>() * sizeof(T) > (size_t)kAttnStates * GH * (D + 2) * 4
                ? (size_t)kStages * 2 * kTT * kv_pitch<D>() * sizeof(T)
-               : (size_t)attend_nstate<D, false>() * GH * (D + 2) * 4;
+               : (size_t)kAttnStates * GH * (D + 2) * 4;
 }
 
 /* Entries of the attention pass's shared list (LM = 2): it walks the list
@@ -354,21 +353,17 @@ constexpr int kSelectPassBlocksPerSm = 8;
  * GH = 8 (112 registers) stays unbounded: 6 spilled 100 bytes there. */
 constexpr int kHeadSelectPassBlocksPerSm = 6;
 
-/* Shared memory of attend_kernel: region A (pipeline stages, merge buffer,
- * and in the one-pass sparse prologue the staged scores), then the sparse
- * list (positions, then head masks) of cap entries, then (the attention pass
- * in balanced parts) pre_n ints of the chunks' entry prefix. *list_off and
- * *pre_off receive the offsets. LM as in attend_kernel. */
+/* Shared memory of attend_kernel: region A (pipeline stages, merge buffer),
+ * then for the attention pass (SPARSE, LM = 2) its piece of the list
+ * (positions, then head masks) of cap entries and, in balanced parts, pre_n
+ * ints of the chunks' entry prefix. *list_off and *pre_off receive the
+ * offsets. */
 template <typename T, int D, int GH, bool SPARSE>
-__host__ size_t attend_smem(int C, int nsel, int score_bytes, int lm, int *list_off, int *list_cap,
-                            int pre_n = 0, int *pre_off = nullptr)
+__host__ size_t attend_smem(int C, int *list_off, int *list_cap, int pre_n = 0, int *pre_off = nullptr)
 {
     size_t a = attend_region_a<T, D, GH>();
     if (SPARSE) {
-        const size_t pro = lm == 2 ? 0 : (size_t)nsel * C * score_bytes;
-        if (pro > a)
-            a = align_up(pro, 16);
-        const int cap = lm == 2 && C > kListPiece ? kListPiece : C;
+        const int cap = C > kListPiece ? kListPiece : C;
         if (list_off)
             *list_off = (int)a;
         if (list_cap)
@@ -457,14 +452,14 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
     return make_int4(t, ties, eq_here, fixed_before + gt_before + ties_before);
 }
 
-/* LM: 0 = one kernel selects and attends; 1 = the selection pass alone
- * (no query, no attention: few registers and only the staged scores in
- * shared memory, so many blocks per SM hide its latencies), writing each
+/* LM: 0 = every position (dense decode, prefill); 1 = the selection pass
+ * alone (no query, no attention: few registers and only the staged scores
+ * in shared memory, so many blocks per SM hide its latencies), writing each
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote. */
-template <typename T, int D, int GH, bool SPARSE, bool MMA, int LM = 0, bool GSEL = false>
+template <typename T, int D, int GH, bool SPARSE, int LM = 0, bool GSEL = false>
 __global__ void __launch_bounds__(kAttnThreads,
-                                  LM == 2   ? (MMA ? kAttnPassBlocksPerSm : 1)
+                                  LM == 2   ? kAttnPassBlocksPerSm
                                   : LM == 1 ? (GSEL ? kSelectPassBlocksPerSm
                                                     : (GH <= 4 ? kHeadSelectPassBlocksPerSm : 1))
                                             : 1)
@@ -475,18 +470,16 @@ __global__ void __launch_bounds__(kAttnThreads,
      * that short kernel, through instruction fetch), else the block's heads */
     constexpr int NU = GSEL ? 1 : GH;
     static_assert(!GSEL || LM != 0, "GSEL: group selection's selection or attention pass");
+    static_assert(SPARSE == (LM != 0), "LM 1 and 2 are the sparse step's passes, LM 0 attends every position");
     /* GSEL (group selection) with list_contig: one contiguous list per unit
      * (AttnArgs); a compile-time false for per-head selection's passes */
     const bool contig = GSEL && a.list_contig;
     constexpr int LPR = D / 8;        /* 16-byte chunks per row */
     constexpr int RP = kv_pitch<D>(); /* shared row pitch (elements) */
-    constexpr int RPW = 32 / LPR;     /* FMA: rows per warp per round */
     constexpr int TPW = kTT / 4;      /* rows per warp per tile (8) */
-    constexpr int ROUNDS = TPW / RPW; /* FMA: rounds per tile */
-    constexpr int NSTATE = attend_nstate<D, MMA>();
     constexpr int RSTEP = kAttnThreads / LPR; /* rows a copy pass covers */
     constexpr int NIT = kTT / RSTEP;          /* copy passes per tile */
-    static_assert(TPW == 8, "the MMA path gives each warp 8 rows of a tile");
+    static_assert(TPW == 8, "each warp's MMAs take 8 rows of a tile");
 
     extern __shared__ uint4 smem_u4[];
     unsigned char *const sm = reinterpret_cast<unsigned char *>(smem_u4);
@@ -532,36 +525,18 @@ __global__ void __launch_bounds__(kAttnThreads,
 
     /* the query, before the wait: an input, not written by earlier kernels */
     const int g8 = lane >> 2, tg = lane & 3; /* MMA fragment coordinates */
-    const int lg = lane / LPR, dc = lane % LPR; /* FMA lane group, chunk */
-    uint32_t qa[MMA ? D / 16 : 1][2];
-    float qf[MMA ? 1 : GH][8];
+    uint32_t qa[D / 16][2];
     if constexpr (LM != 1) {
         const T *qb = static_cast<const T *>(a.q) + (int64_t)row * a.q_st;
-        if constexpr (MMA) {
 #pragma unroll
-            for (int ks = 0; ks < (MMA ? D / 16 : 1); ks++) {
-                if (g8 < nh && n > 0) {
-                    const T *qr = qb + (int64_t)(h0 + g8) * a.q_sh + ks * 16 + 2 * tg; /* any alignment */
-                    qa[ks][0] = pack_raw(qr[0], qr[1]);
-                    qa[ks][1] = pack_raw(qr[8], qr[9]);
-                } else {
-                    qa[ks][0] = 0u;
-                    qa[ks][1] = 0u;
-                }
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < (MMA ? 1 : GH); j++) {
-                if (j < nh && n > 0) {
-                    const T *qr = qb + (int64_t)(h0 + j) * a.q_sh + dc * 8;
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        qf[j][e] = to_f32(qr[e]) * a.scale_log2;
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        qf[j][e] = 0.0f;
-                }
+        for (int ks = 0; ks < D / 16; ks++) {
+            if (g8 < nh && n > 0) {
+                const T *qr = qb + (int64_t)(h0 + g8) * a.q_sh + ks * 16 + 2 * tg; /* any alignment */
+                qa[ks][0] = pack_raw(qr[0], qr[1]);
+                qa[ks][1] = pack_raw(qr[8], qr[9]);
+            } else {
+                qa[ks][0] = 0u;
+                qa[ks][1] = 0u;
             }
         }
     }
@@ -585,7 +560,8 @@ __global__ void __launch_bounds__(kAttnThreads,
 
     const PageSplit split = page_split(a.bs);
     /* the list: position and head mask per entry (the selection pass writes
-     * it to the block's global slot) */
+     * it to the block's global slot, the attention pass holds a piece of it
+     * in shared memory) */
     const int64_t slot = (int64_t)blockIdx.x * gridDim.y + c;
     const int64_t lslot = contig ? (int64_t)blockIdx.x * gridDim.y : slot; /* contig: the unit's first */
     int32_t *const lidx = LM == 1 ? a.list_pos + lslot * a.C
@@ -636,7 +612,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                              ? a.list_cnt[(int64_t)blockIdx.x * a.sel_nch + cs] : 0;
             L += seg_len[k];
         }
-    } else if (sparse_seq) {
+    } else if (sparse_seq) { /* the selection pass (LM = 1) */
         const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
         /* the chunk's scores into shared memory, one 16-byte copy per thread
@@ -955,132 +931,6 @@ __global__ void __launch_bounds__(kAttnThreads,
                     list_put(p0 + e + (bit >> 3), msk, off, cnt);
                 }
             }
-        } else if (LM != 1 && !a.compact_serial) { /* the selection pass: never (launch_attend_v) */
-            /* ordered compaction by warp ballots: warp w owns the positions
-             * [p0 + w C/4, p0 + (w+1) C/4); a lane per position and step.
-             * Pass 1 counts each warp's ties at t, so that a tie's rank in
-             * the chunk is (ties of earlier warps) + (earlier steps) + (lower
-             * lanes); pass 2 counts the list entries per warp, pass 3 writes
-             * them (and the inspection indices) in position order. */
-            const int CW = a.C / 4;
-            const int64_t wp0 = p0 + (int64_t)warp * CW, wp1 = min(pend, wp0 + CW);
-            const uint32_t ltm = (1u << lane) - 1u;
-            int *const w_eq = scan_sm;                /* [4][GH] */
-            int *const w_sel = scan_sm + 4 * GH;      /* [4][GH] */
-            int *const w_cnt = scan_sm + 8 * GH;      /* [4] */
-            int run[GH];
-            {
-                int eqw[GH];
-#pragma unroll
-                for (int j = 0; j < GH; j++)
-                    eqw[j] = 0;
-                for (int64_t base = wp0; base < wp1; base += 32) {
-                    const int64_t p = base + lane;
-                    const bool cand = p < wp1 && p >= lo && p < hi;
-#pragma unroll
-                    for (int j = 0; j < GH; j++)
-                        if (j < nsel)
-                            eqw[j] += __popc(__ballot_sync(0xffffffffu, cand && score_at(j, p) == thr_t[j]));
-                }
-                if (lane == 0) {
-#pragma unroll
-                    for (int j = 0; j < GH; j++)
-                        w_eq[warp * GH + j] = eqw[j];
-                }
-            }
-            __syncthreads();
-            int rb[GH]; /* ties at t in the earlier warps' positions */
-#pragma unroll
-            for (int j = 0; j < GH; j++) {
-                rb[j] = 0;
-                for (int w = 0; w < warp; w++)
-                    rb[j] += w_eq[w * GH + j];
-            }
-            /* the mask of position base + lane; all lanes call it (ballots) */
-            auto step_mask = [&](int64_t base, int (&rn)[GH]) -> uint32_t {
-                const int64_t p = base + lane;
-                const bool inr = p < wp1;
-                const bool cand = inr && p >= lo && p < hi;
-                uint32_t msk = 0;
-#pragma unroll
-                for (int j = 0; j < GH; j++) {
-                    if (j < nsel) {
-                        const int sc = inr ? score_at(j, p) : -1, t = thr_t[j];
-                        const bool eq = cand && sc == t;
-                        const uint32_t be = __ballot_sync(0xffffffffu, eq);
-                        /* the chunk's newest thr_tkc ties are taken */
-                        const bool sel = cand && (sc > t || (eq && rb[j] + rn[j] + __popc(be & ltm) >=
-                                                                       thr_eqc[j] - thr_tkc[j]));
-                        rn[j] += __popc(be);
-                        if (sel)
-                            msk |= 1u << j;
-                    }
-                }
-                if (a.group_sel && msk)
-                    msk = full;
-                if (inr && !cand)
-                    msk = full; /* sink and recent */
-                return msk;
-            };
-            {
-                int cntw = 0, selw[GH];
-#pragma unroll
-                for (int j = 0; j < GH; j++) {
-                    run[j] = 0;
-                    selw[j] = 0;
-                }
-                for (int64_t base = wp0; base < wp1; base += 32) {
-                    const uint32_t msk = step_mask(base, run);
-                    cntw += __popc(__ballot_sync(0xffffffffu, msk != 0));
-#pragma unroll
-                    for (int j = 0; j < GH; j++)
-                        selw[j] += __popc(__ballot_sync(0xffffffffu, (msk >> j) & 1u));
-                }
-                if (lane == 0) {
-                    w_cnt[warp] = cntw;
-#pragma unroll
-                    for (int j = 0; j < GH; j++)
-                        w_sel[warp * GH + j] = selw[j];
-                }
-            }
-            __syncthreads();
-            int lbase = 0, sbase[GH];
-            L = 0;
-            for (int w = 0; w < 4; w++) {
-                lbase += w < warp ? w_cnt[w] : 0;
-                L += w_cnt[w];
-            }
-#pragma unroll
-            for (int j = 0; j < GH; j++) {
-                sbase[j] = thr_off[j < nsel ? j : 0];
-                for (int w = 0; w < warp; w++)
-                    sbase[j] += w_sel[w * GH + j];
-                run[j] = 0;
-            }
-            for (int64_t base = wp0; base < wp1; base += 32) {
-                const uint32_t msk = step_mask(base, run);
-                const uint32_t bl = __ballot_sync(0xffffffffu, msk != 0);
-                if (msk) {
-                    const int o = lbase + __popc(bl & ltm);
-                    lidx[o] = (int32_t)(base + lane);
-                    lmask[o] = (uint8_t)msk;
-                }
-                lbase += __popc(bl);
-                if (a.sel_idx) {
-#pragma unroll
-                    for (int j = 0; j < GH; j++) {
-                        if (j < nunits) {
-                            const bool bit = (msk >> j) & 1u;
-                            const uint32_t bj = __ballot_sync(0xffffffffu, bit);
-                            const int64_t idx = (int64_t)sbase[j] + __popc(bj & ltm);
-                            if (bit && idx < a.cap)
-                                a.sel_idx[(int64_t)s * a.si_ss + (int64_t)unit_of(j) * a.si_sh + idx] =
-                                    (int32_t)(base + lane);
-                            sbase[j] += __popc(bj);
-                        }
-                    }
-                }
-            }
         } else {
             /* ordered compaction of the chunk */
             const int ppt = a.C / kAttnThreads;
@@ -1239,18 +1089,12 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
     };
 
-    /* online softmax state: MMA per warp and head g8 (m, l) plus O^T
-     * fragments; FMA per lane group and head */
-    float m_[MMA ? 1 : GH], l_[MMA ? 1 : GH], acc[MMA ? D / 16 : GH][MMA ? 4 : 8];
+    /* online softmax state per warp and head g8: (m, l) and O^T fragments */
+    float m_ = -INFINITY, l_ = 0.0f, acc[D / 16][4];
 #pragma unroll
-    for (int j = 0; j < (MMA ? 1 : GH); j++) {
-        m_[j] = -INFINITY;
-        l_[j] = 0.0f;
-    }
+    for (int j = 0; j < D / 16; j++)
 #pragma unroll
-    for (int j = 0; j < (MMA ? D / 16 : GH); j++)
-#pragma unroll
-        for (int e = 0; e < (MMA ? 4 : 8); e++)
+        for (int e = 0; e < 4; e++)
             acc[j][e] = 0.0f;
 
     /* balanced parts: the pieces gather their entries from the chunks' lists */
@@ -1340,124 +1184,53 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         const T *Ks = stage0 + (size_t)(t % kStages) * 2 * kTT * RP;
         const T *Vs = Ks + (size_t)kTT * RP;
-        if constexpr (MMA) {
-            const int wr0 = warp * TPW;
-            /* S^T (heads x 8 rows) = Q K^T */
-            float sc4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const T *kp = Ks + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
+        const int wr0 = warp * TPW;
+        /* S^T (heads x 8 rows) = Q K^T */
+        float sc4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const T *kp = Ks + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
 #pragma unroll
-            for (int kk = 0; kk < D / 32; kk++) {
-                uint32_t b[4];
-                ldmatrix_x4(b, kp + kk * 32);
-                mma_16816<T>(sc4, qa[(MMA ? 2 * kk : 0)][0], 0u, qa[(MMA ? 2 * kk : 0)][1], 0u, b[0], b[1]);
-                mma_16816<T>(sc4, qa[(MMA ? 2 * kk + 1 : 0)][0], 0u, qa[(MMA ? 2 * kk + 1 : 0)][1], 0u, b[2], b[3]);
+        for (int kk = 0; kk < D / 32; kk++) {
+            uint32_t b[4];
+            ldmatrix_x4(b, kp + kk * 32);
+            mma_16816<T>(sc4, qa[2 * kk][0], 0u, qa[2 * kk][1], 0u, b[0], b[1]);
+            mma_16816<T>(sc4, qa[2 * kk + 1][0], 0u, qa[2 * kk + 1][1], 0u, b[2], b[3]);
+        }
+        /* this lane: head g8, rows 2tg and 2tg + 1 of the warp's eight */
+        const int i0 = t * kTT + wr0 + 2 * tg;
+        const uint32_t mk0 = i0 < Lp ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
+        const uint32_t mk1 = i0 + 1 < Lp ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
+        const float s0 = ((mk0 >> g8) & 1u) ? sc4[0] * a.scale_log2 : -INFINITY;
+        const float s1 = ((mk1 >> g8) & 1u) ? sc4[1] * a.scale_log2 : -INFINITY;
+        float mx = fmaxf(s0, s1);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(m_, mx);
+        const float muse = mnew == -INFINITY ? 0.0f : mnew;
+        const float corr = exp2f(m_ - muse);
+        const float e0 = exp2f(s0 - muse), e1 = exp2f(s1 - muse);
+        l_ = l_ * corr + (e0 + e1);
+        m_ = mnew;
+        if (__any_sync(0xffffffffu, corr != 1.0f)) {
+            /* the accumulators hold heads 2tg and 2tg + 1 */
+            const float ca = __shfl_sync(0xffffffffu, corr, (2 * tg) * 4);
+            const float cb = __shfl_sync(0xffffffffu, corr, (2 * tg + 1) * 4);
+#pragma unroll
+            for (int mt = 0; mt < D / 16; mt++) {
+                acc[mt][0] *= ca;
+                acc[mt][1] *= cb;
+                acc[mt][2] *= ca;
+                acc[mt][3] *= cb;
             }
-            /* this lane: head g8, rows 2tg and 2tg + 1 of the warp's eight */
-            const int i0 = t * kTT + wr0 + 2 * tg;
-            const uint32_t mk0 = i0 < Lp ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
-            const uint32_t mk1 = i0 + 1 < Lp ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
-            const float s0 = ((mk0 >> g8) & 1u) ? sc4[0] * a.scale_log2 : -INFINITY;
-            const float s1 = ((mk1 >> g8) & 1u) ? sc4[1] * a.scale_log2 : -INFINITY;
-            float mx = fmaxf(s0, s1);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m_[0], mx);
-            const float muse = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = exp2f(m_[0] - muse);
-            const float e0 = exp2f(s0 - muse), e1 = exp2f(s1 - muse);
-            l_[0] = l_[0] * corr + (e0 + e1);
-            m_[0] = mnew;
-            if (__any_sync(0xffffffffu, corr != 1.0f)) {
-                /* the accumulators hold heads 2tg and 2tg + 1 */
-                const float ca = __shfl_sync(0xffffffffu, corr, (2 * tg) * 4);
-                const float cb = __shfl_sync(0xffffffffu, corr, (2 * tg + 1) * 4);
+        }
+        /* O^T (D x heads) += V^T P^T; P^T's B fragment is S^T's C fragment */
+        const uint32_t pb = pack_f32<T>(e0, e1);
+        const T *vp = Vs + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
 #pragma unroll
-                for (int mt = 0; mt < (MMA ? D / 16 : 1); mt++) {
-                    acc[mt][0] *= ca;
-                    acc[mt][1] *= cb;
-                    acc[mt][2] *= ca;
-                    acc[mt][3] *= cb;
-                }
-            }
-            /* O^T (D x heads) += V^T P^T; P^T's B fragment is S^T's C fragment */
-            const uint32_t pb = pack_f32<T>(e0, e1);
-            const T *vp = Vs + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
-#pragma unroll
-            for (int kk = 0; kk < D / 32; kk++) {
-                uint32_t v[4];
-                ldmatrix_x4_trans(v, vp + kk * 32);
-                mma_1688<T>(acc[(MMA ? 2 * kk : 0)], v[0], v[1], pb);
-                mma_1688<T>(acc[(MMA ? 2 * kk + 1 : 0)], v[2], v[3], pb);
-            }
-        } else {
-            float sc[ROUNDS][GH];
-#pragma unroll
-            for (int rd = 0; rd < ROUNDS; rd++) {
-                const int r = warp * TPW + rd * RPW + lg;
-                const uint4 kv = *reinterpret_cast<const uint4 *>(Ks + (size_t)r * RP + dc * 8);
-                float kf[8];
-                unpack8<T>(kv, kf);
-#pragma unroll
-                for (int j = 0; j < GH; j++) {
-                    float d = 0.0f;
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        d = fmaf(qf[(MMA ? 0 : j)][e], kf[e], d);
-                    sc[rd][j] = d;
-                }
-            }
-#pragma unroll
-            for (int o = LPR / 2; o > 0; o >>= 1)
-#pragma unroll
-                for (int rd = 0; rd < ROUNDS; rd++)
-#pragma unroll
-                    for (int j = 0; j < GH; j++)
-                        sc[rd][j] += __shfl_xor_sync(0xffffffffu, sc[rd][j], o);
-            bool valid[ROUNDS];
-#pragma unroll
-            for (int rd = 0; rd < ROUNDS; rd++) {
-                const int i = t * kTT + warp * TPW + rd * RPW + lg;
-                valid[rd] = i < Lp;
-                const uint32_t mk = valid[rd] ? (sparse_seq ? (uint32_t)lmask[i] : full) : 0u;
-#pragma unroll
-                for (int j = 0; j < GH; j++)
-                    if (!((mk >> j) & 1u))
-                        sc[rd][j] = -INFINITY;
-            }
-#pragma unroll
-            for (int j = 0; j < (MMA ? 1 : GH); j++) {
-                float mx = m_[j];
-#pragma unroll
-                for (int rd = 0; rd < ROUNDS; rd++)
-                    mx = fmaxf(mx, sc[rd][j]);
-                const float muse = mx == -INFINITY ? 0.0f : mx;
-                const float corr = exp2f(m_[j] - muse);
-                l_[j] *= corr;
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    acc[j][e] *= corr;
-#pragma unroll
-                for (int rd = 0; rd < ROUNDS; rd++) {
-                    const float p = exp2f(sc[rd][j] - muse);
-                    sc[rd][j] = p;
-                    l_[j] += p;
-                }
-                m_[j] = mx;
-            }
-#pragma unroll
-            for (int rd = 0; rd < ROUNDS; rd++) {
-                if (!valid[rd])
-                    continue;
-                const int r = warp * TPW + rd * RPW + lg;
-                const uint4 vv = *reinterpret_cast<const uint4 *>(Vs + (size_t)r * RP + dc * 8);
-                float vf[8];
-                unpack8<T>(vv, vf);
-#pragma unroll
-                for (int j = 0; j < (MMA ? 1 : GH); j++)
-#pragma unroll
-                    for (int e = 0; e < 8; e++)
-                        acc[j][e] = fmaf(sc[rd][j], vf[e], acc[j][e]);
-            }
+        for (int kk = 0; kk < D / 32; kk++) {
+            uint32_t v[4];
+            ldmatrix_x4_trans(v, vp + kk * 32);
+            mma_1688<T>(acc[2 * kk], v[0], v[1], pb);
+            mma_1688<T>(acc[2 * kk + 1], v[2], v[3], pb);
         }
     }
     cp_async_wait<0>();
@@ -1467,56 +1240,40 @@ __global__ void __launch_bounds__(kAttnThreads,
 
     /* ---- merge the block's states ---- */
     float *const Ms = reinterpret_cast<float *>(sm);
-    float *const Ls = Ms + NSTATE * GH;
-    float *const As = Ls + NSTATE * GH;
-    if constexpr (MMA) {
-        /* l: each lane summed two of the warp's rows; the group's four lanes hold the rest */
-        float lsum = l_[0];
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-        if (tg == 0 && g8 < GH) {
-            Ms[warp * GH + g8] = m_[0];
-            Ls[warp * GH + g8] = lsum;
+    float *const Ls = Ms + kAttnStates * GH;
+    float *const As = Ls + kAttnStates * GH;
+    /* l: each lane summed two of the warp's rows; the group's four lanes hold the rest */
+    float lsum = l_;
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+    if (tg == 0 && g8 < GH) {
+        Ms[warp * GH + g8] = m_;
+        Ls[warp * GH + g8] = lsum;
+    }
+#pragma unroll
+    for (int mt = 0; mt < D / 16; mt++) {
+        const int d0 = mt * 16 + g8;
+        const int ha = 2 * tg, hb = 2 * tg + 1;
+        if (ha < GH) {
+            As[(size_t)(warp * GH + ha) * D + d0] = acc[mt][0];
+            As[(size_t)(warp * GH + ha) * D + d0 + 8] = acc[mt][2];
         }
-#pragma unroll
-        for (int mt = 0; mt < (MMA ? D / 16 : 1); mt++) {
-            const int d0 = mt * 16 + g8;
-            const int ha = 2 * tg, hb = 2 * tg + 1;
-            if (ha < GH) {
-                As[(size_t)(warp * GH + ha) * D + d0] = acc[mt][0];
-                As[(size_t)(warp * GH + ha) * D + d0 + 8] = acc[mt][2];
-            }
-            if (hb < GH) {
-                As[(size_t)(warp * GH + hb) * D + d0] = acc[mt][1];
-                As[(size_t)(warp * GH + hb) * D + d0 + 8] = acc[mt][3];
-            }
+        if (hb < GH) {
+            As[(size_t)(warp * GH + hb) * D + d0] = acc[mt][1];
+            As[(size_t)(warp * GH + hb) * D + d0 + 8] = acc[mt][3];
         }
-    } else {
-        const int sid = warp * RPW + lg;
-        if (dc == 0) {
-#pragma unroll
-            for (int j = 0; j < (MMA ? 1 : GH); j++) {
-                Ms[sid * GH + j] = m_[j];
-                Ls[sid * GH + j] = l_[j];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < (MMA ? 1 : GH); j++)
-#pragma unroll
-            for (int e = 0; e < 8; e++)
-                As[(size_t)(sid * GH + j) * D + dc * 8 + e] = acc[j][e];
     }
     __syncthreads();
     for (int idx = tid; idx < nh * D; idx += kAttnThreads) {
         const int j = idx / D, d = idx % D;
         float M = -INFINITY;
 #pragma unroll
-        for (int q = 0; q < NSTATE; q++)
+        for (int q = 0; q < kAttnStates; q++)
             M = fmaxf(M, Ms[q * GH + j]);
         float Lsum = 0.0f, O = 0.0f;
         if (M != -INFINITY) {
 #pragma unroll
-            for (int q = 0; q < NSTATE; q++) {
+            for (int q = 0; q < kAttnStates; q++) {
                 const float w = exp2f(Ms[q * GH + j] - M);
                 Lsum += Ls[q * GH + j] * w;
                 O += As[(size_t)(q * GH + j) * D + d] * w;

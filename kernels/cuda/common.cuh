@@ -89,30 +89,6 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     return __float2bfloat16_rn(x);
 }
 
-/* 8 elements (16 bytes) -> 8 floats. */
-template <typename T> __device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8]);
-template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4 &v, float (&f)[8])
-{
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-template <> __device__ __forceinline__ void unpack8<__half>(const uint4 &v, float (&f)[8])
-{
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        __half2 h;
-        memcpy(&h, &w[i], 4);
-        const float2 x = __half22float2(h);
-        f[2 * i] = x.x;
-        f[2 * i + 1] = x.y;
-    }
-}
-
 /* ------------------------------------------------------------------------- */
 /* cp.async and PDL                                                           */
 /* ------------------------------------------------------------------------- */

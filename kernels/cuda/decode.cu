@@ -24,13 +24,13 @@
  *                    selection's selection pass works out its chunk's entry
  *                    itself, attend.cuh's warp_resolve, since run 20: one
  *                    launch fewer);
- *   4. attend_kernel<sparse> one table read, ordered compaction of the
- *                    chunk, gather and attention (attend.cuh); by default
- *                    in two passes: the selection pass writes each block's
- *                    list to the workspace (a light kernel, many blocks per
- *                    SM), the attention pass reads it (group selection: each
- *                    block at its chunk's offset in one list per unit, so
- *                    the pass's balanced parts need no chunk counts; run 21);
+ *   4. attend_kernel in two passes (attend.cuh): the selection pass (one
+ *                    table read, ordered compaction of the chunk) writes
+ *                    each block's list to the workspace (a light kernel,
+ *                    many blocks per SM), the attention pass reads it,
+ *                    gathers and attends (group selection: each block at
+ *                    its chunk's offset in one list per unit, so the pass's
+ *                    balanced parts need no chunk counts; run 21);
  *   5. combine_kernel when there is more than one chunk.
  * Group selection over short tables (at most kSmallMaxTokens positions, G
  * <= 4; run 22): small.cu's one kernel scores and selects a (sequence, KV
@@ -967,20 +967,21 @@ inline int select_chunks(const AttnArgs &A, dim3 grid)
     return (int64_t)grid.x * grid.y > (int64_t)kSelectPassBlocksPerSm * sm_count() ? 2 : 1;
 }
 
-template <typename T, int D, int GH, bool MMA>
-ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl,
-                                   bool two_pass, bool selected)
+/* 4. the sparse step's selection pass (small: many blocks per SM) and
+ * attention pass, or the dense step's attention (the launches' shapes:
+ * ha_cuda_decode). */
+template <typename T, int D, int GH>
+ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cudaStream_t st, bool pdl,
+                                 bool selected)
 {
     AttnArgs A = A0;
-    if (sparse && two_pass && A.compact_serial != 0) {
-        /* the selection pass (small: many blocks per SM), then attention. The
-         * pass reads no query and no cache: one instantiation serves every
-         * dtype, head size and attention form; group selection has its own
-         * (one unit: a quarter of the code). Ballot compaction (lab) runs in
-         * the fused kernel. */
+    if (sparse) {
+        /* The selection pass reads no query and no cache: one instantiation
+         * serves every dtype and head size; group selection has its own (one
+         * unit: a quarter of the code). */
         const int nsel = A.group_sel ? 1 : GH;
-        auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, true>
-                              : attend_kernel<__nv_bfloat16, 64, GH, true, true, 1, false>;
+        auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true>
+                              : attend_kernel<__nv_bfloat16, 64, GH, true, 1, false>;
         size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
         if (!selected) { /* selected: small.cu's kernel wrote the lists */
             const int k = select_chunks(A, grid);
@@ -999,37 +1000,20 @@ ha_kernel_status_t launch_attend_v(bool sparse, const AttnArgs &A0, dim3 grid, c
         AttnArgs A2 = attention_pass_args(A);
         /* group selection's contiguous lists: its own instantiation (GSEL), so
          * that per-head selection's pass keeps the chunk-count walk's registers */
-        auto k = A2.list_contig ? attend_kernel<T, D, GH, true, MMA, 2, true>
-                                : attend_kernel<T, D, GH, true, MMA, 2, false>;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 2, &A2.list_off, &A2.list_cap,
+        auto k = A2.list_contig ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap,
                                                         A2.parts > 0 ? A2.sel_nch : 0, &A2.pre_off);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, dim3(grid.x, (unsigned)A2.nch), dim3(kAttnThreads), smem, st, pdl, A2));
-    } else if (sparse) {
-        auto k = attend_kernel<T, D, GH, true, MMA>;
-        const int nsel = A.group_sel ? 1 : GH;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, nsel, A.score_bytes, 0, &A.list_off, &A.list_cap);
-        if (smem > 220 * 1024)
-            return HA_KERNEL_UNSUPPORTED;
-        HA_CUDA_TRY(allow_smem(k, smem));
-        HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     } else {
-        auto k = attend_kernel<T, D, GH, false, MMA>;
-        const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
+        auto k = attend_kernel<T, D, GH, false>;
+        const size_t smem = attend_smem<T, D, GH, false>(A.C, nullptr, nullptr);
         HA_CUDA_TRY(allow_smem(k, smem));
         HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, pdl, A));
     }
     return HA_KERNEL_OK;
-}
-
-template <typename T, int D, int GH>
-ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A, dim3 grid, cudaStream_t st, bool pdl, bool mma,
-                                 bool two_pass, bool selected)
-{
-    return mma ? launch_attend_v<T, D, GH, true>(sparse, A, grid, st, pdl, two_pass, selected)
-               : launch_attend_v<T, D, GH, false>(sparse, A, grid, st, pdl, two_pass, selected);
 }
 
 template <bool GROUPSEL>
@@ -1319,19 +1303,18 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const int nch = (int)(max_tokens > 0 ? ceil_div(max_tokens, C) : 1);
     A.C = C;
     A.nch = nch;
-    /* the two-pass sparse step's attention pass spans list_k selection chunks
-     * per block; the combine then merges one partial per span
-     * (attention_pass_args) */
-    const bool two_pass = sparse && tn.select_pass != 0 && tn.compact_serial != 0;
     /* the resolve folded into group selection's selection pass (GSEL: one
      * unit per block; per-head selection's blocks would resolve GH units each
      * and lose a block per SM to the registers: hp32 B=8 128K 310 -> 327 us) */
-    if (two_pass && group_sel && tn.resolve_fused) {
+    if (sparse && group_sel && tn.resolve_fused) {
         A.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
         A.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
         A.nbins = nbins;
     }
-    if (two_pass) {
+    /* the attention pass in balanced parts of the listed entries, or (lab)
+     * spans of list_k selection chunks per block; the combine then merges one
+     * partial per part or span (attention_pass_args) */
+    if (sparse) {
         const ha_budget_t &bg = p->budget;
         const double heavy = bg.heavy_count >= 0 ? (double)bg.heavy_count : (double)bg.heavy_fraction * max_tokens;
         const double per_unit = (bg.sink > 0 ? bg.sink : 0) + (bg.recent > 0 ? bg.recent : 0) + (heavy > 0 ? heavy : 0);
@@ -1393,7 +1376,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
-        const int ranks = two_pass && A.list_contig && A.parts > 0 ? small_select_plan(p, max_tokens) : 0;
+        const int ranks = A.list_contig && A.parts > 0 ? small_select_plan(p, max_tokens) : 0;
         small = ranks > 0;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
@@ -1471,11 +1454,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
 
     /* 4. (selection and) attention */
     const dim3 agrid((unsigned)(B * Hkv * nhg), (unsigned)nch);
-    const bool mma = tn.attn_mma != 0;
     ha_kernel_status_t ks = HA_KERNEL_OK;
     HA_DISPATCH(p->dtype, D, T, DD,
-                HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, mma,
-                                                                         tn.select_pass != 0, small))));
+                HA_DISPATCH_GH(GH, GHC, ks = (launch_attend<T, DD, GHC>(sparse, A, agrid, st, sparse && pdl, small))));
     if (ks != HA_KERNEL_OK || A.direct || A.select_only)
         return ks;
 

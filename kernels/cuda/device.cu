@@ -52,7 +52,6 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* dense_chunk */
     0,    /* sparse_chunk */
     0,    /* select_only */
-    1,    /* attn_mma */
     1,    /* qhash_cluster */
     0,    /* stop_after */
     0,    /* score_blocks_per_sm */
@@ -60,7 +59,6 @@ static const ha_cuda_tuning_t kDefaults = {
              5 x SMs items (run 16) */
     3,    /* compact_serial: bit masks in chunks of 4096-8192 (run 25: gc32 B=8 128K 120 -> 113 us,
              hp32 308 -> 288), else packed (run 5); run 4: serial 283 vs 343 us (warp ballots) */
-    1,    /* select_pass: the selection pass as its own kernel (run 8) */
     2,    /* score_vec4: four positions per lane in the warp score kernel (run 9), per-head too (run 12) */
     2,    /* score_staged: group+paper B=8 128K 179.7 vs 190.5 us (run 14b); per-head too (2):
              hp32 364.3 vs 380.9 us (run 14b), default from run 15 */

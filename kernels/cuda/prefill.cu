@@ -14,20 +14,14 @@
 
 namespace ha {
 
-template <typename T, int D, int GH, bool MMA>
-ha_kernel_status_t launch_prefill_v(const AttnArgs &A, dim3 grid, cudaStream_t st)
+template <typename T, int D, int GH>
+ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st)
 {
-    auto k = attend_kernel<T, D, GH, false, MMA>;
-    const size_t smem = attend_smem<T, D, GH, false>(A.C, 0, 0, 0, nullptr, nullptr);
+    auto k = attend_kernel<T, D, GH, false>;
+    const size_t smem = attend_smem<T, D, GH, false>(A.C, nullptr, nullptr);
     HA_CUDA_TRY(allow_smem(k, smem));
     HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, false, A));
     return HA_KERNEL_OK;
-}
-
-template <typename T, int D, int GH>
-ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st, bool mma)
-{
-    return mma ? launch_prefill_v<T, D, GH, true>(A, grid, st) : launch_prefill_v<T, D, GH, false>(A, grid, st);
 }
 
 } // namespace ha
@@ -112,7 +106,7 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
         return HA_KERNEL_UNSUPPORTED;
     const dim3 grid((unsigned)(rows * Hkv * nhg), (unsigned)nch);
     ha_kernel_status_t ks = HA_KERNEL_OK;
-    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_prefill<T, DD, GHC>(A, grid, st, tuning().attn_mma != 0))));
+    HA_DISPATCH(p->dtype, D, T, DD, HA_DISPATCH_GH(GH, GHC, ks = (launch_prefill<T, DD, GHC>(A, grid, st))));
     if (ks != HA_KERNEL_OK || nch == 1)
         return ks;
 

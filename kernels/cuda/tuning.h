@@ -23,18 +23,19 @@ typedef struct ha_cuda_tuning {
     int dense_chunk;         /* > 0: force the dense chunk (multiple of 32) */
     int sparse_chunk;        /* > 0: force the sparse chunk (power of two, 1024..8192) */
     int select_only;         /* 1: decode stops after selection (timing the selection alone) */
-    /* appended in run 4 (bench/NOTES.md) */
-    int attn_mma;            /* 1: QK^T and PV on the tensor cores (mma.sync); 0: fp32 FMA lanes */
+    /* appended in run 4 (bench/NOTES.md; attn_mma, 0 for attention on fp32 FMA lanes, removed in
+       run 29 with the form) */
     int qhash_cluster;       /* 1: query MLPs on 4-CTA clusters; 0: one block per head */
     int stop_after;          /* sparse decode stops after 1 hash, 2 score, 3 resolve (0: never) */
     int score_blocks_per_sm; /* persistent score kernel: blocks per SM (0: as many as fit) */
     int score_block_items;   /* score items per block (1), per warp (0), or per block when there are
                                 fewer than 5 x SMs items (2; 8 x SMs until run 16) */
-    int compact_serial;      /* sparse compaction: 3 bit masks (one-byte scores, chunks of 4096-8192
-                                positions; run 25; else as 2), 2 packed byte compares (one-byte
-                                scores; else as 1), 1 per-thread position runs, 0 warp ballots */
-    /* appended in run 8 */
-    int select_pass;         /* 1: sparse selection in its own kernel before attention; 0: fused */
+    int compact_serial;      /* the selection pass's compaction: 3 bit masks (one-byte scores, chunks
+                                of 4096-8192 positions; run 25; else as 2), 2 packed byte compares
+                                (one-byte scores; else as 1), 1 (and 0) per-thread position runs
+                                (0 was warp ballots in the one-kernel step, removed in run 29) */
+    /* appended in run 8 (select_pass, 0 for selection and attention in one kernel, removed in
+       run 29 with the form) */
     int score_vec4;          /* 1: warp scores four positions per lane (16-byte loads) where the
                                 layout allows, group selection; 2: per-head selection too;
                                 0: one position per lane */
