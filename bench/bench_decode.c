@@ -87,7 +87,6 @@ typedef struct bench_case {
     int shape;        /* index into k_shapes */
     int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default;
                          1: group selection only; 2: per-head selection too */
-    int lk;           /* lab: selection chunks per attention-pass block (attn_list_k; 0 default) */
     int warps;        /* lab: warps per block of the warp score kernels (score_warps; 0 automatic) */
 } bench_case_t;
 
@@ -258,27 +257,6 @@ static const bench_case_t k_cases[] = {
     {"hp32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .staged = 1},
     {"upto2_hp32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .staged = 1},
     {"hc32_b8_128k_grpstaged", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .staged = 1},
-    /* run 15: the attention pass over several selection chunks per block (attn_list_k, the
-     * default automatic) forced to one (before run 15), two and four */
-    {"gc32_b8_128k_lk1", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"gc32_b8_128k_lk4", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .lk = 4},
-    {"gp32_b8_128k_lk1", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"gp32_b1_128k_lk1", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"gp32_b1_128k_lk4", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 4},
-    {"gc32_b1_1m_lk1", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"gc32_b1_1m_lk4", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .lk = 4},
-    {"gp32_b8_32k_lk1", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"gp32_b8_32k_lk4", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 4},
-    {"hp32_b8_128k_lk1", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 1},
-    {"hp32_b8_128k_lk4", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 4},
-    {"m135_gp16_b32_8k_lk1", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .lk = 1, .shape = 1},
-    {"m135_gp16_b32_8k_lk4", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .lk = 4, .shape = 1},
-    {"gc32_b8_128k_lk2", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .lk = 2},
-    {"gp32_b1_128k_lk2", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 2},
-    {"gp32_b8_32k_lk2", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 2},
-    {"hp32_b8_128k_lk2", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .lk = 2},
-    {"gc32_b8_128k_c2048_lk4", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 2048,
-     .lk = 4},
     /* run 22: short tables' scores and selection in one kernel (small_step, the
      * default) against the five launches (LAB_TUNES small_step=0), at more batch sizes (and
      * gp32_b8_8k above) */
@@ -337,7 +315,7 @@ static const struct {
     TUNE_FIELD(sparse_chunk_max), TUNE_FIELD(dense_chunk), TUNE_FIELD(sparse_chunk), TUNE_FIELD(select_only),
     TUNE_FIELD(qhash_cluster), TUNE_FIELD(stop_after), TUNE_FIELD(score_blocks_per_sm),
     TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(score_vec4),
-    TUNE_FIELD(score_staged), TUNE_FIELD(attn_list_k), TUNE_FIELD(score_warps),
+    TUNE_FIELD(score_staged), TUNE_FIELD(score_warps),
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes),
 };
@@ -588,10 +566,6 @@ int main(int argc, char **argv)
             tn.score_vec4 = bc->novec > 0 ? 0 : 2;
         if (bc->staged)
             tn.score_staged = bc->staged > 0 ? bc->staged : 0;
-        if (bc->lk) { /* run 15's spans of lk chunks, not run 19's balanced parts */
-            tn.attn_list_k = bc->lk;
-            tn.attn_parts = -1;
-        }
         if (bc->warps)
             tn.score_warps = bc->warps;
         for (int t = 0; t < g_ntunes; t++)

@@ -23,11 +23,11 @@
  *      each would take more than a wave (decode.cu's select_chunks, run 26).
  *   2: the attention pass of the sparse step: block y of a (row, head group)
  *      attends part y of `parts` equal shares of the entries the row's chunks
- *      listed (balanced parts, run 19), or, with the lab knob attn_parts =
- *      -1, list_k whole chunks.
- * (Until run 29 a lab knob also selected and attended in one kernel, with
- * warp-ballot compaction, and attended on fp32 FMA lanes instead of the
- * tensor cores; bench/NOTES.md keeps their numbers, branch
+ *      listed (balanced parts, run 19).
+ * (Until run 29 lab knobs also selected and attended in one kernel, with
+ * warp-ballot compaction, attended on fp32 FMA lanes instead of the tensor
+ * cores, and gave the attention pass spans of whole chunks instead of
+ * balanced parts; bench/NOTES.md keeps their numbers, branch
  * archive/lab-variants-0c6eb8d their code.)
  *
  * Tiles of 32 rows (listed rows in the attention pass) are gathered with
@@ -262,15 +262,13 @@ struct AttnArgs {
     int32_t list_off; /* sparse: shared offset of the list */
     int32_t list_cap; /* sparse: entries the shared list holds (C, or kListPiece in the attention
                          pass, which walks a longer list in pieces) */
-    /* the attention pass (LM = 2): each block attends list_k consecutive
-     * selection chunks (C = list_k x sel_C positions); the selection pass's
-     * slots are [grid.x][sel_nch] of sel_C entries */
-    int32_t list_k, sel_C, sel_nch;
-    /* the attention pass in balanced parts (> 0; list_k is then 1): block y
-     * of a row and head group attends part y of `parts` equal shares of the
-     * entries its selection chunks listed (of the positions, for a sequence
-     * decoded densely), whatever chunks they came from, and every part
-     * writes a partial, empty ones too */
+    /* the attention pass (LM = 2): the selection pass's slots are
+     * [grid.x][sel_nch] of sel_C entries; block y of a row and head group
+     * attends part y of `parts` equal shares of the entries its selection
+     * chunks listed (of the positions, for a sequence decoded densely),
+     * whatever chunks they came from, and every part writes a partial,
+     * empty ones too */
+    int32_t sel_C, sel_nch;
     int32_t parts;
     int32_t pre_off; /* balanced parts: shared offset of the chunks' entry prefix (sel_nch ints) */
     /* selection */
@@ -335,7 +333,6 @@ __host__ __device__ constexpr size_t attend_region_a()
  * does not grow with the chunk (at 32x a 4096-position chunk lists ~128-384
  * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
 constexpr int kListPiece = 512;
-constexpr int kMaxListK = 8; /* selection chunks per attention block (knob attn_list_k) */
 /* Blocks per SM of the attention pass (LM = 2, tensor cores): its launch
  * bounds hold it to 128 registers, and its ~56 KB of shared memory fit four
  * times (run 19: the balanced parts' prologue had taken it to 168 registers,
@@ -490,13 +487,7 @@ __global__ void __launch_bounds__(kAttnThreads,
     /* x = row * (Hkv * nhg) + head group: the KV heads of one (row, chunk)
      * are neighbours in launch order and read the same pages together */
     const int zh = (int)(blockIdx.x % (unsigned)(a.Hkv * a.nhg));
-    /* the attention pass in spans of chunks (attn_parts = -1) launches the
-     * recent window's chunk (the last, and with the sink's the longest list)
-     * second instead of last, so that it does not run alone at the end of the
-     * last wave; balanced parts are all equal */
-    const bool bal = LM == 2 && a.parts > 0; /* balanced parts: all equal, no reordering */
-    const int cy = (int)blockIdx.y, ny = (int)gridDim.y;
-    const int c = LM == 2 && !bal && ny > 2 && cy > 0 ? (cy == 1 ? ny - 1 : cy - 1) : cy;
+    const int c = (int)blockIdx.y; /* the chunk, or the attention pass's part */
     const int row = (int)(blockIdx.x / (unsigned)(a.Hkv * a.nhg));
     const int kvh = zh / a.nhg, hg = zh % a.nhg;
     pdl_launch_dependents();
@@ -511,7 +502,7 @@ __global__ void __launch_bounds__(kAttnThreads,
     const uint32_t full = (1u << nh) - 1u;
     int64_t p0 = (int64_t)c * a.C;
     int64_t pend = min(n, p0 + (int64_t)a.C);
-    if (bal) { /* a densely decoded sequence: part c of its n positions */
+    if (LM == 2) { /* a densely decoded sequence: part c of its n positions */
         p0 = (int64_t)c * n / a.parts;
         pend = (int64_t)(c + 1) * n / a.parts;
     }
@@ -545,7 +536,7 @@ __global__ void __launch_bounds__(kAttnThreads,
      * that the whole chain has finished when the last kernel has. */
     pdl_wait();
 
-    if (bal ? n == 0 : p0 >= n) { /* balanced: every part of a sequence writes its partial */
+    if (LM == 2 ? n == 0 : p0 >= n) { /* the attention pass: every part of a sequence writes its partial */
         if (c == 0) { /* n == 0: zeros and count 0 */
             if (LM != 2 && a.sel_cnt && !a.prefill && tid < nunits)
                 a.sel_cnt[(int64_t)s * a.sc_ss + (int64_t)unit_of(tid) * a.sc_sh] = 0;
@@ -571,17 +562,14 @@ __global__ void __launch_bounds__(kAttnThreads,
                                                                  (size_t)(SPARSE ? a.list_cap : 0) * 4);
     int L;
 
-    /* the attention pass: the lengths of its selection chunks' lists (chunks
-     * past the sequence listed nothing: 0) */
-    int seg_len[LM == 2 ? kMaxListK : 1];
-    /* balanced parts: this part's first entry (of the row's listed ones) */
+    /* the attention pass: this part's first entry (of the row's listed ones) */
     int e0 = 0;
-    if (sparse_seq && bal && contig) {
+    if (sparse_seq && LM == 2 && contig) {
         /* one list per unit: I + K + R entries (n > I + R + K when sparse) */
         const int64_t tot = bud.I + bud.K + bud.R;
         e0 = (int)((int64_t)c * tot / a.parts);
         L = (int)((int64_t)(c + 1) * tot / a.parts) - e0;
-    } else if (sparse_seq && bal) {
+    } else if (sparse_seq && LM == 2) {
         /* the chunks' list lengths (chunks past the sequence listed nothing),
          * a few chunks per thread, scanned across the block into pre[j]: the
          * entries listed before chunk j; this part attends [e0, e1) */
@@ -603,15 +591,6 @@ __global__ void __launch_bounds__(kAttnThreads,
         e0 = (int)((int64_t)c * tot[0] / a.parts);
         L = (int)((int64_t)(c + 1) * tot[0] / a.parts) - e0;
         __syncthreads();
-    } else if (sparse_seq && LM == 2) {
-        L = 0;
-#pragma unroll
-        for (int k = 0; k < (LM == 2 ? kMaxListK : 1); k++) {
-            const int cs = c * a.list_k + k;
-            seg_len[k] = k < a.list_k && cs < a.sel_nch && (int64_t)cs * a.sel_C < n
-                             ? a.list_cnt[(int64_t)blockIdx.x * a.sel_nch + cs] : 0;
-            L += seg_len[k];
-        }
     } else if (sparse_seq) { /* the selection pass (LM = 1) */
         const int64_t lo = bud.I, hi = n - bud.R;
         const int nsel = a.group_sel ? 1 : nh;
@@ -1033,14 +1012,11 @@ __global__ void __launch_bounds__(kAttnThreads,
     const T *const vc = static_cast<const T *>(a.vc);
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
     T *const stage0 = reinterpret_cast<T *>(sm);
-    /* The entries in segments (the attention pass: one per selection chunk,
-     * its list in the chunk's slot; otherwise one segment of L entries) and
-     * pieces of at most `piece` (the attention pass's shared list): entry i
-     * of the piece at pbase is entry pbase + i of the segment. Lp: the
-     * current piece's entries. */
+    /* The L entries in pieces of at most `piece` (the attention pass's
+     * shared list): entry i of the piece at pbase is entry e0 + pbase + i of
+     * the row's. Lp: the current piece's entries. */
     const bool pieces = LM == 2 && sparse_seq;
     const int piece = pieces ? a.list_cap : max(L, 1);
-    const int nseg = pieces && !bal ? a.list_k : 1; /* balanced parts: one segment of L entries */
     int pbase = 0, Lp = 0, ntiles = 0;
     /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
     const int cc = tid % LPR, r0 = tid / LPR;
@@ -1097,72 +1073,48 @@ __global__ void __launch_bounds__(kAttnThreads,
         for (int e = 0; e < 4; e++)
             acc[j][e] = 0.0f;
 
-    /* balanced parts: the pieces gather their entries from the chunks' lists */
-    const bool walk = pieces && bal;
-    bool first = true;
-    for (int sg = 0; sg < nseg; sg++) {
-    int Ls = L;
-    const int64_t sslot = (int64_t)blockIdx.x * a.sel_nch + (int64_t)c * a.list_k + sg;
-    if constexpr (LM == 2) {
-        if (!walk) {
-#pragma unroll
-            for (int k = 0; k < kMaxListK; k++) /* a compile-time index: seg_len stays in registers */
-                if (k == sg)
-                    Ls = pieces ? seg_len[k] : L;
-        }
-    }
-    for (pbase = 0; pbase < Ls; pbase += piece) {
-    Lp = min(piece, Ls - pbase);
+    for (pbase = 0; pbase < L; pbase += piece) {
+    Lp = min(piece, L - pbase);
     ntiles = (Lp + kTT - 1) / kTT;
     if (pieces) {
         /* the previous piece's tiles are done with the list and the stages */
-        if (!first)
+        if (pbase > 0)
             __syncthreads();
-        first = false;
-        if (walk) {
-            /* entry i of the piece is the row's entry e0 + pbase + i, in the
-             * last chunk j with pre[j] <= it: all of a thread's loads in
-             * flight together */
-            static_assert(kListPiece == 4 * kAttnThreads, "four entries per thread");
-            const int *const pre = reinterpret_cast<const int *>(sm + a.pre_off);
-            int64_t gi[4];
+        /* entry i of the piece is the row's entry e0 + pbase + i, in the
+         * last chunk j with pre[j] <= it: all of a thread's loads in flight
+         * together */
+        static_assert(kListPiece == 4 * kAttnThreads, "four entries per thread");
+        const int *const pre = reinterpret_cast<const int *>(sm + a.pre_off);
+        int64_t gi[4];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int i = tid + u * kAttnThreads, e = e0 + pbase + i;
-                if (contig) { /* the unit's list from its first slot */
-                    gi[u] = i < Lp ? (int64_t)blockIdx.x * a.sel_nch * a.sel_C + e : -1;
-                    continue;
-                }
-                int lo = 0, hi = a.sel_nch - 1;
-                while (lo < hi) {
-                    const int mid = (lo + hi + 1) >> 1;
-                    if (pre[mid] <= e)
-                        lo = mid;
-                    else
-                        hi = mid - 1;
-                }
-                gi[u] = i < Lp ? ((int64_t)blockIdx.x * a.sel_nch + lo) * a.sel_C + (e - pre[lo]) : -1;
+        for (int u = 0; u < 4; u++) {
+            const int i = tid + u * kAttnThreads, e = e0 + pbase + i;
+            if (contig) { /* the unit's list from its first slot */
+                gi[u] = i < Lp ? (int64_t)blockIdx.x * a.sel_nch * a.sel_C + e : -1;
+                continue;
             }
-            int32_t pv[4];
-            uint8_t mv[4];
+            int lo = 0, hi = a.sel_nch - 1;
+            while (lo < hi) {
+                const int mid = (lo + hi + 1) >> 1;
+                if (pre[mid] <= e)
+                    lo = mid;
+                else
+                    hi = mid - 1;
+            }
+            gi[u] = i < Lp ? ((int64_t)blockIdx.x * a.sel_nch + lo) * a.sel_C + (e - pre[lo]) : -1;
+        }
+        int32_t pv[4];
+        uint8_t mv[4];
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                pv[u] = gi[u] >= 0 ? a.list_pos[gi[u]] : 0;
-                mv[u] = gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
-            }
+        for (int u = 0; u < 4; u++) {
+            pv[u] = gi[u] >= 0 ? a.list_pos[gi[u]] : 0;
+            mv[u] = gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
+        }
 #pragma unroll
-            for (int u = 0; u < 4; u++) {
-                if (gi[u] >= 0) {
-                    lidx[tid + u * kAttnThreads] = pv[u];
-                    lmask[tid + u * kAttnThreads] = mv[u];
-                }
-            }
-        } else {
-            const int32_t *gp = a.list_pos + sslot * a.sel_C + pbase;
-            const uint8_t *gm = a.list_mask + sslot * a.sel_C + pbase;
-            for (int i = tid; i < Lp; i += kAttnThreads) {
-                lidx[i] = gp[i];
-                lmask[i] = gm[i];
+        for (int u = 0; u < 4; u++) {
+            if (gi[u] >= 0) {
+                lidx[tid + u * kAttnThreads] = pv[u];
+                lmask[tid + u * kAttnThreads] = mv[u];
             }
         }
         __syncthreads();
@@ -1235,7 +1187,6 @@ __global__ void __launch_bounds__(kAttnThreads,
     }
     cp_async_wait<0>();
     } /* pieces */
-    } /* segments */
     __syncthreads();
 
     /* ---- merge the block's states ---- */

@@ -929,17 +929,16 @@ __global__ void __launch_bounds__(kResolveThreads) resolve_kernel(const ResolveA
         a.table[ub * a.nch_cap + c] = make_int4(t, ties, eq, w[0]);
 }
 
-/* The attention pass's arguments in a two-pass sparse step: each block
- * attends list_k consecutive selection chunks, so C and nch count attention
- * spans and their partials, while sel_C and sel_nch keep the selection
- * pass's list slots. With list_k = 1 the spans are the chunks. */
+/* The arguments of the pass that attends: in the sparse step the attention
+ * pass, whose nch counts its parts (the partials the combine merges), while
+ * sel_C and sel_nch keep the selection pass's list slots; in the dense step
+ * (parts 0) the chunks themselves. */
 inline AttnArgs attention_pass_args(const AttnArgs &A)
 {
     AttnArgs A2 = A;
     A2.sel_C = A.C;
     A2.sel_nch = A.nch;
-    A2.C = A.C * A.list_k;
-    A2.nch = A.parts > 0 ? A.parts : (A.nch + A.list_k - 1) / A.list_k;
+    A2.nch = A.parts > 0 ? A.parts : A.nch;
     A2.direct = A2.nch == 1;
     return A2;
 }
@@ -959,7 +958,7 @@ inline int select_chunks(const AttnArgs &A, dim3 grid)
 {
     const int knob = tuning().select_chunks;
     const int C2 = 2 * A.C;
-    if (knob == 1 || !A.group_sel || !A.hist || A.parts <= 0 || A.score_bytes != 1 || A.compact_serial != 3 ||
+    if (knob == 1 || !A.group_sel || !A.hist || A.score_bytes != 1 || A.compact_serial != 3 ||
         A.nch < 2 || C2 < 32 * kAttnThreads || C2 > 64 * kAttnThreads)
         return 1;
     if (knob == 2)
@@ -1002,7 +1001,7 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
          * that per-head selection's pass keeps the chunk-count walk's registers */
         auto k = A2.list_contig ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap,
-                                                        A2.parts > 0 ? A2.sel_nch : 0, &A2.pre_off);
+                                                        A2.sel_nch, &A2.pre_off);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
@@ -1139,40 +1138,11 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
     return C <= kSparseChunkMax ? C : 0;
 }
 
-/* Selection chunks per attention block (two-pass sparse step, with the
- * lab knob attn_parts = -1 only: balanced parts replaced it in run 19). Short
- * blocks pay their fixed work (prologue, pipeline fill, merge, partials) for
- * a few tiles; long ones leave SMs idle. Automatic (knob 0): the largest
- * power of two up to kMaxListK whose blocks attend at most kListTarget
- * entries (estimated from the budget at max_tokens; per-head selection's
- * union counts every head of the block) while there are still at least two
- * blocks per SM. Run 15 (bench/NOTES.md): B=8 128K 2 (gp32 164.0 vs 171.9
- * us with 1), B=8 32K 4 (86.8 vs 100.3), B=1 1M 2 (169.3 vs 184.0), B=1
- * 128K 1 (70.5 vs 72.0 with 2), per-head B=8 128K 1 (338 vs 350). A forced
- * knob is rounded to a power of two. */
-constexpr int kListTarget = 512;
-inline int attend_list_k(int knob, int nch, int64_t units, double entries_per_chunk)
-{
-    int k = 1;
-    if (knob > 0) {
-        k = pow2_ceil(knob);
-    } else {
-        while (2 * k <= kMaxListK && entries_per_chunk * 2 * k <= kListTarget &&
-               units * ceil_div((int64_t)nch, (int64_t)(2 * k)) >= (int64_t)2 * sm_count())
-            k *= 2;
-    }
-    if (k > kMaxListK)
-        k = kMaxListK;
-    while (k > 1 && k > nch)
-        k >>= 1;
-    return k;
-}
-
 /* Balanced parts per (row, head group) of the attention pass (two-pass
  * sparse step): every block attends an equal share of its row's listed
- * entries, so none runs long at the end of a wave (run 15's spans of list_k
+ * entries, so none runs long at the end of a wave (run 15's spans of whole
  * chunks gave the sink's and the recent window's spans ~1.5x the entries of
- * the others). Automatic (knob 0): the P up to nch that minimises
+ * the others; removed in run 29). Automatic (knob 0): the P up to nch that minimises
  * waves(P) x (entries / P + kPartFixed), waves counted at
  * kAttnPassBlocksPerSm blocks per SM (attend.cuh), at
  * least a tile of entries per part; kPartFixed is a block's fixed work
@@ -1311,28 +1281,20 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         A.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
         A.nbins = nbins;
     }
-    /* the attention pass in balanced parts of the listed entries, or (lab)
-     * spans of list_k selection chunks per block; the combine then merges one
-     * partial per part or span (attention_pass_args) */
+    /* the attention pass in balanced parts of the listed entries; the
+     * combine then merges one partial per part (attention_pass_args) */
     if (sparse) {
         const ha_budget_t &bg = p->budget;
         const double heavy = bg.heavy_count >= 0 ? (double)bg.heavy_count : (double)bg.heavy_fraction * max_tokens;
         const double per_unit = (bg.sink > 0 ? bg.sink : 0) + (bg.recent > 0 ? bg.recent : 0) + (heavy > 0 ? heavy : 0);
         const int heads = group_sel ? 1 : (G < GH ? G : GH);
-        if (tn.attn_parts >= 0) {
-            A.list_k = 1;
-            A.parts = attend_parts(tn.attn_parts, nch, units, per_unit * heads);
-            A.list_contig = tn.list_contig && group_sel && A.parts > 0;
-        } else {
-            A.list_k = attend_list_k(tn.attn_list_k, nch, units, per_unit * heads / nch);
-        }
-    } else {
-        A.list_k = 1;
+        A.parts = attend_parts(tn.attn_parts, nch, units, per_unit * heads);
+        A.list_contig = tn.list_contig && group_sel;
     }
-    /* the pass that attends writes one partial per span: direct when one
-     * span covers the sequence (the selection pass never reads it) */
-    const AttnArgs Aspan = attention_pass_args(A);
-    A.direct = Aspan.direct;
+    /* the pass that attends writes one partial per part or chunk: direct
+     * when one covers the sequence (the selection pass never reads it) */
+    const AttnArgs Apass = attention_pass_args(A);
+    A.direct = Apass.direct;
     /* Few score items (below 5 x SMs): the scores take a block per item
      * (below), and with the knob pdl = 2 the launches overlap (PDL; the
      * default is 0 since run 17, which measured every shape equal or faster
@@ -1376,7 +1338,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
-        const int ranks = A.list_contig && A.parts > 0 ? small_select_plan(p, max_tokens) : 0;
+        const int ranks = A.list_contig ? small_select_plan(p, max_tokens) : 0;
         small = ranks > 0;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
@@ -1463,8 +1425,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     /* 5. combine the chunks */
     CombineArgs cb = {};
     cb.Hq = Hq;
-    cb.C = Aspan.C;
-    cb.nch = Aspan.nch;
+    cb.C = Apass.C;
+    cb.nch = Apass.nch;
     cb.prefill = 0;
     cb.num_seqs = B;
     cb.max_tokens = max_tokens;
@@ -1475,7 +1437,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     cb.out = p->output.data;
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
-    cb.all_parts = Aspan.parts > 0;
+    cb.all_parts = Apass.parts > 0;
     const dim3 cgrid((unsigned)B, (unsigned)Hq);
     const int cthreads = D * combine_groups(cb.nch);
     HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY(launch(combine_kernel<T, DD>, cgrid, dim3(cthreads), 0, st, pdl, cb)));

@@ -62,7 +62,6 @@ static const ha_cuda_tuning_t kDefaults = {
     2,    /* score_vec4: four positions per lane in the warp score kernel (run 9), per-head too (run 12) */
     2,    /* score_staged: group+paper B=8 128K 179.7 vs 190.5 us (run 14b); per-head too (2):
              hp32 364.3 vs 380.9 us (run 14b), default from run 15 */
-    0,    /* attn_list_k: automatic (attend_list_k; run 15, lab cases *_lk1 / *_lk4) */
     0,    /* score_warps: automatic (run 17, lab cases *_w8 / *_w4 / *_w2) */
     0,    /* attn_parts: automatic balanced parts (run 19) */
     1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */

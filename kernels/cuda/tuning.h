@@ -44,19 +44,17 @@ typedef struct ha_cuda_tuning {
                                 memory (kScoreStages slabs in flight per warp); 2: per-head
                                 selection's too; 0: the words in registers, one slab ahead
                                 (before run 14) */
-    /* appended in run 15 */
-    int attn_list_k;         /* with attn_parts = -1: selection chunks per attention-pass block:
-                                0 automatic (decode.cu's attend_list_k), else a power of two up
-                                to 8; 1 before run 15 */
+    /* appended in run 15 (attn_list_k, selection chunks per attention-pass block with
+       attn_parts = -1, removed in run 29 with the span form) */
     /* appended in run 17 */
     int score_warps;         /* warps per block of the warp score kernels: 0 automatic (8, halved
                                 while the blocks would not cover the SMs), else 1..8 (8 until
                                 run 17) */
     /* appended in run 19 */
-    int attn_parts;          /* two-pass sparse step: the attention pass in balanced parts (equal
-                                shares of each row's listed entries): 0 automatic (decode.cu's
-                                attend_parts), > 0 forced; -1: spans of attn_list_k selection
-                                chunks (before run 19) */
+    int attn_parts;          /* the attention pass in balanced parts (equal shares of each row's
+                                listed entries): 0 (or < 0) automatic (decode.cu's attend_parts),
+                                > 0 forced (-1 was spans of whole chunks, before run 19; removed
+                                in run 29) */
     /* appended in run 20 */
     int resolve_fused;       /* 1: the selecting blocks work out their chunks' thresholds, ties
                                 and offsets from the histograms themselves (warp_resolve; no
