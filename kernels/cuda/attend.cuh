@@ -640,6 +640,7 @@ __global__ void __launch_bounds__(kAttnThreads,
         /* list_contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
 
+        /* position p's score for unit j (the per-position compaction) */
         auto score_at = [&](int j, int64_t p) -> int {
             const int e = (int)(p - p0);
             const unsigned char *b = stg + (size_t)j * a.C * sb;
@@ -914,11 +915,6 @@ __global__ void __launch_bounds__(kAttnThreads,
             /* ordered compaction of the chunk */
             const int ppt = a.C / kAttnThreads;
             const int64_t q0 = p0 + (int64_t)tid * ppt, q1 = min(pend, q0 + ppt);
-            auto score_at = [&](int j, int64_t p) -> int {
-                const int e = (int)(p - p0);
-                const unsigned char *b = stg + (size_t)j * a.C * sb;
-                return sb == 1 ? (int)b[e] : (int)reinterpret_cast<const uint16_t *>(b)[e];
-            };
             int rank[NU];
             {
                 int tot[NU];

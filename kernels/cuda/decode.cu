@@ -1142,10 +1142,10 @@ inline int sparse_chunk(int64_t max_tokens, int64_t units, const ha_cuda_tuning_
  * sparse step): every block attends an equal share of its row's listed
  * entries, so none runs long at the end of a wave (run 15's spans of whole
  * chunks gave the sink's and the recent window's spans ~1.5x the entries of
- * the others; removed in run 29). Automatic (knob 0): the P up to nch that minimises
- * waves(P) x (entries / P + kPartFixed), waves counted at
- * kAttnPassBlocksPerSm blocks per SM (attend.cuh), at
- * least a tile of entries per part; kPartFixed is a block's fixed work
+ * the others; removed in run 29). Automatic (knob 0): the P up to nch that
+ * minimises waves(P) x (entries / P + kPartFixed), waves counted at
+ * kAttnPassBlocksPerSm blocks per SM (attend.cuh), at least a tile of
+ * entries per part; kPartFixed is a block's fixed work
  * (prologue, list copies, pipeline fill, merge, partial) in entries. */
 constexpr double kPartFixed = 64.0;
 inline int attend_parts(int knob, int nch, int64_t units, double entries)
@@ -1414,7 +1414,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             return HA_KERNEL_OK;
     }
 
-    /* 4. (selection and) attention */
+    /* 4. the selection pass (unless small.cu's kernel listed) and attention */
     const dim3 agrid((unsigned)(B * Hkv * nhg), (unsigned)nch);
     ha_kernel_status_t ks = HA_KERNEL_OK;
     HA_DISPATCH(p->dtype, D, T, DD,
