@@ -1000,8 +1000,6 @@ __global__ void __launch_bounds__(kAttnThreads,
     }
     if constexpr (LM == 1)
         return;
-    if (a.select_only)
-        return;
 
     /* ---- gather and attend ---- */
     const T *const kc = static_cast<const T *>(a.kc);

@@ -414,7 +414,6 @@ const ha_cuda_tuning_t &tuning();
 
 __host__ __forceinline__ size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 __host__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 __host__ __forceinline__ int pow2_ceil(int64_t x)
 {
     int p = 1;
