@@ -10,6 +10,12 @@
       option), CUDA events, median of 30.
   python3 bench/anchor.py --compare anchor.json bench.json [--md out.md]
       prints the table of issue 3's targets: ratio = anchor time / our time.
+  python3 bench/anchor.py --grid --json anchor-grid.json
+      SDPA at every size of issue 3's matrix instead (N = 8K, 32K, 128K, 1M;
+      B = 1, 8, 64 where memory allows: B x N up to 8M tokens), no topk.
+  python3 bench/anchor.py --grid-table anchor-grid.json grid.json [--md out.md]
+      the matrix of `bench_decode --grid` against those: per selection mode
+      and signature layout, time and ratio to SDPA at each sparsity.
 """
 import argparse
 import json
@@ -45,7 +51,10 @@ def time_cuda(fn, reps=30, warmup=3):
     return ts[len(ts) // 2], ts[0]
 
 
-def run_anchor(path, reps):
+GRID_SIZES = [(b, n) for n in (8192, 32768, 131072, 1048576) for b in (1, 8, 64) if b * n <= 1 << 23]
+
+
+def run_anchor(path, reps, grid=False):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -53,7 +62,7 @@ def run_anchor(path, reps):
     hq, hkv, d = 32, 8, 128
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "flush": FLUSH,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sdpa": [], "topk": []}
-    sizes = [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)]
+    sizes = GRID_SIZES if grid else [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)]
     for b, n in sizes:
         q = torch.randn(b, hq, 1, d, dtype=torch.bfloat16, device="cuda")
         k = torch.randn(b, hkv, n, d, dtype=torch.bfloat16, device="cuda")
@@ -72,7 +81,7 @@ def run_anchor(path, reps):
         print("sdpa  B=%d N=%7d  %9.1f us  (min %.1f, %s)" % (b, n, med, mn, backend), flush=True)
         del q, k, v
         torch.cuda.empty_cache()
-    for b, n in [(8, 131072), (1, 131072), (1, 1048576)]:
+    for b, n in [] if grid else [(8, 131072), (1, 131072), (1, 1048576)]:
         scores = torch.randint(0, 129, (b, hkv, n), device="cuda").float()
         kk = n // 32
         med, mn = time_cuda(lambda: torch.topk(scores, kk, dim=-1, sorted=False), reps)
@@ -156,22 +165,77 @@ def compare(anchor_path, bench_paths, md_path):
     return 0
 
 
+def size_name(n):
+    return "%dm" % (n >> 20) if n >= 1 << 20 else "%dk" % (n >> 10)
+
+
+def grid_table(anchor_path, grid_path, md_path):
+    """bench_decode --grid against SDPA at the same (B, N): one table per selection
+    mode and signature layout, rows (B, N), columns the sparsities."""
+    a = json.load(open(anchor_path))
+    g = json.load(open(grid_path))
+    sdpa = {(e["B"], e["N"]): e for e in a["sdpa"]}
+    ours = {c["name"]: c for c in g["cases"]}
+    sps = (8, 16, 32, 64)
+    out = ["anchor: torch %s on %s (%s)" % (a.get("torch"), a.get("gpu"), a.get("date")),
+           "%s on %s (%s), median of %s, flush before each timed call: %s / %s" % (
+               g.get("bench"), g.get("gpu"), g.get("date"), g.get("reps"), g.get("flush"), a.get("flush", "write")),
+           "", "Dense: our paged decode against SDPA (flash) on contiguous K/V.", "",
+           "| B | N | SDPA us | SDPA TB/s | ours us | ours TB/s | ratio |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    missing = 0
+    for b, n in GRID_SIZES:
+        e, c = sdpa.get((b, n)), ours.get("grid_dense_b%d_%s" % (b, size_name(n)))
+        if not e or not c:
+            missing += 1
+            out.append("| %d | %s | - | - | - | - | not run |" % (b, size_name(n)))
+            continue
+        out.append("| %d | %s | %.1f | %.2f | %.1f | %.2f | %.2fx |" % (
+            b, size_name(n), e["us"], c["bytes"] / (e["us"] * 1e-6) / 1e12, c["us"], c["tbps"], e["us"] / c["us"]))
+    for sel, sig, what in (("g", "c", "group selection, compact signatures"),
+                           ("g", "p", "group selection, paper signatures"),
+                           ("h", "c", "per-head selection, compact signatures"),
+                           ("h", "p", "per-head selection, paper signatures (the paper's form)")):
+        out += ["", "Sparse, %s: us (TB/s on the bytes it must read; ratio to SDPA)" % what, "",
+                "| B | N | " + " | ".join("%dx" % s for s in sps) + " |", "|---:|---:|" + "---:|" * len(sps)]
+        for b, n in GRID_SIZES:
+            e = sdpa.get((b, n))
+            cells = []
+            for sp in sps:
+                c = ours.get("grid_%s%s%d_b%d_%s" % (sel, sig, sp, b, size_name(n)))
+                if not c or not e:
+                    missing += 1
+                    cells.append("-")
+                else:
+                    cells.append("%.1f (%.2f; %.2fx)" % (c["us"], c["tbps"], e["us"] / c["us"]))
+            out.append("| %d | %s | %s |" % (b, size_name(n), " | ".join(cells)))
+    text = "\n".join(out)
+    print(text)
+    if md_path:
+        open(md_path, "w").write(text + "\n")
+    print("anchor grid: %d cell(s) missing: %s" % (missing, "OK" if missing == 0 else "FAILED"))
+    return 0 if missing == 0 else 1
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="run the anchors, write this file")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--compare", nargs="+", metavar="FILE", help="anchor.json bench.json [bench_lab.json ...]")
     ap.add_argument("--md", help="also write the comparison as markdown")
+    ap.add_argument("--grid", action="store_true", help="with --json: SDPA at the sizes of bench_decode --grid")
+    ap.add_argument("--grid-table", nargs=2, metavar=("ANCHOR", "GRID"), help="anchor-grid.json grid.json")
     ap.add_argument("--flush", choices=("write", "read"), default="write",
                     help="before each timed call: a 512 MB memset (write) or read")
     args = ap.parse_args()
     global FLUSH
     FLUSH = args.flush
     if args.json:
-        run_anchor(args.json, args.reps)
+        run_anchor(args.json, args.reps, args.grid)
         print("anchor: OK")
     if args.compare:
         return compare(args.compare[0], args.compare[1:], args.md)
+    if args.grid_table:
+        return grid_table(args.grid_table[0], args.grid_table[1], args.md)
     return 0
 
 

@@ -22,7 +22,16 @@
  * context of issue 5's throughput target (B = 32, 8K): one layer of the
  * runner's step, with random data like the others.
  *
- * usage: bench_decode [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]
+ * --grid runs issue 3's whole matrix instead of the table below: N = 8K, 32K,
+ * 128K and 1M tokens, B = 1, 8 and 64 where memory allows (B x N up to 8M
+ * tokens: 34 GB of K/V; B = 64 at 1M would need 275 GB), our dense decode and
+ * each selection mode x signature layout at sparsity 8, 16, 32 and 64. Cases
+ * are named grid_dense_b8_128k, grid_gc16_b64_8k (g/h: group/per-head
+ * selection, c/p: compact/paper signatures, then the sparsity), and so on;
+ * bench/anchor.py --grid times SDPA at the same sizes and --grid-table joins
+ * the two.
+ *
+ * usage: bench_decode [--lib PATH] [--grid] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]
  *   SEL: a substring of the case names, or =NAME for that case alone; cases run in table order
  *   --flush: before every timed step a 512 MB buffer is memset (write, the default: the L2
  *   is left full of dirty lines, whose write-back runs during the timed step) or read by a
@@ -55,7 +64,8 @@ int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
 int ha_bench_read_flush(const void *p, size_t bytes, void *sink, cudaStream_t st);
 
 enum { BS = 16, SINK = 128, RECENT = 128, MAX_B = 64 };
-#define MAX_TOKENS (1 << 20)
+#define MAX_TOKENS (1 << 20)      /* the table's largest B x N */
+#define GRID_MAX_TOKENS (1 << 23) /* the grid's */
 
 /* attention shapes: 0 = issue 3's (the default), 1 = SmolLM2-135M's */
 typedef struct bench_shape {
@@ -268,6 +278,41 @@ static const bench_case_t k_cases[] = {
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
+/* --grid: issue 3's matrix (see the top of the file) */
+enum { GRID_MAX = 256 };
+static bench_case_t g_grid[GRID_MAX];
+static char g_grid_names[GRID_MAX][40];
+
+static int make_grid(void)
+{
+    static const int64_t ns[] = {8192, 32768, 131072, 1048576};
+    static const char *const nn[] = {"8k", "32k", "128k", "1m"};
+    static const int bs[] = {1, 8, 64}, sps[] = {8, 16, 32, 64};
+    int k = 0;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) {
+            if ((int64_t)bs[j] * ns[i] > GRID_MAX_TOKENS)
+                continue;
+            for (int m = -1; m < 16; m++) { /* -1: dense; then selection x layout x sparsity */
+                bench_case_t *c = &g_grid[k];
+                memset(c, 0, sizeof *c);
+                c->B = bs[j];
+                c->N = ns[i];
+                c->sel = m >= 8 ? H_ : G_;
+                c->sig = m >= 0 && (m / 4) % 2 == 0 ? C_ : P_;
+                c->dense = m < 0;
+                c->sparsity = m < 0 ? 0 : sps[m % 4];
+                if (m < 0)
+                    snprintf(g_grid_names[k], sizeof g_grid_names[k], "grid_dense_b%d_%s", bs[j], nn[i]);
+                else
+                    snprintf(g_grid_names[k], sizeof g_grid_names[k], "grid_%c%c%d_b%d_%s", m >= 8 ? 'h' : 'g',
+                             c->sig == C_ ? 'c' : 'p', c->sparsity, bs[j], nn[i]);
+                c->name = g_grid_names[k++];
+            }
+        }
+    return k;
+}
+
 #define CK(x)                                                                                   \
     do {                                                                                        \
         cudaError_t e_ = (x);                                                                   \
@@ -421,13 +466,15 @@ int main(int argc, char **argv)
 {
     const char *lib = getenv("HASHATTN_LIB");
     const char *only = NULL, *json = NULL;
-    int reps = 30;
+    int reps = 30, grid = 0;
     g_flush_read = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--lib") && i + 1 < argc)
             lib = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--grid"))
+            grid = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
@@ -441,7 +488,8 @@ int main(int argc, char **argv)
         }
 #endif
         else {
-            fprintf(stderr, "usage: %s [--lib PATH] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]%s\n",
+            fprintf(stderr, "usage: %s [--lib PATH] [--grid] [--only SEL[,SEL...]] [--reps N] [--flush write|read] "
+                            "[--json FILE]%s\n",
                     argv[0],
 #ifdef HA_BENCH_LAB
                     " [--tune KNOB=VALUE]..."
@@ -474,8 +522,10 @@ int main(int argc, char **argv)
     struct cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
 
-    /* device data, sized for 1M tokens */
-    const int64_t nblocks = MAX_TOKENS / BS;
+    const bench_case_t *cases = grid ? g_grid : k_cases;
+    const int ncases = grid ? make_grid() : NCASES;
+    /* device data, sized for the largest B x N: 1M tokens (4.3 GB of K/V), the grid's 8M */
+    const int64_t nblocks = (grid ? GRID_MAX_TOKENS : MAX_TOKENS) / BS;
     const DLDataType bf16 = {kDLBfloat, 16, 1};
     const size_t kv_elems = (size_t)nblocks * BS * HKV * D;
     void *kc, *vc, *sig_p, *sig_c, *q, *out, *flush, *bt_d, *sl_d;
@@ -537,8 +587,8 @@ int main(int argc, char **argv)
     int ran = 0, failed = 0;
     float *times = malloc(sizeof(float) * (size_t)(reps > 0 ? reps : 1));
 
-    for (int ci = 0; ci < NCASES; ci++) {
-        const bench_case_t *bc = &k_cases[ci];
+    for (int ci = 0; ci < ncases; ci++) {
+        const bench_case_t *bc = &cases[ci];
         if (!selected(only, bc->name))
             continue;
 #ifndef HA_BENCH_LAB

@@ -1,0 +1,80 @@
+"""bench/anchor.py's tables on made-up timings (no GPU, no torch): the issue 3
+targets' ratios and the --grid-table matrix, whose case names must match the
+ones bench_decode --grid writes (grid_dense_b8_128k, grid_gc16_b64_8k, ...)."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+import anchor  # noqa: E402
+
+
+def grid_names():
+    names = []
+    for b, n in anchor.GRID_SIZES:
+        s = anchor.size_name(n)
+        names.append(("dense", b, n, "grid_dense_b%d_%s" % (b, s)))
+        for sel in "gh":
+            for sig in "cp":
+                for sp in (8, 16, 32, 64):
+                    names.append(((sel, sig, sp), b, n, "grid_%s%s%d_b%d_%s" % (sel, sig, sp, b, s)))
+    return names
+
+
+def write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(json.dumps(obj))
+    return str(p)
+
+
+def test_grid_sizes_are_issue_3s_where_memory_allows():
+    assert anchor.GRID_SIZES == [(1, 8192), (8, 8192), (64, 8192), (1, 32768), (8, 32768), (64, 32768),
+                                 (1, 131072), (8, 131072), (64, 131072), (1, 1048576), (8, 1048576)]
+    assert [anchor.size_name(n) for n in (8192, 32768, 131072, 1048576)] == ["8k", "32k", "128k", "1m"]
+
+
+def test_grid_table_ratios(tmp_path, capsys):
+    sdpa = [{"B": b, "N": n, "us": 100.0 * b, "us_min": 1.0, "backend": "flash"} for b, n in anchor.GRID_SIZES]
+    cases = []
+    for what, b, n, name in grid_names():
+        us = 50.0 * b if what == "dense" else 10.0 * b
+        cases.append({"name": name, "B": b, "N": n, "us": us, "us_graph": us, "bytes": 4e9, "tbps": 1.5})
+    a = write(tmp_path, "a.json", {"torch": "t", "gpu": "g", "date": "d", "sdpa": sdpa, "topk": []})
+    g = write(tmp_path, "g.json", {"bench": "bench_decode", "gpu": "g", "date": "d", "reps": 30, "flush": "write",
+                                   "cases": cases})
+    md = str(tmp_path / "grid.md")
+    assert anchor.grid_table(a, g, md) == 0
+    text = open(md).read()
+    # dense: 100 b / 50 b = 2x; sparse: 100 b / 10 b = 10x in every cell
+    assert "| 64 | 128k | 6400.0 |" in text and "| 3200.0 | 1.50 | 2.00x |" in text
+    assert text.count("(1.50; 10.00x)") == 16 * len(anchor.GRID_SIZES)
+    assert "0 cell(s) missing: OK" in capsys.readouterr().out
+
+
+def test_grid_table_missing_cell_fails(tmp_path, capsys):
+    sdpa = [{"B": b, "N": n, "us": 100.0} for b, n in anchor.GRID_SIZES]
+    cases = [{"name": name, "B": b, "N": n, "us": 10.0, "bytes": 1e9, "tbps": 1.0}
+             for what, b, n, name in grid_names() if name != "grid_hp64_b8_1m"]
+    a = write(tmp_path, "a.json", {"sdpa": sdpa, "topk": []})
+    g = write(tmp_path, "g.json", {"cases": cases})
+    assert anchor.grid_table(a, g, None) == 1
+    assert "1 cell(s) missing: FAILED" in capsys.readouterr().out
+
+
+def test_compare_ratio_and_need(tmp_path, capsys):
+    sdpa = [{"B": 8, "N": 131072, "us": 1000.0}]
+    cases = [{"name": "gc32_b8_128k", "B": 8, "N": 131072, "us": 50.0, "us_graph": 48.0, "tbps": 3.0},
+             {"name": "dense_b8_128k", "B": 8, "N": 131072, "us": 1250.0, "us_graph": 1200.0, "tbps": 3.0}]
+    a = write(tmp_path, "a.json", {"sdpa": sdpa, "topk": []})
+    b = write(tmp_path, "b.json", {"cases": cases})
+    md = str(tmp_path / "c.md")
+    assert anchor.compare(a, [b], md) == 0
+    text = open(md).read()
+    assert "| group+compact 32x B=8 128K | 50.0 | 48.0 | 1000.0 (sdpa) | 20.00x | 14.0x | met |" in text
+    assert "| dense paged decode B=8 128K | 1250.0 | 1200.0 | 1000.0 (sdpa) | 0.80x | 0.9x | MISSED |" in text
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
