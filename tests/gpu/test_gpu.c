@@ -184,6 +184,8 @@ typedef struct gpu_case {
     mirror_t query, kc, vc, sc, bt, sl, out, idx, cnt;
     void *ws;
     size_t ws_size;
+    /* optional: caches and block tables decode reads instead of the mirrors' */
+    const DLTensor *kc_over, *vc_over, *sc_over, *bt_over;
 } gpu_case_t;
 
 static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
@@ -246,6 +248,12 @@ static void gpu_decode_args(gpu_case_t *gc, hashattn_decode_args_t *a, void *str
     a->block_tables = &gc->bt.t;
     a->seq_lens = &gc->sl.t;
     a->output = &gc->out.t;
+    if (gc->kc_over) {
+        a->key_cache = gc->kc_over;
+        a->value_cache = gc->vc_over;
+        a->signature_cache = gc->sc_over;
+        a->block_tables = gc->bt_over;
+    }
     a->selected_indices = &gc->idx.t;
     a->selected_counts = &gc->cnt.t;
     a->workspace = gc->ws;
@@ -293,6 +301,25 @@ static int64_t cmp_close(const ht_tensor_t *got, const ht_tensor_t *want, DLData
     return 0;
 }
 
+/* Decode on the GPU; its selections must equal the CPU's bit for bit and its
+ * output the CPU's within the dtype's tolerance. */
+static void expect_gpu_as_cpu(gpu_case_t *gc, uint32_t flags, const saved_t *out, const saved_t *idx,
+                              const saved_t *cnt, const char *name)
+{
+    ht_decode_case_t *c = &gc->c;
+    char msg[512] = "";
+    hashattn_status_t st = gpu_decode(gc, flags);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, c->api->status_string(st),
+                  c->api->last_error(gc->g));
+    int64_t first = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(c->sel_cnt, &cnt->view, &first) == 0,
+                  "%s: selected_counts differ from the CPU (first at flat index %lld)", name, (long long)first);
+    ck_assert_msg(ht_tensor_cmp_bits(c->sel_idx, &idx->view, &first) == 0,
+                  "%s: selected_indices differ from the CPU (first at flat index %lld)", name, (long long)first);
+    ck_assert_msg(cmp_close(c->output, &out->view, c->desc.dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
+                  msg);
+}
+
 static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
 {
     char name[512], msg[512] = "";
@@ -311,16 +338,8 @@ static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
     save(&cpu_idx, c->sel_idx);
     save(&cpu_cnt, c->sel_cnt);
 
-    st = gpu_decode(&gc, flags);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, api->status_string(st),
-                  api->last_error(gc.g));
+    expect_gpu_as_cpu(&gc, flags, &cpu_out, &cpu_idx, &cpu_cnt, name);
     int64_t first = -1;
-    ck_assert_msg(ht_tensor_cmp_bits(c->sel_cnt, &cpu_cnt.view, &first) == 0,
-                  "%s: selected_counts differ from the CPU (first at flat index %lld)", name, (long long)first);
-    ck_assert_msg(ht_tensor_cmp_bits(c->sel_idx, &cpu_idx.view, &first) == 0,
-                  "%s: selected_indices differ from the CPU (first at flat index %lld)", name, (long long)first);
-    ck_assert_msg(cmp_close(c->output, &cpu_out.view, d->dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
-                  msg);
     ht_decode_case_reference(c, NULL, (flags & HASHATTN_DECODE_DENSE) != 0);
     ck_assert_msg(ht_decode_case_check(c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
 
@@ -566,6 +585,216 @@ END_TEST
 /* config.dense_below given explicitly (the CPU context has the same value):
  * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
  * 3100 stay sparse, within one call. */
+/* Caches past 2^31 elements (a 4.3 GB key cache, as a server's caches are):
+ * the case's blocks are copied into caches of `off + num_blocks` blocks at
+ * block ids off.. (block tables shifted by off), placed so that half of them
+ * lie past element 2^31, the blocks below filled with 0xFF bytes (NaN
+ * K/V, all-ones signatures), so that an offset computed in 32 bits reads
+ * poison. Decode there must select and attend exactly as the CPU does on the
+ * small caches (cases 0-3: both selections and layouts, NHD and HND, and the
+ * dense flag); cache_write at the shifted slots must store the case's K/V
+ * rows and signatures there (case 4). Full level only (9 GB of device
+ * memory, too much for the sanitizers' shadow state); skipped with a note
+ * where the device lacks the memory. */
+static const int k_large[] = {5000, 300, 2100};
+typedef struct big_caches {
+    void *k, *v, *s, *bt;
+    DLTensor tk, tv, ts, tbt;
+    int64_t shape_kv[4], shape_s[3], off;
+} big_caches_t;
+
+/* 0 with the shifted copies on the device; 1 when cudaMalloc refused. */
+static int big_caches_make(big_caches_t *b, gpu_case_t *gc)
+{
+    ht_decode_case_t *c = &gc->c;
+    const ht_decode_desc_t *d = &c->desc;
+    const int64_t blk_elems = (int64_t)d->block * d->hkv * d->d, nb = c->num_blocks;
+    const size_t blk_bytes = (size_t)blk_elems * 2, sblk_bytes = (size_t)c->hsig * d->block * 4;
+    memset(b, 0, sizeof *b);
+    b->off = ((int64_t)1 << 31) / blk_elems - nb / 2;
+    const int64_t big = b->off + nb;
+    ck_assert_msg(gc->kc.host->bytes == (size_t)nb * blk_bytes && gc->sc.host->bytes == (size_t)nb * sblk_bytes,
+                  "large_cache: want compact caches");
+    if (cudaMalloc(&b->k, (size_t)big * blk_bytes) != cudaSuccess ||
+        cudaMalloc(&b->v, (size_t)big * blk_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cudaFree(b->k);
+        b->k = NULL;
+        return 1;
+    }
+    CU(cudaMalloc(&b->s, (size_t)big * sblk_bytes));
+    CU(cudaMemset(b->k, 0xFF, (size_t)b->off * blk_bytes));
+    CU(cudaMemset(b->v, 0xFF, (size_t)b->off * blk_bytes));
+    CU(cudaMemset(b->s, 0xFF, (size_t)b->off * sblk_bytes));
+    CU(cudaMemcpy((char *)b->k + (size_t)b->off * blk_bytes, gc->kc.dev, (size_t)nb * blk_bytes,
+                  cudaMemcpyDeviceToDevice));
+    CU(cudaMemcpy((char *)b->v + (size_t)b->off * blk_bytes, gc->vc.dev, (size_t)nb * blk_bytes,
+                  cudaMemcpyDeviceToDevice));
+    CU(cudaMemcpy((char *)b->s + (size_t)b->off * sblk_bytes, gc->sc.dev, (size_t)nb * sblk_bytes,
+                  cudaMemcpyDeviceToDevice));
+    /* the block table, every entry naming a block shifted (padding entries included) */
+    ht_tensor_t *bt = ht_tensor_clone(c->block_tables);
+    for (int s = 0; s < d->batch; s++)
+        for (int j = 0; j < c->max_blocks; j++) {
+            const int64_t v = (int64_t)HT_GET(bt, s, j);
+            if (v >= 0 && v < nb)
+                HT_SET(bt, (double)(v + b->off), s, j);
+        }
+    CU(cudaMalloc(&b->bt, bt->bytes));
+    CU(cudaMemcpy(b->bt, bt->base, bt->bytes, cudaMemcpyHostToDevice));
+    b->tbt = gc->bt.t;
+    b->tbt.data = b->bt;
+    ht_tensor_free(bt);
+    b->tk = gc->kc.t;
+    b->tv = gc->vc.t;
+    b->ts = gc->sc.t;
+    memcpy(b->shape_kv, gc->kc.t.shape, sizeof b->shape_kv);
+    memcpy(b->shape_s, gc->sc.t.shape, sizeof b->shape_s);
+    b->shape_kv[0] = big;
+    b->shape_s[0] = big;
+    b->tk.shape = b->tv.shape = b->shape_kv;
+    b->ts.shape = b->shape_s;
+    b->tk.strides = b->tv.strides = b->ts.strides = NULL;
+    b->tk.data = b->k;
+    b->tv.data = b->v;
+    b->ts.data = b->s;
+    return 0;
+}
+
+static void big_caches_free(big_caches_t *b)
+{
+    void *ps[] = {b->k, b->v, b->s, b->bt};
+    for (int i = 0; i < 4; i++)
+        if (ps[i])
+            cudaFree(ps[i]);
+}
+
+START_TEST(gpu_decode_large_cache)
+{
+    static const int sels[] = {GROUP, HEAD, GROUP, HEAD, GROUP};
+    static const int sigs[] = {PAPER, COMPACT, COMPACT, PAPER, PAPER};
+    static const int fills[] = {HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_DIRECT, HT_FILL_WRITE};
+    ht_decode_desc_t d = long_desc(sels[_i], sigs[_i], fills[_i], _i % 2 ? HND : NHD, 0x1a26e + (uint64_t)_i);
+    d.hq = 32;
+    d.hkv = 8;
+    d.batch = 3;
+    d.sink = 64;
+    d.recent = 64;
+    d.seq_lens = k_large;
+    const uint32_t flags = _i == 2 ? HASHATTN_DECODE_DENSE : 0;
+    gpu_case_t gc;
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "large_cache", full, sizeof full))
+        return;
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    big_caches_t b;
+    if (big_caches_make(&b, &gc)) {
+        printf("%s: skipped: the device lacks the memory for two caches past 2^31 elements\n", full);
+        gpu_case_free(&gc);
+        return;
+    }
+    if (_i < 4) {
+        hashattn_status_t st = ht_decode_case_run(c, flags, NULL);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: CPU decode: %s", full, api->last_error(c->ctx));
+        saved_t out, idx, cnt;
+        save(&out, c->output);
+        save(&idx, c->sel_idx);
+        save(&cnt, c->sel_cnt);
+        gc.kc_over = &b.tk;
+        gc.vc_over = &b.tv;
+        gc.sc_over = &b.ts;
+        gc.bt_over = &b.tbt;
+        expect_gpu_as_cpu(&gc, flags, &out, &idx, &cnt, full);
+        saved_free(&out);
+        saved_free(&idx);
+        saved_free(&cnt);
+    } else {
+        /* cache_write of every token at its shifted slot into poisoned caches; then the
+         * shifted blocks must equal the small caches (which the CPU's cache_write filled) */
+        const int hkv = d.hkv, D = d.d, bs = d.block;
+        int n = 0;
+        for (int s = 0; s < d.batch; s++)
+            n += c->lens[s];
+        ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
+        ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
+        ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(n), 0, NULL);
+        int t = 0;
+        for (int s = 0; s < d.batch; s++)
+            for (int p = 0; p < c->lens[s]; p++, t++) {
+                const int64_t blk = (int64_t)HT_GET(c->block_tables, s, p / bs) + b.off;
+                for (int g = 0; g < hkv; g++)
+                    for (int i = 0; i < D; i++) {
+                        const int64_t kv = (((int64_t)s * c->maxlen + p) * hkv + g) * D + i;
+                        HT_SET(key, c->k[kv], t, g, i);
+                        HT_SET(val, c->v[kv], t, g, i);
+                    }
+                HT_SET(slots, (double)(blk * bs + p % bs), t);
+            }
+        const size_t blk_bytes = (size_t)bs * hkv * D * 2, sblk_bytes = (size_t)c->hsig * bs * 4;
+        const size_t nb = (size_t)c->num_blocks;
+        CU(cudaMemset((char *)b.k + (size_t)b.off * blk_bytes, 0xFF, nb * blk_bytes));
+        CU(cudaMemset((char *)b.v + (size_t)b.off * blk_bytes, 0xFF, nb * blk_bytes));
+        CU(cudaMemset((char *)b.s + (size_t)b.off * sblk_bytes, 0xFF, nb * sblk_bytes));
+        mirror_t mkey, mval, mslots;
+        mirror_up(&mkey, key);
+        mirror_up(&mval, val);
+        mirror_up(&mslots, slots);
+        size_t ws_size;
+        void *ws = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, n, 0, &ws_size);
+        hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
+        a.layer = d.layer;
+        a.key = &mkey.t;
+        a.value = &mval.t;
+        a.key_cache = &b.tk;
+        a.value_cache = &b.tv;
+        a.signature_cache = &b.ts;
+        a.slot_mapping = &mslots.t;
+        a.workspace = ws;
+        a.workspace_size = ws_size;
+        hashattn_status_t st = api->cache_write(gc.g, &a);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU cache_write: %s", full, api->last_error(gc.g));
+        CU(cudaDeviceSynchronize());
+        /* the shifted region, read back in the small caches' layout */
+        ht_tensor_t *gk = ht_tensor_clone(c->key_cache), *gv = ht_tensor_clone(c->value_cache),
+                    *gs = ht_tensor_clone(c->sig_cache);
+        CU(cudaMemcpy(gk->base, (char *)b.k + (size_t)b.off * blk_bytes, nb * blk_bytes, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy(gv->base, (char *)b.v + (size_t)b.off * blk_bytes, nb * blk_bytes, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy(gs->base, (char *)b.s + (size_t)b.off * sblk_bytes, nb * sblk_bytes, cudaMemcpyDeviceToHost));
+        for (int s = 0; s < d.batch; s++)
+            for (int p = 0; p < c->lens[s]; p++) {
+                const int64_t blk = (int64_t)HT_GET(c->block_tables, s, p / bs), o = p % bs;
+                for (int g = 0; g < hkv; g++)
+                    for (int i = 0; i < D; i++) {
+                        const int nhd = d.kv_layout == NHD;
+                        const int64_t x1 = nhd ? o : g, x2 = nhd ? g : o;
+                        const double wk = HT_GET(c->key_cache, blk, x1, x2, i), hk = HT_GET(gk, blk, x1, x2, i);
+                        const double wv = HT_GET(c->value_cache, blk, x1, x2, i), hv = HT_GET(gv, blk, x1, x2, i);
+                        ck_assert_msg(hk == wk && hv == wv,
+                                      "%s: sequence %d position %d head %d [%d]: K/V %g/%g, want %g/%g", full, s, p,
+                                      g, i, hk, hv, wk, wv);
+                    }
+                for (int h = 0; h < c->hsig; h++)
+                    ck_assert_msg(HT_GET(gs, blk, h, o) == HT_GET(c->sig_cache, blk, h, o),
+                                  "%s: sequence %d position %d: signature %d differs", full, s, p, h);
+            }
+        ht_tensor_free(gk);
+        ht_tensor_free(gv);
+        ht_tensor_free(gs);
+        mirror_free(&mkey);
+        mirror_free(&mval);
+        mirror_free(&mslots);
+        ht_tensor_free(key);
+        ht_tensor_free(val);
+        ht_tensor_free(slots);
+        if (ws)
+            cudaFree(ws);
+    }
+    big_caches_free(&b);
+    gpu_case_free(&gc);
+}
+END_TEST
+
 START_TEST(gpu_decode_dense_below)
 {
     ht_decode_desc_t d = long_desc(_i ? HEAD : GROUP, _i ? PAPER : COMPACT, HT_FILL_DIRECT, NHD, 0xdb00 + (uint64_t)_i);
@@ -1225,6 +1454,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
+    if (full)
+        tcase_add_loop_test(tc, gpu_decode_large_cache, 0, 5);
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
