@@ -585,6 +585,29 @@ END_TEST
 /* config.dense_below given explicitly (the CPU context has the same value):
  * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
  * 3100 stay sparse, within one call. */
+/* Every token of the case's sequences, in order, as rows t0.. of key and
+ * value ([n, Hkv, D]) with its slot in slots, the block ids shifted by off.
+ * Returns the number of rows. */
+static int case_tokens(const ht_decode_case_t *c, ht_tensor_t *key, ht_tensor_t *val, ht_tensor_t *slots, int t0,
+                       int64_t off)
+{
+    const ht_decode_desc_t *d = &c->desc;
+    const int hkv = d->hkv, D = d->d, bs = d->block;
+    int t = t0;
+    for (int s = 0; s < d->batch; s++)
+        for (int p = 0; p < c->lens[s]; p++, t++) {
+            const int64_t blk = (int64_t)HT_GET(c->block_tables, s, p / bs) + off;
+            for (int g = 0; g < hkv; g++)
+                for (int i = 0; i < D; i++) {
+                    const int64_t kv = (((int64_t)s * c->maxlen + p) * hkv + g) * D + i;
+                    HT_SET(key, c->k[kv], t, g, i);
+                    HT_SET(val, c->v[kv], t, g, i);
+                }
+            HT_SET(slots, (double)(blk * bs + p % bs), t);
+        }
+    return t - t0;
+}
+
 /* Caches past 2^31 elements (a 4.3 GB key cache, as a server's caches are):
  * the case's blocks are copied into caches of `off + num_blocks` blocks at
  * block ids off.. (block tables shifted by off), placed so that half of them
@@ -719,18 +742,7 @@ START_TEST(gpu_decode_large_cache)
         ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
         ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
         ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(n), 0, NULL);
-        int t = 0;
-        for (int s = 0; s < d.batch; s++)
-            for (int p = 0; p < c->lens[s]; p++, t++) {
-                const int64_t blk = (int64_t)HT_GET(c->block_tables, s, p / bs) + b.off;
-                for (int g = 0; g < hkv; g++)
-                    for (int i = 0; i < D; i++) {
-                        const int64_t kv = (((int64_t)s * c->maxlen + p) * hkv + g) * D + i;
-                        HT_SET(key, c->k[kv], t, g, i);
-                        HT_SET(val, c->v[kv], t, g, i);
-                    }
-                HT_SET(slots, (double)(blk * bs + p % bs), t);
-            }
+        ck_assert_int_eq(case_tokens(c, key, val, slots, 0, b.off), n);
         const size_t blk_bytes = (size_t)bs * hkv * D * 2, sblk_bytes = (size_t)c->hsig * bs * 4;
         const size_t nb = (size_t)c->num_blocks;
         CU(cudaMemset((char *)b.k + (size_t)b.off * blk_bytes, 0xFF, nb * blk_bytes));
@@ -890,7 +902,7 @@ START_TEST(gpu_cache_write_and_hash)
         return;
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
-    const int hkv = d.hkv, D = d.d, bs = d.block;
+    const int hkv = d.hkv, D = d.d;
 
     /* every token of every sequence, then two padding tokens, and token 0
      * written first with other values (a duplicate slot: the last wins) */
@@ -902,7 +914,7 @@ START_TEST(gpu_cache_write_and_hash)
     ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
     ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(n, hkv, D), 0, NULL);
     ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(n), 0, NULL);
-    int t = 0, first_slot = -1;
+    int t = 0;
     ht_rng_t r;
     ht_rng_seed(&r, d.seed);
     if (ntok > 0) { /* the decoy */
@@ -914,24 +926,12 @@ START_TEST(gpu_cache_write_and_hash)
         t++;
     }
     HT_SET(slots, -1, t++);
-    for (int s = 0; s < d.batch; s++)
-        for (int p = 0; p < c->lens[s]; p++) {
-            const int blk = (int)HT_GET(c->block_tables, s, p / bs);
-            const int slot = blk * bs + p % bs;
-            if (first_slot < 0)
-                first_slot = slot;
-            for (int g = 0; g < hkv; g++)
-                for (int i = 0; i < D; i++) {
-                    const int64_t kv = ((((int64_t)s * c->maxlen + p) * hkv + g)) * D + i;
-                    HT_SET(key, c->k[kv], t, g, i);
-                    HT_SET(val, c->v[kv], t, g, i);
-                }
-            HT_SET(slots, slot, t++);
-        }
+    const int t_tokens = t;
+    t += case_tokens(c, key, val, slots, t, 0);
     HT_SET(slots, -1, t++);
     ck_assert_int_eq(t, n);
-    if (ntok > 0)
-        HT_SET(slots, first_slot, 0);
+    if (ntok > 0) /* the decoy's slot: the first token's */
+        HT_SET(slots, HT_GET(slots, t_tokens), 0);
 
     /* fresh caches (0xFF bytes) on both sides */
     ht_tensor_t *ckc = ht_tensor_clone(c->key_cache), *cvc = ht_tensor_clone(c->value_cache),
