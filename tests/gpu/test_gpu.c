@@ -636,7 +636,12 @@ static int big_caches_make(big_caches_t *b, gpu_case_t *gc)
     memset(b, 0, sizeof *b);
     b->off = ((int64_t)1 << 31) / blk_elems - nb / 2;
     const int64_t big = b->off + nb;
-    ck_assert_msg(gc->kc.host->bytes == (size_t)nb * blk_bytes && gc->sc.host->bytes == (size_t)nb * sblk_bytes,
+    int64_t sk[4], sv[4], ss[3];
+    ht_tensor_strides(gc->kc.host, sk);
+    ht_tensor_strides(gc->vc.host, sv);
+    ht_tensor_strides(gc->sc.host, ss);
+    ck_assert_msg(sk[0] == blk_elems && sv[0] == blk_elems && ss[0] == (int64_t)c->hsig * d->block && sk[3] == 1 &&
+                      gc->kc.t.byte_offset == 0 && gc->vc.t.byte_offset == 0 && gc->sc.t.byte_offset == 0,
                   "large_cache: want compact caches");
     if (cudaMalloc(&b->k, (size_t)big * blk_bytes) != cudaSuccess ||
         cudaMalloc(&b->v, (size_t)big * blk_bytes) != cudaSuccess) {
