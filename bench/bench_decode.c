@@ -278,7 +278,7 @@ static const bench_case_t k_cases[] = {
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
-/* --grid: issue 3's matrix (see the top of the file) */
+/* --grid: issue 3's matrix (see the top of the file): 11 sizes x 17 forms = 187 cases */
 enum { GRID_MAX = 256 };
 static bench_case_t g_grid[GRID_MAX];
 static char g_grid_names[GRID_MAX][40];
@@ -293,7 +293,7 @@ static int make_grid(void)
         for (int j = 0; j < 3; j++) {
             if ((int64_t)bs[j] * ns[i] > GRID_MAX_TOKENS)
                 continue;
-            for (int m = -1; m < 16; m++) { /* -1: dense; then selection x layout x sparsity */
+            for (int m = -1; m < 16 && k < GRID_MAX; m++) { /* -1: dense; then selection x layout x sparsity */
                 bench_case_t *c = &g_grid[k];
                 memset(c, 0, sizeof *c);
                 c->B = bs[j];

@@ -582,9 +582,6 @@ START_TEST(gpu_decode_small)
 }
 END_TEST
 
-/* config.dense_below given explicitly (the CPU context has the same value):
- * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
- * 3100 stay sparse, within one call. */
 /* Every token of the case's sequences, in order, as rows t0.. of key and
  * value ([n, Hkv, D]) with its slot in slots, the block ids shifted by off.
  * Returns the number of rows. */
@@ -812,6 +809,9 @@ START_TEST(gpu_decode_large_cache)
 }
 END_TEST
 
+/* config.dense_below given explicitly (the CPU context has the same value):
+ * of k_long's sequences, 2300 and 1 are under 3000 and go dense, 5000 and
+ * 3100 stay sparse, within one call. */
 START_TEST(gpu_decode_dense_below)
 {
     ht_decode_desc_t d = long_desc(_i ? HEAD : GROUP, _i ? PAPER : COMPACT, HT_FILL_DIRECT, NHD, 0xdb00 + (uint64_t)_i);
