@@ -623,22 +623,39 @@ typedef struct big_caches {
     int64_t shape_kv[4], shape_s[3], off;
 } big_caches_t;
 
-/* 0 with the shifted copies on the device; 1 when cudaMalloc refused. */
-static int big_caches_make(big_caches_t *b, gpu_case_t *gc)
+/* What big_caches_make shifts: compact device caches of nb blocks (sc may be
+ * NULL: no signature cache) and the block table btm mirrors ([batch, max_blocks]). */
+typedef struct big_src {
+    const mirror_t *kc, *vc, *sc, *btm;
+    int64_t nb, blk_elems;
+    int hsig, block, batch, max_blocks;
+} big_src_t;
+
+static big_src_t decode_src(const gpu_case_t *gc)
 {
-    ht_decode_case_t *c = &gc->c;
-    const ht_decode_desc_t *d = &c->desc;
-    const int64_t blk_elems = (int64_t)d->block * d->hkv * d->d, nb = c->num_blocks;
-    const size_t blk_bytes = (size_t)blk_elems * 2, sblk_bytes = (size_t)c->hsig * d->block * 4;
+    const ht_decode_case_t *c = &gc->c;
+    big_src_t src = {&gc->kc, &gc->vc, &gc->sc, &gc->bt, c->num_blocks,
+                     (int64_t)c->desc.block * c->desc.hkv * c->desc.d, c->hsig, c->desc.block, c->desc.batch,
+                     c->max_blocks};
+    return src;
+}
+
+/* 0 with the shifted copies on the device; 1 when cudaMalloc refused. */
+static int big_caches_make(big_caches_t *b, const big_src_t *src)
+{
+    const int64_t blk_elems = src->blk_elems, nb = src->nb;
+    const size_t blk_bytes = (size_t)blk_elems * 2, sblk_bytes = (size_t)src->hsig * src->block * 4;
     memset(b, 0, sizeof *b);
     b->off = ((int64_t)1 << 31) / blk_elems - nb / 2;
     const int64_t big = b->off + nb;
-    int64_t sk[4], sv[4], ss[3];
-    ht_tensor_strides(gc->kc.host, sk);
-    ht_tensor_strides(gc->vc.host, sv);
-    ht_tensor_strides(gc->sc.host, ss);
-    ck_assert_msg(sk[0] == blk_elems && sv[0] == blk_elems && ss[0] == (int64_t)c->hsig * d->block && sk[3] == 1 &&
-                      gc->kc.t.byte_offset == 0 && gc->vc.t.byte_offset == 0 && gc->sc.t.byte_offset == 0,
+    int64_t sk[4], sv[4], ss[3] = {(int64_t)src->hsig * src->block};
+    ht_tensor_strides(src->kc->host, sk);
+    ht_tensor_strides(src->vc->host, sv);
+    if (src->sc)
+        ht_tensor_strides(src->sc->host, ss);
+    ck_assert_msg(sk[0] == blk_elems && sv[0] == blk_elems && ss[0] == (int64_t)src->hsig * src->block &&
+                      sk[3] == 1 && src->kc->t.byte_offset == 0 && src->vc->t.byte_offset == 0 &&
+                      (!src->sc || src->sc->t.byte_offset == 0),
                   "large_cache: want compact caches");
     if (cudaMalloc(&b->k, (size_t)big * blk_bytes) != cudaSuccess ||
         cudaMalloc(&b->v, (size_t)big * blk_bytes) != cudaSuccess) {
@@ -647,42 +664,45 @@ static int big_caches_make(big_caches_t *b, gpu_case_t *gc)
         b->k = NULL;
         return 1;
     }
-    CU(cudaMalloc(&b->s, (size_t)big * sblk_bytes));
     CU(cudaMemset(b->k, 0xFF, (size_t)b->off * blk_bytes));
     CU(cudaMemset(b->v, 0xFF, (size_t)b->off * blk_bytes));
-    CU(cudaMemset(b->s, 0xFF, (size_t)b->off * sblk_bytes));
-    CU(cudaMemcpy((char *)b->k + (size_t)b->off * blk_bytes, gc->kc.dev, (size_t)nb * blk_bytes,
+    CU(cudaMemcpy((char *)b->k + (size_t)b->off * blk_bytes, src->kc->dev, (size_t)nb * blk_bytes,
                   cudaMemcpyDeviceToDevice));
-    CU(cudaMemcpy((char *)b->v + (size_t)b->off * blk_bytes, gc->vc.dev, (size_t)nb * blk_bytes,
+    CU(cudaMemcpy((char *)b->v + (size_t)b->off * blk_bytes, src->vc->dev, (size_t)nb * blk_bytes,
                   cudaMemcpyDeviceToDevice));
-    CU(cudaMemcpy((char *)b->s + (size_t)b->off * sblk_bytes, gc->sc.dev, (size_t)nb * sblk_bytes,
-                  cudaMemcpyDeviceToDevice));
+    b->tk = src->kc->t;
+    b->tv = src->vc->t;
+    memcpy(b->shape_kv, src->kc->t.shape, sizeof b->shape_kv);
+    b->shape_kv[0] = big;
+    b->tk.shape = b->tv.shape = b->shape_kv;
+    b->tk.strides = b->tv.strides = NULL;
+    b->tk.data = b->k;
+    b->tv.data = b->v;
+    if (src->sc) {
+        CU(cudaMalloc(&b->s, (size_t)big * sblk_bytes));
+        CU(cudaMemset(b->s, 0xFF, (size_t)b->off * sblk_bytes));
+        CU(cudaMemcpy((char *)b->s + (size_t)b->off * sblk_bytes, src->sc->dev, (size_t)nb * sblk_bytes,
+                      cudaMemcpyDeviceToDevice));
+        b->ts = src->sc->t;
+        memcpy(b->shape_s, src->sc->t.shape, sizeof b->shape_s);
+        b->shape_s[0] = big;
+        b->ts.shape = b->shape_s;
+        b->ts.strides = NULL;
+        b->ts.data = b->s;
+    }
     /* the block table, every entry naming a block shifted (padding entries included) */
-    ht_tensor_t *bt = ht_tensor_clone(c->block_tables);
-    for (int s = 0; s < d->batch; s++)
-        for (int j = 0; j < c->max_blocks; j++) {
+    ht_tensor_t *bt = ht_tensor_clone(src->btm->host);
+    for (int s = 0; s < src->batch; s++)
+        for (int j = 0; j < src->max_blocks; j++) {
             const int64_t v = (int64_t)HT_GET(bt, s, j);
             if (v >= 0 && v < nb)
                 HT_SET(bt, (double)(v + b->off), s, j);
         }
     CU(cudaMalloc(&b->bt, bt->bytes));
     CU(cudaMemcpy(b->bt, bt->base, bt->bytes, cudaMemcpyHostToDevice));
-    b->tbt = gc->bt.t;
+    b->tbt = src->btm->t;
     b->tbt.data = b->bt;
     ht_tensor_free(bt);
-    b->tk = gc->kc.t;
-    b->tv = gc->vc.t;
-    b->ts = gc->sc.t;
-    memcpy(b->shape_kv, gc->kc.t.shape, sizeof b->shape_kv);
-    memcpy(b->shape_s, gc->sc.t.shape, sizeof b->shape_s);
-    b->shape_kv[0] = big;
-    b->shape_s[0] = big;
-    b->tk.shape = b->tv.shape = b->shape_kv;
-    b->ts.shape = b->shape_s;
-    b->tk.strides = b->tv.strides = b->ts.strides = NULL;
-    b->tk.data = b->k;
-    b->tv.data = b->v;
-    b->ts.data = b->s;
     return 0;
 }
 
@@ -714,7 +734,8 @@ START_TEST(gpu_decode_large_cache)
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
     big_caches_t b;
-    if (big_caches_make(&b, &gc)) {
+    const big_src_t src = decode_src(&gc);
+    if (big_caches_make(&b, &src)) {
         printf("%s: skipped: the device lacks the memory for two caches past 2^31 elements\n", full);
         gpu_case_free(&gc);
         return;
@@ -1073,6 +1094,88 @@ END_TEST
 /* Prefill                                                                    */
 /* ------------------------------------------------------------------------- */
 
+/* Prefill on the GPU against the CPU backend and the reference; large = 1: with
+ * the caches past 2^31 elements of gpu_decode_large_cache (skipped, with a note,
+ * where the device lacks the memory). */
+static void check_prefill(const ht_prefill_desc_t *d, int large)
+{
+    char base[512], name[600], msg[512] = "";
+    ht_prefill_case_name(d, base, sizeof base);
+    snprintf(name, sizeof name, "%s%s", large ? "large_cache/" : "", base);
+    if (!ht_case_begin(name, d->seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_prefill_case_t c;
+    char err[512] = "";
+    ck_assert_msg(ht_prefill_case_build(api, d, &c, err, sizeof err) == 0, "build: %s", err);
+    hashattn_status_t st = ht_prefill_case_run(&c);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU prefill: %s", api->last_error(c.ctx));
+    saved_t cpu_out;
+    save(&cpu_out, c.output);
+
+    hashattn_context_t *g = gpu_ctx(api, d->dtype, 1, d->hq, d->hkv, d->d, d->block, d->kv_layout, d->m, GROUP,
+                                    PAPER, d->softmax_scale);
+    mirror_t q, kc, vc, bt, sl, qsl, out;
+    mirror_up(&q, c.query);
+    mirror_up(&kc, c.key_cache);
+    mirror_up(&vc, c.value_cache);
+    mirror_up(&bt, c.block_tables);
+    mirror_up(&sl, c.seq_lens);
+    mirror_up(&qsl, c.qsl);
+    for (int64_t i = 0; i < c.output->shape[0]; i++)
+        for (int h = 0; h < d->hq; h++)
+            for (int k = 0; k < d->d; k++)
+                HT_SET(c.output, NAN, i, h, k);
+    mirror_up(&out, c.output);
+    size_t wss;
+    void *ws = dev_workspace(api, g, HASHATTN_OP_PREFILL, d->batch, c.num_tokens, c.max_blocks, &wss);
+    hashattn_prefill_args_t a;
+    ht_prefill_case_args(&c, &a);
+    a.query = &q.t;
+    a.key_cache = &kc.t;
+    a.value_cache = &vc.t;
+    a.block_tables = &bt.t;
+    a.seq_lens = &sl.t;
+    a.query_start_loc = &qsl.t;
+    a.output = &out.t;
+    a.workspace = ws;
+    a.workspace_size = wss;
+    big_caches_t b;
+    memset(&b, 0, sizeof b);
+    int run = 1;
+    if (large) {
+        const big_src_t src = {&kc, &vc, NULL, &bt, c.num_blocks, (int64_t)d->block * d->hkv * d->d, 0,
+                               d->block, d->batch, c.max_blocks};
+        if (big_caches_make(&b, &src)) {
+            printf("%s: skipped: the device lacks the memory for two caches past 2^31 elements\n", name);
+            run = 0;
+        }
+        a.key_cache = &b.tk;
+        a.value_cache = &b.tv;
+        a.block_tables = &b.tbt;
+    }
+    if (run) {
+        st = api->prefill(g, &a);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU prefill: %s", name, api->last_error(g));
+        CU(cudaDeviceSynchronize());
+        mirror_pull(&out);
+        if (c.num_tokens > 0) {
+            ck_assert_msg(cmp_close(c.output, &cpu_out.view, d->dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s",
+                          name, msg);
+            ck_assert_msg(ht_prefill_case_check(&c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
+        }
+    }
+    big_caches_free(&b);
+    saved_free(&cpu_out);
+    mirror_t *ms[] = {&q, &kc, &vc, &bt, &sl, &qsl, &out};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        mirror_free(ms[i]);
+    if (ws)
+        cudaFree(ws);
+    api->context_destroy(g);
+    ht_prefill_case_free(&c);
+}
+
 START_TEST(gpu_prefill)
 {
     static const int batches[] = {1, 12, 17};
@@ -1091,63 +1194,29 @@ START_TEST(gpu_prefill)
     d.max_chunk = 1 + (_i * 13) % 40;
     d.tensor_flags = (_i % 4 == 3) ? HT_PAD : 0;
     d.seed = ht_seed(0x9e0 + (uint64_t)_i);
-    char name[512], msg[512] = "";
-    ht_prefill_case_name(&d, name, sizeof name);
-    if (!ht_case_begin(name, d.seed))
-        return;
-    const hashattn_api_t *api = api_or_fail();
-    ht_prefill_case_t c;
-    char err[512] = "";
-    ck_assert_msg(ht_prefill_case_build(api, &d, &c, err, sizeof err) == 0, "build: %s", err);
-    hashattn_status_t st = ht_prefill_case_run(&c);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU prefill: %s", api->last_error(c.ctx));
-    saved_t cpu_out;
-    save(&cpu_out, c.output);
+    check_prefill(&d, 0);
+}
+END_TEST
 
-    hashattn_context_t *g = gpu_ctx(api, d.dtype, 1, d.hq, d.hkv, d.d, d.block, d.kv_layout, d.m, GROUP, PAPER,
-                                    d.softmax_scale);
-    mirror_t q, kc, vc, bt, sl, qsl, out;
-    mirror_up(&q, c.query);
-    mirror_up(&kc, c.key_cache);
-    mirror_up(&vc, c.value_cache);
-    mirror_up(&bt, c.block_tables);
-    mirror_up(&sl, c.seq_lens);
-    mirror_up(&qsl, c.qsl);
-    for (int64_t i = 0; i < c.output->shape[0]; i++)
-        for (int h = 0; h < d.hq; h++)
-            for (int k = 0; k < d.d; k++)
-                HT_SET(c.output, NAN, i, h, k);
-    mirror_up(&out, c.output);
-    size_t wss;
-    void *ws = dev_workspace(api, g, HASHATTN_OP_PREFILL, d.batch, c.num_tokens, c.max_blocks, &wss);
-    hashattn_prefill_args_t a;
-    ht_prefill_case_args(&c, &a);
-    a.query = &q.t;
-    a.key_cache = &kc.t;
-    a.value_cache = &vc.t;
-    a.block_tables = &bt.t;
-    a.seq_lens = &sl.t;
-    a.query_start_loc = &qsl.t;
-    a.output = &out.t;
-    a.workspace = ws;
-    a.workspace_size = wss;
-    st = api->prefill(g, &a);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU prefill: %s", name, api->last_error(g));
-    CU(cudaDeviceSynchronize());
-    mirror_pull(&out);
-    if (c.num_tokens > 0) {
-        ck_assert_msg(cmp_close(c.output, &cpu_out.view, d.dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
-                      msg);
-        ck_assert_msg(ht_prefill_case_check(&c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
-    }
-    saved_free(&cpu_out);
-    mirror_t *ms[] = {&q, &kc, &vc, &bt, &sl, &qsl, &out};
-    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
-        mirror_free(ms[i]);
-    if (ws)
-        cudaFree(ws);
-    api->context_destroy(g);
-    ht_prefill_case_free(&c);
+/* Prefill reading caches past 2^31 elements (gpu_decode_large_cache's
+ * construction): NHD and HND; full level only. */
+static const int k_large_prefix[] = {3000, 200, 1500}, k_large_chunk[] = {40, 7, 25};
+START_TEST(gpu_prefill_large_cache)
+{
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (DLDataType)BF16;
+    d.hq = 32;
+    d.hkv = 8;
+    d.d = 128;
+    d.block = 16;
+    d.batch = 3;
+    d.m = 16;
+    d.kv_layout = _i ? HND : NHD;
+    d.prefix_lens = k_large_prefix;
+    d.chunk_lens = k_large_chunk;
+    d.seed = ht_seed(0x1a2e0 + (uint64_t)_i);
+    check_prefill(&d, 1);
 }
 END_TEST
 
@@ -1459,8 +1528,10 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
-    if (full)
+    if (full) {
         tcase_add_loop_test(tc, gpu_decode_large_cache, 0, 5);
+        tcase_add_loop_test(tc, gpu_prefill_large_cache, 0, 2);
+    }
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
