@@ -605,6 +605,31 @@ static int case_tokens(const ht_decode_case_t *c, ht_tensor_t *key, ht_tensor_t 
     return t - t0;
 }
 
+/* cache_write of the rows key/value at slots into the given device caches,
+ * with its own workspace, synchronised; the call must succeed. */
+static void gpu_cache_write(gpu_case_t *gc, const DLTensor *key, const DLTensor *val, DLTensor *kc, DLTensor *vc,
+                            DLTensor *sc, const DLTensor *slots, const char *name)
+{
+    const hashattn_api_t *api = gc->c.api;
+    size_t ws_size;
+    void *ws = dev_workspace(api, gc->g, HASHATTN_OP_CACHE_WRITE, 0, key->shape[0], 0, &ws_size);
+    hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    a.layer = gc->c.desc.layer;
+    a.key = key;
+    a.value = val;
+    a.key_cache = kc;
+    a.value_cache = vc;
+    a.signature_cache = sc;
+    a.slot_mapping = slots;
+    a.workspace = ws;
+    a.workspace_size = ws_size;
+    hashattn_status_t st = api->cache_write(gc->g, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU cache_write: %s", name, api->last_error(gc->g));
+    CU(cudaDeviceSynchronize());
+    if (ws)
+        cudaFree(ws);
+}
+
 /* Caches past 2^31 elements (a 4.3 GB key cache, as a server's caches are):
  * the case's blocks are copied into caches of `off + num_blocks` blocks at
  * block ids off.. (block tables shifted by off), placed so that half of them
@@ -775,21 +800,7 @@ START_TEST(gpu_decode_large_cache)
         mirror_up(&mkey, key);
         mirror_up(&mval, val);
         mirror_up(&mslots, slots);
-        size_t ws_size;
-        void *ws = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, n, 0, &ws_size);
-        hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
-        a.layer = d.layer;
-        a.key = &mkey.t;
-        a.value = &mval.t;
-        a.key_cache = &b.tk;
-        a.value_cache = &b.tv;
-        a.signature_cache = &b.ts;
-        a.slot_mapping = &mslots.t;
-        a.workspace = ws;
-        a.workspace_size = ws_size;
-        hashattn_status_t st = api->cache_write(gc.g, &a);
-        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU cache_write: %s", full, api->last_error(gc.g));
-        CU(cudaDeviceSynchronize());
+        gpu_cache_write(&gc, &mkey.t, &mval.t, &b.tk, &b.tv, &b.ts, &mslots.t, full);
         /* the shifted region, read back in the small caches' layout */
         ht_tensor_t *gk = ht_tensor_clone(c->key_cache), *gv = ht_tensor_clone(c->value_cache),
                     *gs = ht_tensor_clone(c->sig_cache);
@@ -822,8 +833,6 @@ START_TEST(gpu_decode_large_cache)
         ht_tensor_free(key);
         ht_tensor_free(val);
         ht_tensor_free(slots);
-        if (ws)
-            cudaFree(ws);
     }
     big_caches_free(&b);
     gpu_case_free(&gc);
@@ -989,20 +998,7 @@ START_TEST(gpu_cache_write_and_hash)
     ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU cache_write: %s", api->last_error(c->ctx));
     ht_workspace_free(&cws);
 
-    size_t gws_size;
-    void *gws = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, n, 0, &gws_size);
-    hashattn_cache_write_args_t b = a;
-    b.key = &mkey.t;
-    b.value = &mval.t;
-    b.key_cache = &gk.t;
-    b.value_cache = &gv.t;
-    b.signature_cache = &gs.t;
-    b.slot_mapping = &mslots.t;
-    b.workspace = gws;
-    b.workspace_size = gws_size;
-    st = api->cache_write(gc.g, &b);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "GPU cache_write: %s", api->last_error(gc.g));
-    CU(cudaDeviceSynchronize());
+    gpu_cache_write(&gc, &mkey.t, &mval.t, &gk.t, &gv.t, &gs.t, &mslots.t, full);
     saved_t sk, sv, ss;
     save(&sk, ckc);
     save(&sv, cvc);
@@ -1072,8 +1068,6 @@ START_TEST(gpu_cache_write_and_hash)
         ht_tensor_free(gsig);
     }
 
-    if (gws)
-        cudaFree(gws);
     mirror_free(&gk);
     mirror_free(&gv);
     mirror_free(&gs);
