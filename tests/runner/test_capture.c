@@ -573,13 +573,16 @@ done:
 }
 
 /* The shipped weights: found by the runner's search, loadable for SmolLM2's
- * attention shape in both layouts. */
+ * attention shape in both layouts; the default for group selection is the
+ * compact file (docs/quality.md, "The default"). */
 static void test_default_weights(void)
 {
-    char want[1024], head[1024], found[4096], compact[1024];
+    char want[1024], head[1024], found[4096], compact[1024], paper[1024];
     snprintf(want, sizeof want, "%s/weights/%s", HASHATTN_TEST_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS);
     snprintf(head, sizeof head, "%s/weights/%s", HASHATTN_TEST_SOURCE_DIR, RN_DEFAULT_HASH_WEIGHTS_HEAD);
     snprintf(compact, sizeof compact, "%s/weights/smollm2-135m-hash-compact.safetensors", HASHATTN_TEST_SOURCE_DIR);
+    snprintf(paper, sizeof paper, "%s/weights/smollm2-135m-hash.safetensors", HASHATTN_TEST_SOURCE_DIR);
+    CHECK(!strcmp(want, compact), "the default for group selection is %s, expected the compact file", want);
     if (access(want, R_OK) != 0) {
         SKIP("%s is absent", want);
         return;
@@ -602,7 +605,7 @@ static void test_default_weights(void)
           "a file that is nowhere was found at %s", found);
     /* what each file was trained for, from its metadata */
     const char *objectives[3] = { "group", "head", "head" };
-    const char *files[3] = { want, head, compact };
+    const char *files[3] = { paper, head, compact };
     for (int i = 0; i < 3; i++) {
         char ob[16], e2[256];
         if (access(files[i], R_OK) == 0) {
