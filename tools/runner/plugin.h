@@ -55,9 +55,8 @@ typedef struct rn_plugin {
  * which hash mode uses when no file is named: for group selection (the
  * default) the compact layout's file, one key MLP per KV head (it meets the
  * passkey target that the paper layout's group file misses, and is faster;
- * docs/quality.md "Group against per-head selection, paper against compact
- * signatures"), and for per-head selection (the paper's form) the paper
- * layout's file trained per head. */
+ * docs/quality.md, "The default"), and for per-head selection (the paper's
+ * form) the paper layout's file trained per head. */
 #define RN_DEFAULT_HASH_WEIGHTS "smollm2-135m-hash-compact.safetensors"
 #define RN_DEFAULT_HASH_WEIGHTS_HEAD "smollm2-135m-hash-head.safetensors"
 
