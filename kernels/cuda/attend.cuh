@@ -56,9 +56,14 @@ constexpr int kAttnThreads = 128;
 constexpr int kTT = 32;    /* rows per tile */
 constexpr int kStages = 3; /* cp.async pipeline depth */
 
-/* Shared-memory row pitch of K/V tiles, in elements: 16 bytes of padding so
- * that the 8 rows of an ldmatrix (or of a lane group) fall in distinct banks. */
-template <int D> __host__ __device__ constexpr int kv_pitch() { return D + 8; }
+/* Shared-memory row pitch of K/V tiles, in elements: D, no padding. The 8
+ * rows an ldmatrix reads fall in distinct banks through a swizzle instead:
+ * 16-byte chunk c of row r is stored at chunk kv_swz(r, c) of the row. So
+ * every row keeps its own aligned 128-byte segments, as the cp.async copies
+ * want: the padded pitch before run 31 (D + 8) made most rows straddle
+ * segments, and the tiles' copies read 1.5x their bytes from L2 (ncu). */
+template <int D> __host__ __device__ constexpr int kv_pitch() { return D; }
+__device__ __forceinline__ int kv_swz(int r, int c) { return c ^ (r & 7); }
 
 /* A budget resolved for n tokens: kernels/cpu/select.c's rule. */
 struct Bud {
@@ -1035,7 +1040,8 @@ __global__ void __launch_bounds__(kAttnThreads,
 #pragma unroll
         for (int it = 0; it < NIT; it++) {
             const int r = r0 + it * RSTEP;
-            T *dk = dst + (size_t)r * RP + cc * 8, *dv = dst + (size_t)(kTT + r) * RP + cc * 8;
+            T *dk = dst + (size_t)r * RP + kv_swz(r, cc) * 8;
+            T *dv = dst + (size_t)(kTT + r) * RP + kv_swz(kTT + r, cc) * 8;
             bool good = ok[it];
             if (good && !page_ok(a.guard, page[it], s, blk[it]))
                 good = false; /* reported; the row reads zeros */
@@ -1133,11 +1139,13 @@ __global__ void __launch_bounds__(kAttnThreads,
         const int wr0 = warp * TPW;
         /* S^T (heads x 8 rows) = Q K^T */
         float sc4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        const T *kp = Ks + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
+        /* lane l addresses row lr of matrix l / 8: chunk 4 kk + l / 8 */
+        const int lr = wr0 + (lane & 7);
+        const T *kp = Ks + (size_t)lr * RP;
 #pragma unroll
         for (int kk = 0; kk < D / 32; kk++) {
             uint32_t b[4];
-            ldmatrix_x4(b, kp + kk * 32);
+            ldmatrix_x4(b, kp + kv_swz(lr, 4 * kk + (lane >> 3)) * 8);
             mma_16816<T>(sc4, qa[2 * kk][0], 0u, qa[2 * kk][1], 0u, b[0], b[1]);
             mma_16816<T>(sc4, qa[2 * kk + 1][0], 0u, qa[2 * kk + 1][1], 0u, b[2], b[3]);
         }
@@ -1170,11 +1178,11 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         /* O^T (D x heads) += V^T P^T; P^T's B fragment is S^T's C fragment */
         const uint32_t pb = pack_f32<T>(e0, e1);
-        const T *vp = Vs + (size_t)(wr0 + (lane & 7)) * RP + (lane >> 3) * 8;
+        const T *vp = Vs + (size_t)lr * RP;
 #pragma unroll
         for (int kk = 0; kk < D / 32; kk++) {
             uint32_t v[4];
-            ldmatrix_x4_trans(v, vp + kk * 32);
+            ldmatrix_x4_trans(v, vp + kv_swz(lr, 4 * kk + (lane >> 3)) * 8);
             mma_1688<T>(acc[2 * kk], v[0], v[1], pb);
             mma_1688<T>(acc[2 * kk + 1], v[2], v[3], pb);
         }
