@@ -32,7 +32,8 @@
  *
  * Tiles of 32 rows (listed rows in the attention pass) are gathered with
  * 16-byte cp.async through the block table, three stages deep, into rows
- * padded by 16 bytes (ldmatrix rows then hit distinct banks), and attended
+ * whose 16-byte chunks are swizzled (kv_swz: ldmatrix rows then hit distinct
+ * banks, and each row keeps its aligned 128-byte segments), and attended
  * with an online softmax in base 2: each warp owns 8 rows of a tile; S^T =
  * Q K^T with mma.m16n8k16 (the GH heads padded to 16 rows of A, q unscaled
  * in its own dtype), softmax on the accumulator fragments, O^T += V^T P^T
@@ -339,10 +340,10 @@ __host__ __device__ constexpr size_t attend_region_a()
  * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
 constexpr int kListPiece = 512;
 /* Blocks per SM of the attention pass (LM = 2, tensor cores): its launch
- * bounds hold it to 128 registers, and its ~56 KB of shared memory fit four
- * times (run 19: the balanced parts' prologue had taken it to 168 registers,
- * three blocks per SM and 7% slower). decode.cu's attend_parts counts waves
- * with it. */
+ * bounds hold it to 128 registers, and its ~52 KB of shared memory (~55 KB
+ * with the padded tiles before run 31) fit four times (run 19: the balanced
+ * parts' prologue had taken it to 168 registers, three blocks per SM and 7%
+ * slower). decode.cu's attend_parts counts waves with it. */
 constexpr int kAttnPassBlocksPerSm = 4;
 /* Blocks per SM of group selection's selection pass (LM = 1, GSEL): 64
  * registers at most, so that the resolve folded into it (warp_resolve, run
