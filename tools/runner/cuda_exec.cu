@@ -11,6 +11,9 @@
  *   gate/up GEMMs, SwiGLU, down GEMM into the residual
  *   -> final RMSNorm of the sampled rows -> logits GEMM -> sampling kernel
  *   -> next tokens (and selected counts) back to pinned memory.
+ * With bf16 weights, a step of at most 32 rows (decode) runs RMSNorm, GEMM and
+ * RoPE (or SwiGLU) as one kernel each (cuda_fused.cuh) instead of three
+ * launches; --no-fused keeps them apart.
  * The residual stream and every GEMM output are float32. With float32
  * weights the GEMMs are plain SGEMM (cuBLAS's default math: no TF32), so
  * the logits track a float32 reference; with bfloat16 weights the GEMM
@@ -256,6 +259,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float *log
         next[s] = pick;
 }
 
+#include "cuda_fused.cuh"
+
 /* ---- host side --------------------------------------------------------------------- */
 
 constexpr int kMaxGraphs = 48;
@@ -308,6 +313,7 @@ struct CudaExec {
     int tp, rank, Hq_l, Hkv_l; /* tensor parallelism: this rank's heads (tp = 1: all) */
     float eps;
     int wbf16;              /* GEMM inputs are bf16 */
+    int fused;              /* steps of <= kFusedRows rows use cuda_fused.cuh's fused kernels */
     size_t wsize;           /* bytes of a weight element */
     int dense;              /* dense decode now (no signatures) */
     int hash_ctx;
@@ -466,6 +472,96 @@ static int k_rmsnorm(CudaExec *c, const float *x, const int32_t *rows, const flo
     return 0;
 }
 
+/* Layer Ly's RMSNorm, Q/K/V GEMM, RoPE and conversion to the plugin dtype
+ * (qa/ka/va), one launch each */
+static int k_qkv_unfused(CudaExec *c, const Layer &Ly, int T, const int32_t *d_pos)
+{
+    if (k_rmsnorm(c, c->x, NULL, Ly.attn_norm, c->xb, T) || gemm(c, Ly.wqkv, c->xb, c->qkv, T, c->E, c->QKV, 0))
+        return -1;
+    if (c->cfg.kv_dtype == RN_DT_F16)
+        rope_convert_kernel<__half><<<T, 256, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
+                                                             c->rope_sin, (__half *)c->qa, (__half *)c->ka,
+                                                             (__half *)c->va, c->Hq, c->Hkv, c->D);
+    else
+        rope_convert_kernel<bf16><<<T, 256, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
+                                                           c->rope_sin, (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va,
+                                                           c->Hq, c->Hkv, c->D);
+    CU(cudaGetLastError());
+    return 0;
+}
+
+/* Layer Ly's RMSNorm, gate/up GEMM and SwiGLU into gin, one launch each */
+static int k_gate_up_unfused(CudaExec *c, const Layer &Ly, int T)
+{
+    if (k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wgu, c->xb, c->hb, T, c->E, 2 * c->F, 0))
+        return -1;
+    const size_t nf = (size_t)T * c->F;
+    if (c->wbf16)
+        swiglu_kernel<bf16><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (bf16 *)c->gin, nf);
+    else
+        swiglu_kernel<float><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (float *)c->gin, nf);
+    CU(cudaGetLastError());
+    return 0;
+}
+
+/* Layer Ly's RMSNorm, GEMM and epilogue in one launch (cuda_fused.cuh) for a
+ * step of T <= kFusedRows rows: kFusedQkv from x into qa/ka/va, kFusedSwiglu
+ * from x into gin. */
+static int k_fused(CudaExec *c, int epi, const Layer &Ly, int T, const int32_t *d_pos)
+{
+    FusedArgs a = {};
+    a.x = c->x;
+    a.T = T;
+    a.E = c->E;
+    a.eps = c->eps;
+    a.Hq = c->Hq;
+    a.Hkv = c->Hkv;
+    a.D = c->D;
+    a.F = c->F;
+    const int units = fused_units(epi, c->Hq, c->Hkv, c->D, c->F);
+    if (epi == kFusedSwiglu) {
+        a.norm = Ly.ffn_norm;
+        a.W = (const bf16 *)Ly.wgu;
+        a.gin = (bf16 *)c->gin;
+        fused_kernel<kFusedSwiglu, 2, bf16><<<units / 2, kFusedWarps * 32, fused_smem(c->E, 2), c->stream>>>(a);
+    } else {
+        a.norm = Ly.attn_norm;
+        a.W = (const bf16 *)Ly.wqkv;
+        a.pos = d_pos;
+        a.cs = c->rope_cos;
+        a.sn = c->rope_sin;
+        a.qa = c->qa;
+        a.ka = c->ka;
+        a.va = c->va;
+        const size_t smem = fused_smem(c->E, 1);
+        if (c->cfg.kv_dtype == RN_DT_F16)
+            fused_kernel<kFusedQkv, 1, __half><<<units, kFusedWarps * 32, smem, c->stream>>>(a);
+        else
+            fused_kernel<kFusedQkv, 1, bf16><<<units, kFusedWarps * 32, smem, c->stream>>>(a);
+    }
+    CU(cudaGetLastError());
+    return 0;
+}
+
+/* Whether this model can take the fused kernels, and their shared memory
+ * allowed: bf16 weights, rows of whole 32-element chunks, heads of whole
+ * 16-row units, gate/up units in pairs. */
+static int fused_setup(CudaExec *c, const cudaDeviceProp &prop)
+{
+    c->fused = 0;
+    if (c->cfg.no_fused || !c->wbf16 || c->E % kFusedChunk || c->D % 16 || c->F % 16)
+        return 0;
+    const size_t s1 = fused_smem(c->E, 1), s2 = fused_smem(c->E, 2);
+    if (s2 > prop.sharedMemPerBlockOptin)
+        return 0;
+    CU(cudaFuncSetAttribute(fused_kernel<kFusedQkv, 1, bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    CU(cudaFuncSetAttribute(fused_kernel<kFusedQkv, 1, __half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    CU(cudaFuncSetAttribute(fused_kernel<kFusedSwiglu, 2, bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            (int)s2));
+    c->fused = 1;
+    return 0;
+}
+
 /* The attention output as the output projection's input: atta itself when
  * both are bf16, else converted into gin. */
 static const void *k_convert_att(CudaExec *c, int n)
@@ -574,21 +670,14 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
     DLTensor psl = rn_dl_tensor(pl, c->d_meta + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
     DLTensor qsl = rn_dl_tensor(pl, c->d_meta + M.qsl, i32, 1, sh_qsl, NULL);
 
+    /* the capture hook needs the GEMM's float32 q/k: unfused */
+    const bool fused = c->fused && T <= kFusedRows && !c->hook;
     for (int l = 0; l < c->L; l++) {
         const Layer &Ly = c->layers[l];
-        if (mark(c, l ? RN_PROF_FFN : RN_PROF_EMBED) || k_rmsnorm(c, c->x, NULL, Ly.attn_norm, c->xb, T) ||
-            gemm(c, Ly.wqkv, c->xb, c->qkv, T, c->E, c->QKV, 0))
+        if (mark(c, l ? RN_PROF_FFN : RN_PROF_EMBED))
             return -1;
-        const int thr = 256;
-        if (c->cfg.kv_dtype == RN_DT_F16)
-            rope_convert_kernel<__half><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
-                                                                 c->rope_sin, (__half *)c->qa, (__half *)c->ka,
-                                                                 (__half *)c->va, c->Hq, c->Hkv, c->D);
-        else
-            rope_convert_kernel<bf16><<<T, thr, 0, c->stream>>>(c->q, c->k, c->v, c->QKV, d_pos, c->rope_cos,
-                                                               c->rope_sin, (bf16 *)c->qa, (bf16 *)c->ka, (bf16 *)c->va,
-                                                               c->Hq, c->Hkv, c->D);
-        CU(cudaGetLastError());
+        if (fused ? k_fused(c, kFusedQkv, Ly, T, d_pos) : k_qkv_unfused(c, Ly, T, d_pos))
+            return -1;
         if ((c->hook && run_hook(c, p, l, d_pos, T)) || mark(c, RN_PROF_QKV))
             return -1;
 
@@ -663,15 +752,10 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
         if (mark(c, RN_PROF_ATTENTION))
             return -1;
         const void *ain = k_convert_att(c, T);
-        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f) ||
-            k_rmsnorm(c, c->x, NULL, Ly.ffn_norm, c->xb, T) || gemm(c, Ly.wgu, c->xb, c->hb, T, c->E, 2 * c->F, 0))
+        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f))
             return -1;
-        const size_t nf = (size_t)T * c->F;
-        if (c->wbf16)
-            swiglu_kernel<bf16><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (bf16 *)c->gin, nf);
-        else
-            swiglu_kernel<float><<<grid_for(nf), 256, 0, c->stream>>>(c->hb, c->F, (float *)c->gin, nf);
-        CU(cudaGetLastError());
+        if (fused ? k_fused(c, kFusedSwiglu, Ly, T, NULL) : k_gate_up_unfused(c, Ly, T))
+            return -1;
         if (gemm(c, Ly.wd, c->gin, c->x, T, c->F, c->E, 1.0f))
             return -1;
     }
@@ -1110,10 +1194,14 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     cudaMemGetInfo(&free_b, &total_b);
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, cf->device));
+    if (fused_setup(c, prop))
+        return -1;
     snprintf(c->base.desc, sizeof c->base.desc,
-             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, %.1f of %.1f GB free; attention: %s",
-             prop.name, cf->device, c->tp > 1 ? ", tensor-parallel rank" : "", c->wbf16 ? "bf16" : "f32", pc.dtype == RN_DT_F16 ? "fp16" : "bf16",
-             2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off", free_b / 1e9, total_b / 1e9, c->pl.desc);
+             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, fused small steps %s, "
+             "%.1f of %.1f GB free; attention: %s",
+             prop.name, cf->device, c->tp > 1 ? ", tensor-parallel rank" : "", c->wbf16 ? "bf16" : "f32",
+             pc.dtype == RN_DT_F16 ? "fp16" : "bf16", 2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off",
+             c->fused ? "on" : "off", free_b / 1e9, total_b / 1e9, c->pl.desc);
     return 0;
 }
 
@@ -1333,4 +1421,11 @@ extern "C" int rn_exec_cuda_create_tp(const rn_model_t *m, const rn_cuda_config_
              e0->desc);
     *out = e;
     return 0;
+}
+
+extern "C" int rn_exec_cuda_fused(const rn_exec_t *e)
+{
+    if (e && e->ops == &k_tp_ops) /* every rank runs the same configuration */
+        e = ((const TpExec *)e)->rank[0];
+    return e && e->ops == &k_cuda_ops && ((const CudaExec *)e)->fused;
 }

@@ -19,6 +19,8 @@ typedef struct rn_cuda_config {
     int weights_bf16;      /* 0: float32 weights (fp32 GEMMs, no TF32); 1: bfloat16 weights and GEMM inputs */
     int kv_dtype;          /* RN_DT_BF16 (default) or RN_DT_F16: q/k/v/output and caches of the plugin */
     int graphs;            /* 1: capture pure-decode steps in CUDA graphs */
+    int no_fused;          /* 1: never the fused kernels of cuda_fused.cuh (steps of <= 32 rows,
+                              bf16 weights): RMSNorm, GEMM and RoPE/SwiGLU as separate launches */
     int32_t block_size, num_blocks;
     int max_seqs, max_tokens;
     int32_t max_blocks;
@@ -46,6 +48,9 @@ int rn_exec_cuda_create_tp(const rn_model_t *m, const rn_cuda_config_t *cfg, int
 
 /* 1 when random hash weights were bound. */
 int rn_exec_cuda_random_weights(const rn_exec_t *e);
+
+/* 1 when steps of <= 32 rows run cuda_fused.cuh's fused kernels. */
+int rn_exec_cuda_fused(const rn_exec_t *e);
 
 #ifdef __cplusplus
 }

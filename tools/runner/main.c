@@ -44,7 +44,7 @@ typedef struct options {
     int n_calib_text, capture_seqs, capture_len, capture_queries, capture_tail, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs;
+    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, no_fused;
     int bench, bench_steps, bench_warmup, bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
@@ -107,6 +107,8 @@ static void usage(FILE *out)
             "  --kv-dtype T          cuda: bf16 (default) | fp16, the plugin's dtype\n"
             "  --weights-dtype T     cuda: f32 (default) | bf16\n"
             "  --no-graphs           cuda: do not capture decode steps in CUDA graphs\n"
+            "  --no-fused            cuda: RMSNorm, GEMM and RoPE/SwiGLU as separate launches in\n"
+            "                        steps of <= 32 rows too (bf16 weights fuse them by default)\n"
             "  --tp N                cuda: split the attention heads over N GPUs (cuda:D ..\n"
             "                        cuda:D+N-1) with NCCL; N divides the KV heads (default 1)\n"
             "  --threads N           cpu: threads of the matrix products and of split\n"
@@ -368,6 +370,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         FLAG("--inspect", o->inspect)
         FLAG("--tokenize", o->tokenize)
         FLAG("--no-graphs", o->no_graphs)
+        FLAG("--no-fused", o->no_fused)
         FLAG("--bench", o->bench)
         INTOPT("--sink", 0, INT32_MAX, o->sink)
         INTOPT("--recent", 1, INT32_MAX, o->recent)
@@ -1026,7 +1029,7 @@ int main(int argc, char **argv)
     }
     pc.seed = o.seed;
     pc.mlp_width = o.mlp_width;
-    int random_weights = 0;
+    int random_weights = 0, fused = 0;
     if (cuda) {
 #ifdef HASHATTN_RUNNER_CUDA
         rn_cuda_config_t cc;
@@ -1035,6 +1038,7 @@ int main(int argc, char **argv)
         cc.weights_bf16 = !strcmp(o.weights_dtype, "bf16");
         cc.kv_dtype = !strcmp(o.kv_dtype, "fp16") ? RN_DT_F16 : RN_DT_BF16;
         cc.graphs = !o.no_graphs;
+        cc.no_fused = o.no_fused;
         cc.block_size = bs;
         cc.num_blocks = num_blocks;
         cc.max_seqs = batch;
@@ -1050,6 +1054,7 @@ int main(int argc, char **argv)
             goto out;
         }
         random_weights = rn_exec_cuda_random_weights(ex);
+        fused = rn_exec_cuda_fused(ex);
 #endif
     } else {
         rn_attn_shape_t sh = { hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, bs, num_blocks,
@@ -1101,6 +1106,7 @@ int main(int argc, char **argv)
         json_object_object_add(js, "warmup", json_object_new_int(o.bench_warmup));
         json_object_object_add(js, "profile_steps", json_object_new_int(o.bench_profile));
         json_object_object_add(js, "graphs", json_object_new_boolean(cuda && !o.no_graphs));
+        json_object_object_add(js, "fused", json_object_new_boolean(fused));
         json_object_object_add(js, "tp", json_object_new_int(o.tp));
         if (o.bench_profile && (!ex->ops->set_profile || o.no_graphs))
             fprintf(stderr, "hashattn-run: note: --bench-profile times parts of CUDA graphs on one GPU; "

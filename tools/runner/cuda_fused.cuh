@@ -1,0 +1,235 @@
+/*
+ * cuda_fused.cuh - the CUDA executor's fused kernels for steps of at most 32
+ * rows (decode steps of up to 32 sequences, short prefill chunks) with
+ * bfloat16 weights. Included by cuda_exec.cu, inside its namespace.
+ *
+ * At such sizes every kernel of the step is a few microseconds of latency, so
+ * the number of launches is the cost. Each kernel here is one launch for
+ *   RMSNorm -> x . W^T on tensor cores (bf16 in, fp32 accumulate) -> epilogue
+ * where the unfused path takes three (rmsnorm_kernel, a cuBLAS GEMM, then
+ * rope_convert_kernel or swiglu_kernel). Epilogues:
+ *   kFusedQkv:    W = wq|wk|wv; half-split RoPE of q and k, and q/k/v written
+ *                 in the plugin's dtype (what rope_convert_kernel does);
+ *   kFusedSwiglu: W = w_gate|w_up; silu(gate) * up written as the down
+ *                 projection's bf16 input (what swiglu_kernel does).
+ * The arithmetic is the unfused path's (the same bf16 rounding of the
+ * normalised rows, fp32 sums); only the order of the sums differs.
+ *
+ * Shape of a launch: a "unit" is 16 weight rows in two 8-row n-tiles whose
+ * outputs the epilogue needs together (columns i and i + D/2 of a head for
+ * RoPE, gate j and up j for SwiGLU). A block of 8 warps owns UPB units; its
+ * warps split K (32-element chunks, round robin) and their partial sums meet
+ * in shared memory. Every block normalises all rows of x into shared memory
+ * itself (x is at most 32 x E floats, read from L2), after its warps have
+ * issued their weight loads, so that the two overlap.
+ *
+ * K order inside a chunk: lane (g = lane / 4, t = lane % 4) loads 8
+ * consecutive elements (16 bytes) of weight row g and of rows g, g + 8, ... of
+ * x at k0 + 8t, and feeds them to two m16n8k16 steps. The MMA's k index is
+ * thereby permuted within the chunk, the same way for both operands, which a
+ * dot product does not notice; it saves every shuffle.
+ */
+
+constexpr int kFusedRows = 32;    /* rows of x a launch covers: two m16 tiles */
+constexpr int kFusedWarps = 8;    /* warps per block, splitting K */
+constexpr int kFusedChunk = 32;   /* K elements per warp step */
+constexpr int kFusedGroup = 3;    /* chunks whose weights a warp loads at once */
+constexpr int kFusedQkv = 0, kFusedSwiglu = 1;
+
+struct FusedArgs {
+    const float *x;    /* [T, E] the residual stream */
+    const float *norm; /* [E] RMSNorm weights */
+    const bf16 *W;     /* [rows, E] */
+    int T, E;
+    float eps;
+    /* kFusedQkv */
+    const int32_t *pos;       /* [T] */
+    const float *cs, *sn;     /* [max_pos, D / 2] */
+    void *qa, *ka, *va;       /* [T, Hq, D], [T, Hkv, D] x2 in the plugin dtype */
+    int Hq, Hkv, D;
+    /* kFusedSwiglu */
+    bf16 *gin;                /* [T, F] */
+    int F;
+};
+
+/* bytes per shared row of x: 64 past a multiple of 128, so that the 16-byte
+ * loads of rows g and g + 1 fall in different banks */
+__host__ __device__ constexpr int fused_pitch(int E) { return (E * 2 + 127) / 128 * 128 + 64; }
+
+/* partial sums per warp: [32 rows][16 UPB + 4 columns] floats */
+__host__ __device__ constexpr int fused_part_ld(int upb) { return 16 * upb + 4; }
+
+__host__ __device__ constexpr size_t fused_smem(int E, int upb)
+{
+    return (size_t)kFusedRows * fused_pitch(E) + (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4;
+}
+
+/* units of a launch */
+__host__ __device__ inline int fused_units(int epi, int Hq, int Hkv, int D, int F)
+{
+    return epi == kFusedQkv ? (Hq + Hkv) * (D / 16) + Hkv * D / 16 : F / 8;
+}
+
+/* first weight row of the unit's two n-tiles */
+__device__ __forceinline__ void fused_unit_rows(const FusedArgs &a, int epi, int u, int &r0, int &r1)
+{
+    if (epi == kFusedSwiglu) {
+        r0 = 8 * u;
+        r1 = a.F + 8 * u;
+        return;
+    }
+    const int per_head = a.D / 16, rope_units = (a.Hq + a.Hkv) * per_head;
+    if (u < rope_units) { /* q heads then k heads, as stacked in W */
+        const int h = u / per_head, i0 = (u % per_head) * 8;
+        r0 = h * a.D + i0;
+        r1 = r0 + a.D / 2;
+    } else { /* v: 16 consecutive rows */
+        r0 = (a.Hq + a.Hkv) * a.D + 16 * (u - rope_units);
+        r1 = r0 + 8;
+    }
+}
+
+__device__ __forceinline__ void fused_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t fused_word(const uint4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* one output pair (y0 from the unit's first n-tile, y1 from its second, same
+ * row r and column j of the tile) through the epilogue */
+template <int EPI, typename TA>
+__device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r, int j, float y0, float y1)
+{
+    if (EPI == kFusedSwiglu) {
+        a.gin[(size_t)r * a.F + 8 * u + j] = from_f<bf16>(y0 / (1.0f + expf(-y0)) * y1);
+        return;
+    }
+    const int D = a.D, half = D / 2, per_head = D / 16, rope_units = (a.Hq + a.Hkv) * per_head;
+    if (u >= rope_units) {
+        const int c = 16 * (u - rope_units) + j;
+        TA *v = (TA *)a.va + (size_t)r * a.Hkv * D;
+        v[c] = from_f<TA>(y0);
+        v[c + 8] = from_f<TA>(y1);
+        return;
+    }
+    const int h = u / per_head, i = (u % per_head) * 8 + j;
+    const size_t p = (size_t)a.pos[r] * half + i;
+    const float c = a.cs[p], s = a.sn[p];
+    TA *dst = h < a.Hq ? (TA *)a.qa + (size_t)r * a.Hq * D + (size_t)h * D
+                       : (TA *)a.ka + (size_t)r * a.Hkv * D + (size_t)(h - a.Hq) * D;
+    dst[i] = from_f<TA>(y0 * c - y1 * s);
+    dst[i + half] = from_f<TA>(y0 * s + y1 * c);
+}
+
+template <int EPI, int UPB, typename TA>
+__global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
+{
+    extern __shared__ __align__(16) unsigned char fused_smem_buf[];
+    constexpr int NT = 2 * UPB, LD = fused_part_ld(UPB);
+    const int E = a.E, pitch = fused_pitch(E), nch = E / kFusedChunk;
+    unsigned char *xs = fused_smem_buf;
+    float *part = (float *)(fused_smem_buf + (size_t)kFusedRows * pitch);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+
+    const bf16 *wrow[NT]; /* this lane's weight row of each n-tile */
+    for (int u = 0; u < UPB; u++) {
+        int r0, r1;
+        fused_unit_rows(a, EPI, blockIdx.x * UPB + u, r0, r1);
+        wrow[2 * u] = a.W + (size_t)(r0 + g) * E + 8 * t;
+        wrow[2 * u + 1] = a.W + (size_t)(r1 + g) * E + 8 * t;
+    }
+    uint4 b[kFusedGroup][NT];
+    auto load_group = [&](int c0) {
+#pragma unroll
+        for (int q = 0; q < kFusedGroup; q++) {
+            const int c = c0 + q * kFusedWarps;
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+                b[q][n] = c < nch ? __ldg((const uint4 *)(wrow[n] + c * kFusedChunk)) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    load_group(warp);
+
+    /* the normalised rows, bf16, as rmsnorm_kernel computes them; rows >= T are zeros */
+    for (int r = warp; r < kFusedRows; r += kFusedWarps) {
+        uint2 *dst = (uint2 *)(xs + (size_t)r * pitch);
+        if (r >= a.T) {
+            for (int i = lane; i < E / 4; i += 32)
+                dst[i] = make_uint2(0, 0);
+            continue;
+        }
+        const float4 *xr = (const float4 *)(a.x + (size_t)r * E);
+        float ss = 0;
+        for (int i = lane; i < E / 4; i += 32) {
+            const float4 v = xr[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = warp_sum(ss);
+        const float s = rsqrtf(ss / (float)E + a.eps);
+        const float4 *w4 = (const float4 *)a.norm;
+        for (int i = lane; i < E / 4; i += 32) {
+            const float4 v = xr[i], w = w4[i];
+            __nv_bfloat162 lo = __floats2bfloat162_rn(v.x * s * w.x, v.y * s * w.y);
+            __nv_bfloat162 hi = __floats2bfloat162_rn(v.z * s * w.z, v.w * s * w.w);
+            dst[i] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+        }
+    }
+    __syncthreads();
+
+    float acc[2][NT][4] = {};
+    for (int c0 = warp; c0 < nch; c0 += kFusedGroup * kFusedWarps) {
+        if (c0 != warp)
+            load_group(c0);
+#pragma unroll
+        for (int q = 0; q < kFusedGroup; q++) {
+            const int c = c0 + q * kFusedWarps;
+            if (c >= nch)
+                break;
+            uint4 ar[4]; /* rows g, g + 8, g + 16, g + 24 */
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                ar[i] = *(const uint4 *)(xs + (size_t)(g + 8 * i) * pitch + (size_t)(c * kFusedChunk + 8 * t) * 2);
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int n = 0; n < NT; n++)
+                        fused_mma(acc[mt][n], fused_word(ar[2 * mt], 2 * s), fused_word(ar[2 * mt + 1], 2 * s),
+                                  fused_word(ar[2 * mt], 2 * s + 1), fused_word(ar[2 * mt + 1], 2 * s + 1),
+                                  fused_word(b[q][n], 2 * s), fused_word(b[q][n], 2 * s + 1));
+        }
+    }
+
+    /* partial sums to shared memory: acc[mt][n] holds rows 16 mt + g (+ 8), columns 8 n + 2t (+ 1) */
+    float *pw = part + (size_t)warp * kFusedRows * LD;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            *(float2 *)(pw + (size_t)(16 * mt + g) * LD + 8 * n + 2 * t) = make_float2(acc[mt][n][0], acc[mt][n][1]);
+            *(float2 *)(pw + (size_t)(16 * mt + g + 8) * LD + 8 * n + 2 * t) =
+                make_float2(acc[mt][n][2], acc[mt][n][3]);
+        }
+    __syncthreads();
+    for (int o = threadIdx.x; o < kFusedRows * UPB * 8; o += kFusedWarps * 32) {
+        const int r = o / (UPB * 8), u = (o / 8) % UPB, j = o % 8;
+        if (r >= a.T)
+            continue;
+        float y0 = 0, y1 = 0;
+        for (int w = 0; w < kFusedWarps; w++) { /* fixed order: deterministic */
+            const float *pr = part + ((size_t)w * kFusedRows + r) * LD + 16 * u;
+            y0 += pr[j];
+            y1 += pr[8 + j];
+        }
+        fused_epilogue<EPI, TA>(a, blockIdx.x * UPB + u, r, j, y0, y1);
+    }
+}
