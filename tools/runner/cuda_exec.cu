@@ -552,7 +552,9 @@ static int fused_setup(CudaExec *c, const cudaDeviceProp &prop)
     if (c->cfg.no_fused || !c->wbf16 || c->E % kFusedChunk || c->D % 16 || c->F % 16)
         return 0;
     const size_t s1 = fused_smem(c->E, 1), s2 = fused_smem(c->E, 2);
-    if (s2 > prop.sharedMemPerBlockOptin)
+    cudaFuncAttributes fa;
+    CU(cudaFuncGetAttributes(&fa, fused_kernel<kFusedSwiglu, 2, bf16>)); /* its static shared memory */
+    if (s2 + fa.sharedSizeBytes > prop.sharedMemPerBlockOptin)
         return 0;
     CU(cudaFuncSetAttribute(fused_kernel<kFusedQkv, 1, bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
     CU(cudaFuncSetAttribute(fused_kernel<kFusedQkv, 1, __half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
