@@ -106,10 +106,23 @@ __device__ __forceinline__ uint32_t fused_word(const uint4 &v, int i)
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+/* RoPE's cos and sin for output (row r, column j) of unit u (1 and 0 where
+ * there is no rotation), loaded before the main loop: the position and then
+ * the table are two dependent trips to memory */
+template <int EPI>
+__device__ __forceinline__ float2 fused_rope_cs(const FusedArgs &a, int u, int r, int j)
+{
+    const int per_head = a.D / 16;
+    if (EPI != kFusedQkv || r >= a.T || u >= (a.Hq + a.Hkv) * per_head)
+        return make_float2(1.0f, 0.0f);
+    const size_t p = (size_t)a.pos[r] * (a.D / 2) + (u % per_head) * 8 + j;
+    return make_float2(a.cs[p], a.sn[p]);
+}
+
 /* one output pair (y0 from the unit's first n-tile, y1 from its second, same
- * row r and column j of the tile) through the epilogue */
+ * row r and column j of the tile) through the epilogue; cs from fused_rope_cs */
 template <int EPI, typename TA>
-__device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r, int j, float y0, float y1)
+__device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r, int j, float y0, float y1, float2 cs)
 {
     if (EPI == kFusedSwiglu) {
         a.gin[(size_t)r * a.F + 8 * u + j] = from_f<bf16>(y0 / (1.0f + expf(-y0)) * y1);
@@ -124,12 +137,10 @@ __device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r,
         return;
     }
     const int h = u / per_head, i = (u % per_head) * 8 + j;
-    const size_t p = (size_t)a.pos[r] * half + i;
-    const float c = a.cs[p], s = a.sn[p];
     TA *dst = h < a.Hq ? (TA *)a.qa + (size_t)r * a.Hq * D + (size_t)h * D
                        : (TA *)a.ka + (size_t)r * a.Hkv * D + (size_t)(h - a.Hq) * D;
-    dst[i] = from_f<TA>(y0 * c - y1 * s);
-    dst[i + half] = from_f<TA>(y0 * s + y1 * c);
+    dst[i] = from_f<TA>(y0 * cs.x - y1 * cs.y);
+    dst[i + half] = from_f<TA>(y0 * cs.y + y1 * cs.x);
 }
 
 template <int EPI, int UPB, typename TA>
@@ -160,6 +171,15 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
         }
     };
     load_group(warp);
+    /* this thread's outputs are (row o / 8UPB, unit (o / 8) % UPB, column o % 8) for
+     * o = tid + 256 k, k < UPB: kFusedRows x UPB x 8 pairs in all */
+    static_assert(kFusedRows * 8 == kFusedWarps * 32, "one output pair per thread and unit");
+    float2 rope[UPB];
+#pragma unroll
+    for (int k = 0; k < UPB; k++) {
+        const int o = threadIdx.x + k * kFusedWarps * 32;
+        rope[k] = fused_rope_cs<EPI>(a, blockIdx.x * UPB + (o / 8) % UPB, o / (UPB * 8), o % 8);
+    }
 
     /* The normalised rows, bf16, as rmsnorm_kernel computes them; rows >= T
      * are zeros. Thread i owns float4 column i (i + 256, ...) of every row and
@@ -249,8 +269,9 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
                 make_float2(acc[mt][n][2], acc[mt][n][3]);
         }
     __syncthreads();
-    for (int o = threadIdx.x; o < kFusedRows * UPB * 8; o += kFusedWarps * 32) {
-        const int r = o / (UPB * 8), u = (o / 8) % UPB, j = o % 8;
+#pragma unroll
+    for (int k = 0; k < UPB; k++) {
+        const int o = threadIdx.x + k * kFusedWarps * 32, r = o / (UPB * 8), u = (o / 8) % UPB, j = o % 8;
         if (r >= a.T)
             continue;
         float y0 = 0, y1 = 0;
@@ -259,6 +280,6 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
             y0 += pr[j];
             y1 += pr[8 + j];
         }
-        fused_epilogue<EPI, TA>(a, blockIdx.x * UPB + u, r, j, y0, y1);
+        fused_epilogue<EPI, TA>(a, blockIdx.x * UPB + u, r, j, y0, y1, rope[k]);
     }
 }
