@@ -1,7 +1,9 @@
 /*
  * cuda_fused.cuh - the CUDA executor's fused kernels for steps of at most 32
  * rows (decode steps of up to 32 sequences, short prefill chunks) with
- * bfloat16 weights. Included by cuda_exec.cu, inside its namespace.
+ * bfloat16 weights. Included inside a namespace after cuda_util.cuh, by
+ * cuda_exec.cu and tests/runner/test_fused_gpu.cu (the kernels against a CPU
+ * computation of the same arithmetic).
  *
  * At such sizes every kernel of the step is a few microseconds of latency, so
  * the number of launches is the cost. Each kernel here is one launch for

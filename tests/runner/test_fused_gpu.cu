@@ -1,0 +1,307 @@
+/*
+ * test_fused_gpu - the CUDA runner's fused kernels (tools/runner/cuda_fused.cuh)
+ * against a CPU computation of the same arithmetic, with no model in between
+ * (on the real model, 30 layers amplify any change of summation order into
+ * logit differences of ~1%, which says nothing about the kernels).
+ *
+ * Per case (shape, epilogue, output dtype, rows T): random x with a few large
+ * entries, RMSNorm weights, bf16 weights W, positions and RoPE tables. The CPU
+ * side normalises each row in float as rmsnorm_kernel does, rounds it to bf16,
+ * takes the dot products in double and applies RoPE or SwiGLU. Every output
+ * must be within
+ *   |GPU - CPU| <= 1e-5 * sum_k |xn_k W_jk| + 2^-7 * max_k |xn_k W_jk|   (the dot product)
+ * propagated through the epilogue, plus the output dtype's rounding: float32
+ * sums in another order are far inside it, one normalised element rounded the
+ * other way (the GPU's rsqrtf is not the CPU's 1/sqrtf) is inside it, and a
+ * wrong row, column, chunk or rotation pair is far outside. Each case runs
+ * twice and must give the same bits. Shapes: SmolLM2-135M's, a D = 128 one,
+ * and one whose K (E = 1056: 33 chunks) makes warps load a second group of
+ * weight chunks.
+ *
+ * Exit 77 with "skipped: no GPU" where there is none; ends with
+ * "test_fused_gpu: N passed, N failed" and OK or FAILED.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+#include "cuda_util.cuh"
+#include "cuda_fused.cuh"
+} // namespace
+
+namespace {
+
+struct Shape {
+    const char *name;
+    int E, Hq, Hkv, D, F;
+};
+
+int g_pass, g_fail;
+
+uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+double urand() /* [0, 1) */
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (double)(g_rng >> 11) / 9007199254740992.0;
+}
+double nrand() { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand()); }
+
+/* float -> bf16 -> float, round to nearest even (as __float2bfloat16_rn) */
+float bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t bf16_bits(float f)
+{
+    f = bf16_round(f);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+float bits_to_f(uint16_t b, bool half)
+{
+    if (half)
+        return __half2float(__ushort_as_half(b));
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            printf("%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));          \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+template <int EPI, int UPB, typename TA>
+void launch(const FusedArgs &a, int units)
+{
+    const size_t smem = fused_smem(a.E, UPB);
+    CK(cudaFuncSetAttribute(fused_kernel<EPI, UPB, TA>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    fused_kernel<EPI, UPB, TA><<<units / UPB, kFusedWarps * 32, smem>>>(a);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+}
+
+/* one case: epi kFusedQkv (out dtype half or bf16) or kFusedSwiglu */
+void run_case(const Shape &sh, int epi, bool half, int T)
+{
+    const int E = sh.E, D = sh.D, half_d = D / 2, QD = sh.Hq * D, KD = sh.Hkv * D;
+    const int N = epi == kFusedQkv ? QD + 2 * KD : 2 * sh.F, max_pos = 4096;
+    const float eps = 1e-5f;
+    char name[160];
+    snprintf(name, sizeof name, "fused(shape=%s,epi=%s,out=%s,rows=%d)", sh.name, epi == kFusedQkv ? "qkv" : "swiglu",
+             epi == kFusedSwiglu ? "bf16" : half ? "f16" : "bf16", T);
+
+    /* inputs */
+    float *x = (float *)malloc(sizeof(float) * T * E), *w = (float *)malloc(sizeof(float) * E);
+    float *Wf = (float *)malloc(sizeof(float) * N * E);
+    uint16_t *Wb = (uint16_t *)malloc(2 * (size_t)N * E);
+    float *cs = (float *)malloc(sizeof(float) * max_pos * half_d), *sn = (float *)malloc(sizeof(float) * max_pos * half_d);
+    int32_t pos[kFusedRows];
+    for (int i = 0; i < T * E; i++)
+        x[i] = (float)(nrand() * (urand() < 0.01 ? 40.0 : 1.0)); /* a few large entries, as real rows have */
+    for (int i = 0; i < E; i++)
+        w[i] = (float)(0.5 + urand());
+    for (size_t i = 0; i < (size_t)N * E; i++) {
+        Wb[i] = bf16_bits((float)(nrand() / sqrt((double)E)));
+        Wf[i] = bits_to_f(Wb[i], false);
+    }
+    for (int p = 0; p < max_pos; p++)
+        for (int i = 0; i < half_d; i++) {
+            const double ang = p * pow(10000.0, -2.0 * i / D);
+            cs[p * half_d + i] = (float)cos(ang);
+            sn[p * half_d + i] = (float)sin(ang);
+        }
+    for (int r = 0; r < T; r++)
+        pos[r] = (int32_t)(urand() * max_pos);
+
+    /* CPU: normalised bf16 rows, then y[r][n] and the bound on its error */
+    float *xn = (float *)malloc(sizeof(float) * T * E);
+    double *y = (double *)malloc(sizeof(double) * T * N), *tol = (double *)malloc(sizeof(double) * T * N);
+    for (int r = 0; r < T; r++) {
+        float ss = 0;
+        for (int i = 0; i < E; i++)
+            ss += x[r * E + i] * x[r * E + i];
+        const float s = 1.0f / sqrtf(ss / (float)E + eps);
+        for (int i = 0; i < E; i++)
+            xn[r * E + i] = bf16_round(x[r * E + i] * s * w[i]);
+        for (int n = 0; n < N; n++) {
+            double acc = 0, l1 = 0, mx = 0;
+            for (int k = 0; k < E; k++) {
+                const double t = (double)xn[r * E + k] * Wf[(size_t)n * E + k];
+                acc += t;
+                l1 += fabs(t);
+                mx = fmax(mx, fabs(t));
+            }
+            y[r * N + n] = acc;
+            tol[r * N + n] = 1e-5 * l1 + ldexp(mx, -7);
+        }
+    }
+
+    /* GPU */
+    FusedArgs a = {};
+    float *dx, *dw, *dcs, *dsn;
+    int32_t *dpos;
+    bf16 *dW;
+    void *out[3] = {};
+    const size_t out_n[3] = { epi == kFusedQkv ? (size_t)T * QD : (size_t)T * sh.F, (size_t)T * KD, (size_t)T * KD };
+    CK(cudaMalloc(&dx, sizeof(float) * T * E));
+    CK(cudaMalloc(&dw, sizeof(float) * E));
+    CK(cudaMalloc(&dW, 2 * (size_t)N * E));
+    CK(cudaMalloc(&dcs, sizeof(float) * max_pos * half_d));
+    CK(cudaMalloc(&dsn, sizeof(float) * max_pos * half_d));
+    CK(cudaMalloc(&dpos, sizeof(pos)));
+    CK(cudaMemcpy(dx, x, sizeof(float) * T * E, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dw, w, sizeof(float) * E, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dW, Wb, 2 * (size_t)N * E, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dcs, cs, sizeof(float) * max_pos * half_d, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dsn, sn, sizeof(float) * max_pos * half_d, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dpos, pos, sizeof(pos), cudaMemcpyHostToDevice));
+    for (int i = 0; i < 3; i++)
+        CK(cudaMalloc(&out[i], 2 * out_n[i] + 2));
+    a.x = dx;
+    a.norm = dw;
+    a.W = dW;
+    a.T = T;
+    a.E = E;
+    a.eps = eps;
+    a.pos = dpos;
+    a.cs = dcs;
+    a.sn = dsn;
+    a.qa = out[0];
+    a.ka = out[1];
+    a.va = out[2];
+    a.gin = (bf16 *)out[0];
+    a.Hq = sh.Hq;
+    a.Hkv = sh.Hkv;
+    a.D = D;
+    a.F = sh.F;
+    const int units = fused_units(epi, sh.Hq, sh.Hkv, D, sh.F);
+    uint16_t *got[2][3];
+    for (int rep = 0; rep < 2; rep++) {
+        for (int i = 0; i < 3; i++)
+            CK(cudaMemset(out[i], 0xff, 2 * out_n[i] + 2)); /* NaN bits: an output never written shows */
+        if (epi == kFusedSwiglu)
+            launch<kFusedSwiglu, 2, bf16>(a, units);
+        else if (half)
+            launch<kFusedQkv, 1, __half>(a, units);
+        else
+            launch<kFusedQkv, 1, bf16>(a, units);
+        for (int i = 0; i < 3; i++) {
+            got[rep][i] = (uint16_t *)malloc(2 * out_n[i] + 2);
+            CK(cudaMemcpy(got[rep][i], out[i], 2 * out_n[i] + 2, cudaMemcpyDeviceToHost));
+        }
+    }
+
+    /* compare: each output of the GPU against y through the epilogue */
+    const double out_ulp = half && epi == kFusedQkv ? ldexp(1.0, -11) : ldexp(1.0, -8);
+    double worst = 0; /* largest |diff| / allowed */
+    int bad = 0, same = 1;
+    for (int i = 0; i < 3; i++)
+        same &= !memcmp(got[0][i], got[1][i], 2 * out_n[i] + 2);
+    for (int r = 0; r < T; r++) {
+        auto check = [&](double ref, double allowed, uint16_t bits) {
+            const double g = bits_to_f(bits, half && epi == kFusedQkv);
+            allowed += out_ulp * fabs(ref) + 1e-30;
+            const double q = fabs(g - ref) / allowed;
+            if (!(q <= 1.0)) /* NaN too */
+                bad++;
+            if (!(q <= worst))
+                worst = q;
+        };
+        if (epi == kFusedSwiglu) {
+            for (int j = 0; j < sh.F; j++) {
+                const double g = y[r * N + j], u = y[r * N + sh.F + j], tg = tol[r * N + j], tu = tol[r * N + sh.F + j];
+                const double sg = 1 / (1 + exp(-g));
+                check(g * sg * u, 1.1 * tg * fabs(u) + fabs(g * sg) * tu + tg * tu, got[0][0][r * sh.F + j]);
+            }
+            continue;
+        }
+        for (int h = 0; h < sh.Hq + 2 * sh.Hkv; h++) {
+            const double *yh = y + r * N + h * D, *th = tol + r * N + h * D;
+            uint16_t *dst = h < sh.Hq ? got[0][0] + r * QD + h * D
+                            : h < sh.Hq + sh.Hkv ? got[0][1] + r * KD + (h - sh.Hq) * D
+                                                 : got[0][2] + r * KD + (h - sh.Hq - sh.Hkv) * D;
+            for (int i = 0; i < half_d; i++) {
+                if (h >= sh.Hq + sh.Hkv) { /* v: no rotation */
+                    check(yh[i], th[i], dst[i]);
+                    check(yh[i + half_d], th[i + half_d], dst[i + half_d]);
+                    continue;
+                }
+                const double c = cs[pos[r] * half_d + i], s = sn[pos[r] * half_d + i], t = th[i] + th[i + half_d];
+                check(yh[i] * c - yh[i + half_d] * s, t, dst[i]);
+                check(yh[i] * s + yh[i + half_d] * c, t, dst[i + half_d]);
+            }
+        }
+    }
+    const int ok = bad == 0 && same;
+    printf("%s: %s  worst |diff| / allowed %.3f, %d outside, repeat %s\n", name, ok ? "PASS" : "FAIL", worst, bad,
+           same ? "bit-identical" : "DIFFERS");
+    ok ? g_pass++ : g_fail++;
+
+    for (int rep = 0; rep < 2; rep++)
+        for (int i = 0; i < 3; i++)
+            free(got[rep][i]);
+    for (int i = 0; i < 3; i++)
+        cudaFree(out[i]);
+    cudaFree(dx);
+    cudaFree(dw);
+    cudaFree(dW);
+    cudaFree(dcs);
+    cudaFree(dsn);
+    cudaFree(dpos);
+    free(x);
+    free(w);
+    free(Wf);
+    free(Wb);
+    free(cs);
+    free(sn);
+    free(xn);
+    free(y);
+    free(tol);
+}
+
+} // namespace
+
+int main()
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("test_fused_gpu: skipped: no GPU\n");
+        printf("test_fused_gpu: SKIPPED\n");
+        return 77;
+    }
+    const Shape shapes[] = {
+        { "smollm2-135m", 576, 9, 3, 64, 1536 },
+        { "d128", 256, 4, 2, 128, 512 },
+        { "e1056", 1056, 2, 1, 64, 256 },
+    };
+    const int rows[] = { 1, 7, 32 };
+    for (const Shape &sh : shapes)
+        for (int T : rows) {
+            run_case(sh, kFusedQkv, false, T);
+            run_case(sh, kFusedQkv, true, T);
+            run_case(sh, kFusedSwiglu, false, T);
+        }
+    printf("test_fused_gpu: %d passed, %d failed\n", g_pass, g_fail);
+    printf("test_fused_gpu: %s\n", g_fail ? "FAILED" : "OK");
+    return g_fail ? 1 : 0;
+}
