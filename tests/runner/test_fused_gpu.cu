@@ -101,14 +101,14 @@ void launch(const FusedArgs &a, int units)
 }
 
 /* one case: epi kFusedQkv (out dtype half or bf16) or kFusedSwiglu */
-void run_case(const Shape &sh, int epi, bool half, int T)
+void run_case(const Shape &sh, int epi, bool half, int T, int upb)
 {
     const int E = sh.E, D = sh.D, half_d = D / 2, QD = sh.Hq * D, KD = sh.Hkv * D;
     const int N = epi == kFusedQkv ? QD + 2 * KD : 2 * sh.F, max_pos = 4096;
     const float eps = 1e-5f;
     char name[160];
-    snprintf(name, sizeof name, "fused(shape=%s,epi=%s,out=%s,rows=%d)", sh.name, epi == kFusedQkv ? "qkv" : "swiglu",
-             epi == kFusedSwiglu ? "bf16" : half ? "f16" : "bf16", T);
+    snprintf(name, sizeof name, "fused(shape=%s,epi=%s,out=%s,rows=%d,units_per_block=%d)", sh.name,
+             epi == kFusedQkv ? "qkv" : "swiglu", epi == kFusedSwiglu ? "bf16" : half ? "f16" : "bf16", T, upb);
 
     /* inputs */
     float *x = (float *)malloc(sizeof(float) * T * E), *w = (float *)malloc(sizeof(float) * E);
@@ -199,10 +199,16 @@ void run_case(const Shape &sh, int epi, bool half, int T)
     for (int rep = 0; rep < 2; rep++) {
         for (int i = 0; i < 3; i++)
             CK(cudaMemset(out[i], 0xff, 2 * out_n[i] + 2)); /* NaN bits: an output never written shows */
-        if (epi == kFusedSwiglu)
+        if (epi == kFusedSwiglu && upb == 2)
             launch<kFusedSwiglu, 2, bf16>(a, units);
+        else if (epi == kFusedSwiglu)
+            launch<kFusedSwiglu, 1, bf16>(a, units);
+        else if (half && upb == 2)
+            launch<kFusedQkv, 2, __half>(a, units);
         else if (half)
             launch<kFusedQkv, 1, __half>(a, units);
+        else if (upb == 2)
+            launch<kFusedQkv, 2, bf16>(a, units);
         else
             launch<kFusedQkv, 1, bf16>(a, units);
         for (int i = 0; i < 3; i++) {
@@ -295,12 +301,15 @@ int main()
         { "e1056", 1056, 2, 1, 64, 256 },
     };
     const int rows[] = { 1, 7, 32 };
+    /* the runner launches Q/K/V with one unit per block and gate/up with two; the
+     * other counts are checked too (a count must divide the units: every shape's do) */
     for (const Shape &sh : shapes)
-        for (int T : rows) {
-            run_case(sh, kFusedQkv, false, T);
-            run_case(sh, kFusedQkv, true, T);
-            run_case(sh, kFusedSwiglu, false, T);
-        }
+        for (int T : rows)
+            for (int upb = 1; upb <= 2; upb++) {
+                run_case(sh, kFusedQkv, false, T, upb);
+                run_case(sh, kFusedQkv, true, T, upb);
+                run_case(sh, kFusedSwiglu, false, T, upb);
+            }
     printf("test_fused_gpu: %d passed, %d failed\n", g_pass, g_fail);
     printf("test_fused_gpu: %s\n", g_fail ? "FAILED" : "OK");
     return g_fail ? 1 : 0;
