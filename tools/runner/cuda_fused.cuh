@@ -66,7 +66,10 @@ __host__ __device__ constexpr int fused_part_ld(int upb) { return 16 * upb + 4; 
 
 __host__ __device__ constexpr size_t fused_smem(int E, int upb)
 {
-    return (size_t)kFusedRows * fused_pitch(E) + (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4;
+    /* the partial sums reuse the rows' space once every warp is done with them */
+    return (size_t)kFusedRows * fused_pitch(E) > (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4
+               ? (size_t)kFusedRows * fused_pitch(E)
+               : (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4;
 }
 
 /* units of a launch */
@@ -152,7 +155,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
     constexpr int NT = 2 * UPB, LD = fused_part_ld(UPB);
     const int E = a.E, pitch = fused_pitch(E), nch = E / kFusedChunk;
     unsigned char *xs = fused_smem_buf;
-    float *part = (float *)(fused_smem_buf + (size_t)kFusedRows * pitch);
+    float *part = (float *)fused_smem_buf; /* after the MMAs */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 
     const bf16 *wrow[NT]; /* this lane's weight row of each n-tile */
@@ -261,6 +264,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
     }
 
     /* partial sums to shared memory: acc[mt][n] holds rows 16 mt + g (+ 8), columns 8 n + 2t (+ 1) */
+    __syncthreads(); /* every warp's reads of xs are done */
     float *pw = part + (size_t)warp * kFusedRows * LD;
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
