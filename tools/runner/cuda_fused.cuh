@@ -24,7 +24,7 @@
  * in shared memory. Every block normalises all rows of x into shared memory
  * itself (x is at most 32 x E floats, read from L2), after its warps have
  * issued their weight loads, so that the two overlap. The first version
- * normalised a row per warp at a time and cost ~5 us more per launch at 32
+ * normalised a row per warp at a time and cost ~3 us more per launch at 32
  * rows than at 1 (eight waits for L2 in a row).
  *
  * K order inside a chunk: lane (g = lane / 4, t = lane % 4) loads 8
