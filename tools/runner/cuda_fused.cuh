@@ -148,6 +148,16 @@ __device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r,
     dst[i + half] = from_f<TA>(y0 * cs.y + y1 * cs.x);
 }
 
+/* float4 column i of rows r0 .. r0 + kFusedBatch - 1 of x (zeros from row T on),
+ * all loads in flight at once */
+__device__ __forceinline__ void fused_load_rows(float4 (&v)[kFusedBatch], const float4 *x4, int E4, int i, int r0,
+                                                int T)
+{
+#pragma unroll
+    for (int q = 0; q < kFusedBatch; q++)
+        v[q] = r0 + q < T ? x4[(size_t)(r0 + q) * E4 + i] : make_float4(0, 0, 0, 0);
+}
+
 template <int EPI, int UPB, typename TA>
 __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
 {
@@ -198,9 +208,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
 #pragma unroll
         for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
             float4 v[kFusedBatch];
-#pragma unroll
-            for (int q = 0; q < kFusedBatch; q++)
-                v[q] = r0 + q < a.T ? x4[(size_t)(r0 + q) * E4 + i] : make_float4(0, 0, 0, 0);
+            fused_load_rows(v, x4, E4, i, r0, a.T);
 #pragma unroll
             for (int q = 0; q < kFusedBatch; q++)
                 ss[r0 + q] += v[q].x * v[q].x + v[q].y * v[q].y + v[q].z * v[q].z + v[q].w * v[q].w;
@@ -224,9 +232,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
 #pragma unroll
         for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
             float4 v[kFusedBatch];
-#pragma unroll
-            for (int q = 0; q < kFusedBatch; q++)
-                v[q] = r0 + q < a.T ? x4[(size_t)(r0 + q) * E4 + i] : make_float4(0, 0, 0, 0);
+            fused_load_rows(v, x4, E4, i, r0, a.T);
 #pragma unroll
             for (int q = 0; q < kFusedBatch; q++) {
                 const float s = row_scale[r0 + q];
