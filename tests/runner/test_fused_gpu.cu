@@ -18,7 +18,9 @@
  * and one whose K (E = 1056: 33 chunks) makes warps load a second group of
  * weight chunks.
  *
- * Exit 77 with "skipped: no GPU" where there is none; ends with
+ * Each case prints "CASE <name> seed=..." (tests/common: HASHATTN_TEST_FILTER
+ * selects cases, HASHATTN_TEST_SEED replaces the seeds). Exit 77 with
+ * "skipped: no GPU" where there is none; ends with
  * "test_fused_gpu: N passed, N failed" and OK or FAILED.
  */
 #include <cuda_bf16.h>
@@ -29,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "ha_test.h"
 
 namespace {
 #include "cuda_util.cuh"
@@ -44,42 +48,13 @@ struct Shape {
 
 int g_pass, g_fail;
 
-uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-double urand() /* [0, 1) */
+/* a standard normal draw (Box-Muller) */
+double nrand(ht_rng_t *g)
 {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) / 9007199254740992.0;
+    return sqrt(-2 * log(1.0 - ht_rng_uniform(g, 0, 1))) * cos(6.283185307179586 * ht_rng_uniform(g, 0, 1));
 }
-double nrand() { return sqrt(-2 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand()); }
-
-/* float -> bf16 -> float, round to nearest even (as __float2bfloat16_rn) */
-float bf16_round(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-uint16_t bf16_bits(float f)
-{
-    f = bf16_round(f);
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)(u >> 16);
-}
-float bits_to_f(uint16_t b, bool half)
-{
-    if (half)
-        return __half2float(__ushort_as_half(b));
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+float bf16_round(float f) { return ht_bf16_to_f32(ht_f32_to_bf16(f)); }
+float bits_to_f(uint16_t b, bool half) { return half ? ht_f16_to_f32(b) : ht_bf16_to_f32(b); }
 
 #define CK(x)                                                                                   \
     do {                                                                                        \
@@ -109,6 +84,11 @@ void run_case(const Shape &sh, int epi, bool half, int T, int upb)
     char name[160];
     snprintf(name, sizeof name, "fused(shape=%s,epi=%s,out=%s,rows=%d,units_per_block=%d)", sh.name,
              epi == kFusedQkv ? "qkv" : "swiglu", epi == kFusedSwiglu ? "bf16" : half ? "f16" : "bf16", T, upb);
+    const uint64_t seed = ht_seed(0xf05ed000u + (uint64_t)(sh.E * 131 + T * 7 + epi * 3 + half * 2 + upb));
+    if (!ht_case_begin(name, seed))
+        return;
+    ht_rng_t rng, *g = &rng;
+    ht_rng_seed(g, seed);
 
     /* inputs */
     float *x = (float *)malloc(sizeof(float) * T * E), *w = (float *)malloc(sizeof(float) * E);
@@ -117,11 +97,11 @@ void run_case(const Shape &sh, int epi, bool half, int T, int upb)
     float *cs = (float *)malloc(sizeof(float) * max_pos * half_d), *sn = (float *)malloc(sizeof(float) * max_pos * half_d);
     int32_t pos[kFusedRows];
     for (int i = 0; i < T * E; i++)
-        x[i] = (float)(nrand() * (urand() < 0.01 ? 40.0 : 1.0)); /* a few large entries, as real rows have */
+        x[i] = (float)(nrand(g) * (ht_rng_uniform(g, 0, 1) < 0.01 ? 40.0 : 1.0)); /* a few large entries, as real rows have */
     for (int i = 0; i < E; i++)
-        w[i] = (float)(0.5 + urand());
+        w[i] = (float)ht_rng_uniform(g, 0.5, 1.5);
     for (size_t i = 0; i < (size_t)N * E; i++) {
-        Wb[i] = bf16_bits((float)(nrand() / sqrt((double)E)));
+        Wb[i] = ht_f32_to_bf16((float)(nrand(g) / sqrt((double)E)));
         Wf[i] = bits_to_f(Wb[i], false);
     }
     for (int p = 0; p < max_pos; p++)
@@ -131,7 +111,7 @@ void run_case(const Shape &sh, int epi, bool half, int T, int upb)
             sn[p * half_d + i] = (float)sin(ang);
         }
     for (int r = 0; r < T; r++)
-        pos[r] = (int32_t)(urand() * max_pos);
+        pos[r] = (int32_t)ht_rng_int(g, 0, max_pos);
 
     /* CPU: normalised bf16 rows, then y[r][n] and the bound on its error */
     float *xn = (float *)malloc(sizeof(float) * T * E);
