@@ -2,15 +2,20 @@
  * prefill.cu - ha_cuda_prefill: dense causal attention for chunks of new
  * tokens, through the decode attention kernel (attend.cuh).
  *
- * Every query row is a "sequence" of its own that attends [0, pos] of its
- * sequence's cache: the dense attend_kernel with rows mapped through
- * query_start_loc, split over chunks and combined when the rows are few (the
- * workspace then holds the partials), one chunk per row otherwise. Correct
- * and simple; it reads each K/V row once per query row (the L2 catches most
- * of it), where a tensor-core tile over many query rows would read it once.
+ * Two forms. Where sequences bring at least kPrefillTileRows query rows on
+ * average (and the caches are 16-byte aligned), prefill_tc_kernel
+ * (prefill_tc.cuh, run 33): 64-row query tiles of one head on the tensor
+ * cores, each K/V row read once per tile. Otherwise (a few rows per sequence,
+ * as in chunked prefill's small chunks or speculative steps), every query row
+ * is a "sequence" of its own that attends [0, pos] of its sequence's cache:
+ * the dense attend_kernel with rows mapped through query_start_loc, split
+ * over chunks and combined when the rows are few (the workspace then holds
+ * the partials), one chunk per row otherwise; it reads each K/V row once per
+ * query row (the L2 catches most of it).
  */
 #include "kernels/cuda/attend.cuh"
 #include "kernels/cuda/plan.cuh"
+#include "kernels/cuda/prefill_tc.cuh"
 
 namespace ha {
 
@@ -21,6 +26,21 @@ ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st)
     const size_t smem = attend_smem<T, D, GH, false>(A.C, nullptr, nullptr);
     HA_CUDA_TRY(allow_smem(k, smem));
     HA_CUDA_TRY(launch(k, grid, dim3(kAttnThreads), smem, st, false, A));
+    return HA_KERNEL_OK;
+}
+
+/* Query rows per sequence, on average, from which the tiled form serves a
+ * prefill: a 64-row tile then holds at least a quarter of useful rows. */
+constexpr int64_t kPrefillTileRows = 16;
+
+template <typename T, int D>
+ha_kernel_status_t launch_prefill_tc(const AttnArgs &A, int rows, int Hq, cudaStream_t st)
+{
+    auto k = prefill_tc_kernel<T, D>;
+    const size_t smem = prefill_tc_smem<T, D>();
+    HA_CUDA_TRY(allow_smem(k, smem));
+    const dim3 grid((unsigned)ceil_div(rows, kPfRows), (unsigned)Hq);
+    HA_CUDA_TRY(launch(k, grid, dim3(kPfThreads), smem, st, false, A, rows));
     return HA_KERNEL_OK;
 }
 
@@ -46,6 +66,7 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
                        stride16(p->value_cache.stride_token, esize) && stride16(p->value_cache.stride_head, esize);
     const int64_t rows = p->num_tokens;
     const int64_t max_tokens = (int64_t)p->max_blocks_per_seq * p->block_size;
+    const bool tiled = vec16 && rows >= kPrefillTileRows * p->num_seqs && rows <= 0x7fffffff && Hq <= 65535;
     const int GH = G >= 8 ? 8 : pow2_ceil(G);
     const int nhg = (G + GH - 1) / GH;
 
@@ -102,6 +123,12 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
         A.part_lse = reinterpret_cast<float *>(ws + align_up((size_t)rows * Hq * kPrefillSplits * D * 4, kAlign));
     }
     cudaStream_t st = (cudaStream_t)p->stream;
+    if (tiled) {
+        A.direct = 1;
+        ha_kernel_status_t ks = HA_KERNEL_OK;
+        HA_DISPATCH(p->dtype, D, T, DD, ks = (launch_prefill_tc<T, DD>(A, (int)rows, Hq, st)));
+        return ks;
+    }
     if (rows * Hkv * nhg > 0x7fffffff)
         return HA_KERNEL_UNSUPPORTED;
     const dim3 grid((unsigned)(rows * Hkv * nhg), (unsigned)nch);

@@ -1091,6 +1091,55 @@ END_TEST
 /* Prefill on the GPU against the CPU backend and the reference; large = 1: with
  * the caches past 2^31 elements of gpu_decode_large_cache (skipped, with a note,
  * where the device lacks the memory). */
+/* A prefill case's tensors mirrored on the device, a GPU context of its
+ * shape and the arguments of one call on them (output set to NaN first). */
+typedef struct gpu_prefill {
+    hashattn_context_t *g;
+    mirror_t q, kc, vc, bt, sl, qsl, out;
+    void *ws;
+    hashattn_prefill_args_t a;
+} gpu_prefill_t;
+
+static void gpu_prefill_setup(gpu_prefill_t *p, const hashattn_api_t *api, const ht_prefill_desc_t *d,
+                              ht_prefill_case_t *c)
+{
+    p->g = gpu_ctx(api, d->dtype, 1, d->hq, d->hkv, d->d, d->block, d->kv_layout, d->m, GROUP, PAPER,
+                   d->softmax_scale);
+    mirror_up(&p->q, c->query);
+    mirror_up(&p->kc, c->key_cache);
+    mirror_up(&p->vc, c->value_cache);
+    mirror_up(&p->bt, c->block_tables);
+    mirror_up(&p->sl, c->seq_lens);
+    mirror_up(&p->qsl, c->qsl);
+    for (int64_t i = 0; i < c->output->shape[0]; i++)
+        for (int h = 0; h < d->hq; h++)
+            for (int k = 0; k < d->d; k++)
+                HT_SET(c->output, NAN, i, h, k);
+    mirror_up(&p->out, c->output);
+    size_t wss;
+    p->ws = dev_workspace(api, p->g, HASHATTN_OP_PREFILL, d->batch, c->num_tokens, c->max_blocks, &wss);
+    ht_prefill_case_args(c, &p->a);
+    p->a.query = &p->q.t;
+    p->a.key_cache = &p->kc.t;
+    p->a.value_cache = &p->vc.t;
+    p->a.block_tables = &p->bt.t;
+    p->a.seq_lens = &p->sl.t;
+    p->a.query_start_loc = &p->qsl.t;
+    p->a.output = &p->out.t;
+    p->a.workspace = p->ws;
+    p->a.workspace_size = wss;
+}
+
+static void gpu_prefill_free(gpu_prefill_t *p, const hashattn_api_t *api)
+{
+    mirror_t *ms[] = {&p->q, &p->kc, &p->vc, &p->bt, &p->sl, &p->qsl, &p->out};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        mirror_free(ms[i]);
+    if (p->ws)
+        cudaFree(p->ws);
+    api->context_destroy(p->g);
+}
+
 static void check_prefill(const ht_prefill_desc_t *d, int large)
 {
     char base[512], name[600], msg[512] = "";
@@ -1107,38 +1156,14 @@ static void check_prefill(const ht_prefill_desc_t *d, int large)
     saved_t cpu_out;
     save(&cpu_out, c.output);
 
-    hashattn_context_t *g = gpu_ctx(api, d->dtype, 1, d->hq, d->hkv, d->d, d->block, d->kv_layout, d->m, GROUP,
-                                    PAPER, d->softmax_scale);
-    mirror_t q, kc, vc, bt, sl, qsl, out;
-    mirror_up(&q, c.query);
-    mirror_up(&kc, c.key_cache);
-    mirror_up(&vc, c.value_cache);
-    mirror_up(&bt, c.block_tables);
-    mirror_up(&sl, c.seq_lens);
-    mirror_up(&qsl, c.qsl);
-    for (int64_t i = 0; i < c.output->shape[0]; i++)
-        for (int h = 0; h < d->hq; h++)
-            for (int k = 0; k < d->d; k++)
-                HT_SET(c.output, NAN, i, h, k);
-    mirror_up(&out, c.output);
-    size_t wss;
-    void *ws = dev_workspace(api, g, HASHATTN_OP_PREFILL, d->batch, c.num_tokens, c.max_blocks, &wss);
-    hashattn_prefill_args_t a;
-    ht_prefill_case_args(&c, &a);
-    a.query = &q.t;
-    a.key_cache = &kc.t;
-    a.value_cache = &vc.t;
-    a.block_tables = &bt.t;
-    a.seq_lens = &sl.t;
-    a.query_start_loc = &qsl.t;
-    a.output = &out.t;
-    a.workspace = ws;
-    a.workspace_size = wss;
+    gpu_prefill_t gp;
+    gpu_prefill_setup(&gp, api, d, &c);
+    hashattn_prefill_args_t a = gp.a;
     big_caches_t b;
     memset(&b, 0, sizeof b);
     int run = 1;
     if (large) {
-        const big_src_t src = {&kc, &vc, NULL, &bt, c.num_blocks, (int64_t)d->block * d->hkv * d->d, 0,
+        const big_src_t src = {&gp.kc, &gp.vc, NULL, &gp.bt, c.num_blocks, (int64_t)d->block * d->hkv * d->d, 0,
                                d->block, d->batch, c.max_blocks};
         if (big_caches_make(&b, &src)) {
             printf("%s: skipped: the device lacks the memory for two caches past 2^31 elements\n", name);
@@ -1149,10 +1174,10 @@ static void check_prefill(const ht_prefill_desc_t *d, int large)
         a.block_tables = &b.tbt;
     }
     if (run) {
-        st = api->prefill(g, &a);
-        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU prefill: %s", name, api->last_error(g));
+        st = api->prefill(gp.g, &a);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU prefill: %s", name, api->last_error(gp.g));
         CU(cudaDeviceSynchronize());
-        mirror_pull(&out);
+        mirror_pull(&gp.out);
         if (c.num_tokens > 0) {
             ck_assert_msg(cmp_close(c.output, &cpu_out.view, d->dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s",
                           name, msg);
@@ -1161,12 +1186,7 @@ static void check_prefill(const ht_prefill_desc_t *d, int large)
     }
     big_caches_free(&b);
     saved_free(&cpu_out);
-    mirror_t *ms[] = {&q, &kc, &vc, &bt, &sl, &qsl, &out};
-    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
-        mirror_free(ms[i]);
-    if (ws)
-        cudaFree(ws);
-    api->context_destroy(g);
+    gpu_prefill_free(&gp, api);
     ht_prefill_case_free(&c);
 }
 
@@ -1189,6 +1209,117 @@ START_TEST(gpu_prefill)
     d.tensor_flags = (_i % 4 == 3) ? HT_PAD : 0;
     d.seed = ht_seed(0x9e0 + (uint64_t)_i);
     check_prefill(&d, 0);
+}
+END_TEST
+
+/* Prefill of chunks long enough for the tiled form (prefill_tc.cuh: 64-row
+ * query tiles where sequences bring at least 16 rows on average): tiles that
+ * end inside a chunk, tiles that span sequences (chunks of 0 to 40 rows
+ * among long ones), prefixes of 0 to 700 tokens, block sizes 1, 16, 32. */
+START_TEST(gpu_prefill_tiles)
+{
+    static const int batches[] = {1, 3, 6, 17};
+    static const int blocks[] = {16, 1, 32};
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (_i & 1) ? (DLDataType)F16 : (DLDataType)BF16;
+    d.hkv = 1 + (_i / 2) % 3;
+    d.hq = d.hkv * (1 + (_i * 5) % 6);
+    d.d = (_i >> 2) & 1 ? 64 : 128;
+    d.block = blocks[_i % 3];
+    d.batch = batches[_i % 4];
+    d.m = 16;
+    d.kv_layout = (_i / 3) % 2 ? NHD : HND;
+    d.max_prefix = (_i * 173) % 701;
+    d.max_chunk = d.batch == 17 ? 40 : 64 + (_i * 97) % 340;
+    d.seed = ht_seed(0x7e11 + (uint64_t)_i);
+    check_prefill(&d, 0);
+}
+END_TEST
+
+/* The tiled prefill checks what it reads on the device: a bad block id or
+ * seq_len is reported by the next call, which fails with the message; the
+ * call after it works again. */
+static void expect_prefill_report(const hashattn_api_t *api, hashattn_context_t *g, hashattn_prefill_args_t *a,
+                                  const char *want)
+{
+    cudaError_t e = cudaDeviceSynchronize();
+    ck_assert_msg(e == cudaSuccess, "the bad prefill left a CUDA error: %s", cudaGetErrorString(e));
+    hashattn_status_t st = api->prefill(g, a);
+    ck_assert_msg(st == HASHATTN_STATUS_DEVICE_ERROR, "the next call returned %s, want DEVICE_ERROR",
+                  api->status_string(st));
+    const char *msg = api->last_error(g);
+    ck_assert_msg(strstr(msg, want) != NULL && strstr(msg, "found on the device") != NULL,
+                  "message \"%s\" does not name \"%s\"", msg, want);
+    st = api->prefill(g, a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "the call after the report: %s", api->last_error(g));
+    CU(cudaDeviceSynchronize());
+}
+
+START_TEST(gpu_prefill_validation)
+{
+    static const int prefix[2] = {100, 30}, chunk[2] = {120, 90};
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = (DLDataType)BF16;
+    d.hq = 4;
+    d.hkv = 2;
+    d.d = 128;
+    d.block = 16;
+    d.batch = 2;
+    d.m = 16;
+    d.kv_layout = NHD;
+    d.prefix_lens = prefix;
+    d.chunk_lens = chunk;
+    d.seed = ht_seed(0x7e99);
+    char name[512];
+    ht_prefill_case_name(&d, name, sizeof name);
+    if (!ht_case_begin("prefill_validation", d.seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_prefill_case_t c;
+    char err[512] = "";
+    ck_assert_msg(ht_prefill_case_build(api, &d, &c, err, sizeof err) == 0, "build: %s", err);
+    gpu_prefill_t gp;
+    gpu_prefill_setup(&gp, api, &d, &c);
+    hashattn_context_t *g = gp.g;
+    hashattn_prefill_args_t *a = &gp.a;
+    ck_assert_msg(api->prefill(g, a) == HASHATTN_STATUS_OK, "%s: %s", name, api->last_error(g));
+    CU(cudaDeviceSynchronize());
+
+    /* a block id past the caches in sequence 1's last block */
+    const int s = 1, b = (prefix[1] + chunk[1] - 1) / d.block;
+    const int good = (int)HT_GET(c.block_tables, s, b), bad = c.num_blocks + 11;
+    char want[160];
+    HT_SET(c.block_tables, bad, s, b);
+    mirror_push(&gp.bt);
+    ck_assert_msg(api->prefill(g, a) == HASHATTN_STATUS_OK, "%s: bad id: %s", name, api->last_error(g));
+    HT_SET(c.block_tables, good, s, b);
+    mirror_push(&gp.bt);
+    snprintf(want, sizeof want, "block_tables[%d][%d] = %d is outside num_blocks = %d", s, b, bad, c.num_blocks);
+    expect_prefill_report(api, g, a, want);
+
+    /* a sequence longer than its block table row */
+    const int cap = c.max_blocks * d.block;
+    HT_SET(c.seq_lens, cap + 3, 0);
+    mirror_push(&gp.sl);
+    ck_assert_msg(api->prefill(g, a) == HASHATTN_STATUS_OK, "%s: bad seq_len: %s", name, api->last_error(g));
+    HT_SET(c.seq_lens, prefix[0] + chunk[0], 0);
+    mirror_push(&gp.sl);
+    snprintf(want, sizeof want, "seq_lens[0] = %d is outside [0, %d]", cap + 3, cap);
+    expect_prefill_report(api, g, a, want);
+
+    /* and the result is right again */
+    saved_t cpu_out;
+    ck_assert_int_eq(ht_prefill_case_run(&c), HASHATTN_STATUS_OK);
+    save(&cpu_out, c.output);
+    mirror_pull(&gp.out);
+    char msg[512] = "";
+    ck_assert_msg(cmp_close(c.output, &cpu_out.view, d.dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name, msg);
+    printf("%s: PASS  reports of a bad block id and seq_len, the calls after them right\n", name);
+    saved_free(&cpu_out);
+    gpu_prefill_free(&gp, api);
+    ht_prefill_case_free(&c);
 }
 END_TEST
 
@@ -1531,6 +1662,8 @@ static Suite *suite(void)
     tcase_add_test(tc, gpu_workspace_monotone);
     tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
+    tcase_add_loop_test(tc, gpu_prefill_tiles, 0, full ? 12 : 4);
+    tcase_add_test(tc, gpu_prefill_validation);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);
     tcase_add_loop_test(tc, gpu_device_validation, 0, full ? 4 : 2);
     suite_add_tcase(s, tc);
