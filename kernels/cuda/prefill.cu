@@ -1,11 +1,12 @@
 /*
  * prefill.cu - ha_cuda_prefill: dense causal attention for chunks of new
- * tokens, through the decode attention kernel (attend.cuh).
+ * tokens.
  *
  * Two forms. Where sequences bring at least kPrefillTileRows query rows on
  * average (and the caches are 16-byte aligned), prefill_tc_kernel
- * (prefill_tc.cuh, run 33): 64-row query tiles of one head on the tensor
- * cores, each K/V row read once per tile. Otherwise (a few rows per sequence,
+ * (prefill_tc.cuh, run 33): query tiles of one head on the tensor cores (64
+ * rows, or 128 at head dim 128 with tables of kPrefillTwoTileTokens or more),
+ * each K/V row read once per tile. Otherwise (a few rows per sequence,
  * as in chunked prefill's small chunks or speculative steps), every query row
  * is a "sequence" of its own that attends [0, pos] of its sequence's cache:
  * the dense attend_kernel with rows mapped through query_start_loc, split
@@ -32,14 +33,19 @@ ha_kernel_status_t launch_prefill(const AttnArgs &A, dim3 grid, cudaStream_t st)
 /* Query rows per sequence, on average, from which the tiled form serves a
  * prefill: a 64-row tile then holds at least a quarter of useful rows. */
 constexpr int64_t kPrefillTileRows = 16;
+/* Block tables at least this many tokens wide take two m-tiles per warp
+ * (128-row tiles) at head dim 128: B=1 32K 47.3 -> 41.4 ms, a 2K chunk after
+ * 30K 6.0 -> 5.2, but B=1 4K 0.96 -> 1.13 (fewer, longer blocks) and head dim
+ * 64 no faster anywhere (run 33, docs/results/prefill-ab-2026-12-01-run33.md). */
+constexpr int64_t kPrefillTwoTileTokens = 8192;
 
-template <typename T, int D>
+template <typename T, int D, int MT>
 ha_kernel_status_t launch_prefill_tc(const AttnArgs &A, int rows, int Hq, cudaStream_t st)
 {
-    auto k = prefill_tc_kernel<T, D>;
-    const size_t smem = prefill_tc_smem<T, D>();
+    auto k = prefill_tc_kernel<T, D, MT>;
+    const size_t smem = prefill_tc_smem<T, D, MT>();
     HA_CUDA_TRY(allow_smem(k, smem));
-    const dim3 grid((unsigned)ceil_div(rows, kPfRows), (unsigned)Hq);
+    const dim3 grid((unsigned)ceil_div(rows, prefill_tc_rows<MT>()), (unsigned)Hq);
     HA_CUDA_TRY(launch(k, grid, dim3(kPfThreads), smem, st, false, A, rows));
     return HA_KERNEL_OK;
 }
@@ -126,7 +132,11 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     if (tiled) {
         A.direct = 1;
         ha_kernel_status_t ks = HA_KERNEL_OK;
-        HA_DISPATCH(p->dtype, D, T, DD, ks = (launch_prefill_tc<T, DD>(A, (int)rows, Hq, st)));
+        if (D == 128 && max_tokens >= kPrefillTwoTileTokens) {
+            HA_DISPATCH(p->dtype, D, T, DD, ks = (launch_prefill_tc<T, DD, 2>(A, (int)rows, Hq, st)));
+        } else {
+            HA_DISPATCH(p->dtype, D, T, DD, ks = (launch_prefill_tc<T, DD, 1>(A, (int)rows, Hq, st)));
+        }
         return ks;
     }
     if (rows * Hkv * nhg > 0x7fffffff)

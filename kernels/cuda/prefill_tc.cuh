@@ -5,7 +5,7 @@
  * row of its own: each K/V row is read once per query row and the tensor
  * cores see one row of queries (GH heads) at a time. Here a block owns 64
  * consecutive query rows of one query head, each warp 16 of them as the A
- * operand of mma.m16n8k16, and walks its sequence's keys in tiles of 64:
+ * operand of mma.m16n8k16, and walks its sequence's keys in tiles of 64 (or 32):
  * S = Q K^T, an online softmax in base 2 on the accumulator fragments, and
  * O += P V with P rounded to the cache dtype (as attend.cuh and flash
  * attention do), the C fragments of S reused as the A fragments of P.
@@ -28,27 +28,40 @@
 
 namespace ha {
 
-constexpr int kPfThreads = 128;  /* four warps of 16 query rows */
-constexpr int kPfRows = 64;      /* query rows per block */
-constexpr int kPfKeys = 64;      /* keys per tile */
+constexpr int kPfThreads = 128; /* four warps */
 constexpr int kPfStages = 2;
 
-template <typename T, int D> __host__ __device__ constexpr size_t prefill_tc_smem()
+/* Query rows per block: each warp takes MT m-tiles of 16 rows. */
+template <int MT> __host__ __device__ constexpr int prefill_tc_rows() { return 4 * 16 * MT; }
+
+/* Keys per tile: 64, or 32 where 64 would spill registers (D 128 with two
+ * m-tiles: the S fragments of 32 rows x 64 keys take 64 registers). */
+template <int D, int MT> __host__ __device__ constexpr int prefill_tc_keys() { return D * MT > 128 ? 32 : 64; }
+
+/* Shared memory: the K/V stages, then (MT > 1) the block's queries. */
+template <typename T, int D, int MT> __host__ __device__ constexpr size_t prefill_tc_smem()
 {
-    return (size_t)kPfStages * 2 * kPfKeys * D * sizeof(T);
+    return (size_t)kPfStages * 2 * prefill_tc_keys<D, MT>() * D * sizeof(T) +
+           (MT > 1 ? (size_t)prefill_tc_rows<MT>() * D * sizeof(T) : 0);
 }
 
-/* Grid: (ceil(rows / 64), Hq); blocks in reverse row order, so that the
- * rows with the longest causal spans (a sequence's last) start first. */
-template <typename T, int D>
+/* Grid: (ceil(rows / (64 MT)), Hq); blocks in reverse row order, so that
+ * the rows with the longest causal spans (a sequence's last) start first.
+ * MT = 1: the warp's 16 query rows live in registers as A fragments; MT = 2:
+ * its 32 rows are staged in shared memory (swizzled like the K/V tiles) and
+ * read by ldmatrix, each K and V fragment then feeding two MMAs. */
+template <typename T, int D, int MT>
 __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a, int rows)
 {
+    constexpr int kPfRows = prefill_tc_rows<MT>();
+    constexpr int kPfKeys = prefill_tc_keys<D, MT>();
     constexpr int LPR = D / 8;                /* 16-byte chunks per row */
     constexpr int RSTEP = kPfThreads / LPR;   /* rows a copy pass covers */
     constexpr int NIT = kPfKeys / RSTEP;      /* copy passes per tile */
     constexpr int NT = kPfKeys / 8;           /* key n-tiles of S per warp */
     extern __shared__ uint4 smem_u4[];
     T *const stage0 = reinterpret_cast<T *>(smem_u4);
+    T *const qs = stage0 + (size_t)kPfStages * 2 * kPfKeys * D; /* MT > 1 */
     __shared__ int r_seq[kPfRows], r_n[kPfRows];
     __shared__ int seg[2];
 
@@ -58,8 +71,8 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
     const int row0 = (int)(gridDim.x - 1 - blockIdx.x) * kPfRows;
     T *const out = static_cast<T *>(a.out);
 
-    if (tid < kPfRows) {
-        const int row = row0 + tid;
+    for (int i = tid; i < kPfRows; i += kPfThreads) {
+        const int row = row0 + i;
         int s = -1, bad = 0;
         int64_t n = 0, bad_idx = 0, bad_val = 0;
         if (row < rows) {
@@ -68,8 +81,8 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                 report_bad(a.guard, (uint32_t)bad, bad_idx, 0, bad_val,
                            bad == HA_BAD_QSL ? a.num_seqs : a.max_tokens);
         }
-        r_seq[tid] = n > 0 ? s : -1;
-        r_n[tid] = (int)n; /* n <= max_tokens < 2^31 */
+        r_seq[i] = n > 0 ? s : -1;
+        r_n[i] = (int)n; /* n <= max_tokens < 2^31 */
     }
     __syncthreads();
     /* rows that attend nothing: zeros */
@@ -79,13 +92,19 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
             out[(int64_t)row * a.o_st + (int64_t)h * a.o_sh + idx % D] = from_f32<T>(0.0f);
     }
 
-    /* this lane's two rows of the warp's 16: A (g8) and B (g8 + 8) */
-    const int iA = warp * 16 + g8, iB = iA + 8;
-    uint32_t qa[D / 16][4];
-    {
-        const T *qA = static_cast<const T *>(a.q) + (int64_t)(row0 + iA) * a.q_st + (int64_t)h * a.q_sh;
-        const T *qB = static_cast<const T *>(a.q) + (int64_t)(row0 + iB) * a.q_st + (int64_t)h * a.q_sh;
-        const bool okA = r_n[iA] > 0, okB = r_n[iB] > 0;
+    /* this lane's two rows of each of the warp's m-tiles: A (g8) and B (g8 + 8) */
+    int iA[MT], iB[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        iA[m] = (warp * MT + m) * 16 + g8;
+        iB[m] = iA[m] + 8;
+    }
+    const T *const qg = static_cast<const T *>(a.q);
+    uint32_t qa[MT == 1 ? D / 16 : 1][4]; /* MT = 1: the A fragments */
+    if constexpr (MT == 1) {
+        const T *qA = qg + (int64_t)(row0 + iA[0]) * a.q_st + (int64_t)h * a.q_sh;
+        const T *qB = qg + (int64_t)(row0 + iB[0]) * a.q_st + (int64_t)h * a.q_sh;
+        const bool okA = r_n[iA[0]] > 0, okB = r_n[iB[0]] > 0;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
             const int k0 = ks * 16 + 2 * tg;
@@ -94,7 +113,31 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
             qa[ks][2] = okA ? pack_raw(qA[k0 + 8], qA[k0 + 9]) : 0u;
             qa[ks][3] = okB ? pack_raw(qB[k0 + 8], qB[k0 + 9]) : 0u;
         }
+    } else {
+        /* the block's queries into shared memory, element by element (any
+         * stride), zeros for rows that attend nothing; the first tile's
+         * barrier orders these stores before the ldmatrix reads */
+        for (int idx = tid; idx < kPfRows * D; idx += kPfThreads) {
+            const int i = idx / D, k = idx % D;
+            const T v = r_n[i] > 0 ? qg[(int64_t)(row0 + i) * a.q_st + (int64_t)h * a.q_sh + k] : from_f32<T>(0.0f);
+            qs[(size_t)i * D + kv_swz(i, k / 8) * 8 + k % 8] = v;
+        }
     }
+    /* A fragments of m-tile m, k steps 2kk and 2kk + 1 */
+    auto qfrag = [&](int m, int kk, uint32_t (&f)[2][4]) {
+        if constexpr (MT == 1) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                f[0][e] = qa[2 * kk][e];
+                f[1][e] = qa[2 * kk + 1][e];
+            }
+        } else {
+            const int r = (warp * MT + m) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            const T *qp = qs + (size_t)r * D;
+            ldmatrix_x4(f[0], qp + kv_swz(r, 4 * kk + (lane >> 4)) * 8);
+            ldmatrix_x4(f[1], qp + kv_swz(r, 4 * kk + 2 + (lane >> 4)) * 8);
+        }
+    };
 
     const T *const kc = static_cast<const T *>(a.kc);
     const T *const vc = static_cast<const T *>(a.vc);
@@ -127,8 +170,14 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
         if (s == INT_MAX)
             break;
         prev = s;
-        const int nA = r_seq[iA] == s ? r_n[iA] : 0, nB = r_seq[iB] == s ? r_n[iB] : 0;
-        const int wmax = __reduce_max_sync(0xffffffffu, max(nA, nB)); /* the warp's last key + 1 */
+        int nA[MT], nB[MT], nmax = 0;
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            nA[m] = r_seq[iA[m]] == s ? r_n[iA[m]] : 0;
+            nB[m] = r_seq[iB[m]] == s ? r_n[iB[m]] : 0;
+            nmax = max(nmax, max(nA[m], nB[m]));
+        }
+        const int wmax = __reduce_max_sync(0xffffffffu, nmax); /* the warp's last key + 1 */
         const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
 
         auto issue = [&](int tile, int st) {
@@ -158,12 +207,17 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
             }
         };
 
-        float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f, acc[D / 8][4];
+        float mA[MT], mB[MT], lA[MT], lB[MT], acc[MT][D / 8][4];
 #pragma unroll
-        for (int j = 0; j < D / 8; j++)
+        for (int m = 0; m < MT; m++) {
+            mA[m] = mB[m] = -INFINITY;
+            lA[m] = lB[m] = 0.0f;
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                acc[j][e] = 0.0f;
+            for (int j = 0; j < D / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[m][j][e] = 0.0f;
+        }
 
         const int ntiles = (nkeys + kPfKeys - 1) / kPfKeys;
         issue(0, 0);
@@ -177,78 +231,99 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
             if (t * kPfKeys < wmax) {
                 const T *Ks = stage0 + (size_t)(t % kPfStages) * 2 * kPfKeys * D;
                 const T *Vs = Ks + (size_t)kPfKeys * D;
-                /* S (16 rows x 64 keys) = Q K^T */
-                float sc[NT][4];
+                /* S (16 MT rows x 64 keys) = Q K^T */
+                float sc[MT][NT][4];
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-                    const int kr = nt * 8 + (lane & 7);
-                    const T *kp = Ks + (size_t)kr * D;
+                for (int m = 0; m < MT; m++)
 #pragma unroll
-                    for (int kk = 0; kk < D / 32; kk++) {
+                    for (int nt = 0; nt < NT; nt++)
+                        sc[m][nt][0] = sc[m][nt][1] = sc[m][nt][2] = sc[m][nt][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < D / 32; kk++) {
+                    uint32_t qf[MT][2][4];
+#pragma unroll
+                    for (int m = 0; m < MT; m++)
+                        qfrag(m, kk, qf[m]);
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        const int kr = nt * 8 + (lane & 7);
                         uint32_t b[4];
-                        ldmatrix_x4(b, kp + kv_swz(kr, 4 * kk + (lane >> 3)) * 8);
-                        mma_16816<T>(sc[nt], qa[2 * kk][0], qa[2 * kk][1], qa[2 * kk][2], qa[2 * kk][3], b[0], b[1]);
-                        mma_16816<T>(sc[nt], qa[2 * kk + 1][0], qa[2 * kk + 1][1], qa[2 * kk + 1][2],
-                                     qa[2 * kk + 1][3], b[2], b[3]);
+                        ldmatrix_x4(b, Ks + (size_t)kr * D + kv_swz(kr, 4 * kk + (lane >> 3)) * 8);
+#pragma unroll
+                        for (int m = 0; m < MT; m++) {
+                            mma_16816<T>(sc[m][nt], qf[m][0][0], qf[m][0][1], qf[m][0][2], qf[m][0][3], b[0], b[1]);
+                            mma_16816<T>(sc[m][nt], qf[m][1][0], qf[m][1][1], qf[m][1][2], qf[m][1][3], b[2], b[3]);
+                        }
                     }
                 }
-                /* causal mask and scale; the rows' maxima over the quad */
-                float xA = -INFINITY, xB = -INFINITY;
+                /* per m-tile: causal mask and scale, the rows' maxima over the
+                 * quad, the online softmax */
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int j = t * kPfKeys + nt * 8 + 2 * tg;
-                    sc[nt][0] = j < nA ? sc[nt][0] * a.scale_log2 : -INFINITY;
-                    sc[nt][1] = j + 1 < nA ? sc[nt][1] * a.scale_log2 : -INFINITY;
-                    sc[nt][2] = j < nB ? sc[nt][2] * a.scale_log2 : -INFINITY;
-                    sc[nt][3] = j + 1 < nB ? sc[nt][3] * a.scale_log2 : -INFINITY;
-                    xA = fmaxf(xA, fmaxf(sc[nt][0], sc[nt][1]));
-                    xB = fmaxf(xB, fmaxf(sc[nt][2], sc[nt][3]));
-                }
-                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 1));
-                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 2));
-                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 1));
-                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 2));
-                const float nmA = fmaxf(mA, xA), nmB = fmaxf(mB, xB);
-                const float uA = nmA == -INFINITY ? 0.0f : nmA, uB = nmB == -INFINITY ? 0.0f : nmB;
-                const float cA = exp2f(mA - uA), cB = exp2f(mB - uB);
-                mA = nmA;
-                mB = nmB;
-                float sA = 0.0f, sB = 0.0f;
+                for (int m = 0; m < MT; m++) {
+                    float xA = -INFINITY, xB = -INFINITY;
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    sc[nt][0] = exp2f(sc[nt][0] - uA);
-                    sc[nt][1] = exp2f(sc[nt][1] - uA);
-                    sc[nt][2] = exp2f(sc[nt][2] - uB);
-                    sc[nt][3] = exp2f(sc[nt][3] - uB);
-                    sA += sc[nt][0] + sc[nt][1];
-                    sB += sc[nt][2] + sc[nt][3];
-                }
-                lA = lA * cA + sA;
-                lB = lB * cB + sB;
+                    for (int nt = 0; nt < NT; nt++) {
+                        const int j = t * kPfKeys + nt * 8 + 2 * tg;
+                        sc[m][nt][0] = j < nA[m] ? sc[m][nt][0] * a.scale_log2 : -INFINITY;
+                        sc[m][nt][1] = j + 1 < nA[m] ? sc[m][nt][1] * a.scale_log2 : -INFINITY;
+                        sc[m][nt][2] = j < nB[m] ? sc[m][nt][2] * a.scale_log2 : -INFINITY;
+                        sc[m][nt][3] = j + 1 < nB[m] ? sc[m][nt][3] * a.scale_log2 : -INFINITY;
+                        xA = fmaxf(xA, fmaxf(sc[m][nt][0], sc[m][nt][1]));
+                        xB = fmaxf(xB, fmaxf(sc[m][nt][2], sc[m][nt][3]));
+                    }
+                    xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 1));
+                    xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 2));
+                    xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 1));
+                    xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 2));
+                    const float nmA = fmaxf(mA[m], xA), nmB = fmaxf(mB[m], xB);
+                    const float uA = nmA == -INFINITY ? 0.0f : nmA, uB = nmB == -INFINITY ? 0.0f : nmB;
+                    const float cA = exp2f(mA[m] - uA), cB = exp2f(mB[m] - uB);
+                    mA[m] = nmA;
+                    mB[m] = nmB;
+                    float sA = 0.0f, sB = 0.0f;
 #pragma unroll
-                for (int j = 0; j < D / 8; j++) {
-                    acc[j][0] *= cA;
-                    acc[j][1] *= cA;
-                    acc[j][2] *= cB;
-                    acc[j][3] *= cB;
+                    for (int nt = 0; nt < NT; nt++) {
+                        sc[m][nt][0] = exp2f(sc[m][nt][0] - uA);
+                        sc[m][nt][1] = exp2f(sc[m][nt][1] - uA);
+                        sc[m][nt][2] = exp2f(sc[m][nt][2] - uB);
+                        sc[m][nt][3] = exp2f(sc[m][nt][3] - uB);
+                        sA += sc[m][nt][0] + sc[m][nt][1];
+                        sB += sc[m][nt][2] + sc[m][nt][3];
+                    }
+                    lA[m] = lA[m] * cA + sA;
+                    lB[m] = lB[m] * cB + sB;
+#pragma unroll
+                    for (int j = 0; j < D / 8; j++) {
+                        acc[m][j][0] *= cA;
+                        acc[m][j][1] *= cA;
+                        acc[m][j][2] *= cB;
+                        acc[m][j][3] *= cB;
+                    }
                 }
-                /* O (16 rows x D) += P V: S's C fragments of key n-tiles
-                 * 2k and 2k + 1 are P's A fragment of key step k */
+                /* O (16 MT rows x D) += P V: S's C fragments of key n-tiles
+                 * 2k and 2k + 1 are P's A fragment of key step k; each V
+                 * fragment feeds every m-tile */
 #pragma unroll
                 for (int k = 0; k < kPfKeys / 16; k++) {
-                    const uint32_t p0 = pack_f32<T>(sc[2 * k][0], sc[2 * k][1]);
-                    const uint32_t p1 = pack_f32<T>(sc[2 * k][2], sc[2 * k][3]);
-                    const uint32_t p2 = pack_f32<T>(sc[2 * k + 1][0], sc[2 * k + 1][1]);
-                    const uint32_t p3 = pack_f32<T>(sc[2 * k + 1][2], sc[2 * k + 1][3]);
+                    uint32_t pf[MT][4];
+#pragma unroll
+                    for (int m = 0; m < MT; m++) {
+                        pf[m][0] = pack_f32<T>(sc[m][2 * k][0], sc[m][2 * k][1]);
+                        pf[m][1] = pack_f32<T>(sc[m][2 * k][2], sc[m][2 * k][3]);
+                        pf[m][2] = pack_f32<T>(sc[m][2 * k + 1][0], sc[m][2 * k + 1][1]);
+                        pf[m][3] = pack_f32<T>(sc[m][2 * k + 1][2], sc[m][2 * k + 1][3]);
+                    }
                     const int vr = 16 * k + ((lane >> 3) & 1) * 8 + (lane & 7);
                     const T *vp = Vs + (size_t)vr * D;
 #pragma unroll
                     for (int dj = 0; dj < D / 16; dj++) {
                         uint32_t v[4];
                         ldmatrix_x4_trans(v, vp + kv_swz(vr, 2 * dj + (lane >> 4)) * 8);
-                        mma_16816<T>(acc[2 * dj], p0, p1, p2, p3, v[0], v[1]);
-                        mma_16816<T>(acc[2 * dj + 1], p0, p1, p2, p3, v[2], v[3]);
+#pragma unroll
+                        for (int m = 0; m < MT; m++) {
+                            mma_16816<T>(acc[m][2 * dj], pf[m][0], pf[m][1], pf[m][2], pf[m][3], v[0], v[1]);
+                            mma_16816<T>(acc[m][2 * dj + 1], pf[m][0], pf[m][1], pf[m][2], pf[m][3], v[2], v[3]);
+                        }
                     }
                 }
             }
@@ -257,23 +332,27 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
         cp_async_wait<0>();
 
         /* the rows of this segment: O / l, l summed over the quad */
-        lA += __shfl_xor_sync(0xffffffffu, lA, 1);
-        lA += __shfl_xor_sync(0xffffffffu, lA, 2);
-        lB += __shfl_xor_sync(0xffffffffu, lB, 1);
-        lB += __shfl_xor_sync(0xffffffffu, lB, 2);
-        const float invA = lA > 0.0f ? 1.0f / lA : 0.0f, invB = lB > 0.0f ? 1.0f / lB : 0.0f;
-        T *const oA = out + (int64_t)(row0 + iA) * a.o_st + (int64_t)h * a.o_sh;
-        T *const oB = out + (int64_t)(row0 + iB) * a.o_st + (int64_t)h * a.o_sh;
 #pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            const int d = 8 * j + 2 * tg;
-            if (nA > 0) {
-                oA[d] = from_f32<T>(acc[j][0] * invA);
-                oA[d + 1] = from_f32<T>(acc[j][1] * invA);
-            }
-            if (nB > 0) {
-                oB[d] = from_f32<T>(acc[j][2] * invB);
-                oB[d + 1] = from_f32<T>(acc[j][3] * invB);
+        for (int m = 0; m < MT; m++) {
+            float la = lA[m], lb = lB[m];
+            la += __shfl_xor_sync(0xffffffffu, la, 1);
+            la += __shfl_xor_sync(0xffffffffu, la, 2);
+            lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+            lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+            const float invA = la > 0.0f ? 1.0f / la : 0.0f, invB = lb > 0.0f ? 1.0f / lb : 0.0f;
+            T *const oA = out + (int64_t)(row0 + iA[m]) * a.o_st + (int64_t)h * a.o_sh;
+            T *const oB = out + (int64_t)(row0 + iB[m]) * a.o_st + (int64_t)h * a.o_sh;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) {
+                const int d = 8 * j + 2 * tg;
+                if (nA[m] > 0) {
+                    oA[d] = from_f32<T>(acc[m][j][0] * invA);
+                    oA[d + 1] = from_f32<T>(acc[m][j][1] * invA);
+                }
+                if (nB[m] > 0) {
+                    oB[d] = from_f32<T>(acc[m][j][2] * invB);
+                    oB[d + 1] = from_f32<T>(acc[m][j][3] * invB);
+                }
             }
         }
     }

@@ -1237,6 +1237,29 @@ START_TEST(gpu_prefill_tiles)
 }
 END_TEST
 
+/* Block tables past 8192 tokens at head dim 128: the tiled form's 128-row
+ * tiles (two m-tiles per warp, queries staged in shared memory); a long
+ * prefix, a short one, and chunks that end inside a tile. */
+static const int k_tiles_prefix[] = {8100, 40, 6000}, k_tiles_chunk[] = {150, 70, 33};
+START_TEST(gpu_prefill_tiles_long)
+{
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = _i ? (DLDataType)F16 : (DLDataType)BF16;
+    d.hq = 8;
+    d.hkv = 2;
+    d.d = 128;
+    d.block = 16;
+    d.batch = 3;
+    d.m = 16;
+    d.kv_layout = _i ? HND : NHD;
+    d.prefix_lens = k_tiles_prefix;
+    d.chunk_lens = k_tiles_chunk;
+    d.seed = ht_seed(0x7e40 + (uint64_t)_i);
+    check_prefill(&d, 0);
+}
+END_TEST
+
 /* The tiled prefill checks what it reads on the device: a bad block id or
  * seq_len is reported by the next call, which fails with the message; the
  * call after it works again. */
@@ -1663,6 +1686,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
     tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
     tcase_add_loop_test(tc, gpu_prefill_tiles, 0, full ? 12 : 4);
+    tcase_add_loop_test(tc, gpu_prefill_tiles_long, 0, 2);
     tcase_add_test(tc, gpu_prefill_validation);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);
     tcase_add_loop_test(tc, gpu_device_validation, 0, full ? 4 : 2);
