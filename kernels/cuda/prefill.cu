@@ -36,7 +36,7 @@ constexpr int64_t kPrefillTileRows = 16;
 /* Block tables at least this many tokens wide take two m-tiles per warp
  * (128-row tiles) at head dim 128: B=1 32K 47.3 -> 41.4 ms, a 2K chunk after
  * 30K 6.0 -> 5.2, but B=1 4K 0.96 -> 1.13 (fewer, longer blocks) and head dim
- * 64 no faster anywhere (run 33, docs/results/prefill-ab-2026-12-01-run33.md). */
+ * 64 no faster anywhere (run 33, docs/results/prefill-ab-2026-12-01-run33b.md). */
 constexpr int64_t kPrefillTwoTileTokens = 8192;
 
 template <typename T, int D, int MT>
@@ -72,7 +72,8 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
                        stride16(p->value_cache.stride_token, esize) && stride16(p->value_cache.stride_head, esize);
     const int64_t rows = p->num_tokens;
     const int64_t max_tokens = (int64_t)p->max_blocks_per_seq * p->block_size;
-    const bool tiled = vec16 && rows >= kPrefillTileRows * p->num_seqs && rows <= 0x7fffffff && Hq <= 65535;
+    /* row indices stay below 2^31 with a tile's slack */
+    const bool tiled = vec16 && rows >= kPrefillTileRows * p->num_seqs && rows <= 0x7fffffff - 256 && Hq <= 65535;
     const int GH = G >= 8 ? 8 : pow2_ceil(G);
     const int nhg = (G + GH - 1) / GH;
 

@@ -1,12 +1,13 @@
 /*
  * prefill_tc.cuh - dense causal prefill on query tiles (run 33).
  *
- * The prefill of prefill.cu's first form runs every query row as a decode
+ * The prefill of prefill.cu's other form runs every query row as a decode
  * row of its own: each K/V row is read once per query row and the tensor
- * cores see one row of queries (GH heads) at a time. Here a block owns 64
- * consecutive query rows of one query head, each warp 16 of them as the A
- * operand of mma.m16n8k16, and walks its sequence's keys in tiles of 64 (or 32):
- * S = Q K^T, an online softmax in base 2 on the accumulator fragments, and
+ * cores see one row of queries (GH heads) at a time. Here a block owns 64 MT
+ * consecutive query rows of one query head, each warp 16 MT of them (MT
+ * m-tiles, the A operands of mma.m16n8k16), and walks its sequence's keys in
+ * tiles of 64 (32 at D 128 with MT 2): S = Q K^T, an online softmax in base 2
+ * on the accumulator fragments, and
  * O += P V with P rounded to the cache dtype (as attend.cuh and flash
  * attention do), the C fragments of S reused as the A fragments of P.
  *
