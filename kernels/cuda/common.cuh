@@ -89,6 +89,17 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     return __float2bfloat16_rn(x);
 }
 
+/* 2^x on the special-function unit alone (ex2.approx.ftz: relative error
+ * ~2^-22, subnormal results flushed to zero, 2^-inf = 0), without the
+ * subnormal fix-ups exp2f adds around it. For softmax weights, whose
+ * subnormal values add nothing next to the row's largest weight of 1. */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* ------------------------------------------------------------------------- */
 /* cp.async and PDL                                                           */
 /* ------------------------------------------------------------------------- */

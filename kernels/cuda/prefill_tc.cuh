@@ -178,7 +178,12 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
             nB[m] = r_seq[iB[m]] == s ? r_n[iB[m]] : 0;
             nmax = max(nmax, max(nA[m], nB[m]));
         }
+        int nmin = INT_MAX;
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            nmin = min(nmin, min(nA[m], nB[m]));
         const int wmax = __reduce_max_sync(0xffffffffu, nmax); /* the warp's last key + 1 */
+        const int wmin = __reduce_min_sync(0xffffffffu, nmin); /* keys every row of the warp sees */
         const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
 
         auto issue = [&](int tile, int st) {
@@ -257,18 +262,34 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                         }
                     }
                 }
-                /* per m-tile: causal mask and scale, the rows' maxima over the
-                 * quad, the online softmax */
+                /* the online softmax, in base 2. Only tiles that reach past
+                 * some row's last key are masked (warp-uniform: the diagonal
+                 * and a sequence's last tile); the scale is folded into the
+                 * exponent (scale > 0, so max(s) scale = max(s scale)); the
+                 * accumulators are rescaled only when a row's maximum moved
+                 * (otherwise the factor is exactly 1) */
+                const bool masked = (t + 1) * kPfKeys > wmin;
+                bool moved = false;
+                float uA[MT], uB[MT];
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
+                    if (masked) {
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            const int j = t * kPfKeys + nt * 8 + 2 * tg;
+                            if (j >= nA[m])
+                                sc[m][nt][0] = -INFINITY;
+                            if (j + 1 >= nA[m])
+                                sc[m][nt][1] = -INFINITY;
+                            if (j >= nB[m])
+                                sc[m][nt][2] = -INFINITY;
+                            if (j + 1 >= nB[m])
+                                sc[m][nt][3] = -INFINITY;
+                        }
+                    }
                     float xA = -INFINITY, xB = -INFINITY;
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) {
-                        const int j = t * kPfKeys + nt * 8 + 2 * tg;
-                        sc[m][nt][0] = j < nA[m] ? sc[m][nt][0] * a.scale_log2 : -INFINITY;
-                        sc[m][nt][1] = j + 1 < nA[m] ? sc[m][nt][1] * a.scale_log2 : -INFINITY;
-                        sc[m][nt][2] = j < nB[m] ? sc[m][nt][2] * a.scale_log2 : -INFINITY;
-                        sc[m][nt][3] = j + 1 < nB[m] ? sc[m][nt][3] * a.scale_log2 : -INFINITY;
                         xA = fmaxf(xA, fmaxf(sc[m][nt][0], sc[m][nt][1]));
                         xB = fmaxf(xB, fmaxf(sc[m][nt][2], sc[m][nt][3]));
                     }
@@ -276,30 +297,38 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                     xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, 2));
                     xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 1));
                     xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 2));
-                    const float nmA = fmaxf(mA[m], xA), nmB = fmaxf(mB[m], xB);
-                    const float uA = nmA == -INFINITY ? 0.0f : nmA, uB = nmB == -INFINITY ? 0.0f : nmB;
-                    const float cA = exp2f(mA[m] - uA), cB = exp2f(mB[m] - uB);
+                    const float nmA = fmaxf(mA[m], xA * a.scale_log2), nmB = fmaxf(mB[m], xB * a.scale_log2);
+                    moved |= nmA != mA[m] || nmB != mB[m];
+                    uA[m] = nmA == -INFINITY ? 0.0f : nmA;
+                    uB[m] = nmB == -INFINITY ? 0.0f : nmB;
+                    const float cA = fast_exp2(mA[m] - uA[m]), cB = fast_exp2(mB[m] - uB[m]);
                     mA[m] = nmA;
                     mB[m] = nmB;
                     float sA = 0.0f, sB = 0.0f;
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) {
-                        sc[m][nt][0] = exp2f(sc[m][nt][0] - uA);
-                        sc[m][nt][1] = exp2f(sc[m][nt][1] - uA);
-                        sc[m][nt][2] = exp2f(sc[m][nt][2] - uB);
-                        sc[m][nt][3] = exp2f(sc[m][nt][3] - uB);
+                        sc[m][nt][0] = fast_exp2(fmaf(sc[m][nt][0], a.scale_log2, -uA[m]));
+                        sc[m][nt][1] = fast_exp2(fmaf(sc[m][nt][1], a.scale_log2, -uA[m]));
+                        sc[m][nt][2] = fast_exp2(fmaf(sc[m][nt][2], a.scale_log2, -uB[m]));
+                        sc[m][nt][3] = fast_exp2(fmaf(sc[m][nt][3], a.scale_log2, -uB[m]));
                         sA += sc[m][nt][0] + sc[m][nt][1];
                         sB += sc[m][nt][2] + sc[m][nt][3];
                     }
                     lA[m] = lA[m] * cA + sA;
                     lB[m] = lB[m] * cB + sB;
+                    uA[m] = cA; /* from here on: the rescale factors */
+                    uB[m] = cB;
+                }
+                if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-                    for (int j = 0; j < D / 8; j++) {
-                        acc[m][j][0] *= cA;
-                        acc[m][j][1] *= cA;
-                        acc[m][j][2] *= cB;
-                        acc[m][j][3] *= cB;
-                    }
+                    for (int m = 0; m < MT; m++)
+#pragma unroll
+                        for (int j = 0; j < D / 8; j++) {
+                            acc[m][j][0] *= uA[m];
+                            acc[m][j][1] *= uA[m];
+                            acc[m][j][2] *= uB[m];
+                            acc[m][j][3] *= uB[m];
+                        }
                 }
                 /* O (16 MT rows x D) += P V: S's C fragments of key n-tiles
                  * 2k and 2k + 1 are P's A fragment of key step k; each V
