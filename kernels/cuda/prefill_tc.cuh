@@ -18,19 +18,25 @@
  * any query_start_loc is served. Every block-table id is checked (page_ok):
  * a bad one reads zeros and is reported. K/V tiles are gathered through the
  * block table with 16-byte cp.async (caches 16-byte aligned: prefill.cu
- * checks), two stages, 16-byte chunks swizzled as in attend.cuh (kv_swz).
+ * checks), three stages, 16-byte chunks swizzled as in attend.cuh
+ * (kv_swz).
  */
 #ifndef HASHATTN_KERNELS_CUDA_PREFILL_TC_CUH
 #define HASHATTN_KERNELS_CUDA_PREFILL_TC_CUH
 
 #include <limits.h>
 
+#include <type_traits>
+
 #include "kernels/cuda/attend.cuh"
 
 namespace ha {
 
 constexpr int kPfThreads = 128; /* four warps */
-constexpr int kPfStages = 2;
+/* K/V stages: two tiles in flight. Against two stages (one tile in flight
+ * and a barrier more per tile), 3-5% faster at D 128 and 2-3% slower at D 64
+ * (SmolLM2's shapes; run 34b, results/prefill-ab-2026-12-01-run34b.md). */
+constexpr int kPfStages = 3;
 
 /* Query rows per block: each warp takes MT m-tiles of 16 rows. */
 template <int MT> __host__ __device__ constexpr int prefill_tc_rows() { return 4 * 16 * MT; }
@@ -38,6 +44,12 @@ template <int MT> __host__ __device__ constexpr int prefill_tc_rows() { return 4
 /* Keys per tile: 64, or 32 where 64 would spill registers (D 128 with two
  * m-tiles: the S fragments of 32 rows x 64 keys take 64 registers). */
 template <int D, int MT> __host__ __device__ constexpr int prefill_tc_keys() { return D * MT > 128 ? 32 : 64; }
+
+/* Blocks per SM that the registers must allow: at D 64, four (128 registers
+ * a thread; left to itself ptxas took 134 and three blocks fit: 9-11% slower
+ * on SmolLM2's shapes, run 34b); at D 128 the accumulators need more than a
+ * third of the register file anyway. */
+template <int D, int MT> __host__ __device__ constexpr int prefill_tc_min_blocks() { return D == 64 && MT == 1 ? 4 : 1; }
 
 /* Shared memory: the K/V stages, then (MT > 1) the block's queries. */
 template <typename T, int D, int MT> __host__ __device__ constexpr size_t prefill_tc_smem()
@@ -52,7 +64,7 @@ template <typename T, int D, int MT> __host__ __device__ constexpr size_t prefil
  * its 32 rows are staged in shared memory (swizzled like the K/V tiles) and
  * read by ldmatrix, each K and V fragment then feeding two MMAs. */
 template <typename T, int D, int MT>
-__global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a, int rows)
+__global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>()) prefill_tc_kernel(const AttnArgs a, int rows)
 {
     constexpr int kPfRows = prefill_tc_rows<MT>();
     constexpr int kPfKeys = prefill_tc_keys<D, MT>();
@@ -186,26 +198,30 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
         const int wmin = __reduce_min_sync(0xffffffffu, nmin); /* keys every row of the warp sees */
         const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
 
-        auto issue = [&](int tile, int st) {
-            T *dst = stage0 + (size_t)st * 2 * kPfKeys * D;
-            int32_t page[NIT];
-            int off[NIT], blk[NIT];
-            bool ok[NIT];
-#pragma unroll
-            for (int it = 0; it < NIT; it++) { /* the page lookups first: independent loads */
-                const int p = tile * kPfKeys + rr0 + it * RSTEP;
-                ok[it] = p < nkeys;
-                split(ok[it] ? p : 0, blk[it], off[it]);
-                page[it] = ok[it] ? btrow[blk[it]] : 0;
-            }
+        /* the block-table ids of a tile's rows, loaded a tile before its
+         * copies are issued (the loads' latency hides behind a tile's
+         * arithmetic, not in front of the copies) */
+        auto lookup = [&](int tile, int32_t (&page)[NIT]) {
 #pragma unroll
             for (int it = 0; it < NIT; it++) {
-                const int r = rr0 + it * RSTEP;
+                const int p = tile * kPfKeys + rr0 + it * RSTEP;
+                int blk = 0, off;
+                split(p < nkeys ? p : 0, blk, off);
+                page[it] = p < nkeys ? btrow[blk] : 0;
+            }
+        };
+        auto issue = [&](int tile, int st, const int32_t (&page)[NIT]) {
+            T *dst = stage0 + (size_t)st * 2 * kPfKeys * D;
+#pragma unroll
+            for (int it = 0; it < NIT; it++) {
+                const int r = rr0 + it * RSTEP, p = tile * kPfKeys + r;
+                int blk, off;
+                split(p, blk, off);
                 T *dk = dst + (size_t)r * D + kv_swz(r, cc) * 8;
                 T *dv = dst + (size_t)(kPfKeys + r) * D + kv_swz(r, cc) * 8;
-                if (ok[it] && page_ok(a.guard, page[it], s, blk[it])) {
-                    cp_async16(dk, kc + (int64_t)page[it] * a.k_sb + (int64_t)off[it] * a.k_st + kconst);
-                    cp_async16(dv, vc + (int64_t)page[it] * a.v_sb + (int64_t)off[it] * a.v_st + vconst);
+                if (p < nkeys && page_ok(a.guard, page[it], s, blk)) {
+                    cp_async16(dk, kc + (int64_t)page[it] * a.k_sb + (int64_t)off * a.k_st + kconst);
+                    cp_async16(dv, vc + (int64_t)page[it] * a.v_sb + (int64_t)off * a.v_st + vconst);
                 } else { /* past the keys or a bad page: zeros (0 * stale NaN would poison P V) */
                     *reinterpret_cast<uint4 *>(dk) = make_uint4(0u, 0u, 0u, 0u);
                     *reinterpret_cast<uint4 *>(dv) = make_uint4(0u, 0u, 0u, 0u);
@@ -225,15 +241,29 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                     acc[m][j][e] = 0.0f;
         }
 
+        /* two tiles in flight: at tile t, once every warp is past tile t - 1
+         * (the barrier), tile t + 2 goes into the stage tile t - 1 used */
         const int ntiles = (nkeys + kPfKeys - 1) / kPfKeys;
-        issue(0, 0);
-        cp_async_commit();
-        for (int t = 0; t < ntiles; t++) {
-            if (t + 1 < ntiles)
-                issue(t + 1, (t + 1) % kPfStages);
+        int32_t page[NIT];
+#pragma unroll
+        for (int t = 0; t < kPfStages - 1; t++) {
+            if (t < ntiles) {
+                lookup(t, page);
+                issue(t, t, page);
+            }
             cp_async_commit();
-            cp_async_wait<1>();
+        }
+        if (kPfStages - 1 < ntiles)
+            lookup(kPfStages - 1, page);
+        for (int t = 0; t < ntiles; t++) {
+            cp_async_wait<kPfStages - 2>();
             __syncthreads();
+            if (t + kPfStages - 1 < ntiles) {
+                issue(t + kPfStages - 1, (t + kPfStages - 1) % kPfStages, page);
+                if (t + kPfStages < ntiles)
+                    lookup(t + kPfStages, page);
+            }
+            cp_async_commit();
             if (t * kPfKeys < wmax) {
                 const T *Ks = stage0 + (size_t)(t % kPfStages) * 2 * kPfKeys * D;
                 const T *Vs = Ks + (size_t)kPfKeys * D;
@@ -357,13 +387,14 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                     }
                 }
             }
-            __syncthreads(); /* the stage is refilled two tiles on */
         }
-        cp_async_wait<0>();
+        cp_async_wait<0>(); /* the next segment's copies wait for its first barrier */
 
-        /* the rows of this segment: O / l, l summed over the quad */
-#pragma unroll
-        for (int m = 0; m < MT; m++) {
+        /* the rows of this segment: O / l, l summed over the quad. One call
+         * per m-tile with m a constant (as a loop, ptxas left it rolled at
+         * MT 2 and the accumulators went through local memory) */
+        auto store_rows = [&](auto mc) {
+            constexpr int m = decltype(mc)::value;
             float la = lA[m], lb = lB[m];
             la += __shfl_xor_sync(0xffffffffu, la, 1);
             la += __shfl_xor_sync(0xffffffffu, la, 2);
@@ -384,7 +415,11 @@ __global__ void __launch_bounds__(kPfThreads) prefill_tc_kernel(const AttnArgs a
                     oB[d + 1] = from_f32<T>(acc[m][j][3] * invB);
                 }
             }
-        }
+        };
+        store_rows(std::integral_constant<int, 0>{});
+        if constexpr (MT > 1)
+            store_rows(std::integral_constant<int, 1>{});
+        static_assert(MT <= 2, "store_rows: one call per m-tile");
     }
 }
 
