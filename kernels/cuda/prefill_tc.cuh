@@ -49,7 +49,10 @@ template <int D, int MT> __host__ __device__ constexpr int prefill_tc_keys() { r
  * a thread; left to itself ptxas took 134 and three blocks fit: 9-11% slower
  * on SmolLM2's shapes, run 34b); at D 128 the accumulators need more than a
  * third of the register file anyway. */
-template <int D, int MT> __host__ __device__ constexpr int prefill_tc_min_blocks() { return D == 64 && MT == 1 ? 4 : 1; }
+template <int D, int MT> __host__ __device__ constexpr int prefill_tc_min_blocks()
+{
+    return D == 64 && MT == 1 ? 4 : 1;
+}
 
 /* Shared memory: the K/V stages, then (MT > 1) the block's queries. */
 template <typename T, int D, int MT> __host__ __device__ constexpr size_t prefill_tc_smem()
@@ -64,7 +67,8 @@ template <typename T, int D, int MT> __host__ __device__ constexpr size_t prefil
  * its 32 rows are staged in shared memory (swizzled like the K/V tiles) and
  * read by ldmatrix, each K and V fragment then feeding two MMAs. */
 template <typename T, int D, int MT>
-__global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>()) prefill_tc_kernel(const AttnArgs a, int rows)
+__global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>())
+    prefill_tc_kernel(const AttnArgs a, int rows)
 {
     constexpr int kPfRows = prefill_tc_rows<MT>();
     constexpr int kPfKeys = prefill_tc_keys<D, MT>();
@@ -388,7 +392,7 @@ __global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>()) pr
                 }
             }
         }
-        cp_async_wait<0>(); /* the next segment's copies wait for its first barrier */
+        cp_async_wait<0>(); /* nothing in flight into a stage the next segment fills */
 
         /* the rows of this segment: O / l, l summed over the quad. One call
          * per m-tile with m a constant (as a loop, ptxas left it rolled at
