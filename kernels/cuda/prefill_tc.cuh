@@ -34,7 +34,7 @@ namespace ha {
 
 constexpr int kPfThreads = 128; /* four warps */
 /* K/V stages: two tiles in flight. Against two stages (one tile in flight
- * and a barrier more per tile), 3-5% faster at D 128 and 2-3% slower at D 64
+ * and a barrier more per tile), 2-5% faster at D 128 and 2-3% slower at D 64
  * (SmolLM2's shapes; run 34b, results/prefill-ab-2026-12-01-run34b.md). */
 constexpr int kPfStages = 3;
 
@@ -46,7 +46,7 @@ template <int MT> __host__ __device__ constexpr int prefill_tc_rows() { return 4
 template <int D, int MT> __host__ __device__ constexpr int prefill_tc_keys() { return D * MT > 128 ? 32 : 64; }
 
 /* Blocks per SM that the registers must allow: at D 64, four (128 registers
- * a thread; left to itself ptxas took 134 and three blocks fit: 9-11% slower
+ * a thread; left to itself ptxas took 134 and three blocks fit: 9-10% slower
  * on SmolLM2's shapes, run 34b); at D 128 the accumulators need more than a
  * third of the register file anyway. */
 template <int D, int MT> __host__ __device__ constexpr int prefill_tc_min_blocks()
