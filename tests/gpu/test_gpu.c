@@ -1237,25 +1237,35 @@ START_TEST(gpu_prefill_tiles)
 }
 END_TEST
 
+/* A prefill case with given prefix and chunk lengths per sequence ([batch]
+ * each), head dim 128, block 16, m 16. */
+static ht_prefill_desc_t prefill_desc_lens(DLDataType dtype, int hq, int hkv, int batch, int kv_layout,
+                                           const int *prefix, const int *chunk, uint64_t seed)
+{
+    ht_prefill_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.dtype = dtype;
+    d.hq = hq;
+    d.hkv = hkv;
+    d.d = 128;
+    d.block = 16;
+    d.batch = batch;
+    d.m = 16;
+    d.kv_layout = kv_layout;
+    d.prefix_lens = prefix;
+    d.chunk_lens = chunk;
+    d.seed = seed;
+    return d;
+}
+
 /* Block tables past 8192 tokens at head dim 128: the tiled form's 128-row
  * tiles (two m-tiles per warp, queries staged in shared memory); a long
  * prefix, a short one, and chunks that end inside a tile. */
 static const int k_tiles_prefix[] = {8100, 40, 6000}, k_tiles_chunk[] = {150, 70, 33};
 START_TEST(gpu_prefill_tiles_long)
 {
-    ht_prefill_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.dtype = _i ? (DLDataType)F16 : (DLDataType)BF16;
-    d.hq = 8;
-    d.hkv = 2;
-    d.d = 128;
-    d.block = 16;
-    d.batch = 3;
-    d.m = 16;
-    d.kv_layout = _i ? HND : NHD;
-    d.prefix_lens = k_tiles_prefix;
-    d.chunk_lens = k_tiles_chunk;
-    d.seed = ht_seed(0x7e40 + (uint64_t)_i);
+    ht_prefill_desc_t d = prefill_desc_lens(_i ? (DLDataType)F16 : (DLDataType)BF16, 8, 2, 3, _i ? HND : NHD,
+                                            k_tiles_prefix, k_tiles_chunk, ht_seed(0x7e40 + (uint64_t)_i));
     check_prefill(&d, 0);
 }
 END_TEST
@@ -1282,19 +1292,7 @@ static void expect_prefill_report(const hashattn_api_t *api, hashattn_context_t 
 START_TEST(gpu_prefill_validation)
 {
     static const int prefix[2] = {100, 30}, chunk[2] = {120, 90};
-    ht_prefill_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.dtype = (DLDataType)BF16;
-    d.hq = 4;
-    d.hkv = 2;
-    d.d = 128;
-    d.block = 16;
-    d.batch = 2;
-    d.m = 16;
-    d.kv_layout = NHD;
-    d.prefix_lens = prefix;
-    d.chunk_lens = chunk;
-    d.seed = ht_seed(0x7e99);
+    ht_prefill_desc_t d = prefill_desc_lens((DLDataType)BF16, 4, 2, 2, NHD, prefix, chunk, ht_seed(0x7e99));
     char name[512];
     ht_prefill_case_name(&d, name, sizeof name);
     if (!ht_case_begin("prefill_validation", d.seed))
@@ -1351,19 +1349,8 @@ END_TEST
 static const int k_large_prefix[] = {3000, 200, 1500}, k_large_chunk[] = {40, 7, 25};
 START_TEST(gpu_prefill_large_cache)
 {
-    ht_prefill_desc_t d;
-    memset(&d, 0, sizeof d);
-    d.dtype = (DLDataType)BF16;
-    d.hq = 32;
-    d.hkv = 8;
-    d.d = 128;
-    d.block = 16;
-    d.batch = 3;
-    d.m = 16;
-    d.kv_layout = _i ? HND : NHD;
-    d.prefix_lens = k_large_prefix;
-    d.chunk_lens = k_large_chunk;
-    d.seed = ht_seed(0x1a2e0 + (uint64_t)_i);
+    ht_prefill_desc_t d = prefill_desc_lens((DLDataType)BF16, 32, 8, 3, _i ? HND : NHD, k_large_prefix,
+                                            k_large_chunk, ht_seed(0x1a2e0 + (uint64_t)_i));
     check_prefill(&d, 1);
 }
 END_TEST
