@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>())
                  * (otherwise the factor is exactly 1) */
                 const bool masked = (t + 1) * kPfKeys > wmin;
                 bool moved = false;
-                float uA[MT], uB[MT];
+                float rA[MT], rB[MT]; /* the accumulators' rescale factors */
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
                     if (masked) {
@@ -333,35 +333,35 @@ __global__ void __launch_bounds__(kPfThreads, prefill_tc_min_blocks<D, MT>())
                     xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, 2));
                     const float nmA = fmaxf(mA[m], xA * a.scale_log2), nmB = fmaxf(mB[m], xB * a.scale_log2);
                     moved |= nmA != mA[m] || nmB != mB[m];
-                    uA[m] = nmA == -INFINITY ? 0.0f : nmA;
-                    uB[m] = nmB == -INFINITY ? 0.0f : nmB;
-                    const float cA = fast_exp2(mA[m] - uA[m]), cB = fast_exp2(mB[m] - uB[m]);
+                    /* the exponents' offsets: a row with no key yet keeps 0 */
+                    const float uA = nmA == -INFINITY ? 0.0f : nmA;
+                    const float uB = nmB == -INFINITY ? 0.0f : nmB;
+                    rA[m] = fast_exp2(mA[m] - uA);
+                    rB[m] = fast_exp2(mB[m] - uB);
                     mA[m] = nmA;
                     mB[m] = nmB;
                     float sA = 0.0f, sB = 0.0f;
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) {
-                        sc[m][nt][0] = fast_exp2(fmaf(sc[m][nt][0], a.scale_log2, -uA[m]));
-                        sc[m][nt][1] = fast_exp2(fmaf(sc[m][nt][1], a.scale_log2, -uA[m]));
-                        sc[m][nt][2] = fast_exp2(fmaf(sc[m][nt][2], a.scale_log2, -uB[m]));
-                        sc[m][nt][3] = fast_exp2(fmaf(sc[m][nt][3], a.scale_log2, -uB[m]));
+                        sc[m][nt][0] = fast_exp2(fmaf(sc[m][nt][0], a.scale_log2, -uA));
+                        sc[m][nt][1] = fast_exp2(fmaf(sc[m][nt][1], a.scale_log2, -uA));
+                        sc[m][nt][2] = fast_exp2(fmaf(sc[m][nt][2], a.scale_log2, -uB));
+                        sc[m][nt][3] = fast_exp2(fmaf(sc[m][nt][3], a.scale_log2, -uB));
                         sA += sc[m][nt][0] + sc[m][nt][1];
                         sB += sc[m][nt][2] + sc[m][nt][3];
                     }
-                    lA[m] = lA[m] * cA + sA;
-                    lB[m] = lB[m] * cB + sB;
-                    uA[m] = cA; /* from here on: the rescale factors */
-                    uB[m] = cB;
+                    lA[m] = lA[m] * rA[m] + sA;
+                    lB[m] = lB[m] * rB[m] + sB;
                 }
                 if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
                     for (int m = 0; m < MT; m++)
 #pragma unroll
                         for (int j = 0; j < D / 8; j++) {
-                            acc[m][j][0] *= uA[m];
-                            acc[m][j][1] *= uA[m];
-                            acc[m][j][2] *= uB[m];
-                            acc[m][j][3] *= uB[m];
+                            acc[m][j][0] *= rA[m];
+                            acc[m][j][1] *= rA[m];
+                            acc[m][j][2] *= rB[m];
+                            acc[m][j][3] *= rB[m];
                         }
                 }
                 /* O (16 MT rows x D) += P V: S's C fragments of key n-tiles
