@@ -1086,22 +1086,47 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
     return go(score_warp_kernel<GROUPSEL, 8>);
 }
 
-/* Chunk of the dense path: about `waves` blocks per block slot, at least
- * 256 positions, at most kMaxSplits chunks. */
-inline int dense_chunk(int64_t max_tokens, int64_t units, int waves, int forced)
+/* A dense chunk of about `C` positions: a multiple of kTT, at least 256
+ * positions, at most kMaxSplits chunks. */
+inline int64_t dense_chunk_bounds(int64_t max_tokens, int64_t C)
+{
+    C = ceil_div(C, kTT) * kTT;
+    const int64_t cmin = ceil_div(ceil_div(max_tokens, kMaxSplits), kTT) * kTT;
+    C = C > 256 ? C : 256;
+    return C > cmin ? C : cmin;
+}
+
+/* The dense chunk for `waves` blocks per block slot (x4 blocks per SM): a
+ * whole number of waves rather than one block too many. */
+inline int64_t dense_chunk_waves(int64_t max_tokens, int64_t units, int waves)
 {
     const int64_t slots = (int64_t)sm_count() * 4;
-    /* floor: a whole number of waves rather than one block too many */
-    int64_t nch = slots * (waves > 0 ? waves : 1) / (units > 0 ? units : 1);
+    int64_t nch = slots * waves / (units > 0 ? units : 1);
     if (nch < 1)
         nch = 1;
-    int64_t C = ceil_div(ceil_div(max_tokens, nch), kTT) * kTT;
+    return dense_chunk_bounds(max_tokens, ceil_div(max_tokens, nch));
+}
+
+/* Chunk of the dense path. waves > 0 (lab) sets the waves, forced > 0 the
+ * chunk. Automatic (waves 0): the most waves, up to four, whose chunks keep
+ * at least 2048 positions, else one wave. Run 35's lab (medians, us; two
+ * rounds): four waves at every size until then; one wave is 8-10% faster
+ * where four made chunks of 256-512 positions (SmolLM2's layer B=32 8K 77.4
+ * -> 70.7, B=32 4K 49.1 -> 44.0; B=1 128K 163.0 -> 147.9; B=1 32K 60.1 ->
+ * 54.1) and B=8 32K 2% (275.9 -> 269.2; two waves 270.9), but 1.3% slower at
+ * B=8 128K (993.6 -> 1006.7), where four waves keep chunks of 4000. */
+inline int dense_chunk(int64_t max_tokens, int64_t units, int waves, int forced)
+{
     if (forced > 0)
-        C = ceil_div(forced, kTT) * kTT;
-    if (C < 256)
-        C = 256;
-    const int64_t cmin = ceil_div(ceil_div(max_tokens, kMaxSplits), kTT) * kTT;
-    return (int)(C > cmin ? C : cmin);
+        return (int)dense_chunk_bounds(max_tokens, forced);
+    if (waves > 0)
+        return (int)dense_chunk_waves(max_tokens, units, waves);
+    for (int w = 4; w > 1; w--) {
+        const int64_t C = dense_chunk_waves(max_tokens, units, w);
+        if (C >= 2048)
+            return (int)C;
+    }
+    return (int)dense_chunk_waves(max_tokens, units, 1);
 }
 
 /* Chunk of the sparse path: a power of two in [min, max]; 0 = unsupported.

@@ -44,7 +44,8 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* pdl: never (run 17: without it B=1 8K 47.5 vs 49.6 us, from a graph 42.6 vs 48.4; m135
              4K from a graph 45.2 vs 48.3; large steps equal or slower with it). Runs 4a/4b had it
              on for small steps (B=1 8K: 69 vs 75 us) with kernels that have all changed since */
-    4,    /* dense_waves: 1046 vs 1060 us (2 waves) at B=8 128K */
+    0,    /* dense_waves: automatic (decode.cu's dense_chunk; run 35), four at every size until
+             then (run 4: 1046 vs 1060 us with 2 waves at B=8 128K) */
     2,    /* sparse_waves: gp32 B=8 32K 72.6 vs 76.2 us (4, C 2048 vs 1024); the 128K and B=1
              steps keep their chunks (run 24) */
     1024, /* sparse_chunk_min */

@@ -16,7 +16,8 @@ typedef struct ha_cuda_tuning {
     int pdl;                 /* programmatic dependent launch between decode kernels: 0 never,
                                 1 always, 2 sparse steps with fewer than 5 x SMs score items
                                 (8 x SMs until run 17; the default until run 17) */
-    int dense_waves;         /* dense split: aim for this many blocks per SM slot (x4 blocks/SM) */
+    int dense_waves;         /* dense split: aim for this many blocks per SM slot (x4 blocks/SM);
+                                0 automatic (run 35; 4 until then) */
     int sparse_waves;        /* sparse split: likewise */
     int sparse_chunk_min;    /* chunk bounds of the sparse path (powers of two, 1024..8192) */
     int sparse_chunk_max;
