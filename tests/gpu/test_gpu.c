@@ -476,6 +476,21 @@ START_TEST(gpu_decode_wide)
 }
 END_TEST
 
+/* The dense step's own chunking (decode.cu dense_chunk, run 35) where it
+ * is not the 256-position minimum that every other case gets: 8 sequences
+ * of 8001-12000 tokens and two KV heads make 16 units, so on an H200 (132
+ * SMs) one wave gives chunks of 384 positions (32 partials a head) where
+ * four waves gave 256. Dense flag, against the CPU's dense decode. Case 0
+ * (NHD) at every level, 1 (HND) at the full one. */
+START_TEST(gpu_decode_dense_chunks)
+{
+    ht_decode_desc_t d = long_desc(GROUP, PAPER, HT_FILL_DIRECT, _i & 1 ? HND : NHD, 0xde5c + (uint64_t)_i);
+    d.batch = 8;
+    d.seq_lens = k_mid;
+    check_decode(&d, HASHATTN_DECODE_DENSE);
+}
+END_TEST
+
 /* Chunks of 4096 and 8192 positions, where the selection pass keeps one bit
  * per position (attend.cuh, run 25) and the other cases never reach: a
  * sequence over 262144 tokens has at least 4096 per chunk (at most 128
@@ -1661,6 +1676,7 @@ static Suite *suite(void)
         tcase_add_loop_test(tc, gpu_decode_wide, 10, 11);
     }
     tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
+    tcase_add_loop_test(tc, gpu_decode_dense_chunks, 0, full ? 2 : 1);
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
     if (full) {
