@@ -1108,22 +1108,25 @@ inline int64_t dense_chunk_waves(int64_t max_tokens, int64_t units, int waves)
 }
 
 /* Chunk of the dense path. waves > 0 (lab) sets the waves, forced > 0 the
- * chunk. Automatic (waves 0): the most waves, up to four, whose chunks keep
- * at least 2048 positions, else one wave. Run 35's lab (medians, us; two
- * rounds): four waves at every size until then; one wave is 8-10% faster
- * where four made chunks of 256-512 positions (SmolLM2's layer B=32 8K 77.4
- * -> 70.7, B=32 4K 49.1 -> 44.0; B=1 128K 163.0 -> 147.9; B=1 32K 60.1 ->
- * 54.1) and B=8 32K 2% (275.9 -> 269.2; two waves 270.9), but 1.3% slower at
- * B=8 128K (993.6 -> 1006.7), where four waves keep chunks of 4000. */
+ * chunk. Automatic (waves 0): the most waves, up to kDenseMaxWaves, whose
+ * chunks keep at least kDenseLongChunk positions, else one wave. Run 35's
+ * lab (medians, us; two rounds): four waves at every size until then; one
+ * wave is 8-10% faster where four made chunks of 256-512 positions
+ * (SmolLM2's layer B=32 8K 77.4 -> 70.7, B=32 4K 49.1 -> 44.0; B=1 128K
+ * 163.0 -> 147.9; B=1 32K 60.1 -> 54.1) and B=8 32K 2% (275.9 -> 269.2; two
+ * waves 270.9), but 1.3% slower at B=8 128K (993.6 -> 1006.7), where four
+ * waves keep chunks of 4000. */
+constexpr int kDenseMaxWaves = 4;
+constexpr int64_t kDenseLongChunk = 2048;
 inline int dense_chunk(int64_t max_tokens, int64_t units, int waves, int forced)
 {
     if (forced > 0)
         return (int)dense_chunk_bounds(max_tokens, forced);
     if (waves > 0)
         return (int)dense_chunk_waves(max_tokens, units, waves);
-    for (int w = 4; w > 1; w--) {
+    for (int w = kDenseMaxWaves; w > 1; w--) {
         const int64_t C = dense_chunk_waves(max_tokens, units, w);
-        if (C >= 2048)
+        if (C >= kDenseLongChunk)
             return (int)C;
     }
     return (int)dense_chunk_waves(max_tokens, units, 1);
