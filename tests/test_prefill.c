@@ -1,7 +1,8 @@
 /*
  * test_prefill.c - chunked prefill (a prefix already cached + a new chunk,
  * both written with cache_write) against a naive causal attention in double;
- * NHD vs HND bit for bit; every case run twice for determinism.
+ * NHD vs HND bit for bit; every row against a dense decode bit for bit; every
+ * case run twice for determinism.
  */
 #include <check.h>
 #include <stdio.h>
@@ -105,6 +106,68 @@ START_TEST(prefill_nhd_vs_hnd)
 }
 END_TEST
 
+/* Every prefill row against a dense decode of the same query over the same
+ * cache, cut at the row's position (one decode "sequence" per row, its
+ * sequence's block table, seq_len = position + 1): the CPU backend's prefill
+ * and decode share attention.c's order of operations, so the outputs must
+ * agree bit for bit, however the prefill groups its rows (kernels/cpu/prefill.c
+ * serves them in tiles). Cases: G = 4 bf16; G = 3, f32, blocks of 7, a given
+ * scale; one sequence of 97 rows at G = 4 (tiles that span rows). */
+START_TEST(prefill_rows_as_decode)
+{
+    static const int cases[] = {0, 5, 3};
+    ht_prefill_desc_t d = k_grid[cases[_i]].d;
+    d.seed = ht_seed(0x9b00 + (uint64_t)_i);
+    char name[512], full[600];
+    ht_prefill_case_name(&d, name, sizeof name);
+    snprintf(full, sizeof full, "rows_as_decode:%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_prefill_case_t c;
+    char err[512];
+    ck_assert_msg(ht_prefill_case_build(api, &d, &c, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(ht_prefill_case_run(&c), HASHATTN_STATUS_OK);
+
+    const int T = c.num_tokens;
+    const DLDataType i32 = {kDLInt, 32, 1};
+    ht_tensor_t *bt = ht_tensor_new(i32, 2, (const int64_t[]){T, c.max_blocks}, 0, NULL);
+    ht_tensor_t *lens = ht_tensor_new(i32, 1, (const int64_t[]){T}, 0, NULL);
+    ht_tensor_t *out = ht_tensor_new(d.dtype, 3, (const int64_t[]){T, d.hq, d.d}, 0, NULL);
+    ck_assert(bt && lens && out);
+    for (int s = 0, t = 0; s < d.batch; s++)
+        for (int i = 0; i < c.chunk[s]; i++, t++) {
+            for (int b = 0; b < c.max_blocks; b++)
+                HT_SET(bt, HT_GET(c.block_tables, s, b), t, b);
+            HT_SET(lens, c.lens[s] - c.chunk[s] + i + 1, t);
+        }
+    ht_workspace_t ws;
+    ck_assert_int_eq(ht_workspace_alloc(api, c.ctx, HASHATTN_OP_DECODE, T, T, c.max_blocks, &ws),
+                     HASHATTN_STATUS_OK);
+    hashattn_decode_args_t a = HASHATTN_DECODE_ARGS_INIT;
+    a.flags = HASHATTN_DECODE_DENSE;
+    a.query = &c.query->t;
+    a.key_cache = &c.key_cache->t;
+    a.value_cache = &c.value_cache->t;
+    a.block_tables = &bt->t;
+    a.seq_lens = &lens->t;
+    a.output = &out->t;
+    a.workspace = ws.ptr;
+    a.workspace_size = ws.size;
+    hashattn_status_t st = api->decode(c.ctx, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: decode: %s", name, api->last_error(c.ctx));
+    int64_t first = -1;
+    const int64_t ndiff = ht_tensor_cmp_bits(c.output, out, &first);
+    ck_assert_msg(ndiff == 0, "%s: %lld prefill outputs differ from the row's dense decode (first flat %lld)",
+                  name, (long long)ndiff, (long long)first);
+    ht_workspace_free(&ws);
+    ht_tensor_free(bt);
+    ht_tensor_free(lens);
+    ht_tensor_free(out);
+    ht_prefill_case_free(&c);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("prefill");
@@ -112,6 +175,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, prefill_grid, 0, NGRID);
     tcase_add_loop_test(tc, prefill_nhd_vs_hnd, 0, 2);
+    tcase_add_loop_test(tc, prefill_rows_as_decode, 0, 3);
     suite_add_tcase(s, tc);
     return s;
 }
