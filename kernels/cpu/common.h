@@ -231,13 +231,15 @@ enum {
 void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width,
                         int64_t num_q_heads, int64_t hist_bins, int64_t max_tokens);
 
-/* prefill, for sequences of up to max_tokens tokens. */
+/* prefill, for sequences of up to max_tokens tokens: (row, query head) pairs
+ * of one KV head in tiles of HA_CPU_PRE_LANES lanes (prefill.c). */
+#define HA_CPU_PRE_LANES 16
 enum {
-    HA_PRE_BUF_Q,
-    HA_PRE_BUF_K,
-    HA_PRE_BUF_V,
-    HA_PRE_BUF_ACC,
-    HA_PRE_BUF_LOGITS, /* float [max_tokens] */
+    HA_PRE_BUF_Q,      /* float [D][L]  the lanes' queries, lanes innermost */
+    HA_PRE_BUF_K,      /* float [D]     key row */
+    HA_PRE_BUF_V,      /* float [D]     value row */
+    HA_PRE_BUF_ACC,    /* float [L][D]  the lanes' output accumulators */
+    HA_PRE_BUF_LOGITS, /* float [L][max_tokens] */
     HA_PRE_BUF_COUNT
 };
 void ha_cpu_plan_prefill(ha_cpu_plan_t *plan, int64_t head_dim, int64_t max_tokens);

@@ -6,7 +6,7 @@
  * x rounded up to 64 bytes, N = max_blocks_per_seq * block_size):
  *   cache_write, hash: 64 + A(4 D L) + 2 A(4 m L) + A(4D), L = HA_CPU_MLP_LANES
  *   decode:            64 + 4 A(4D) + 2 A(4m) + A(4 Hq) + 3 A(4N) + A(4 (32 G + 1))
- *   prefill:           64 + 4 A(4D) + A(4N)
+ *   prefill:           64 + 2 A(4 D L') + 2 A(4D) + A(4 N L'), L' = HA_CPU_PRE_LANES
  * None depends on the number of sequences or tokens: the kernels reuse their
  * scratch row by row and sequence by sequence.
  */
@@ -89,11 +89,13 @@ void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width
 void ha_cpu_plan_prefill(ha_cpu_plan_t *plan, int64_t head_dim, int64_t max_tokens)
 {
     plan->count = 0;
-    plan_add(plan, head_dim, sizeof(float));   /* HA_PRE_BUF_Q */
-    plan_add(plan, head_dim, sizeof(float));   /* HA_PRE_BUF_K */
-    plan_add(plan, head_dim, sizeof(float));   /* HA_PRE_BUF_V */
-    plan_add(plan, head_dim, sizeof(float));   /* HA_PRE_BUF_ACC */
-    plan_add(plan, max_tokens, sizeof(float)); /* HA_PRE_BUF_LOGITS */
+    /* saturates (plan_add then asks for SIZE_MAX bytes) */
+    int64_t lanes_tokens = max_tokens > INT64_MAX / HA_CPU_PRE_LANES ? INT64_MAX : max_tokens * HA_CPU_PRE_LANES;
+    plan_add(plan, head_dim * HA_CPU_PRE_LANES, sizeof(float)); /* HA_PRE_BUF_Q */
+    plan_add(plan, head_dim, sizeof(float));                    /* HA_PRE_BUF_K */
+    plan_add(plan, head_dim, sizeof(float));                    /* HA_PRE_BUF_V */
+    plan_add(plan, head_dim * HA_CPU_PRE_LANES, sizeof(float)); /* HA_PRE_BUF_ACC */
+    plan_add(plan, lanes_tokens, sizeof(float));                /* HA_PRE_BUF_LOGITS */
 }
 
 size_t ha_cpu_workspace_size(int op, const ha_workspace_bounds_t *b)
