@@ -215,30 +215,31 @@ void ha_cpu_plan_mlp(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width);
 
 /* decode, for sequences of up to max_tokens tokens. */
 enum {
-    HA_DEC_BUF_Q,      /* float [D]   query row */
+    HA_DEC_BUF_Q,      /* float [D]   query row (the MLPs' input) */
+    HA_DEC_BUF_QT,     /* float [D][L] a unit's query heads as lanes, lanes innermost */
     HA_DEC_BUF_K,      /* float [D]   key row */
     HA_DEC_BUF_V,      /* float [D]   value row */
-    HA_DEC_BUF_ACC,    /* float [D]   output accumulator */
+    HA_DEC_BUF_ACC,    /* float [lanes][D] the lanes' outputs */
     HA_DEC_BUF_H1,     /* float [m]   MLP hidden 1 */
     HA_DEC_BUF_H2,     /* float [m]   MLP hidden 2 */
     HA_DEC_BUF_QSIG,   /* uint32 [Hq] query signatures */
     HA_DEC_BUF_SCORES, /* int32 [max_tokens] score by position */
-    HA_DEC_BUF_LOGITS, /* float [max_tokens] */
+    HA_DEC_BUF_LOGITS, /* float [lanes][max_tokens] */
     HA_DEC_BUF_SEL,    /* int32 [max_tokens] attended positions */
     HA_DEC_BUF_HIST,   /* int32 [hist_bins] score histogram */
     HA_DEC_BUF_COUNT
 };
-void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width,
-                        int64_t num_q_heads, int64_t hist_bins, int64_t max_tokens);
+/* lanes: query heads attended together, min(HA_CPU_LANES, group) */
+void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width, int64_t num_q_heads,
+                        int64_t hist_bins, int64_t max_tokens, int64_t lanes);
 
 /* prefill, for sequences of up to max_tokens tokens: (row, query head) pairs
- * of one KV head in tiles of HA_CPU_PRE_LANES lanes (prefill.c). */
-#define HA_CPU_PRE_LANES 16
+ * of one KV head in tiles of HA_CPU_LANES lanes (prefill.c). */
 enum {
     HA_PRE_BUF_Q,      /* float [D][L]  the lanes' queries, lanes innermost */
     HA_PRE_BUF_K,      /* float [D]     key row */
     HA_PRE_BUF_V,      /* float [D]     value row */
-    HA_PRE_BUF_ACC,    /* float [L][D]  the lanes' output accumulators */
+    HA_PRE_BUF_ACC,    /* float [L][D]  the lanes' outputs */
     HA_PRE_BUF_LOGITS, /* float [L][max_tokens] */
     HA_PRE_BUF_COUNT
 };
@@ -303,12 +304,18 @@ typedef struct ha_cpu_kv {
     float scale;
 } ha_cpu_kv_t;
 
-/* out[D] = softmax(scale * q.k_j) weighted sum of v_j over the `count`
- * positions (positions[i], or i itself when positions is NULL), in the order
- * given, all fp32. count == 0 gives zeros. Scratch: logits [count], krow,
- * vrow [D]. out may not alias q. */
-void ha_cpu_attend(const ha_cpu_kv_t *kv, int32_t kv_head, const float *q,
-                   const int32_t *positions, int64_t count, float *logits, float *krow,
-                   float *vrow, float *out);
+/* Query rows ("lanes") attended together by ha_cpu_attend_lanes. */
+#define HA_CPU_LANES 16
+
+/* For each lane l < nl (nl <= HA_CPU_LANES): out[l][D] = softmax(scale *
+ * q_l.k_j) weighted sum of v_j over the lane's first cnt[l] positions
+ * (positions[i], or i itself when positions is NULL), in that order, all
+ * fp32, each lane exactly as it would be alone (attention.c). cnt[l] == 0
+ * gives zeros. qt: [D][HA_CPU_LANES] the lanes' queries, lanes innermost
+ * (lanes past nl ignored, but initialised). Scratch: logits
+ * [nl][logits_stride >= max cnt], krow, vrow [D]. */
+void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int nl,
+                         const int64_t *cnt, const float *qt, float *logits, int64_t logits_stride,
+                         float *krow, float *vrow, float *out);
 
 #endif /* HASHATTN_KERNELS_CPU_COMMON_H */

@@ -31,10 +31,13 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
     ha_cpu_plan_t plan;
     void *buf[HA_DEC_BUF_COUNT];
     int32_t x_dim = p->head_dim > p->query_mlp.dim ? p->head_dim : p->query_mlp.dim;
-    ha_cpu_plan_decode(&plan, x_dim, p->query_mlp.width, p->num_q_heads, max_score + 1, max_n);
+    /* the lanes of ha_cpu_attend_lanes: a unit's query heads, HA_CPU_LANES at a time */
+    const int32_t lanes = group < HA_CPU_LANES ? group : HA_CPU_LANES;
+    ha_cpu_plan_decode(&plan, x_dim, p->query_mlp.width, p->num_q_heads, max_score + 1, max_n, lanes);
     if (!ha_cpu_plan_carve(&plan, p->workspace, p->workspace_size, buf))
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
     float *q = buf[HA_DEC_BUF_Q];
+    float *qt = buf[HA_DEC_BUF_QT];
     float *krow = buf[HA_DEC_BUF_K];
     float *vrow = buf[HA_DEC_BUF_V];
     float *acc = buf[HA_DEC_BUF_ACC];
@@ -105,14 +108,24 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
                     row[i] = positions ? positions[i] : (int32_t)i;
             }
 
-            for (int32_t h = h0; h < h0 + heads_per_unit; h++) {
-                ha_cpu_load_row(p->dtype, p->query.data,
-                                b * p->query.stride_token + h * p->query.stride_head,
-                                p->head_dim, q);
-                ha_cpu_attend(&kv, h / group, q, positions, count, logits, krow, vrow, acc);
-                ha_cpu_store_row(p->dtype, p->output.data,
-                                 b * p->output.stride_token + h * p->output.stride_head,
-                                 p->head_dim, acc);
+            /* the unit's heads share its positions and its KV head h0 / group */
+            for (int32_t hl = h0; hl < h0 + heads_per_unit; hl += lanes) {
+                const int nl = h0 + heads_per_unit - hl < lanes ? (int)(h0 + heads_per_unit - hl) : lanes;
+                int64_t cnt[HA_CPU_LANES];
+                for (int l = 0; l < HA_CPU_LANES; l++) {
+                    if (l < nl)
+                        ha_cpu_load_row(p->dtype, p->query.data,
+                                        b * p->query.stride_token + (hl + l) * p->query.stride_head,
+                                        p->head_dim, q);
+                    for (int32_t d = 0; d < p->head_dim; d++)
+                        qt[(int64_t)d * HA_CPU_LANES + l] = l < nl ? q[d] : 0.0f;
+                    cnt[l] = count;
+                }
+                ha_cpu_attend_lanes(&kv, h0 / group, positions, nl, cnt, qt, logits, max_n, krow, vrow, acc);
+                for (int l = 0; l < nl; l++)
+                    ha_cpu_store_row(p->dtype, p->output.data,
+                                     b * p->output.stride_token + (hl + l) * p->output.stride_head,
+                                     p->head_dim, acc + (int64_t)l * p->head_dim);
             }
         }
     }
