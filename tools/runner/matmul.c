@@ -200,6 +200,33 @@ const char *rn_matmul_desc(void)
     return buf;
 }
 
+const char *rn_matmul_hint(void)
+{
+    static char buf[256];
+    if (g_exact || getenv("OPENBLAS_CORETYPE"))
+        return NULL;
+    /* OpenBLAS's x86-64 kernel sets older than Haswell's (no AVX2) */
+    static const char *const old_cores[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                            "Atom", "Sandybridge", "Katmai", "Coppermine", "Northwood"};
+    const char *core = openblas_get_corename(), *want = NULL;
+    int old = 0;
+    for (size_t i = 0; i < sizeof old_cores / sizeof old_cores[0]; i++)
+        old |= strcmp(core, old_cores[i]) == 0;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (__builtin_cpu_supports("avx512f"))
+        want = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+#endif
+    if (!old || !want)
+        return NULL;
+    snprintf(buf, sizeof buf,
+             "OpenBLAS runs its %s kernels on a CPU with %s (a CPU model it does not know); "
+             "OPENBLAS_CORETYPE=%s in the environment makes its matrix products faster (scripts/run sets it)",
+             core, strcmp(want, "SkylakeX") == 0 ? "AVX-512" : "AVX2", want);
+    return buf;
+}
+
 static void exact_matmul(float *y, const float *x, const float *w, int n, int in, int outd, int accumulate)
 {
     job_t j = { y, x, w, n, in, outd, accumulate };

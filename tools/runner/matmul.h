@@ -34,6 +34,12 @@ int rn_matmul_threads(void);
 
 /* "OpenBLAS 0.3.21 ..., N threads" or "exact (batch-invariant), N threads". */
 const char *rn_matmul_desc(void);
+/* A line of advice when OpenBLAS runs its pre-AVX kernels (Prescott, ...) on a
+ * CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is unset (OpenBLAS does that
+ * on CPU models it does not recognise, e.g. a virtual "Intel Xeon Processor"),
+ * naming the OPENBLAS_CORETYPE to set; NULL otherwise or with the exact
+ * matmul. */
+const char *rn_matmul_hint(void);
 
 #ifdef __cplusplus
 }
