@@ -78,15 +78,23 @@ START_TEST(prefill_grid)
 }
 END_TEST
 
+/* ht_case_begin for a case of one of the checks below: its name is the
+ * check's prefix and the desc's canonical name (written to name). */
+static int begin_check(const char *prefix, const ht_prefill_desc_t *d, char *name, size_t len)
+{
+    char full[600];
+    ht_prefill_case_name(d, name, len);
+    snprintf(full, sizeof full, "%s:%s", prefix, name);
+    return ht_case_begin(full, d->seed);
+}
+
 START_TEST(prefill_nhd_vs_hnd)
 {
     ht_prefill_desc_t d = k_grid[_i == 0 ? 0 : 4].d;
     d.seed = ht_seed(0x9a00 + (uint64_t)_i);
     d.kv_layout = HASHATTN_KV_LAYOUT_NHD;
-    char name[512], full[600];
-    ht_prefill_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "nhd_vs_hnd:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!begin_check("nhd_vs_hnd", &d, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_prefill_case_t a, b;
@@ -118,10 +126,8 @@ START_TEST(prefill_rows_as_decode)
     static const int cases[] = {0, 5, 3};
     ht_prefill_desc_t d = k_grid[cases[_i]].d;
     d.seed = ht_seed(0x9b00 + (uint64_t)_i);
-    char name[512], full[600];
-    ht_prefill_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "rows_as_decode:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!begin_check("rows_as_decode", &d, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_prefill_case_t c;

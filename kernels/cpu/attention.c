@@ -40,7 +40,12 @@ void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *
     }
 
     /* logits and each lane's maximum (a lane past its last position, or
-     * past nl, computes a dot that is never used) */
+     * past nl in the last vector, computes a dot that is never used); only
+     * the vectors that hold lanes below nl are computed (a decode unit of
+     * G = 3 heads: one of four), the loop's trip count kept constant so that
+     * full tiles compile as before (callgrind: the prefill's instructions
+     * equal, the tests' decode scenarios 16% fewer) */
+    const int nv = (nl + 3) / 4;
     for (int64_t i = 0; i < cmax; i++) {
         const int64_t pos = positions ? positions[i] : i;
         ha_cpu_load_row(kv->dtype, kv->key_cache->data,
@@ -52,11 +57,12 @@ void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *
         for (int32_t d = 0; d < D; d++) {
             const float kd = krow[d];
             const v4f kv4 = {kd, kd, kd, kd};
-            for (int v = 0; v < L / 4; v++) {
-                v4f qv;
-                memcpy(&qv, qt + (int64_t)d * L + 4 * v, sizeof qv);
-                dv[v] += qv * kv4;
-            }
+            for (int v = 0; v < L / 4; v++)
+                if (v < nv) {
+                    v4f qv;
+                    memcpy(&qv, qt + (int64_t)d * L + 4 * v, sizeof qv);
+                    dv[v] += qv * kv4;
+                }
         }
         float dot[L];
         memcpy(dot, dv, sizeof dot);

@@ -1075,8 +1075,9 @@ int main(int argc, char **argv)
         }
     }
     fprintf(stderr, "hashattn-run: executor: %s\n", ex->desc);
-    if (!cuda && rn_matmul_hint())
-        fprintf(stderr, "hashattn-run: note: %s\n", rn_matmul_hint());
+    const char *blas_hint = cuda ? NULL : rn_matmul_hint();
+    if (blas_hint)
+        fprintf(stderr, "hashattn-run: note: %s\n", blas_hint);
     fprintf(stderr, "hashattn-run: KV pool: %d blocks of %d tokens (%lld tokens), up to %d sequences of %lld tokens, "
                     "%d tokens per step\n", num_blocks, bs, (long long)num_blocks * bs, batch,
             (long long)max_blocks * bs, max_batch_tokens);
