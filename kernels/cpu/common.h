@@ -313,7 +313,8 @@ typedef struct ha_cpu_kv {
  * fp32, each lane exactly as it would be alone (attention.c). cnt[l] == 0
  * gives zeros. qt: [D][HA_CPU_LANES] the lanes' queries, lanes innermost
  * (lanes past nl ignored, but initialised). Scratch: logits
- * [nl][logits_stride >= max cnt], krow, vrow [D]. */
+ * [nl][logits_stride >= max cnt], krow, vrow [D], two buffers (each holds a
+ * K row, then a V row: positions go two at a time). */
 void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int nl,
                          const int64_t *cnt, const float *qt, float *logits, int64_t logits_stride,
                          float *krow, float *vrow, float *out);
