@@ -136,8 +136,18 @@ static inline void ha_cpu_load_row(ha_dtype_t dt, const void *base, int64_t idx,
         for (int32_t i = 0; i < n; i++)
             out[i] = ha_cpu_f16_to_f32(s[i]);
     } else {
+        /* four at a time (GCC at -O2 vectorises no loop that needs a tail) */
+        typedef uint16_t v4u16 __attribute__((vector_size(8)));
+        typedef uint32_t v4u32 __attribute__((vector_size(16)));
         const uint16_t *s = (const uint16_t *)base + idx;
-        for (int32_t i = 0; i < n; i++)
+        int32_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            v4u16 h;
+            memcpy(&h, s + i, sizeof h);
+            const v4u32 w = __builtin_convertvector(h, v4u32) << 16;
+            memcpy(out + i, &w, sizeof w);
+        }
+        for (; i < n; i++)
             out[i] = ha_cpu_bf16_to_f32(s[i]);
     }
 }
