@@ -26,6 +26,7 @@
 
 typedef float ha_v4f __attribute__((vector_size(16)));
 typedef int32_t ha_v4i __attribute__((vector_size(16)));
+typedef uint32_t ha_v4u __attribute__((vector_size(16)));
 
 #define HA_V4(c) ((ha_v4f){(c), (c), (c), (c)})
 
@@ -38,7 +39,7 @@ static inline ha_v4f ha_exp4_nonpos(ha_v4f x)
     const ha_v4f magic = HA_V4(12582912.0f); /* 1.5 * 2^23: t's low bits are n */
     const ha_v4f t = x * HA_V4(1.44269504088896341f) + magic;
     const ha_v4f n = t - magic;
-    const ha_v4i ni = (ha_v4i)t - (ha_v4i)magic; /* n as an integer, |n| <= 126 */
+    const ha_v4u nu = (ha_v4u)t - (ha_v4u)magic; /* n mod 2^32 (unsigned: NaN's bits wrap) */
 
     ha_v4f r = x - n * HA_V4(0.693359375f);
     r = r - n * HA_V4(-2.12194440e-4f);
@@ -51,7 +52,7 @@ static inline ha_v4f ha_exp4_nonpos(ha_v4f x)
     p = p * r + HA_V4(5.0000001201e-1f);
     const ha_v4f e = p * (r * r) + r + HA_V4(1.0f);
 
-    const ha_v4f scale = (ha_v4f)((ni + 127) << 23); /* 2^n, n in [-126, 0] */
+    const ha_v4f scale = (ha_v4f)((nu + 127u) << 23); /* 2^n, n in [-126, 0] */
     return (ha_v4f)((ha_v4i)(e * scale) & ~under);
 }
 
