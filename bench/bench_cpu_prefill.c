@@ -30,14 +30,7 @@ static double now_s(void)
 /* a compact CPU tensor over data */
 static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
 {
-    DLTensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.device.device_type = kDLCPU;
-    t.ndim = ndim;
-    t.dtype = dt;
-    t.shape = shape;
-    return t;
+    return ha_bench_tensor(data, kDLCPU, 0, dt, ndim, shape);
 }
 
 /* bf16 values uniform in [-1, 1) */

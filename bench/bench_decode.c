@@ -409,16 +409,7 @@ static cudaError_t flush_l2(void *buf, size_t bytes, int r, cudaStream_t st)
 
 static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
 {
-    DLTensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.device.device_type = kDLCUDA;
-    t.device.device_id = 0;
-    t.ndim = ndim;
-    t.dtype = dt;
-    t.shape = shape;
-    t.strides = NULL;
-    return t;
+    return ha_bench_tensor(data, kDLCUDA, 0, dt, ndim, shape);
 }
 
 static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense, const bench_shape_t *sh)

@@ -86,15 +86,7 @@ typedef struct rank_arg {
 
 static DLTensor dev_tensor(void *data, int dev, DLDataType dt, int ndim, int64_t *shape)
 {
-    DLTensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.device.device_type = kDLCUDA;
-    t.device.device_id = dev;
-    t.ndim = ndim;
-    t.dtype = dt;
-    t.shape = shape;
-    return t;
+    return ha_bench_tensor(data, kDLCUDA, dev, dt, ndim, shape);
 }
 
 #define RFAIL(...)                                                         \

@@ -80,3 +80,16 @@ hashattn_status_t ha_bench_bind_random_weights(const hashattn_api_t *api, hashat
             free(bufs[side][p]);
     return st;
 }
+
+DLTensor ha_bench_tensor(void *data, DLDeviceType type, int device_id, DLDataType dt, int ndim, int64_t *shape)
+{
+    DLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.device.device_type = type;
+    t.device.device_id = device_id;
+    t.ndim = ndim;
+    t.dtype = dt;
+    t.shape = shape;
+    return t;
+}

@@ -1,5 +1,6 @@
 /*
- * bench_util.h - pieces the benchmarks share (bench_decode, bench_lab, bench_tp).
+ * bench_util.h - pieces the benchmarks share (bench_decode, bench_lab, bench_tp,
+ * bench_gather, bench_cpu_prefill).
  */
 #ifndef HASHATTN_BENCH_UTIL_H
 #define HASHATTN_BENCH_UTIL_H
@@ -20,6 +21,9 @@ hashattn_status_t ha_bench_bind_random_weights(const hashattn_api_t *api, hashat
 /* dlopen(lib) + dlsym("hashattn_get_api") + get_api(HASHATTN_ABI_MAJOR); NULL
  * (dlopen's message on stderr) when any step fails */
 const hashattn_api_t *ha_bench_load_api(const char *lib);
+
+/* a compact tensor (strides NULL, offset 0) over data on device (type, id) */
+DLTensor ha_bench_tensor(void *data, DLDeviceType type, int device_id, DLDataType dt, int ndim, int64_t *shape);
 
 /* qsort comparator of floats, ascending (the benchmarks' medians) */
 int ha_bench_cmp_float(const void *a, const void *b);

@@ -14,6 +14,11 @@
  *   exp(r) = 1 + r + r^2 P(r), P of degree 5 (Cephes' expf coefficients);
  *   exp(x) = exp(r) 2^n, 2^n built from its exponent bits.
  *
+ * Not kernels/hash_math.h's ha_exp: that one is scalar and built on fmaf so
+ * that the hash MLPs' signatures match the CUDA backend bit for bit, and fmaf
+ * is a library call on x86-64 without FMA; the softmax weights need no match
+ * with CUDA (its tests compare outputs within a tolerance), only speed.
+ *
  * Accuracy (tests/test_exp4.c, every 61st float of [-87.3, 0]): within 1 ulp
  * of the correctly rounded exp; exp(0) = 1 exactly. Below -87.3 (exp under
  * 1.2e-38, where libm gives subnormals) it returns 0; NaN stays NaN. Inputs
