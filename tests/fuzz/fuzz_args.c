@@ -34,11 +34,6 @@
  * the same sanitizers (build-fuzz/hashattn-fuzz-args-replay-san), and as a
  * plain replay driver (replay_main.c) that runs the committed corpus and the
  * regression inputs (regressions/args/) in CTest.
- *
- * HASHATTN_FUZZ_SKIP_KNOWN=1 (set by scripts/fuzz, and by the corpus replay
- * test, since the corpus was gathered that way) steers the input away from
- * library bugs already reported, so that long runs look for new ones; the
- * inputs in regressions/args/ replay without it.
  */
 #include <hashattn/hashattn.h>
 
@@ -69,13 +64,6 @@ static fctx_t contexts[] = {
 
 static const hashattn_api_t *api;
 static int verbose; /* HASHATTN_FUZZ_VERBOSE=1: one line per call (replay) */
-/* HASHATTN_FUZZ_SKIP_KNOWN: steer clear of library bugs already reported
- * (docs/abi-conformance.md), so that a long run can look for new ones: "1"
- * or "all" for every one, else a comma list of their names (null-data,
- * nested-size). fuzz_args_regressions never sets it. Remove each case once
- * its bug is fixed. */
-static int skip_null_data, skip_nested_size;
-
 static int hsig(const fctx_t *c)
 {
     return c->per_kv_sig ? c->hkv : c->hq;
@@ -143,12 +131,6 @@ static void setup(void)
     api = hashattn_get_api(HASHATTN_ABI_MAJOR);
     FZ_ASSERT(api, "hashattn_get_api(1) is NULL");
     verbose = getenv("HASHATTN_FUZZ_VERBOSE") != NULL;
-    const char *skip = getenv("HASHATTN_FUZZ_SKIP_KNOWN");
-    if (skip) {
-        int all = strcmp(skip, "1") == 0 || strcmp(skip, "all") == 0;
-        skip_null_data = all || strstr(skip, "null-data") != NULL;
-        skip_nested_size = all || strstr(skip, "nested-size") != NULL;
-    }
     for (int i = 0; i < NUM_CONTEXTS; i++) {
         fctx_t *c = &contexts[i];
         hashattn_context_config_t cfg = config_of(c);
@@ -311,13 +293,9 @@ static void ft_make(fz_t *f, ft_t *x, int ndim, const int64_t *want, DLDataType 
     x->buf = (unsigned char *)malloc(x->extent ? x->extent : 1);
     x->t.data = x->buf;
     ft_fill_random(x, (uint64_t)m * 131u + sm + x->extent);
-    /* data NULL: refused unless the tensor is empty. Known bug null-data: for
-     * an empty tensor with NULL data the library computes NULL + byte_offset
-     * (undefined behaviour, also with an offset of 0) in ha_check_tensor, and
-     * NULL + 0 in check_tables and ha_cpu_decode. */
-    int null_data = m >= 251;
-    if (null_data && skip_null_data && x->extent <= (size_t)x->t.byte_offset)
-        null_data = 0;
+    /* data NULL: refused unless the tensor is empty (bug null-data, fixed in
+     * 07c9b08: the library computed NULL + byte_offset for an empty one) */
+    const int null_data = m >= 251;
     if (null_data) {
         x->t.data = NULL;
         x->valid = x->valid && x->extent <= (size_t)x->t.byte_offset;
@@ -849,13 +827,11 @@ static void do_weights_bind(fz_t *f, const fctx_t *c)
             ft_make(f, &parts[s][p], p % 2 ? 3 : 4, dims[p], fz_u8(f) < 200 ? F32 : BF16, 15u);
             *slot[p] = ft_ptr(&parts[s][p]);
         }
-        if (fz_u8(f) > 245) {
+        /* any nested struct_size below 64, above sizeof included (bug
+         * nested-size, fixed in 07c9b08: weights_bind read past its own copy
+         * of the args) */
+        if (fz_u8(f) > 245)
             sides[s]->struct_size = fz_below(f, 64);
-            /* known bug nested-size: a nested struct_size above sizeof makes
-             * weights_bind read past its own copy of the args (stack-buffer-overflow) */
-            if (skip_nested_size && sides[s]->struct_size > sizeof(hashattn_mlp_weights_t))
-                sides[s]->struct_size = sizeof(hashattn_mlp_weights_t);
-        }
     }
     full.flags = pick_flags(f, 0);
     typedef hashattn_weights_bind_args_t T;
