@@ -111,8 +111,11 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
             /* the unit's heads share its positions and its KV head h0 / group */
             for (int32_t hl = h0; hl < h0 + heads_per_unit; hl += lanes) {
                 const int nl = h0 + heads_per_unit - hl < lanes ? (int)(h0 + heads_per_unit - hl) : lanes;
+                /* the lanes of the four-wide vectors that hold lanes below nl
+                 * (attention.c reads no others) */
+                const int nw = (nl + 3) / 4 * 4;
                 int64_t cnt[HA_CPU_LANES];
-                for (int l = 0; l < HA_CPU_LANES; l++) {
+                for (int l = 0; l < nw; l++) {
                     if (l < nl)
                         ha_cpu_load_row(p->dtype, p->query.data,
                                         b * p->query.stride_token + (hl + l) * p->query.stride_head,
