@@ -223,6 +223,17 @@ int ha_cpu_plan_carve(const ha_cpu_plan_t *plan, void *workspace, size_t size, v
 enum { HA_MLP_BUF_X, HA_MLP_BUF_H1, HA_MLP_BUF_H2, HA_MLP_BUF_ROW, HA_MLP_BUF_COUNT };
 void ha_cpu_plan_mlp(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width);
 
+/* Query rows ("lanes") attended together by ha_cpu_attend_lanes. */
+#define HA_CPU_LANES 16
+
+/* Lanes of a decode: the query heads of a KV head (group), at most
+ * HA_CPU_LANES at a time; a unit of per-head selection uses one of them. The
+ * one rule for decode.c's loop and its workspace plan. */
+static inline int32_t ha_cpu_decode_lanes(int64_t group)
+{
+    return group < HA_CPU_LANES ? (int32_t)group : HA_CPU_LANES;
+}
+
 /* decode, for sequences of up to max_tokens tokens. */
 enum {
     HA_DEC_BUF_Q,      /* float [D]   query row (the MLPs' input) */
@@ -239,7 +250,7 @@ enum {
     HA_DEC_BUF_HIST,   /* int32 [hist_bins] score histogram */
     HA_DEC_BUF_COUNT
 };
-/* lanes: query heads attended together, min(HA_CPU_LANES, group) */
+/* lanes: query heads attended together, ha_cpu_decode_lanes(group) */
 void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width, int64_t num_q_heads,
                         int64_t hist_bins, int64_t max_tokens, int64_t lanes);
 
@@ -314,8 +325,6 @@ typedef struct ha_cpu_kv {
     float scale;
 } ha_cpu_kv_t;
 
-/* Query rows ("lanes") attended together by ha_cpu_attend_lanes. */
-#define HA_CPU_LANES 16
 
 /* For each lane l < nl (nl <= HA_CPU_LANES): out[l][D] = softmax(scale *
  * q_l.k_j) weighted sum of v_j over the lane's first cnt[l] positions

@@ -31,8 +31,7 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
     ha_cpu_plan_t plan;
     void *buf[HA_DEC_BUF_COUNT];
     int32_t x_dim = p->head_dim > p->query_mlp.dim ? p->head_dim : p->query_mlp.dim;
-    /* the lanes of ha_cpu_attend_lanes: a unit's query heads, HA_CPU_LANES at a time */
-    const int32_t lanes = group < HA_CPU_LANES ? group : HA_CPU_LANES;
+    const int32_t lanes = ha_cpu_decode_lanes(group);
     ha_cpu_plan_decode(&plan, x_dim, p->query_mlp.width, p->num_q_heads, max_score + 1, max_n, lanes);
     if (!ha_cpu_plan_carve(&plan, p->workspace, p->workspace_size, buf))
         return HA_KERNEL_WORKSPACE_TOO_SMALL;

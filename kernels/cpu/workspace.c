@@ -97,10 +97,10 @@ void ha_cpu_plan_prefill(ha_cpu_plan_t *plan, int64_t head_dim, int64_t max_toke
     /* saturates (plan_add then asks for SIZE_MAX bytes) */
     int64_t lanes_tokens = max_tokens > INT64_MAX / HA_CPU_LANES ? INT64_MAX : max_tokens * HA_CPU_LANES;
     plan_add(plan, head_dim * HA_CPU_LANES, sizeof(float)); /* HA_PRE_BUF_Q */
-    plan_add(plan, head_dim, sizeof(float));                    /* HA_PRE_BUF_K */
-    plan_add(plan, head_dim, sizeof(float));                    /* HA_PRE_BUF_V */
+    plan_add(plan, head_dim, sizeof(float));                /* HA_PRE_BUF_K */
+    plan_add(plan, head_dim, sizeof(float));                /* HA_PRE_BUF_V */
     plan_add(plan, head_dim * HA_CPU_LANES, sizeof(float)); /* HA_PRE_BUF_ACC */
-    plan_add(plan, lanes_tokens, sizeof(float));                /* HA_PRE_BUF_LOGITS */
+    plan_add(plan, lanes_tokens, sizeof(float));            /* HA_PRE_BUF_LOGITS */
 }
 
 size_t ha_cpu_workspace_size(int op, const ha_workspace_bounds_t *b)
@@ -120,7 +120,7 @@ size_t ha_cpu_workspace_size(int op, const ha_workspace_bounds_t *b)
         break;
     case 1: /* HASHATTN_OP_DECODE */
         ha_cpu_plan_decode(&plan, b->head_dim, b->mlp_width, b->num_q_heads, 32 * group + 1, max_tokens,
-                           group < HA_CPU_LANES ? group : HA_CPU_LANES);
+                           ha_cpu_decode_lanes(group));
         break;
     case 2: /* HASHATTN_OP_PREFILL */
         ha_cpu_plan_prefill(&plan, b->head_dim, max_tokens);
