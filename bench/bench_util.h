@@ -1,6 +1,6 @@
 /*
  * bench_util.h - pieces the benchmarks share (bench_decode, bench_lab, bench_tp,
- * bench_gather, bench_cpu_prefill).
+ * bench_gather, bench_cpu).
  */
 #ifndef HASHATTN_BENCH_UTIL_H
 #define HASHATTN_BENCH_UTIL_H

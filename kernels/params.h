@@ -193,6 +193,7 @@ typedef struct ha_hash_params {
 /* Workspace bytes for each op, given the bounds (see hashattn_workspace_args). */
 typedef struct ha_workspace_bounds {
     int32_t num_q_heads, num_kv_heads, num_sig_heads, head_dim, block_size, mlp_width;
+    int32_t group_selection; /* the context's selection: 1 group, 0 per-head */
     int32_t max_num_seqs;
     int64_t max_num_tokens;
     int32_t max_blocks_per_seq;

@@ -189,6 +189,7 @@ static ha_workspace_bounds_t bounds_of(const hashattn_context_t *ctx)
     b.head_dim = ctx->cfg.head_dim;
     b.block_size = ctx->cfg.block_size;
     b.mlp_width = ctx->cfg.mlp_width;
+    b.group_selection = ctx->cfg.selection == HASHATTN_SELECTION_GROUP;
     return b;
 }
 

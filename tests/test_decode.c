@@ -2,7 +2,8 @@
  * test_decode.c - sparse decode against the double-precision reference:
  * a grid of awkward shapes (every case also run twice for determinism),
  * selection on signature caches full of ties, dense flag vs a budget that
- * covers every candidate (bit for bit), NHD vs HND (bit for bit), budget
+ * covers every candidate (bit for bit), NHD vs HND (bit for bit), per-head vs
+ * group selection under the dense flag (bit for bit), budget
  * overrides and empty sequences.
  *
  * HASHATTN_TEST_LEVEL=fast runs the cases marked fast only.
@@ -372,6 +373,59 @@ START_TEST(decode_nhd_vs_hnd)
 }
 END_TEST
 
+/* ---- per-head and group selection under the DENSE flag, bit for bit ----
+ * Both attend every position with every query head; the CPU backend runs a
+ * group's G heads side by side as lanes and a per-head unit's one head with
+ * four positions side by side (kernels/cpu/attention.c), which must give the
+ * same bits. The two cases are built from one seed; the test first checks
+ * that they hold the same query, keys and values. */
+
+static const ht_decode_desc_t k_units[] = {
+    {.dtype = BF16, .hq = 8, .hkv = 2, .d = 64, .block = 16, .batch = 7, .m = 16, .kv_layout = NHD,
+     .sig_layout = PAPER, .sink = 2, .recent = 2, .heavy_count = 3, .max_seq = 203, .fill = HT_FILL_DIRECT},
+    {.dtype = F32, .hq = 24, .hkv = 3, .d = 128, .block = 5, .batch = 4, .m = 16, .kv_layout = HND,
+     .sig_layout = COMPACT, .sink = 0, .recent = 1, .heavy_count = 1, .max_seq = 66, .fill = HT_FILL_DIRECT},
+    {.dtype = F16, .hq = 3, .hkv = 3, .d = 64, .block = 1, .batch = 5, .m = 16, .kv_layout = NHD,
+     .sig_layout = PAPER, .sink = 1, .recent = 1, .heavy_count = 1, .max_seq = 9, .fill = HT_FILL_DIRECT},
+};
+#define NUNITS ((int)(sizeof k_units / sizeof k_units[0]))
+
+START_TEST(decode_dense_units)
+{
+    ht_decode_desc_t d = k_units[_i];
+    d.seed = ht_seed(0x4e00 + (uint64_t)_i);
+    d.selection = GROUP;
+    char name[512], full[600];
+    ht_decode_case_name(&d, name, sizeof name);
+    snprintf(full, sizeof full, "dense_group_vs_per_head:%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_decode_case_t g, h;
+    char err[512], msg[512];
+    ck_assert_msg(ht_decode_case_build(api, &d, &g, err, sizeof err) == 0, "%s", err);
+    d.selection = HEAD;
+    ck_assert_msg(ht_decode_case_build(api, &d, &h, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(ht_tensor_cmp_bits(g.query, h.query, NULL) == 0 &&
+                      ht_tensor_cmp_bits(g.key_cache, h.key_cache, NULL) == 0 &&
+                      ht_tensor_cmp_bits(g.value_cache, h.value_cache, NULL) == 0 &&
+                      ht_tensor_cmp_bits(g.block_tables, h.block_tables, NULL) == 0,
+                  "%s: the two cases' data differ (the test's premise)", name);
+    ck_assert_int_eq(ht_decode_case_run(&g, HASHATTN_DECODE_DENSE, NULL), HASHATTN_STATUS_OK);
+    ck_assert_int_eq(ht_decode_case_run(&h, HASHATTN_DECODE_DENSE, NULL), HASHATTN_STATUS_OK);
+    ht_decode_case_reference(&g, NULL, 1);
+    ck_assert_msg(ht_decode_case_check(&g, msg, sizeof msg) == 0, "group: %s", msg);
+    ht_decode_case_reference(&h, NULL, 1);
+    ck_assert_msg(ht_decode_case_check(&h, msg, sizeof msg) == 0, "per-head: %s", msg);
+    int64_t first = -1;
+    const int64_t bad = ht_tensor_cmp_bits(g.output, h.output, &first);
+    ck_assert_msg(bad == 0, "%s: group and per-head dense outputs differ in %lld elements (first flat %lld)", name,
+                  (long long)bad, (long long)first);
+    ht_decode_case_free(&g);
+    ht_decode_case_free(&h);
+}
+END_TEST
+
 /* ---- one cache, many budgets (and NULL = the context's default) ---- */
 
 START_TEST(decode_budgets)
@@ -514,6 +568,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, decode_ties, 0, 16);
     tcase_add_loop_test(tc, decode_dense_equivalence, 0, NDENSE);
     tcase_add_loop_test(tc, decode_nhd_vs_hnd, 0, NLAYOUTS);
+    tcase_add_loop_test(tc, decode_dense_units, 0, NUNITS);
     tcase_add_test(tc, decode_budgets);
     tcase_add_test(tc, decode_threads);
     suite_add_tcase(s, tc);

@@ -120,10 +120,11 @@ END_TEST
  * and decode share attention.c's order of operations, so the outputs must
  * agree bit for bit, however the prefill groups its rows (kernels/cpu/prefill.c
  * serves them in tiles). Cases: G = 4 bf16; G = 3, f32, blocks of 7, a given
- * scale; one sequence of 97 rows at G = 4 (tiles that span rows). */
+ * scale; one sequence of 97 rows at G = 4 (tiles that span rows); G = 1, f32,
+ * blocks of 1 (decode attends each head alone, four positions side by side). */
 START_TEST(prefill_rows_as_decode)
 {
-    static const int cases[] = {0, 5, 3};
+    static const int cases[] = {0, 5, 3, 1};
     ht_prefill_desc_t d = k_grid[cases[_i]].d;
     d.seed = ht_seed(0x9b00 + (uint64_t)_i);
     char name[512];
@@ -181,7 +182,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, prefill_grid, 0, NGRID);
     tcase_add_loop_test(tc, prefill_nhd_vs_hnd, 0, 2);
-    tcase_add_loop_test(tc, prefill_rows_as_decode, 0, 3);
+    tcase_add_loop_test(tc, prefill_rows_as_decode, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }

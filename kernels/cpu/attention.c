@@ -27,11 +27,102 @@
 #define L HA_CPU_LANES
 typedef ha_v4f v4f;
 
-void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int nl,
-                         const int64_t *cnt, const float *qt, float *logits, int64_t logits_stride,
-                         float *krow, float *vrow, float *out)
+/* The row of position i of the list (positions[i], or i itself) into row. */
+static void load_pos(const ha_cpu_kv_t *kv, const ha_paged_view_t *cache, int32_t kv_head,
+                     const int32_t *positions, int64_t i, float *row)
+{
+    const int64_t pos = positions ? positions[i] : i;
+    ha_cpu_load_row(kv->dtype, cache->data, ha_token_index(cache, kv->block_table_row, pos, kv->block_size, kv_head),
+                    kv->head_dim, row);
+}
+
+/* One lane (a unit of per-head selection, G = 1, or a prefill tile's last
+ * pair): four positions side by side in the vectors instead of four lanes.
+ * Each position's dot is still summed over d ascending and scaled, each weight
+ * is exp4's, and sum and out take the positions in order: the same operations
+ * on the same values as the lanes form below, so the same bits. */
+static void attend_one(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int64_t cnt,
+                       const float *qt, float *logits, float *rows, float *out)
 {
     const int32_t D = kv->head_dim;
+    const float *r[4] = {rows, rows + D, rows + 2 * D, rows + 3 * D};
+    float mx = -INFINITY, sum = 0.0f;
+
+    for (int64_t i = 0; i < cnt; i += 4) {
+        const int nt = cnt - i < 4 ? (int)(cnt - i) : 4;
+        for (int t = 0; t < nt; t++)
+            load_pos(kv, kv->key_cache, kv_head, positions, i + t, rows + (int64_t)t * D);
+        /* a short last group repeats row 0 in the unused vector lanes */
+        const float *r1 = nt > 1 ? r[1] : r[0], *r2 = nt > 2 ? r[2] : r[0], *r3 = nt > 3 ? r[3] : r[0];
+        /* the four rows' d .. d + 3 transposed into k[0..3] = {r0[d'], r1[d'], r2[d'], r3[d']} */
+        v4f dot = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int32_t d = 0; d < D; d += 4) {
+            v4f a, b, c, e;
+            memcpy(&a, r[0] + d, sizeof a);
+            memcpy(&b, r1 + d, sizeof b);
+            memcpy(&c, r2 + d, sizeof c);
+            memcpy(&e, r3 + d, sizeof e);
+            const v4f ab0 = __builtin_shufflevector(a, b, 0, 4, 1, 5), ab1 = __builtin_shufflevector(a, b, 2, 6, 3, 7);
+            const v4f ce0 = __builtin_shufflevector(c, e, 0, 4, 1, 5), ce1 = __builtin_shufflevector(c, e, 2, 6, 3, 7);
+            const v4f k[4] = {__builtin_shufflevector(ab0, ce0, 0, 1, 4, 5), __builtin_shufflevector(ab0, ce0, 2, 3, 6, 7),
+                              __builtin_shufflevector(ab1, ce1, 0, 1, 4, 5), __builtin_shufflevector(ab1, ce1, 2, 3, 6, 7)};
+            for (int j = 0; j < 4; j++) {
+                const float qd = qt[(int64_t)(d + j) * L];
+                dot += (v4f){qd, qd, qd, qd} * k[j];
+            }
+        }
+        float dt[4];
+        memcpy(dt, &dot, sizeof dt);
+        for (int t = 0; t < nt; t++) {
+            const float lg = kv->scale * dt[t];
+            logits[i + t] = lg;
+            if (lg > mx)
+                mx = lg;
+        }
+    }
+
+    for (int32_t d = 0; d < D; d++)
+        out[d] = 0.0f;
+    for (int64_t i = 0; i < cnt; i += 4) {
+        const int nt = cnt - i < 4 ? (int)(cnt - i) : 4;
+        float x[4], w[4];
+        for (int t = 0; t < 4; t++)
+            x[t] = t < nt ? logits[i + t] - mx : 0.0f;
+        v4f xv;
+        memcpy(&xv, x, sizeof xv);
+        xv = ha_exp4_nonpos(xv);
+        memcpy(w, &xv, sizeof w);
+        for (int t = 0; t < nt; t++) {
+            load_pos(kv, kv->value_cache, kv_head, positions, i + t, rows + (int64_t)t * D);
+            sum += w[t];
+        }
+        /* four d at a time (D is a multiple of 8: context.c), positions in order */
+        for (int32_t d = 0; d < D; d += 4) {
+            v4f ov;
+            memcpy(&ov, out + d, sizeof ov);
+            for (int t = 0; t < nt; t++) {
+                v4f va;
+                memcpy(&va, r[t] + d, sizeof va);
+                ov += (v4f){w[t], w[t], w[t], w[t]} * va;
+            }
+            memcpy(out + d, &ov, sizeof ov);
+        }
+    }
+    if (cnt > 0)
+        for (int32_t d = 0; d < D; d++)
+            out[d] = out[d] / sum;
+}
+
+void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int nl,
+                         const int64_t *cnt, const float *qt, float *logits, int64_t logits_stride,
+                         float *rows, float *out)
+{
+    if (nl == 1) {
+        attend_one(kv, kv_head, positions, cnt[0], qt, logits, rows, out);
+        return;
+    }
+    const int32_t D = kv->head_dim;
+    float *krow = rows, *vrow = rows + D;
     int64_t cmax = 0;
     float mx[L], sum[L];
     for (int l = 0; l < nl; l++) {
@@ -48,12 +139,8 @@ void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *
     const int nv = (nl + 3) / 4;
     for (int64_t i = 0; i < cmax; i += 2) {
         const int two = i + 1 < cmax;
-        for (int t = 0; t < 1 + two; t++) {
-            const int64_t pos = positions ? positions[i + t] : i + t;
-            ha_cpu_load_row(kv->dtype, kv->key_cache->data,
-                            ha_token_index(kv->key_cache, kv->block_table_row, pos, kv->block_size, kv_head), D,
-                            t ? vrow : krow);
-        }
+        for (int t = 0; t < 1 + two; t++)
+            load_pos(kv, kv->key_cache, kv_head, positions, i + t, t ? vrow : krow);
         const float *k1 = two ? vrow : krow;
         v4f da[L / 4], db[L / 4];
         for (int v = 0; v < L / 4; v++)
@@ -92,10 +179,7 @@ void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *
         float *vr[2] = {vrow, krow};
         float w[2][L];
         for (int t = 0; t < 1 + two; t++) {
-            const int64_t pos = positions ? positions[i + t] : i + t;
-            ha_cpu_load_row(kv->dtype, kv->value_cache->data,
-                            ha_token_index(kv->value_cache, kv->block_table_row, pos, kv->block_size, kv_head),
-                            D, vr[t]);
+            load_pos(kv, kv->value_cache, kv_head, positions, i + t, vr[t]);
             /* the lanes' weights four at a time (a finished or absent lane's is exp(0), unused) */
             for (int v = 0; v < nv; v++) {
                 float x[4];

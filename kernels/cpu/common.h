@@ -136,17 +136,24 @@ static inline void ha_cpu_load_row(ha_dtype_t dt, const void *base, int64_t idx,
         for (int32_t i = 0; i < n; i++)
             out[i] = ha_cpu_f16_to_f32(s[i]);
     } else {
-        /* four at a time (GCC at -O2 vectorises no loop that needs a tail) */
-        typedef uint16_t v4u16 __attribute__((vector_size(8)));
-        typedef uint32_t v4u32 __attribute__((vector_size(16)));
         const uint16_t *s = (const uint16_t *)base + idx;
         int32_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            v4u16 h;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        /* eight at a time (GCC at -O2 vectorises no loop that needs a tail): a
+         * bf16 is the high half of its float, so zeros interleaved below the
+         * eight halves make four floats from each half of the vector (one
+         * unpack each, where widening and shifting took several) */
+        typedef uint16_t v8u16 __attribute__((vector_size(16)));
+        const v8u16 z = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (; i + 8 <= n; i += 8) {
+            v8u16 h;
             memcpy(&h, s + i, sizeof h);
-            const v4u32 w = __builtin_convertvector(h, v4u32) << 16;
-            memcpy(out + i, &w, sizeof w);
+            const v8u16 lo = __builtin_shufflevector(z, h, 0, 8, 1, 9, 2, 10, 3, 11);
+            const v8u16 hi = __builtin_shufflevector(z, h, 4, 12, 5, 13, 6, 14, 7, 15);
+            memcpy(out + i, &lo, sizeof lo);
+            memcpy(out + i + 4, &hi, sizeof hi);
         }
+#endif
         for (; i < n; i++)
             out[i] = ha_cpu_bf16_to_f32(s[i]);
     }
@@ -226,20 +233,19 @@ void ha_cpu_plan_mlp(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width);
 /* Query rows ("lanes") attended together by ha_cpu_attend_lanes. */
 #define HA_CPU_LANES 16
 
-/* Lanes of a decode: the query heads of a KV head (group), at most
- * HA_CPU_LANES at a time; a unit of per-head selection uses one of them. The
- * one rule for decode.c's loop and its workspace plan. */
-static inline int32_t ha_cpu_decode_lanes(int64_t group)
+/* Lanes of a decode: the query heads of a selection unit (G for group
+ * selection, 1 for per-head), at most HA_CPU_LANES at a time. The one rule
+ * for decode.c's loop and its workspace plan. */
+static inline int32_t ha_cpu_decode_lanes(int64_t heads_per_unit)
 {
-    return group < HA_CPU_LANES ? (int32_t)group : HA_CPU_LANES;
+    return heads_per_unit < HA_CPU_LANES ? (int32_t)heads_per_unit : HA_CPU_LANES;
 }
 
 /* decode, for sequences of up to max_tokens tokens. */
 enum {
     HA_DEC_BUF_Q,      /* float [D]   query row (the MLPs' input) */
     HA_DEC_BUF_QT,     /* float [D][L] a unit's query heads as lanes, lanes innermost */
-    HA_DEC_BUF_K,      /* float [D]   key row */
-    HA_DEC_BUF_V,      /* float [D]   value row */
+    HA_DEC_BUF_ROWS,   /* float [4][D] K and V rows (ha_cpu_attend_lanes) */
     HA_DEC_BUF_ACC,    /* float [lanes][D] the lanes' outputs */
     HA_DEC_BUF_H1,     /* float [m]   MLP hidden 1 */
     HA_DEC_BUF_H2,     /* float [m]   MLP hidden 2 */
@@ -250,7 +256,7 @@ enum {
     HA_DEC_BUF_HIST,   /* int32 [hist_bins] score histogram */
     HA_DEC_BUF_COUNT
 };
-/* lanes: query heads attended together, ha_cpu_decode_lanes(group) */
+/* lanes: query heads attended together, ha_cpu_decode_lanes(heads per unit) */
 void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width, int64_t num_q_heads,
                         int64_t hist_bins, int64_t max_tokens, int64_t lanes);
 
@@ -258,8 +264,7 @@ void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width
  * of one KV head in tiles of HA_CPU_LANES lanes (prefill.c). */
 enum {
     HA_PRE_BUF_Q,      /* float [D][L]  the lanes' queries, lanes innermost */
-    HA_PRE_BUF_K,      /* float [D]     key row */
-    HA_PRE_BUF_V,      /* float [D]     value row */
+    HA_PRE_BUF_ROWS,   /* float [4][D]  K and V rows (ha_cpu_attend_lanes) */
     HA_PRE_BUF_ACC,    /* float [L][D]  the lanes' outputs */
     HA_PRE_BUF_LOGITS, /* float [L][max_tokens] */
     HA_PRE_BUF_COUNT
@@ -332,10 +337,10 @@ typedef struct ha_cpu_kv {
  * fp32, each lane exactly as it would be alone (attention.c). cnt[l] == 0
  * gives zeros. qt: [D][HA_CPU_LANES] the lanes' queries, lanes innermost
  * (lanes past nl ignored, but initialised). Scratch: logits
- * [nl][logits_stride >= max cnt], krow, vrow [D], two buffers (each holds a
- * K row, then a V row: positions go two at a time). */
+ * [nl][logits_stride >= max cnt], rows [4][D] (K rows, then V rows: positions
+ * go two at a time, four when nl == 1). */
 void ha_cpu_attend_lanes(const ha_cpu_kv_t *kv, int32_t kv_head, const int32_t *positions, int nl,
                          const int64_t *cnt, const float *qt, float *logits, int64_t logits_stride,
-                         float *krow, float *vrow, float *out);
+                         float *rows, float *out);
 
 #endif /* HASHATTN_KERNELS_CPU_COMMON_H */

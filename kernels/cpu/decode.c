@@ -31,14 +31,13 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
     ha_cpu_plan_t plan;
     void *buf[HA_DEC_BUF_COUNT];
     int32_t x_dim = p->head_dim > p->query_mlp.dim ? p->head_dim : p->query_mlp.dim;
-    const int32_t lanes = ha_cpu_decode_lanes(group);
+    const int32_t lanes = ha_cpu_decode_lanes(heads_per_unit);
     ha_cpu_plan_decode(&plan, x_dim, p->query_mlp.width, p->num_q_heads, max_score + 1, max_n, lanes);
     if (!ha_cpu_plan_carve(&plan, p->workspace, p->workspace_size, buf))
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
     float *q = buf[HA_DEC_BUF_Q];
     float *qt = buf[HA_DEC_BUF_QT];
-    float *krow = buf[HA_DEC_BUF_K];
-    float *vrow = buf[HA_DEC_BUF_V];
+    float *rows = buf[HA_DEC_BUF_ROWS];
     float *acc = buf[HA_DEC_BUF_ACC];
     float *h1 = buf[HA_DEC_BUF_H1];
     float *h2 = buf[HA_DEC_BUF_H2];
@@ -123,7 +122,7 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
                         qt[(int64_t)d * HA_CPU_LANES + l] = l < nl ? q[d] : 0.0f;
                     cnt[l] = count;
                 }
-                ha_cpu_attend_lanes(&kv, h0 / group, positions, nl, cnt, qt, logits, max_n, krow, vrow, acc);
+                ha_cpu_attend_lanes(&kv, h0 / group, positions, nl, cnt, qt, logits, max_n, rows, acc);
                 for (int l = 0; l < nl; l++)
                     ha_cpu_store_row(p->dtype, p->output.data,
                                      b * p->output.stride_token + (hl + l) * p->output.stride_head,

@@ -34,8 +34,7 @@ ha_kernel_status_t ha_cpu_prefill(const ha_prefill_params_t *p)
     if (!ha_cpu_plan_carve(&plan, p->workspace, p->workspace_size, buf))
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
     float *qt = buf[HA_PRE_BUF_Q];          /* [D][L] */
-    float *krow = buf[HA_PRE_BUF_K];        /* [D] */
-    float *vrow = buf[HA_PRE_BUF_V];        /* [D] */
+    float *kvrows = buf[HA_PRE_BUF_ROWS];   /* [4][D] */
     float *acc = buf[HA_PRE_BUF_ACC];       /* [L][D]; also a query row while loading */
     float *logits = buf[HA_PRE_BUF_LOGITS]; /* [L][max_n] */
 
@@ -67,7 +66,7 @@ ha_kernel_status_t ha_cpu_prefill(const ha_prefill_params_t *p)
                         qt[(int64_t)d * L + l] = l < nl ? acc[d] : 0.0f;
                 }
 
-                ha_cpu_attend_lanes(&kv, kvh, NULL, nl, cnt, qt, logits, max_n, krow, vrow, acc);
+                ha_cpu_attend_lanes(&kv, kvh, NULL, nl, cnt, qt, logits, max_n, kvrows, acc);
                 for (int l = 0; l < nl; l++)
                     ha_cpu_store_row(p->dtype, p->output.data,
                                      tok[l] * p->output.stride_token + head[l] * p->output.stride_head, D,

@@ -5,10 +5,11 @@
  * workspace with the same plan they are sized by here. Formulas (A(x) =
  * x rounded up to 64 bytes, N = max_blocks_per_seq * block_size):
  *   cache_write, hash: 64 + A(4 D M) + 2 A(4 m M) + A(4D), M = HA_CPU_MLP_LANES
- *   decode:            64 + 3 A(4D) + A(4 D L) + A(4 D G') + 2 A(4m) + A(4 Hq) + 2 A(4N)
- *                      + A(4 N G') + A(4 (32 G + 1))
- *   prefill:           64 + 2 A(4 D L) + 2 A(4D) + A(4 N L)
- * with L = HA_CPU_LANES and G' = min(G, L).
+ *   decode:            64 + A(4D) + A(4 D L) + A(16 D) + A(4 D G') + 2 A(4m) + A(4 Hq)
+ *                      + 2 A(4N) + A(4 N G') + A(4 (32 G + 1))
+ *   prefill:           64 + 2 A(4 D L) + A(16 D) + A(4 N L)
+ * with L = HA_CPU_LANES and G' = min(G, L) for group selection, 1 for
+ * per-head selection (the query heads attended together).
  * None depends on the number of sequences or tokens: the kernels reuse their
  * scratch row by row and sequence by sequence.
  */
@@ -79,8 +80,7 @@ void ha_cpu_plan_decode(ha_cpu_plan_t *plan, int64_t head_dim, int64_t mlp_width
     int64_t lanes_tokens = max_tokens > INT64_MAX / lanes ? INT64_MAX : max_tokens * lanes;
     plan_add(plan, head_dim, sizeof(float));                /* HA_DEC_BUF_Q */
     plan_add(plan, head_dim * HA_CPU_LANES, sizeof(float)); /* HA_DEC_BUF_QT */
-    plan_add(plan, head_dim, sizeof(float));                /* HA_DEC_BUF_K */
-    plan_add(plan, head_dim, sizeof(float));                /* HA_DEC_BUF_V */
+    plan_add(plan, 4 * head_dim, sizeof(float));            /* HA_DEC_BUF_ROWS */
     plan_add(plan, head_dim * lanes, sizeof(float));        /* HA_DEC_BUF_ACC */
     plan_add(plan, mlp_width, sizeof(float));               /* HA_DEC_BUF_H1 */
     plan_add(plan, mlp_width, sizeof(float));               /* HA_DEC_BUF_H2 */
@@ -97,8 +97,7 @@ void ha_cpu_plan_prefill(ha_cpu_plan_t *plan, int64_t head_dim, int64_t max_toke
     /* saturates (plan_add then asks for SIZE_MAX bytes) */
     int64_t lanes_tokens = max_tokens > INT64_MAX / HA_CPU_LANES ? INT64_MAX : max_tokens * HA_CPU_LANES;
     plan_add(plan, head_dim * HA_CPU_LANES, sizeof(float)); /* HA_PRE_BUF_Q */
-    plan_add(plan, head_dim, sizeof(float));                /* HA_PRE_BUF_K */
-    plan_add(plan, head_dim, sizeof(float));                /* HA_PRE_BUF_V */
+    plan_add(plan, 4 * head_dim, sizeof(float));            /* HA_PRE_BUF_ROWS */
     plan_add(plan, head_dim * HA_CPU_LANES, sizeof(float)); /* HA_PRE_BUF_ACC */
     plan_add(plan, lanes_tokens, sizeof(float));            /* HA_PRE_BUF_LOGITS */
 }
@@ -120,7 +119,7 @@ size_t ha_cpu_workspace_size(int op, const ha_workspace_bounds_t *b)
         break;
     case 1: /* HASHATTN_OP_DECODE */
         ha_cpu_plan_decode(&plan, b->head_dim, b->mlp_width, b->num_q_heads, 32 * group + 1, max_tokens,
-                           ha_cpu_decode_lanes(group));
+                           ha_cpu_decode_lanes(b->group_selection ? group : 1));
         break;
     case 2: /* HASHATTN_OP_PREFILL */
         ha_cpu_plan_prefill(&plan, b->head_dim, max_tokens);
