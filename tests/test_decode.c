@@ -387,6 +387,10 @@ static const ht_decode_desc_t k_units[] = {
      .sig_layout = COMPACT, .sink = 0, .recent = 1, .heavy_count = 1, .max_seq = 66, .fill = HT_FILL_DIRECT},
     {.dtype = F16, .hq = 3, .hkv = 3, .d = 64, .block = 1, .batch = 5, .m = 16, .kv_layout = NHD,
      .sig_layout = PAPER, .sink = 1, .recent = 1, .heavy_count = 1, .max_seq = 9, .fill = HT_FILL_DIRECT},
+    {.dtype = F32, .hq = 2, .hkv = 1, .d = 8, .block = 16, .batch = 3, .m = 16, .kv_layout = NHD,
+     .sig_layout = PAPER, .sink = 1, .recent = 1, .heavy_count = 1, .max_seq = 50, .fill = HT_FILL_DIRECT},
+    {.dtype = F32, .hq = 4, .hkv = 2, .d = 256, .block = 16, .batch = 2, .m = 16, .kv_layout = HND,
+     .sig_layout = COMPACT, .sink = 1, .recent = 1, .heavy_count = 1, .max_seq = 90, .fill = HT_FILL_DIRECT},
 };
 #define NUNITS ((int)(sizeof k_units / sizeof k_units[0]))
 
