@@ -16,7 +16,10 @@
  * them, and their dot products run side by side in four-wide vectors (GCC and
  * Clang vector types; any target, emulated where there is no SIMD). A plain
  * loop over the lanes nested in the loop over d was vectorised over d instead
- * (an in-order reduction, lane by lane; run 35, bench/NOTES.md).
+ * (an in-order reduction, lane by lane; run 35, bench/NOTES.md). A single
+ * lane would fill one vector lane of four, so it runs four positions side by
+ * side instead (attend_one; run 38): the same order per position, the same
+ * bits (tests/test_decode.c, decode_dense_units).
  */
 #include <math.h>
 #include <string.h>
