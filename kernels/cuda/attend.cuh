@@ -496,7 +496,6 @@ __global__ void __launch_bounds__(kAttnThreads,
     const int c = (int)blockIdx.y; /* the chunk, or the attention pass's part */
     const int row = (int)(blockIdx.x / (unsigned)(a.Hkv * a.nhg));
     const int kvh = zh / a.nhg, hg = zh % a.nhg;
-    pdl_launch_dependents();
 
     int s, bad;
     int64_t n, bad_idx = 0, bad_val = 0;
@@ -1275,7 +1274,6 @@ __global__ void __launch_bounds__(D * kCombineGroups) combine_kernel(const Combi
     __shared__ float sm_m[kCombineGroups - 1][D], sm_w[kCombineGroups - 1][D], sm_o[kCombineGroups - 1][D];
     const int row = blockIdx.x, h = blockIdx.y;
     const int d = (int)threadIdx.x % D, g = (int)threadIdx.x / D, ng = (int)blockDim.x / D;
-    pdl_launch_dependents();
     int s, bad;
     int64_t n, bi, bv;
     row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bi, &bv);

@@ -122,12 +122,16 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
 
 /* A kernel launched with programmatic stream serialisation may start before
  * the previous kernel of the stream ends; it must wait here before reading
- * what that kernel wrote. Without the attribute both are no-ops. */
+ * what that kernel wrote (or writing what it reads). Without the attribute
+ * this is a no-op. No kernel here triggers its dependents early
+ * (griddepcontrol.launch_dependents): a dependent then launches as the last
+ * block of the kernel before it exits, so its launch and the part before its
+ * wait overlap that kernel's completion, and no waiting block holds an SM
+ * slot while the kernel still runs. Run 39 (bench/NOTES.md): with the
+ * trigger at every kernel's start PDL had been slower since run 4 (gc32 B=8
+ * 128K 108.4-109.0 us against 108.8-109.4 without PDL, gp32 B=8 32K
+ * 81.1-84.8 against 70.7); without it 104.4-104.6 and 66.1-66.3. */
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents()
-{
-    asm volatile("griddepcontrol.launch_dependents;\n" ::);
-}
 
 /* ------------------------------------------------------------------------- */
 /* Tensor-core fragments (mma.sync, ldmatrix)                                 */

@@ -2,9 +2,9 @@
  * decode.cu - ha_cuda_decode: one HashAttention decode step per sequence.
  *
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
- * Sparse, five launches, four with group selection (chained with
- * programmatic dependent launch only when the lab's knob pdl asks; off by
- * default since run 17):
+ * Sparse, five launches, four with group selection, each after the first
+ * chained to the one before by programmatic dependent launch (knob pdl, 1
+ * since run 39; common.cuh's pdl_wait says why no kernel triggers early):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
@@ -247,7 +247,6 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
     uint32_t *const qs = reinterpret_cast<uint32_t *>(tot + nbt); /* [G] */
     uint32_t qr[score_qr<GW>()];                                  /* qs's first words */
     const ScoreWalk W = score_walk(a);
-    pdl_launch_dependents();
 
     for (int i = tid; i < 8 * nbt; i += kScoreThreads)
         hw[i] = 0;
@@ -478,7 +477,6 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
     uint32_t *const qs = reinterpret_cast<uint32_t *>(ssm + NW * nbp) + warp * G; /* [G] */
     const ScoreWalk W = score_walk(a);
     const int64_t stride = (int64_t)gridDim.x * NW;
-    pdl_launch_dependents();
 
     for (int i = lane; i < nbt; i += 32)
         hw[i] = 0;
@@ -876,7 +874,6 @@ __global__ void __launch_bounds__(kResolveThreads) resolve_kernel(const ResolveA
     __shared__ int sh_t, sh_take;
     const int s = (int)(blockIdx.x / (unsigned)a.Hsel), u = (int)(blockIdx.x % (unsigned)a.Hsel);
     const int tid = threadIdx.x;
-    pdl_launch_dependents();
     const int64_t n = seq_len_clamped(a.seq_lens, s, a.max_tokens, nullptr);
     pdl_wait();
     if (n == 0)
@@ -1324,10 +1321,11 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     const AttnArgs Apass = attention_pass_args(A);
     A.direct = Apass.direct;
     /* Few score items (below 5 x SMs): the scores take a block per item
-     * (below), and with the knob pdl = 2 the launches overlap (PDL; the
-     * default is 0 since run 17, which measured every shape equal or faster
-     * without it: m135 B=32 8K from a graph 53.8 us against 58.6, B=1 8K
-     * 42.6 against 48.4; bench/NOTES.md). */
+     * (below). PDL (knob pdl): 1 every launch after the first (the default
+     * since run 39: gc32 B=8 128K 109.1 -> 104.5 us, gp32 B=1 128K 55.3 ->
+     * 50.0, SmolLM2's layer at B=32 8K 41.9 -> 39.6; bench/NOTES.md), 2
+     * those of steps with few score items, 0 none (runs 17-38, while every
+     * kernel triggered its dependents at its start). */
     const int64_t score_items = (int64_t)B * Hkv * nch;
     const bool few = sparse && score_items < (int64_t)5 * sm_count();
     const bool pdl = tn.pdl == 1 || (tn.pdl == 2 && few);

@@ -41,9 +41,10 @@ int sm_count()
 
 /* The measured choices (bench/NOTES.md, runs 4a and 4b). */
 static const ha_cuda_tuning_t kDefaults = {
-    0,    /* pdl: never (run 17: without it B=1 8K 47.5 vs 49.6 us, from a graph 42.6 vs 48.4; m135
-             4K from a graph 45.2 vs 48.3; large steps equal or slower with it). Runs 4a/4b had it
-             on for small steps (B=1 8K: 69 vs 75 us) with kernels that have all changed since */
+    1,    /* pdl: every launch after a step's first (run 39, with no kernel triggering its dependents
+             early: gc32 B=8 128K 104.5 vs 109.1 us, gp32 B=8 32K 66.2 vs 71.2, m135 B=1 8K 28.7 vs
+             31.3). Off from run 17 to 38 (with the early trigger: B=1 8K 47.5 vs 49.6 us without
+             it, from a graph 42.6 vs 48.4; m135 4K from a graph 45.2 vs 48.3) */
     0,    /* dense_waves: automatic (decode.cu's dense_chunk; run 35), four at every size until
              then (run 4: 1046 vs 1060 us with 2 waves at B=8 128K) */
     2,    /* sparse_waves: gp32 B=8 32K 72.6 vs 76.2 us (4, C 2048 vs 1024); the 128K and B=1

@@ -140,7 +140,6 @@ __global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
     const int tid = threadIdx.x;
     const int o = blockIdx.y;
     const int tok0 = blockIdx.x * TB;
-    pdl_launch_dependents();
 
     if (a.zero) {
         const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kMlpThreads;
@@ -358,7 +357,6 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     const int o = blockIdx.x / kQhRanks;
     const int tok0 = blockIdx.y * kQhTB;
     const int ntok = min(kQhTB, a.n - tok0);
-    pdl_launch_dependents();
 
     if (a.zero) {
         const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;

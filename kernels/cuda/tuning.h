@@ -13,9 +13,9 @@ extern "C" {
 #endif
 
 typedef struct ha_cuda_tuning {
-    int pdl;                 /* programmatic dependent launch between decode kernels: 0 never,
-                                1 always, 2 sparse steps with fewer than 5 x SMs score items
-                                (8 x SMs until run 17; the default until run 17) */
+    int pdl;                 /* programmatic dependent launch between decode kernels: 0 never
+                                (runs 17-38), 1 always (run 39), 2 sparse steps with fewer than
+                                5 x SMs score items (8 x SMs until run 17; the default until run 17) */
     int dense_waves;         /* dense split: aim for this many blocks per SM slot (x4 blocks/SM);
                                 0 automatic (run 35; 4 until then) */
     int sparse_waves;        /* sparse split: likewise */
