@@ -1378,7 +1378,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             return ks;
         if (small) {
             const SmallLists sl = {h.sig, A.list_pos, A.list_mask, (int64_t)nch * C}; /* the pass's sel_nch x sel_C */
-            ks = launch_small_select(p, max_tokens, ranks, sl, gd);
+            ks = launch_small_select(p, max_tokens, ranks, sl, gd, pdl);
             if (ks != HA_KERNEL_OK)
                 return ks;
         } else {

@@ -131,6 +131,7 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     const int c0 = max(lo, qr0 << 2), c1 = min(hi, qr1 << 2), pb = qr0 << 2;
     for (int i = tid; i < kSmallWarps * nbins; i += kSmallThreads)
         whist[i] = 0;
+    pdl_wait(); /* the query signatures of the kernel before (PDL, run 39) */
     uint32_t qs[GP];
 #pragma unroll
     for (int g = 0; g < GP; g++)
@@ -315,7 +316,7 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
 /* One launch on clusters of a.ranks blocks; the error of a refused launch
  * is the caller's to clear. */
 template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem,
-                                                               cudaStream_t st)
+                                                               cudaStream_t st, bool pdl)
 {
     auto k = small_select_kernel<GP, CMP>;
     cudaError_t e = allow_smem(k, smem);
@@ -326,13 +327,15 @@ template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a
     cfg.blockDim = dim3(kSmallThreads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = (unsigned)a.ranks;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = pdl ? 2 : 1;
     return cudaLaunchKernelEx(&cfg, k, a);
 }
 
@@ -357,7 +360,7 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
 }
 
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,
-                                       const SmallLists &w, const Guard &guard)
+                                       const SmallLists &w, const Guard &guard, bool pdl)
 {
     SmallArgs a = {};
     a.Hq = p->num_q_heads;
@@ -389,12 +392,12 @@ ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_
         const size_t smem = small_select_smem(a.max_tokens, a.G, a.ranks, &a.hist_off);
         const bool cmp = a.sig_per_kv != 0;
         if (a.G <= 1)
-            return cmp ? launch_small_v<1, true>(a, num_seqs, smem, st)
-                       : launch_small_v<1, false>(a, num_seqs, smem, st);
+            return cmp ? launch_small_v<1, true>(a, num_seqs, smem, st, pdl)
+                       : launch_small_v<1, false>(a, num_seqs, smem, st, pdl);
         if (a.G <= 2)
-            return cmp ? launch_small_v<2, true>(a, num_seqs, smem, st)
-                       : launch_small_v<2, false>(a, num_seqs, smem, st);
-        return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st) : launch_small_v<4, false>(a, num_seqs, smem, st);
+            return cmp ? launch_small_v<2, true>(a, num_seqs, smem, st, pdl)
+                       : launch_small_v<2, false>(a, num_seqs, smem, st, pdl);
+        return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st, pdl) : launch_small_v<4, false>(a, num_seqs, smem, st, pdl);
     };
     cudaError_t e = go();
     if (e != cudaSuccess && a.ranks > 1) {

@@ -48,9 +48,10 @@ struct SmallLists {
 int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens);
 
 /* Launch the selection of p's sequences on clusters of `ranks` blocks per
- * unit (small_select_plan), on p's stream. */
+ * unit (small_select_plan), on p's stream; pdl: chained to the kernel before
+ * (the query MLPs) by programmatic dependent launch. */
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,
-                                       const SmallLists &w, const Guard &guard);
+                                       const SmallLists &w, const Guard &guard, bool pdl);
 
 } // namespace ha
 
