@@ -397,7 +397,8 @@ ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_
         if (a.G <= 2)
             return cmp ? launch_small_v<2, true>(a, num_seqs, smem, st, pdl)
                        : launch_small_v<2, false>(a, num_seqs, smem, st, pdl);
-        return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st, pdl) : launch_small_v<4, false>(a, num_seqs, smem, st, pdl);
+        return cmp ? launch_small_v<4, true>(a, num_seqs, smem, st, pdl)
+                   : launch_small_v<4, false>(a, num_seqs, smem, st, pdl);
     };
     cudaError_t e = go();
     if (e != cudaSuccess && a.ranks > 1) {
