@@ -275,6 +275,18 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_16k", 1, 16384, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
     {"m135_gp16_b8_8k", 8, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
     {"m135_gp16_b64_8k", 64, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    /* run 40: the automatic dense_below's break-even after run 39's PDL (B = 1, dense_below = -1;
+     * with gp32_b1_16k/32k and dense_b1_16k/32k above) at issue 3's shape and SmolLM2's */
+    {"gp32_b1_20k", 1, 20480, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
+    {"dense_b1_20k", 1, 20480, .sel = G_, .sig = P_, .dense = 1, .lab = 1},
+    {"gp32_b1_24k", 1, 24576, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
+    {"dense_b1_24k", 1, 24576, .sel = G_, .sig = P_, .dense = 1, .lab = 1},
+    {"gc32_b1_16k", 1, 16384, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1},
+    {"gc32_b1_24k", 1, 24576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1},
+    {"m135_gp16_b1_32k", 1, 32768, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    {"m135_dense_b1_32k", 1, 32768, .sel = G_, .sig = P_, .dense = 1, .lab = 1, .shape = 1},
+    {"m135_gp16_b1_128k", 1, 131072, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    {"m135_dense_b1_128k", 1, 131072, .sel = G_, .sig = P_, .dense = 1, .lab = 1, .shape = 1},
 };
 #define NCASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 

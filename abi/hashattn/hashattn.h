@@ -216,8 +216,10 @@ typedef struct hashattn_context_config {
 /* The automatic dense_below of CUDA contexts: sequences whose keys and values
  * (n * num_kv_heads * head_dim * 2 * element size bytes; num_kv_heads of the
  * whole model, also with tp_size > 1) are fewer than this
- * many bytes decode densely. Measured on an H200 (docs/performance.md). */
-#define HASHATTN_CUDA_DENSE_BELOW_BYTES (104ll << 20)
+ * many bytes decode densely. Measured on an H200 (docs/performance.md "Short
+ * contexts"; 104 MiB until 2026-12-01, when the sparse step's launches were
+ * chained and its fixed cost fell). */
+#define HASHATTN_CUDA_DENSE_BELOW_BYTES (64ll << 20)
 
 #define HASHATTN_CONTEXT_CONFIG_INIT                                        \
     { sizeof(hashattn_context_config_t), 0u, 0, 0, 0, 0, 16,                \
