@@ -644,6 +644,8 @@ __global__ void __launch_bounds__(kAttnThreads,
         __syncthreads();
         /* list_contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
+        if constexpr (LM == 1)
+            pdl_trigger_late();
 
         /* position p's score for unit j (the per-position compaction) */
         auto score_at = [&](int j, int64_t p) -> int {
@@ -1189,6 +1191,7 @@ __global__ void __launch_bounds__(kAttnThreads,
     }
     cp_async_wait<0>();
     } /* pieces */
+    pdl_trigger_late();
     __syncthreads();
 
     /* ---- merge the block's states ---- */

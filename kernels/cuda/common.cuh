@@ -124,7 +124,8 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
  * the previous kernel of the stream ends; it must wait here before reading
  * what that kernel wrote (or writing what it reads). Without the attribute
  * this is a no-op. No kernel here triggers its dependents early
- * (griddepcontrol.launch_dependents): a dependent then launches as the last
+ * (griddepcontrol.launch_dependents at its start; pdl_trigger_late below is
+ * the late form): a dependent then launches as the last
  * block of the kernel before it exits, so its launch and the part before its
  * wait overlap that kernel's completion, and no waiting block holds an SM
  * slot while the kernel still runs. Run 39 (bench/NOTES.md): with the
@@ -132,6 +133,28 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
  * 128K 108.4-109.0 us against 108.8-109.4 without PDL, gp32 B=8 32K
  * 81.1-84.8 against 70.7); without it 104.4-104.6 and 66.1-66.3. */
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+/* The dependents triggered late, where a kernel has only its last layer,
+ * merge or stores left: the query MLPs before layer 3, small.cu after its
+ * last cluster barrier, the selection pass once its scores and thresholds
+ * are in, the attention pass and dense decode before the block merge. The
+ * dependent launches once every block has triggered or exited (so no
+ * waiting block can take an SM slot from a block of this kernel that has
+ * not started), and its blocks dispatch and run their part before pdl_wait
+ * during those last steps; pdl_wait still waits for this whole kernel and
+ * its writes. Run 40 (bench/NOTES.md; -DHA_PDL_LATE=0 builds without it):
+ * gc32 B=8 128K 103.7 -> 100.8 us, gp32 B=1 128K 50.0 -> 48.1, SmolLM2's
+ * layer at B=32 8K 43.6 -> 40.8, graph replays alike. The score kernels
+ * (persistent: their last work is their exit) and combine do not trigger. */
+#ifndef HA_PDL_LATE
+#define HA_PDL_LATE 1
+#endif
+__device__ __forceinline__ void pdl_trigger_late()
+{
+#if HA_PDL_LATE
+    asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
 
 /* ------------------------------------------------------------------------- */
 /* Tensor-core fragments (mma.sync, ldmatrix)                                 */

@@ -4,7 +4,8 @@
  * Dense (flag): attend_kernel<dense> over split chunks, then combine.
  * Sparse, five launches, four with group selection, each after the first
  * chained to the one before by programmatic dependent launch (knob pdl, 1
- * since run 39; common.cuh's pdl_wait says why no kernel triggers early):
+ * since run 39; common.cuh's pdl_wait says why no kernel triggers early,
+ * and pdl_trigger_late where four of them trigger near their end, run 40):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)

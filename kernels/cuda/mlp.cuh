@@ -453,6 +453,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     }
     cluster.sync();
     /* layer 3: bits i3 .. i3 + 7 */
+    pdl_trigger_late();
     cp_async_wait<0>();
     __syncthreads();
     for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {

@@ -278,6 +278,7 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
         eb = ebr;
     }
     cluster.sync(); /* no rank leaves while another reads its shared memory */
+    pdl_trigger_late();
     const int myeb = eb + v[0];
     const int first = max(myeb, E - take);
     const int taken = max(0, myeb + eq - first);
