@@ -374,7 +374,7 @@ static const struct {
     TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(score_vec4),
     TUNE_FIELD(score_staged), TUNE_FIELD(score_warps),
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
-    TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes),
+    TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
 };
 enum { MAX_TUNES = 16 };
 static struct {

@@ -157,6 +157,7 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     __shared__ uint8_t win[kCwFusedMax];
     const int tid = threadIdx.x;
     const int bl = blockIdx.y * gridDim.x + blockIdx.x, nbl = gridDim.x * gridDim.y;
+    pdl_wait(); /* h.pdl: the host's kernel before may write slots, keys and values */
     for (int t = tid; t < a.n; t += kQhThreads)
         slot_s[t] = a.slots[t];
     __syncthreads();
@@ -262,6 +263,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.num_blocks = p->num_blocks;
         h.gather_rank0 = tuning().qhash_gather;
         if (p->num_tokens <= kCwFusedMax) {
+            h.pdl = tuning().pdl != 0 && tuning().pdl_first != 0; /* the fused launch only (it waits first) */
             cudaError_t e = cudaErrorInvalidValue;
             switch (p->dtype) {
             case HA_DTYPE_F32: e = launch_qh_grid(cw_fused_kernel<float>, h, p->num_sig_heads, st, a, h); break;
@@ -274,6 +276,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
             if (e == cudaSuccess)
                 return HA_KERNEL_OK;
             (void)cudaGetLastError(); /* refused (cluster or shared memory): two launches */
+            h.pdl = 0;
         }
     }
     HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads), 0,

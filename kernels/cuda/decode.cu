@@ -5,7 +5,9 @@
  * Sparse, five launches, four with group selection, each after the first
  * chained to the one before by programmatic dependent launch (knob pdl, 1
  * since run 39; common.cuh's pdl_wait says why no kernel triggers early,
- * and pdl_trigger_late where four of them trigger near their end, run 40):
+ * and pdl_trigger_late where four of them trigger near their end, run 40;
+ * the first launch is chained to the host's kernel before it too, knob
+ * pdl_first, its kernel waiting before it reads the query):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh);
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
@@ -1362,6 +1364,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.st_tok = Hq;
         h.st_head = 1;
         h.gather_rank0 = tn.qhash_gather;
+        h.pdl = tn.pdl != 0 && tn.pdl_first != 0; /* the first launch: qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */

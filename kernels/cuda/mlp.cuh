@@ -51,6 +51,12 @@ struct HashArgs {
      * on rank 0 behind a fourth cluster barrier (before run 26); 0 each CTA
      * stores its own byte of the word */
     int32_t gather_rank0;
+    /* 1: launch_qh_grid launches with programmatic stream serialisation, so
+     * that the kernel's launch and its weight loads overlap the end of the
+     * kernel before it (a step's first launch; run 40): qhash_body, and
+     * cw_fused_kernel first thing, wait (pdl_wait) before reading an input or
+     * writing anything */
+    int32_t pdl;
 };
 
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
@@ -358,13 +364,6 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     const int tok0 = blockIdx.y * kQhTB;
     const int ntok = min(kQhTB, a.n - tok0);
 
-    if (a.zero) {
-        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
-        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + tid; w < a.zero_words;
-             w += nthr)
-            a.zero[w] = 0u;
-    }
-
     /* this rank's weight rows: layers 1 and 2 rows [rank r12, +r12), layer 3 rows [rank r3, +r3) */
     const int i1 = rank * r12, n12 = max(0, min(r12, m - i1));
     const int i3 = rank * r3;
@@ -394,6 +393,16 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     cp_async_commit();
     load_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m);
     cp_async_commit();
+
+    /* the weights are the library's own; the inputs and the outputs may be
+     * the kernel before's (a.pdl) */
+    pdl_wait();
+    if (a.zero) {
+        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
+        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + tid; w < a.zero_words;
+             w += nthr)
+            a.zero[w] = 0u;
+    }
 
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
@@ -512,13 +521,15 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
     cfg.blockDim = dim3(kQhThreads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = kQhRanks;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = a.pdl ? 2 : 1;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 

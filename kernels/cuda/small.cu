@@ -109,6 +109,9 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     int32_t *const idx_out = a.sel_idx ? a.sel_idx + (int64_t)s * a.si_ss + (int64_t)kvh * a.si_sh : nullptr;
     const Bud bud = resolve_budget(a.budget, 0, n);
     if (n == 0 || bud.dense) { /* the attention pass attends every position (the whole cluster returns) */
+        /* every block waits for the kernel before, so that this one cannot
+         * end before it (it triggers its dependents late) */
+        pdl_wait();
         if (rank == 0) {
             if (idx_out)
                 for (int p = tid; p < min(n, a.cap); p += kSmallThreads)

@@ -82,6 +82,10 @@ typedef struct ha_cuda_tuning {
     int score_planes;        /* group selection's staged score kernel, compact layout, G = 4: 1 the
                                 query words as count planes (two popcounts per position); 0 four
                                 xors and popcounts (before run 27) */
+    /* appended in run 40 */
+    int pdl_first;           /* 1: a sparse decode's first launch (query MLPs) and cache_write's
+                                fused launch chained to the host's kernel before them by PDL too;
+                                0: not (before run 40) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
