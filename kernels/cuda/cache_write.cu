@@ -263,7 +263,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.num_blocks = p->num_blocks;
         h.gather_rank0 = tuning().qhash_gather;
         if (p->num_tokens <= kCwFusedMax) {
-            h.pdl = tuning().pdl != 0 && tuning().pdl_first != 0; /* the fused launch only (it waits first) */
+            h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
             cudaError_t e = cudaErrorInvalidValue;
             switch (p->dtype) {
             case HA_DTYPE_F32: e = launch_qh_grid(cw_fused_kernel<float>, h, p->num_sig_heads, st, a, h); break;

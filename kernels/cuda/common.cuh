@@ -450,6 +450,13 @@ template <typename K> __host__ int blocks_per_sm(K kernel, int threads, size_t s
 /* The tuning knobs (kernels/cuda/tuning.h) currently in force. */
 const ha_cuda_tuning_t &tuning();
 
+/* Whether an op's first launch is chained to the host's kernel before it by
+ * PDL (knobs pdl and pdl_first; HashArgs.pdl says what its kernel must do). */
+__host__ inline bool pdl_first_launch()
+{
+    return tuning().pdl != 0 && tuning().pdl_first != 0;
+}
+
 __host__ __forceinline__ size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 __host__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __forceinline__ int pow2_ceil(int64_t x)

@@ -1364,7 +1364,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.st_tok = Hq;
         h.st_head = 1;
         h.gather_rank0 = tn.qhash_gather;
-        h.pdl = tn.pdl != 0 && tn.pdl_first != 0; /* the first launch: qhash_body waits before its inputs */
+        h.pdl = pdl_first_launch(); /* the first launch: qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
