@@ -20,7 +20,9 @@
  *      2 keeps the bytes); two-byte scores (32G > 255) and the lab's
  *      compact_serial = 1 walk the run a position at a time. Group
  *      selection's pass takes two of the scores' chunks per block where one
- *      each would take more than a wave (decode.cu's select_chunks, run 26).
+ *      each would take more than a wave (decode.cu's select_chunks, run 26),
+ *      and each of its warps writes its entries together, 32 consecutive
+ *      ones a store (run 41).
  *   2: the attention pass of the sparse step: block y of a (row, head group)
  *      attends part y of `parts` equal shares of the entries the row's chunks
  *      listed (balanced parts, run 19).
@@ -195,6 +197,21 @@ __device__ __forceinline__ void drop_low_bits(uint32_t (&m)[2], int skip)
     }
 }
 
+/* The position of the r-th (from 0) set bit of m, which has more than r. */
+__device__ __forceinline__ int nth_set_bit(uint32_t m, int r)
+{
+    int b = 0;
+#pragma unroll
+    for (int s = 16; s; s >>= 1) {
+        const int c = __popc(m & ((1u << s) - 1u));
+        const bool up = r >= c;
+        r = up ? r - c : r;
+        m = up ? m >> s : m;
+        b = up ? b + s : b;
+    }
+    return b;
+}
+
 /* A thread's run of a packed compaction: ppt positions from chunk offset
  * e0; the candidates [lo, hi) and the sequence's end as chunk offsets. */
 struct PackedRun {
@@ -315,6 +332,8 @@ struct AttnArgs {
     int32_t compact_serial; /* the selection pass's compaction (tuning.h): 3 bit masks where they
                                apply, else 2 packed (byte compares, one-byte scores), else 1
                                per-thread position runs (the run-4a form) */
+    int32_t walk_lane_max;  /* group selection's bit-mask pass: warps whose busiest thread lists
+                               more entries write them together (tuning.h); -1 never */
     /* group selection's selection pass with the resolve folded in (GSEL,
      * hist): score chunks per selecting block (0 or 1: one). C and nch count
      * the selecting blocks' chunks of sel_k score chunks each; the
@@ -716,16 +735,43 @@ __global__ void __launch_bounds__(kAttnThreads,
             /* the chunk's newest thr_tkc ties are taken: drop this thread's oldest */
             drop_low_bits(eq, neq - min(max(rank[0] + neq - (thr_eqc[0] - thr_tkc[0]), 0), neq));
             const uint32_t sel[2] = {gt[0] | eq[0] | fx[0], gt[1] | eq[1] | fx[1]};
+            const int own = __popc(sel[0]) + __popc(sel[1]);
             int cnt[NU + 1], tot[NU + 1];
-            cnt[0] = __popc(sel[0]) + __popc(sel[1]);
-            cnt[1] = cnt[0]; /* one unit: every entry is its */
+            cnt[0] = own;
+            cnt[1] = own; /* one unit: every entry is its */
             block_excl_scan<NU + 1>(cnt, tot, scan_sm);
             L = tot[0];
-            int off = cnt[0];
+            if (a.walk_lane_max < 0 || __reduce_max_sync(0xffffffffu, own) <= a.walk_lane_max) {
+                int off = cnt[0];
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                for (uint32_t m = sel[h]; m; m &= m - 1u)
-                    list_put(p0 + r.e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
+                for (int h = 0; h < 2; h++) {
+                    for (uint32_t m = sel[h]; m; m &= m - 1u)
+                        list_put(p0 + r.e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
+                }
+            } else {
+                /* The warp writes its entries together: entry k (in list
+                 * order) by lane k mod 32, found by a search of the lanes'
+                 * offsets and of the owner's bits. Each store covers 32
+                 * consecutive entries, and a lane of the sink or the recent
+                 * window (64 entries) no longer keeps its warp looping: the
+                 * selection pass 1.6 us faster at gc32 B=8 128K (run 41) */
+                const int wex = cnt[0] - __shfl_sync(0xffffffffu, cnt[0], 0); /* offset in the warp */
+                const int base = cnt[0] - wex, wtot = __shfl_sync(0xffffffffu, wex + own, 31);
+                for (int k0 = 0; k0 < wtot; k0 += 32) {
+                    const int k = k0 + lane;
+                    int o = 0; /* the last lane whose offset is <= k: k's owner */
+#pragma unroll
+                    for (int st = 16; st; st >>= 1)
+                        o = __shfl_sync(0xffffffffu, wex, o + st) <= k ? o + st : o;
+                    const uint32_t m0 = __shfl_sync(0xffffffffu, sel[0], o);
+                    const uint32_t m1 = __shfl_sync(0xffffffffu, sel[1], o);
+                    const int rk = k - __shfl_sync(0xffffffffu, wex, o), c0 = __popc(m0);
+                    const int bit = rk < c0 ? nth_set_bit(m0, rk) : 32 + nth_set_bit(m1, rk - c0);
+                    if (k < wtot) {
+                        int at = base + k, cn[NU + 1] = {at, at};
+                        list_put(p0 + (int64_t)(warp * 32 + o) * r.ppt + bit, full, at, cn);
+                    }
+                }
             }
         } else if (bits) {
             /* the same for several units (per-head selection's heads of a

@@ -1286,6 +1286,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.sc_sh = p->cnt_stride_head;
     A.select_only = sparse && tn.select_only;
     A.compact_serial = tn.compact_serial;
+    A.walk_lane_max = tn.walk_lane_max;
     A.list_pos = reinterpret_cast<int32_t *>(ws + W.list_pos);
     A.list_mask = ws + W.list_mask;
     A.list_cnt = reinterpret_cast<int32_t *>(ws + W.list_cnt);

@@ -76,6 +76,9 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* pdl_first: the first launches chained to the host's kernel too (run 40: the runner's
              hash step at B=32 8K 1.950 -> 1.907 ms, two rounds; eager steps unchanged, their
              first launch follows the benchmark's L2 flush) */
+    0,    /* walk_lane_max: every warp of the bit-mask pass writes its list together (run 41:
+             selection alone gc32 B=8 128K 50.9 -> 49.25 us, -1 against 0, two rounds; 16, only
+             the sink's and the recent window's warps, 50.5) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

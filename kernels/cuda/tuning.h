@@ -86,6 +86,11 @@ typedef struct ha_cuda_tuning {
     int pdl_first;           /* 1: a sparse decode's first launch (query MLPs) and cache_write's
                                 fused launch chained to the host's kernel before them by PDL too;
                                 0: not (before run 40) */
+    /* appended in run 41 */
+    int walk_lane_max;       /* group selection's bit-mask pass: a warp whose busiest thread lists
+                                more entries than this writes its entries together, entry k by
+                                lane k mod 32 (0: every warp); -1: each thread its own (before
+                                run 41) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
