@@ -729,20 +729,24 @@ __global__ void __launch_bounds__(kAttnThreads,
                 eq[0] = h ? eq[0] : q & cm;
                 fx[0] = h ? fx[0] : f;
             }
+            /* One block scan gives the ties' ranks and the other entries'
+             * offsets (run 41; two scans before): the chunk takes its newest
+             * thr_tkc ties, i.e. drops the oldest D, so a thread keeps its
+             * ties ranked D and later, and the ties kept before it number
+             * max(0, rank - D) */
             const int neq = __popc(eq[0]) + __popc(eq[1]);
-            int rank[1] = {neq}, rtot[1];
-            block_excl_scan<1>(rank, rtot, scan_sm);
-            /* the chunk's newest thr_tkc ties are taken: drop this thread's oldest */
-            drop_low_bits(eq, neq - min(max(rank[0] + neq - (thr_eqc[0] - thr_tkc[0]), 0), neq));
+            const int nfix = __popc(gt[0] | fx[0]) + __popc(gt[1] | fx[1]);
+            int sc[2] = {nfix, neq}, tot[2];
+            block_excl_scan<2>(sc, tot, scan_sm);
+            const int D = thr_eqc[0] - thr_tkc[0];
+            const int kept = min(max(sc[1] + neq - D, 0), neq);
+            drop_low_bits(eq, neq - kept);
             const uint32_t sel[2] = {gt[0] | eq[0] | fx[0], gt[1] | eq[1] | fx[1]};
-            const int own = __popc(sel[0]) + __popc(sel[1]);
-            int cnt[NU + 1], tot[NU + 1];
-            cnt[0] = own;
-            cnt[1] = own; /* one unit: every entry is its */
-            block_excl_scan<NU + 1>(cnt, tot, scan_sm);
-            L = tot[0];
+            const int own = nfix + kept, first = sc[0] + max(sc[1] - D, 0); /* first: this thread's offset */
+            L = tot[0] + max(tot[1] - D, 0);
+            int cnt[NU + 1] = {first, first}; /* one unit: every entry is its */
             if (a.walk_lane_max < 0 || __reduce_max_sync(0xffffffffu, own) <= a.walk_lane_max) {
-                int off = cnt[0];
+                int off = first;
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     for (uint32_t m = sel[h]; m; m &= m - 1u)
@@ -755,8 +759,8 @@ __global__ void __launch_bounds__(kAttnThreads,
                  * consecutive entries, and a lane of the sink or the recent
                  * window (64 entries) no longer keeps its warp looping: the
                  * selection pass 1.6 us faster at gc32 B=8 128K (run 41) */
-                const int wex = cnt[0] - __shfl_sync(0xffffffffu, cnt[0], 0); /* offset in the warp */
-                const int base = cnt[0] - wex, wtot = __shfl_sync(0xffffffffu, wex + own, 31);
+                const int wex = first - __shfl_sync(0xffffffffu, first, 0); /* offset in the warp */
+                const int base = first - wex, wtot = __shfl_sync(0xffffffffu, wex + own, 31);
                 for (int k0 = 0; k0 < wtot; k0 += 32) {
                     const int k = k0 + lane;
                     int o = 0; /* the last lane whose offset is <= k: k's owner */
