@@ -76,5 +76,24 @@ def test_compare_ratio_and_need(tmp_path, capsys):
     assert "| dense paged decode B=8 128K | 1250.0 | 1200.0 | 1000.0 (sdpa) | 0.80x | 0.9x | MISSED |" in text
 
 
+def test_compare_selection_after_the_scores(tmp_path):
+    topk = [{"B": 8, "N": 131072, "k": 4096, "us": 170.0}]
+    cases = [{"name": "sel_gc32_b8_128k", "B": 8, "N": 131072, "us": 48.0, "us_graph": 47.0, "tbps": 1.0},
+             {"name": "upto2_gc32_b8_128k", "B": 8, "N": 131072, "us": 32.0, "us_graph": 31.5, "tbps": 1.0},
+             {"name": "sel_gp32_b8_128k", "B": 8, "N": 131072, "us": 80.0, "tbps": 1.0},
+             {"name": "upto2_gp32_b8_128k", "B": 8, "N": 131072, "us": 60.0, "tbps": 1.0}]
+    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
+    b = write(tmp_path, "b.json", {"cases": cases})
+    md = str(tmp_path / "c.md")
+    assert anchor.compare(a, [b], md) == 0
+    text = open(md).read()
+    # the whole chain: 170 / 48; after the scores: 170 / (48 - 32) = 10.6x, 170 / 20 = 8.5x
+    assert "| selection alone (compact) vs topk B=8 128K | 48.0 | 47.0 | 170.0 (topk) | 3.54x | 10.0x | MISSED |" in text
+    assert ("| selection after the scores (compact) vs topk B=8 128K | 16.0 | 15.5 | 170.0 (topk) | 10.62x | 10.0x "
+            "| met (not counted) |") in text
+    assert ("| selection after the scores (paper) vs topk B=8 128K | 20.0 | -1.0 | 170.0 (topk) | 8.50x | 10.0x "
+            "| missed (not counted) |") in text
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
