@@ -186,6 +186,7 @@ typedef struct gpu_case {
     size_t ws_size;
     /* optional: caches and block tables decode reads instead of the mirrors' */
     const DLTensor *kc_over, *vc_over, *sc_over, *bt_over;
+    int no_indices; /* decode without selected_indices (the kernels then skip the index rows) */
 } gpu_case_t;
 
 static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
@@ -254,7 +255,7 @@ static void gpu_decode_args(gpu_case_t *gc, hashattn_decode_args_t *a, void *str
         a->signature_cache = gc->sc_over;
         a->block_tables = gc->bt_over;
     }
-    a->selected_indices = &gc->idx.t;
+    a->selected_indices = gc->no_indices ? NULL : &gc->idx.t;
     a->selected_counts = &gc->cnt.t;
     a->workspace = gc->ws;
     a->workspace_size = gc->ws_size;
@@ -343,13 +344,21 @@ static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
     ht_decode_case_reference(c, NULL, (flags & HASHATTN_DECODE_DENSE) != 0);
     ck_assert_msg(ht_decode_case_check(c, msg, sizeof msg) == 0, "%s: vs reference: %s", name, msg);
 
-    /* determinism */
+    /* determinism, and the same output without selected_indices (the
+     * selection passes then scan and write less) */
     saved_t g1;
     save(&g1, c->output);
     st = gpu_decode(&gc, flags);
     ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode (2nd): %s", name, api->last_error(gc.g));
     ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
                   "%s: second GPU run differs (flat %lld): not deterministic", name, (long long)first);
+    gc.no_indices = 1;
+    st = gpu_decode(&gc, flags);
+    gc.no_indices = 0;
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode without selected_indices: %s", name,
+                  api->last_error(gc.g));
+    ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
+                  "%s: the output without selected_indices differs (flat %lld)", name, (long long)first);
     saved_free(&g1);
     saved_free(&cpu_out);
     saved_free(&cpu_idx);
