@@ -135,18 +135,18 @@ def compare(anchor_path, bench_paths, md_path):
     # which our selection is given the scores too. Shown beside the counted row, not
     # counted: the scores' histogram, which the selection needs, is built by the score
     # kernel, inside the cut subtracted.
-    for what, sel, upto in (("selection after the scores (compact) vs topk B=8 128K", "sel_gc32_b8_128k",
-                             "upto2_gc32_b8_128k"),
-                            ("selection after the scores (paper) vs topk B=8 128K", "sel_gp32_b8_128k",
-                             "upto2_gp32_b8_128k")):
-        s, u, e = ours.get(sel), ours.get(upto), idx.get(("topk", (8, 131072)))
+    for what, case, kind, size, need in TARGETS:
+        if kind != "topk":
+            continue
+        s, u, e = ours.get(case), ours.get(case.replace("sel_", "upto2_", 1)), idx.get((kind, size))
         if not s or not u or not e:
             continue
         us = s["us"] - u["us"]
         graph = s["us_graph"] - u["us_graph"] if "us_graph" in s and "us_graph" in u else -1
         ratio = e["us"] / us if us > 0 else float("inf")
-        lines.append("| %s | %.1f | %.1f | %.1f (topk) | %.2fx | 10.0x | %s (not counted) |" % (
-            what, us, graph, e["us"], ratio, "met" if ratio >= 10.0 else "missed"))
+        lines.append("| %s | %.1f | %.1f | %.1f (topk) | %.2fx | %.1fx | %s (not counted) |" % (
+            what.replace("selection alone", "selection after the scores"), us, graph, e["us"], ratio, need,
+            "met" if ratio >= need else "missed"))
     # B=1 8K: the shipped configuration (the automatic dense switch, `_auto`) is the
     # target; the forced sparse step is shown beside it, not counted. "Never slower"
     # allows 3%: when the switch takes dense, both cases time the same kernels and differ
