@@ -144,8 +144,14 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\
  * during those last steps; pdl_wait still waits for this whole kernel and
  * its writes. Run 40 (bench/NOTES.md; -DHA_PDL_LATE=0 builds without it):
  * gc32 B=8 128K 103.7 -> 100.8 us, gp32 B=1 128K 50.0 -> 48.1, SmolLM2's
- * layer at B=32 8K 43.6 -> 40.8, graph replays alike. The score kernels
- * (persistent: their last work is their exit) and combine do not trigger. */
+ * layer at B=32 8K 43.6 -> 40.8, graph replays alike. score_warp_kernel
+ * triggers as a warp starts its last slab or merge (the CTA's first warp
+ * there triggers for the whole CTA; run 43: gc32 B=8 128K 99.1 -> 97.4 us,
+ * gp32 B=8 128K 126.1 -> 124.1, gc32 B=1 1M 95.0 -> 94.0). The
+ * block-per-item score kernel does not (gp32 B=1 128K lost ~1 us with it,
+ * run 42), nor does a warp kernel's CTA wait for its last warp (a shared
+ * counter: 2-13 us slower, run 43), per-head selection's resolve (no
+ * gain) or combine (the step's last kernel). */
 #ifndef HA_PDL_LATE
 #define HA_PDL_LATE 1
 #endif

@@ -803,9 +803,12 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 cp_async_commit();
                 process(cur, j, w, inm);
             }
-            merge(cur);
             Item nxt;
-            if (!next_item(cur.idx + stride, nxt))
+            const bool more = next_item(cur.idx + stride, nxt);
+            if (!more)
+                pdl_trigger_late(); /* the warp's last merge left */
+            merge(cur);
+            if (!more)
                 break;
             cur = nxt;
         }
@@ -833,6 +836,8 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
         }
         if (more)
             fetch(nxt, jn, wb, inb);
+        else
+            pdl_trigger_late(); /* the warp's last slab and merge left */
         process(cur, ja, wa, ina);
         const bool item_end = !more || nxt.idx != cur.idx;
         if (item_end)
