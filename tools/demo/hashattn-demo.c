@@ -44,6 +44,8 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "tools/common/tool_util.h"
+
 /* Llama-3.1-8B attention shape. */
 enum { HQ = 32, HKV = 8, GROUP = HQ / HKV, HEAD_DIM = 128, BLOCK = 16, BITS = 32 };
 static int g_mlp = 128; /* hash MLP width m (--mlp-width) */
@@ -243,13 +245,6 @@ static float load(const void *p, size_t i)
 /* ------------------------------------------------------------------------- */
 
 static int g_cuda = -1; /* GPU ordinal, -1 = CPU */
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static void *dev_alloc(size_t bytes)
 {
@@ -538,10 +533,10 @@ static int time_decode(const hashattn_decode_args_t *args, int repeat, double *s
         return 0;
     }
 #endif
-    double t0 = now_s();
+    double t0 = tool_now_s();
     for (int r = 0; r < repeat && s == HASHATTN_STATUS_OK; r++)
         s = api->decode(ctx, args);
-    *seconds = (now_s() - t0) / repeat;
+    *seconds = (tool_now_s() - t0) / repeat;
     if (s == HASHATTN_STATUS_OK)
         return 0;
 #ifdef HASHATTN_DEMO_CUDA
@@ -778,10 +773,10 @@ int main(int argc, char **argv)
             wr.key = &tkey.t, wr.value = &tval.t, wr.slot_mapping = &tslots.t;
             wr.key_cache = &tkc.t, wr.value_cache = &tvc.t, wr.signature_cache = &tsc.t;
             wr.workspace = ws, wr.workspace_size = ws_size;
-            double w0 = now_s();
+            double w0 = tool_now_s();
             CHECK(api->cache_write(ctx, &wr));
             NEED(!dev_sync(), "device error after cache_write");
-            t_write += now_s() - w0;
+            t_write += tool_now_s() - w0;
         }
     }
     printf("  cache_write: %lld tokens (K, V and %d signatures each) in %.3f s\n",

@@ -7,7 +7,6 @@
 
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,24 +20,7 @@
 #include "calib.h"
 #include "matmul.h"
 #include "plan.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+#include "tools/common/tool_util.h"
 
 static uint64_t splitmix(uint64_t *x)
 {
@@ -109,14 +91,14 @@ static int text_open(text_src_t *t, const char *path, char *err, size_t errlen)
     if (fd < 0 || fstat(fd, &st) != 0) {
         if (fd >= 0)
             close(fd);
-        return seterr(err, errlen, "calibration text %s: cannot open", path);
+        return tool_err(err, errlen, "calibration text %s: cannot open", path);
     }
     t->size = (size_t)st.st_size;
     if (t->size) {
         void *p = mmap(NULL, t->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
             close(fd);
-            return seterr(err, errlen, "calibration text %s: cannot map", path);
+            return tool_err(err, errlen, "calibration text %s: cannot map", path);
         }
         t->data = p;
     }
@@ -229,7 +211,7 @@ static int cap_hook(void *user, int layer, const rn_plan_t *plan, const float *q
     for (int r = 0; r < plan->n_tokens; r++) {
         const int64_t t = plan->pos[r];
         if (t < 0 || t >= c->cap)
-            return seterr(err, errlen, "capture: position %lld outside the sequence (%lld)", (long long)t,
+            return tool_err(err, errlen, "capture: position %lld outside the sequence (%lld)", (long long)t,
                           (long long)c->cap);
         for (int g = 0; g < c->Hkv; g++)
             memcpy(c->keys + (((size_t)layer * c->Hkv + g) * c->cap + t) * D, k + ((size_t)r * c->Hkv + g) * D,
@@ -304,7 +286,7 @@ static int label_all(const cap_state_t *c, const int32_t *pos, int sink, int rec
 int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenizer_t *tok,
                         const rn_capture_config_t *cfg, rn_capture_stats_t *st_out, char *err, size_t errlen)
 {
-    const double t_start = now_s();
+    const double t_start = tool_now_s();
     rn_capture_stats_t st;
     memset(&st, 0, sizeof st);
     const rn_capture_extent_t ext = rn_capture_extent_of(cfg, hp);
@@ -312,7 +294,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     if (!cfg->out || cfg->n_texts < 1 || cfg->n_seqs < 1 || cfg->queries < 1 || cfg->tail < 0 || cfg->sink < 0 ||
         cfg->recent < 1 || cfg->topk < 1 || len < 2 || len > (1 << 24) || cfg->block_size < 1 ||
         cfg->prefill_chunk < 1)
-        return seterr(err, errlen, "capture: bad configuration (texts %d, sequences %d, length %lld, queries %d)",
+        return tool_err(err, errlen, "capture: bad configuration (texts %d, sequences %d, length %lld, queries %d)",
                       cfg->n_texts, cfg->n_seqs, (long long)len, cfg->queries);
     const int nq_cap = (int)(cfg->queries < len ? cfg->queries : len);
     const int threads = cfg->threads > 0 ? cfg->threads : rn_matmul_threads();
@@ -338,7 +320,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     int rc = -1, opened = 0, hooked = 0;
 
     if (!src || !ids || !pos || !top || !c.keys || !c.qidx || !c.qvec) {
-        seterr(err, errlen, "capture: out of memory for a %lld-token sequence", (long long)len);
+        tool_err(err, errlen, "capture: out of memory for a %lld-token sequence", (long long)len);
         goto out;
     }
     for (int i = 0; i < cfg->n_texts; i++, opened++)
@@ -349,17 +331,17 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     const int chunk = ext.chunk;
     if (ex->block_size != cfg->block_size || ex->num_blocks < per || ex->max_blocks < per || ex->max_tokens < chunk ||
         ex->max_seqs < 1) {
-        seterr(err, errlen, "capture: the executor (blocks of %d, %d blocks, %d tokens a step) cannot hold a "
+        tool_err(err, errlen, "capture: the executor (blocks of %d, %d blocks, %d tokens a step) cannot hold a "
                             "%lld-token sequence in steps of %d", ex->block_size, ex->num_blocks, ex->max_tokens,
                (long long)len, chunk);
         goto out;
     }
     if (!ex->ops->set_qk_hook) {
-        seterr(err, errlen, "capture: this executor has no capture hook (tensor parallelism?)");
+        tool_err(err, errlen, "capture: this executor has no capture hook (tensor parallelism?)");
         goto out;
     }
     if (rn_single_init(&single, len, cfg->block_size, chunk, 0, cfg->seed)) {
-        seterr(err, errlen, "capture: out of memory for the sequence plan");
+        tool_err(err, errlen, "capture: out of memory for the sequence plan");
         goto out;
     }
 
@@ -391,7 +373,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     }
 
     if (ex->ops->set_qk_hook(ex, cap_hook, &c)) {
-        seterr(err, errlen, "capture: %s", ex->err);
+        tool_err(err, errlen, "capture: %s", ex->err);
         goto out;
     }
     hooked = 1;
@@ -399,7 +381,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
     const int docs = cfg->doc_sep && *cfg->doc_sep;
     const tr_calib_dtype_t dt = cfg->f16 ? TR_CALIB_F16 : TR_CALIB_F32;
     for (int s = 0; s < cfg->n_seqs; s++) {
-        const double spent = now_s() - t_start;
+        const double spent = tool_now_s() - t_start;
         if (cfg->max_seconds > 0 && s > 0 && spent + spent / s > cfg->max_seconds) {
             if (cfg->progress)
                 cfg->progress(cfg->user, s, cfg->n_seqs, 0, len, "time");
@@ -409,7 +391,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         const size_t off0 = t->off;
         const int64_t n = next_sequence(t, tok, cfg->doc_sep, len, (int64_t)cfg->sink + cfg->recent + cfg->topk, ids);
         if (n < 0) {
-            seterr(err, errlen, "capture: out of memory tokenizing %s", t->path);
+            tool_err(err, errlen, "capture: out of memory tokenizing %s", t->path);
             goto out;
         }
         if (docs ? n == 0 : n < len) {
@@ -421,7 +403,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         const int nq =
             rn_capture_positions(n, cfg->sink, cfg->recent, cfg->topk, nq_cap, cfg->tail, cfg->seed, s, pos);
         if (nq < 1) {
-            seterr(err, errlen, "capture: out of memory for query positions");
+            tool_err(err, errlen, "capture: out of memory for query positions");
             goto out;
         }
         c.nq = nq;
@@ -432,7 +414,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
         c.seen = 0;
 
         /* dense forward in prompt chunks; the hook keeps the vectors */
-        const double t0 = now_s();
+        const double t0 = tool_now_s();
         rn_single_reset(&single);
         for (int64_t done = 0; done < n;) {
             const int step = (int)(n - done < chunk ? n - done : chunk);
@@ -441,7 +423,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
             if (rn_single_step(&single, ids + done, step, 0, err, errlen))
                 goto out;
             if (rn_exec_step(ex, &single.plan, &greedy, &next, NULL)) {
-                seterr(err, errlen, "capture: %s", ex->err);
+                tool_err(err, errlen, "capture: %s", ex->err);
                 goto out;
             }
             done += step;
@@ -449,16 +431,16 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
                 cfg->progress(cfg->user, s, cfg->n_seqs, done, n, "forward");
         }
         if (c.seen != n * c.L) {
-            seterr(err, errlen, "capture: the hook saw %lld rows, expected %lld", (long long)c.seen,
+            tool_err(err, errlen, "capture: the hook saw %lld rows, expected %lld", (long long)c.seen,
                    (long long)(n * c.L));
             goto out;
         }
-        const double t1 = now_s();
+        const double t1 = tool_now_s();
         if (label_all(&c, pos, cfg->sink, cfg->recent, cfg->topk, top, threads)) {
-            seterr(err, errlen, "capture: out of memory computing labels");
+            tool_err(err, errlen, "capture: out of memory computing labels");
             goto out;
         }
-        const double t2 = now_s();
+        const double t2 = tool_now_s();
         char meta[512];
         snprintf(meta, sizeof meta, "seq %d: %s bytes [%zu, %zu), %lld tokens, %d sampled positions", s, t->path,
                  off0, t->off, (long long)n, nq);
@@ -486,7 +468,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
                     goto out;
             }
         }
-        const double t3 = now_s();
+        const double t3 = tool_now_s();
         st.seqs++;
         st.tokens += n;
         st.queries += nq;
@@ -497,7 +479,7 @@ int rn_capture_run_exec(rn_exec_t *ex, const rn_hparams_t *hp, const rn_tokenize
             cfg->progress(cfg->user, s, cfg->n_seqs, n, n, "written");
     }
     if (st.seqs == 0) {
-        seterr(err, errlen, "capture: the text ended before the first %lld-token sequence", (long long)len);
+        tool_err(err, errlen, "capture: the text ended before the first %lld-token sequence", (long long)len);
         goto out;
     }
     rc = 0;
@@ -507,7 +489,7 @@ out:
     if (w) {
         char e2[256];
         if (tr_calib_writer_close(w, e2, sizeof e2) && rc == 0)
-            rc = seterr(err, errlen, "capture: %s", e2);
+            rc = tool_err(err, errlen, "capture: %s", e2);
     }
     if (rc == 0) {
         struct stat fs;
@@ -524,7 +506,7 @@ out:
     free(c.keys);
     free(c.qidx);
     free(c.qvec);
-    st.total_s = now_s() - t_start;
+    st.total_s = tool_now_s() - t_start;
     if (st_out)
         *st_out = st;
     return rc;
@@ -556,7 +538,7 @@ int rn_capture_run(rn_model_t *m, const rn_tokenizer_t *tok, const rn_plugin_con
     if (st)
         memset(st, 0, sizeof *st);
     if (len < 2 || len > (1 << 24) || cfg->block_size < 1 || cfg->prefill_chunk < 1)
-        return seterr(err, errlen, "capture: bad configuration (length %lld, blocks of %d, steps of %d)",
+        return tool_err(err, errlen, "capture: bad configuration (length %lld, blocks of %d, steps of %d)",
                       (long long)len, cfg->block_size, cfg->prefill_chunk);
     if (rn_attn_plugin_create(&apc, &sh, &attn, err, errlen) || rn_exec_cpu_create(m, attn, &ex, err, errlen)) {
         rn_attn_destroy(attn);

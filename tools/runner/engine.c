@@ -11,13 +11,7 @@
 #include <time.h>
 
 #include "sample.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "tools/common/tool_util.h"
 
 const char *rn_stop_name(int stop)
 {
@@ -140,7 +134,7 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
     st.num_blocks = L.kv.pool.num_blocks;
     int next_req = 0, running = 0, rc = -1;
     uint64_t order = 0;
-    const double t0 = now_s();
+    const double t0 = tool_now_s();
 
     while (st.done < n) {
         /* admit in order while a slot is free and the pool can promise the blocks */
@@ -218,12 +212,12 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
         }
         if (rn_kv_plan(&L.kv, &L.plan, ns, L.ids, L.n_new, nd, L.tokens, ex->width_round, err, errlen))
             goto out;
-        const double ts = now_s();
+        const double ts = tool_now_s();
         if (rn_exec_step(ex, &L.plan, L.smp, L.next, nd < ns ? L.all_logits : NULL)) {
             snprintf(err, errlen, "step %llu: %s", (unsigned long long)st.steps, ex->err);
             goto out;
         }
-        const double dt = now_s() - ts;
+        const double dt = tool_now_s() - ts;
         st.steps++;
         if (nd < ns) {
             st.prefill_s += dt;
@@ -258,7 +252,7 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
                     goto out;
                 }
                 if (res->n_tokens == 0)
-                    res->t_first = now_s() - t0;
+                    res->t_first = tool_now_s() - t0;
                 res->tokens[res->n_tokens++] = tok;
                 st.generated++;
                 const int is_stop = cfg->is_stop && cfg->is_stop(cfg->user, tok);
@@ -274,7 +268,7 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
             }
             if (stop != RN_STOP_NONE) {
                 res->stop = stop;
-                res->t_done = now_s() - t0;
+                res->t_done = tool_now_s() - t0;
                 rn_kv_release(&L.kv, sl->kv_id);
                 sl->req = -1;
                 running--;
@@ -288,7 +282,7 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
         if (running > st.max_running)
             st.max_running = running;
         st.blocks_in_use = blocks_in_use(&L);
-        st.total_s = now_s() - t0;
+        st.total_s = tool_now_s() - t0;
         if (cfg->on_progress)
             cfg->on_progress(cfg->user, &st);
     }
@@ -299,7 +293,7 @@ int rn_engine_run(rn_exec_t *ex, const rn_engine_config_t *cfg, const rn_request
     }
     rc = 0;
 out:
-    st.total_s = now_s() - t0;
+    st.total_s = tool_now_s() - t0;
     if (st_out)
         *st_out = st;
     loop_free(&L);
@@ -355,7 +349,7 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
         L.smp[s].top_p = 1;
     }
     /* prefill: one sequence's chunks after another */
-    double t = now_s();
+    double t = tool_now_s();
     for (int s = 0; s < batch; s++) {
         for (int fed = 0; fed < ctx;) {
             const int32_t id = s, take = ctx - fed < prefill_chunk ? ctx - fed : prefill_chunk;
@@ -370,7 +364,7 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
         }
         pending[s] = L.next[0];
     }
-    out->prefill_s = now_s() - t;
+    out->prefill_s = tool_now_s() - t;
     for (int s = 0; s < batch; s++) {
         L.ids[s] = s;
         L.n_new[s] = 1;
@@ -389,11 +383,11 @@ int rn_engine_bench(rn_exec_t *ex, int batch, int ctx, int warmup, int steps, in
         double t_start = 0;
         for (int i = 0; i < warmup + steps; i++) {
             if (i == warmup)
-                t_start = now_s();
+                t_start = tool_now_s();
             if (bench_step(&L, ex, batch, err, errlen))
                 goto out;
         }
-        const double dt = now_s() - t_start;
+        const double dt = tool_now_s() - t_start;
         rn_bench_mode_t *bm = &out->mode[m];
         bm->ran = 1;
         bm->ms_per_step = 1e3 * dt / steps;

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,18 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tools/common/tool_util.h"
+
 #define GGUF_MAGIC "GGUF"
 #define MAX_ARRAY_DEPTH 4
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- a cursor that never reads past the end ------------------------------ */
 
@@ -42,7 +33,7 @@ typedef struct cursor {
 static int need(cursor_t *c, uint64_t n, const char *what)
 {
     if (n > c->size - c->pos) {
-        seterr(c->err, c->errlen,
+        tool_err(c->err, c->errlen,
                "truncated file: %s needs %" PRIu64 " bytes at offset %zu, file has %zu",
                what, n, c->pos, c->size);
         return -1;
@@ -132,7 +123,7 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_value_t *v, const char *key, i
     if (t != GGUF_VT_ARRAY) {
         uint64_t sz = scalar_size(t);
         if (!sz) {
-            seterr(c->err, c->errlen, "metadata '%s' has unknown value type %u", key, t);
+            tool_err(c->err, c->errlen, "metadata '%s' has unknown value type %u", key, t);
             return -1;
         }
         if (need(c, sz, what))
@@ -142,7 +133,7 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_value_t *v, const char *key, i
         return 0;
     }
     if (depth >= MAX_ARRAY_DEPTH) {
-        seterr(c->err, c->errlen, "metadata '%s': arrays nested deeper than %d", key, MAX_ARRAY_DEPTH);
+        tool_err(c->err, c->errlen, "metadata '%s': arrays nested deeper than %d", key, MAX_ARRAY_DEPTH);
         return -1;
     }
     uint32_t et;
@@ -155,14 +146,14 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_value_t *v, const char *key, i
     if (et == GGUF_VT_STRING) {
         /* each entry is at least its 8-byte length */
         if (n > (c->size - c->pos) / 8) {
-            seterr(c->err, c->errlen, "truncated file: array '%s' claims %" PRIu64 " strings", key, n);
+            tool_err(c->err, c->errlen, "truncated file: array '%s' claims %" PRIu64 " strings", key, n);
             return -1;
         }
         gguf_str_t *strs = NULL;
         if (depth == 0 && n) {
             strs = malloc(n * sizeof *strs);
             if (!strs) {
-                seterr(c->err, c->errlen, "out of memory for array '%s' (%" PRIu64 " strings)", key, n);
+                tool_err(c->err, c->errlen, "out of memory for array '%s' (%" PRIu64 " strings)", key, n);
                 return -1;
             }
         }
@@ -188,11 +179,11 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_value_t *v, const char *key, i
     }
     uint64_t sz = scalar_size(et);
     if (!sz) {
-        seterr(c->err, c->errlen, "metadata '%s' is an array of unknown type %u", key, et);
+        tool_err(c->err, c->errlen, "metadata '%s' is an array of unknown type %u", key, et);
         return -1;
     }
     if (n > (c->size - c->pos) / sz) {
-        seterr(c->err, c->errlen,
+        tool_err(c->err, c->errlen,
                "truncated file: array '%s' of %" PRIu64 " x %s runs past the end", key, n,
                gguf_vtype_name(et));
         return -1;
@@ -294,7 +285,7 @@ static int parse_tensor_info(cursor_t *c, gguf_tensor_t *t, uint64_t idx)
         return -1;
     int nl = t->name.len > 64 ? 64 : (int)t->name.len;
     if (t->n_dims == 0 || t->n_dims > GGUF_MAX_DIMS) {
-        seterr(c->err, c->errlen, "tensor '%.*s' has %u dimensions (1..%d allowed)", nl, t->name.ptr,
+        tool_err(c->err, c->errlen, "tensor '%.*s' has %u dimensions (1..%d allowed)", nl, t->name.ptr,
                t->n_dims, GGUF_MAX_DIMS);
         return -1;
     }
@@ -306,7 +297,7 @@ static int parse_tensor_info(cursor_t *c, gguf_tensor_t *t, uint64_t idx)
         if (rd_u64(c, &ne, what))
             return -1;
         if (ne > (uint64_t)INT64_MAX || (ne && n > (uint64_t)INT64_MAX / ne)) {
-            seterr(c->err, c->errlen, "tensor '%.*s': dimension %u = %" PRIu64 " overflows", nl,
+            tool_err(c->err, c->errlen, "tensor '%.*s': dimension %u = %" PRIu64 " overflows", nl,
                    t->name.ptr, d, ne);
             return -1;
         }
@@ -317,18 +308,18 @@ static int parse_tensor_info(cursor_t *c, gguf_tensor_t *t, uint64_t idx)
         return -1;
     const ttype_info_t *ti = ttype(t->type);
     if (!ti) {
-        seterr(c->err, c->errlen, "tensor '%.*s' has unknown type %u", nl, t->name.ptr, t->type);
+        tool_err(c->err, c->errlen, "tensor '%.*s' has unknown type %u", nl, t->name.ptr, t->type);
         return -1;
     }
     if ((uint64_t)t->ne[0] % ti->block_elems) {
-        seterr(c->err, c->errlen, "tensor '%.*s': ne[0] = %" PRId64 " is not a multiple of the %s block (%u)",
+        tool_err(c->err, c->errlen, "tensor '%.*s': ne[0] = %" PRId64 " is not a multiple of the %s block (%u)",
                nl, t->name.ptr, t->ne[0], ti->name, ti->block_elems);
         return -1;
     }
     t->n_elements = n;
     uint64_t blocks = n / ti->block_elems;
     if (blocks > UINT64_MAX / ti->block_bytes) {
-        seterr(c->err, c->errlen, "tensor '%.*s' is too large", nl, t->name.ptr);
+        tool_err(c->err, c->errlen, "tensor '%.*s' is too large", nl, t->name.ptr);
         return -1;
     }
     t->n_bytes = blocks * ti->block_bytes;
@@ -341,7 +332,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
     cursor_t c = { (const uint8_t *)buf, size, 0, err, errlen };
     gguf_file_t *f = calloc(1, sizeof *f);
     if (!f) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         return -1;
     }
     f->base = c.base;
@@ -351,7 +342,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
     if (need(&c, 4, "magic"))
         goto fail;
     if (memcmp(c.base, GGUF_MAGIC, 4) != 0) {
-        seterr(err, errlen, "not a GGUF file (magic %02x %02x %02x %02x)", c.base[0], c.base[1],
+        tool_err(err, errlen, "not a GGUF file (magic %02x %02x %02x %02x)", c.base[0], c.base[1],
                c.base[2], c.base[3]);
         goto fail;
     }
@@ -360,21 +351,21 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
         goto fail;
     if (f->version != 2 && f->version != 3) {
         if ((f->version & 0xffff) == 0)
-            seterr(err, errlen, "big-endian GGUF (version word %08x) is not supported", f->version);
+            tool_err(err, errlen, "big-endian GGUF (version word %08x) is not supported", f->version);
         else
-            seterr(err, errlen, "GGUF version %u is not supported (2 and 3 are)", f->version);
+            tool_err(err, errlen, "GGUF version %u is not supported (2 and 3 are)", f->version);
         goto fail;
     }
     if (rd_u64(&c, &f->n_tensors, "tensor count") || rd_u64(&c, &f->n_kv, "metadata count"))
         goto fail;
     /* a kv takes >= 12 bytes, a tensor info >= 28: reject absurd counts early */
     if (f->n_kv > (size - c.pos) / 12) {
-        seterr(err, errlen, "truncated file: %" PRIu64 " metadata entries cannot fit in %zu bytes",
+        tool_err(err, errlen, "truncated file: %" PRIu64 " metadata entries cannot fit in %zu bytes",
                f->n_kv, size);
         goto fail;
     }
     if (f->n_tensors > (size - c.pos) / 28) {
-        seterr(err, errlen, "truncated file: %" PRIu64 " tensor infos cannot fit in %zu bytes",
+        tool_err(err, errlen, "truncated file: %" PRIu64 " tensor infos cannot fit in %zu bytes",
                f->n_tensors, size);
         goto fail;
     }
@@ -382,7 +373,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
     f->kv = calloc(f->n_kv ? f->n_kv : 1, sizeof *f->kv);
     f->tensors = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *f->tensors);
     if (!f->kv || !f->tensors) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto fail;
     }
     for (uint64_t i = 0; i < f->n_kv; i++) {
@@ -397,7 +388,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
             goto fail;
         if (gguf_str_eq(kv->key, "general.alignment")) {
             if (t != GGUF_VT_UINT32 || kv->value.v.u == 0 || (kv->value.v.u & (kv->value.v.u - 1))) {
-                seterr(err, errlen, "general.alignment must be a u32 power of two");
+                tool_err(err, errlen, "general.alignment must be a u32 power of two");
                 goto fail;
             }
             f->alignment = (uint32_t)kv->value.v.u;
@@ -409,7 +400,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
 
     uint64_t data = ((uint64_t)c.pos + f->alignment - 1) / f->alignment * f->alignment;
     if (data > size) {
-        seterr(err, errlen, "truncated file: tensor data would start at %" PRIu64 ", file has %zu",
+        tool_err(err, errlen, "truncated file: tensor data would start at %" PRIu64 ", file has %zu",
                data, size);
         goto fail;
     }
@@ -418,13 +409,13 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
         gguf_tensor_t *t = &f->tensors[i];
         int nl = t->name.len > 64 ? 64 : (int)t->name.len;
         if (t->offset % f->alignment) {
-            seterr(err, errlen, "tensor '%.*s': offset %" PRIu64 " is not aligned to %u", nl,
+            tool_err(err, errlen, "tensor '%.*s': offset %" PRIu64 " is not aligned to %u", nl,
                    t->name.ptr, t->offset, f->alignment);
             goto fail;
         }
         uint64_t room = size - data;
         if (t->offset > room || t->n_bytes > room - t->offset) {
-            seterr(err, errlen,
+            tool_err(err, errlen,
                    "truncated file: tensor '%.*s' (%" PRIu64 " bytes at data offset %" PRIu64
                    ") runs past the end (%" PRIu64 " bytes of data)",
                    nl, t->name.ptr, t->n_bytes, t->offset, room);
@@ -435,7 +426,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
     if (f->n_tensors > 1) {
         gguf_tensor_t **sorted = malloc(f->n_tensors * sizeof *sorted);
         if (!sorted) {
-            seterr(err, errlen, "out of memory");
+            tool_err(err, errlen, "out of memory");
             goto fail;
         }
         for (uint64_t i = 0; i < f->n_tensors; i++)
@@ -443,7 +434,7 @@ int gguf_parse(const void *buf, size_t size, gguf_file_t **out, char *err, size_
         qsort(sorted, f->n_tensors, sizeof *sorted, cmp_tensor_names);
         for (uint64_t i = 1; i < f->n_tensors; i++) {
             if (cmp_tensor_names(&sorted[i - 1], &sorted[i]) == 0) {
-                seterr(err, errlen, "duplicate tensor name '%.*s'",
+                tool_err(err, errlen, "duplicate tensor name '%.*s'",
                        (int)(sorted[i]->name.len > 64 ? 64 : sorted[i]->name.len), sorted[i]->name.ptr);
                 free(sorted);
                 goto fail;
@@ -464,30 +455,30 @@ int gguf_open(const char *path, gguf_file_t **out, char *err, size_t errlen)
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        tool_err(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
+        tool_err(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
     }
     size_t size = (size_t)st.st_size;
     if (size == 0) {
-        seterr(err, errlen, "%s: empty file", path);
+        tool_err(err, errlen, "%s: empty file", path);
         close(fd);
         return -1;
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) {
-        seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        tool_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return -1;
     }
     char msg[512];
     if (gguf_parse(map, size, out, msg, sizeof msg)) {
-        seterr(err, errlen, "%s: %s", path, msg);
+        tool_err(err, errlen, "%s: %s", path, msg);
         munmap(map, size);
         return -1;
     }
@@ -697,11 +688,11 @@ int gguf_dequantize(uint32_t t, const void *src, float *dst, uint64_t n, char *e
 {
     const ttype_info_t *ti = ttype(t);
     if (!ti || !gguf_can_dequantize(t)) {
-        seterr(err, errlen, "dequantisation of type %s (%u) is not implemented", gguf_ttype_name(t), t);
+        tool_err(err, errlen, "dequantisation of type %s (%u) is not implemented", gguf_ttype_name(t), t);
         return -1;
     }
     if (n % ti->block_elems) {
-        seterr(err, errlen, "%" PRIu64 " elements is not a whole number of %s blocks", n, ti->name);
+        tool_err(err, errlen, "%" PRIu64 " elements is not a whole number of %s blocks", n, ti->name);
         return -1;
     }
     const uint8_t *p = src;
@@ -742,7 +733,7 @@ int gguf_tensor_to_f32(const gguf_tensor_t *t, float *dst, char *err, size_t err
 {
     char msg[256];
     if (gguf_dequantize(t->type, t->data, dst, t->n_elements, msg, sizeof msg)) {
-        seterr(err, errlen, "tensor '%.*s': %s", (int)(t->name.len > 64 ? 64 : t->name.len), t->name.ptr, msg);
+        tool_err(err, errlen, "tensor '%.*s': %s", (int)(t->name.len > 64 ? 64 : t->name.len), t->name.ptr, msg);
         return -1;
     }
     return 0;

@@ -28,6 +28,7 @@
 #include "model.h"
 #include "sample.h"
 #include "tokenizer.h"
+#include "tools/common/tool_util.h"
 #ifdef HASHATTN_RUNNER_CUDA
 #include "cuda_exec.h"
 #endif
@@ -51,13 +52,6 @@ typedef struct options {
     uint64_t seed;
     int64_t ctx, kv_tokens;
 } options_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *out)
 {
@@ -273,7 +267,7 @@ typedef struct progress {
 
 static void progress(progress_t *p, const char *fmt, ...)
 {
-    double t = now_s();
+    double t = tool_now_s();
     if (t - p->start < 2.0 || t - p->last < 1.0)
         return;
     p->last = t;
@@ -563,7 +557,7 @@ static void cb_progress(void *user, const rn_engine_stats_t *st)
     run_ctx_t *c = user;
     if (c->stream && !c->o->quiet && st->generated > 0)
         return; /* the text itself shows the progress */
-    const double t = now_s() - c->t0;
+    const double t = tool_now_s() - c->t0;
     progress(c->pg, "step %llu: %d running, %d waiting, %d/%d done, %llu prompt + %llu new tokens, %.1f new tok/s, "
                     "KV blocks %lld/%lld",
              (unsigned long long)st->steps, st->running, st->waiting, st->done, st->n_requests,
@@ -619,11 +613,11 @@ static void cb_capture(void *user, int seq, int n_seqs, int64_t done, int64_t le
     if (!strcmp(what, "written")) {
         progress_end(p);
         fprintf(stderr, "hashattn-run: capture: sequence %d/%d written (%lld tokens, %.0f s)\n", seq + 1, n_seqs,
-                (long long)len, now_s() - p->start);
+                (long long)len, tool_now_s() - p->start);
         return;
     }
     progress(p, "capture: sequence %d/%d: %lld/%lld tokens, %.0f s", seq + 1, n_seqs, (long long)done,
-             (long long)len, now_s() - p->start);
+             (long long)len, tool_now_s() - p->start);
 }
 
 /* --capture: dense forward passes over the calibration text, a calibration
@@ -666,14 +660,14 @@ static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokeni
 {
     char err[1024];
     rn_model_t *m = NULL;
-    const double t0 = now_s();
+    const double t0 = tool_now_s();
     if (rn_model_load(f, &m, err, sizeof err)) {
         fprintf(stderr, "hashattn-run: %s: %s\n", o->model, err);
         return 1;
     }
     fprintf(stderr, "hashattn-run: capture: loaded %s in %.2f s; %s; %d texts, %d sequences of %lld tokens, "
                     "%d sampled positions each, sink %d, recent %d\n",
-            o->model, now_s() - t0, cuda_dev < 0 ? rn_matmul_desc() : "on the GPU", o->n_calib_text, o->capture_seqs,
+            o->model, tool_now_s() - t0, cuda_dev < 0 ? rn_matmul_desc() : "on the GPU", o->n_calib_text, o->capture_seqs,
             (long long)(o->capture_len ? o->capture_len : m->hp.n_ctx_train), o->capture_queries, o->sink, o->recent);
     rn_plugin_config_t pc = RN_PLUGIN_CONFIG_INIT;
     pc.path = o->plugin;
@@ -700,7 +694,7 @@ static int run_capture(const options_t *o, const gguf_file_t *f, const rn_tokeni
     cc.max_seconds = o->capture_time;
     cc.doc_sep = o->capture_doc_sep;
     cc.tail = o->capture_tail;
-    progress_t pg = { now_s(), 0, isatty(2), 0 };
+    progress_t pg = { tool_now_s(), 0, isatty(2), 0 };
     cc.progress = cb_capture;
     cc.user = &pg;
     rn_capture_stats_t st;
@@ -828,7 +822,7 @@ int main(int argc, char **argv)
 
     char err[1024];
     int rc = 1;
-    double t0 = now_s();
+    double t0 = tool_now_s();
     gguf_file_t *f = NULL;
     rn_model_t *m = NULL;
     rn_tokenizer_t *tok = NULL;
@@ -941,7 +935,7 @@ int main(int argc, char **argv)
         goto out;
     }
     const rn_hparams_t *hp = &m->hp;
-    const double t_load = now_s() - t0;
+    const double t_load = tool_now_s() - t0;
     fprintf(stderr,
             "hashattn-run: loaded %s in %.2f s: %d layers, embd %d, heads %d/%d x %d, ff %d, vocab %d, "
             "%.1fM params as fp32 (%.0f MB), %s embeddings, rope theta %g\n",
@@ -1199,9 +1193,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "hashattn-run: --jsonl %s: cannot write\n", o.jsonl);
         goto out;
     }
-    progress_t pg = { now_s(), 0, isatty(2), 0 };
+    progress_t pg = { tool_now_s(), 0, isatty(2), 0 };
     run_ctx_t rcx = { &o, tok, reqs, n_prompts, n_prompts == 1 && !o.prompts, &pg, jsonl, dump, 0, hp->n_vocab,
-                      now_s(), 0 };
+                      tool_now_s(), 0 };
     rn_engine_config_t ec = RN_ENGINE_CONFIG_INIT;
     ec.max_batch = batch;
     ec.prefill_chunk = o.prefill_chunk;

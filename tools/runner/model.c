@@ -5,20 +5,11 @@
 #include "matmul.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#include "tools/common/tool_util.h"
 
 /* ---- load ------------------------------------------------------------------------- */
 
@@ -30,7 +21,7 @@ static int get_int(const gguf_file_t *f, const char *arch, const char *key, int 
     if (gguf_get_i64(f, name, out) == 0)
         return 0;
     if (required || gguf_find(f, name)) {
-        seterr(err, errlen, "metadata %s is %s", name, gguf_find(f, name) ? "not an integer" : "missing");
+        tool_err(err, errlen, "metadata %s is %s", name, gguf_find(f, name) ? "not an integer" : "missing");
         return -1;
     }
     *out = deflt;
@@ -48,7 +39,7 @@ static int get_float(const gguf_file_t *f, const char *arch, const char *key, do
         return 0;
     }
     if (gguf_find(f, name)) {
-        seterr(err, errlen, "metadata %s is not a number", name);
+        tool_err(err, errlen, "metadata %s is not a number", name);
         return -1;
     }
     *out = (float)deflt;
@@ -61,18 +52,18 @@ static float *load_tensor(const gguf_file_t *f, rn_model_t *m, const char *name,
 {
     const gguf_tensor_t *t = gguf_find_tensor(f, name);
     if (!t) {
-        seterr(err, errlen, "tensor %s is missing", name);
+        tool_err(err, errlen, "tensor %s is missing", name);
         return NULL;
     }
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        seterr(err, errlen, "tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
+        tool_err(err, errlen, "tensor %s has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", name,
                (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
                (long long)ne0, (long long)ne1);
         return NULL;
     }
     float *p = malloc((size_t)t->n_elements * sizeof *p);
     if (!p) {
-        seterr(err, errlen, "out of memory for tensor %s", name);
+        tool_err(err, errlen, "out of memory for tensor %s", name);
         return NULL;
     }
     if (gguf_tensor_to_f32(t, p, err, errlen)) {
@@ -145,11 +136,11 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
     *out = NULL;
     gguf_str_t arch_s;
     if (gguf_get_str(f, "general.architecture", &arch_s)) {
-        seterr(err, errlen, "general.architecture is missing");
+        tool_err(err, errlen, "general.architecture is missing");
         return -1;
     }
     if (!gguf_str_eq(arch_s, "llama")) {
-        seterr(err, errlen, "architecture '%.*s' is not supported (llama is)", (int)(arch_s.len > 40 ? 40 : arch_s.len),
+        tool_err(err, errlen, "architecture '%.*s' is not supported (llama is)", (int)(arch_s.len > 40 ? 40 : arch_s.len),
                arch_s.ptr);
         return -1;
     }
@@ -158,14 +149,14 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     if (gguf_get_str(f, key, &scaling) == 0 && !gguf_str_eq(scaling, "none")) {
-        seterr(err, errlen, "RoPE scaling '%.*s' is not supported", (int)(scaling.len > 40 ? 40 : scaling.len),
+        tool_err(err, errlen, "RoPE scaling '%.*s' is not supported", (int)(scaling.len > 40 ? 40 : scaling.len),
                scaling.ptr);
         return -1;
     }
 
     rn_model_t *m = calloc(1, sizeof *m);
     if (!m) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         return -1;
     }
     rn_hparams_t *hp = &m->hp;
@@ -183,13 +174,13 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
         goto fail;
     if (nl < 1 || nl > 4096 || ne < 1 || ne > 65536 || nf < 1 || nf > 1 << 20 || nh < 1 || nh > 1024 ||
         nhkv < 1 || nh % nhkv || hd < 2 || hd % 2 || hd > 1024) {
-        seterr(err, errlen, "implausible hyperparameters: layers %lld, embd %lld, ff %lld, heads %lld/%lld, "
+        tool_err(err, errlen, "implausible hyperparameters: layers %lld, embd %lld, ff %lld, heads %lld/%lld, "
                             "head dim %lld",
                (long long)nl, (long long)ne, (long long)nf, (long long)nh, (long long)nhkv, (long long)hd);
         goto fail;
     }
     if (rot != hd) {
-        seterr(err, errlen, "partial RoPE (%lld of %lld dims) is not supported", (long long)rot, (long long)hd);
+        tool_err(err, errlen, "partial RoPE (%lld of %lld dims) is not supported", (long long)rot, (long long)hd);
         goto fail;
     }
     hp->n_layer = (int)nl;
@@ -202,7 +193,7 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
 
     const gguf_tensor_t *emb = gguf_find_tensor(f, "token_embd.weight");
     if (!emb || emb->ne[0] != ne || emb->ne[1] < 1 || emb->ne[1] > INT32_MAX) {
-        seterr(err, errlen, "token_embd.weight is missing or not [%lld, vocab]", (long long)ne);
+        tool_err(err, errlen, "token_embd.weight is missing or not [%lld, vocab]", (long long)ne);
         goto fail;
     }
     hp->n_vocab = (int)emb->ne[1];
@@ -221,7 +212,7 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
     }
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto fail;
     }
     for (int l = 0; l < hp->n_layer; l++) {
@@ -243,7 +234,7 @@ int rn_model_load(const gguf_file_t *f, rn_model_t **out, char *err, size_t errl
             goto fail;
         if (rn_unpermute_rows(L->wq, hp->n_head, hp->head_dim, E) ||
             rn_unpermute_rows(L->wk, hp->n_head_kv, hp->head_dim, E)) {
-            seterr(err, errlen, "out of memory");
+            tool_err(err, errlen, "out of memory");
             goto fail;
         }
     }
@@ -322,22 +313,22 @@ int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, floa
     const int QD = hp->n_head * D, KD = hp->n_head_kv * D, half = D / 2;
     const int n = plan->n_tokens;
     if (n < 1 || plan->n_seqs < 1) {
-        seterr(err, errlen, "forward: empty step");
+        tool_err(err, errlen, "forward: empty step");
         return -1;
     }
     if (attn->num_layers != hp->n_layer || attn->num_q_heads != hp->n_head || attn->num_kv_heads != hp->n_head_kv ||
         attn->head_dim != D) {
-        seterr(err, errlen, "attention backend shape does not match the model");
+        tool_err(err, errlen, "attention backend shape does not match the model");
         return -1;
     }
     for (int i = 0; i < n; i++) {
         if (plan->tokens[i] < 0 || plan->tokens[i] >= V) {
-            seterr(err, errlen, "token id %d is outside the vocabulary (%d)", plan->tokens[i], V);
+            tool_err(err, errlen, "token id %d is outside the vocabulary (%d)", plan->tokens[i], V);
             return -1;
         }
     }
     if (reserve(m, n)) {
-        seterr(err, errlen, "out of memory for %d tokens of activations", n);
+        tool_err(err, errlen, "out of memory for %d tokens of activations", n);
         return -1;
     }
     for (int t = 0; t < n; t++) {
@@ -357,7 +348,7 @@ int rn_model_forward(rn_model_t *m, rn_attn_t *attn, const rn_plan_t *plan, floa
         if (m->qk_hook && m->qk_hook(m->qk_user, l, plan, m->q, m->k, err, errlen))
             return -1;
         if (rn_attn_attend(attn, l, plan, m->q, m->k, m->v, m->att)) {
-            seterr(err, errlen, "layer %d: %s", l, attn->err);
+            tool_err(err, errlen, "layer %d: %s", l, attn->err);
             return -1;
         }
         rn_matmul(m->x, m->att, L->wo, n, QD, E, 1); /* x += att . Wo^T */

@@ -3,12 +3,12 @@
  */
 #include "tokenizer.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "unicode_table.h"
+#include "tools/common/tool_util.h"
 
 struct rn_tokenizer {
     size_t n_vocab;
@@ -33,16 +33,6 @@ struct rn_tokenizer {
     char *chat_template;
     size_t chat_template_len;
 };
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 int rn_tokens_push(rn_tokens_t *t, int32_t id)
 {
@@ -346,18 +336,18 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
 {
     *out = NULL;
     if (spec->n_vocab == 0 || spec->n_vocab > INT32_MAX / 4) {
-        seterr(err, errlen, "vocabulary size %zu is out of range", spec->n_vocab);
+        tool_err(err, errlen, "vocabulary size %zu is out of range", spec->n_vocab);
         return -1;
     }
     rn_tokenizer_t *t = calloc(1, sizeof *t);
     if (!t) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         return -1;
     }
     size_t nv = spec->n_vocab, total = 0;
     for (size_t i = 0; i < nv; i++) {
         if (spec->tokens[i].len > 4096) {
-            seterr(err, errlen, "token %zu is %llu bytes long", i, (unsigned long long)spec->tokens[i].len);
+            tool_err(err, errlen, "token %zu is %llu bytes long", i, (unsigned long long)spec->tokens[i].len);
             goto fail;
         }
         total += spec->tokens[i].len + 1;
@@ -370,7 +360,7 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
     t->str_mask = pow2_at_least(2 * nv) - 1;
     t->str_slots = malloc((t->str_mask + 1) * sizeof *t->str_slots);
     if (!t->text || !t->len || !t->type || !t->arena || !t->str_slots) {
-        seterr(err, errlen, "out of memory for a vocabulary of %zu", nv);
+        tool_err(err, errlen, "out of memory for a vocabulary of %zu", nv);
         goto fail;
     }
     memset(t->str_slots, 0xff, (t->str_mask + 1) * sizeof *t->str_slots);
@@ -396,7 +386,7 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
     t->merge_rank = malloc((t->merge_mask + 1) * sizeof *t->merge_rank);
     t->merge_id = malloc((t->merge_mask + 1) * sizeof *t->merge_id);
     if (!t->merge_keys || !t->merge_rank || !t->merge_id) {
-        seterr(err, errlen, "out of memory for %zu merges", spec->n_merges);
+        tool_err(err, errlen, "out of memory for %zu merges", spec->n_merges);
         goto fail;
     }
     memset(t->merge_rank, 0xff, (t->merge_mask + 1) * sizeof *t->merge_rank);
@@ -405,7 +395,7 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
         gguf_str_t m = spec->merges[r];
         const char *sp = m.len ? memchr(m.ptr + 1, ' ', m.len - 1) : NULL;
         if (!sp || m.len >= sizeof buf) {
-            seterr(err, errlen, "merge %zu ('%.*s') is not 'left right'", r, (int)(m.len > 40 ? 40 : m.len),
+            tool_err(err, errlen, "merge %zu ('%.*s') is not 'left right'", r, (int)(m.len > 40 ? 40 : m.len),
                    m.ptr);
             goto fail;
         }
@@ -440,7 +430,7 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
 
     t->special = malloc(nv * sizeof *t->special);
     if (!t->special) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto fail;
     }
     for (size_t i = 0; i < nv; i++)
@@ -464,14 +454,14 @@ int rn_tokenizer_create(const rn_tokenizer_spec_t *spec, rn_tokenizer_t **out, c
     for (int i = 0; i < 3; i++) {
         int32_t id = i == 0 ? t->bos : i == 1 ? t->eos : t->unk;
         if (id < -1 || id >= (int64_t)nv) {
-            seterr(err, errlen, "special token id %d is outside the vocabulary (%zu)", id, nv);
+            tool_err(err, errlen, "special token id %d is outside the vocabulary (%zu)", id, nv);
             goto fail;
         }
     }
     if (spec->chat_template) {
         t->chat_template = malloc(spec->chat_template_len + 1);
         if (!t->chat_template) {
-            seterr(err, errlen, "out of memory");
+            tool_err(err, errlen, "out of memory");
             goto fail;
         }
         memcpy(t->chat_template, spec->chat_template, spec->chat_template_len);
@@ -507,11 +497,11 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
     *out = NULL;
     gguf_str_t model, pre;
     if (gguf_get_str(f, "tokenizer.ggml.model", &model)) {
-        seterr(err, errlen, "tokenizer.ggml.model is missing");
+        tool_err(err, errlen, "tokenizer.ggml.model is missing");
         return -1;
     }
     if (!gguf_str_eq(model, "gpt2")) {
-        seterr(err, errlen, "tokenizer.ggml.model '%.*s' is not supported (only gpt2 byte-level BPE)",
+        tool_err(err, errlen, "tokenizer.ggml.model '%.*s' is not supported (only gpt2 byte-level BPE)",
                (int)(model.len > 40 ? 40 : model.len), model.ptr);
         return -1;
     }
@@ -521,7 +511,7 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
         if (gguf_str_eq(pre, "smollm"))
             spec.pretok = RN_PRETOK_SMOLLM;
         else if (!gguf_str_eq(pre, "gpt2") && !gguf_str_eq(pre, "default")) {
-            seterr(err, errlen, "tokenizer.ggml.pre '%.*s' is not supported (smollm, gpt2, default are)",
+            tool_err(err, errlen, "tokenizer.ggml.pre '%.*s' is not supported (smollm, gpt2, default are)",
                    (int)(pre.len > 40 ? 40 : pre.len), pre.ptr);
             return -1;
         }
@@ -530,11 +520,11 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
     const gguf_kv_t *mer = gguf_find(f, "tokenizer.ggml.merges");
     const gguf_kv_t *typ = gguf_find(f, "tokenizer.ggml.token_type");
     if (!tok || tok->value.type != GGUF_VT_ARRAY || !tok->value.v.arr.strs) {
-        seterr(err, errlen, "tokenizer.ggml.tokens is missing or not a string array");
+        tool_err(err, errlen, "tokenizer.ggml.tokens is missing or not a string array");
         return -1;
     }
     if (!mer || mer->value.type != GGUF_VT_ARRAY || (mer->value.v.arr.n && !mer->value.v.arr.strs)) {
-        seterr(err, errlen, "tokenizer.ggml.merges is missing or not a string array");
+        tool_err(err, errlen, "tokenizer.ggml.merges is missing or not a string array");
         return -1;
     }
     spec.n_vocab = tok->value.v.arr.n;
@@ -544,18 +534,18 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
     int32_t *types = NULL;
     if (typ) {
         if (typ->value.type != GGUF_VT_ARRAY || typ->value.v.arr.n != spec.n_vocab) {
-            seterr(err, errlen, "tokenizer.ggml.token_type is not an array of %zu", spec.n_vocab);
+            tool_err(err, errlen, "tokenizer.ggml.token_type is not an array of %zu", spec.n_vocab);
             return -1;
         }
         types = malloc(spec.n_vocab * sizeof *types);
         if (!types) {
-            seterr(err, errlen, "out of memory");
+            tool_err(err, errlen, "out of memory");
             return -1;
         }
         for (size_t i = 0; i < spec.n_vocab; i++) {
             int64_t v;
             if (gguf_array_i64(&typ->value, i, &v)) {
-                seterr(err, errlen, "tokenizer.ggml.token_type is not an integer array");
+                tool_err(err, errlen, "tokenizer.ggml.token_type is not an integer array");
                 free(types);
                 return -1;
             }
@@ -790,7 +780,7 @@ static int push_special(const rn_tokenizer_t *t, const char *name, rn_tokens_t *
 {
     int32_t id = rn_tokenizer_lookup(t, name, strlen(name));
     if (id < 0) {
-        seterr(err, errlen, "chat template needs token %s, which the vocabulary lacks", name);
+        tool_err(err, errlen, "chat template needs token %s, which the vocabulary lacks", name);
         return -1;
     }
     return rn_tokens_push(out, id);
@@ -804,7 +794,7 @@ static int chat_turn(const rn_tokenizer_t *t, const char *role, const char *text
     size_t rl = strlen(role), tl = strlen(text);
     char *seg = malloc(rl + 1 + tl + 1);
     if (!seg) {
-        seterr(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         return -1;
     }
     memcpy(seg, role, rl);
@@ -821,7 +811,7 @@ int rn_tokenizer_chat(const rn_tokenizer_t *t, const char *system, const char *u
                       char *err, size_t errlen)
 {
     if (!t->chat_template || !strstr(t->chat_template, "<|im_start|>")) {
-        seterr(err, errlen, "the model's chat template is %s; only ChatML (<|im_start|>role\\n...<|im_end|>) "
+        tool_err(err, errlen, "the model's chat template is %s; only ChatML (<|im_start|>role\\n...<|im_end|>) "
                             "is implemented",
                t->chat_template ? "not ChatML" : "missing");
         return -1;
@@ -836,7 +826,7 @@ int rn_tokenizer_chat(const rn_tokenizer_t *t, const char *system, const char *u
             if (b) {
                 deflt = malloc((size_t)(b - a) + 1);
                 if (!deflt) {
-                    seterr(err, errlen, "out of memory");
+                    tool_err(err, errlen, "out of memory");
                     return -1;
                 }
                 memcpy(deflt, a, (size_t)(b - a));

@@ -11,13 +11,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "tools/common/tool_util.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "calib.c writes host byte order; the calibration format is little-endian"
@@ -26,17 +27,6 @@
 #define KEYS_HEADER_BYTES 48u
 #define QUERIES_HEADER_BYTES 56u
 #define META_HEADER_BYTES 16u
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static uint64_t pad8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
@@ -155,7 +145,7 @@ static int wr(tr_calib_writer_t *w, const void *p, size_t n, char *err, size_t e
 {
     if (n && fwrite(p, 1, n, w->fp) != n) {
         w->failed = 1;
-        return fail(err, errlen, "calibration write failed: %s", strerror(errno));
+        return tool_err(err, errlen, "calibration write failed: %s", strerror(errno));
     }
     return 0;
 }
@@ -176,7 +166,7 @@ static int wr_vectors(tr_calib_writer_t *w, const float *v, size_t count, tr_cal
     if (!w->half_buf) {
         w->half_buf = malloc(chunk * sizeof(uint16_t));
         if (!w->half_buf)
-            return fail(err, errlen, "out of memory");
+            return tool_err(err, errlen, "out of memory");
         w->half_cap = chunk;
     }
     for (size_t i = 0; i < count; i += chunk) {
@@ -195,12 +185,12 @@ int tr_calib_writer_open(const char *path, const tr_calib_shape_t *shape, tr_cal
     *out = NULL;
     if (shape->num_layers < 1 || shape->num_q_heads < 1 || shape->num_kv_heads < 1 ||
         shape->num_q_heads % shape->num_kv_heads || shape->head_dim < 1 || shape->topk < 1)
-        return fail(err, errlen, "bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d",
+        return tool_err(err, errlen, "bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d",
                     shape->num_layers, shape->num_q_heads, shape->num_kv_heads, shape->head_dim,
                     shape->topk);
     tr_calib_writer_t *w = calloc(1, sizeof *w);
     if (!w)
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     w->shape = *shape;
     w->top_buf = malloc(sizeof(int32_t) * (size_t)shape->topk);
     w->fp = fopen(path, "wb");
@@ -210,7 +200,7 @@ int tr_calib_writer_open(const char *path, const tr_calib_shape_t *shape, tr_cal
             fclose(w->fp);
         free(w->top_buf);
         free(w);
-        return fail(err, errlen, "cannot create %s: %s", path, strerror(e));
+        return tool_err(err, errlen, "cannot create %s: %s", path, strerror(e));
     }
     unsigned char h[TR_CALIB_FILE_HEADER_BYTES] = {0};
     memcpy(h, TR_CALIB_MAGIC, 8);
@@ -256,7 +246,7 @@ int tr_calib_write_keys(tr_calib_writer_t *w, int32_t layer, int32_t kv_head, in
     const tr_calib_shape_t *s = &w->shape;
     if (layer < 0 || layer >= s->num_layers || kv_head < 0 || kv_head >= s->num_kv_heads ||
         start < 0 || count < 1 || !keys || (dtype != TR_CALIB_F32 && dtype != TR_CALIB_F16))
-        return fail(err, errlen, "write_keys: bad argument (layer %d, kv_head %d, start %d, count %d)",
+        return tool_err(err, errlen, "write_keys: bad argument (layer %d, kv_head %d, start %d, count %d)",
                     layer, kv_head, start, count);
     size_t elems = (size_t)count * (size_t)s->head_dim;
     uint64_t bytes = elems * (dtype == TR_CALIB_F16 ? 2u : 4u);
@@ -279,18 +269,18 @@ int tr_calib_write_queries(tr_calib_writer_t *w, const tr_calib_queries_t *q, ch
     if (q->layer < 0 || q->layer >= s->num_layers || q->head < 0 || q->head >= s->num_q_heads ||
         q->count < 1 || q->sink < 0 || q->recent < 1 || !q->positions || !q->vectors ||
         (!q->top && !q->keys) || (q->dtype != TR_CALIB_F32 && q->dtype != TR_CALIB_F16))
-        return fail(err, errlen,
+        return tool_err(err, errlen,
                     "write_queries: bad argument (layer %d, head %d, count %d, sink %d, recent %d%s)",
                     q->layer, q->head, q->count, q->sink, q->recent,
                     !q->top && !q->keys ? ", neither top nor keys" : "");
     for (int32_t i = 0; i < q->count; i++) {
         int32_t t = q->positions[i];
         if (t < 0)
-            return fail(err, errlen, "write_queries: positions[%d] = %d", i, t);
+            return tool_err(err, errlen, "write_queries: positions[%d] = %d", i, t);
         for (int32_t j = 0; q->top && j < s->topk; j++) {
             int32_t k = q->top[(size_t)i * (size_t)s->topk + (size_t)j];
             if (k < -1 || (k >= 0 && (k < q->sink || k > t - q->recent)))
-                return fail(err, errlen, "write_queries: top[%d][%d] = %d is not a candidate [%d, %d] of the "
+                return tool_err(err, errlen, "write_queries: top[%d][%d] = %d is not a candidate [%d, %d] of the "
                             "query at %d", i, j, k, q->sink, t - q->recent, t);
         }
     }
@@ -317,7 +307,7 @@ int tr_calib_write_queries(tr_calib_writer_t *w, const tr_calib_queries_t *q, ch
             tr_calib_true_topk(q->vectors + i * d, q->keys, (int32_t)d, q->positions[i], q->sink,
                                q->recent, (int32_t)k, w->top_buf) < 0) {
             w->failed = 1;
-            return fail(err, errlen, "write_queries: out of memory");
+            return tool_err(err, errlen, "write_queries: out of memory");
         }
         if (wr(w, row, k * 4, err, errlen))
             return -1;
@@ -329,9 +319,9 @@ int tr_calib_writer_close(tr_calib_writer_t *w, char *err, size_t errlen)
 {
     if (!w)
         return 0;
-    int rc = w->failed ? fail(err, errlen, "an earlier write failed; the file is incomplete") : 0;
+    int rc = w->failed ? tool_err(err, errlen, "an earlier write failed; the file is incomplete") : 0;
     if (fclose(w->fp) != 0 && rc == 0)
-        rc = fail(err, errlen, "closing the calibration file failed: %s", strerror(errno));
+        rc = tool_err(err, errlen, "closing the calibration file failed: %s", strerror(errno));
     free(w->top_buf);
     free(w->half_buf);
     free(w);
@@ -403,7 +393,7 @@ static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uin
 {
     const tr_calib_shape_t *s = &c->shape;
     if (hb < QUERIES_HEADER_BYTES)
-        return fail(err, errlen, "QUERIES record at byte %llu has a %u-byte header",
+        return tool_err(err, errlen, "QUERIES record at byte %llu has a %u-byte header",
                     (unsigned long long)off, hb);
     memset(r, 0, sizeof *r);
     r->q.layer = (int32_t)get_u32(h + 16);
@@ -417,14 +407,14 @@ static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uin
     if (r->q.layer < 0 || r->q.layer >= s->num_layers || r->q.head < 0 || r->q.head >= s->num_q_heads ||
         r->q.count < 1 || r->q.sink < 0 || r->q.recent < 1 || topk != s->topk ||
         (r->q.dtype != TR_CALIB_F32 && r->q.dtype != TR_CALIB_F16))
-        return fail(err, errlen,
+        return tool_err(err, errlen,
                     "QUERIES record at byte %llu: layer %d, head %d, count %d, sink %d, recent %d, "
                     "topk %d, dtype %d out of range", (unsigned long long)off, r->q.layer, r->q.head,
                     r->q.count, r->q.sink, r->q.recent, topk, (int)r->q.dtype);
     uint64_t nq = (uint64_t)r->q.count, d = (uint64_t)s->head_dim;
     uint64_t pos_bytes = pad8(nq * 4), vec_bytes = pad8(nq * d * (r->q.dtype == TR_CALIB_F16 ? 2 : 4));
     if (pos_bytes + vec_bytes + pad8(nq * (uint64_t)topk * 4) > payload)
-        return fail(err, errlen, "QUERIES record at byte %llu: payload of %llu bytes is too short",
+        return tool_err(err, errlen, "QUERIES record at byte %llu: payload of %llu bytes is too short",
                     (unsigned long long)off, (unsigned long long)payload);
     const unsigned char *p = h + hb;
     r->q.positions = (const int32_t *)p;
@@ -433,11 +423,11 @@ static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uin
     for (uint64_t i = 0; i < nq; i++) {
         int32_t t = r->q.positions[i];
         if (t < 0)
-            return fail(err, errlen, "QUERIES record at byte %llu: position %d", (unsigned long long)off, t);
+            return tool_err(err, errlen, "QUERIES record at byte %llu: position %d", (unsigned long long)off, t);
         for (int32_t j = 0; j < topk; j++) {
             int32_t k = r->q.top[i * (uint64_t)topk + (uint64_t)j];
             if (k < -1 || k > t - r->q.recent || (k >= 0 && k < r->q.sink))
-                return fail(err, errlen,
+                return tool_err(err, errlen,
                             "QUERIES record at byte %llu: query %llu (position %d) has label %d outside its "
                             "candidates [%d, %d]", (unsigned long long)off, (unsigned long long)i, t, k,
                             r->q.sink, t - r->q.recent);
@@ -451,44 +441,44 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
     *out = NULL;
     int fd = open(path, O_RDONLY);
     if (fd < 0)
-        return fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return tool_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        return fail(err, errlen, "cannot stat %s: %s", path, strerror(errno));
+        return tool_err(err, errlen, "cannot stat %s: %s", path, strerror(errno));
     }
     tr_calib_t *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     }
     c->size = (size_t)st.st_size;
     if (c->size < TR_CALIB_FILE_HEADER_BYTES) {
         close(fd);
         free(c);
-        return fail(err, errlen, "%s: %zu bytes is too short for a calibration file", path, (size_t)st.st_size);
+        return tool_err(err, errlen, "%s: %zu bytes is too short for a calibration file", path, (size_t)st.st_size);
     }
     void *m = mmap(NULL, c->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         free(c);
-        return fail(err, errlen, "cannot map %s: %s", path, strerror(errno));
+        return tool_err(err, errlen, "cannot map %s: %s", path, strerror(errno));
     }
     c->map = m;
     const unsigned char *h = c->map;
     int rc = -1;
     if (memcmp(h, TR_CALIB_MAGIC, 8) != 0) {
-        fail(err, errlen, "%s is not a hashattn calibration file (bad magic)", path);
+        tool_err(err, errlen, "%s is not a hashattn calibration file (bad magic)", path);
         goto done;
     }
     uint32_t version = get_u32(h + 8), hb = get_u32(h + 12);
     if (version != TR_CALIB_VERSION) {
-        fail(err, errlen, "%s: calibration format version %u; this reader knows %u", path, version,
+        tool_err(err, errlen, "%s: calibration format version %u; this reader knows %u", path, version,
              TR_CALIB_VERSION);
         goto done;
     }
     if (hb < TR_CALIB_FILE_HEADER_BYTES || hb > c->size || hb % 8) {
-        fail(err, errlen, "%s: file header size %u is invalid", path, hb);
+        tool_err(err, errlen, "%s: file header size %u is invalid", path, hb);
         goto done;
     }
     c->shape.num_layers = (int32_t)get_u32(h + 16);
@@ -500,12 +490,12 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
     if (s->num_layers < 1 || s->num_layers > 100000 || s->num_q_heads < 1 || s->num_kv_heads < 1 ||
         s->num_q_heads % s->num_kv_heads || s->head_dim < 1 || s->head_dim > 65536 || s->topk < 1 ||
         s->topk > 65536) {
-        fail(err, errlen, "%s: bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d", path, s->num_layers,
+        tool_err(err, errlen, "%s: bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d", path, s->num_layers,
              s->num_q_heads, s->num_kv_heads, s->head_dim, s->topk);
         goto done;
     }
     if (get_u32(h + 36) != 0) {
-        fail(err, errlen, "%s: unknown flags 0x%x", path, get_u32(h + 36));
+        tool_err(err, errlen, "%s: unknown flags 0x%x", path, get_u32(h + 36));
         goto done;
     }
 
@@ -516,7 +506,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
         uint64_t off = hb;
         while (off < c->size) {
             if (c->size - off < 16) {
-                fail(err, errlen, "%s: truncated record header at byte %llu", path, (unsigned long long)off);
+                tool_err(err, errlen, "%s: truncated record header at byte %llu", path, (unsigned long long)off);
                 goto done;
             }
             const unsigned char *r = c->map + off;
@@ -524,13 +514,13 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
             uint64_t payload = get_u64(r + 8);
             if (rhb < 16 || rhb % 8 || payload % 8 || rhb > c->size - off ||
                 payload > c->size - off - rhb) {
-                fail(err, errlen, "%s: record at byte %llu runs past the end of the file (truncated?)",
+                tool_err(err, errlen, "%s: record at byte %llu runs past the end of the file (truncated?)",
                      path, (unsigned long long)off);
                 goto done;
             }
             if (kind == TR_CALIB_RECORD_KEYS) {
                 if (rhb < KEYS_HEADER_BYTES) {
-                    fail(err, errlen, "%s: KEYS record at byte %llu has a %u-byte header", path,
+                    tool_err(err, errlen, "%s: KEYS record at byte %llu has a %u-byte header", path,
                          (unsigned long long)off, rhb);
                     goto done;
                 }
@@ -549,7 +539,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
                         k->kv_head >= s->num_kv_heads || k->start < 0 || k->count < 1 ||
                         (int64_t)k->start + k->count > INT32_MAX ||
                         (k->dtype != TR_CALIB_F32 && k->dtype != TR_CALIB_F16) || need > payload) {
-                        fail(err, errlen, "%s: KEYS record at byte %llu: layer %d, kv_head %d, start %d, "
+                        tool_err(err, errlen, "%s: KEYS record at byte %llu: layer %d, kv_head %d, start %d, "
                              "count %d, dtype %d out of range or payload too short", path,
                              (unsigned long long)off, k->layer, k->kv_head, k->start, k->count, k->dtype);
                         goto done;
@@ -583,7 +573,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
             c->meta = calloc(meta_len + 1, 1);
             c->qrec_start = calloc((size_t)s->num_layers * (size_t)s->num_q_heads + 1, sizeof(size_t));
             if (!c->pieces || !c->qrecs || !c->meta || !c->qrec_start) {
-                fail(err, errlen, "out of memory indexing %s", path);
+                tool_err(err, errlen, "out of memory indexing %s", path);
                 goto done;
             }
         }
@@ -599,7 +589,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
         if (!fill || !sorted) {
             free(fill);
             free(sorted);
-            fail(err, errlen, "out of memory indexing %s", path);
+            tool_err(err, errlen, "out of memory indexing %s", path);
             goto done;
         }
         for (size_t i = 0; i < nq; i++)
@@ -688,12 +678,12 @@ int tr_calib_keys(const tr_calib_t *c, int32_t layer, int32_t kv_head, int64_t s
            c->pieces[last].seq == seq)
         last++;
     if (first == last)
-        return fail(err, errlen, "no keys for layer %d, kv head %d, sequence %lld", layer, kv_head,
+        return tool_err(err, errlen, "no keys for layer %d, kv head %d, sequence %lld", layer, kv_head,
                     (long long)seq);
     int64_t total = 0;
     for (size_t i = first; i < last; i++) {
         if (c->pieces[i].start != total)
-            return fail(err, errlen, "keys of layer %d, kv head %d, sequence %lld: piece at %d, expected %lld "
+            return tool_err(err, errlen, "keys of layer %d, kv head %d, sequence %lld: piece at %d, expected %lld "
                         "(gap or overlap)", layer, kv_head, (long long)seq, c->pieces[i].start,
                         (long long)total);
         total += c->pieces[i].count;
@@ -706,7 +696,7 @@ int tr_calib_keys(const tr_calib_t *c, int32_t layer, int32_t kv_head, int64_t s
     }
     float *buf = malloc((size_t)total * d * sizeof(float));
     if (!buf)
-        return fail(err, errlen, "out of memory for %lld keys", (long long)total);
+        return tool_err(err, errlen, "out of memory for %lld keys", (long long)total);
     for (size_t i = first; i < last; i++) {
         const keys_piece_t *p = &c->pieces[i];
         size_t cnt = (size_t)p->count * d;

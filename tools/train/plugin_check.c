@@ -5,7 +5,6 @@
 #include "plugin_check.h"
 
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <hashattn/hashattn.h>
 
 #include "mlp.h"
+#include "tools/common/tool_util.h"
 
 struct tr_plugin {
     void *dl;
@@ -20,17 +20,6 @@ struct tr_plugin {
     hashattn_context_t *ctx;
     int32_t hq, hkv, hsig, d;
 };
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 void tr_plugin_close(tr_plugin_t *p)
 {
@@ -50,17 +39,17 @@ int tr_plugin_open(const char *library, const tr_model_t *m, tr_plugin_t **out, 
     *out = NULL;
     tr_plugin_t *p = calloc(1, sizeof *p);
     if (!p)
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     p->dl = dlopen(library, RTLD_NOW | RTLD_LOCAL);
     if (!p->dl) {
-        fail(err, errlen, "cannot load %s: %s", library, dlerror());
+        tool_err(err, errlen, "cannot load %s: %s", library, dlerror());
         free(p);
         return -1;
     }
     hashattn_get_api_fn get = (hashattn_get_api_fn)dlsym(p->dl, "hashattn_get_api");
     p->api = get ? get(HASHATTN_ABI_MAJOR) : NULL;
     if (!p->api) {
-        fail(err, errlen, "%s has no hashattn_get_api for ABI %d", library, HASHATTN_ABI_MAJOR);
+        tool_err(err, errlen, "%s has no hashattn_get_api for ABI %d", library, HASHATTN_ABI_MAJOR);
         tr_plugin_close(p);
         return -1;
     }
@@ -78,7 +67,7 @@ int tr_plugin_open(const char *library, const tr_model_t *m, tr_plugin_t **out, 
     cfg.signature_layout = m->compact ? HASHATTN_SIGNATURE_PER_KV_HEAD : HASHATTN_SIGNATURE_PER_QUERY_HEAD;
     hashattn_status_t st = p->api->context_create(&cfg, &p->ctx);
     if (st != HASHATTN_STATUS_OK) {
-        fail(err, errlen, "context_create: %s: %s", p->api->status_string(st), p->api->last_error(NULL));
+        tool_err(err, errlen, "context_create: %s: %s", p->api->status_string(st), p->api->last_error(NULL));
         tr_plugin_close(p);
         return -1;
     }
@@ -96,7 +85,7 @@ int tr_plugin_load(tr_plugin_t *p, const char *weights_path, char *err, size_t e
     a.path = weights_path;
     hashattn_status_t st = p->api->weights_load(p->ctx, &a);
     if (st != HASHATTN_STATUS_OK)
-        return fail(err, errlen, "weights_load: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
+        return tool_err(err, errlen, "weights_load: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
     return 0;
 }
 
@@ -126,10 +115,10 @@ int tr_plugin_hash(tr_plugin_t *p, int32_t layer, int side, const float *x, int6
     size_t bytes = 0;
     hashattn_status_t st = p->api->workspace_size(p->ctx, &wa, &bytes);
     if (st != HASHATTN_STATUS_OK)
-        return fail(err, errlen, "workspace_size: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
+        return tool_err(err, errlen, "workspace_size: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
     void *ws = bytes ? malloc(bytes) : NULL;
     if (bytes && !ws)
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     hashattn_hash_args_t h = HASHATTN_HASH_ARGS_INIT;
     h.layer = layer;
     h.side = side == TR_SIDE_QUERY ? HASHATTN_HASH_QUERY : HASHATTN_HASH_KEY;
@@ -140,7 +129,7 @@ int tr_plugin_hash(tr_plugin_t *p, int32_t layer, int side, const float *x, int6
     st = p->api->hash(p->ctx, &h);
     free(ws);
     if (st != HASHATTN_STATUS_OK)
-        return fail(err, errlen, "hash: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
+        return tool_err(err, errlen, "hash: %s: %s", p->api->status_string(st), p->api->last_error(p->ctx));
     return 0;
 }
 
@@ -161,7 +150,7 @@ int tr_plugin_compare(tr_plugin_t *p, const tr_model_t *m, int32_t layer, const 
     uint32_t *os = malloc((size_t)n * sizeof(uint32_t) + 1);
     int rc = -1;
     if (!ps || !os) {
-        fail(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto done;
     }
     for (int side = 0; side < 2; side++) {
@@ -172,7 +161,7 @@ int tr_plugin_compare(tr_plugin_t *p, const tr_model_t *m, int32_t layer, const 
         for (int32_t h = 0; h < heads; h++) {
             int32_t in_head = side == TR_SIDE_QUERY ? h : (m->compact ? h : h / g);
             if (own(m, side, layer, h, in_head, in_heads, x, n, os)) {
-                fail(err, errlen, "out of memory");
+                tool_err(err, errlen, "out of memory");
                 goto done;
             }
             for (int64_t i = 0; i < n; i++) {

@@ -4,23 +4,12 @@
 #include "synth.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rng.h"
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+#include "tools/common/tool_util.h"
 
 static void random_direction(float *v, int32_t d, double norm, tr_rng_t *r)
 {
@@ -40,7 +29,7 @@ int tr_synth_write(const char *path, const tr_synth_config_t *c, char *err, size
     int32_t d = s->head_dim, n = c->seq_len, C = c->clusters, G = s->num_kv_heads ? s->num_q_heads / s->num_kv_heads : 0;
     if (c->num_seqs < 1 || n < 1 || c->queries < 1 || C < 1 || c->sink < 0 || c->recent < 1 ||
         c->sink + c->recent + s->topk >= n)
-        return fail(err, errlen, "synthetic config: need sequences, queries and clusters >= 1 and "
+        return tool_err(err, errlen, "synthetic config: need sequences, queries and clusters >= 1 and "
                     "seq_len > sink + recent + topk");
     tr_calib_writer_t *w;
     if (tr_calib_writer_open(path, s, &w, err, errlen))
@@ -53,7 +42,7 @@ int tr_synth_write(const char *path, const tr_synth_config_t *c, char *err, size
     int32_t *pos = malloc((size_t)c->queries * sizeof(int32_t)), *zs = malloc((size_t)c->queries * sizeof(int32_t));
     int rc = -1;
     if (!centers || !mu_k || !mu_q || !keys || !qv || !pos || !zs) {
-        fail(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto done;
     }
     char meta[256];

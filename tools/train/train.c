@@ -14,7 +14,6 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +22,7 @@
 #include "mlp.h"
 #include "net.h"
 #include "rng.h"
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+#include "tools/common/tool_util.h"
 
 /* ---- tasks ---- */
 
@@ -252,9 +241,9 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
         nrec_all += nr;
     }
     if (total == 0)
-        return fail(err, errlen, "layer %d, head %d: the calibration file has no queries", id.layer, id.qhead0);
+        return tool_err(err, errlen, "layer %d, head %d: the calibration file has no queries", id.layer, id.qhead0);
     if (id.joint && id.nq > 64) /* eval_loaded's and the batches' per-head arrays */
-        return fail(err, errlen, "layer %d: the group objective takes at most 64 query heads per KV head, not %d",
+        return tool_err(err, errlen, "layer %d: the group objective takes at most 64 query heads per KV head, not %d",
                     id.layer, id.nq);
     /* joint: every head's records, which must match head qhead0's one for one */
     const tr_calib_qrec_t *grec[64] = {NULL};
@@ -272,7 +261,7 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
                        rg[ri].q.sink == r0[ri].q.sink && rg[ri].q.recent == r0[ri].q.recent &&
                        memcmp(rg[ri].q.positions, r0[ri].q.positions, (size_t)r0[ri].q.count * sizeof(int32_t)) == 0;
             if (!same)
-                return fail(err, errlen, "layer %d: the queries of heads %d and %d are not at the same positions "
+                return tool_err(err, errlen, "layer %d: the queries of heads %d and %d are not at the same positions "
                             "of the same sequences; the group objective needs every head of a group sampled "
                             "together (as hashattn-run --capture does)", id.layer, id.qhead0, id.qhead0 + g);
         }
@@ -294,7 +283,7 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
         !t->seqs || !t->mu || !t->sigma || !acc || (id.joint && !t->gtop)) {
         free(acc);
         task_free(t);
-        return fail(err, errlen, "out of memory loading layer %d, head %d", id.layer, id.qhead0);
+        return tool_err(err, errlen, "out of memory loading layer %d, head %d", id.layer, id.qhead0);
     }
     int64_t q = 0;
     for (int32_t sl = 0; sl < nslots; sl++) {
@@ -333,7 +322,7 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     }
     for (int64_t i = 0; i < t->nq; i++) {
         if (t->pos[i] >= t->seqs[t->seq[i]].n) {
-            fail(err, errlen, "layer %d, head %d: a query at position %d of sequence %lld sees keys the file "
+            tool_err(err, errlen, "layer %d, head %d: a query at position %d of sequence %lld sees keys the file "
                  "lacks (it has %d)", id.layer, id.qhead0 + t->slot[i], t->pos[i],
                  (long long)t->seqs[t->seq[i]].id, t->seqs[t->seq[i]].n);
             free(acc);
@@ -348,14 +337,14 @@ static int task_load(const tr_options_t *o, const tr_calib_t *c, task_id_t id, t
     if (id.joint && label_groups(t)) {
         free(acc);
         task_free(t);
-        return fail(err, errlen, "out of memory labelling layer %d, KV head %d", id.layer, id.kv_head);
+        return tool_err(err, errlen, "out of memory labelling layer %d, KV head %d", id.layer, id.kv_head);
     }
     /* normalisation statistics: query slots from their training queries, keys from every key */
     uint8_t *skip = malloc((size_t)t->nq);
     if (!skip) {
         free(acc);
         task_free(t);
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     }
     const size_t ldq = (size_t)t->nv * d;
     for (int32_t sl = 0; sl <= id.nq; sl++) {
@@ -494,7 +483,7 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
     uint32_t hq[64];
     int rc = -1;
     if (!ksig || !hsig || !scores || !use || !qsig || !proj || !buf) {
-        fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
+        tool_err(err, errlen, "out of memory evaluating layer %d", t->id.layer);
         goto done;
     }
     int64_t taken = 0;
@@ -514,7 +503,7 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
         if (!tmp || tr_mlp_signatures(tr_model_mlp(model, TR_SIDE_QUERY, t->id.layer, t->id.qhead0 + sl),
                                       t->dim, model->mlp_width, buf, n, d, tmp)) {
             free(tmp);
-            fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
+            tool_err(err, errlen, "out of memory evaluating layer %d", t->id.layer);
             goto done;
         }
         n = 0;
@@ -539,7 +528,7 @@ static int eval_loaded(const tr_options_t *o, const task_data_t *t, const tr_mod
         for (int32_t j = 0; j < nkm; j++)
             if (tr_mlp_signatures(tr_model_mlp(model, TR_SIDE_KEY, t->id.layer, t->id.key0 + j), t->dim,
                                   model->mlp_width, sq->keys, sq->n, d, ksig + (size_t)j * ((size_t)maxn + 1))) {
-                fail(err, errlen, "out of memory evaluating layer %d", t->id.layer);
+                tool_err(err, errlen, "out of memory evaluating layer %d", t->id.layer);
                 goto done;
             }
         if (simhash)
@@ -885,7 +874,7 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
     batches_t b = {0};
     int rc = -1, have_net = 0, have_bb = 0;
     if (!params) {
-        fail(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto done;
     }
     if (o->fresh) {
@@ -903,12 +892,12 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
 
     if (steps > 0) {
         if (tr_net_create(&net, be, t.dim, model->mlp_width, id.nq, id.nkm, id.joint, max_q, max_k)) {
-            fail(err, errlen, "out of memory for the network of layer %d, group %d", id.layer, id.group);
+            tool_err(err, errlen, "out of memory for the network of layer %d, group %d", id.layer, id.group);
             goto done;
         }
         have_net = 1;
         if (batch_buf_init(&bb, &t, max_q, max_k)) {
-            fail(err, errlen, "out of memory for batches");
+            tool_err(err, errlen, "out of memory for batches");
             goto done;
         }
         have_bb = 1;
@@ -921,7 +910,7 @@ static int run_task(pool_t *pl, tr_backend_t *be, task_id_t id, tr_task_report_t
             if (!b.order || bi >= b.nbatches) {
                 batches_free(&b);
                 if (make_batches(&t, o->batch, &rng, &b)) {
-                    fail(err, errlen, "out of memory for batches");
+                    tool_err(err, errlen, "out of memory for batches");
                     goto done;
                 }
                 bi = 0;
@@ -1031,13 +1020,13 @@ int tr_train(const tr_options_t *o, const tr_calib_t *calib, tr_model_t *model, 
     const tr_calib_shape_t *s = tr_calib_shape(calib);
     if (model->num_layers != s->num_layers || model->num_q_heads != s->num_q_heads ||
         model->num_kv_heads != s->num_kv_heads || model->head_dim != s->head_dim)
-        return fail(err, errlen, "the model's shape does not match the calibration file");
+        return tool_err(err, errlen, "the model's shape does not match the calibration file");
     if (o->cuda && !tr_have_cuda())
-        return fail(err, errlen, "this build has no CUDA backend (configure with HASHATTN_WITH_CUDA=ON)");
+        return tool_err(err, errlen, "this build has no CUDA backend (configure with HASHATTN_WITH_CUDA=ON)");
     if (o->batch < 1 || o->negatives < 0 || !(o->lr > 0) || !(o->pos_weight > 0) || o->holdout < 0 ||
         o->holdout >= 1 || o->threads < 1 ||
         (s->num_q_heads / s->num_kv_heads > 64 && (model->compact || o->group_loss)))
-        return fail(err, errlen, "bad options");
+        return tool_err(err, errlen, "bad options");
     pool_t pl;
     memset(&pl, 0, sizeof pl);
     pl.o = o;
@@ -1047,7 +1036,7 @@ int tr_train(const tr_options_t *o, const tr_calib_t *calib, tr_model_t *model, 
     pl.ntasks = tr_num_tasks(s, model->compact, o->group_loss, o->layers);
     pl.tasks = malloc(((size_t)pl.ntasks + 1) * sizeof *pl.tasks);
     if (!pl.tasks)
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     int32_t k = 0;
     for (int32_t l = 0; l < s->num_layers; l++)
         if (!o->layers || o->layers[l])
@@ -1073,6 +1062,6 @@ int tr_train(const tr_options_t *o, const tr_calib_t *calib, tr_model_t *model, 
     pthread_mutex_destroy(&pl.mu);
     free(pl.tasks);
     if (pl.failed)
-        return fail(err, errlen, "%s", pl.err);
+        return tool_err(err, errlen, "%s", pl.err);
     return 0;
 }

@@ -7,7 +7,6 @@
 #include "weights_io.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,20 +14,10 @@
 #include <json-c/json.h>
 
 #include "mlp.h"
+#include "tools/common/tool_util.h"
 
 static const char *const part_names[6] = {"w1", "b1", "w2", "b2", "w3", "b3"};
 static const char *const side_names[2] = {"query", "key"};
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int32_t side_heads(const tr_model_t *m, int side)
 {
@@ -90,7 +79,7 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
     size_t cap = 4096 + (size_t)m->num_layers * 12 * 160, len = 0;
     char *hdr = malloc(cap);
     if (!hdr)
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
 #define APPEND(...) len += (size_t)snprintf(hdr + len, cap - len, __VA_ARGS__)
     APPEND("{\"__metadata__\":{\"format\":\"hashattn-weights\",\"version\":\"1\",\"num_layers\":\"%d\","
            "\"num_q_heads\":\"%d\",\"num_kv_heads\":\"%d\",\"head_dim\":\"%d\",\"mlp_width\":\"%d\","
@@ -121,7 +110,7 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
 #undef APPEND
     if (len + 8 >= cap) {
         free(hdr);
-        return fail(err, errlen, "internal: weight file header overflow");
+        return tool_err(err, errlen, "internal: weight file header overflow");
     }
     while (len % 8)
         hdr[len++] = ' ';
@@ -130,7 +119,7 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
     char *tmp = malloc(plen + 5);
     if (!tmp) {
         free(hdr);
-        return fail(err, errlen, "out of memory");
+        return tool_err(err, errlen, "out of memory");
     }
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
@@ -139,7 +128,7 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
         int e = errno;
         free(hdr);
         free(tmp);
-        return fail(err, errlen, "cannot create %s: %s", path, strerror(e));
+        return tool_err(err, errlen, "cannot create %s: %s", path, strerror(e));
     }
     unsigned char n8[8];
     for (int i = 0; i < 8; i++)
@@ -160,7 +149,7 @@ int tr_weights_write(const char *path, const tr_model_t *m, char *err, size_t er
         int e = errno;
         remove(tmp);
         free(tmp);
-        return fail(err, errlen, "writing %s failed: %s", path, strerror(e));
+        return tool_err(err, errlen, "writing %s failed: %s", path, strerror(e));
     }
     free(tmp);
     return 0;
@@ -192,30 +181,30 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     memset(m, 0, sizeof *m);
     FILE *fp = fopen(path, "rb");
     if (!fp)
-        return fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return tool_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
     unsigned char *bytes = NULL;
     json_object *root = NULL;
     int rc = -1;
     if (fseek(fp, 0, SEEK_END) != 0) {
-        fail(err, errlen, "cannot seek %s", path);
+        tool_err(err, errlen, "cannot seek %s", path);
         goto done;
     }
     long size = ftell(fp);
     rewind(fp);
     if (size < 8 || !(bytes = malloc((size_t)size)) || fread(bytes, 1, (size_t)size, fp) != (size_t)size) {
-        fail(err, errlen, "cannot read %s (%ld bytes)", path, size);
+        tool_err(err, errlen, "cannot read %s (%ld bytes)", path, size);
         goto done;
     }
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--)
         n = (n << 8) | bytes[i];
     if (n < 2 || n > (uint64_t)size - 8) {
-        fail(err, errlen, "%s: safetensors header length %llu runs past the file", path, (unsigned long long)n);
+        tool_err(err, errlen, "%s: safetensors header length %llu runs past the file", path, (unsigned long long)n);
         goto done;
     }
     json_tokener *tok = json_tokener_new();
     if (!tok) {
-        fail(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto done;
     }
     root = json_tokener_parse_ex(tok, (const char *)bytes + 8, (int)n);
@@ -224,7 +213,7 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     json_object *meta, *v;
     if (!root || jerr || !json_object_is_type(root, json_type_object) ||
         !json_object_object_get_ex(root, "__metadata__", &meta)) {
-        fail(err, errlen, "%s: not a safetensors file with __metadata__", path);
+        tool_err(err, errlen, "%s: not a safetensors file with __metadata__", path);
         goto done;
     }
     int32_t bits = 0;
@@ -238,7 +227,7 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
         meta_int(meta, "num_kv_heads", &m->num_kv_heads) || meta_int(meta, "head_dim", &m->head_dim) ||
         meta_int(meta, "mlp_width", &m->mlp_width) || meta_int(meta, "hash_bits", &bits) || !layout ||
         (strcmp(layout, "per_query_head") != 0 && strcmp(layout, "per_kv_head") != 0)) {
-        fail(err, errlen, "%s: __metadata__ is not hashattn-weights version 1 with every shape key", path);
+        tool_err(err, errlen, "%s: __metadata__ is not hashattn-weights version 1 with every shape key", path);
         goto done;
     }
     m->compact = strcmp(layout, "per_kv_head") == 0;
@@ -250,12 +239,12 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     if (bits != TR_BITS || m->num_layers < 1 || m->num_q_heads < 1 || m->num_kv_heads < 1 ||
         m->num_q_heads % m->num_kv_heads || m->head_dim < 1 || m->mlp_width < 1 || m->mlp_width > 4096 ||
         m->head_dim > 4096) {
-        fail(err, errlen, "%s: unsupported shape (layers %d, Hq %d, Hkv %d, D %d, m %d, bits %d)", path,
+        tool_err(err, errlen, "%s: unsupported shape (layers %d, Hq %d, Hkv %d, D %d, m %d, bits %d)", path,
              m->num_layers, m->num_q_heads, m->num_kv_heads, m->head_dim, m->mlp_width, bits);
         goto done;
     }
     if (tr_model_alloc(m)) {
-        fail(err, errlen, "out of memory");
+        tool_err(err, errlen, "out of memory");
         goto done;
     }
     size_t sizes[6], data_size = (size_t)size - 8 - (size_t)n;
@@ -273,12 +262,12 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
                     !json_object_object_get_ex(info, "data_offsets", &offs) ||
                     !json_object_is_type(shape, json_type_array) || !json_object_is_type(offs, json_type_array) ||
                     json_object_array_length(offs) != 2) {
-                    fail(err, errlen, "%s: tensor %s is missing or incomplete", path, name);
+                    tool_err(err, errlen, "%s: tensor %s is missing or incomplete", path, name);
                     goto done;
                 }
                 int bf16 = strcmp(json_object_get_string(dt), "BF16") == 0;
                 if (!bf16 && strcmp(json_object_get_string(dt), "F32") != 0) {
-                    fail(err, errlen, "%s: tensor %s has dtype %s (F32 or BF16 expected)", path, name,
+                    tool_err(err, errlen, "%s: tensor %s has dtype %s (F32 or BF16 expected)", path, name,
                          json_object_get_string(dt));
                     goto done;
                 }
@@ -291,7 +280,7 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
                 int64_t b1 = json_object_get_int64(json_object_array_get_idx(offs, 1));
                 size_t count = (size_t)want[0] * sizes[p], el = bf16 ? 2 : 4;
                 if (!ok || b0 < 0 || b1 < b0 || (uint64_t)b1 > data_size || (size_t)(b1 - b0) != count * el) {
-                    fail(err, errlen, "%s: tensor %s has the wrong shape or data_offsets", path, name);
+                    tool_err(err, errlen, "%s: tensor %s has the wrong shape or data_offsets", path, name);
                     goto done;
                 }
                 const unsigned char *src = data + b0;
