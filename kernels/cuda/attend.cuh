@@ -342,6 +342,38 @@ struct AttnArgs {
     int32_t sel_k;
 };
 
+/* The AttnArgs fields that a decode's and a prefill's params give alike (P:
+ * ha_decode_params_t or ha_prefill_params_t): head counts, rows, caches,
+ * block tables, and the softmax scale in log2 units (the kernels use exp2). */
+template <typename P>
+inline void attn_args_common(AttnArgs &A, const P *p, int G, int nhg, int64_t max_tokens)
+{
+    A.Hq = p->num_q_heads;
+    A.Hkv = p->num_kv_heads;
+    A.G = G;
+    A.nhg = nhg;
+    A.bs = p->block_size;
+    A.scale_log2 = p->scale * 1.4426950408889634f;
+    A.q = p->query.data;
+    A.q_st = p->query.stride_token;
+    A.q_sh = p->query.stride_head;
+    A.out = p->output.data;
+    A.o_st = p->output.stride_token;
+    A.o_sh = p->output.stride_head;
+    A.kc = p->key_cache.data;
+    A.k_sb = p->key_cache.stride_block;
+    A.k_st = p->key_cache.stride_token;
+    A.k_sh = p->key_cache.stride_head;
+    A.vc = p->value_cache.data;
+    A.v_sb = p->value_cache.stride_block;
+    A.v_st = p->value_cache.stride_token;
+    A.v_sh = p->value_cache.stride_head;
+    A.bt = p->block_tables;
+    A.bt_stride = p->block_table_stride;
+    A.seq_lens = p->seq_lens;
+    A.max_tokens = max_tokens;
+}
+
 /* Softmax states merged at the end of a block: one per warp. */
 constexpr int kAttnStates = kAttnThreads / 32;
 
