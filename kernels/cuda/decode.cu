@@ -1451,8 +1451,6 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
     cb.all_parts = Apass.parts > 0;
-    const dim3 cgrid((unsigned)B, (unsigned)Hq);
-    const int cthreads = D * combine_groups(cb.nch);
-    HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY(launch(combine_kernel<T, DD>, cgrid, dim3(cthreads), 0, st, pdl, cb)));
+    HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY((launch_combine<T, DD>(cb, B, st, pdl))));
     return HA_KERNEL_OK;
 }

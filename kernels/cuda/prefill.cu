@@ -139,9 +139,6 @@ extern "C" ha_kernel_status_t ha_cuda_prefill(const ha_prefill_params_t *p)
     cb.out = p->output.data;
     cb.o_st = p->output.stride_token;
     cb.o_sh = p->output.stride_head;
-    const int cthreads = D * combine_groups(nch);
-    HA_DISPATCH(p->dtype, D, T, DD,
-                HA_CUDA_TRY(launch(combine_kernel<T, DD>, dim3((unsigned)rows, (unsigned)Hq), dim3(cthreads), 0, st,
-                                   tuning().pdl == 1, cb)));
+    HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY((launch_combine<T, DD>(cb, rows, st, tuning().pdl == 1))));
     return HA_KERNEL_OK;
 }
