@@ -6,15 +6,11 @@
 
 #include <math.h>
 #include <stdio.h>
-#include <time.h>
 #include <unistd.h>
 
-double tr_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "tools/common/tool_util.h"
+
+double tr_now(void) { return tool_now_s(); }
 
 static void fmt_time(char *buf, size_t n, double s)
 {
