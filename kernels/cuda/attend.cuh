@@ -1376,6 +1376,38 @@ __host__ __device__ inline int combine_groups(int nch, int dslice)
     return g < 1 ? 1 : g > gmax ? gmax : g;
 }
 
+/* Folds n states (m_k, w_k, o_k) -- weight sum w_k and weighted sum o_k at
+ * maximum lse m_k, empty where m_k is -inf -- into the state (M, W, O): the
+ * maximum first, then independent exp2/FMAs in k order, without a rescaling
+ * chain through the states. state(k, m, w, o) gives state k. */
+template <typename State>
+__device__ __forceinline__ void combine_fold(float &M, float &W, float &O, int n, State state)
+{
+    float m = M;
+#pragma unroll
+    for (int k = 0; k < n; k++) {
+        float mk, wk, ok;
+        state(k, mk, wk, ok);
+        m = fmaxf(m, mk);
+    }
+    if (m == -INFINITY)
+        return;
+    const float f = exp2f(M - m); /* 0 while M is -inf */
+    W *= f;
+    O *= f;
+    M = m;
+#pragma unroll
+    for (int k = 0; k < n; k++) {
+        float mk, wk, ok;
+        state(k, mk, wk, ok);
+        if (mk == -INFINITY) /* an empty state: its o is not a number to weigh */
+            continue;
+        const float w = exp2f(mk - M);
+        W = fmaf(wk, w, W);
+        O = fmaf(ok, w, O);
+    }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kCombineMaxThreads) combine_kernel(const CombineArgs a)
 {
@@ -1400,24 +1432,11 @@ __global__ void __launch_bounds__(kCombineMaxThreads) combine_kernel(const Combi
             l[k] = in ? a.part_lse[pi + c0 + k] : -INFINITY;
             o[k] = in ? a.part_o[(pi + c0 + k) * D + d] : 0.0f;
         }
-        float m = M;
-#pragma unroll
-        for (int k = 0; k < kCombineRound; k++)
-            m = fmaxf(m, l[k]);
-        if (m == -INFINITY)
-            continue;
-        const float f = exp2f(M - m); /* 0 while M is -inf */
-        W *= f;
-        O *= f;
-        M = m;
-#pragma unroll
-        for (int k = 0; k < kCombineRound; k++) {
-            if (l[k] == -INFINITY) /* an empty partial: its o is not a number to weigh */
-                continue;
-            const float w = exp2f(l[k] - M);
-            W += w;
-            O = fmaf(w, o[k], O);
-        }
+        combine_fold(M, W, O, kCombineRound, [&](int k, float &mk, float &wk, float &ok) {
+            mk = l[k];
+            wk = 1.0f; /* a partial is one state of weight sum 1 */
+            ok = o[k];
+        });
     }
     if (ng > 1) { /* uniform: the launch's group count */
         sm_m[t] = M;
@@ -1426,21 +1445,14 @@ __global__ void __launch_bounds__(kCombineMaxThreads) combine_kernel(const Combi
         __syncthreads();
         if (g > 0)
             return;
-        const int dl = t;
         M = -INFINITY;
-        for (int k = 0; k < ng; k++)
-            M = fmaxf(M, sm_m[k * ds + dl]);
         W = 0.0f;
         O = 0.0f;
-        if (M != -INFINITY)
-            for (int k = 0; k < ng; k++) {
-                const float mk = sm_m[k * ds + dl];
-                if (mk == -INFINITY)
-                    continue;
-                const float w = exp2f(mk - M);
-                W = fmaf(sm_w[k * ds + dl], w, W);
-                O = fmaf(sm_o[k * ds + dl], w, O);
-            }
+        combine_fold(M, W, O, ng, [&](int k, float &mk, float &wk, float &ok) {
+            mk = sm_m[k * ds + t];
+            wk = sm_w[k * ds + t];
+            ok = sm_o[k * ds + t];
+        });
     }
     static_cast<T *>(a.out)[(int64_t)row * a.o_st + (int64_t)h * a.o_sh + d] = from_f32<T>(W > 0.0f ? O / W : 0.0f);
 }
