@@ -297,9 +297,6 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
         }
         TRY(check_sig_cache(ctx, op, a.signature_cache, num_blocks, &p.sig_cache));
     }
-    if (vslot.strides[0] != 1 && n > 1)
-        return ha_fail(ctx, BAD, "cache_write: slot_mapping.strides[0] = %lld, must be 1",
-                       (long long)vslot.strides[0]);
     if (ctx->backend == HA_BACKEND_CPU) {
         const int64_t *slots = (const int64_t *)vslot.data;
         const int64_t limit = num_blocks * c->block_size;
@@ -389,8 +386,6 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
         p.cnt_stride_head = v.strides[1];
     }
     TRY(check_tables(ctx, op, a.block_tables, a.seq_lens, num_seqs, num_blocks, &vbt, &vsl));
-    if (vsl.strides[0] != 1 && num_seqs > 1)
-        return ha_fail(ctx, BAD, "decode: seq_lens.strides[0] = %lld, must be 1", (long long)vsl.strides[0]);
     if (num_seqs > INT32_MAX)
         return ha_fail(ctx, BAD, "decode: query.shape[0] = %lld is too many sequences", (long long)num_seqs);
 
@@ -463,8 +458,6 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
         return ha_fail(ctx, BAD, "prefill: query_start_loc.shape[0] = 0, expected num_seqs + 1 >= 1");
     const int64_t num_seqs = vqsl.shape[0] - 1;
     TRY(check_tables(ctx, op, a.block_tables, a.seq_lens, num_seqs, num_blocks, &vbt, &vsl));
-    if ((vqsl.strides[0] != 1 && num_seqs > 0) || (vsl.strides[0] != 1 && num_seqs > 1))
-        return ha_fail(ctx, BAD, "prefill: query_start_loc and seq_lens must be contiguous");
     if (num_tokens > INT32_MAX)
         return ha_fail(ctx, BAD, "prefill: query.shape[0] = %lld is too many tokens", (long long)num_tokens);
     if (ctx->backend == HA_BACKEND_CPU) {

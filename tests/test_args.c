@@ -256,6 +256,7 @@ MUT(d_sl_negative, { HT_SET(e->dc.seq_lens, -1, 0); })
 MUT(d_sl_dtype, { DLTensor *t = mod(e, DA.seq_lens); t->dtype = HT_I64; DA.seq_lens = t; })
 MUT(d_sl_shape, { DLTensor *t = mod(e, DA.seq_lens); t->shape[0] = 4; DA.seq_lens = t; })
 MUT(d_sl_null, { DA.seq_lens = NULL; })
+MUT(d_sl_stride, { DLTensor *t = mod(e, DA.seq_lens); t->strides[0] = 2; DA.seq_lens = t; })
 MUT(d_out_shape, { DLTensor *t = mod(e, DA.output); t->shape[1] = 8; DA.output = t; })
 MUT(d_out_dtype, { DLTensor *t = mod(e, DA.output); t->dtype = HT_F32; DA.output = t; })
 MUT(d_out_null, { DA.output = NULL; })
@@ -294,6 +295,7 @@ MUT(w_slot_huge, { HT_SET(e->wslots, 1e15, 2); })
 MUT(w_slot_dtype, { DLTensor *t = mod(e, WA.slot_mapping); t->dtype = HT_I32; WA.slot_mapping = t; })
 MUT(w_slot_len, { DLTensor *t = mod(e, WA.slot_mapping); t->shape[0] = 2; WA.slot_mapping = t; })
 MUT(w_slot_null, { WA.slot_mapping = NULL; })
+MUT(w_slot_stride, { DLTensor *t = mod(e, WA.slot_mapping); t->strides[0] = 2; WA.slot_mapping = t; })
 MUT(w_key_heads, { DLTensor *t = mod(e, WA.key); t->shape[1] = 3; WA.key = t; })
 MUT(w_key_dtype, { DLTensor *t = mod(e, WA.key); t->dtype = HT_F16; WA.key = t; })
 MUT(w_key_inner_stride, { DLTensor *t = mod(e, WA.key); t->strides[2] = 2; WA.key = t; })
@@ -320,6 +322,8 @@ MUT(p_qsl_last, { HT_SET(e->pc.qsl, HT_GET(e->pc.qsl, 3) - 1, 3); })
 MUT(p_qsl_shape, { DLTensor *t = mod(e, PA.query_start_loc); t->shape[0] = 3; PA.query_start_loc = t; })
 MUT(p_qsl_dtype, { DLTensor *t = mod(e, PA.query_start_loc); t->dtype = HT_I64; PA.query_start_loc = t; })
 MUT(p_qsl_null, { PA.query_start_loc = NULL; })
+MUT(p_qsl_stride, { DLTensor *t = mod(e, PA.query_start_loc); t->strides[0] = 2; PA.query_start_loc = t; })
+MUT(p_sl_stride, { DLTensor *t = mod(e, PA.seq_lens); t->strides[0] = 2; PA.seq_lens = t; })
 MUT(p_rows_gt_len, { HT_SET(e->pc.seq_lens, e->pc.chunk[0] - 1, 0); })
 MUT(p_flags, { PA.flags = 1u; })
 MUT(p_query_null, { PA.query = NULL; })
@@ -395,6 +399,7 @@ static const bad_case_t k_bad[] = {
     {"seq_lens_dtype_i64", OP_DECODE, d_sl_dtype, IA, "seq_lens"},
     {"seq_lens_shape", OP_DECODE, d_sl_shape, IA, "seq_lens|query|block_tables"},
     {"seq_lens_null", OP_DECODE, d_sl_null, IA, "seq_lens"},
+    {"seq_lens_stride_2", OP_DECODE, d_sl_stride, IA, "seq_lens.strides[0] = 2"},
     {"output_shape", OP_DECODE, d_out_shape, IA, "output"},
     {"output_dtype_f32", OP_DECODE, d_out_dtype, IA, "output"},
     {"output_null", OP_DECODE, d_out_null, IA, "output"},
@@ -426,6 +431,7 @@ static const bad_case_t k_bad[] = {
     {"slot_mapping_dtype_i32", OP_WRITE, w_slot_dtype, IA, "slot_mapping"},
     {"slot_mapping_len", OP_WRITE, w_slot_len, IA, "slot_mapping|key"},
     {"slot_mapping_null", OP_WRITE, w_slot_null, IA, "slot_mapping"},
+    {"slot_mapping_stride_2", OP_WRITE, w_slot_stride, IA, "slot_mapping.strides[0] = 2"},
     {"key_hkv_3", OP_WRITE, w_key_heads, IA, "key"},
     {"key_dtype_f16", OP_WRITE, w_key_dtype, IA, "key"},
     {"key_inner_stride_2", OP_WRITE, w_key_inner_stride, IA, "key"},
@@ -448,6 +454,8 @@ static const bad_case_t k_bad[] = {
     {"query_start_loc_shape", OP_PREFILL, p_qsl_shape, IA, "query_start_loc|block_tables|seq_lens"},
     {"query_start_loc_dtype_i64", OP_PREFILL, p_qsl_dtype, IA, "query_start_loc"},
     {"query_start_loc_null", OP_PREFILL, p_qsl_null, IA, "query_start_loc"},
+    {"query_start_loc_stride_2", OP_PREFILL, p_qsl_stride, IA, "query_start_loc.strides[0] = 2"},
+    {"seq_lens_stride_2", OP_PREFILL, p_sl_stride, IA, "seq_lens.strides[0] = 2"},
     {"chunk_longer_than_seq_len", OP_PREFILL, p_rows_gt_len, IA, "seq_lens|query_start_loc"},
     {"unknown_flags", OP_PREFILL, p_flags, IA, "flags"},
     {"query_null", OP_PREFILL, p_query_null, IA, "query"},

@@ -122,8 +122,8 @@ static void add_tokenizer(gw_t *w, int n_vocab)
         type[n++] = 1;
     }
     while (n < n_vocab) {
-        char *s = xmalloc(16);
-        snprintf(s, 16, "<pad%d>", n);
+        char *s = xmalloc(24);
+        snprintf(s, 24, "<pad%d>", n);
         tok[n] = s;
         type[n++] = 5;
     }
