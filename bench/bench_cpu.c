@@ -18,21 +18,16 @@
  * B 8. docs/performance.md "Run 35" (prefill, then named bench_cpu_prefill)
  * and "Run 38" (decode) have the numbers.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime for tool_now_s */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_util.h"
+#include "tools/common/tool_util.h"
 
 #define BS 16
-
-static double now_s(void)
-{
-    struct timespec t;
-    timespec_get(&t, TIME_UTC);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* a compact CPU tensor over data */
 static DLTensor tensor(void *data, DLDataType dt, int ndim, int64_t *shape)
@@ -155,12 +150,12 @@ int main(int argc, char **argv)
     da.workspace_size = ws_bytes;
     float *t = malloc((size_t)reps * sizeof *t);
     for (int r = 0; r < reps; r++) {
-        const double t0 = now_s();
+        const double t0 = tool_now_s();
         if ((decode ? api->decode(ctx, &da) : api->prefill(ctx, &pa)) != HASHATTN_STATUS_OK) {
             fprintf(stderr, "bench_cpu: %s: %s\n", decode ? "decode" : "prefill", api->last_error(ctx));
             return 1;
         }
-        t[r] = (float)(now_s() - t0);
+        t[r] = (float)(tool_now_s() - t0);
     }
     qsort(t, (size_t)reps, sizeof *t, ha_bench_cmp_float);
     const double triples = decode ? (double)batch * n * hq : (double)n * (n + 1) / 2 * hq, med = t[reps / 2];
