@@ -98,6 +98,7 @@ typedef struct bench_case {
     int staged;       /* lab: -1 = score_staged off (the register form, before run 14); 0 default;
                          1: group selection only; 2: per-head selection too */
     int warps;        /* lab: warps per block of the warp score kernels (score_warps; 0 automatic) */
+    int nohist;       /* lab, with stop = 2: the scores without their histograms (score_nohist) */
 } bench_case_t;
 
 enum { PDL_DEFAULT = 0, PDL_OFF, PDL_ON };
@@ -144,6 +145,9 @@ static const bench_case_t k_cases[] = {
     {"upto2_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2},
     {"upto3_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 3},
     {"upto2_gp32_b8_128k", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2},
+    /* run 46: the cuts after the scores without their histograms (the selection given the scores) */
+    {"upto2nh_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
+    {"upto2nh_gp32_b8_128k", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
     {"upto1_gp32_b1_8k", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 1},
     {"upto3_gp32_b1_8k", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 3},
     {"gp32_b1_8k_c8192", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .sparse_chunk = 8192},
@@ -375,7 +379,7 @@ static const struct {
     TUNE_FIELD(score_staged), TUNE_FIELD(score_warps),
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
-    TUNE_FIELD(walk_lane_max),
+    TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist),
 };
 enum { MAX_TUNES = 16 };
 static struct {
@@ -612,6 +616,7 @@ int main(int argc, char **argv)
         if (bc->noclu)
             tn.qhash_cluster = 0;
         tn.stop_after = bc->stop;
+        tn.score_nohist = bc->nohist;
         if (bc->blockscore)
             tn.score_block_items = bc->blockscore == 1 ? 1 : 0;
         if (bc->serialc)

@@ -457,7 +457,11 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
  * allocates the paper layout's G = 4 kernel without its 12-byte spill (run 28,
  * A/B in two calls: gp32 B=8 128K 138.6 -> 137.9 us a step on average, within
  * noise in one of them; the other shapes the same). */
-template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0, bool PL = false>
+/* NH (lab, knob score_nohist; run 46): the scores without the histograms,
+ * for a step cut after the scores (stop_after 2): the cut after the
+ * selection less that one is what the selection costs given the scores. */
+template <bool GROUPSEL, int GW, int V = 1, int S = 0, int QR = score_qr<GW>(), int GC = 0, bool PL = false,
+          bool NH = false>
 __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const ScoreArgs a)
 {
     static_assert(!PL || (GROUPSEL && GW == 1 && GC == 4 && QR == 4), "count planes: compact layout, G = 4");
@@ -561,10 +565,12 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 const int s3 = group_score(it, w, k, V > 3 ? 3 : 0, pk + 3);
                 *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) =
                     (uint32_t)s0 | (uint32_t)s1 << 8 | (uint32_t)s2 << 16 | (uint32_t)s3 << 24;
-                atomicAdd(&hw[s0], 1);
-                atomicAdd(&hw[s1], 1);
-                atomicAdd(&hw[s2], 1);
-                atomicAdd(&hw[s3], 1);
+                if (!NH) {
+                    atomicAdd(&hw[s0], 1);
+                    atomicAdd(&hw[s1], 1);
+                    atomicAdd(&hw[s2], 1);
+                    atomicAdd(&hw[s3], 1);
+                }
             } else if (GROUPSEL) {
                 uint32_t packed = 0u; /* V = 4, one-byte scores: the four in one store */
 #pragma unroll
@@ -579,7 +585,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                         static_cast<uint8_t *>(a.scores)[rowe + p] = (uint8_t)sc;
                     else
                         static_cast<uint16_t *>(a.scores)[rowe + p] = (uint16_t)sc;
-                    if (p >= it.lo && p < it.hi)
+                    if (!NH && p >= it.lo && p < it.hi)
                         atomicAdd(&hw[sc], 1);
                 }
                 if (V == 4 && one_byte) {
@@ -627,6 +633,8 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
     /* the warp's histogram -> the unit's histogram (atomics) and the item's
      * suffix-cumulative histogram; leaves the warp's histogram zeroed */
     auto merge = [&](const Item &it) {
+        if (NH)
+            return;
         __syncwarp();
         int32_t *const H = a.hist + ((int64_t)it.s * a.Hkv + it.kvh) * nbt;
         if (GROUPSEL) {
@@ -1023,7 +1031,7 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
                                 bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged,
-                                bool planes)
+                                bool planes, bool nohist)
 {
     const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
     /* warps per block of the warp kernels: 8, halved while the blocks (an
@@ -1070,6 +1078,13 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
+        if constexpr (GROUPSEL)
+            if (nohist) { /* lab: issue 3's two group kernels only */
+                if (sa.G != 4 || (gw <= 1 && !planes))
+                    return HA_KERNEL_UNSUPPORTED;
+                return gw <= 1 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true, true>)
+                               : go(score_warp_kernel<true, 4, 4, kScoreStages, score_qr<4>(), 4, false, true>);
+            }
         /* G = 4 (the Llama-family shape) known at compile time (run 20) */
         if (gw <= 1) {
             if constexpr (GROUPSEL)
@@ -1084,6 +1099,8 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         return sa.G == 4 ? go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages, score_qr<4>(), 4>)
                          : go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages>);
     }
+    if (nohist)
+        return HA_KERNEL_UNSUPPORTED; /* the lab's cut has only the staged forms */
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
     if (gw <= 4)
@@ -1406,12 +1423,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
              * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
              * under either rule) */
             const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
+            /* lab: scores without histograms, only where nothing reads them */
+            const bool nohist = tn.score_nohist != 0 && tn.stop_after == 2;
+            if (tn.score_nohist != 0 && (!nohist || !group_sel || block_items))
+                return HA_KERNEL_UNSUPPORTED;
             ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                                 tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0,
-                                                tn.score_planes != 0)
+                                                tn.score_planes != 0, nohist)
                            : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
                                                  tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
-                                                 tn.score_staged == 2, false);
+                                                 tn.score_staged == 2, false, false);
             if (ks != HA_KERNEL_OK || tn.stop_after == 2)
                 return ks;
 

@@ -79,6 +79,7 @@ static const ha_cuda_tuning_t kDefaults = {
     0,    /* walk_lane_max: every warp of the bit-mask pass writes its list together (run 41:
              selection alone gc32 B=8 128K 50.9 -> 49.25 us, -1 against 0, two rounds; 16, only
              the sink's and the recent window's warps, 50.5) */
+    0,    /* score_nohist: the histograms are built (1 is a lab cut only) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -91,6 +91,11 @@ typedef struct ha_cuda_tuning {
                                 more entries than this writes its entries together, entry k by
                                 lane k mod 32 (0: every warp); -1: each thread its own (before
                                 run 41) */
+    /* appended in run 46 */
+    int score_nohist;        /* 1 (with stop_after 2 and group selection's staged score kernels
+                                at G = 4 only, else the decode is refused): the scores without
+                                their histograms, so that the cut after the selection less this
+                                cut is what the selection costs given the scores; 0 (default) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -89,10 +89,37 @@ def test_compare_selection_after_the_scores(tmp_path):
     text = open(md).read()
     # the whole chain: 170 / 48; after the scores: 170 / (48 - 32) = 10.6x, 170 / 20 = 8.5x
     assert "| selection alone (compact) vs topk B=8 128K | 48.0 | 47.0 | 170.0 (topk) | 3.54x | 10.0x | MISSED |" in text
-    assert ("| selection after the scores (compact) vs topk B=8 128K | 16.0 | 15.5 | 170.0 (topk) | 10.62x | 10.0x "
-            "| met (not counted) |") in text
-    assert ("| selection after the scores (paper) vs topk B=8 128K | 20.0 | -1.0 | 170.0 (topk) | 8.50x | 10.0x "
-            "| missed (not counted) |") in text
+    assert ("| selection after the scores with their histograms (compact) vs topk B=8 128K | 16.0 | 15.5 | 170.0 "
+            "(topk) | 10.62x | 10.0x | met (not counted) |") in text
+    assert ("| selection after the scores with their histograms (paper) vs topk B=8 128K | 20.0 | -1.0 | 170.0 "
+            "(topk) | 8.50x | 10.0x | missed (not counted) |") in text
+    assert "step through the selection" not in text  # only beside a counted given-the-scores row
+
+
+def test_compare_selection_given_the_scores(tmp_path):
+    # run 46: with the cut after scores that build no histograms, the counted row is the
+    # selection given the scores (sel - upto2nh); the whole step and the cut after the
+    # scores with their histograms are shown beside it, not counted
+    topk = [{"B": 8, "N": 131072, "k": 4096, "us": 170.0}]
+    cases = [{"name": "sel_gc32_b8_128k", "B": 8, "N": 131072, "us": 48.0, "us_graph": 47.0, "tbps": 1.0},
+             {"name": "upto2_gc32_b8_128k", "B": 8, "N": 131072, "us": 32.0, "us_graph": 31.5, "tbps": 1.0},
+             {"name": "upto2nh_gc32_b8_128k", "B": 8, "N": 131072, "us": 31.0, "us_graph": 30.0, "tbps": 1.0},
+             {"name": "sel_gp32_b8_128k", "B": 8, "N": 131072, "us": 80.0, "tbps": 1.0},
+             {"name": "upto2nh_gp32_b8_128k", "B": 8, "N": 131072, "us": 59.0, "tbps": 1.0}]
+    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
+    b = write(tmp_path, "b.json", {"cases": cases})
+    md = str(tmp_path / "c.md")
+    assert anchor.compare(a, [b], md) == 0
+    text = open(md).read()
+    # 170 / (48 - 31) = 10.0x (met); 170 / (80 - 59) = 8.1x (missed)
+    assert ("| selection alone given the scores (compact) vs topk B=8 128K | 17.0 | 17.0 | 170.0 (topk) | 10.00x "
+            "| 10.0x | met |") in text
+    assert ("| selection alone given the scores (paper) vs topk B=8 128K | 21.0 | -1.0 | 170.0 (topk) | 8.10x "
+            "| 10.0x | MISSED |") in text
+    assert ("| step through the selection (MLPs, scores) (compact) vs topk B=8 128K | 48.0 | 47.0 | 170.0 (topk) "
+            "| 3.54x | 10.0x | missed (not counted) |") in text
+    assert "selection after the scores with their histograms (compact)" in text
+    assert "selection after the scores with their histograms (paper)" not in text  # no upto2_gp32 case
 
 
 if __name__ == "__main__":
