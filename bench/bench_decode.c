@@ -16,6 +16,9 @@
  * evicts L2 and keeps the GPU busy while the host enqueues the call (so host
  * overhead stays out of the GPU time); CUDA events around the call; median.
  * The same case is also captured once in a CUDA graph and its replays timed.
+ * A case with a partner (`pair`: issue 3's B=1 8K row, the shipped step
+ * against our dense decode) is then timed once more interleaved with it, AB
+ * BA BA AB ..., each call after its flush: the two medians of that loop.
  *
  * Cases named m135_* use the attention shape of the runner's default model
  * (SmolLM2-135M: Hq 9, Hkv 3, D 64, hash MLP width 64) at the batch and
@@ -99,6 +102,10 @@ typedef struct bench_case {
                          1: group selection only; 2: per-head selection too */
     int warps;        /* lab: warps per block of the warp score kernels (score_warps; 0 automatic) */
     int nohist;       /* lab, with stop = 2: the scores without their histograms (score_nohist) */
+    const char *pair; /* the name of a case of the same B and N timed again with this one,
+                         interleaved (ABBA), after both are timed alone: "us_paired" and
+                         "pair_us" in the JSON (issue 3's B=1 8K row: two runs of the same
+                         kernels, whose separate medians differ by the spread between them) */
 } bench_case_t;
 
 enum { PDL_DEFAULT = 0, PDL_OFF, PDL_ON };
@@ -223,8 +230,9 @@ static const bench_case_t k_cases[] = {
     {"hp32_b8_128k_serial", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .serialc = 1},
     {"sel_gc32_b8_128k_serial", 8, 131072, .sel = G_, .sig = C_,
      .sparsity = 32, .lab = 1, .select_only = 1, .serialc = 1},
-    {"gp32_b1_8k_auto", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .autodense = 1},
-    {"gc32_b1_8k_auto", 1, 8192, .sel = G_, .sig = C_, .sparsity = 32, .autodense = 1},
+    {"gp32_b1_8k_auto", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .autodense = 1, .pair = "dense_b1_8k"},
+    {"gc32_b1_8k_auto", 1, 8192, .sel = G_, .sig = C_, .sparsity = 32, .autodense = 1, .pair = "dense_b1_8k"},
+    {"hp32_b1_8k_auto", 1, 8192, .sel = H_, .sig = P_, .sparsity = 32, .autodense = 1, .pair = "dense_b1_8k"},
     {"gp32_b1_16k_auto", 1, 16384, .sel = G_, .sig = P_, .sparsity = 32, .autodense = 1},
     {"gp32_b1_32k_auto", 1, 32768, .sel = G_, .sig = P_, .sparsity = 32, .autodense = 1},
     {"gp32_b8_8k", 8, 8192, .sel = G_, .sig = P_, .sparsity = 32},
@@ -450,6 +458,105 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense, co
     return ctx;
 }
 
+/* The device data every case reads. */
+typedef struct bench_bufs {
+    void *kc, *vc, *sig_p, *sig_c, *q, *out, *bt_d, *bt_seq, *sl_d;
+    int64_t nblocks;
+} bench_bufs_t;
+
+/* One case's decode call, ready but for its workspace. The call's tensors
+ * point into the struct (and their shapes too): it must stay where it is. */
+typedef struct prepared {
+    int64_t sh_q[3], sh_kv[4], sh_sig[3], sh_bt[2], sh_sl[1];
+    DLTensor tq, to, tk, tv, ts, tb, tl;
+    hashattn_budget_t bud;
+    hashattn_decode_args_t a;
+    hashattn_context_t *ctx;
+    size_t ws_need;
+} prepared_t;
+
+/* Builds bc's call (its context on first use; the sequence lengths into
+ * bb->sl_d, so a case prepared later with another B or N changes them). */
+static void prepare(const bench_case_t *bc, const bench_bufs_t *bb, hashattn_context_t *ctxs[][2][2][2][2],
+                    cudaStream_t st, prepared_t *pc)
+{
+    const DLDataType bf16 = {kDLBfloat, 16, 1};
+    const int B = bc->B;
+    const int64_t N = bc->N, per_seq = N / BS;
+    const int sel_i = bc->sel == H_, sig_i = bc->sig == C_;
+    const bench_shape_t *sh = &k_shapes[bc->shape];
+    const int hq = sh->hq, hkv = sh->hkv, d = sh->d;
+    memset(pc, 0, sizeof *pc);
+    hashattn_context_t **cp = &ctxs[sel_i][sig_i][bc->hnd][bc->autodense][bc->shape];
+    if (!*cp)
+        *cp = make_ctx(bc->sel, bc->sig, bc->hnd, bc->autodense, sh);
+    pc->ctx = *cp;
+    int32_t lens[MAX_B];
+    for (int s = 0; s < B; s++)
+        lens[s] = (int32_t)N;
+    CK(cudaMemcpy(bb->sl_d, lens, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice));
+
+    const int64_t q3[3] = {B, hq, d}, kv4[4] = {bb->nblocks, bc->hnd ? hkv : BS, bc->hnd ? BS : hkv, d};
+    const int64_t sg3[3] = {bb->nblocks, sig_i ? hkv : hq, BS}, bt2[2] = {B, per_seq};
+    memcpy(pc->sh_q, q3, sizeof q3);
+    memcpy(pc->sh_kv, kv4, sizeof kv4);
+    memcpy(pc->sh_sig, sg3, sizeof sg3);
+    memcpy(pc->sh_bt, bt2, sizeof bt2);
+    pc->sh_sl[0] = B;
+    pc->tq = tensor(bb->q, bf16, 3, pc->sh_q);
+    pc->to = tensor(bb->out, bf16, 3, pc->sh_q);
+    pc->tk = tensor(bb->kc, bf16, 4, pc->sh_kv);
+    pc->tv = tensor(bb->vc, bf16, 4, pc->sh_kv);
+    pc->ts = tensor(sig_i ? bb->sig_c : bb->sig_p, (DLDataType){kDLUInt, 32, 1}, 3, pc->sh_sig);
+    pc->tb = tensor(bc->seqpg ? bb->bt_seq : bb->bt_d, (DLDataType){kDLInt, 32, 1}, 2, pc->sh_bt);
+    pc->tl = tensor(bb->sl_d, (DLDataType){kDLInt, 32, 1}, 1, pc->sh_sl);
+    pc->bud = (hashattn_budget_t)HASHATTN_BUDGET_INIT;
+    pc->bud.sink_tokens = SINK;
+    pc->bud.recent_tokens = RECENT;
+    pc->bud.heavy_count = -1;
+    pc->bud.heavy_fraction = bc->sparsity ? 1.0f / (float)bc->sparsity : 0.0f;
+
+    hashattn_workspace_args_t wa = HASHATTN_WORKSPACE_ARGS_INIT;
+    wa.op = HASHATTN_OP_DECODE;
+    wa.max_num_seqs = B;
+    wa.max_blocks_per_seq = (int32_t)per_seq;
+    HA(pc->ctx, g_api->workspace_size(pc->ctx, &wa, &pc->ws_need));
+    hashattn_decode_args_t *a = &pc->a;
+    *a = (hashattn_decode_args_t)HASHATTN_DECODE_ARGS_INIT;
+    a->flags = bc->dense ? HASHATTN_DECODE_DENSE : 0;
+    a->query = &pc->tq;
+    a->key_cache = &pc->tk;
+    a->value_cache = &pc->tv;
+    a->signature_cache = &pc->ts;
+    a->block_tables = &pc->tb;
+    a->seq_lens = &pc->tl;
+    a->output = &pc->to;
+    a->budget = &pc->bud;
+    a->stream = st;
+}
+
+/* One timed call after the flush: milliseconds between events around it. */
+static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, int r, cudaStream_t st, cudaEvent_t e0,
+                       cudaEvent_t e1)
+{
+    float ms = 0.0f;
+    CK(flush_l2(flush, flush_bytes, r, st));
+    CK(cudaEventRecord(e0, st));
+    (void)g_api->decode(pc->ctx, &pc->a);
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms;
+}
+
+static const bench_case_t *find_case(const bench_case_t *cases, int ncases, const char *name)
+{
+    for (int i = 0; name && i < ncases; i++)
+        if (!strcmp(cases[i].name, name))
+            return &cases[i];
+    return NULL;
+}
+
 /* --only: a comma-separated list of substrings and =NAMEs; NULL selects all. */
 static int selected(const char *only, const char *name)
 {
@@ -534,7 +641,6 @@ int main(int argc, char **argv)
     const int ncases = grid ? make_grid() : NCASES;
     /* device data, sized for the largest B x N: 1M tokens (4.3 GB of K/V), the grid's 8M */
     const int64_t nblocks = (grid ? GRID_MAX_TOKENS : MAX_TOKENS) / BS;
-    const DLDataType bf16 = {kDLBfloat, 16, 1};
     const size_t kv_elems = (size_t)nblocks * BS * HKV * D;
     void *kc, *vc, *sig_p, *sig_c, *q, *out, *flush, *bt_d, *sl_d;
     CK(cudaMalloc(&kc, kv_elems * 2));
@@ -571,6 +677,8 @@ int main(int argc, char **argv)
     for (int64_t i = 0; i < nblocks; i++)
         perm[i] = (int32_t)i;
     CK(cudaMemcpy(bt_seq, perm, sizeof(int32_t) * (size_t)nblocks, cudaMemcpyHostToDevice));
+    const bench_bufs_t bufs = {kc, vc, sig_p, sig_c, q, out, bt_d, bt_seq, sl_d, nblocks};
+    static prepared_t prep[2]; /* a case, and the case it is paired with */
 
     hashattn_context_t *ctxs[2][2][2][2][2]; /* [selection][layout][HND][auto dense][shape] */
     memset(ctxs, 0, sizeof ctxs);
@@ -632,58 +740,22 @@ int main(int argc, char **argv)
         ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;
-        const int64_t N = bc->N, per_seq = N / BS;
+        const int64_t N = bc->N;
         const int sel_i = bc->sel == H_, sig_i = bc->sig == C_;
-        const int au = bc->autodense;
         const bench_shape_t *sh = &k_shapes[bc->shape];
         const int hq = sh->hq, hkv = sh->hkv, d = sh->d;
-        hashattn_context_t **cp = &ctxs[sel_i][sig_i][bc->hnd][au][bc->shape];
-        if (!*cp)
-            *cp = make_ctx(bc->sel, bc->sig, bc->hnd, au, sh);
-        hashattn_context_t *ctx = *cp;
-        int32_t lens[MAX_B];
-        for (int s = 0; s < B; s++)
-            lens[s] = (int32_t)N;
-        CK(cudaMemcpy(sl_d, lens, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice));
-
-        int64_t sh_q[3] = {B, hq, d}, sh_kv[4] = {nblocks, bc->hnd ? hkv : BS, bc->hnd ? BS : hkv, d};
-        int64_t sh_sig[3] = {nblocks, sig_i ? hkv : hq, BS}, sh_bt[2] = {B, per_seq}, sh_sl[1] = {B};
-        DLTensor tq = tensor(q, bf16, 3, sh_q), to = tensor(out, bf16, 3, sh_q);
-        DLTensor tk = tensor(kc, bf16, 4, sh_kv), tv = tensor(vc, bf16, 4, sh_kv);
-        DLTensor ts = tensor(sig_i ? sig_c : sig_p, (DLDataType){kDLUInt, 32, 1}, 3, sh_sig);
-        DLTensor tb = tensor(bc->seqpg ? bt_seq : bt_d, (DLDataType){kDLInt, 32, 1}, 2, sh_bt);
-        DLTensor tl = tensor(sl_d, (DLDataType){kDLInt, 32, 1}, 1, sh_sl);
-        hashattn_budget_t bud = HASHATTN_BUDGET_INIT;
-        bud.sink_tokens = SINK;
-        bud.recent_tokens = RECENT;
-        bud.heavy_count = -1;
-        bud.heavy_fraction = bc->sparsity ? 1.0f / (float)bc->sparsity : 0.0f;
-
-        hashattn_workspace_args_t wa = HASHATTN_WORKSPACE_ARGS_INIT;
-        wa.op = HASHATTN_OP_DECODE;
-        wa.max_num_seqs = B;
-        wa.max_blocks_per_seq = (int32_t)per_seq;
-        size_t need = 0;
-        HA(ctx, g_api->workspace_size(ctx, &wa, &need));
-        if (need > ws_cap) {
+        prepared_t *pc = &prep[0];
+        prepare(bc, &bufs, ctxs, st, pc);
+        if (pc->ws_need > ws_cap) {
             if (ws)
                 CK(cudaFree(ws));
-            CK(cudaMalloc(&ws, need));
-            ws_cap = need;
+            CK(cudaMalloc(&ws, pc->ws_need));
+            ws_cap = pc->ws_need;
         }
-        hashattn_decode_args_t a = HASHATTN_DECODE_ARGS_INIT;
-        a.flags = bc->dense ? HASHATTN_DECODE_DENSE : 0;
-        a.query = &tq;
-        a.key_cache = &tk;
-        a.value_cache = &tv;
-        a.signature_cache = &ts;
-        a.block_tables = &tb;
-        a.seq_lens = &tl;
-        a.output = &to;
-        a.budget = &bud;
-        a.workspace = ws;
-        a.workspace_size = ws_cap;
-        a.stream = st;
+        pc->a.workspace = ws;
+        pc->a.workspace_size = ws_cap;
+        hashattn_context_t *ctx = pc->ctx;
+        hashattn_decode_args_t a = pc->a;
 
         hashattn_status_t dst = HASHATTN_STATUS_OK;
         for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
@@ -693,14 +765,8 @@ int main(int argc, char **argv)
             failed++;
             continue;
         }
-        for (int r = 0; r < reps; r++) {
-            CK(flush_l2(flush, flush_bytes, r, st));
-            CK(cudaEventRecord(e0, st));
-            (void)g_api->decode(ctx, &a);
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            CK(cudaEventElapsedTime(&times[r], e0, e1));
-        }
+        for (int r = 0; r < reps; r++)
+            times[r] = time_call(pc, flush, flush_bytes, r, st, e0, e1);
         qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
         const double med = 1000.0 * times[reps / 2], mn = 1000.0 * times[0];
 
@@ -732,13 +798,56 @@ int main(int argc, char **argv)
             }
         }
 
+        /* paired: this case and its partner interleaved, ABBA, each call after a flush */
+        double pmed = NAN, ppmed = NAN;
+        const bench_case_t *pb = bc->pair ? find_case(cases, ncases, bc->pair) : NULL;
+        if (bc->pair && (!pb || pb->B != B || pb->N != N)) {
+            printf("  (%s: pair %s: no case of the same B and N)\n", bc->name, bc->pair);
+            failed++;
+        } else if (pb) {
+            prepared_t *pp = &prep[1];
+            prepare(pb, &bufs, ctxs, st, pp);
+            if (pp->ws_need > ws_cap) {
+                CK(cudaFree(ws));
+                CK(cudaMalloc(&ws, pp->ws_need));
+                ws_cap = pp->ws_need;
+            }
+            pc->a.workspace = pp->a.workspace = ws;
+            pc->a.workspace_size = pp->a.workspace_size = ws_cap;
+            dst = HASHATTN_STATUS_OK;
+            for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
+                dst = g_api->decode(pp->ctx, &pp->a);
+            float *tp = malloc(sizeof(float) * (size_t)reps);
+            if (!tp || dst != HASHATTN_STATUS_OK || cudaStreamSynchronize(st) != cudaSuccess) {
+                printf("  (%s: pair %s: decode failed: %s)\n", bc->name, pb->name,
+                       tp ? g_api->last_error(pp->ctx) : "out of memory");
+                failed++;
+            } else {
+                for (int r = 0; r < reps; r++) {
+                    const int first = (r & 1) == ((r >> 1) & 1); /* AB BA BA AB, again and again */
+                    const prepared_t *x = first ? pc : pp, *y = first ? pp : pc;
+                    const float tx = time_call(x, flush, flush_bytes, 2 * r, st, e0, e1);
+                    const float ty = time_call(y, flush, flush_bytes, 2 * r + 1, st, e0, e1);
+                    times[r] = first ? tx : ty;
+                    tp[r] = first ? ty : tx;
+                }
+                qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
+                qsort(tp, (size_t)reps, sizeof(float), ha_bench_cmp_float);
+                pmed = 1000.0 * times[reps / 2];
+                ppmed = 1000.0 * tp[reps / 2];
+                printf("  %s paired with %s (interleaved, ABBA): %.1f against %.1f us\n", bc->name, pb->name, pmed,
+                       ppmed);
+            }
+            free(tp);
+        }
+
         /* bytes that must move */
         double bytes;
         const int64_t kv_row = (int64_t)d * 2 * 2; /* K + V of one token and KV head */
         if (bc->dense) {
             bytes = (double)B * N * hkv * kv_row;
         } else {
-            const int64_t keep = SINK + RECENT + (int64_t)((double)bud.heavy_fraction * (double)N);
+            const int64_t keep = SINK + RECENT + (int64_t)((double)pc->bud.heavy_fraction * (double)N);
             const int hsig = sig_i ? hkv : hq;
             const double sigb = (double)B * N * hsig * 4;
             const double gat = (double)B * (sel_i ? hq : hkv) * keep * kv_row;
@@ -749,8 +858,12 @@ int main(int argc, char **argv)
         if (jf)
             fprintf(jf,
                     "%s\n  {\"name\": \"%s\", \"B\": %d, \"N\": %lld, \"us\": %.2f, \"us_min\": %.2f, "
-                    "\"us_graph\": %.2f, \"bytes\": %.0f, \"tbps\": %.3f}",
+                    "\"us_graph\": %.2f, \"bytes\": %.0f, \"tbps\": %.3f",
                     ran ? "," : "", bc->name, B, (long long)N, med, mn, isnan(gmed) ? -1.0 : gmed, bytes, tbps);
+        if (jf && !isnan(pmed))
+            fprintf(jf, ", \"pair\": \"%s\", \"us_paired\": %.2f, \"pair_us\": %.2f", pb->name, pmed, ppmed);
+        if (jf)
+            fprintf(jf, "}");
         ran++;
     }
     if (jf) {
