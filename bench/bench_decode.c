@@ -835,8 +835,6 @@ int main(int argc, char **argv)
                 qsort(tp, (size_t)reps, sizeof(float), ha_bench_cmp_float);
                 pmed = 1000.0 * times[reps / 2];
                 ppmed = 1000.0 * tp[reps / 2];
-                printf("  %s paired with %s (interleaved, ABBA): %.1f against %.1f us\n", bc->name, pb->name, pmed,
-                       ppmed);
             }
             free(tp);
         }
@@ -855,6 +853,8 @@ int main(int argc, char **argv)
         }
         const double tbps = bytes / (med * 1e-6) / 1e12;
         printf("%-22s %3d %8lld %10.1f %10.1f %10.1f %8.2f\n", bc->name, B, (long long)N, med, mn, gmed, tbps);
+        if (!isnan(pmed))
+            printf("  interleaved with %s (AB BA BA AB ...): %.1f against %.1f us\n", pb->name, pmed, ppmed);
         if (jf)
             fprintf(jf,
                     "%s\n  {\"name\": \"%s\", \"B\": %d, \"N\": %lld, \"us\": %.2f, \"us_min\": %.2f, "
