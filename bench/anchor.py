@@ -110,10 +110,14 @@ def selection_given_scores(ours, sel_case):
     pass less the step cut after scores that build no histograms (`upto2nh_*`), both
     timed in the same call: the histograms, the thresholds and the lists, what
     torch.topk does given the same scores. None when the call has no such cut."""
-    s, n = ours.get(sel_case), ours.get(sel_case.replace("sel_", "upto2nh_", 1))
+    nh = sel_case.replace("sel_", "upto2nh_", 1)
+    s, n = ours.get(sel_case), ours.get(nh)
     if not s or not n:
         return None
     c = {"us": s["us"] - n["us"], "given": True}
+    if s.get("pair") == nh and "us_paired" in s:
+        # the two cuts timed interleaved in one loop (bench_decode's pair, since run 46)
+        c["us"], c["interleaved"] = s["us_paired"] - s["pair_us"], True
     if "us_graph" in s and "us_graph" in n:
         c["us_graph"] = s["us_graph"] - n["us_graph"]
     return c
@@ -139,7 +143,8 @@ def compare(anchor_path, bench_paths, md_path):
         if kind == "topk" and c:
             c = selection_given_scores(ours, case) or c
             if "given" in c:
-                what = what.replace("selection alone", "selection alone given the scores")
+                what = what.replace("selection alone", "selection alone given the scores") + (
+                    " (cuts interleaved)" if c.get("interleaved") else "")
         if not c or not e:
             lines.append("| %s | - | - | - | - | %.1fx | not run |" % (what, need))
             continue

@@ -17,8 +17,11 @@
  * overhead stays out of the GPU time); CUDA events around the call; median.
  * The same case is also captured once in a CUDA graph and its replays timed.
  * A case with a partner (`pair`: issue 3's B=1 8K row, the shipped step
- * against our dense decode) is then timed once more interleaved with it, AB
- * BA BA AB ..., each call after its flush: the two medians of that loop.
+ * against our dense decode; in bench_lab the cuts after the selection and
+ * after the scores without histograms, whose difference is the selection
+ * given the scores) is then timed once more interleaved with it, AB BA BA
+ * AB ..., each call after its flush and with its own knobs: the two medians
+ * of that loop.
  *
  * Cases named m135_* use the attention shape of the runner's default model
  * (SmolLM2-135M: Hq 9, Hkv 3, D 64, hash MLP width 64) at the batch and
@@ -103,9 +106,10 @@ typedef struct bench_case {
     int warps;        /* lab: warps per block of the warp score kernels (score_warps; 0 automatic) */
     int nohist;       /* lab, with stop = 2: the scores without their histograms (score_nohist) */
     const char *pair; /* the name of a case of the same B and N timed again with this one,
-                         interleaved (ABBA), after both are timed alone: "us_paired" and
-                         "pair_us" in the JSON (issue 3's B=1 8K row: two runs of the same
-                         kernels, whose separate medians differ by the spread between them) */
+                         interleaved (AB BA BA AB ...), after this one is timed alone:
+                         "us_paired" and "pair_us" in the JSON (issue 3's B=1 8K row, two
+                         runs of the same kernels whose separate medians differ by the
+                         spread between loops; the selection's two cuts) */
 } bench_case_t;
 
 enum { PDL_DEFAULT = 0, PDL_OFF, PDL_ON };
@@ -132,8 +136,10 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_8k", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32},
     {"gc32_b1_8k", 1, 8192, .sel = G_, .sig = C_, .sparsity = 32},
     /* kernel lab */
-    {"sel_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1},
-    {"sel_gp32_b8_128k", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .select_only = 1},
+    {"sel_gc32_b8_128k", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1,
+     .pair = "upto2nh_gc32_b8_128k"},
+    {"sel_gp32_b8_128k", 8, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .select_only = 1,
+     .pair = "upto2nh_gp32_b8_128k"},
     {"gc32_b8_128k_nopdl", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .pdl = PDL_OFF},
     {"gc32_b8_128k_c1024", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 1024},
     {"gc32_b8_128k_c4096", 8, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .sparse_chunk = 4096},
@@ -458,6 +464,38 @@ static hashattn_context_t *make_ctx(int sel, int sig, int hnd, int autodense, co
     return ctx;
 }
 
+#ifdef HA_BENCH_LAB
+/* bc's knobs: the defaults, the case's own, then --tune's */
+static void case_tuning(const bench_case_t *bc, ha_cuda_tuning_t *tn)
+{
+    ha_cuda_set_tuning(NULL);
+    ha_cuda_get_tuning(tn);
+    tn->select_only = bc->select_only;
+    if (bc->pdl != PDL_DEFAULT)
+        tn->pdl = bc->pdl == PDL_ON ? 1 : 0;
+    if (bc->sparse_chunk > 0)
+        tn->sparse_chunk = bc->sparse_chunk;
+    if (bc->dense_waves > 0)
+        tn->dense_waves = bc->dense_waves;
+    if (bc->noclu)
+        tn->qhash_cluster = 0;
+    tn->stop_after = bc->stop;
+    tn->score_nohist = bc->nohist;
+    if (bc->blockscore)
+        tn->score_block_items = bc->blockscore == 1 ? 1 : 0;
+    if (bc->serialc)
+        tn->compact_serial = 1;
+    if (bc->novec)
+        tn->score_vec4 = bc->novec > 0 ? 0 : 2;
+    if (bc->staged)
+        tn->score_staged = bc->staged > 0 ? bc->staged : 0;
+    if (bc->warps)
+        tn->score_warps = bc->warps;
+    for (int t = 0; t < g_ntunes; t++)
+        memcpy((char *)tn + g_tunes[t].off, &g_tunes[t].value, sizeof(int));
+}
+#endif
+
 /* The device data every case reads. */
 typedef struct bench_bufs {
     void *kc, *vc, *sig_p, *sig_c, *q, *out, *bt_d, *bt_seq, *sl_d;
@@ -473,6 +511,9 @@ typedef struct prepared {
     hashattn_decode_args_t a;
     hashattn_context_t *ctx;
     size_t ws_need;
+#ifdef HA_BENCH_LAB
+    ha_cuda_tuning_t tn; /* the case's knobs, set before each of its calls (use_case) */
+#endif
 } prepared_t;
 
 /* Builds bc's call (its context on first use; the sequence lengths into
@@ -487,6 +528,9 @@ static void prepare(const bench_case_t *bc, const bench_bufs_t *bb, hashattn_con
     const bench_shape_t *sh = &k_shapes[bc->shape];
     const int hq = sh->hq, hkv = sh->hkv, d = sh->d;
     memset(pc, 0, sizeof *pc);
+#ifdef HA_BENCH_LAB
+    case_tuning(bc, &pc->tn);
+#endif
     hashattn_context_t **cp = &ctxs[sel_i][sig_i][bc->hnd][bc->autodense][bc->shape];
     if (!*cp)
         *cp = make_ctx(bc->sel, bc->sig, bc->hnd, bc->autodense, sh);
@@ -535,11 +579,22 @@ static void prepare(const bench_case_t *bc, const bench_bufs_t *bb, hashattn_con
     a->stream = st;
 }
 
+/* The knobs of pc's case (bench_lab; the library reads them at each launch). */
+static void use_case(const prepared_t *pc)
+{
+#ifdef HA_BENCH_LAB
+    ha_cuda_set_tuning(&pc->tn);
+#else
+    (void)pc;
+#endif
+}
+
 /* One timed call after the flush: milliseconds between events around it. */
 static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, int r, cudaStream_t st, cudaEvent_t e0,
                        cudaEvent_t e1)
 {
     float ms = 0.0f;
+    use_case(pc);
     CK(flush_l2(flush, flush_bytes, r, st));
     CK(cudaEventRecord(e0, st));
     (void)g_api->decode(pc->ctx, &pc->a);
@@ -710,34 +765,6 @@ int main(int argc, char **argv)
 #ifndef HA_BENCH_LAB
         if (bc->lab)
             continue;
-#else
-        ha_cuda_tuning_t tn;
-        ha_cuda_set_tuning(NULL);
-        ha_cuda_get_tuning(&tn);
-        tn.select_only = bc->select_only;
-        if (bc->pdl != PDL_DEFAULT)
-            tn.pdl = bc->pdl == PDL_ON ? 1 : 0;
-        if (bc->sparse_chunk > 0)
-            tn.sparse_chunk = bc->sparse_chunk;
-        if (bc->dense_waves > 0)
-            tn.dense_waves = bc->dense_waves;
-        if (bc->noclu)
-            tn.qhash_cluster = 0;
-        tn.stop_after = bc->stop;
-        tn.score_nohist = bc->nohist;
-        if (bc->blockscore)
-            tn.score_block_items = bc->blockscore == 1 ? 1 : 0;
-        if (bc->serialc)
-            tn.compact_serial = 1;
-        if (bc->novec)
-            tn.score_vec4 = bc->novec > 0 ? 0 : 2;
-        if (bc->staged)
-            tn.score_staged = bc->staged > 0 ? bc->staged : 0;
-        if (bc->warps)
-            tn.score_warps = bc->warps;
-        for (int t = 0; t < g_ntunes; t++)
-            memcpy((char *)&tn + g_tunes[t].off, &g_tunes[t].value, sizeof(int));
-        ha_cuda_set_tuning(&tn);
 #endif
         const int B = bc->B;
         const int64_t N = bc->N;
@@ -757,6 +784,7 @@ int main(int argc, char **argv)
         hashattn_context_t *ctx = pc->ctx;
         hashattn_decode_args_t a = pc->a;
 
+        use_case(pc); /* the warm-up calls and the graph's capture below */
         hashattn_status_t dst = HASHATTN_STATUS_OK;
         for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
             dst = g_api->decode(ctx, &a);
@@ -801,6 +829,10 @@ int main(int argc, char **argv)
         /* paired: this case and its partner interleaved, ABBA, each call after a flush */
         double pmed = NAN, ppmed = NAN;
         const bench_case_t *pb = bc->pair ? find_case(cases, ncases, bc->pair) : NULL;
+#ifndef HA_BENCH_LAB
+        if (pb && pb->lab)
+            pb = NULL; /* its knobs need bench_lab */
+#endif
         if (bc->pair && (!pb || pb->B != B || pb->N != N)) {
             printf("  (%s: pair %s: no case of the same B and N)\n", bc->name, bc->pair);
             failed++;
@@ -814,6 +846,7 @@ int main(int argc, char **argv)
             }
             pc->a.workspace = pp->a.workspace = ws;
             pc->a.workspace_size = pp->a.workspace_size = ws_cap;
+            use_case(pp);
             dst = HASHATTN_STATUS_OK;
             for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
                 dst = g_api->decode(pp->ctx, &pp->a);

@@ -122,6 +122,22 @@ def test_compare_selection_given_the_scores(tmp_path):
     assert "selection after the scores with their histograms (paper)" not in text  # no upto2_gp32 case
 
 
+def test_compare_selection_given_the_scores_interleaved(tmp_path):
+    # the sel case timed interleaved with its upto2nh cut: that loop's difference counts
+    topk = [{"B": 8, "N": 131072, "k": 4096, "us": 170.0}]
+    cases = [{"name": "sel_gc32_b8_128k", "B": 8, "N": 131072, "us": 48.0, "us_graph": 47.0, "tbps": 1.0,
+              "pair": "upto2nh_gc32_b8_128k", "us_paired": 47.5, "pair_us": 31.5},
+             {"name": "upto2nh_gc32_b8_128k", "B": 8, "N": 131072, "us": 31.0, "us_graph": 30.0, "tbps": 1.0}]
+    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
+    b = write(tmp_path, "b.json", {"cases": cases})
+    md = str(tmp_path / "c.md")
+    assert anchor.compare(a, [b], md) == 0
+    text = open(md).read()
+    # 170 / (47.5 - 31.5) = 10.6x from the interleaved loop (the separate loops: 17.0, 10.0x)
+    assert ("| selection alone given the scores (compact) vs topk B=8 128K (cuts interleaved) | 16.0 | 17.0 | 170.0 "
+            "(topk) | 10.62x | 10.0x | met |") in text
+
+
 def test_compare_b1_8k_uses_the_interleaved_medians(tmp_path):
     # separate loops: 22.8 against 22.1 (3.2% slower: missed); the same case's interleaved
     # loop, 22.3 against 22.2: met. gc has no pair: its separate medians count.
