@@ -826,15 +826,16 @@ int main(int argc, char **argv)
             }
         }
 
-        /* paired: this case and its partner interleaved, ABBA, each call after a flush */
+        /* paired: this case and its partner interleaved, each call after a flush */
         double pmed = NAN, ppmed = NAN;
         const bench_case_t *pb = bc->pair ? find_case(cases, ncases, bc->pair) : NULL;
+        const char *why = !bc->pair ? NULL : !pb ? "no such case" : pb->B != B || pb->N != N ? "another B or N" : NULL;
 #ifndef HA_BENCH_LAB
-        if (pb && pb->lab)
-            pb = NULL; /* its knobs need bench_lab */
+        if (!why && pb && pb->lab)
+            why = "its knobs need bench_lab";
 #endif
-        if (bc->pair && (!pb || pb->B != B || pb->N != N)) {
-            printf("  (%s: pair %s: no case of the same B and N)\n", bc->name, bc->pair);
+        if (why) {
+            printf("  (%s: pair %s: %s)\n", bc->name, bc->pair, why);
             failed++;
         } else if (pb) {
             prepared_t *pp = &prep[1];

@@ -29,6 +29,15 @@ def write(tmp_path, name, obj):
     return str(p)
 
 
+def compare_text(tmp_path, cases, sdpa=(), topk=()):
+    """anchor.compare on made-up files: the table it writes"""
+    a = write(tmp_path, "a.json", {"sdpa": list(sdpa), "topk": list(topk)})
+    b = write(tmp_path, "b.json", {"cases": cases})
+    md = str(tmp_path / "c.md")
+    assert anchor.compare(a, [b], md) == 0
+    return open(md).read()
+
+
 def test_grid_sizes_are_issue_3s_where_memory_allows():
     assert anchor.GRID_SIZES == [(1, 8192), (8, 8192), (64, 8192), (1, 32768), (8, 32768), (64, 32768),
                                  (1, 131072), (8, 131072), (64, 131072), (1, 1048576), (8, 1048576)]
@@ -67,11 +76,7 @@ def test_compare_ratio_and_need(tmp_path, capsys):
     sdpa = [{"B": 8, "N": 131072, "us": 1000.0}]
     cases = [{"name": "gc32_b8_128k", "B": 8, "N": 131072, "us": 50.0, "us_graph": 48.0, "tbps": 3.0},
              {"name": "dense_b8_128k", "B": 8, "N": 131072, "us": 1250.0, "us_graph": 1200.0, "tbps": 3.0}]
-    a = write(tmp_path, "a.json", {"sdpa": sdpa, "topk": []})
-    b = write(tmp_path, "b.json", {"cases": cases})
-    md = str(tmp_path / "c.md")
-    assert anchor.compare(a, [b], md) == 0
-    text = open(md).read()
+    text = compare_text(tmp_path, cases, sdpa=sdpa)
     assert "| group+compact 32x B=8 128K | 50.0 | 48.0 | 1000.0 (sdpa) | 20.00x | 14.0x | met |" in text
     assert "| dense paged decode B=8 128K | 1250.0 | 1200.0 | 1000.0 (sdpa) | 0.80x | 0.9x | MISSED |" in text
 
@@ -82,11 +87,7 @@ def test_compare_selection_after_the_scores(tmp_path):
              {"name": "upto2_gc32_b8_128k", "B": 8, "N": 131072, "us": 32.0, "us_graph": 31.5, "tbps": 1.0},
              {"name": "sel_gp32_b8_128k", "B": 8, "N": 131072, "us": 80.0, "tbps": 1.0},
              {"name": "upto2_gp32_b8_128k", "B": 8, "N": 131072, "us": 60.0, "tbps": 1.0}]
-    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
-    b = write(tmp_path, "b.json", {"cases": cases})
-    md = str(tmp_path / "c.md")
-    assert anchor.compare(a, [b], md) == 0
-    text = open(md).read()
+    text = compare_text(tmp_path, cases, topk=topk)
     # the whole chain: 170 / 48; after the scores: 170 / (48 - 32) = 10.6x, 170 / 20 = 8.5x
     assert "| selection alone (compact) vs topk B=8 128K | 48.0 | 47.0 | 170.0 (topk) | 3.54x | 10.0x | MISSED |" in text
     assert ("| selection after the scores with their histograms (compact) vs topk B=8 128K | 16.0 | 15.5 | 170.0 "
@@ -106,11 +107,7 @@ def test_compare_selection_given_the_scores(tmp_path):
              {"name": "upto2nh_gc32_b8_128k", "B": 8, "N": 131072, "us": 31.0, "us_graph": 30.0, "tbps": 1.0},
              {"name": "sel_gp32_b8_128k", "B": 8, "N": 131072, "us": 80.0, "tbps": 1.0},
              {"name": "upto2nh_gp32_b8_128k", "B": 8, "N": 131072, "us": 59.0, "tbps": 1.0}]
-    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
-    b = write(tmp_path, "b.json", {"cases": cases})
-    md = str(tmp_path / "c.md")
-    assert anchor.compare(a, [b], md) == 0
-    text = open(md).read()
+    text = compare_text(tmp_path, cases, topk=topk)
     # 170 / (48 - 31) = 10.0x (met); 170 / (80 - 59) = 8.1x (missed)
     assert ("| selection alone given the scores (compact) vs topk B=8 128K | 17.0 | 17.0 | 170.0 (topk) | 10.00x "
             "| 10.0x | met |") in text
@@ -128,11 +125,7 @@ def test_compare_selection_given_the_scores_interleaved(tmp_path):
     cases = [{"name": "sel_gc32_b8_128k", "B": 8, "N": 131072, "us": 48.0, "us_graph": 47.0, "tbps": 1.0,
               "pair": "upto2nh_gc32_b8_128k", "us_paired": 47.5, "pair_us": 31.5},
              {"name": "upto2nh_gc32_b8_128k", "B": 8, "N": 131072, "us": 31.0, "us_graph": 30.0, "tbps": 1.0}]
-    a = write(tmp_path, "a.json", {"sdpa": [], "topk": topk})
-    b = write(tmp_path, "b.json", {"cases": cases})
-    md = str(tmp_path / "c.md")
-    assert anchor.compare(a, [b], md) == 0
-    text = open(md).read()
+    text = compare_text(tmp_path, cases, topk=topk)
     # 170 / (47.5 - 31.5) = 10.6x from the interleaved loop (the separate loops: 17.0, 10.0x)
     assert ("| selection alone given the scores (compact) vs topk B=8 128K (cuts interleaved) | 16.0 | 17.0 | 170.0 "
             "(topk) | 10.62x | 10.0x | met |") in text
@@ -145,11 +138,7 @@ def test_compare_b1_8k_uses_the_interleaved_medians(tmp_path):
              {"name": "gp32_b1_8k_auto", "B": 1, "N": 8192, "us": 22.8, "us_graph": 22.4, "tbps": 1.0,
               "pair": "dense_b1_8k", "us_paired": 22.3, "pair_us": 22.2},
              {"name": "gc32_b1_8k_auto", "B": 1, "N": 8192, "us": 22.8, "us_graph": 22.4, "tbps": 1.0}]
-    a = write(tmp_path, "a.json", {"sdpa": [], "topk": []})
-    b = write(tmp_path, "b.json", {"cases": cases})
-    md = str(tmp_path / "c.md")
-    assert anchor.compare(a, [b], md) == 0
-    text = open(md).read()
+    text = compare_text(tmp_path, cases)
     assert ("| B=1 8K group+paper as shipped (automatic dense) vs our dense, interleaved | 22.3 | 22.4 | 22.2 "
             "(our dense, same loop) | 1.00x | >= 1x | met |") in text
     assert ("| B=1 8K group+compact as shipped (automatic dense) vs our dense | 22.8 | 22.4 | 22.1 (our dense) "
