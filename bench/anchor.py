@@ -10,6 +10,10 @@
       option), CUDA events, median of 30.
   python3 bench/anchor.py --compare anchor.json bench.json [--md out.md]
       prints the table of issue 3's targets: ratio = anchor time / our time.
+      The selection row counts our selection given the scores (bench_lab's
+      sel_* cut less its upto2nh_* cut, from their interleaved loop when the
+      file has it) against torch.topk given the same scores; the B=1 8K rows
+      compare the shipped step with our dense decode from their interleaved loop.
   python3 bench/anchor.py --grid --json anchor-grid.json
       SDPA at every size of issue 3's matrix instead (N = 8K, 32K, 128K, 1M;
       B = 1, 8, 64 where memory allows: B x N up to 8M tokens), no topk.
