@@ -106,6 +106,9 @@ TARGETS = [
     ("per-head+paper 32x B=8 128K", "hp32_b8_128k", "sdpa", (8, 131072), 5.0),
     ("selection alone (compact) vs topk B=8 128K", "sel_gc32_b8_128k", "topk", (8, 131072), 10.0),
     ("selection alone (paper) vs topk B=8 128K", "sel_gp32_b8_128k", "topk", (8, 131072), 10.0),
+    # since run 46: the same row at B=1 (the issue names N = 128K, not B)
+    ("selection alone (compact) vs topk B=1 128K", "sel_gc32_b1_128k", "topk", (1, 131072), 10.0),
+    ("selection alone (paper) vs topk B=1 128K", "sel_gp32_b1_128k", "topk", (1, 131072), 10.0),
 ]
 
 
