@@ -166,6 +166,8 @@ static const bench_case_t k_cases[] = {
      .pair = "upto2nh_gc32_b1_128k"},
     {"sel_gp32_b1_128k", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .select_only = 1,
      .pair = "upto2nh_gp32_b1_128k"},
+    {"upto2_gc32_b1_128k", 1, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2},
+    {"upto2_gp32_b1_128k", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2},
     {"upto2nh_gc32_b1_128k", 1, 131072, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
     {"upto2nh_gp32_b1_128k", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
     {"sel_gc32_b1_1m", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1,
