@@ -616,6 +616,30 @@ static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, in
     return ms;
 }
 
+/* One workspace serves every case: grown to pc's need, and pc's call pointed at it. */
+static void give_workspace(prepared_t *pc, void **ws, size_t *cap)
+{
+    if (pc->ws_need > *cap) {
+        if (*ws)
+            CK(cudaFree(*ws));
+        CK(cudaMalloc(ws, pc->ws_need));
+        *cap = pc->ws_need;
+    }
+    pc->a.workspace = *ws;
+    pc->a.workspace_size = *cap;
+}
+
+/* Three untimed calls with pc's knobs, then a sync; 1 when all went well
+ * (*dst: the first failed call's status, or OK). */
+static int warm_up(const prepared_t *pc, cudaStream_t st, hashattn_status_t *dst)
+{
+    use_case(pc);
+    *dst = HASHATTN_STATUS_OK;
+    for (int w = 0; w < 3 && *dst == HASHATTN_STATUS_OK; w++)
+        *dst = g_api->decode(pc->ctx, &pc->a);
+    return *dst == HASHATTN_STATUS_OK && cudaStreamSynchronize(st) == cudaSuccess;
+}
+
 static const bench_case_t *find_case(const bench_case_t *cases, int ncases, const char *name)
 {
     for (int i = 0; name && i < ncases; i++)
@@ -785,22 +809,12 @@ int main(int argc, char **argv)
         const int hq = sh->hq, hkv = sh->hkv, d = sh->d;
         prepared_t *pc = &prep[0];
         prepare(bc, &bufs, ctxs, st, pc);
-        if (pc->ws_need > ws_cap) {
-            if (ws)
-                CK(cudaFree(ws));
-            CK(cudaMalloc(&ws, pc->ws_need));
-            ws_cap = pc->ws_need;
-        }
-        pc->a.workspace = ws;
-        pc->a.workspace_size = ws_cap;
+        give_workspace(pc, &ws, &ws_cap);
         hashattn_context_t *ctx = pc->ctx;
         hashattn_decode_args_t a = pc->a;
 
-        use_case(pc); /* the warm-up calls and the graph's capture below */
-        hashattn_status_t dst = HASHATTN_STATUS_OK;
-        for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
-            dst = g_api->decode(ctx, &a);
-        if (dst != HASHATTN_STATUS_OK || cudaStreamSynchronize(st) != cudaSuccess) {
+        hashattn_status_t dst;
+        if (!warm_up(pc, st, &dst)) { /* its knobs stay set for the graph's capture below */
             printf("%-22s decode failed: %s: %s\n", bc->name, g_api->status_string(dst), g_api->last_error(ctx));
             failed++;
             continue;
@@ -852,19 +866,11 @@ int main(int argc, char **argv)
         } else if (pb) {
             prepared_t *pp = &prep[1];
             prepare(pb, &bufs, ctxs, st, pp);
-            if (pp->ws_need > ws_cap) {
-                CK(cudaFree(ws));
-                CK(cudaMalloc(&ws, pp->ws_need));
-                ws_cap = pp->ws_need;
-            }
-            pc->a.workspace = pp->a.workspace = ws;
-            pc->a.workspace_size = pp->a.workspace_size = ws_cap;
-            use_case(pp);
-            dst = HASHATTN_STATUS_OK;
-            for (int w = 0; w < 3 && dst == HASHATTN_STATUS_OK; w++)
-                dst = g_api->decode(pp->ctx, &pp->a);
+            give_workspace(pp, &ws, &ws_cap);
+            give_workspace(pc, &ws, &ws_cap); /* the buffer pp's need may have replaced */
+            const int warm = warm_up(pp, st, &dst);
             float *tp = malloc(sizeof(float) * (size_t)reps);
-            if (!tp || dst != HASHATTN_STATUS_OK || cudaStreamSynchronize(st) != cudaSuccess) {
+            if (!tp || !warm) {
                 printf("  (%s: pair %s: decode failed: %s)\n", bc->name, pb->name,
                        tp ? g_api->last_error(pp->ctx) : "out of memory");
                 failed++;
