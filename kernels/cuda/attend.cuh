@@ -440,32 +440,58 @@ __host__ inline size_t select_pass_smem(int C, int nsel, int score_bytes)
  * positions each, by one warp: decode.cu's resolve_kernel for one chunk, the
  * same rule (kernels/cpu/select.c), summed over the range. H: the unit's
  * histogram [nbins] (candidates per score); Cu: its chunks'
- * suffix-cumulative histograms [nch][nbins]. t is the score with
- * count(>= t) >= K > count(> t) (nbins when K is 0 or above the candidates),
- * the K - count(> t) ties at t are taken newest first, and the entry is
- * {t, ties taken in the range, ties in the range, entries selected before
- * it}. Two rounds of loads: the histogram, then two bins of every chunk. */
+ * suffix-cumulative histograms [nch][nbins]; nchs: the sequence's chunks,
+ * (n + C - 1) / C, worked out by the caller before its wait. t is the score
+ * with count(>= t) >= K > count(> t) (nbins when K is 0 or above the
+ * candidates), the K - count(> t) ties at t are taken newest first, and the
+ * entry is {t, ties taken in the range, ties in the range, entries selected
+ * before it}. Two rounds of loads: the histogram, then two bins of every
+ * chunk. A lane holds its bins in registers where they fit
+ * (kResolveBinRegs: group selection up to G = 7), so that the crossing
+ * search reads none again: run 47 (bench/NOTES.md) found the first round
+ * compiled as two dependent batches of loads and the search as two more. */
+constexpr int kResolveBinRegs = 8;
 __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu, int nbins, int K, int n, int lo,
-                                             int hi, int C, int c0, int c1, int lane)
+                                             int hi, int C, int nchs, int c0, int c1, int lane)
 {
     const unsigned full = 0xffffffffu;
     /* lane l holds bins [b0, b1); x: candidates scoring in them (counts and
      * positions fit in 32 bits: max_tokens < 2^31) */
     const int R = (nbins + 31) / 32, b0 = min(nbins, lane * R), b1 = min(nbins, b0 + R);
+    const bool in_regs = R <= kResolveBinRegs; /* warp-uniform */
+    int h[kResolveBinRegs];
     int x = 0;
+    if (in_regs) {
+#pragma unroll
+        for (int r = 0; r < kResolveBinRegs; r++) {
+            h[r] = b0 + r < b1 ? H[b0 + r] : 0;
+            x += h[r];
+        }
+    } else {
 #pragma unroll 4
-    for (int b = b0; b < b1; b++)
-        x += H[b];
+        for (int b = b0; b < b1; b++)
+            x += H[b];
+    }
     int above = warp_sum(x) - warp_incl_scan(x); /* count(score >= b1): the bins of the lanes after */
     int t = nbins, take = 0;
+    /* count(>= b) = above + H[b], b from the top: one b crosses K */
+    auto step = [&](int b, int hb) {
+        const int ge = above + hb;
+        if (ge >= K && above < K) {
+            t = b;
+            take = K - above;
+        }
+        above = ge;
+    };
     if (K > 0) {
-        for (int b = b1 - 1; b >= b0; b--) { /* count(>= b) = above + H[b]: one b crosses K */
-            const int ge = above + H[b];
-            if (ge >= K && above < K) {
-                t = b;
-                take = K - above;
-            }
-            above = ge;
+        if (in_regs) {
+#pragma unroll
+            for (int r = kResolveBinRegs - 1; r >= 0; r--)
+                if (b0 + r < b1)
+                    step(b0 + r, h[r]);
+        } else {
+            for (int b = b1 - 1; b >= b0; b--)
+                step(b, H[b]);
         }
     }
     const unsigned who = __ballot_sync(full, t < nbins);
@@ -479,7 +505,6 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
     }
     /* ties and the entries above t: in the range, before it (above t) and
      * after it (ties) */
-    const int nchs = (n + C - 1) / C;
     int gt_before = 0, eq_after = 0, eq_here = 0;
     if (t < nbins) {
         const int t1 = min(t + 1, nbins - 1), has1 = t + 1 < nbins;
@@ -588,6 +613,14 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
     }
 
+    /* group selection's selection pass: the sequence's score chunks for
+     * warp_resolve, a division done before the wait rather than after it */
+    int res_nchs = 0;
+    if constexpr (LM == 1 && GSEL) {
+        const int Cs = a.C / (a.sel_k > 1 ? a.sel_k : 1);
+        res_nchs = (int)((n + Cs - 1) / Cs);
+    }
+
     /* Every block waits for the previous kernel before its first write, so
      * that the whole chain has finished when the last kernel has. */
     pdl_wait();
@@ -675,7 +708,8 @@ __global__ void __launch_bounds__(kAttnThreads,
             if (warp == 0) {
                 const int64_t ub = (int64_t)s * a.Hsel + kvh;
                 const int4 e = warp_resolve(a.hist + ub * a.nbins, a.cum + ub * a.nch_cap * a.nbins, a.nbins,
-                                            (int)bud.K, (int)n, (int)lo, (int)hi, Cs, c0, c0 + sk, lane);
+                                            (int)bud.K, (int)n, (int)lo, (int)hi, Cs, res_nchs, c0, c0 + sk,
+                                            lane);
                 if (lane == 0) {
                     thr_t[0] = e.x;
                     thr_tkc[0] = e.y;

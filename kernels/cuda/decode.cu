@@ -67,6 +67,8 @@ struct ScoreArgs {
     int32_t *hist; /* [B][Hkv][nbt] = [B][Hsel][nb_unit] */
     int32_t *cum;  /* [B][Hsel][nch_cap][nb_unit] */
     Guard guard;
+    int32_t trigger; /* the staged warp kernels' PDL trigger: 1 before a warp's last merge, 2 as it
+                        starts its last item (launch_score sets it from tuning's score_trigger) */
 };
 
 /* A work item of the score kernels: item idx = (chunk * B + sequence) * Hkv
@@ -719,6 +721,11 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
         if (!have)
             return;
         for (;;) {
+            if (a.trigger == 2) { /* as the warp starts its last item (run 47) */
+                Item probe;
+                if (!next_item(cur.idx + stride, probe))
+                    pdl_trigger_late();
+            }
             const int64_t p0 = (int64_t)cur.c * a.C, pend = min(cur.n, p0 + a.C);
             const int64_t hb = (int64_t)(a.sig_per_kv ? cur.kvh : cur.kvh * G) * a.sh;
             /* the item's page ids (-1: a bad id, reported: its positions score against zero words) */
@@ -813,8 +820,8 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
             }
             Item nxt;
             const bool more = next_item(cur.idx + stride, nxt);
-            if (!more)
-                pdl_trigger_late(); /* the warp's last merge left */
+            if (!more && a.trigger == 1)
+                pdl_trigger_late(); /* the warp's last merge left (run 43) */
             merge(cur);
             if (!more)
                 break;
@@ -1057,7 +1064,14 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
             blocks = ceil_div(items, per_block);
         if (blocks < 1)
             blocks = 1;
-        HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, sa));
+        /* the staged warp kernels' trigger: where no warp has a second item, a
+         * warp triggers as it starts its one (run 47: the dependents' launch
+         * then overlaps the scores; before the last merge it overlapped only
+         * the merge, ~1 us at B=1 128K), else before its last merge */
+        ScoreArgs s = sa;
+        if (s.trigger == 0)
+            s.trigger = items <= blocks * per_block ? 2 : 1;
+        HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, s));
         return HA_KERNEL_OK;
     };
     if (block_items) {
@@ -1415,6 +1429,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
             sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
             sa.guard = gd;
+            sa.trigger = tn.score_trigger;
             const int gw = p->sig_per_kv_head ? 1 : G;
             /* a block per score item below 5 x SMs items: the warp kernel's blocks
              * (8 items each) would leave more than 3/8 of the SMs idle. Run 16

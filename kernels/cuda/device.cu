@@ -80,6 +80,10 @@ static const ha_cuda_tuning_t kDefaults = {
              selection alone gc32 B=8 128K 50.9 -> 49.25 us, -1 against 0, two rounds; 16, only
              the sink's and the recent window's warps, 50.5) */
     0,    /* score_nohist: the histograms are built (1 is a lab cut only) */
+    0,    /* score_trigger: automatic (run 47: a warp with the grid's only items triggers as it
+             starts one; gp32 B=1 128K 47.2 -> 46.2 us, gp32 B=8 32K 63.3 -> 62.7, the selection
+             given the scores at gc32 B=1 128K 10.5 -> 8.7; before its last merge where a warp
+             has two or more: gc32 B=1 1M and hp32 were 0.5-0.9 us slower with the early one) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

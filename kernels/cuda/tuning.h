@@ -96,6 +96,11 @@ typedef struct ha_cuda_tuning {
                                 at G = 4 only, else the decode is refused): the scores without
                                 their histograms, so that the cut after the selection less this
                                 cut is what the selection costs given the scores; 0 (default) */
+    /* appended in run 47 */
+    int score_trigger;       /* where the staged warp score kernels trigger their dependents (PDL):
+                                0 automatic (as a warp starts its item where no warp has two, else
+                                as 1), 1 before a warp's last merge (run 43; always until run 47),
+                                2 as a warp starts its last item */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
