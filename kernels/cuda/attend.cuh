@@ -982,17 +982,6 @@ __global__ void __launch_bounds__(kAttnThreads,
                 neq[j] >>= 3;
                 rank[j] = neq[j];
             }
-            {
-                int tot[NU];
-                block_excl_scan<NU>(rank, tot, scan_sm);
-            }
-            /* the chunk's newest thr_tkc ties are taken: this thread's share */
-#pragma unroll
-            for (int j = 0; j < NU; j++) {
-                const int taken = j < nsel ? min(max(rank[j] + neq[j] - (thr_eqc[j] - thr_tkc[j]), 0), neq[j]) : 0;
-                skip[j] = neq[j] - taken;
-                ngt[j] += taken; /* now: this thread's selected candidates of unit j */
-            }
             /* selected bytes of unit j in the word at e (advances skip[j]) */
             auto sel_bytes = [&](int j, int e, uint32_t cm, int (&sk)[NU]) -> uint32_t {
                 const uint32_t w = word_at(j, e);
@@ -1000,11 +989,36 @@ __global__ void __launch_bounds__(kAttnThreads,
             };
             int cnt[NU + 1], tot[NU + 1];
             if (a.group_sel) {
-                cnt[0] = ngt[0] + nfix;
+                /* One unit: the ties before this thread (R) and its entries
+                 * above t or fixed (Q) in one block scan (run 47: one scan
+                 * and two barriers fewer in a pass that is issue-bound at
+                 * B=1 128K). The chunk's oldest X = eqc - tkc ties are
+                 * dropped, so the ties taken before this thread number
+                 * min(max(R - X, 0), R). */
+                int v[2] = {neq[0], ngt[0] + nfix}, vt[2];
+                block_excl_scan<2>(v, vt, scan_sm);
+                const int X = thr_eqc[0] - thr_tkc[0];
+                skip[0] = neq[0] - min(max(v[0] + neq[0] - X, 0), neq[0]);
+                cnt[0] = v[1] + min(max(v[0] - X, 0), v[0]);
+                tot[0] = vt[1] + min(max(vt[0] - X, 0), vt[0]);
 #pragma unroll
-                for (int j = 0; j < NU; j++)
+                for (int j = 0; j < NU; j++) {
                     cnt[j + 1] = cnt[0];
+                    tot[j + 1] = tot[0];
+                }
             } else {
+                {
+                    int rt[NU];
+                    block_excl_scan<NU>(rank, rt, scan_sm);
+                }
+                /* the chunk's newest thr_tkc ties are taken: this thread's share */
+#pragma unroll
+                for (int j = 0; j < NU; j++) {
+                    const int taken =
+                        j < nsel ? min(max(rank[j] + neq[j] - (thr_eqc[j] - thr_tkc[j]), 0), neq[j]) : 0;
+                    skip[j] = neq[j] - taken;
+                    ngt[j] += taken; /* now: this thread's selected candidates of unit j */
+                }
                 /* a position is listed once whichever units select it */
                 int sk[NU];
 #pragma unroll
@@ -1023,8 +1037,8 @@ __global__ void __launch_bounds__(kAttnThreads,
                     u += __popc(any);
                 }
                 cnt[0] = (u >> 3) + nfix;
+                scan_counts(cnt, tot);
             }
-            scan_counts(cnt, tot);
             L = tot[0];
             int off = cnt[0];
             for (int e = e0; e < e0 + ppt; e += 4) {
