@@ -147,7 +147,9 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\
  * layer at B=32 8K 43.6 -> 40.8, graph replays alike. score_warp_kernel
  * triggers as a warp starts its last slab or merge (the CTA's first warp
  * there triggers for the whole CTA; run 43: gc32 B=8 128K 99.1 -> 97.4 us,
- * gp32 B=8 128K 126.1 -> 124.1, gc32 B=1 1M 95.0 -> 94.0). The
+ * gp32 B=8 128K 126.1 -> 124.1, gc32 B=1 1M 95.0 -> 94.0); its staged form,
+ * where no warp has a second item, as a warp starts its one (run 47: gp32
+ * B=1 128K 47.1 -> 46.3 us, launch_score's rule). The
  * block-per-item score kernel does not (gp32 B=1 128K lost ~1 us with it,
  * run 42), nor does a warp kernel's CTA wait for its last warp (a shared
  * counter: 2-13 us slower, run 43), per-head selection's resolve (no
