@@ -68,7 +68,9 @@ struct ScoreArgs {
     int32_t *cum;  /* [B][Hsel][nch_cap][nb_unit] */
     Guard guard;
     int32_t trigger; /* the staged warp kernels' PDL trigger: 1 before a warp's last merge, 2 as it
-                        starts its last item (launch_score sets it from tuning's score_trigger) */
+                        starts its first item (launch_score sets it from tuning's score_trigger) */
+    int32_t prewait; /* the staged warp kernels: 1 starts a warp's first item (its page ids and
+                        first slabs) before the wait (tuning's score_prewait) */
 };
 
 /* A work item of the score kernels: item idx = (chunk * B + sequence) * Hkv
@@ -717,20 +719,49 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
         constexpr bool kScoreIntIssue = GW == 1 || !GROUPSEL;
         Item cur;
         const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
-        pdl_wait();
-        if (!have)
-            return;
-        for (;;) {
-            if (a.trigger == 2) { /* as the warp starts its last item (run 47) */
-                Item probe;
-                if (!next_item(cur.idx + stride, probe))
-                    pdl_trigger_late();
+        /* the current item's positions [p0, pend), plen of them in nslab slabs */
+        int64_t p0 = 0, pend = 0, hb = 0;
+        int plen = 0, nslab = 0;
+        /* slab j into ring slot j % S: each lane copies (and later reads) only its own words */
+        auto issue = [&](int j) {
+            uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
+#pragma unroll
+            for (int k = 0; k < PK; k++) {
+                int32_t page;
+                const uint32_t *base;
+                if constexpr (kScoreIntIssue) { /* int positions, the page by a shift */
+                    const int rel = j * SLAB + k * 32 * V + lane * V;
+                    const int pi = W.bs_pow2 ? rel >> W.bs_shift : rel / a.bs;
+                    page = rel < plen ? pg[pi] : -1;
+                    base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + (rel - pi * a.bs) : a.sig;
+                } else { /* group selection's paper layout: its run-14 form (run 15) */
+                    const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
+                    const int rel = (int)(p - p0);
+                    page = p < pend ? pg[rel / a.bs] : -1;
+                    base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + rel % a.bs : a.sig;
+                }
+#pragma unroll
+                for (int g = 0; g < GW; g++) {
+                    uint4 *d = slot + (size_t)(k * GW + g) * 32 + lane;
+                    if (page >= 0 && g < gw)
+                        cp_async16(d, base + (int64_t)g * a.sh);
+                    else
+                        *d = make_uint4(0u, 0u, 0u, 0u);
+                }
             }
-            const int64_t p0 = (int64_t)cur.c * a.C, pend = min(cur.n, p0 + a.C);
-            const int64_t hb = (int64_t)(a.sig_per_kv ? cur.kvh : cur.kvh * G) * a.sh;
-            /* the item's page ids (-1: a bad id, reported: its positions score against zero words) */
+        };
+        /* the current item's page ids (-1: a bad id, reported: its positions
+         * score against zero words), then its first S slabs in flight. Inputs
+         * only (the block table, the signature cache): the first item's may
+         * go before the wait (ScoreArgs::prewait) */
+        auto start = [&]() {
+            p0 = (int64_t)cur.c * a.C;
+            pend = min(cur.n, p0 + a.C);
+            hb = (int64_t)(a.sig_per_kv ? cur.kvh : cur.kvh * G) * a.sh;
+            plen = (int)(pend - p0);
+            nslab = (plen + SLAB - 1) / SLAB;
             const int64_t b0 = p0 / a.bs;
-            const int npg = (int)((pend - p0 + a.bs - 1) / a.bs);
+            const int npg = (plen + a.bs - 1) / a.bs;
             const int32_t *btrow = a.bt + (int64_t)cur.s * a.bt_stride;
             __syncwarp(); /* the previous item's reads of pg are done */
             /* eight page ids per lane in flight at once (an item of 4096
@@ -749,43 +780,27 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                         pg[i] = page_ok(a.guard, page[u], cur.s, b0 + i) ? page[u] : -1;
                 }
             }
-            load_qs(cur); /* its __syncwarp also publishes pg */
-            const int plen = (int)(pend - p0); /* positions of the item */
-            const int nslab = (plen + SLAB - 1) / SLAB;
-            /* slab j into ring slot j % S: each lane copies (and later reads) only its own words */
-            auto issue = [&](int j) {
-                uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
-#pragma unroll
-                for (int k = 0; k < PK; k++) {
-                    int32_t page;
-                    const uint32_t *base;
-                    if constexpr (kScoreIntIssue) { /* int positions, the page by a shift */
-                        const int rel = j * SLAB + k * 32 * V + lane * V;
-                        const int pi = W.bs_pow2 ? rel >> W.bs_shift : rel / a.bs;
-                        page = rel < plen ? pg[pi] : -1;
-                        base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + (rel - pi * a.bs) : a.sig;
-                    } else { /* group selection's paper layout: its run-14 form (run 15) */
-                        const int64_t p = p0 + (int64_t)j * SLAB + (int64_t)k * 32 * V + (int64_t)lane * V;
-                        const int rel = (int)(p - p0);
-                        page = p < pend ? pg[rel / a.bs] : -1;
-                        base = page >= 0 ? a.sig + (int64_t)page * a.sb + hb + rel % a.bs : a.sig;
-                    }
-#pragma unroll
-                    for (int g = 0; g < GW; g++) {
-                        uint4 *d = slot + (size_t)(k * GW + g) * 32 + lane;
-                        if (page >= 0 && g < gw)
-                            cp_async16(d, base + (int64_t)g * a.sh);
-                        else
-                            *d = make_uint4(0u, 0u, 0u, 0u);
-                    }
-                }
-            };
+            __syncwarp(); /* pg published: a lane's slabs use other lanes' page ids */
 #pragma unroll
             for (int j = 0; j < S; j++) {
                 if (j < nslab)
                     issue(j);
                 cp_async_commit();
             }
+        };
+        bool started = have && a.prewait;
+        if (started)
+            start();
+        pdl_wait();
+        if (!have)
+            return;
+        if (a.trigger == 2)
+            pdl_trigger_late(); /* as the warp starts its first item (run 47) */
+        for (;;) {
+            if (!started)
+                start();
+            started = false;
+            load_qs(cur);
             for (int j = 0; j < nslab; j++) {
                 cp_async_wait<S - 1>();
                 const uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
@@ -1035,6 +1050,30 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
     return HA_KERNEL_OK;
 }
 
+/* The score kernel launch_score runs: a block per item (block_items), the
+ * staged warp kernel, or the warp kernel with its slabs in registers. Four
+ * positions per lane (v4) where a page's signature rows allow 16-byte loads
+ * (run 9 measured per-head selection slower with it, 474 vs 395 us at B=8
+ * 128K, while its words were indexed by a runtime head and went through
+ * local memory; now indexed at compile time); the staged form (knob
+ * score_staged) where an item's pages fit the page-id buffer. */
+enum class ScoreForm { block_items, staged, warp };
+inline bool score_v4(const ScoreArgs &sa, bool group_sel, bool vec4, bool per_head_vec4)
+{
+    return (group_sel || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
+           (reinterpret_cast<uintptr_t>(sa.sig) & 15) == 0 && sa.C % 256 == 0;
+}
+inline ScoreForm score_form(const ScoreArgs &sa, int gw, bool group_sel, bool block_items, bool vec4,
+                            bool per_head_vec4, bool staged)
+{
+    if (block_items)
+        return ScoreForm::block_items;
+    if (staged && score_v4(sa, group_sel, vec4, per_head_vec4) && gw <= 4 && sa.C % sa.bs == 0 &&
+        sa.C / sa.bs <= kScoreStagePages)
+        return ScoreForm::staged;
+    return ScoreForm::warp;
+}
+
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
                                 bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged,
@@ -1067,28 +1106,23 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         /* the staged warp kernels' trigger: where no warp has a second item, a
          * warp triggers as it starts its one (run 47: the dependents' launch
          * then overlaps the scores; before the last merge it overlapped only
-         * the merge, ~1 us at B=1 128K), else before its last merge */
+         * the merge, ~1 us at B=1 128K), else before its last merge (the
+         * early trigger with several items per warp was 0.2-1.5 us slower) */
         ScoreArgs s = sa;
         if (s.trigger == 0)
             s.trigger = items <= blocks * per_block ? 2 : 1;
         HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, s));
         return HA_KERNEL_OK;
     };
-    if (block_items) {
+    const ScoreForm form = score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged);
+    if (form == ScoreForm::block_items) {
         if (gw <= 1)
             return sa.G == 4 ? go(score_kernel<GROUPSEL, 1, 4>) : go(score_kernel<GROUPSEL, 1>);
         if (gw <= 4)
             return sa.G == 4 ? go(score_kernel<GROUPSEL, 4, 4>) : go(score_kernel<GROUPSEL, 4>);
         return go(score_kernel<GROUPSEL, 8>);
     }
-    /* four positions per lane where a page's signature rows allow 16-byte
-     * loads (run 9 measured per-head selection slower with it, 474 vs 395 us
-     * at B=8 128K, while its words were indexed by a runtime head and went
-     * through local memory; now indexed at compile time) */
-    const bool v4 = (GROUPSEL || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
-                    (reinterpret_cast<uintptr_t>(sa.sig) & 15) == 0 && sa.C % 256 == 0;
-    /* the staged form (knob score_staged): an item's pages fit the page-id buffer */
-    if (staged && v4 && gw <= 4 && sa.C % sa.bs == 0 && sa.C / sa.bs <= kScoreStagePages) {
+    if (form == ScoreForm::staged) {
         smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
@@ -1115,6 +1149,7 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
     }
     if (nohist)
         return HA_KERNEL_UNSUPPORTED; /* the lab's cut has only the staged forms */
+    const bool v4 = score_v4(sa, GROUPSEL, vec4, per_head_vec4);
     if (gw <= 1)
         return v4 ? go(score_warp_kernel<GROUPSEL, 1, 4>) : go(score_warp_kernel<GROUPSEL, 1>);
     if (gw <= 4)
@@ -1364,6 +1399,47 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const size_t rsmem = (size_t)nbins * 4 + 16;
         if (nch > kResolveThreads || rsmem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
+        /* 2.'s arguments, before 1. (the query MLPs trigger 2.'s launch by its form) */
+        ScoreArgs sa = {};
+        sa.B = B;
+        sa.Hq = Hq;
+        sa.Hkv = Hkv;
+        sa.G = G;
+        sa.sig_per_kv = p->sig_per_kv_head;
+        sa.bs = p->block_size;
+        sa.C = C;
+        sa.nch = nch;
+        sa.nch_cap = W.nch_cum;
+        sa.Hsel = Hsel;
+        sa.score_bytes = score_bytes;
+        sa.nbt = group_sel ? nbins : 33 * G;
+        sa.nb_unit = nbins;
+        sa.max_tokens = max_tokens;
+        sa.budget = p->budget;
+        sa.seq_lens = p->seq_lens;
+        sa.bt = p->block_tables;
+        sa.bt_stride = p->block_table_stride;
+        sa.sig = static_cast<const uint32_t *>(p->sig_cache.data);
+        sa.sb = p->sig_cache.stride_block;
+        sa.sh = p->sig_cache.stride_head;
+        sa.qsig = reinterpret_cast<const uint32_t *>(ws + W.qsig);
+        sa.scores = ws + W.scores;
+        sa.score_stride = W.score_stride;
+        sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
+        sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
+        sa.guard = gd;
+        sa.trigger = tn.score_trigger;
+        sa.prewait = tn.score_prewait;
+        const int gw = p->sig_per_kv_head ? 1 : G;
+        /* a block per score item below 5 x SMs items: the warp kernel's blocks
+         * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
+         * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
+         * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5
+         * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
+         * under either rule) */
+        const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
+        const bool sc_vec4 = tn.score_vec4 != 0, sc_ph_vec4 = tn.score_vec4 == 2;
+        const bool sc_staged = group_sel ? tn.score_staged != 0 : tn.score_staged == 2;
         /* 1. query signatures; clears the histograms */
         HashArgs h = {};
         h.in = p->query.data;
@@ -1384,6 +1460,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
          * pass's contiguous lists */
         const int ranks = A.list_contig ? small_select_plan(p, max_tokens) : 0;
         small = ranks > 0;
+        /* the query MLPs trigger the score kernel as their weight copies are
+         * issued where it starts its warps' first items before its wait (the
+         * staged form, prewait), else before their layer 3: run 48 (bench/
+         * NOTES.md), gp32 B=1 128K 45.8 -> 43.6 us, gp32 B=8 32K 61.8 -> 59.3;
+         * the early trigger without the prewait was 1-1.5 us slower */
+        h.trigger_early = !small && sa.prewait && tn.qhash_trigger == 0 &&
+                          score_form(sa, gw, group_sel, block_items, sc_vec4, sc_ph_vec4, sc_staged) ==
+                              ScoreForm::staged;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
@@ -1400,54 +1484,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             if (ks != HA_KERNEL_OK)
                 return ks;
         } else {
-            /* 2. scores and histograms */
-            ScoreArgs sa = {};
-            sa.B = B;
-            sa.Hq = Hq;
-            sa.Hkv = Hkv;
-            sa.G = G;
-            sa.sig_per_kv = p->sig_per_kv_head;
-            sa.bs = p->block_size;
-            sa.C = C;
-            sa.nch = nch;
-            sa.nch_cap = W.nch_cum;
-            sa.Hsel = Hsel;
-            sa.score_bytes = score_bytes;
-            sa.nbt = group_sel ? nbins : 33 * G;
-            sa.nb_unit = nbins;
-            sa.max_tokens = max_tokens;
-            sa.budget = p->budget;
-            sa.seq_lens = p->seq_lens;
-            sa.bt = p->block_tables;
-            sa.bt_stride = p->block_table_stride;
-            sa.sig = static_cast<const uint32_t *>(p->sig_cache.data);
-            sa.sb = p->sig_cache.stride_block;
-            sa.sh = p->sig_cache.stride_head;
-            sa.qsig = reinterpret_cast<const uint32_t *>(ws + W.qsig);
-            sa.scores = ws + W.scores;
-            sa.score_stride = W.score_stride;
-            sa.hist = reinterpret_cast<int32_t *>(ws + W.hist);
-            sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
-            sa.guard = gd;
-            sa.trigger = tn.score_trigger;
-            const int gw = p->sig_per_kv_head ? 1 : G;
-            /* a block per score item below 5 x SMs items: the warp kernel's blocks
-             * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
-             * (bench/NOTES.md): m135 B=32 8K, 768 items, 60.0 us with warps
-             * against 65.7 with blocks; B=1 128K, 512 items, 78.9 against 67.5
-             * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
-             * under either rule) */
-            const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
+            /* 2. scores and histograms (ScoreArgs sa, above) */
             /* lab: scores without histograms, only where nothing reads them */
             const bool nohist = tn.score_nohist != 0 && tn.stop_after == 2;
             if (tn.score_nohist != 0 && (!nohist || !group_sel || block_items))
                 return HA_KERNEL_UNSUPPORTED;
             ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                                tn.score_warps, tn.score_vec4 != 0, false, tn.score_staged != 0,
+                                                tn.score_warps, sc_vec4, sc_ph_vec4, sc_staged,
                                                 tn.score_planes != 0, nohist)
                            : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                                 tn.score_warps, tn.score_vec4 != 0, tn.score_vec4 == 2,
-                                                 tn.score_staged == 2, false, false);
+                                                 tn.score_warps, sc_vec4, sc_ph_vec4, sc_staged, false, false);
             if (ks != HA_KERNEL_OK || tn.stop_after == 2)
                 return ks;
 

@@ -84,6 +84,9 @@ static const ha_cuda_tuning_t kDefaults = {
              starts one; gp32 B=1 128K 47.2 -> 46.2 us, gp32 B=8 32K 63.3 -> 62.7, the selection
              given the scores at gc32 B=1 128K 10.5 -> 8.7; before its last merge where a warp
              has two or more: gc32 B=1 1M and hp32 were 0.5-0.9 us slower with the early one) */
+    1,    /* score_prewait: the first item's inputs before the wait (run 48; alone within 0.5 us,
+             with qhash_trigger's early trigger 1.5-2.5 us faster) */
+    0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

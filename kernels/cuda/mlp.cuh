@@ -57,6 +57,8 @@ struct HashArgs {
      * cw_fused_kernel first thing, wait (pdl_wait) before reading an input or
      * writing anything */
     int32_t pdl;
+    int32_t trigger_early; /* 1: qhash_body triggers its dependents as its weight copies are issued,
+                              else before layer 3 (decode.cu: where the staged score kernel follows) */
 };
 
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
@@ -393,6 +395,8 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     cp_async_commit();
     load_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m);
     cp_async_commit();
+    if (a.trigger_early)
+        pdl_trigger_late();
 
     /* the weights are the library's own; the inputs and the outputs may be
      * the kernel before's (a.pdl) */
@@ -462,7 +466,8 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     }
     cluster.sync();
     /* layer 3: bits i3 .. i3 + 7 */
-    pdl_trigger_late();
+    if (!a.trigger_early)
+        pdl_trigger_late();
     cp_async_wait<0>();
     __syncthreads();
     for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {

@@ -100,7 +100,15 @@ typedef struct ha_cuda_tuning {
     int score_trigger;       /* where the staged warp score kernels trigger their dependents (PDL):
                                 0 automatic (as a warp starts its item where no warp has two, else
                                 as 1), 1 before a warp's last merge (run 43; always until run 47),
-                                2 as a warp starts its last item */
+                                2 as a warp starts its first item (run 39's early trigger where a
+                                warp holds several; the same as 0 where it holds one) */
+    /* appended in run 48 */
+    int score_prewait;       /* 1: the staged warp score kernels start a warp's first item (its page
+                                ids, its first slabs' copies) before waiting for the query MLPs
+                                (PDL); 0 after */
+    int qhash_trigger;       /* where the query MLPs trigger their dependents: 0 automatic (as their
+                                weight copies are issued where the staged score kernel follows with
+                                score_prewait, else as 1), 1 before layer 3 (runs 40-47) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
