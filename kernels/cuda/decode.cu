@@ -1058,6 +1058,13 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
  * local memory; now indexed at compile time); the staged form (knob
  * score_staged) where an item's pages fit the page-id buffer. */
 enum class ScoreForm { block_items, staged, warp };
+/* What launch_score would launch (its `shape` argument): the form, the score
+ * items, and the items the grid holds at once (warps, or blocks of the
+ * block-per-item kernel). */
+struct ScoreShape {
+    ScoreForm form;
+    int64_t items, slots;
+};
 inline bool score_v4(const ScoreArgs &sa, bool group_sel, bool vec4, bool per_head_vec4)
 {
     return (group_sel || per_head_vec4) && vec4 && sa.bs % 4 == 0 && sa.sb % 4 == 0 && sa.sh % 4 == 0 &&
@@ -1077,7 +1084,7 @@ inline ScoreForm score_form(const ScoreArgs &sa, int gw, bool group_sel, bool bl
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
                                 bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged,
-                                bool planes, bool nohist)
+                                bool planes, bool nohist, ScoreShape *shape = nullptr)
 {
     const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
     /* warps per block of the warp kernels: 8, halved while the blocks (an
@@ -1111,6 +1118,10 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         ScoreArgs s = sa;
         if (s.trigger == 0)
             s.trigger = items <= blocks * per_block ? 2 : 1;
+        if (shape) { /* the caller's question only */
+            *shape = {score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged), items, blocks * per_block};
+            return HA_KERNEL_OK;
+        }
         HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, s));
         return HA_KERNEL_OK;
     };
@@ -1438,8 +1449,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
          * (until run 16: blocks below 8 x SMs; B=1 1M has 2048 items: warps
          * under either rule) */
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
-        const bool sc_vec4 = tn.score_vec4 != 0, sc_ph_vec4 = tn.score_vec4 == 2;
-        const bool sc_staged = group_sel ? tn.score_staged != 0 : tn.score_staged == 2;
+        /* lab: scores without histograms, only where nothing reads them */
+        const bool nohist = tn.score_nohist != 0 && tn.stop_after == 2;
+        auto score = [&](ScoreShape *shape) {
+            const bool vec4 = tn.score_vec4 != 0, staged = group_sel ? tn.score_staged != 0 : tn.score_staged == 2;
+            return group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items, tn.score_warps,
+                                                  vec4, false, staged, tn.score_planes != 0, nohist, shape)
+                             : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
+                                                   tn.score_warps, vec4, tn.score_vec4 == 2, staged, false, false,
+                                                   shape);
+        };
         /* 1. query signatures; clears the histograms */
         HashArgs h = {};
         h.in = p->query.data;
@@ -1462,12 +1481,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         small = ranks > 0;
         /* the query MLPs trigger the score kernel as their weight copies are
          * issued where it starts its warps' first items before its wait (the
-         * staged form, prewait), else before their layer 3: run 48 (bench/
-         * NOTES.md), gp32 B=1 128K 45.8 -> 43.6 us, gp32 B=8 32K 61.8 -> 59.3;
-         * the early trigger without the prewait was 1-1.5 us slower */
-        h.trigger_early = !small && sa.prewait && tn.qhash_trigger == 0 &&
-                          score_form(sa, gw, group_sel, block_items, sc_vec4, sc_ph_vec4, sc_staged) ==
-                              ScoreForm::staged;
+         * staged form, prewait) and its warps hold at most two items each,
+         * else before their layer 3: run 48 (bench/NOTES.md), gp32 B=1 128K
+         * 45.8 -> 43.6 us, gp32 B=8 32K 61.8 -> 59.3; the early trigger
+         * without the prewait was 1-1.5 us slower, and with eight items per
+         * warp 1-5% slower (group+compact B=8 1M, 48g; not profiled) */
+        ScoreShape shape = {};
+        h.trigger_early = !small && sa.prewait && tn.qhash_trigger == 0 && score(&shape) == HA_KERNEL_OK &&
+                          shape.form == ScoreForm::staged && shape.items <= 2 * shape.slots;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
@@ -1485,15 +1506,9 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
                 return ks;
         } else {
             /* 2. scores and histograms (ScoreArgs sa, above) */
-            /* lab: scores without histograms, only where nothing reads them */
-            const bool nohist = tn.score_nohist != 0 && tn.stop_after == 2;
             if (tn.score_nohist != 0 && (!nohist || !group_sel || block_items))
                 return HA_KERNEL_UNSUPPORTED;
-            ks = group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                                tn.score_warps, sc_vec4, sc_ph_vec4, sc_staged,
-                                                tn.score_planes != 0, nohist)
-                           : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
-                                                 tn.score_warps, sc_vec4, sc_ph_vec4, sc_staged, false, false);
+            ks = score(nullptr);
             if (ks != HA_KERNEL_OK || tn.stop_after == 2)
                 return ks;
 

@@ -86,7 +86,8 @@ static const ha_cuda_tuning_t kDefaults = {
              has two or more: gc32 B=1 1M and hp32 were 0.5-0.9 us slower with the early one) */
     1,    /* score_prewait: the first item's inputs before the wait (run 48; alone within 0.5 us,
              with qhash_trigger's early trigger 1.5-2.5 us faster) */
-    0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us) */
+    0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us;
+             not where warps hold eight items: gc16 B=8 1M 802 -> 844 us) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

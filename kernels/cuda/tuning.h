@@ -108,7 +108,8 @@ typedef struct ha_cuda_tuning {
                                 (PDL); 0 after */
     int qhash_trigger;       /* where the query MLPs trigger their dependents: 0 automatic (as their
                                 weight copies are issued where the staged score kernel follows with
-                                score_prewait, else as 1), 1 before layer 3 (runs 40-47) */
+                                score_prewait and at most two items per warp, else as 1), 1 before
+                                layer 3 (runs 40-47) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
