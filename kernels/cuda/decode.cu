@@ -1410,7 +1410,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const size_t rsmem = (size_t)nbins * 4 + 16;
         if (nch > kResolveThreads || rsmem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
-        /* 2.'s arguments, before 1. (the query MLPs trigger 2.'s launch by its form) */
+        /* 2.'s arguments, before 1.: where the query MLPs trigger depends on 2.'s launch */
         ScoreArgs sa = {};
         sa.B = B;
         sa.Hq = Hq;
