@@ -1119,7 +1119,8 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         if (s.trigger == 0)
             s.trigger = items <= blocks * per_block ? 2 : 1;
         if (shape) { /* the caller's question only */
-            *shape = {score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged), items, blocks * per_block};
+            const ScoreForm f = score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged);
+            *shape = {f, items, blocks * per_block};
             return HA_KERNEL_OK;
         }
         HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, s));

@@ -87,7 +87,7 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* score_prewait: the first item's inputs before the wait (run 48; alone within 0.5 us,
              with qhash_trigger's early trigger 1.5-2.5 us faster) */
     0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us;
-             not where warps hold eight items: gc16 B=8 1M 802 -> 844 us) */
+             not above two items per warp: 0.7-1.4% slower at group+compact B=8 1M, eight) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
