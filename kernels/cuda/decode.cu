@@ -1102,6 +1102,7 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
     if (smem > 200 * 1024)
         return HA_KERNEL_UNSUPPORTED;
     const int64_t per_block = block_items ? 1 : NW;
+    const ScoreForm form = score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged);
     auto go = [&](auto k) -> ha_kernel_status_t {
         HA_CUDA_TRY(allow_smem(k, smem));
         const int bps = bps_knob > 0 ? bps_knob : blocks_per_sm(k, threads, smem);
@@ -1119,14 +1120,12 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         if (s.trigger == 0)
             s.trigger = items <= blocks * per_block ? 2 : 1;
         if (shape) { /* the caller's question only */
-            const ScoreForm f = score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged);
-            *shape = {f, items, blocks * per_block};
+            *shape = {form, items, blocks * per_block};
             return HA_KERNEL_OK;
         }
         HA_CUDA_TRY(launch(k, dim3((unsigned)blocks), dim3((unsigned)threads), smem, st, pdl, s));
         return HA_KERNEL_OK;
     };
-    const ScoreForm form = score_form(sa, gw, GROUPSEL, block_items, vec4, per_head_vec4, staged);
     if (form == ScoreForm::block_items) {
         if (gw <= 1)
             return sa.G == 4 ? go(score_kernel<GROUPSEL, 1, 4>) : go(score_kernel<GROUPSEL, 1>);
@@ -1474,6 +1473,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.st_tok = Hq;
         h.st_head = 1;
         h.gather_rank0 = tn.qhash_gather;
+        h.bias_smem = tn.qhash_bias;
         h.pdl = pdl_first_launch(); /* the first launch: qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention

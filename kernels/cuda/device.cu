@@ -88,6 +88,7 @@ static const ha_cuda_tuning_t kDefaults = {
              with qhash_trigger's early trigger 1.5-2.5 us faster) */
     0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us;
              not above two items per warp: 0.7-1.4% slower at group+compact B=8 1M, eight) */
+    1,    /* qhash_bias: the MLP clusters' biases staged with their weights (run 49) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

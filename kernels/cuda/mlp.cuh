@@ -59,6 +59,9 @@ struct HashArgs {
     int32_t pdl;
     int32_t trigger_early; /* 1: qhash_body triggers its dependents as its weight copies are issued,
                               else before layer 3 (decode.cu: where the staged score kernel follows) */
+    int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
+                              weights (before its wait) instead of loading each chain's bias from
+                              global memory as the chain starts (tuning's qhash_bias, run 49) */
 };
 
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
@@ -331,13 +334,15 @@ constexpr int kQhTB = 8; /* tokens per cluster */
 __host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
 __host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
 
-/* Shared floats: W1, W2, W3 row slices, x, h1, h2 (then 4 x TB words of bits,
- * gathered on rank 0 with the lab's qhash_gather). */
+/* Shared floats: W1, W2, W3 row slices, x, h1, h2, 4 x TB words of bits
+ * (gathered on rank 0 with the lab's qhash_gather), then the row slices'
+ * biases (layers 1 and 2: r12 each, layer 3: r3; HashArgs::bias_smem). */
 __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
 {
     const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
     return (size_t)r12 * qh_pitch(d) + (size_t)r12 * qh_pitch(m) + (size_t)r3 * qh_pitch(m) +
-           (size_t)kQhTB * qh_pitch(d) + (size_t)2 * kQhTB * qh_pitch(m) + (size_t)kQhRanks * kQhTB;
+           (size_t)kQhTB * qh_pitch(d) + (size_t)2 * kQhTB * qh_pitch(m) + (size_t)kQhRanks * kQhTB +
+           (size_t)2 * r12 + r3;
 }
 
 /* The body of qhash_kernel, also run by cache_write's fused kernel (after
@@ -358,6 +363,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     float *const h1 = xs + (size_t)kQhTB * pd;
     float *const h2 = h1 + (size_t)kQhTB * pm;
     uint32_t *const parts = reinterpret_cast<uint32_t *>(h2 + (size_t)kQhTB * pm); /* [ranks][TB], rank 0's */
+    float *const Bs = reinterpret_cast<float *>(parts + kQhRanks * kQhTB); /* biases: B1 | B2 | B3 rows */
     __shared__ uint32_t bits[kQhTB];
 
     const int tid = threadIdx.x;
@@ -390,6 +396,18 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
         }
     };
     load_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d);
+    if (a.bias_smem) {
+        /* the rows' biases with layer 1's weights: a chain's first fmaf
+         * then waits on shared memory, not on a global load issued as the
+         * layer starts (three of them on the kernel's path; the SASS had the
+         * chain's first FFMA a dozen instructions after its bias's LDG) */
+        for (int k = tid; k < 2 * r12 + r3; k += kQhThreads) {
+            const int r = k < r12 ? k : k < 2 * r12 ? k - r12 : k - 2 * r12;
+            if (k < 2 * r12 && r >= n12)
+                continue;
+            cp_async4(Bs + k, k < r12 ? B1 + i1 + r : k < 2 * r12 ? B2 + i1 + r : B3 + i3 + r);
+        }
+    }
     cp_async_commit();
     load_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m);
     cp_async_commit();
@@ -448,7 +466,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     cluster.sync();
     for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
         const int il = cidx % n12, t = cidx / n12, i = i1 + il;
-        const float v = ha_silu(chain(W1s, pd, xs, pd, d, B1[i], il, t));
+        const float v = ha_silu(chain(W1s, pd, xs, pd, d, a.bias_smem ? Bs[il] : B1[i], il, t));
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
             cluster.map_shared_rank(h1, r)[(size_t)t * pm + i] = v;
@@ -459,7 +477,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     __syncthreads();
     for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
         const int il = cidx % n12, t = cidx / n12, i = i1 + il;
-        const float v = ha_silu(chain(W2s, pm, h1, pm, m, B2[i], il, t));
+        const float v = ha_silu(chain(W2s, pm, h1, pm, m, a.bias_smem ? Bs[r12 + il] : B2[i], il, t));
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
             cluster.map_shared_rank(h2, r)[(size_t)t * pm + i] = v;
@@ -472,7 +490,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     __syncthreads();
     for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {
         const int il = cidx % r3, t = cidx / r3, i = i3 + il;
-        if (chain(W3s, pm, h2, pm, m, B3[i], il, t) > 0.0f)
+        if (chain(W3s, pm, h2, pm, m, a.bias_smem ? Bs[2 * r12 + il] : B3[i], il, t) > 0.0f)
             atomicOr(&bits[t], 1u << i);
     }
     __syncthreads();

@@ -110,6 +110,10 @@ typedef struct ha_cuda_tuning {
                                 weight copies are issued where the staged score kernel follows with
                                 score_prewait and at most two items per warp, else as 1), 1 before
                                 layer 3 (runs 40-47) */
+    /* appended in run 49 */
+    int qhash_bias;          /* 1: the query and key MLP clusters copy their rows' biases into
+                                shared memory with the weights; 0: each chain loads its bias from
+                                global memory as its layer starts (before run 49) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

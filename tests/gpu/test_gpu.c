@@ -576,6 +576,32 @@ START_TEST(gpu_decode_two_chunk_pass)
 }
 END_TEST
 
+/* Group selection's attention pass in parts of more than one piece of its
+ * shared list (attend.cuh's kListPiece, 512 entries), which no other case
+ * reaches: k_two's tables at a budget of 1/8 list ~8900 entries per
+ * (sequence, KV head), and 64 units in one wave of 528 blocks (132 SMs) make
+ * 8 parts of ~1100 entries, so a part reads the unit's contiguous list in
+ * three pieces, with ties at t spread over chunks and pieces
+ * (HT_FILL_TIES); an empty sequence and one decoded densely (300). Compact
+ * signatures and NHD (case 0) at every level, paper signatures and HND
+ * (case 1) at the full one. (Run 49's selection fused into the attention
+ * pass, not kept, listed its entries piece by piece: bench/NOTES.md.) */
+START_TEST(gpu_decode_list_pieces)
+{
+    ht_decode_desc_t d = long_desc(GROUP, _i ? PAPER : COMPACT, HT_FILL_TIES, _i ? HND : NHD, 0xf05e + (uint64_t)_i);
+    d.hq = 32;
+    d.hkv = 8;
+    d.d = 64;
+    d.batch = 8;
+    d.sink = 100;
+    d.recent = 200;
+    d.heavy_fraction = 1.0f / 8;
+    d.seq_lens = k_two;
+    d.tight_tables = 1;
+    check_decode(&d, 0);
+}
+END_TEST
+
 /* The one-kernel selection of short tables (kernels/cuda/small.cu: group
  * selection, tables of at most 16384 positions, G <= 4, here on clusters of
  * 8 blocks per (sequence, KV head)): the runner's shape (Hq 9, Hkv 3, D 64,
@@ -1687,6 +1713,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_big_chunks, 0, full ? 6 : 3);
     tcase_add_loop_test(tc, gpu_decode_dense_chunks, 0, full ? 2 : 1);
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_decode_list_pieces, 0, full ? 2 : 1);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
     if (full) {
         tcase_add_loop_test(tc, gpu_decode_large_cache, 0, 5);
