@@ -401,12 +401,12 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
          * then waits on shared memory, not on a global load issued as the
          * layer starts (three of them on the kernel's path; the SASS had the
          * chain's first FFMA a dozen instructions after its bias's LDG) */
-        for (int k = tid; k < 2 * r12 + r3; k += kQhThreads) {
-            const int r = k < r12 ? k : k < 2 * r12 ? k - r12 : k - 2 * r12;
-            if (k < 2 * r12 && r >= n12)
-                continue;
-            cp_async4(Bs + k, k < r12 ? B1 + i1 + r : k < 2 * r12 ? B2 + i1 + r : B3 + i3 + r);
+        for (int r = tid; r < n12; r += kQhThreads) {
+            cp_async4(Bs + r, B1 + i1 + r);
+            cp_async4(Bs + r12 + r, B2 + i1 + r);
         }
+        for (int r = tid; r < r3; r += kQhThreads)
+            cp_async4(Bs + 2 * r12 + r, B3 + i3 + r);
     }
     cp_async_commit();
     load_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m);
