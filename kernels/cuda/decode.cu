@@ -1474,6 +1474,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.st_head = 1;
         h.gather_rank0 = tn.qhash_gather;
         h.bias_smem = tn.qhash_bias;
+        h.fixed_shape = tn.qhash_fixed;
         h.pdl = pdl_first_launch(); /* the first launch: qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention

@@ -59,6 +59,8 @@ struct HashArgs {
     int32_t pdl;
     int32_t trigger_early; /* 1: qhash_body triggers its dependents as its weight copies are issued,
                               else before layer 3 (decode.cu: where the staged score kernel follows) */
+    int32_t fixed_shape;   /* 1: launch_qhash runs a qhash_kernel whose D and m are compile-time
+                              constants where they are 128/128 or 64/64 (tuning's qhash_fixed) */
     int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
                               weights (before its wait) instead of loading each chain's bias from
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
@@ -346,14 +348,18 @@ __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
 }
 
 /* The body of qhash_kernel, also run by cache_write's fused kernel (after
- * its K/V copies) with keep pointing to shared memory. */
-template <typename T>
+ * its K/V copies) with keep pointing to shared memory. D and M > 0 fix the
+ * input size and the width at compile time (a.dim and a.mlp.width must
+ * equal them): the weight copies' and the chains' index arithmetic folds
+ * into constants (run 50: ~640 instructions a warp before the first
+ * cluster barrier in the runtime-shaped form, ~45% of the samples at B=1). */
+template <typename T, int D = 0, int M = 0>
 __device__ __forceinline__ void qhash_body(const HashArgs &a)
 {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     extern __shared__ float4 qsm4[];
-    const int m = a.mlp.width, d = a.dim;
+    const int m = M > 0 ? M : a.mlp.width, d = D > 0 ? D : a.dim;
     const int pd = qh_pitch(d), pm = qh_pitch(m);
     const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
     float *const W1s = reinterpret_cast<float *>(qsm4);
@@ -521,10 +527,10 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     }
 }
 
-template <typename T>
+template <typename T, int D = 0, int M = 0>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
-    qhash_body<T>(a);
+    qhash_body<T, D, M>(a);
 }
 
 /* A kernel on qhash_kernel's grid (kQhRanks-CTA clusters, one per output head
@@ -565,7 +571,12 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster) {
-        if (launch_qh_grid(qhash_kernel<T>, a, out_heads, stream, a) == cudaSuccess)
+        /* the common shapes (D = m = 128, D = m = 64) with their sizes fixed (qhash_body) */
+        const bool fixed = a.fixed_shape != 0;
+        auto kernel = fixed && a.dim == 128 && a.mlp.width == 128 ? qhash_kernel<T, 128, 128>
+                      : fixed && a.dim == 64 && a.mlp.width == 64 ? qhash_kernel<T, 64, 64>
+                                                                    : qhash_kernel<T>;
+        if (launch_qh_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */
     }
