@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
  * (bench/NOTES.md). */
 constexpr int kCwFusedMax = 256;
 
-template <typename T>
+template <typename T, int D = 0, int M = 0> /* D, M: qhash_body's fixed sizes */
 __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h)
 {
     __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
@@ -174,7 +174,16 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     if (a.write_kv)
         copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
     h.keep = win;
-    qhash_body<T>(h);
+    qhash_body<T, D, M>(h);
+}
+
+/* cw_fused_kernel with the key MLPs' sizes fixed where they are 128/128 or
+ * 64/64 (tuning's qhash_fixed, as launch_qhash picks qhash_kernel) */
+template <typename T>
+__host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int heads, cudaStream_t st)
+{
+    auto kernel = pick_fixed_shape(h, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>, cw_fused_kernel<T>);
+    return launch_qh_grid(kernel, h, heads, st, a, h);
 }
 
 /* The key signatures of cache_write. A decode step's few keys (under 256,
@@ -263,15 +272,14 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.num_blocks = p->num_blocks;
         h.gather_rank0 = tuning().qhash_gather;
         h.bias_smem = tuning().qhash_bias;
+        h.fixed_shape = tuning().qhash_fixed;
         if (p->num_tokens <= kCwFusedMax) {
             h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
             cudaError_t e = cudaErrorInvalidValue;
             switch (p->dtype) {
-            case HA_DTYPE_F32: e = launch_qh_grid(cw_fused_kernel<float>, h, p->num_sig_heads, st, a, h); break;
-            case HA_DTYPE_F16: e = launch_qh_grid(cw_fused_kernel<__half>, h, p->num_sig_heads, st, a, h); break;
-            case HA_DTYPE_BF16:
-                e = launch_qh_grid(cw_fused_kernel<__nv_bfloat16>, h, p->num_sig_heads, st, a, h);
-                break;
+            case HA_DTYPE_F32: e = launch_cw_fused<float>(a, h, p->num_sig_heads, st); break;
+            case HA_DTYPE_F16: e = launch_cw_fused<__half>(a, h, p->num_sig_heads, st); break;
+            case HA_DTYPE_BF16: e = launch_cw_fused<__nv_bfloat16>(a, h, p->num_sig_heads, st); break;
             default: return HA_KERNEL_UNSUPPORTED;
             }
             if (e == cudaSuccess)

@@ -59,8 +59,8 @@ struct HashArgs {
     int32_t pdl;
     int32_t trigger_early; /* 1: qhash_body triggers its dependents as its weight copies are issued,
                               else before layer 3 (decode.cu: where the staged score kernel follows) */
-    int32_t fixed_shape;   /* 1: launch_qhash runs a qhash_kernel whose D and m are compile-time
-                              constants where they are 128/128 or 64/64 (tuning's qhash_fixed) */
+    int32_t fixed_shape;   /* 1: the kernel whose D and m are compile-time constants where they
+                              are 128/128 or 64/64 (pick_fixed_shape; tuning's qhash_fixed) */
     int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
                               weights (before its wait) instead of loading each chain's bias from
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
@@ -565,17 +565,24 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
 /* Signatures of a few tokens (a decode step's queries, or its new keys in
  * cache_write) on clusters; falls back to launch_hash when the cluster launch
  * is refused. */
+/* Of three instantiations of one kernel, the one whose sizes suit a: D = m =
+ * 128, D = m = 64 (qhash_body's compile-time sizes, where a.fixed_shape asks
+ * for them), or the runtime-shaped one. launch_qhash and cache_write's fused
+ * kernel choose this way. */
+template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, K k128, K k64, K any)
+{
+    if (a.fixed_shape == 0 || a.dim != a.mlp.width)
+        return any;
+    return a.dim == 128 ? k128 : a.dim == 64 ? k64 : any;
+}
+
 template <typename T>
 __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaStream_t stream, bool use_cluster)
 {
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster) {
-        /* the common shapes (D = m = 128, D = m = 64) with their sizes fixed (qhash_body) */
-        const bool fixed = a.fixed_shape != 0;
-        auto kernel = fixed && a.dim == 128 && a.mlp.width == 128 ? qhash_kernel<T, 128, 128>
-                      : fixed && a.dim == 64 && a.mlp.width == 64 ? qhash_kernel<T, 64, 64>
-                                                                    : qhash_kernel<T>;
+        auto kernel = pick_fixed_shape(a, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>, qhash_kernel<T>);
         if (launch_qh_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */

@@ -115,8 +115,9 @@ typedef struct ha_cuda_tuning {
                                 shared memory with the weights; 0: each chain loads its bias from
                                 global memory as its layer starts (before run 49) */
     /* appended in run 50 */
-    int qhash_fixed;         /* 1: the query MLPs' kernel with D and m fixed at compile time where
-                                they are 128/128 or 64/64; 0: the runtime-shaped kernel */
+    int qhash_fixed;         /* 1: the query MLPs' kernel (and cache_write's fused kernel, the key
+                                MLPs) with D and m fixed at compile time where they are 128/128 or
+                                64/64; 0: the runtime-shaped kernels */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
