@@ -562,9 +562,6 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-/* Signatures of a few tokens (a decode step's queries, or its new keys in
- * cache_write) on clusters; falls back to launch_hash when the cluster launch
- * is refused. */
 /* Of three instantiations of one kernel, the one whose sizes suit a: D = m =
  * 128, D = m = 64 (qhash_body's compile-time sizes, where a.fixed_shape asks
  * for them), or the runtime-shaped one. launch_qhash and cache_write's fused
@@ -576,6 +573,9 @@ template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, K k128, K k
     return a.dim == 128 ? k128 : a.dim == 64 ? k64 : any;
 }
 
+/* Signatures of a few tokens (a decode step's queries, or its new keys in
+ * cache_write) on clusters; falls back to launch_hash when the cluster launch
+ * is refused. */
 template <typename T>
 __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaStream_t stream, bool use_cluster)
 {
