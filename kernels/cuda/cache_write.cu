@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
 }
 
 /* cw_fused_kernel with the key MLPs' sizes fixed where they are 128/128 or
- * 64/64 (tuning's qhash_fixed, as launch_qhash picks qhash_kernel) */
+ * 64/64 (pick_fixed_shape, under tuning's qhash_fixed) */
 template <typename T>
 __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int heads, cudaStream_t st)
 {

@@ -90,9 +90,10 @@ static const ha_cuda_tuning_t kDefaults = {
              not above two items per warp: 0.7-1.4% slower at group+compact B=8 1M, eight) */
     1,    /* qhash_bias: the MLP clusters' biases staged with their weights (run 49b: the query
              MLPs alone at gc32 B=8 128K 14.0 -> 13.4 us, sparse steps 0.5-1.5 us faster) */
-    1,    /* qhash_fixed: the query MLPs with D and m fixed at compile time where they are 128/128
-             or 64/64 (run 50d: qhash_kernel under ncu 12.2 -> 10.9 us at gc32 B=8 128K, 8.8 -> 7.8
-             at gp32 B=1 128K, 8.1 -> 7.3 on SmolLM2's layer; steps 0.5-2 us faster) */
+    1,    /* qhash_fixed: the query and key MLPs with D and m fixed at compile time where they are
+             128/128 or 64/64 (run 50d: qhash_kernel under ncu 12.2 -> 10.9 us at gc32 B=8 128K, 8.8
+             -> 7.8 at gp32 B=1 128K, 8.1 -> 7.3 on SmolLM2's layer; steps 0.5-2 us faster; run 51:
+             the runner's cache_write part 0.400 -> 0.329 ms a step at B=32 8K) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
