@@ -406,7 +406,7 @@ static const struct {
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
-    TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed),
+    TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
 };
 enum { MAX_TUNES = 16 };
 static struct {

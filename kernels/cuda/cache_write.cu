@@ -270,9 +270,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.sb = p->sig_cache.stride_block;
         h.sh = p->sig_cache.stride_head;
         h.num_blocks = p->num_blocks;
-        h.gather_rank0 = tuning().qhash_gather;
-        h.bias_smem = tuning().qhash_bias;
-        h.fixed_shape = tuning().qhash_fixed;
+        set_qhash_knobs(h);
         if (p->num_tokens <= kCwFusedMax) {
             h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
             cudaError_t e = cudaErrorInvalidValue;

@@ -1472,9 +1472,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.sig = reinterpret_cast<uint32_t *>(ws + W.qsig);
         h.st_tok = Hq;
         h.st_head = 1;
-        h.gather_rank0 = tn.qhash_gather;
-        h.bias_smem = tn.qhash_bias;
-        h.fixed_shape = tn.qhash_fixed;
+        set_qhash_knobs(h);
         h.pdl = pdl_first_launch(); /* the first launch: qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
@@ -1487,10 +1485,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
          * else before their layer 3: run 48 (bench/NOTES.md), gp32 B=1 128K
          * 45.8 -> 43.6 us, gp32 B=8 32K 61.8 -> 59.3; the early trigger
          * without the prewait was 1-1.5 us slower, and with eight items per
-         * warp 1-5% slower (group+compact B=8 1M, 48g; not profiled) */
+         * warp 1-5% slower (group+compact B=8 1M, 48g; not profiled). Before
+         * small.cu's kernel, which starts its first loads before its wait,
+         * the same early trigger (small_form 2; run 53: SmolLM2's layer at
+         * B=32 8K 35.0 -> 32.7 us against its new kernel with the late one) */
         ScoreShape shape = {};
-        h.trigger_early = !small && sa.prewait && tn.qhash_trigger == 0 && score(&shape) == HA_KERNEL_OK &&
-                          shape.form == ScoreForm::staged && shape.items <= 2 * shape.slots;
+        h.trigger_early = small ? tn.small_form == 2
+                                : sa.prewait && tn.qhash_trigger == 0 && score(&shape) == HA_KERNEL_OK &&
+                                      shape.form == ScoreForm::staged && shape.items <= 2 * shape.slots;
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;

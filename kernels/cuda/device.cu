@@ -94,6 +94,9 @@ static const ha_cuda_tuning_t kDefaults = {
              128/128 or 64/64 (run 50d: qhash_kernel under ncu 12.2 -> 10.9 us at gc32 B=8 128K, 8.8
              -> 7.8 at gp32 B=1 128K, 8.1 -> 7.3 on SmolLM2's layer; steps 0.5-2 us faster; run 51:
              the runner's cache_write part 0.400 -> 0.329 ms a step at B=32 8K) */
+    2,    /* small_form: small.cu's first signature words before its wait, its list from bit
+             masks, the query MLPs' early trigger (run 53: SmolLM2's layer at B=32 8K 36.0 ->
+             32.7 us compact, 40.5 -> 35.9 paper; the kernel under ncu 14.6 -> 12.6, 18.7 -> 15.6) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

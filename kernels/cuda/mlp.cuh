@@ -66,6 +66,16 @@ struct HashArgs {
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
 };
 
+/* The cluster MLPs' three knobs from tuning (cache_write's key MLPs and
+ * decode's query MLPs take them alike). */
+__host__ inline void set_qhash_knobs(HashArgs &h)
+{
+    const ha_cuda_tuning_t &tn = tuning();
+    h.gather_rank0 = tn.qhash_gather;
+    h.bias_smem = tn.qhash_bias;
+    h.fixed_shape = tn.qhash_fixed;
+}
+
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
  * jobs hold min(128, m) rows, layer 3 jobs 32. */
 __host__ __device__ __forceinline__ size_t mlp_slot_floats(int d, int m, bool all)

@@ -9,12 +9,14 @@
  * Rank r of the cluster owns the r-th of R contiguous ranges of candidates:
  *
  *   1. scores: each thread scores quads of the range's positions (16-byte
- *      signature loads, a batch of quads in flight), keeps them in shared
- *      memory and counts them in its warp's histogram; the block's sum;
+ *      signature loads, a batch of quads in flight, the first before the
+ *      wait for the query signatures), keeps them in shared memory (one byte
+ *      each) and counts them in its warp's histogram; the block's sum;
  *   2. threshold: every block sums the cluster's histograms (distributed
  *      shared memory) and finds t with count(>= t) >= K > count(> t) and how
  *      many ties at t are taken (the newest), the same in every block;
- *   3. list: each thread owns a run of the range; a block scan and the
+ *   3. list: each thread owns a run of the range, 32 positions a word of
+ *      bits (above t, at t); a block scan and the
  *      cluster's (ties, above t) counts rank the ties and place every
  *      selected position after the sink and before the recent window
  *      (ascending, as kernels/cpu/select.c lists them), in the unit's
@@ -69,8 +71,10 @@ __host__ inline int small_rank_quads(int64_t max_tokens, int ranks)
     return (int)((((max_tokens + 3) / 4) + ranks - 1) / ranks) + 1;
 }
 
-/* Shared memory: the range's scores (u16 per position), the warps'
- * histograms (row 0 then holds the block's, row 1 the cluster's). */
+/* Shared memory: the range's scores (u16 per position in the old form, a
+ * byte in NF's, whose list step reads whole 32-byte words: at most 31 bytes
+ * past the range, still inside this allocation), the warps' histograms
+ * (row 0 then holds the block's, row 1 the cluster's). */
 __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, int *hist_off)
 {
     size_t o = align_up((size_t)small_rank_quads(max_tokens, ranks) * 8, 16);
@@ -81,8 +85,13 @@ __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, i
 
 /* GP: the group padded to a power of two (heads g >= G weigh nothing);
  * CMP: one signature word per KV head (compact layout), else one per query
- * head. */
-template <int GP, bool CMP>
+ * head. NF (tuning's small_form, run 53): the first batch of page ids and
+ * signature words requested before the wait (inputs only, as the score
+ * kernel's prewait), one-byte scores stored four at a time, and the list
+ * step on 32 positions a word of bits (attend.cuh's score_bits), walking
+ * only the selected ones; else the form of runs 22-52 (u16 scores, a
+ * position at a time). Both give the same lists. */
+template <int GP, bool CMP, bool NF>
 __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select_kernel(const SmallArgs a)
 {
     namespace cg = cooperative_groups;
@@ -96,7 +105,10 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     __shared__ int s_cnt[2]; /* the block's ties at t and positions above t */
 
     cg::cluster_group cluster = cg::this_cluster();
-    const int R = a.ranks, rank = (int)(blockIdx.x % (unsigned)R), unit = (int)(blockIdx.x / (unsigned)R);
+    /* R is a power of two (small_select_plan) */
+    const int R = a.ranks, rs = __ffs(R) - 1;
+    const int rank = NF ? (int)(blockIdx.x & (unsigned)(R - 1)) : (int)(blockIdx.x % (unsigned)R);
+    const int unit = NF ? (int)(blockIdx.x >> rs) : (int)(blockIdx.x / (unsigned)R);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int s = unit / a.Hkv, kvh = unit % a.Hkv;
     const int G = a.G, h0 = kvh * G, nbins = 32 * G + 1;
@@ -122,7 +134,8 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
         return;
     }
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
-    uint16_t *const sc = reinterpret_cast<uint16_t *>(sm);
+    uint16_t *const sc = reinterpret_cast<uint16_t *>(sm); /* NF: sc8 */
+    uint8_t *const sc8 = sm;
     int *const whist = reinterpret_cast<int *>(sm + a.hist_off);
     const PageSplit split = page_split(a.bs);
 
@@ -130,21 +143,18 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
      * them, i.e. its positions [c0, c1), scores at sc[p - 4 qr0] */
     const int lo = (int)bud.I, hi = n - (int)bud.R, K = (int)bud.K;
     const int qa0 = lo >> 2, qa1 = (hi + 3) >> 2, nq = qa1 - qa0;
-    const int qr0 = qa0 + (int)((int64_t)nq * rank / R), qr1 = qa0 + (int)((int64_t)nq * (rank + 1) / R);
+    /* nq * R fits an int: nq <= max_tokens / 4 + 2 and R * max_tokens < 2^31 (kSmallMaxTokens) */
+    const int qr0 = qa0 + (NF ? (nq * rank) >> rs : (int)((int64_t)nq * rank / R));
+    const int qr1 = qa0 + (NF ? (nq * (rank + 1)) >> rs : (int)((int64_t)nq * (rank + 1) / R));
     const int c0 = max(lo, qr0 << 2), c1 = min(hi, qr1 << 2), pb = qr0 << 2;
     for (int i = tid; i < kSmallWarps * nbins; i += kSmallThreads)
         whist[i] = 0;
-    pdl_wait(); /* the query signatures of the kernel before (PDL, run 39) */
-    uint32_t qs[GP];
-#pragma unroll
-    for (int g = 0; g < GP; g++)
-        qs[g] = g < G ? a.w.qsig[(int64_t)s * a.Hq + h0 + g] : 0u;
-    __syncthreads();
 
-    /* 1. scores */
-    int *const wh = whist + warp * nbins;
-    for (int qb = qr0 + tid; qb < qr1; qb += kSmallThreads * NB) {
-        int pg[NB], po[NB];
+    /* a batch of NB quads from qb (every NB-th quad of the block): page ids,
+     * then the signature words (zeros past the range or for a bad page) */
+    int pg[NB], po[NB];
+    uint4 w[NB][GW];
+    auto load_batch = [&](int qb) {
 #pragma unroll
         for (int i = 0; i < NB; i++) {
             const int qd = qb + i * kSmallThreads;
@@ -157,7 +167,6 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
                 pg[i] = page_ok(a.guard, page, s, blk) ? page : -1;
             }
         }
-        uint4 w[NB][GW];
 #pragma unroll
         for (int i = 0; i < NB; i++) {
 #pragma unroll
@@ -169,9 +178,26 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
                 }
             }
         }
+    };
+    const int qb_first = qr0 + tid;
+    if (NF)
+        load_batch(qb_first); /* inputs only (the block table, the signature cache): before the wait */
+    pdl_wait(); /* the query signatures of the kernel before (PDL, run 39) */
+    uint32_t qs[GP];
+#pragma unroll
+    for (int g = 0; g < GP; g++)
+        qs[g] = g < G ? a.w.qsig[(int64_t)s * a.Hq + h0 + g] : 0u;
+    __syncthreads();
+
+    /* 1. scores */
+    int *const wh = whist + warp * nbins;
+    for (int qb = qb_first; qb < qr1; qb += kSmallThreads * NB) {
+        if (!NF || qb != qb_first)
+            load_batch(qb);
 #pragma unroll
         for (int i = 0; i < NB; i++) {
             const int p0 = (qb + i * kSmallThreads) << 2;
+            uint32_t packed = 0u; /* NF: the quad's four one-byte scores */
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int p = p0 + k;
@@ -183,12 +209,17 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
                     if (g < G)
                         d += __popc(qs[g] ^ kw);
                 }
+                const int score = 32 * G - d;
+                packed |= (uint32_t)score << (8 * k);
                 if (p >= c0 && p < c1) { /* a candidate of this rank's range */
-                    const int score = 32 * G - d;
-                    sc[p - pb] = (uint16_t)score;
+                    if (!NF)
+                        sc[p - pb] = (uint16_t)score;
                     atomicAdd(&wh[score], 1);
                 }
             }
+            /* NF: the whole quad (its bytes outside [c0, c1) are never listed) */
+            if (NF && p0 < (qr1 << 2))
+                *reinterpret_cast<uint32_t *>(sc8 + (p0 - pb)) = packed;
         }
     }
     __syncthreads();
@@ -237,13 +268,36 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
 
     /* 3. the list: the rank's ties and positions above t, then every rank's */
     const int t = s_t, take = s_take;
+    /* the old form: a thread owns positions [r0, r1) of [c0, c1); NF: offsets
+     * [e0, e1) of [0, ne) from pb in words of 32 (the candidates, [c0 - pb, ne),
+     * by a bit range) */
     const int per = (c1 - c0 + kSmallThreads - 1) / kSmallThreads;
     const int r0 = min(c1, c0 + tid * per), r1 = min(c1, r0 + per);
+    const int ne = c1 - pb, elo = c0 - pb;
+    const int eper = (ne + 32 * kSmallThreads - 1) / (32 * kSmallThreads) * 32;
+    const int e0 = min(ne, tid * eper), e1 = min(ne, e0 + eper);
+    const uint32_t t4 = (uint32_t)t * 0x01010101u; /* t <= nbins <= 129: one byte */
+    /* bits of the 32 positions from offset e: above t (g) and at t (q), candidates only */
+    auto word_bits = [&](int e, uint32_t &g, uint32_t &q) {
+        score_bits(sc8 + e, t4, g, q);
+        const uint32_t cm = bit_range_mask(e, elo, ne);
+        g &= cm;
+        q &= cm;
+    };
     int v[2] = {0, 0}, tot[2];
-    for (int p = r0; p < r1; p++) {
-        const int x = sc[p - pb];
-        v[0] += x == t;
-        v[1] += x > t;
+    if (NF) {
+        for (int e = e0; e < e1; e += 32) {
+            uint32_t g, q;
+            word_bits(e, g, q);
+            v[0] += __popc(q);
+            v[1] += __popc(g);
+        }
+    } else {
+        for (int p = r0; p < r1; p++) {
+            const int x = sc[p - pb];
+            v[0] += x == t;
+            v[1] += x > t;
+        }
     }
     const int eq = v[0], gt = v[1];
     block_excl_scan<2>(v, tot, scan_sm);
@@ -298,13 +352,25 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
             idx_out[e] = p;
     };
     int o = lo + before + c[0];
-    for (int p = r0; p < r1; p++) {
-        const int x = sc[p - pb];
-        bool sel = x > t;
-        if (x == t)
-            sel = skip-- <= 0;
-        if (sel)
-            put(o++, p);
+    if (NF) {
+        for (int e = e0; e < e1; e += 32) {
+            uint32_t g, q[2] = {0u, 0u};
+            word_bits(e, g, q[0]);
+            const int nqt = __popc(q[0]);
+            drop_low_bits(q, skip); /* the oldest skipped ties */
+            skip = max(0, skip - nqt);
+            for (uint32_t m = g | q[0]; m; m &= m - 1u)
+                put(o++, pb + e + __ffs(m) - 1);
+        }
+    } else {
+        for (int p = r0; p < r1; p++) {
+            const int x = sc[p - pb];
+            bool sel = x > t;
+            if (x == t)
+                sel = skip-- <= 0;
+            if (sel)
+                put(o++, p);
+        }
     }
     if (rank == 0) {
         for (int i = tid; i < lo; i += kSmallThreads)
@@ -322,7 +388,7 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
 template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem,
                                                                cudaStream_t st, bool pdl)
 {
-    auto k = small_select_kernel<GP, CMP>;
+    auto k = tuning().small_form != 0 ? small_select_kernel<GP, CMP, true> : small_select_kernel<GP, CMP, false>;
     cudaError_t e = allow_smem(k, smem);
     if (e != cudaSuccess)
         return e;

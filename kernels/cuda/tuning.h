@@ -118,6 +118,10 @@ typedef struct ha_cuda_tuning {
     int qhash_fixed;         /* 1: the query MLPs' kernel (and cache_write's fused kernel, the key
                                 MLPs) with D and m fixed at compile time where they are 128/128 or
                                 64/64; 0: the runtime-shaped kernels */
+    /* appended in run 53 */
+    int small_form;          /* small.cu's kernel: 1 its first signature words before the wait and
+                                its list from bit masks; 2 the same, the query MLPs triggering it as
+                                their weight copies are issued; 0 the form of runs 22-52 */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
