@@ -109,7 +109,8 @@ typedef struct ha_cuda_tuning {
     int qhash_trigger;       /* where the query MLPs trigger their dependents: 0 automatic (as their
                                 weight copies are issued where the staged score kernel follows with
                                 score_prewait and at most two items per warp, else as 1), 1 before
-                                layer 3 (runs 40-47) */
+                                layer 3 (runs 40-47). Before small.cu's kernel small_form decides
+                                alone (2: as the weight copies are issued) */
     /* appended in run 49 */
     int qhash_bias;          /* 1: the query and key MLP clusters copy their rows' biases into
                                 shared memory with the weights; 0: each chain loads its bias from
