@@ -85,6 +85,25 @@ int64_t ha_heavy_budget(const ha_budget_t *b, int64_t n)
     return (int64_t)((double)b->heavy_fraction * (double)n);
 }
 
+/* ---- hash ---- */
+typedef struct ha_hash_params {
+    ha_dtype_t dtype;
+    int32_t num_tokens;
+    int32_t num_in_heads;   /* Hq (query side) or Hkv (key side) */
+    int32_t num_out_heads;  /* Hq or Hsig */
+    int32_t group;          /* output head o reads input head o / group */
+    int32_t head_dim;
+    ha_rows_view_t input;   /* [n, num_in_heads, D] */
+    uint32_t *signatures;   /* [n, num_out_heads] */
+    int64_t sig_stride_token;
+    int64_t sig_stride_head;
+    ha_mlp_t mlp;           /* num_heads = num_out_heads */
+    void *workspace;
+    size_t workspace_size;
+    void *stream;
+    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
+} ha_hash_params_t;
+
 /* ---- cache_write ---- */
 typedef struct ha_cache_write_params {
     ha_dtype_t dtype;
@@ -107,6 +126,10 @@ typedef struct ha_cache_write_params {
     void *stream;
     int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
     int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check slots against it */
+    /* 1.2: the step's queries hashed in the same work (query side, group 1;
+     * workspace and stream the call's); num_tokens 0 = none. num_tokens
+     * above may then be 0. */
+    ha_hash_params_t query_hash;
 } ha_cache_write_params_t;
 
 /* ---- decode ---- */
@@ -143,6 +166,10 @@ typedef struct ha_decode_params {
     void *stream;
     int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
     int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check block ids against it */
+    /* 1.2: the queries' signatures given by the host ([num_seqs, Hq], rows
+     * qsig_stride words apart): the query MLPs are not run. NULL: hash query. */
+    const uint32_t *query_sigs;
+    int64_t qsig_stride;
 } ha_decode_params_t;
 
 /* ---- prefill ---- */
@@ -171,24 +198,6 @@ typedef struct ha_prefill_params {
     int64_t num_blocks;   /* blocks of the caches: the CUDA kernels check block ids against it */
 } ha_prefill_params_t;
 
-/* ---- hash ---- */
-typedef struct ha_hash_params {
-    ha_dtype_t dtype;
-    int32_t num_tokens;
-    int32_t num_in_heads;   /* Hq (query side) or Hkv (key side) */
-    int32_t num_out_heads;  /* Hq or Hsig */
-    int32_t group;          /* output head o reads input head o / group */
-    int32_t head_dim;
-    ha_rows_view_t input;   /* [n, num_in_heads, D] */
-    uint32_t *signatures;   /* [n, num_out_heads] */
-    int64_t sig_stride_token;
-    int64_t sig_stride_head;
-    ha_mlp_t mlp;           /* num_heads = num_out_heads */
-    void *workspace;
-    size_t workspace_size;
-    void *stream;
-    int32_t device;       /* CUDA ordinal of the context (0 on the CPU) */
-} ha_hash_params_t;
 
 /* Workspace bytes for each op, given the bounds (see hashattn_workspace_args). */
 typedef struct ha_workspace_bounds {

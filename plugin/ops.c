@@ -28,16 +28,16 @@ typedef hashattn_status_t status_t;
 static const ha_field_t write_fields[] = {
     HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, key), HA_F(T, value),
     HA_F(T, key_cache), HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, slot_mapping),
-    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
-static const ha_struct_desc_t write_desc = {"cache_write_args", write_fields, 12, HA_END(T, slot_mapping), sizeof(T)};
+    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream), HA_F(T, query), HA_F(T, query_signatures)};
+static const ha_struct_desc_t write_desc = {"cache_write_args", write_fields, 14, HA_END(T, slot_mapping), sizeof(T)};
 #undef T
 #define T hashattn_decode_args_t
 static const ha_field_t decode_fields[] = {
     HA_F(T, struct_size), HA_F(T, flags), HA_F(T, layer), HA_F(T, query), HA_F(T, key_cache),
     HA_F(T, value_cache), HA_F(T, signature_cache), HA_F(T, block_tables), HA_F(T, seq_lens),
     HA_F(T, output), HA_F(T, budget), HA_F(T, selected_indices), HA_F(T, selected_counts),
-    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream)};
-const ha_struct_desc_t ha_decode_desc = {"decode_args", decode_fields, 16, HA_END(T, output), sizeof(T)};
+    HA_F(T, workspace), HA_F(T, workspace_size), HA_F(T, stream), HA_F(T, query_signatures)};
+const ha_struct_desc_t ha_decode_desc = {"decode_args", decode_fields, 17, HA_END(T, output), sizeof(T)};
 #undef T
 #define T hashattn_prefill_args_t
 static const ha_field_t prefill_fields[] = {
@@ -253,6 +253,36 @@ status_t ha_workspace_size(const hashattn_context_t *cctx, const hashattn_worksp
 
 /* ---- cache_write ---- */
 
+/* cache_write's optional query hashing (1.2): the hash operation's params for
+ * query [n, Hq, D] -> query_signatures [n, Hq], checked as `hash` checks them
+ * (the names are cache_write's fields). workspace and stream: the caller's. */
+static status_t query_hash_params(hashattn_context_t *ctx, const char *op, int32_t layer, const DLTensor *query,
+                                  DLTensor *sigs, ha_hash_params_t *p)
+{
+    const hashattn_context_config_t *c = &ctx->cfg;
+    ha_tensor_t vq, vs;
+    int64_t eq[3] = {-1, c->num_q_heads, c->head_dim};
+    TRY(ha_check_tensor(ctx, op, "query", query, 3, eq, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vq));
+    const int64_t n = vq.shape[0];
+    int64_t es[2] = {n, c->num_q_heads};
+    TRY(ha_check_tensor(ctx, op, "query_signatures", sigs, 2, es, HA_DL_UINT32, HA_ON_CONTEXT, &vs));
+    if (n > INT32_MAX)
+        return ha_fail(ctx, BAD, "%s: query.shape[0] = %lld is too many", op, (long long)n);
+    p->dtype = ctx->dtype;
+    p->num_tokens = (int32_t)n;
+    p->num_in_heads = c->num_q_heads;
+    p->num_out_heads = c->num_q_heads;
+    p->group = 1;
+    p->head_dim = c->head_dim;
+    p->input = rows_of(&vq);
+    p->signatures = (uint32_t *)vs.data;
+    p->sig_stride_token = vs.strides[0];
+    p->sig_stride_head = vs.strides[1];
+    p->mlp = ha_weights_mlp(ctx, weights_base(ctx), HA_SIDE_QUERY, layer);
+    p->device = c->device.device_id;
+    return OK;
+}
+
 status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args_t *args)
 {
     static const char op[] = "cache_write";
@@ -265,7 +295,10 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     const int write_kv = !(a.flags & HASHATTN_CACHE_WRITE_SIGNATURES_ONLY);
     if (!write_kv && !a.signature_cache)
         return ha_fail(ctx, BAD, "cache_write: flags = SIGNATURES_ONLY but signature_cache is NULL");
-    if (a.signature_cache)
+    if (!a.query != !a.query_signatures)
+        return ha_fail(ctx, BAD, "cache_write: query is %s but query_signatures is %s (both or neither)",
+                       a.query ? "set" : "NULL", a.query_signatures ? "set" : "NULL");
+    if (a.signature_cache || a.query)
         TRY(need_weights(ctx, op));
 
     ha_tensor_t vk, vv, vkc, vvc, vslot;
@@ -280,6 +313,8 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
 
     ha_cache_write_params_t p;
     memset(&p, 0, sizeof p);
+    if (a.query)
+        TRY(query_hash_params(ctx, op, a.layer, a.query, a.query_signatures, &p.query_hash));
     int64_t num_blocks = -1;
     if (write_kv) {
         TRY(ha_check_tensor(ctx, op, "value", a.value, 3, ek, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vv));
@@ -308,7 +343,7 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     ha_workspace_bounds_t b = bounds_of(ctx);
     b.max_num_tokens = n;
     TRY(check_workspace(ctx, op, HASHATTN_OP_CACHE_WRITE, &b, a.workspace, a.workspace_size));
-    if (n == 0)
+    if (n == 0 && p.query_hash.num_tokens == 0)
         return OK;
 
     p.dtype = ctx->dtype;
@@ -329,6 +364,9 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     p.stream = a.stream;
     p.device = c->device.device_id;
     p.num_blocks = num_blocks;
+    p.query_hash.workspace = a.workspace;
+    p.query_hash.workspace_size = a.workspace_size;
+    p.query_hash.stream = a.stream;
     return from_kernel(ctx, op, DISPATCH(ctx, cache_write, &p));
 }
 
@@ -360,6 +398,14 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     TRY(check_kv_cache(ctx, op, "value_cache", a.value_cache, &num_blocks, &vvc, &p.value_cache));
     if (!dense || a.signature_cache)
         TRY(check_sig_cache(ctx, op, a.signature_cache, num_blocks, &p.sig_cache));
+    if (a.query_signatures) {
+        ha_tensor_t v;
+        int64_t e[2] = {num_seqs, c->num_q_heads};
+        TRY(ha_check_tensor(ctx, op, "query_signatures", a.query_signatures, 2, e, HA_DL_UINT32, HA_ON_CONTEXT,
+                            &v));
+        p.query_sigs = (const uint32_t *)v.data;
+        p.qsig_stride = v.strides[0];
+    }
     TRY(ha_read_budget(ctx, op, a.budget, &p.budget));
 
     const int group_sel = c->selection == HASHATTN_SELECTION_GROUP;

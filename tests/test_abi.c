@@ -1,6 +1,7 @@
 /*
  * test_abi.c - the stable ABI as a host sees it: loading, the function table,
- * versions, status strings, struct_size rules (short, long, truncated),
+ * versions, status strings, struct_size rules (short, long, truncated, and
+ * a 1.1 caller's decode and cache_write args without 1.2's fields),
  * unknown flags and NULL pointers.
  */
 #include <check.h>
@@ -479,6 +480,163 @@ START_TEST(abi_truncated_config)
 }
 END_TEST
 
+/* ---- 1.2's appended fields: a 1.1 caller's shorter decode and cache_write
+ * args get their default (no query signatures), nothing past struct_size is
+ * read, and a size that cuts one of them is refused ---- */
+
+/* The first `size` bytes of args a in a heap block of exactly that size,
+ * struct_size = size (the caller frees it). */
+static void *sized_copy(const void *a, size_t size)
+{
+    unsigned char *blk = malloc(size);
+    ck_assert_ptr_nonnull(blk);
+    memcpy(blk, a, size);
+    memcpy(blk, &size, sizeof size);
+    return blk;
+}
+
+static hashattn_status_t decode_sized(const hashattn_api_t *api, hashattn_context_t *ctx,
+                                      const hashattn_decode_args_t *a, size_t size)
+{
+    void *blk = sized_copy(a, size);
+    hashattn_status_t st = api->decode(ctx, blk);
+    free(blk);
+    return st;
+}
+
+static hashattn_status_t write_sized(const hashattn_api_t *api, hashattn_context_t *ctx,
+                                     const hashattn_cache_write_args_t *a, size_t size)
+{
+    void *blk = sized_copy(a, size);
+    hashattn_status_t st = api->cache_write(ctx, blk);
+    free(blk);
+    return st;
+}
+
+static uint64_t caches_checksum(const ht_decode_case_t *c)
+{
+    return ht_checksum(c->key_cache) * 31u ^ ht_checksum(c->value_cache) * 7u ^ ht_checksum(c->sig_cache);
+}
+
+START_TEST(abi_minor_1_1_args)
+{
+    ht_case_begin("abi(minor_1_1_args)", 17);
+    const hashattn_api_t *api = api_or_fail();
+    ht_decode_case_t c;
+    small_case(api, &c, 17);
+    const size_t d11 = offsetof(hashattn_decode_args_t, query_signatures); /* sizeof in 1.1 */
+    const size_t w11 = offsetof(hashattn_cache_write_args_t, query);
+    ck_assert_uint_eq(d11, 120);
+    ck_assert_uint_eq(w11, 88);
+
+    /* decode: the full struct without query signatures is the reference */
+    ck_assert_int_eq(ht_decode_case_run(&c, 0, NULL), HASHATTN_STATUS_OK);
+    ht_tensor_t *o0 = ht_tensor_clone(c.output), *n0 = ht_tensor_clone(c.sel_cnt), *s0 = ht_tensor_clone(c.sel_idx);
+    /* query signatures that select otherwise: every query's bits inverted */
+    ht_tensor_t *inv = ht_tensor_new(HT_U32, 2, HT_IDX(3, 4), 0, NULL);
+    for (int s = 0; s < 3; s++)
+        for (int h = 0; h < 4; h++)
+            HT_SET(inv, (double)(uint32_t)~c.qsig[s * 4 + h], s, h);
+    hashattn_decode_args_t da;
+    ht_decode_case_args(&c, &da);
+    da.query_signatures = &inv->t;
+    ht_decode_case_prepare(&c);
+    ck_assert_int_eq(api->decode(c.ctx, &da), HASHATTN_STATUS_OK);
+    ck_assert_msg(ht_tensor_cmp_bits(s0, c.sel_idx, NULL) != 0,
+                  "premise: inverted query signatures select the same tokens");
+    /* 1.1-sized, in a block of exactly that size */
+    ht_decode_case_prepare(&c);
+    hashattn_status_t st = decode_sized(api, c.ctx, &da, d11);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "decode, struct_size %zu (1.1): %s: %s", d11, api->status_string(st),
+                  api->last_error(c.ctx));
+    ck_assert_msg(ht_tensor_cmp_bits(o0, c.output, NULL) == 0 && ht_tensor_cmp_bits(n0, c.sel_cnt, NULL) == 0 &&
+                      ht_tensor_cmp_bits(s0, c.sel_idx, NULL) == 0,
+                  "decode, struct_size %zu (1.1): not the result without query signatures", d11);
+    /* 1.1-sized inside the caller's full struct: query_signatures past the size is not read */
+    da.struct_size = d11;
+    ht_decode_case_prepare(&c);
+    ck_assert_int_eq(api->decode(c.ctx, &da), HASHATTN_STATUS_OK);
+    ck_assert_msg(ht_tensor_cmp_bits(s0, c.sel_idx, NULL) == 0 && ht_tensor_cmp_bits(o0, c.output, NULL) == 0,
+                  "decode, struct_size %zu: query_signatures past struct_size was used", d11);
+    da.query_signatures = (const DLTensor *)0x1;
+    ht_decode_case_prepare(&c);
+    ck_assert_int_eq(api->decode(c.ctx, &da), HASHATTN_STATUS_OK);
+    /* a size that cuts query_signatures */
+    da.struct_size = d11 + 4;
+    uint64_t out_ck = ht_checksum(c.output);
+    check_short(api, c.ctx, api->decode(c.ctx, &da), "decode", d11 + 4);
+    ck_assert_msg(ht_checksum(c.output) == out_ck, "refused decode wrote its output");
+
+    /* cache_write: 2 keys into the last block, 3 queries */
+    ht_rng_t r;
+    ht_rng_seed(&r, 18);
+    ht_tensor_t *k = ht_tensor_new(HT_BF16, 3, HT_IDX(2, 2, 64), 0, NULL);
+    ht_tensor_t *sm = ht_tensor_new(HT_I64, 1, HT_IDX(2), 0, NULL);
+    ht_tensor_t *q = ht_tensor_new(HT_BF16, 3, HT_IDX(3, 4, 64), 0, NULL);
+    ht_tensor_t *qs = ht_tensor_new(HT_U32, 2, HT_IDX(3, 4), 0, NULL);
+    ht_tensor_t *qs2 = ht_tensor_new(HT_U32, 2, HT_IDX(3, 4), 0, NULL);
+    ht_tensor_fill_uniform(k, &r, -1, 1);
+    ht_tensor_fill_uniform(q, &r, -1, 1);
+    HT_SET(sm, (double)c.num_blocks * 16 - 1, 0);
+    HT_SET(sm, (double)c.num_blocks * 16 - 2, 1);
+    const uint64_t fresh = ht_checksum(qs2);
+    hashattn_cache_write_args_t wa = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    wa.key = &k->t;
+    wa.value = &k->t;
+    wa.key_cache = &c.key_cache->t;
+    wa.value_cache = &c.value_cache->t;
+    wa.signature_cache = &c.sig_cache->t;
+    wa.slot_mapping = &sm->t;
+    ht_workspace_t ws;
+    ck_assert_int_eq(ht_workspace_alloc(api, c.ctx, HASHATTN_OP_CACHE_WRITE, 0, 3, 0, &ws), HASHATTN_STATUS_OK);
+    wa.workspace = ws.ptr;
+    wa.workspace_size = ws.size;
+    wa.query = &q->t;
+    wa.query_signatures = &qs->t;
+    st = api->cache_write(c.ctx, &wa);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "cache_write with queries: %s: %s", api->status_string(st),
+                  api->last_error(c.ctx));
+    ck_assert_msg(ht_checksum(qs) != fresh, "premise: the full-size call wrote no query signatures");
+    const uint64_t ck = caches_checksum(&c);
+    /* 1.1-sized, exact block and caller's struct: the same caches, no query signatures */
+    wa.query_signatures = &qs2->t;
+    st = write_sized(api, c.ctx, &wa, w11);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "cache_write, struct_size %zu (1.1): %s: %s", w11,
+                  api->status_string(st), api->last_error(c.ctx));
+    wa.struct_size = w11;
+    ck_assert_int_eq(api->cache_write(c.ctx, &wa), HASHATTN_STATUS_OK);
+    ck_assert_msg(caches_checksum(&c) == ck, "cache_write, struct_size %zu: other caches", w11);
+    ck_assert_msg(ht_checksum(qs2) == fresh, "cache_write, struct_size %zu: query_signatures past the size written",
+                  w11);
+    /* query covered, query_signatures not: that one is NULL, so "both or neither" */
+    wa.struct_size = offsetof(hashattn_cache_write_args_t, query_signatures);
+    st = api->cache_write(c.ctx, &wa);
+    ck_assert_msg(st == HASHATTN_STATUS_INVALID_ARGUMENT, "cache_write, struct_size %zu with query: %s",
+                  wa.struct_size, api->status_string(st));
+    expect_msg(api->last_error(c.ctx), "query_signatures is NULL");
+    ck_assert_msg(caches_checksum(&c) == ck && ht_checksum(qs2) == fresh, "refused cache_write wrote");
+    wa.query = NULL;
+    st = api->cache_write(c.ctx, &wa);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "cache_write, struct_size %zu, query NULL: %s: %s", wa.struct_size,
+                  api->status_string(st), api->last_error(c.ctx));
+    /* sizes that cut query or query_signatures */
+    wa.query = &q->t;
+    static const size_t cuts[2] = {offsetof(hashattn_cache_write_args_t, query) + 4,
+                                   offsetof(hashattn_cache_write_args_t, query_signatures) + 4};
+    for (int i = 0; i < 2; i++) {
+        wa.struct_size = cuts[i];
+        check_short(api, c.ctx, api->cache_write(c.ctx, &wa), "cache_write", cuts[i]);
+    }
+    ck_assert_msg(caches_checksum(&c) == ck && ht_checksum(qs2) == fresh, "refused cache_write wrote");
+
+    ht_workspace_free(&ws);
+    ht_tensor_t *all[] = {o0, n0, s0, inv, k, sm, q, qs, qs2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        ht_tensor_free(all[i]);
+    ht_decode_case_free(&c);
+}
+END_TEST
+
 /* ---- unknown flags ---- */
 
 START_TEST(abi_unknown_flags)
@@ -766,6 +924,7 @@ static Suite *suite(void)
     tcase_add_test(tc, abi_long_struct);
     tcase_add_test(tc, abi_struct_padding);
     tcase_add_loop_test(tc, abi_truncated_config, 0, 3);
+    tcase_add_test(tc, abi_minor_1_1_args);
     tcase_add_test(tc, abi_unknown_flags);
     tcase_add_test(tc, abi_null_pointers);
     tcase_add_test(tc, abi_workspace_query);

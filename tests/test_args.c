@@ -31,13 +31,16 @@ typedef struct env {
     hashattn_budget_t budget;
     hashattn_cache_write_args_t wa;
     ht_tensor_t *wkey, *wval, *wslots;
+    ht_tensor_t *wq, *wqs; /* cache_write's query / query_signatures (1.2), set by mutations */
+    DLTensor *wq_t, *wqs_t;/* their mutable descriptors once set */
+    ht_tensor_t *dqs;      /* decode's query_signatures (1.2), set by mutations */
     ht_workspace_t wws;
     hashattn_prefill_args_t pa;
     hashattn_hash_args_t ha;
     ht_tensor_t *hin, *hout;
     ht_workspace_t hws;
     hashattn_workspace_args_t wsa;
-    tmod_t mods[4];
+    tmod_t mods[8];
     int nmods;
     int not_applicable;
 } env_t;
@@ -117,6 +120,13 @@ static void env_setup(env_t *e, int op)
     e->wa.slot_mapping = &e->wslots->t;
     e->wa.workspace = e->wws.ptr;
     e->wa.workspace_size = e->wws.size;
+    /* 2 queries (not the 3 keys: their counts are independent) */
+    e->wq = ht_tensor_new(HT_BF16, 3, HT_IDX(2, 4, 64), 0, NULL);
+    ht_tensor_fill_uniform(e->wq, &r, -1, 1);
+    e->wqs = ht_tensor_new(HT_U32, 2, HT_IDX(2, 4), 0, NULL);
+    /* decode's: any values will do here */
+    e->dqs = ht_tensor_new(HT_U32, 2, HT_IDX(3, 4), 0, NULL);
+    ht_tensor_zero(e->dqs);
 
     /* hash: key side, 5 keys */
     e->hin = ht_tensor_new(HT_BF16, 3, HT_IDX(5, 2, 64), 0, NULL);
@@ -163,6 +173,9 @@ static void env_teardown(env_t *e)
     ht_tensor_free(e->wkey);
     ht_tensor_free(e->wval);
     ht_tensor_free(e->wslots);
+    ht_tensor_free(e->wq);
+    ht_tensor_free(e->wqs);
+    ht_tensor_free(e->dqs);
     ht_tensor_free(e->hin);
     ht_tensor_free(e->hout);
     ht_workspace_free(&e->wws);
@@ -204,7 +217,7 @@ static uint64_t env_checksum(env_t *e, int op)
     uint64_t h = 0;
     ht_tensor_t *ts[] = {e->dc.key_cache, e->dc.value_cache, e->dc.sig_cache, e->dc.output,
                          e->dc.sel_idx, e->dc.sel_cnt, e->hout, e->pc.key_cache,
-                         e->pc.value_cache, e->pc.sig_cache, e->pc.output};
+                         e->pc.value_cache, e->pc.sig_cache, e->pc.output, e->wqs, e->dqs};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
         if (ts[i])
             h = h * 1099511628211ull ^ ht_checksum(ts[i]);
@@ -288,6 +301,21 @@ MUT(d_b_fraction_neg, { e->budget.heavy_count = -1; e->budget.heavy_fraction = -
 MUT(d_b_fraction_nan, { e->budget.heavy_count = -1; e->budget.heavy_fraction = NAN; })
 MUT(d_b_count, { e->budget.heavy_count = -2; })
 MUT(d_b_size, { e->budget.struct_size = 0; })
+/* decode's query_signatures (1.2): given, then one thing broken */
+static DLTensor *d_qs(env_t *e)
+{
+    DLTensor *t = mod(e, &e->dqs->t);
+    DA.query_signatures = t;
+    return t;
+}
+MUT(d_qs_valid, { d_qs(e); })
+MUT(d_qs_dtype, { d_qs(e)->dtype = HT_I32; })
+MUT(d_qs_cols, { d_qs(e)->shape[1] = 3; })
+MUT(d_qs_rows, { d_qs(e)->shape[0] = 2; })
+MUT(d_qs_inner_stride, { d_qs(e)->strides[1] = 2; })
+MUT(d_qs_ndim, { d_qs(e)->ndim = 3; })
+MUT(d_qs_device, { d_qs(e)->device.device_type = kDLCUDA; })
+MUT(d_qs_query_dim, { d_qs(e); DLTensor *t = mod(e, DA.query); t->shape[2] = 128; DA.query = t; })
 
 /* cache_write */
 MUT(w_slot_high, { HT_SET(e->wslots, (double)e->dc.num_blocks * 4, 1); })
@@ -314,6 +342,35 @@ MUT(w_ws_small, {
     if (e->wws.size == 0) e->not_applicable = 1;
     else WA.workspace_size = e->wws.size - 1;
 })
+/* cache_write's query and query_signatures (1.2): both given, then one thing broken */
+static void w_q(env_t *e)
+{
+    WA.query = e->wq_t = mod(e, &e->wq->t);
+    WA.query_signatures = e->wqs_t = mod(e, &e->wqs->t);
+}
+MUT(w_q_valid, { w_q(e); })
+MUT(w_q_only, { w_q(e); WA.query_signatures = NULL; })
+MUT(w_qs_only, { w_q(e); WA.query = NULL; })
+MUT(w_qs_dtype, { w_q(e); e->wqs_t->dtype = HT_I32; })
+MUT(w_qs_cols, { w_q(e); e->wqs_t->shape[1] = 3; })
+MUT(w_qs_rows, { w_q(e); e->wqs_t->shape[0] = 3; }) /* = the key count, not the query count */
+MUT(w_qs_inner_stride, { w_q(e); e->wqs_t->strides[1] = 2; })
+MUT(w_q_dim, { w_q(e); e->wq_t->shape[2] = 128; })
+MUT(w_q_heads, { w_q(e); e->wq_t->shape[1] = 2; })
+MUT(w_q_dtype, { w_q(e); e->wq_t->dtype = HT_F32; })
+MUT(w_q_not_ready, { w_q(e); WA.signature_cache = NULL; e->ctx = unbound_ctx(e, 0); })
+/* no keys, 2 queries: the shapes are still checked */
+static void w_no_keys(env_t *e)
+{
+    DLTensor *k = mod(e, WA.key), *v = mod(e, WA.value), *sl = mod(e, WA.slot_mapping);
+    k->shape[0] = v->shape[0] = sl->shape[0] = 0;
+    WA.key = k, WA.value = v, WA.slot_mapping = sl;
+}
+MUT(w_q_no_keys_valid, { w_q(e); w_no_keys(e); })
+MUT(w_q_no_keys_rows, { w_q(e); w_no_keys(e); e->wqs_t->shape[0] = 1; })
+MUT(w_q_no_keys_only, { w_q(e); w_no_keys(e); WA.query = NULL; })
+/* the premise of w_q_not_ready: K/V alone need no weights */
+MUT(w_kv_unbound, { WA.signature_cache = NULL; e->ctx = unbound_ctx(e, 0); })
 
 /* prefill */
 MUT(p_qsl_order, { HT_SET(e->pc.qsl, HT_GET(e->pc.qsl, 2) + 1, 1); })
@@ -425,6 +482,13 @@ static const bad_case_t k_bad[] = {
     {"budget_fraction_nan", OP_DECODE, d_b_fraction_nan, IA, "fraction"},
     {"budget_heavy_count_-2", OP_DECODE, d_b_count, IA, "heavy_count"},
     {"budget_struct_size_0", OP_DECODE, d_b_size, IA, "struct_size"},
+    {"query_signatures_dtype_i32", OP_DECODE, d_qs_dtype, IA, "query_signatures.dtype = int32"},
+    {"query_signatures_hq_minus_1", OP_DECODE, d_qs_cols, IA, "query_signatures.shape[1] = 3"},
+    {"query_signatures_rows_ne_num_seqs", OP_DECODE, d_qs_rows, IA, "query_signatures.shape[0] = 2"},
+    {"query_signatures_inner_stride_2", OP_DECODE, d_qs_inner_stride, IA, "query_signatures.strides[1] = 2"},
+    {"query_signatures_ndim_3", OP_DECODE, d_qs_ndim, IA, "query_signatures.ndim = 3"},
+    {"query_signatures_device_cuda", OP_DECODE, d_qs_device, IA, "query_signatures.device"},
+    {"query_d_128_with_query_signatures", OP_DECODE, d_qs_query_dim, IA, "query.shape[2] = 128"},
 
     {"slot_eq_num_slots", OP_WRITE, w_slot_high, IA, "slot"},
     {"slot_1e15", OP_WRITE, w_slot_huge, IA, "slot"},
@@ -447,6 +511,19 @@ static const bad_case_t k_bad[] = {
     {"struct_size_8", OP_WRITE, w_size, IA, "struct_size"},
     {"weights_not_bound", OP_WRITE, w_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
     {"workspace_size_minus_1", OP_WRITE, w_ws_small, HASHATTN_STATUS_WORKSPACE_TOO_SMALL, "workspace"},
+    {"query_without_query_signatures", OP_WRITE, w_q_only, IA, "query is set but query_signatures is NULL"},
+    {"query_signatures_without_query", OP_WRITE, w_qs_only, IA, "query is NULL but query_signatures is set"},
+    {"query_signatures_dtype_i32", OP_WRITE, w_qs_dtype, IA, "query_signatures.dtype = int32"},
+    {"query_signatures_hq_minus_1", OP_WRITE, w_qs_cols, IA, "query_signatures.shape[1] = 3"},
+    {"query_signatures_rows_ne_query_rows", OP_WRITE, w_qs_rows, IA, "query_signatures.shape[0] = 3"},
+    {"query_signatures_inner_stride_2", OP_WRITE, w_qs_inner_stride, IA, "query_signatures.strides[1] = 2"},
+    {"query_d_128", OP_WRITE, w_q_dim, IA, "query.shape[2] = 128"},
+    {"query_hq_2", OP_WRITE, w_q_heads, IA, "query.shape[1] = 2"},
+    {"query_dtype_f32", OP_WRITE, w_q_dtype, IA, "query.dtype = float32"},
+    {"query_weights_not_bound", OP_WRITE, w_q_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
+    {"no_keys_query_signatures_rows", OP_WRITE, w_q_no_keys_rows, IA, "query_signatures.shape[0] = 1"},
+    {"no_keys_query_signatures_without_query", OP_WRITE, w_q_no_keys_only, IA,
+     "query is NULL but query_signatures is set"},
 
     {"query_start_loc_not_monotonic", OP_PREFILL, p_qsl_order, IA, "query_start_loc"},
     {"query_start_loc_first_ne_0", OP_PREFILL, p_qsl_first, IA, "query_start_loc"},
@@ -529,6 +606,19 @@ START_TEST(args_bad)
 }
 END_TEST
 
+/* The valid calls the 1.2 bad cases start from (their fields set, nothing
+ * broken), and the premise of query_weights_not_bound. */
+static const struct {
+    const char *name;
+    int op;
+    void (*mutate)(env_t *);
+} k_valid[] = {
+    {"cache_write+query", OP_WRITE, w_q_valid},
+    {"cache_write+query,no_keys", OP_WRITE, w_q_no_keys_valid},
+    {"cache_write,kv_only,weights_not_bound", OP_WRITE, w_kv_unbound},
+    {"decode+query_signatures", OP_DECODE, d_qs_valid},
+};
+
 /* The unmodified calls of args_bad succeed: each bad case breaks one thing. */
 START_TEST(args_baseline)
 {
@@ -538,6 +628,15 @@ START_TEST(args_baseline)
         env_setup(&e, op);
         hashattn_status_t st = env_call(&e, op);
         ck_assert_msg(st == HASHATTN_STATUS_OK, "baseline %s: %s: %s", k_op_names[op],
+                      e.api->status_string(st), e.api->last_error(e.ctx));
+        env_teardown(&e);
+    }
+    for (size_t i = 0; i < sizeof k_valid / sizeof k_valid[0]; i++) {
+        env_t e;
+        env_setup(&e, k_valid[i].op);
+        k_valid[i].mutate(&e);
+        hashattn_status_t st = env_call(&e, k_valid[i].op);
+        ck_assert_msg(st == HASHATTN_STATUS_OK, "baseline %s: %s: %s", k_valid[i].name,
                       e.api->status_string(st), e.api->last_error(e.ctx));
         env_teardown(&e);
     }

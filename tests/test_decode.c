@@ -4,7 +4,7 @@
  * selection on signature caches full of ties, dense flag vs a budget that
  * covers every candidate (bit for bit), NHD vs HND (bit for bit), per-head vs
  * group selection under the dense flag (bit for bit), budget
- * overrides and empty sequences.
+ * overrides, empty sequences, and query signatures given by the host (1.2).
  *
  * HASHATTN_TEST_LEVEL=fast runs the cases marked fast only.
  */
@@ -490,6 +490,166 @@ START_TEST(decode_budgets)
 }
 END_TEST
 
+/* ---- query signatures from the host (1.2): decode with the signatures
+ * api->hash gives equals decode hashing the query itself, bit for bit;
+ * other signatures change the selection to theirs (they are read); a dense
+ * step ignores them ---- */
+
+static const ht_decode_desc_t k_qsigs[] = {
+    {.dtype = BF16, .hq = 8, .hkv = 2, .d = 64, .block = 16, .batch = 12, .m = 16, .kv_layout = NHD,
+     .selection = GROUP, .sig_layout = PAPER, .sink = 2, .recent = 3, .heavy_count = 9, .max_seq = 150,
+     .fill = HT_FILL_WRITE, .tensor_flags = HT_PAD},
+    {.dtype = F32, .hq = 6, .hkv = 3, .d = 64, .block = 5, .batch = 5, .m = 16, .kv_layout = HND,
+     .selection = HEAD, .sig_layout = COMPACT, .sink = 1, .recent = 2, .heavy_count = -1,
+     .heavy_fraction = 0.25f, .seq_lens = (const int[]){90, 0, 61, 1, 200}, .fill = HT_FILL_DIRECT,
+     .layers = 2, .layer = 1},
+    {.dtype = F16, .hq = 4, .hkv = 1, .d = 128, .block = 16, .batch = 1, .m = 32, .kv_layout = NHD,
+     .selection = HEAD, .sig_layout = PAPER, .sink = 0, .recent = 1, .heavy_count = 7, .max_seq = 120,
+     .seq_lens = (const int[]){120}, .fill = HT_FILL_WRITE, .tensor_flags = HT_OFFSET | HT_SWAP},
+    {.dtype = BF16, .hq = 16, .hkv = 4, .d = 64, .block = 1, .batch = 17, .m = 16, .kv_layout = HND,
+     .selection = GROUP, .sig_layout = COMPACT, .sink = 3, .recent = 2, .heavy_count = 5, .max_seq = 70,
+     .fill = HT_FILL_TIES, .tensor_flags = HT_PAD | HT_OFFSET},
+};
+#define NQSIGS ((int)(sizeof k_qsigs / sizeof k_qsigs[0]))
+
+/* A [batch, hq] uint32 tensor holding sig (row-major [batch][hq]); row
+ * stride hq + pad words and a byte_offset when pad > 0. */
+static ht_tensor_t *qsig_tensor(int batch, int hq, int pad, const uint32_t *sig)
+{
+    ht_tensor_t *t = pad ? ht_tensor_strided(HT_U32, 2, HT_IDX(batch, hq), HT_IDX(hq + pad, 1), 2)
+                         : ht_tensor_new(HT_U32, 2, HT_IDX(batch, hq), HT_COMPACT, NULL);
+    ck_assert_ptr_nonnull(t);
+    for (int s = 0; s < batch; s++)
+        for (int h = 0; h < hq; h++)
+            HT_SET(t, (double)sig[s * hq + h], s, h);
+    return t;
+}
+
+/* decode with args a (query_signatures set by the caller); OK or fail */
+static void decode_or_fail(ht_decode_case_t *c, hashattn_decode_args_t *a, const char *what)
+{
+    ht_decode_case_prepare(c);
+    hashattn_status_t st = c->api->decode(c->ctx, a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: %s: %s", what, c->api->status_string(st),
+                  c->api->last_error(c->ctx));
+}
+
+START_TEST(decode_query_signatures)
+{
+    ht_decode_desc_t d = k_qsigs[_i];
+    d.seed = ht_seed(0x9500 + (uint64_t)_i);
+    char name[512], full[600];
+    ht_decode_case_name(&d, name, sizeof name);
+    snprintf(full, sizeof full, "query_signatures:%s", name);
+    if (!ht_case_begin(full, d.seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_decode_case_t c;
+    char err[512], msg[512];
+    ck_assert_msg(ht_decode_case_build(api, &d, &c, err, sizeof err) == 0, "%s", err);
+    const int B = d.batch, hq = d.hq;
+
+    /* decode hashing the query: the reference */
+    hashattn_status_t st = ht_decode_case_run(&c, 0, NULL);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: decode: %s: %s", name, api->status_string(st),
+                  api->last_error(c.ctx));
+    ht_decode_case_reference(&c, NULL, 0);
+    ck_assert_msg(ht_decode_case_check(&c, msg, sizeof msg) == 0, "%s: %s", name, msg);
+    ht_tensor_t *o0 = clone_or_fail(c.output), *s0 = clone_or_fail(c.sel_idx), *n0 = clone_or_fail(c.sel_cnt);
+
+    /* the host's signatures from api->hash (query side) */
+    ht_tensor_t *hs = ht_tensor_new(HT_U32, 2, HT_IDX(B, hq), 0, NULL);
+    ht_workspace_t hws;
+    ck_assert_int_eq(ht_workspace_alloc(api, c.ctx, HASHATTN_OP_HASH, 0, B, 0, &hws), HASHATTN_STATUS_OK);
+    hashattn_hash_args_t ha = HASHATTN_HASH_ARGS_INIT;
+    ha.layer = d.layer;
+    ha.side = HASHATTN_HASH_QUERY;
+    ha.input = &c.query->t;
+    ha.signatures = &hs->t;
+    ha.workspace = hws.ptr;
+    ha.workspace_size = hws.size;
+    st = api->hash(c.ctx, &ha);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: hash: %s", name, api->status_string(st));
+    ht_workspace_free(&hws);
+    uint32_t *sig = malloc(sizeof(uint32_t) * (size_t)B * hq), *inv = malloc(sizeof(uint32_t) * (size_t)B * hq);
+    for (int s = 0; s < B; s++)
+        for (int h = 0; h < hq; h++) {
+            sig[s * hq + h] = (uint32_t)HT_GET(hs, s, h);
+            inv[s * hq + h] = ~sig[s * hq + h];
+            /* the case's queries are sampled away from the MLPs' zeros */
+            ck_assert_msg(sig[s * hq + h] == c.qsig[s * hq + h],
+                          "%s: api->hash gives 0x%08x for query (%d, %d), the reference MLP 0x%08x", name,
+                          sig[s * hq + h], s, h, c.qsig[s * hq + h]);
+        }
+
+    /* the same signatures given: bit-identical, compact and strided rows */
+    static const int pads[2] = {0, 5};
+    for (int k = 0; k < 2; k++) {
+        ht_tensor_t *qs = qsig_tensor(B, hq, pads[k], sig);
+        const uint64_t qs_ck = ht_checksum(qs);
+        hashattn_decode_args_t a;
+        ht_decode_case_args(&c, &a);
+        a.query_signatures = &qs->t;
+        decode_or_fail(&c, &a, "with api->hash's signatures");
+        int64_t first = -1;
+        ck_assert_msg(ht_tensor_cmp_bits(o0, c.output, &first) == 0,
+                      "%s (row pad %d): output differs from decode hashing the query (flat %lld)", name, pads[k],
+                      (long long)first);
+        ck_assert_msg(ht_tensor_cmp_bits(s0, c.sel_idx, &first) == 0 &&
+                          ht_tensor_cmp_bits(n0, c.sel_cnt, NULL) == 0,
+                      "%s (row pad %d): selection differs from decode hashing the query", name, pads[k]);
+        ck_assert_msg(ht_checksum(qs) == qs_ck, "%s: decode wrote its query_signatures", name);
+        ht_tensor_free(qs);
+    }
+
+    /* other signatures: the selection is theirs (the reference with them) */
+    ht_tensor_t *qi = qsig_tensor(B, hq, 3, inv);
+    hashattn_decode_args_t a;
+    ht_decode_case_args(&c, &a);
+    a.query_signatures = &qi->t;
+    decode_or_fail(&c, &a, "with inverted signatures");
+    ck_assert_msg(ht_tensor_cmp_bits(s0, c.sel_idx, NULL) != 0 || ht_tensor_cmp_bits(n0, c.sel_cnt, NULL) != 0,
+                  "%s: inverted query signatures give the same selection (not read?)", name);
+    memcpy(c.qsig, inv, sizeof(uint32_t) * (size_t)B * hq);
+    ht_decode_case_reference(&c, NULL, 0);
+    ck_assert_msg(ht_decode_case_check(&c, msg, sizeof msg) == 0, "%s: with inverted signatures: %s", name, msg);
+    memcpy(c.qsig, sig, sizeof(uint32_t) * (size_t)B * hq);
+
+    /* a dense step does not read them: garbage gives the dense result */
+    ck_assert_int_eq(ht_decode_case_run(&c, HASHATTN_DECODE_DENSE, NULL), HASHATTN_STATUS_OK);
+    ht_tensor_t *od = clone_or_fail(c.output), *sd = clone_or_fail(c.sel_idx), *nd = clone_or_fail(c.sel_cnt);
+    ht_rng_t r;
+    ht_rng_seed(&r, d.seed ^ 0x9a);
+    for (int i = 0; i < B * hq; i++)
+        inv[i] = ht_rng_u32(&r);
+    ht_tensor_t *qg = qsig_tensor(B, hq, 1, inv);
+    ht_decode_case_args(&c, &a);
+    a.flags = HASHATTN_DECODE_DENSE;
+    a.query_signatures = &qg->t;
+    decode_or_fail(&c, &a, "dense with garbage signatures");
+    int64_t first = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(od, c.output, &first) == 0,
+                  "%s: dense output with garbage query_signatures differs (flat %lld)", name, (long long)first);
+    ck_assert_msg(ht_tensor_cmp_bits(sd, c.sel_idx, NULL) == 0 && ht_tensor_cmp_bits(nd, c.sel_cnt, NULL) == 0,
+                  "%s: dense selection with garbage query_signatures differs", name);
+    ht_decode_case_reference(&c, NULL, 1);
+    ck_assert_msg(ht_decode_case_check(&c, msg, sizeof msg) == 0, "%s: dense: %s", name, msg);
+
+    free(sig);
+    free(inv);
+    ht_tensor_free(hs);
+    ht_tensor_free(qi);
+    ht_tensor_free(qg);
+    ht_tensor_free(o0);
+    ht_tensor_free(s0);
+    ht_tensor_free(n0);
+    ht_tensor_free(od);
+    ht_tensor_free(sd);
+    ht_tensor_free(nd);
+    ht_decode_case_free(&c);
+}
+END_TEST
+
 /* ---- run-path calls on one context from several threads, each with its
  * own workspace and outputs, give the single-threaded results ---- */
 
@@ -574,6 +734,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, decode_nhd_vs_hnd, 0, NLAYOUTS);
     tcase_add_loop_test(tc, decode_dense_units, 0, NUNITS);
     tcase_add_test(tc, decode_budgets);
+    tcase_add_loop_test(tc, decode_query_signatures, 0, NQSIGS);
     tcase_add_test(tc, decode_threads);
     suite_add_tcase(s, tc);
     return s;

@@ -593,6 +593,167 @@ START_TEST(weights_cache_write)
 }
 END_TEST
 
+/* ---- cache_write with the step's queries (1.2): query_signatures are
+ * api->hash's (query side) bit for bit, and the caches are what a call
+ * without the queries writes ---- */
+
+typedef struct wq_cfg {
+    DLDataType dtype;
+    int hq, hkv, d, layout, sig_per_kv;
+    int n_keys, n_queries;
+    int sig_cache;    /* 0: signature_cache NULL (K/V only) */
+    int only_sigs;    /* flags = SIGNATURES_ONLY */
+    int qsig_pad;     /* extra words between query_signatures rows, 0: compact */
+    unsigned qflags;  /* HT_PAD / HT_OFFSET / HT_SWAP on query */
+} wq_cfg_t;
+
+/* clang-format off */
+static const wq_cfg_t k_wq[] = {
+    {{kDLBfloat, 16, 1}, 8, 2, 64, HASHATTN_KV_LAYOUT_NHD, 0, 5, 3, 1, 0, 0, HT_PAD},
+    {{kDLFloat, 32, 1}, 6, 2, 128, HASHATTN_KV_LAYOUT_HND, 1, 0, 7, 1, 0, 5, HT_OFFSET},  /* no keys */
+    {{kDLFloat, 16, 1}, 4, 4, 64, HASHATTN_KV_LAYOUT_NHD, 0, 9, 0, 1, 0, 2, 0},           /* no query rows */
+    {{kDLBfloat, 16, 1}, 8, 1, 64, HASHATTN_KV_LAYOUT_HND, 1, 12, 17, 0, 0, 1, HT_SWAP},  /* K/V only */
+    {{kDLBfloat, 16, 1}, 8, 2, 64, HASHATTN_KV_LAYOUT_NHD, 0, 4, 1, 1, 1, 3, HT_PAD | HT_OFFSET},
+    {{kDLFloat, 32, 1}, 9, 3, 64, HASHATTN_KV_LAYOUT_NHD, 0, 0, 1, 0, 0, 0, 0},           /* queries alone */
+    {{kDLBfloat, 16, 1}, 4, 2, 64, HASHATTN_KV_LAYOUT_NHD, 0, 40, 33, 1, 0, 7, HT_PAD},
+    {{kDLFloat, 16, 1}, 6, 3, 64, HASHATTN_KV_LAYOUT_HND, 1, 2, 20, 1, 1, 0, HT_SWAP | HT_OFFSET},
+};
+/* clang-format on */
+#define NWQ ((int)(sizeof k_wq / sizeof k_wq[0]))
+
+/* Every byte of t's allocation outside its logical elements is still the
+ * 0xFF fill (the elements themselves are overwritten with 0xFF here). */
+static int only_elements_written(ht_tensor_t *t)
+{
+    int64_t n = ht_tensor_numel(t);
+    for (int64_t f = 0; f < n; f++)
+        HT_SET(t, 4294967295.0, f / t->shape[1], f % t->shape[1]);
+    const unsigned char *p = t->base;
+    for (size_t i = 0; i < t->bytes; i++)
+        if (p[i] != 0xff)
+            return 0;
+    return 1;
+}
+
+START_TEST(weights_cache_write_query)
+{
+    const wq_cfg_t *w = &k_wq[_i];
+    char name[256];
+    snprintf(name, sizeof name,
+             "cache_write_query(dtype=%s,hq=%d,hkv=%d,d=%d,layout=%s,sig=%s,keys=%d,queries=%d%s%s,qsig_pad=%d)",
+             ht_dtype_name(w->dtype), w->hq, w->hkv, w->d, w->layout ? "hnd" : "nhd",
+             w->sig_per_kv ? "compact" : "paper", w->n_keys, w->n_queries, w->sig_cache ? "" : ",no_sig_cache",
+             w->only_sigs ? ",signatures_only" : "", w->qsig_pad);
+    uint64_t seed = ht_seed(0x7800 + (uint64_t)_i);
+    if (!ht_case_begin(name, seed))
+        return;
+    const hashattn_api_t *api = api_or_fail();
+    ht_rng_t r;
+    ht_rng_seed(&r, seed);
+    const int hq = w->hq, hkv = w->hkv, D = w->d, m = 32, bs = 4, nb = 16, layer = 1;
+    const int hsig = w->sig_per_kv ? hkv : hq, nk = w->n_keys, nq = w->n_queries;
+    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
+    cfg.num_layers = 2;
+    cfg.num_q_heads = hq;
+    cfg.num_kv_heads = hkv;
+    cfg.head_dim = D;
+    cfg.mlp_width = m;
+    cfg.dtype = w->dtype;
+    cfg.kv_layout = w->layout;
+    cfg.block_size = bs;
+    cfg.signature_layout = w->sig_per_kv ? HASHATTN_SIGNATURE_PER_KV_HEAD : HASHATTN_SIGNATURE_PER_QUERY_HEAD;
+    hashattn_context_t *ctx = NULL;
+    ck_assert_int_eq(api->context_create(&cfg, &ctx), HASHATTN_STATUS_OK);
+    ht_model_t *mo = ht_model_random(2, hq, hkv, D, m, w->sig_per_kv, HT_F32, &r);
+    ck_assert_int_eq(ht_model_bind(api, ctx, mo, 0, &r), HASHATTN_STATUS_OK);
+
+    int64_t cshape[4] = {nb, w->layout ? hkv : bs, w->layout ? bs : hkv, D};
+    ht_tensor_t *kc = ht_tensor_new(w->dtype, 4, cshape, HT_PAD, &r);
+    ht_tensor_t *vc = ht_tensor_new(w->dtype, 4, cshape, HT_PAD | HT_OFFSET, &r);
+    ht_tensor_t *sc = ht_tensor_new(HT_U32, 3, HT_IDX(nb, hsig, bs), HT_PAD, &r);
+    ht_tensor_t *key = ht_tensor_new(w->dtype, 3, HT_IDX(nk, hkv, D), HT_PAD, &r);
+    ht_tensor_t *val = ht_tensor_new(w->dtype, 3, HT_IDX(nk, hkv, D), 0, NULL);
+    ht_tensor_t *sm = ht_tensor_new(HT_I64, 1, HT_IDX(nk), 0, NULL);
+    ht_tensor_t *q = ht_tensor_new(w->dtype, 3, HT_IDX(nq, hq, D), w->qflags, &r);
+    ht_tensor_t *qs = w->qsig_pad ? ht_tensor_strided(HT_U32, 2, HT_IDX(nq, hq), HT_IDX(hq + w->qsig_pad, 1), 3)
+                                  : ht_tensor_new(HT_U32, 2, HT_IDX(nq, hq), 0, NULL);
+    ht_tensor_fill_uniform(key, &r, -1, 1);
+    ht_tensor_fill_uniform(val, &r, -1, 1);
+    ht_tensor_fill_uniform(q, &r, -1, 1);
+    for (int t = 0; t < nk; t++) /* distinct slots, every 5th token skipped */
+        HT_SET(sm, t % 5 == 3 ? -1.0 : (double)((t * 7 + 2) % (nb * bs)), t);
+
+    ht_workspace_t ws;
+    ck_assert_int_eq(ht_workspace_alloc(api, ctx, HASHATTN_OP_CACHE_WRITE, 0, nk > nq ? nk : nq, 0, &ws),
+                     HASHATTN_STATUS_OK);
+    hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    a.flags = w->only_sigs ? HASHATTN_CACHE_WRITE_SIGNATURES_ONLY : 0;
+    a.layer = layer;
+    a.key = &key->t;
+    a.value = w->only_sigs ? NULL : &val->t;
+    a.key_cache = &kc->t;
+    a.value_cache = &vc->t;
+    a.signature_cache = w->sig_cache ? &sc->t : NULL;
+    a.slot_mapping = &sm->t;
+    a.workspace = ws.ptr;
+    a.workspace_size = ws.size;
+
+    /* without the queries: the caches to expect */
+    hashattn_status_t st = api->cache_write(ctx, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: without queries: %s: %s", name, api->status_string(st),
+                  api->last_error(ctx));
+    ht_tensor_t *kc0 = ht_tensor_clone(kc), *vc0 = ht_tensor_clone(vc), *sc0 = ht_tensor_clone(sc);
+    const uint64_t ck0[3] = {ht_checksum(kc), ht_checksum(vc), ht_checksum(sc)};
+    memset(kc->base, 0xff, kc->bytes);
+    memset(vc->base, 0xff, vc->bytes);
+    memset(sc->base, 0xff, sc->bytes);
+    /* the premise of the comparison below: with keys, that call wrote */
+    ck_assert_msg(nk == 0 || ck0[0] != ht_checksum(kc) || ck0[2] != ht_checksum(sc),
+                  "%s: the call without queries wrote nothing", name);
+
+    /* with them */
+    a.query = &q->t;
+    a.query_signatures = &qs->t;
+    st = api->cache_write(ctx, &a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: with queries: %s: %s", name, api->status_string(st),
+                  api->last_error(ctx));
+    int64_t first = -1;
+    ck_assert_msg(ht_tensor_cmp_bits(kc0, kc, &first) == 0 && ht_tensor_cmp_bits(vc0, vc, &first) == 0,
+                  "%s: K/V caches differ from the call without queries (flat %lld)", name, (long long)first);
+    ck_assert_msg(ht_tensor_cmp_bits(sc0, sc, &first) == 0,
+                  "%s: signature cache differs from the call without queries (flat %lld)", name, (long long)first);
+    ck_assert_msg(ht_checksum(kc) == ck0[0] && ht_checksum(vc) == ck0[1] && ht_checksum(sc) == ck0[2],
+                  "%s: the queries changed bytes of the caches (padding included)", name);
+
+    /* the query signatures: api->hash's bit for bit, and the MLP's */
+    ht_tensor_t *hs = run_hash(api, ctx, HASHATTN_HASH_QUERY, layer, q, hq, &r, &st);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: hash: %s", name, api->status_string(st));
+    const int64_t bad = ht_tensor_cmp_bits(hs, qs, &first);
+    ck_assert_msg(bad == 0, "%s: %lld query signatures differ from api->hash (first flat %lld: 0x%08x vs 0x%08x)",
+                  name, (long long)bad, (long long)first,
+                  bad ? (uint32_t)HT_GET(qs, first / hq, first % hq) : 0u,
+                  bad ? (uint32_t)HT_GET(hs, first / hq, first % hq) : 0u);
+    check_sigs(mo, HT_SIDE_QUERY, layer, q, qs, name);
+    ck_assert_msg(only_elements_written(qs), "%s: cache_write wrote query_signatures outside its elements", name);
+
+    ht_workspace_free(&ws);
+    ht_tensor_free(hs);
+    ht_tensor_free(kc0);
+    ht_tensor_free(vc0);
+    ht_tensor_free(sc0);
+    ht_tensor_free(kc);
+    ht_tensor_free(vc);
+    ht_tensor_free(sc);
+    ht_tensor_free(key);
+    ht_tensor_free(val);
+    ht_tensor_free(sm);
+    ht_tensor_free(q);
+    ht_tensor_free(qs);
+    ht_model_free(mo);
+    api->context_destroy(ctx);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("weights");
@@ -605,6 +766,7 @@ static Suite *suite(void)
     tcase_add_test(tc, weights_load_io);
     tcase_add_loop_test(tc, weights_bind_bad, 0, BW_COUNT);
     tcase_add_loop_test(tc, weights_cache_write, 0, NWR);
+    tcase_add_loop_test(tc, weights_cache_write_query, 0, NWQ);
     suite_add_tcase(s, tc);
     return s;
 }

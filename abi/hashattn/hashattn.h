@@ -65,7 +65,7 @@ extern "C" {
 #endif
 
 #define HASHATTN_ABI_MAJOR 1
-#define HASHATTN_ABI_MINOR 1
+#define HASHATTN_ABI_MINOR 2
 
 /* ------------------------------------------------------------------------- */
 /* Status codes                                                               */
@@ -324,10 +324,19 @@ typedef struct hashattn_cache_write_args {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    /* 1.2, optional (NULL = not wanted; both or neither): this step's decode
+     * queries, hashed in the same work as the keys, so that decode can take
+     * their signatures (decode_args.query_signatures) instead of running the
+     * query MLPs itself. query_signatures[i, h] is what `hash` (query side)
+     * gives for query[i, h], bit for bit. Needs the weights; their row count
+     * need not equal the key's (a step may write prefill tokens too). The
+     * workspace is sized by the key rows (max_num_tokens) alone. */
+    const DLTensor *query;        /* [num_queries, Hq, D], dtype */
+    DLTensor *query_signatures;   /* [num_queries, Hq] uint32; written */
 } hashattn_cache_write_args_t;
 
 #define HASHATTN_CACHE_WRITE_ARGS_INIT \
-    { sizeof(hashattn_cache_write_args_t), 0u, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL }
+    { sizeof(hashattn_cache_write_args_t), 0u, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL }
 
 /* decode flags */
 #define HASHATTN_DECODE_DENSE (1u << 0) /* attend to every token: sparsity off */
@@ -368,11 +377,17 @@ typedef struct hashattn_decode_args {
     void *workspace;
     size_t workspace_size;
     void *stream;
+    /* 1.2, optional: the queries' signatures, as `hash` (query side) or
+     * cache_write's query_signatures give them; decode then uses these and
+     * does not hash `query` (the result is the same when they match query).
+     * NULL = decode hashes `query` itself. Checked when given, but not read,
+     * by a dense step; a sparse step still needs the weights bound. */
+    const DLTensor *query_signatures; /* [num_seqs, Hq] uint32 */
 } hashattn_decode_args_t;
 
 #define HASHATTN_DECODE_ARGS_INIT                                                 \
     { sizeof(hashattn_decode_args_t), 0u, 0, NULL, NULL, NULL, NULL, NULL, NULL, \
-      NULL, NULL, NULL, NULL, NULL, 0, NULL }
+      NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL }
 
 /* Dense causal attention for a chunk of new tokens per sequence (vLLM-style
  * chunked prefill). Sequence s owns query rows [query_start_loc[s],

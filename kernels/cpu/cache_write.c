@@ -6,12 +6,14 @@
  * K and V rows of every KV head are bit copies (dtype preserved). Signature
  * head s hashes the key of KV head (sig_per_kv_head ? s : s / group) with key
  * MLP s. Tokens are processed in order, so with equal slots the last wins.
+ * The step's queries, when given (1.2), are hashed after the keys by
+ * ha_cpu_hash, as the hash operation would.
  */
 #include <string.h>
 
 #include "kernels/cpu/common.h"
 
-ha_kernel_status_t ha_cpu_cache_write(const ha_cache_write_params_t *p)
+static ha_kernel_status_t write_keys(const ha_cache_write_params_t *p)
 {
     ha_cpu_plan_t plan;
     void *buf[HA_MLP_BUF_COUNT];
@@ -80,4 +82,12 @@ ha_kernel_status_t ha_cpu_cache_write(const ha_cache_write_params_t *p)
         }
     }
     return HA_KERNEL_OK;
+}
+
+ha_kernel_status_t ha_cpu_cache_write(const ha_cache_write_params_t *p)
+{
+    ha_kernel_status_t st = write_keys(p);
+    if (st != HA_KERNEL_OK || p->query_hash.num_tokens == 0)
+        return st;
+    return ha_cpu_hash(&p->query_hash);
 }

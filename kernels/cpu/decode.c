@@ -5,7 +5,8 @@
  *   n == 0: output rows zero, counts 0, indices untouched.
  *   budget resolved for n (select.c); if dense, every query head attends to
  *   [0, n) and no signature is computed;
- *   otherwise qsig[h] = query MLP h of query[b, h], and each selection unit
+ *   otherwise qsig[h] = query MLP h of query[b, h] (or the host's
+ *   query_sigs[b, h]), and each selection unit
  *   scores the candidates:
  *     per-head: unit h, score_j = 32 - popcount(qsig[h] ^ ksig(j, sighead(h)));
  *     group:    unit g (a KV head), score_j = that sum over h in [gG, (g+1)G);
@@ -67,6 +68,10 @@ ha_kernel_status_t ha_cpu_decode(const ha_decode_params_t *p)
         ha_cpu_budget_t bud = ha_cpu_resolve_budget(&p->budget, p->dense, n);
         if (!bud.dense) {
             for (int32_t h = 0; h < p->num_q_heads; h++) {
+                if (p->query_sigs) { /* the host's (1.2) */
+                    qsig[h] = p->query_sigs[b * p->qsig_stride + h];
+                    continue;
+                }
                 ha_cpu_load_row(p->dtype, p->query.data,
                                 b * p->query.stride_token + h * p->query.stride_head,
                                 p->head_dim, q);

@@ -9,7 +9,8 @@
  * flags in the workspace). A decode step's few tokens (up to kCwFusedMax)
  * take one launch instead, cw_fused_kernel: the same ownership rule and
  * copies, then the query MLPs' cluster form (qhash_body, mlp.cuh) for the
- * keys.
+ * keys, and (1.2) for the step's queries when the host passes them, so that
+ * decode need not launch the query MLPs.
  */
 #include "kernels/cuda/mlp.cuh"
 #include "kernels/cuda/plan.cuh"
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 constexpr int kCwFusedMax = 256;
 
 template <typename T, int D = 0, int M = 0> /* D, M: qhash_body's fixed sizes */
-__global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h)
+__global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h, const HashArgs hq)
 {
     __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
     __shared__ uint8_t win[kCwFusedMax];
@@ -173,27 +174,67 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     __syncthreads();
     if (a.write_kv)
         copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
+    /* cluster columns from hq.head0 on hash the queries, the others the
+     * keys; whole clusters past their side's tokens are done */
+    const bool query = (int)(blockIdx.x / kQhRanks) >= hq.head0;
+    if ((int)blockIdx.y * kQhTB >= (query ? hq.n : h.n))
+        return;
+    if (query) {
+        qhash_body<T, D, M>(hq);
+        return;
+    }
     h.keep = win;
     qhash_body<T, D, M>(h);
 }
 
-/* cw_fused_kernel with the key MLPs' sizes fixed where they are 128/128 or
- * 64/64 (pick_fixed_shape, under tuning's qhash_fixed) */
+/* cw_fused_kernel on heads + qheads cluster columns (keys, then queries) and
+ * the longer side's tokens, the MLPs' sizes fixed where they are 128/128 or
+ * 64/64 (pick_fixed_shape, under tuning's qhash_fixed; both sides have the
+ * context's D and width). hq.head0 is set here. */
 template <typename T>
-__host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int heads, cudaStream_t st)
+__host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int heads, HashArgs hq, int qheads,
+                                     cudaStream_t st)
 {
-    auto kernel = pick_fixed_shape(h, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>, cw_fused_kernel<T>);
-    return launch_qh_grid(kernel, h, heads, st, a, h);
+    hq.head0 = heads;
+    HashArgs hk = h;
+    if (qheads > 0) /* decode's first kernel follows: tuning's cw_trigger */
+        hk.trigger_early = hq.trigger_early = tuning().cw_trigger;
+    HashArgs grid = heads > 0 ? h : hq; /* launch_qh_grid's sizes, pdl and knobs */
+    grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
+    grid.pdl = h.pdl;
+    auto kernel =
+        pick_fixed_shape(grid, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>, cw_fused_kernel<T>);
+    return launch_qh_grid(kernel, grid, heads + qheads, st, a, hk, hq);
 }
 
-/* The key signatures of cache_write. A decode step's few keys (under 256,
- * where launch_hash would give each block a head's whole MLP for 8 tokens)
- * go on the query MLPs' 4-CTA clusters: the runner's B=32 step, 9 heads, 8.4
- * us against 15.5 (run 16, bench/NOTES.md). */
+/* The signatures of n tokens on their own launch (cache_write's keys or
+ * queries when its fused kernel is not used). A decode step's few tokens
+ * (under 256, where launch_hash would give each block a head's whole MLP for
+ * 8 tokens) go on the query MLPs' 4-CTA clusters: the runner's B=32 step, 9
+ * heads, 8.4 us against 15.5 (run 16, bench/NOTES.md). */
 template <typename T>
-ha_kernel_status_t launch_key_hash(const HashArgs &h, int heads, cudaStream_t st)
+ha_kernel_status_t launch_few_hash(const HashArgs &h, int heads, cudaStream_t st)
 {
     return h.n < 256 ? launch_qhash<T>(h, heads, st, true) : launch_hash<T>(h, heads, st, false);
+}
+
+/* The direct-output HashArgs of cache_write's query side (1.2) */
+__host__ inline HashArgs query_hash_args(const ha_hash_params_t &q)
+{
+    HashArgs h = {};
+    h.in = q.input.data;
+    h.in_st = q.input.stride_token;
+    h.in_sh = q.input.stride_head;
+    h.n = q.num_tokens;
+    h.group = 1;
+    h.dim = q.head_dim;
+    h.mlp = q.mlp;
+    h.mode = 0;
+    h.sig = q.signatures;
+    h.st_tok = q.sig_stride_token;
+    h.st_head = q.sig_stride_head;
+    set_qhash_knobs(h);
+    return h;
 }
 
 } // namespace ha
@@ -202,10 +243,14 @@ using namespace ha;
 
 extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t *p)
 {
-    if (p->num_tokens <= 0)
+    const ha_hash_params_t &qp = p->query_hash; /* num_tokens 0: no queries */
+    const int nq = qp.num_tokens > 0 ? qp.num_tokens : 0;
+    if (p->num_tokens <= 0 && nq == 0)
         return HA_KERNEL_OK;
     /* num_sig_heads == 0: the host passed no signature cache (K/V only) */
     if (p->num_sig_heads > 0 && (p->key_mlp.dim != p->head_dim || !p->key_mlp.w1))
+        return HA_KERNEL_UNSUPPORTED;
+    if (nq > 0 && (qp.mlp.dim != p->head_dim || !qp.mlp.w1))
         return HA_KERNEL_UNSUPPORTED;
     if (cache_write_bytes(p->num_tokens) > p->workspace_size)
         return HA_KERNEL_WORKSPACE_TOO_SMALL;
@@ -253,6 +298,8 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     }
     a.vec = al ? 16 : 2;
     cudaStream_t st = (cudaStream_t)p->stream;
+    const HashArgs hq = nq > 0 ? query_hash_args(qp) : HashArgs{};
+    const int qheads = nq > 0 ? qp.num_out_heads : 0;
     HashArgs h = {};
     if (p->num_sig_heads > 0) {
         h.in = p->key.data;
@@ -271,31 +318,39 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
         h.sh = p->sig_cache.stride_head;
         h.num_blocks = p->num_blocks;
         set_qhash_knobs(h);
-        if (p->num_tokens <= kCwFusedMax) {
-            h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
-            cudaError_t e = cudaErrorInvalidValue;
-            switch (p->dtype) {
-            case HA_DTYPE_F32: e = launch_cw_fused<float>(a, h, p->num_sig_heads, st); break;
-            case HA_DTYPE_F16: e = launch_cw_fused<__half>(a, h, p->num_sig_heads, st); break;
-            case HA_DTYPE_BF16: e = launch_cw_fused<__nv_bfloat16>(a, h, p->num_sig_heads, st); break;
-            default: return HA_KERNEL_UNSUPPORTED;
-            }
-            if (e == cudaSuccess)
-                return HA_KERNEL_OK;
-            (void)cudaGetLastError(); /* refused (cluster or shared memory): two launches */
-            h.pdl = 0;
+    }
+    /* one launch for a decode step's few tokens and queries, where some MLP
+     * runs (both sides' MLPs of one width: one shared-memory size) */
+    const bool one_width = p->num_sig_heads == 0 || nq == 0 || qp.mlp.width == p->key_mlp.width;
+    if ((p->num_sig_heads > 0 || nq > 0) && one_width && p->num_tokens <= kCwFusedMax && nq <= kCwFusedMax) {
+        h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
+        cudaError_t e = cudaErrorInvalidValue;
+        switch (p->dtype) {
+        case HA_DTYPE_F32: e = launch_cw_fused<float>(a, h, p->num_sig_heads, hq, qheads, st); break;
+        case HA_DTYPE_F16: e = launch_cw_fused<__half>(a, h, p->num_sig_heads, hq, qheads, st); break;
+        case HA_DTYPE_BF16: e = launch_cw_fused<__nv_bfloat16>(a, h, p->num_sig_heads, hq, qheads, st); break;
+        default: return HA_KERNEL_UNSUPPORTED;
+        }
+        if (e == cudaSuccess)
+            return HA_KERNEL_OK;
+        (void)cudaGetLastError(); /* refused (cluster or shared memory): separate launches */
+        h.pdl = 0;
+    }
+    if (p->num_tokens > 0)
+        HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads),
+                           0, st, false, a));
+    ha_kernel_status_t ks = HA_KERNEL_OK;
+    for (int side = 0; side < 2 && ks == HA_KERNEL_OK; side++) { /* keys, then queries */
+        const HashArgs &hs = side ? hq : h;
+        const int heads = side ? qheads : (p->num_tokens > 0 ? p->num_sig_heads : 0);
+        if (heads == 0)
+            continue;
+        switch (p->dtype) {
+        case HA_DTYPE_F32: ks = launch_few_hash<float>(hs, heads, st); break;
+        case HA_DTYPE_F16: ks = launch_few_hash<__half>(hs, heads, st); break;
+        case HA_DTYPE_BF16: ks = launch_few_hash<__nv_bfloat16>(hs, heads, st); break;
+        default: return HA_KERNEL_UNSUPPORTED;
         }
     }
-    HA_CUDA_TRY(launch(kv_write_kernel, dim3((unsigned)ceil_div(p->num_tokens, kCwTokens)), dim3(kCwThreads), 0,
-                       st, false, a));
-
-    if (p->num_sig_heads == 0)
-        return HA_KERNEL_OK;
-
-    switch (p->dtype) {
-    case HA_DTYPE_F32: return launch_key_hash<float>(h, p->num_sig_heads, st);
-    case HA_DTYPE_F16: return launch_key_hash<__half>(h, p->num_sig_heads, st);
-    case HA_DTYPE_BF16: return launch_key_hash<__nv_bfloat16>(h, p->num_sig_heads, st);
-    default: return HA_KERNEL_UNSUPPORTED;
-    }
+    return ks;
 }

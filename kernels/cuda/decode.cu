@@ -9,7 +9,11 @@
  * the first launch is chained to the host's kernel before it too, knob
  * pdl_first, its kernel waiting before it reads the query):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
- *                    clusters; also clears the histograms (mlp.cuh);
+ *                    clusters; also clears the histograms (mlp.cuh). Not
+ *                    launched where the host passes the signatures (1.2,
+ *                    from cache_write's fused kernel): read in place, a
+ *                    memset clears the histograms, and 2. (or small.cu's
+ *                    kernel) is the first launch;
  *   2. score_kernel  persistent: each block walks (chunk, sequence, KV head)
  *                    items, the next slab's signatures in flight while the
  *                    current one is scored (score_warp_kernel: a warp per
@@ -1451,11 +1455,13 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const bool block_items = tn.score_block_items == 1 || (tn.score_block_items == 2 && few);
         /* lab: scores without histograms, only where nothing reads them */
         const bool nohist = tn.score_nohist != 0 && tn.stop_after == 2;
+        bool score_pdl = pdl; /* pdl2 below where the score kernel is the step's first launch */
         auto score = [&](ScoreShape *shape) {
             const bool vec4 = tn.score_vec4 != 0, staged = group_sel ? tn.score_staged != 0 : tn.score_staged == 2;
-            return group_sel ? launch_score<true>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items, tn.score_warps,
-                                                  vec4, false, staged, tn.score_planes != 0, nohist, shape)
-                             : launch_score<false>(sa, gw, st, pdl, tn.score_blocks_per_sm, block_items,
+            return group_sel ? launch_score<true>(sa, gw, st, score_pdl, tn.score_blocks_per_sm, block_items,
+                                                  tn.score_warps, vec4, false, staged, tn.score_planes != 0, nohist,
+                                                  shape)
+                             : launch_score<false>(sa, gw, st, score_pdl, tn.score_blocks_per_sm, block_items,
                                                    tn.score_warps, vec4, tn.score_vec4 == 2, staged, false, false,
                                                    shape);
         };
@@ -1496,22 +1502,43 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.zero = small ? nullptr : reinterpret_cast<uint32_t *>(ws + W.hist);
         h.zero_words = small ? 0 : (int64_t)B * Hsel * nbins;
         ha_kernel_status_t ks = HA_KERNEL_UNSUPPORTED;
-        switch (p->dtype) {
-        case HA_DTYPE_F16: ks = launch_qhash<__half>(h, Hq, st, tn.qhash_cluster != 0); break;
-        case HA_DTYPE_BF16: ks = launch_qhash<__nv_bfloat16>(h, Hq, st, tn.qhash_cluster != 0); break;
-        default: break;
+        /* the launch after 1.: chained by PDL to the kernel before it, or,
+         * with the host's signatures, the step's first */
+        bool pdl2 = pdl;
+        if (p->query_sigs) {
+            /* the host's signatures (1.2), no query MLPs: rows of Hq words
+             * are read in place, others copied into the workspace; the
+             * histograms are cleared here instead of by the MLPs' launch */
+            if (p->qsig_stride == Hq) {
+                h.sig = const_cast<uint32_t *>(p->query_sigs);
+            } else {
+                HA_CUDA_TRY(cudaMemcpy2DAsync(h.sig, (size_t)Hq * 4, p->query_sigs, (size_t)p->qsig_stride * 4,
+                                              (size_t)Hq * 4, (size_t)B, cudaMemcpyDeviceToDevice, st));
+            }
+            sa.qsig = h.sig;
+            if (h.zero)
+                HA_CUDA_TRY(cudaMemsetAsync(h.zero, 0, (size_t)h.zero_words * 4, st));
+            pdl2 = pdl && pdl_first_launch();
+            ks = HA_KERNEL_OK;
+        } else {
+            switch (p->dtype) {
+            case HA_DTYPE_F16: ks = launch_qhash<__half>(h, Hq, st, tn.qhash_cluster != 0); break;
+            case HA_DTYPE_BF16: ks = launch_qhash<__nv_bfloat16>(h, Hq, st, tn.qhash_cluster != 0); break;
+            default: break;
+            }
         }
         if (ks != HA_KERNEL_OK || tn.stop_after == 1)
             return ks;
         if (small) {
             const SmallLists sl = {h.sig, A.list_pos, A.list_mask, (int64_t)nch * C}; /* the pass's sel_nch x sel_C */
-            ks = launch_small_select(p, max_tokens, ranks, sl, gd, pdl);
+            ks = launch_small_select(p, max_tokens, ranks, sl, gd, pdl2);
             if (ks != HA_KERNEL_OK)
                 return ks;
         } else {
             /* 2. scores and histograms (ScoreArgs sa, above) */
             if (tn.score_nohist != 0 && (!nohist || !group_sel || block_items))
                 return HA_KERNEL_UNSUPPORTED;
+            score_pdl = pdl2;
             ks = score(nullptr);
             if (ks != HA_KERNEL_OK || tn.stop_after == 2)
                 return ks;

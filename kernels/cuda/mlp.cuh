@@ -64,6 +64,8 @@ struct HashArgs {
     int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
                               weights (before its wait) instead of loading each chain's bias from
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
+    int32_t head0;         /* qhash_body: the grid's cluster column of these args' head 0 (cache_write's
+                              fused kernel runs the queries' heads after the keys'; else 0) */
 };
 
 /* The cluster MLPs' three knobs from tuning (cache_write's key MLPs and
@@ -384,7 +386,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
 
     const int tid = threadIdx.x;
     const int rank = (int)cluster.block_rank();
-    const int o = blockIdx.x / kQhRanks;
+    const int o = (int)(blockIdx.x / kQhRanks) - a.head0;
     const int tok0 = blockIdx.y * kQhTB;
     const int ntok = min(kQhTB, a.n - tok0);
 

@@ -123,6 +123,11 @@ typedef struct ha_cuda_tuning {
     int small_form;          /* small.cu's kernel: 1 its first signature words before the wait and
                                 its list from bit masks; 2 the same, the query MLPs triggering it as
                                 their weight copies are issued; 0 the form of runs 22-52 */
+    /* appended in run 56 */
+    int cw_trigger;          /* cache_write's fused kernel where it hashes the step's queries too
+                                (ABI 1.2): 1 triggers its dependents (decode's first kernel) as its
+                                MLPs' weight copies are issued, 0 before their layer 3 (as it
+                                always does for the keys alone) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -1,12 +1,16 @@
-"""ctypes mirror of ``abi/hashattn/hashattn.h`` (ABI 1.0), field for field.
+"""ctypes mirror of ``abi/hashattn/hashattn.h`` (ABI 1.2), field for field.
 
 Every args struct has an ``init(**fields)`` class method that plays the role of the
 header's ``HASHATTN_..._INIT`` macro: it sets ``struct_size`` to ``ctypes.sizeof`` of
 the struct and every field to the header's default, then applies ``fields``.
 
-Keep this file in step with the header: python/tests/test_abi_layout.py compiles a
-C program against the header and compares every offset and size with these
-classes.
+Fields appended in a later minor are marked with it (``# 1.2``). A library of an
+older minor accepts these longer structs as long as the fields it does not know are
+zero (NULL); :class:`hashattn.Context` refuses to set them for such a library.
+
+Keep this file in step with the header: python/tests/test_abi.py
+(``test_struct_layout_matches_header``) compiles a C program against the header and
+compares every offset and size with these classes.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 from ._dlpack import KDLBFLOAT, KDLCPU, DLDataType, DLDevice, DLTensor
 
 ABI_MAJOR = 1
-ABI_MINOR = 1
+ABI_MINOR = 2
 
 _size_t = ctypes.c_size_t
 _i32 = ctypes.c_int32
@@ -41,6 +45,7 @@ class Status(enum.IntEnum):
     FORMAT_ERROR = 7
     DEVICE_ERROR = 8
     INTERNAL = 9
+    COMM_ERROR = 10  # 1.1
 
 
 class KVLayout(enum.IntEnum):
@@ -218,6 +223,9 @@ class CacheWriteArgs(_Args):
         ("workspace", _vp),
         ("workspace_size", _size_t),
         ("stream", _vp),
+        # 1.2: the step's queries, hashed in the same work (both or neither)
+        ("query", _PT),
+        ("query_signatures", _PT),
     ]
 
 
@@ -241,6 +249,8 @@ class DecodeArgs(_Args):
         ("workspace", _vp),
         ("workspace_size", _size_t),
         ("stream", _vp),
+        # 1.2: the queries' signatures (NULL: decode hashes query)
+        ("query_signatures", _PT),
     ]
 
 

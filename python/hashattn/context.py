@@ -22,8 +22,8 @@ from . import _abi
 from ._abi import HashSide, KVLayout, Op, Selection, SignatureLayout
 from ._dlpack import (KDLCPU, KDLCUDA, Borrowed, DLDevice, Reinterpret, TensorSlots,
                       _is_torch_tensor, borrow, dtype_name, parse_dtype)
-from ._library import load
-from .errors import error_for_status
+from ._library import library_path, load
+from .errors import UnsupportedError, error_for_status
 from .weights import MLP_PARTS
 
 __all__ = ["Budget", "Context"]
@@ -177,6 +177,7 @@ class Context:
             raise error_for_status(status, self._api.last_error(None).decode(errors="replace"),
                                    self._status_name(status))
         self.config = cfg
+        self._abi_minor = int(self._api.abi_minor)
         self.dtype: str = dtype_name(dtype)
         self.device: Tuple[int, int] = dev
         self.budget: Budget = Budget.of(cfg.budget)
@@ -358,6 +359,14 @@ class Context:
         if not self._ctx:
             raise ValueError("the context is closed")
 
+    def _require_minor(self, minor: int, what: str) -> None:
+        """Refuse a feature of ABI 1.``minor`` on an older library, before calling it (an
+        older library would refuse the struct's non-zero tail without naming the field)."""
+        if self._abi_minor < minor:
+            raise UnsupportedError(
+                f"{what} needs ABI {_abi.ABI_MAJOR}.{minor}; {library_path()} has ABI "
+                f"{self._api.abi_major}.{self._abi_minor}, which is older")
+
     # ---- weights ----------------------------------------------------------------
 
     def bind_weights(self, query: Mapping[str, Array], key: Mapping[str, Array]) -> None:
@@ -483,14 +492,32 @@ class Context:
     def cache_write(self, layer: int, key: Array, value: Optional[Array], key_cache: Optional[Array],
                     value_cache: Optional[Array], signature_cache: Optional[Array],
                     slot_mapping: Array, *, signatures_only: bool = False,
-                    workspace: Any = None, stream: Any = None) -> None:
+                    query: Optional[Array] = None, query_signatures: Optional[Array] = None,
+                    workspace: Any = None, stream: Any = None) -> Any:
         """Write new tokens' K, V (unless ``signatures_only``) and key signatures
         (unless ``signature_cache`` is None) at ``slot_mapping`` [num_tokens] int64;
-        negative slots are skipped. key, value: [num_tokens, Hkv, D]."""
+        negative slots are skipped. key, value: [num_tokens, Hkv, D].
+
+        ABI 1.2: with ``query`` [num_queries, Hq, D] (this step's decode queries; the
+        row count need not be num_tokens) the call also writes ``query_signatures``
+        [num_queries, Hq] uint32, bit for bit what ``hash(layer, query, "query")``
+        gives, in the same work as the keys'; pass them to :meth:`decode` so that it
+        does not hash the queries again. ``query_signatures`` is allocated like
+        ``query`` when not given; given without ``query`` it is refused
+        (InvalidArgumentError). Returns ``query_signatures`` (None without ``query``).
+        A library older than 1.2 raises UnsupportedError.
+        """
         self._require_open()
+        if query is not None or query_signatures is not None:
+            self._require_minor(2, "cache_write: query" if query is not None
+                                else "cache_write: query_signatures")
+            if query is not None and query_signatures is None:
+                query_signatures = _empty_like(query, (_dim(query, 0), self.num_q_heads),
+                                               "uint32")
         put = _slots().put
+        # the header leaves open whether the bound counts query rows: cover both
         ws, ws_size, ws_keep = self._workspace(workspace, Op.CACHE_WRITE,
-                                               max_num_tokens=_dim(key, 0))
+                                               max_num_tokens=max(_dim(key, 0), _dim(query, 0)))
         args = _abi.CacheWriteArgs.init(
             flags=_abi.CACHE_WRITE_SIGNATURES_ONLY if signatures_only else 0, layer=int(layer),
             key=put(0, key, "key"), value=put(1, value, "value"),
@@ -498,9 +525,12 @@ class Context:
             value_cache=put(3, value_cache, "value_cache"),
             signature_cache=put(4, signature_cache, "signature_cache"),
             slot_mapping=put(5, slot_mapping, "slot_mapping"),
-            workspace=ws, workspace_size=ws_size, stream=self._stream(stream))
+            workspace=ws, workspace_size=ws_size, stream=self._stream(stream),
+            query=put(6, query, "query"),
+            query_signatures=put(7, query_signatures, "query_signatures"))
         self._check(self._api.cache_write(self._ctx, ctypes.byref(args)))
         del ws_keep
+        return query_signatures
 
     def decode(self, layer: int, query: Array, key_cache: Array, value_cache: Array,
                signature_cache: Optional[Array], block_tables: Array, seq_lens: Array, *,
@@ -508,6 +538,7 @@ class Context:
                budget: Optional[Union[Budget, Mapping[str, Any]]] = None,
                dense: bool = False, selected_indices: Optional[Array] = None,
                selected_counts: Optional[Array] = None, return_selection: bool = False,
+               query_signatures: Optional[Array] = None,
                workspace: Any = None, stream: Any = None) -> Any:
         """One decode step per sequence; returns ``output`` [num_seqs, Hq, D].
 
@@ -518,8 +549,15 @@ class Context:
         [num_seqs, Hsel] int32 receive the attended positions when given. With
         ``return_selection`` the missing ones are allocated (cap = max_blocks *
         block_size, unused entries -1) and ``(output, indices, counts)`` is returned.
+
+        ABI 1.2: ``query_signatures`` [num_seqs, Hq] uint32 (from
+        ``cache_write(..., query=query)`` or ``hash(layer, query, "query")``) are used
+        instead of hashing ``query``; the result is the same when they are query's.
+        Not read with ``dense``. A library older than 1.2 raises UnsupportedError.
         """
         self._require_open()
+        if query_signatures is not None:
+            self._require_minor(2, "decode: query_signatures")
         num_seqs = _dim(query, 0)
         if output is None:
             output = _empty_like(query, (num_seqs, self.num_q_heads, self.head_dim), self.dtype)
@@ -543,7 +581,8 @@ class Context:
             budget=c_budget,
             selected_indices=put(7, selected_indices, "selected_indices"),
             selected_counts=put(8, selected_counts, "selected_counts"),
-            workspace=ws, workspace_size=ws_size, stream=self._stream(stream))
+            workspace=ws, workspace_size=ws_size, stream=self._stream(stream),
+            query_signatures=put(9, query_signatures, "query_signatures"))
         self._check(self._api.decode(self._ctx, ctypes.byref(args)))
         del ws_keep
         if return_selection:

@@ -17,7 +17,8 @@ HEADER = os.path.join(REPO, "abi", "hashattn", "hashattn.h")
 
 def _layout_program() -> str:
     lines = ["#include <stddef.h>", "#include <stdio.h>", "#include \"hashattn/hashattn.h\"",
-             "int main(void) {"]
+             "int main(void) {",
+             '  printf("ABI %d %d\\n", HASHATTN_ABI_MAJOR, HASHATTN_ABI_MINOR);']
     for cname, cls in abi.C_NAMES.items():
         lines.append(f'  printf("{cname} sizeof %zu\\n", sizeof({cname}));')
         for field, _ in cls._fields_:
@@ -42,6 +43,9 @@ def test_struct_layout_matches_header(tmp_path):
     seen = 0
     for line in out.splitlines():
         parts = line.split()
+        if parts[0] == "ABI":
+            assert (abi.ABI_MAJOR, abi.ABI_MINOR) == (int(parts[1]), int(parts[2])), line
+            continue
         cls = abi.C_NAMES[parts[0]]
         if parts[1] == "sizeof":
             assert ctypes.sizeof(cls) == int(parts[2]), f"sizeof({parts[0]})"
@@ -65,6 +69,14 @@ def test_pinned_offsets():
     assert abi.PrefillArgs.stream.offset == 88
     assert abi.HashArgs.stream.offset == 56
     assert abi.Api.hash.offset == 104
+    # 1.1
+    assert abi.ContextConfig.tp_size.offset == 100
+    assert abi.Api.all_reduce.offset == 144
+    # 1.2: appended after stream (the header pins only up to 1.1)
+    assert (abi.CacheWriteArgs.query.offset, abi.CacheWriteArgs.query_signatures.offset) == (88, 96)
+    assert abi.DecodeArgs.query_signatures.offset == 120
+    assert (ctypes.sizeof(abi.CacheWriteArgs), ctypes.sizeof(abi.DecodeArgs)) == (104, 128)
+    assert abi.ABI_MINOR == 2
 
 
 def test_init_sets_struct_size_and_defaults():
@@ -84,6 +96,10 @@ def test_init_sets_struct_size_and_defaults():
     for cls in (abi.WeightsLoadArgs, abi.WorkspaceArgs, abi.CacheWriteArgs, abi.DecodeArgs,
                 abi.PrefillArgs, abi.HashArgs):
         assert cls.init().struct_size == ctypes.sizeof(cls)
+    # the 1.2 fields default to NULL (what a 1.1 library requires of the struct's tail)
+    w = abi.CacheWriteArgs.init()
+    assert not w.query and not w.query_signatures
+    assert not abi.DecodeArgs.init().query_signatures
     with pytest.raises(AttributeError):
         abi.DecodeArgs.init(no_such_field=1)
 

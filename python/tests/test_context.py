@@ -194,6 +194,74 @@ def test_cache_write_and_hash_errors():
     assert np.array_equal(before, c.key_cache)
 
 
+def test_query_signature_errors_name_the_argument():
+    if hashattn.abi_version() < (1, 2):
+        pytest.skip(f"the library is ABI {hashattn.abi_version()}: query signatures are 1.2")
+    c = build_case(15, seq_lens=[20, 9], hq=4, hkv=2, d=16, m=8, block_size=4)
+    ctx = c.ctx
+    k = c.keys[:3]
+    write = (c.layer, k, k, c.key_cache, c.value_cache, c.sig_cache, np.arange(3, dtype=np.int64))
+    before = [x.copy() for x in (c.key_cache, c.value_cache, c.sig_cache)]
+    # both or neither: signatures without queries (queries without signatures are allocated)
+    with pytest.raises(hashattn.InvalidArgumentError,
+                       match="cache_write: query is NULL but query_signatures is set"):
+        ctx.cache_write(*write, query_signatures=np.zeros((2, 4), np.uint32))
+    cases = [
+        (dict(query=c.query[:, :3]), "cache_write: query.shape[1] = 3, expected 4"),
+        (dict(query=c.query.astype(np.float16)), "cache_write: query.dtype = float16"),
+        (dict(query=c.query, query_signatures=np.zeros((3, 4), np.uint32)),
+         "cache_write: query_signatures.shape[0] = 3, expected 2"),
+        (dict(query=c.query, query_signatures=np.zeros((2, 4), np.int32)),
+         "cache_write: query_signatures.dtype = int32, expected uint32"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(hashattn.InvalidArgumentError) as e:
+            ctx.cache_write(*write, **kw)
+        assert message in str(e.value), (message, str(e.value))
+    # refused calls write nothing
+    for a, b in zip((c.key_cache, c.value_cache, c.sig_cache), before):
+        assert np.array_equal(a, b)
+
+    args = (c.layer, c.query, c.key_cache, c.value_cache, c.sig_cache, c.block_tables, c.seq_lens)
+    cases = [
+        (np.zeros((3, 4), np.uint32), "decode: query_signatures.shape[0] = 3, expected 2"),
+        (np.zeros((2, 2), np.uint32), "decode: query_signatures.shape[1] = 2, expected 4"),
+        (np.zeros((2, 4), np.int32), "decode: query_signatures.dtype = int32, expected uint32"),
+        (np.zeros((2, 4, 1), np.uint32), "decode: query_signatures.ndim = 3, expected 2"),
+    ]
+    for sigs, message in cases:
+        with pytest.raises(hashattn.InvalidArgumentError) as e:
+            ctx.decode(*args, query_signatures=sigs)
+        assert message in str(e.value), (message, str(e.value))
+
+
+def test_query_signatures_refused_by_an_older_library(monkeypatch):
+    """ABI 1.2 arguments on a 1.1 library raise before the call, naming the ABI; the same
+    calls without them still work (the longer structs' new fields stay NULL)."""
+    c = build_case(16, seq_lens=[20], hq=4, hkv=2, d=16, m=8, block_size=4)
+    if hashattn.abi_version() >= (1, 2):
+        monkeypatch.setattr(c.ctx, "_abi_minor", 1)  # what a 1.1 library reports
+    k = c.keys[:3]
+    write = (c.layer, k, k, c.key_cache, c.value_cache, c.sig_cache, np.arange(3, dtype=np.int64))
+    before = [x.copy() for x in (c.key_cache, c.value_cache, c.sig_cache)]
+    sigs = np.zeros((1, 4), np.uint32)
+    for kw, name in ((dict(query=c.query), "query"),
+                     (dict(query=c.query, query_signatures=sigs), "query"),
+                     (dict(query_signatures=sigs), "query_signatures")):
+        with pytest.raises(hashattn.UnsupportedError,
+                           match=rf"cache_write: {name} needs ABI 1\.2; "
+                                 r".*libhashattn\S* has ABI 1\.[01], which is older"):
+            c.ctx.cache_write(*write, **kw)
+    for a, b in zip((c.key_cache, c.value_cache, c.sig_cache), before):
+        assert np.array_equal(a, b)
+    args = (c.layer, c.query, c.key_cache, c.value_cache, c.sig_cache, c.block_tables, c.seq_lens)
+    with pytest.raises(hashattn.UnsupportedError,
+                       match=r"decode: query_signatures needs ABI 1\.2; .* has ABI 1\.[01], which is older"):
+        c.ctx.decode(*args, query_signatures=sigs)
+    assert c.ctx.cache_write(*write) is None
+    c.ctx.decode(*args)
+
+
 def test_prefill_errors():
     c = build_case(14, seq_lens=[20, 7], hq=4, hkv=2, d=16, m=8)
     q, _ = make_input(c.rng, (10, 4, 16), "float32")

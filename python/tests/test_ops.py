@@ -294,6 +294,120 @@ def test_decode_is_deterministic():
         assert np.array_equal(x, y)
 
 
+# ---- ABI 1.2: cache_write hashes the step's queries, decode takes their signatures ----
+
+
+def _bits(x: object) -> np.ndarray:
+    """The raw array of an operand (the uint16 bits of a bfloat16 wrapper)."""
+    return x.array if isinstance(x, hashattn.Reinterpret) else x
+
+
+def _twin(x: object) -> object:
+    """A copy of an operand, wrapped like it."""
+    if isinstance(x, hashattn.Reinterpret):
+        return hashattn.Reinterpret(x.array.copy(), "bfloat16")
+    return x.copy()
+
+
+def _needs_abi_1_2():
+    if hashattn.abi_version() < (1, 2):
+        pytest.skip(f"the library is ABI {hashattn.abi_version()}: query signatures are 1.2")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_queries", [1, 3, 17])
+def test_cache_write_query_signatures_equal_hash(dtype, num_queries):
+    """query_signatures == hash(query side) bit for bit, for fewer or more query rows than
+    key rows; the K/V/signature writes are the same as without queries."""
+    _needs_abi_1_2()
+    seed = 220 + 3 * DTYPES.index(dtype) + num_queries
+    c = build_case(seed, dtype=dtype, hq=6, hkv=2, d=24, m=20, block_size=4, seq_lens=[9])
+    keys, _ = make_input(c.rng, (5, 2, 24), dtype)
+    vals, _ = make_input(c.rng, (5, 2, 24), dtype)
+    query, _ = make_input(c.rng, (num_queries, 6, 24), dtype)
+    slots = np.array([9, 10, -1, 21, 10], np.int64)
+    twin = [_twin(x) for x in (c.key_cache, c.value_cache, c.sig_cache)]
+    c.ctx.cache_write(c.layer, keys, vals, *twin, slots)
+    qsig = c.ctx.cache_write(c.layer, keys, vals, c.key_cache, c.value_cache, c.sig_cache,
+                             slots, query=query)
+    assert isinstance(qsig, np.ndarray) and qsig.dtype == np.uint32
+    assert qsig.shape == (num_queries, 6)
+    assert np.array_equal(qsig, c.ctx.hash(c.layer, query, "query"))
+    for a, b in zip((c.key_cache, c.value_cache, c.sig_cache), twin):
+        assert np.array_equal(_bits(a), _bits(b))
+    # the other layer's query MLPs give other signatures: the layer is honoured
+    other = c.ctx.cache_write(0, keys, vals, *twin, slots, query=query)
+    assert np.array_equal(other, c.ctx.hash(0, query, "query"))
+    assert not np.array_equal(other, qsig)
+
+
+def test_cache_write_query_signatures_strided_signatures_only_and_empty():
+    _needs_abi_1_2()
+    c = build_case(230, hq=4, hkv=2, d=16, m=8, block_size=4, seq_lens=[6])
+    keys, _ = make_input(c.rng, (2, 2, 16), "float32")
+    query, _ = make_input(c.rng, (3, 4, 16), "float32")
+    big = np.zeros((3, 9), np.uint32)
+    view = big[:, 3:7]                         # written in place, no copy
+    qbuf = np.zeros((3, 6, 20), np.float32)    # a strided query: no copy either
+    qbuf[:, 1:5, 2:18] = query
+    got = c.ctx.cache_write(c.layer, keys, None, None, None, c.sig_cache,
+                            np.array([12, 13], np.int64), signatures_only=True,
+                            query=qbuf[:, 1:5, 2:18], query_signatures=view)
+    assert got is view
+    assert np.array_equal(big[:, 3:7], c.ctx.hash(c.layer, query))
+    assert not big[:, :3].any() and not big[:, 7:].any()
+    assert np.array_equal(c.sig_cache[3, :, 0:2].T, c.ctx.hash(c.layer, keys, "key"))
+    # no key rows this step, queries only; and no queries
+    sigs = c.ctx.cache_write(c.layer, keys[:0], keys[:0], c.key_cache, c.value_cache,
+                             c.sig_cache, np.zeros(0, np.int64), query=query)
+    assert np.array_equal(sigs, c.ctx.hash(c.layer, query))
+    none = c.ctx.cache_write(c.layer, keys, keys, c.key_cache, c.value_cache, c.sig_cache,
+                             np.array([14, 15], np.int64), query=query[:0])
+    assert none.shape == (0, 4)
+
+
+@pytest.mark.parametrize("p", DECODE_CASES, ids=[_decode_id(p) for p in DECODE_CASES])
+def test_decode_with_query_signatures_is_bit_identical(p):
+    """A decode step as a 1.2 host runs it: cache_write hashes the step's queries, decode
+    takes their signatures; output and selections equal decode hashing query itself."""
+    _needs_abi_1_2()
+    seed, dtype, hq, hkv, d, m, bs, layout, sel, sig, lens = p
+    c = build_case(seed, dtype=dtype, hq=hq, hkv=hkv, d=d, m=m, block_size=bs, layout=layout,
+                   selection=sel, sig_layout=sig, seq_lens=lens)
+    # rewrite the sequences' tokens (same bits) with this step's queries
+    qsig = c.ctx.cache_write(c.layer, c.keys, c.vals, c.key_cache, c.value_cache, c.sig_cache,
+                             c.slots, query=c.query)
+    args = (c.layer, c.query, c.key_cache, c.value_cache, c.sig_cache, c.block_tables, c.seq_lens)
+    budget = hashattn.Budget(4, 8, -1, 0.125)
+    want = c.ctx.decode(*args, budget=budget, return_selection=True)
+    got = c.ctx.decode(*args, budget=budget, return_selection=True, query_signatures=qsig)
+    for x, y in zip(got, want):
+        assert np.array_equal(_bits(x), _bits(y))
+
+
+def test_decode_uses_the_given_query_signatures():
+    """Signatures other than query's steer the selection (decode reads them, it does not
+    hash query), as the reference does with the same signatures; dense never reads them."""
+    _needs_abi_1_2()
+    c = build_case(350, hq=4, hkv=2, d=16, m=16, block_size=8, selection="per_head",
+                   seq_lens=[120, 64])
+    args = (c.layer, c.query, c.key_cache, c.value_cache, c.sig_cache, c.block_tables, c.seq_lens)
+    budget = hashattn.Budget(2, 2, 9)
+    own = c.ctx.hash(c.layer, c.query, "query")
+    other = ~own
+    out, idx, cnt = c.ctx.decode(*args, budget=budget, return_selection=True,
+                                 query_signatures=other)
+    want, sels = reference_decode(c, other, sink=2, recent=2, heavy_count=9)
+    for s in range(2):
+        for h in range(4):
+            assert idx[s, h, :cnt[s, h]].tolist() == sels[s][h], (s, h)
+    _near(out, want, "float32")
+    _, idx_own, _ = c.ctx.decode(*args, budget=budget, return_selection=True)
+    assert not np.array_equal(idx, idx_own)
+    dense = c.ctx.decode(*args, dense=True)
+    assert np.array_equal(c.ctx.decode(*args, dense=True, query_signatures=other), dense)
+
+
 # ---- prefill -----------------------------------------------------------------------
 
 

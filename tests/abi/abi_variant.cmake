@@ -14,7 +14,7 @@
 #
 # Variants (each a minimal compile, -O0 -g, about a second):
 #   control       no change                                       -> pass
-#   append_field  a field after decode_args.stream                -> pass (a minor)
+#   append_field  a field after decode_args.query_signatures      -> pass (a minor)
 #   append_fn     a function pointer at the end of the table     -> pass (a minor)
 #   private_ctx   a field in the opaque struct hashattn_context   -> pass (not ABI)
 #   append_enum   a new status code at the end of the enum        -> pass (a minor)
@@ -57,8 +57,8 @@ endmacro()
 set(extra_src "")
 if(VARIANT STREQUAL "control")
 elseif(VARIANT STREQUAL "append_field")
-  patch(header "    void *stream;\n} hashattn_decode_args_t;"
-               "    void *stream;\n    int64_t appended_in_a_minor;\n} hashattn_decode_args_t;")
+  patch(header "    const DLTensor *query_signatures; /* [num_seqs, Hq] uint32 */\n} hashattn_decode_args_t;"
+               "    const DLTensor *query_signatures; /* [num_seqs, Hq] uint32 */\n    int64_t appended_in_a_minor;\n} hashattn_decode_args_t;")
 elseif(VARIANT STREQUAL "append_fn")
   patch(header "                                    const hashattn_all_reduce_args_t *args);\n} hashattn_api_t;"
                "                                    const hashattn_all_reduce_args_t *args);\n    int (*appended_fn)(void);\n} hashattn_api_t;")

@@ -20,7 +20,11 @@
  *                    struct_size bytes), shorter and misaligned sizes are
  *                    INVALID_ARGUMENT, longer structs are accepted with a
  *                    zero tail and refused with a non-zero one, and a refused
- *                    call leaves caches and outputs untouched;
+ *                    call leaves caches and outputs untouched; where a newer
+ *                    minor appended fields (decode and cache_write in 1.2,
+ *                    the config in 1.1), the boundaries and sizeof are the
+ *                    library's (current_sizes.c) and zero bytes there are
+ *                    those fields' defaults;
  *   config_defaults  a config ending at head_dim gets the documented defaults
  *                    (bfloat16, CPU, NHD, block 16, width 128, group
  *                    selection, paper signatures, default budget);
@@ -44,6 +48,7 @@
 #include "abi_util.h"
 
 size_t ht_current_config_size(void); /* current_sizes.c */
+size_t ht_current_args_layout(int op, size_t *starts, size_t *ends, int max, int *n);
 
 #define END(T, f) (offsetof(T, f) + sizeof(((T *)0)->f))
 /* A field's start and end, for the struct_size boundary rule. */
@@ -297,17 +302,22 @@ static hashattn_status_t expect_for(size_t size, size_t min_end, size_t ws_end, 
     return HASHATTN_STATUS_OK;
 }
 
-/* One run-path op over sizes 0..full+16 step 4, plus the tails. `run_ok`
- * compares the outputs of an accepted call with `ref` (the full call's). */
+/* One run-path op over sizes 0..lib_size+16 step 4, plus the tails. `ends`
+ * and lib_size describe the library's (current) struct, which starts with
+ * the 1.0 struct `full` of full_size bytes. Sizes past full_size and up to
+ * lib_size reach fields of a newer minor, which this host leaves zero (their
+ * default); a non-zero byte there would be a value for such a field, not an
+ * unknown tail, so tails are tested past lib_size only. Accepted calls
+ * compare their outputs with `ref` (the full call's). */
 static void sweep_sizes(const char *what, int op, hashattn_context_t *ctx, const void *full, size_t full_size,
-                        size_t min_end, size_t ws_end, const fld_t *ends, int nends, au_tensor_t *const *outs,
-                        int nouts, const unsigned char *const *ref)
+                        size_t lib_size, size_t min_end, size_t ws_end, const fld_t *ends, int nends,
+                        au_tensor_t *const *outs, int nouts, const unsigned char *const *ref)
 {
-    for (size_t size = 0; size <= full_size + 16; size += 4) {
+    for (size_t size = 0; size <= lib_size + 16; size += 4) {
         for (int tail = 0; tail < 2; tail++) {
-            if (tail && size <= full_size)
+            if (tail && size <= lib_size)
                 continue;
-            hashattn_status_t want = expect_for(size, min_end, ws_end, ends, nends, full_size);
+            hashattn_status_t want = expect_for(size, min_end, ws_end, ends, nends, lib_size);
             if (tail)
                 want = HASHATTN_STATUS_INVALID_ARGUMENT;
             for (int i = 0; i < nouts; i++)
@@ -330,6 +340,27 @@ static void sweep_sizes(const char *what, int op, hashattn_context_t *ctx, const
             snap_free(&before);
         }
     }
+}
+
+/* The library's struct of `op` (current_sizes.c): its fields into f (at
+ * most max) and its size; checks that it starts with the 1.0 fields `old`. */
+static size_t current_layout(const char *what, int op, const fld_t *old, int nold, fld_t *f, int max, int *n)
+{
+    size_t starts[32], ends[32];
+    size_t size = ht_current_args_layout(op, starts, ends, 32, n);
+    AU_CHECK(size > 0 && *n <= max && *n >= nold, "%s: current_sizes.c has no layout (%zu bytes, %d fields)",
+             what, size, *n);
+    if (*n > max)
+        *n = max;
+    for (int i = 0; i < *n; i++) {
+        f[i].start = starts[i];
+        f[i].end = ends[i];
+    }
+    for (int i = 0; i < nold && i < *n; i++)
+        AU_CHECK(f[i].start == old[i].start && f[i].end == old[i].end,
+                 "%s: field %d is [%zu, %zu) in the library's header, [%zu, %zu) in 1.0", what, i, f[i].start,
+                 f[i].end, old[i].start, old[i].end);
+    return size;
 }
 
 static unsigned char *dup_bytes(const au_tensor_t *t)
@@ -366,8 +397,11 @@ static void case_sizes_run_path(void)
         AU_EXPECT(api, ctx, api->decode(ctx, &d), HASHATTN_STATUS_OK);
         unsigned char *ref[1] = {dup_bytes(sc.out)};
         au_tensor_t *outs[1] = {sc.out};
-        sweep_sizes("decode", OP_DECODE, ctx, &d, sizeof d, END(T, output), END(T, workspace_size), ends, 16,
-                    outs, 1, (const unsigned char *const *)ref);
+        fld_t cur[32];
+        int ncur = 0;
+        size_t lib_size = current_layout("decode", HASHATTN_OP_DECODE, ends, 16, cur, 32, &ncur);
+        sweep_sizes("decode", OP_DECODE, ctx, &d, sizeof d, lib_size, END(T, output), END(T, workspace_size), cur,
+                    ncur, outs, 1, (const unsigned char *const *)ref);
 
         /* Fields past struct_size are never read: poison them in the caller's own
          * full-size struct (a non-ASan proof of the same thing). */
@@ -427,8 +461,11 @@ static void case_sizes_run_path(void)
             poison(outs[i]);
         AU_EXPECT(api, ctx, api->cache_write(ctx, &w), HASHATTN_STATUS_OK);
         unsigned char *ref[3] = {dup_bytes(sc.kc), dup_bytes(sc.vc), dup_bytes(sc.sc)};
-        sweep_sizes("cache_write", OP_WRITE, ctx, &w, sizeof w, END(T, slot_mapping), END(T, workspace_size),
-                    ends, 12, outs, 3, (const unsigned char *const *)ref);
+        fld_t cur[32];
+        int ncur = 0;
+        size_t lib_size = current_layout("cache_write", HASHATTN_OP_CACHE_WRITE, ends, 12, cur, 32, &ncur);
+        sweep_sizes("cache_write", OP_WRITE, ctx, &w, sizeof w, lib_size, END(T, slot_mapping),
+                    END(T, workspace_size), cur, ncur, outs, 3, (const unsigned char *const *)ref);
         for (int i = 0; i < 3; i++)
             free(ref[i]);
         au_tensor_free(k), au_tensor_free(v), au_tensor_free(slots);
@@ -445,8 +482,8 @@ static void case_sizes_run_path(void)
         AU_EXPECT(api, ctx, api->hash(ctx, &h), HASHATTN_STATUS_OK);
         unsigned char *ref[1] = {dup_bytes(sig)};
         au_tensor_t *outs[1] = {sig};
-        sweep_sizes("hash", OP_HASH, ctx, &h, sizeof h, END(T, signatures), END(T, workspace_size), ends, 9, outs,
-                    1, (const unsigned char *const *)ref);
+        sweep_sizes("hash", OP_HASH, ctx, &h, sizeof h, sizeof h, END(T, signatures), END(T, workspace_size), ends,
+                    9, outs, 1, (const unsigned char *const *)ref);
         free(ref[0]);
         au_tensor_free(sig);
     }
@@ -474,8 +511,8 @@ static void case_sizes_run_path(void)
         AU_EXPECT(api, ctx, api->prefill(ctx, &p), HASHATTN_STATUS_OK);
         unsigned char *ref[1] = {dup_bytes(out)};
         au_tensor_t *outs[1] = {out};
-        sweep_sizes("prefill", OP_PREFILL, ctx, &p, sizeof p, END(T, output), END(T, workspace_size), ends, 13,
-                    outs, 1, (const unsigned char *const *)ref);
+        sweep_sizes("prefill", OP_PREFILL, ctx, &p, sizeof p, sizeof p, END(T, output), END(T, workspace_size),
+                    ends, 13, outs, 1, (const unsigned char *const *)ref);
         free(ref[0]);
         au_tensor_free(qsl), au_tensor_free(query), au_tensor_free(out);
     }

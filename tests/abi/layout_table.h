@@ -8,7 +8,8 @@
  * of silently regenerating the table. Appending a field at the end of a
  * struct changes only its S() line (and adds an F() line) in a new minor.
  * 1.1 appended the tensor-parallel fields, structs, entries and constants, and
- * config.dense_below.
+ * config.dense_below; 1.2 appended cache_write_args.query and
+ * .query_signatures, and decode_args.query_signatures.
  *
  *   S(type, sizeof, alignof)
  *   F(type, field, offsetof, sizeof)
@@ -67,7 +68,7 @@
     F(hashattn_workspace_args_t, max_num_seqs, 12, 4) \
     F(hashattn_workspace_args_t, max_num_tokens, 16, 8) \
     F(hashattn_workspace_args_t, max_blocks_per_seq, 24, 4) \
-    S(hashattn_cache_write_args_t, 88, 8) \
+    S(hashattn_cache_write_args_t, 104, 8) \
     F(hashattn_cache_write_args_t, struct_size, 0, 8) \
     F(hashattn_cache_write_args_t, flags, 8, 4) \
     F(hashattn_cache_write_args_t, layer, 12, 4) \
@@ -80,7 +81,9 @@
     F(hashattn_cache_write_args_t, workspace, 64, 8) \
     F(hashattn_cache_write_args_t, workspace_size, 72, 8) \
     F(hashattn_cache_write_args_t, stream, 80, 8) \
-    S(hashattn_decode_args_t, 120, 8) \
+    F(hashattn_cache_write_args_t, query, 88, 8) \
+    F(hashattn_cache_write_args_t, query_signatures, 96, 8) \
+    S(hashattn_decode_args_t, 128, 8) \
     F(hashattn_decode_args_t, struct_size, 0, 8) \
     F(hashattn_decode_args_t, flags, 8, 4) \
     F(hashattn_decode_args_t, layer, 12, 4) \
@@ -97,6 +100,7 @@
     F(hashattn_decode_args_t, workspace, 96, 8) \
     F(hashattn_decode_args_t, workspace_size, 104, 8) \
     F(hashattn_decode_args_t, stream, 112, 8) \
+    F(hashattn_decode_args_t, query_signatures, 120, 8) \
     S(hashattn_prefill_args_t, 96, 8) \
     F(hashattn_prefill_args_t, struct_size, 0, 8) \
     F(hashattn_prefill_args_t, flags, 8, 4) \
@@ -177,7 +181,7 @@
 
 #define HA_CONSTANT_TABLE(V) \
     V(HASHATTN_ABI_MAJOR, 1) \
-    V(HASHATTN_ABI_MINOR, 1) \
+    V(HASHATTN_ABI_MINOR, 2) \
     V(HASHATTN_STATUS_OK, 0) \
     V(HASHATTN_STATUS_INVALID_ARGUMENT, 1) \
     V(HASHATTN_STATUS_UNSUPPORTED, 2) \

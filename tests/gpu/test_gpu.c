@@ -13,7 +13,9 @@
  *   cache_write  K/V caches bit for bit and signature caches bit for bit
  *             (scenario keys keep every MLP output away from 0), with
  *             padding slots and a duplicated slot (the last token wins);
- *   hash      query and key signatures bit for bit;
+ *   hash      query and key signatures bit for bit; cache_write's query
+ *             signatures (1.2) bit for bit, and decode given them the same
+ *             selections and output bits as without;
  *   prefill   outputs within tolerance of the CPU and of the reference;
  *   graph     cache_write + decode captured in a CUDA graph and replayed,
  *             bit-identical to the direct calls;
@@ -187,6 +189,7 @@ typedef struct gpu_case {
     /* optional: caches and block tables decode reads instead of the mirrors' */
     const DLTensor *kc_over, *vc_over, *sc_over, *bt_over;
     int no_indices; /* decode without selected_indices (the kernels then skip the index rows) */
+    const DLTensor *qsig; /* optional: the queries' signatures decode takes (1.2) */
 } gpu_case_t;
 
 static void gpu_case_build(gpu_case_t *gc, const ht_decode_desc_t *d)
@@ -257,6 +260,7 @@ static void gpu_decode_args(gpu_case_t *gc, hashattn_decode_args_t *a, void *str
     }
     a->selected_indices = gc->no_indices ? NULL : &gc->idx.t;
     a->selected_counts = &gc->cnt.t;
+    a->query_signatures = gc->qsig;
     a->workspace = gc->ws;
     a->workspace_size = gc->ws_size;
     a->stream = stream;
@@ -321,6 +325,27 @@ static void expect_gpu_as_cpu(gpu_case_t *gc, uint32_t flags, const saved_t *out
                   msg);
 }
 
+/* The CPU backend's query signatures of the case's queries ([batch, Hq]). */
+static ht_tensor_t *cpu_query_sigs(ht_decode_case_t *c)
+{
+    const hashattn_api_t *api = c->api;
+    const int64_t rows = c->query->shape[0];
+    ht_tensor_t *sig = ht_tensor_new(HT_U32, 2, HT_IDX(rows, c->desc.hq), 0, NULL);
+    hashattn_hash_args_t h = HASHATTN_HASH_ARGS_INIT;
+    h.layer = c->desc.layer;
+    h.side = HASHATTN_HASH_QUERY;
+    h.input = &c->query->t;
+    h.signatures = &sig->t;
+    ht_workspace_t ws;
+    ck_assert_int_eq(ht_workspace_alloc(api, c->ctx, HASHATTN_OP_HASH, 0, rows, 0, &ws), HASHATTN_STATUS_OK);
+    h.workspace = ws.ptr;
+    h.workspace_size = ws.size;
+    hashattn_status_t st = api->hash(c->ctx, &h);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "CPU hash: %s", api->last_error(c->ctx));
+    ht_workspace_free(&ws);
+    return sig;
+}
+
 static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
 {
     char name[512], msg[512] = "";
@@ -359,6 +384,25 @@ static void check_decode(const ht_decode_desc_t *d, uint32_t flags)
                   api->last_error(gc.g));
     ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
                   "%s: the output without selected_indices differs (flat %lld)", name, (long long)first);
+    /* the queries' signatures given (1.2, the CPU's hash; rows padded in
+     * padded cases): no query MLPs, the same selections and output bits */
+    ht_tensor_t *qs = cpu_query_sigs(c);
+    ht_rng_t r;
+    ht_rng_seed(&r, d->seed ^ 0x9e37u);
+    ht_tensor_t *qsp = ht_tensor_new(HT_U32, 2, HT_IDX(d->batch, d->hq), d->tensor_flags & HT_PAD, &r);
+    for (int64_t i = 0; i < d->batch; i++)
+        for (int h = 0; h < d->hq; h++)
+            HT_SET(qsp, HT_GET(qs, i, h), i, h);
+    mirror_t mq;
+    mirror_up(&mq, qsp);
+    gc.qsig = &mq.t;
+    expect_gpu_as_cpu(&gc, flags, &cpu_out, &cpu_idx, &cpu_cnt, name);
+    ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
+                  "%s: the output with the host's query signatures differs (flat %lld)", name, (long long)first);
+    gc.qsig = NULL;
+    mirror_free(&mq);
+    ht_tensor_free(qsp);
+    ht_tensor_free(qs);
     saved_free(&g1);
     saved_free(&cpu_out);
     saved_free(&cpu_idx);
@@ -657,8 +701,20 @@ static int case_tokens(const ht_decode_case_t *c, ht_tensor_t *key, ht_tensor_t 
 
 /* cache_write of the rows key/value at slots into the given device caches,
  * with its own workspace, synchronised; the call must succeed. */
+static void gpu_cache_write_q(gpu_case_t *gc, const DLTensor *key, const DLTensor *val, DLTensor *kc,
+                              DLTensor *vc, DLTensor *sc, const DLTensor *slots, const DLTensor *query,
+                              DLTensor *qsig, const char *name);
+
 static void gpu_cache_write(gpu_case_t *gc, const DLTensor *key, const DLTensor *val, DLTensor *kc, DLTensor *vc,
                             DLTensor *sc, const DLTensor *slots, const char *name)
+{
+    gpu_cache_write_q(gc, key, val, kc, vc, sc, slots, NULL, NULL, name);
+}
+
+/* The same, the step's queries hashed into qsig too (1.2) where query is set */
+static void gpu_cache_write_q(gpu_case_t *gc, const DLTensor *key, const DLTensor *val, DLTensor *kc,
+                              DLTensor *vc, DLTensor *sc, const DLTensor *slots, const DLTensor *query,
+                              DLTensor *qsig, const char *name)
 {
     const hashattn_api_t *api = gc->c.api;
     size_t ws_size;
@@ -673,6 +729,8 @@ static void gpu_cache_write(gpu_case_t *gc, const DLTensor *key, const DLTensor 
     a.slot_mapping = slots;
     a.workspace = ws;
     a.workspace_size = ws_size;
+    a.query = query;
+    a.query_signatures = qsig;
     hashattn_status_t st = api->cache_write(gc->g, &a);
     ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU cache_write: %s", name, api->last_error(gc->g));
     CU(cudaDeviceSynchronize());
@@ -1063,6 +1121,35 @@ START_TEST(gpu_cache_write_and_hash)
     ck_assert_msg(memcmp(cvc->base, sv.buf, cvc->bytes) == 0, "%s: value caches differ", full);
     ck_assert_msg(ht_tensor_cmp_bits(csc, &ss.view, &first) == 0,
                   "%s: signature caches differ (flat %lld)", full, (long long)first);
+
+    /* the same write with the case's queries hashed too (1.2; its fused
+     * kernel where n <= 256, else separate launches): the same caches, and
+     * the queries' signatures those of the CPU's hash, bit for bit (rows
+     * padded in odd cases) */
+    {
+        ht_tensor_t *qsig = ht_tensor_new(HT_U32, 2, HT_IDX(d.batch, d.hq), (_i & 1) ? HT_PAD : 0, &r);
+        ht_tensor_t *want = cpu_query_sigs(c);
+        mirror_t mq;
+        mirror_up(&mq, qsig);
+        mirror_t *fresh[3] = {&gk, &gv, &gs};
+        for (int i = 0; i < 3; i++)
+            CU(cudaMemset(fresh[i]->dev, 0xFF, fresh[i]->host->bytes));
+        gpu_cache_write_q(&gc, &mkey.t, &mval.t, &gk.t, &gv.t, &gs.t, &mslots.t, &gc.query.t, &mq.t, full);
+        mirror_pull(&gk);
+        mirror_pull(&gv);
+        mirror_pull(&gs);
+        mirror_pull(&mq);
+        ck_assert_msg(memcmp(ckc->base, sk.buf, ckc->bytes) == 0, "%s: key caches differ (with queries)", full);
+        ck_assert_msg(memcmp(cvc->base, sv.buf, cvc->bytes) == 0, "%s: value caches differ (with queries)", full);
+        ck_assert_msg(ht_tensor_cmp_bits(csc, &ss.view, &first) == 0,
+                      "%s: signature caches differ with queries (flat %lld)", full, (long long)first);
+        ck_assert_msg(ht_tensor_cmp_bits(qsig, want, &first) == 0,
+                      "%s: cache_write's query signatures differ from the CPU's hash (flat %lld)", full,
+                      (long long)first);
+        mirror_free(&mq);
+        ht_tensor_free(qsig);
+        ht_tensor_free(want);
+    }
     saved_free(&sk);
     saved_free(&sv);
     saved_free(&ss);

@@ -317,6 +317,8 @@ struct CudaExec {
     void *workspace;
     size_t workspace_size;
     int32_t *d_counts;      /* [L, max_seqs, Hsel] */
+    uint32_t *d_qsig;       /* [max_seqs, Hq_l]: the decode queries' signatures, written by cache_write
+                               (hash mode with ABI 1.2 and without --decode-qhash; else NULL) */
     /* step I/O */
     unsigned char *h_meta, *d_meta;
     size_t meta_cap;
@@ -654,6 +656,10 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
     DLTensor pbt = rn_dl_tensor(pl, c->d_meta + M.tables + (size_t)4 * nd * W, i32, 2, sh_pbt, NULL);
     DLTensor psl = rn_dl_tensor(pl, c->d_meta + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
     DLTensor qsl = rn_dl_tensor(pl, c->d_meta + M.qsl, i32, 1, sh_qsl, NULL);
+    /* the decode queries' signatures from cache_write's launch (d_qsig) */
+    const bool qsig_fused = sigs && nd > 0 && c->d_qsig;
+    int64_t sh_qsig[2] = { nd, c->Hq_l };
+    DLTensor dqsig = rn_dl_tensor(pl, c->d_qsig, u32, 2, sh_qsig, NULL);
 
     /* the capture hook needs the GEMM's float32 q/k: unfused */
     const bool fused = c->fused && T <= kFusedRows && !c->hook;
@@ -680,6 +686,10 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
         w.workspace = c->workspace;
         w.workspace_size = c->workspace_size;
         w.stream = c->stream;
+        if (qsig_fused) {
+            w.query = &dq;
+            w.query_signatures = &dqsig;
+        }
         hashattn_status_t st = pl->api->cache_write(pl->ctx, &w);
         if (st != HASHATTN_STATUS_OK)
             return plugin_fail(c, "cache_write", st);
@@ -701,6 +711,8 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
             da.workspace = c->workspace;
             da.workspace_size = c->workspace_size;
             da.stream = c->stream;
+            if (qsig_fused)
+                da.query_signatures = &dqsig;
             st = pl->api->decode(pl->ctx, &da);
             if (st != HASHATTN_STATUS_OK)
                 return plugin_fail(c, "decode", st);
@@ -947,7 +959,7 @@ static void cuda_destroy(rn_exec_t *e)
         cudaFree(c->out_w);
     void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->qkv, c->hb,
                    c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
-                   c->workspace, c->d_counts, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
+                   c->workspace, c->d_counts, c->d_qsig, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         cudaFree(ds[i]);
     cudaFreeHost(c->h_meta);
@@ -1165,6 +1177,10 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
         dalloc(c, (void **)&c->d_next, S * 4, "next tokens"))
         return -1;
     CU(cudaMemset(c->d_counts, 0xff, ncounts * 4));
+    /* the queries hashed in cache_write's launch, not decode's (ABI 1.2) */
+    if (pc.hash && !cf->decode_qhash && c->pl.api->abi_minor >= 2 &&
+        dalloc(c, (void **)&c->d_qsig, (size_t)S * c->Hq * 4, "query signatures"))
+        return -1;
     const Meta M = meta_layout(cf->max_tokens, cf->max_seqs, cf->max_blocks, cf->max_seqs, cf->max_tokens);
     c->meta_cap = M.total;
     if (dalloc(c, (void **)&c->d_meta, M.total, "step plan"))

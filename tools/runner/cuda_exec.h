@@ -21,6 +21,8 @@ typedef struct rn_cuda_config {
     int graphs;            /* 1: capture pure-decode steps in CUDA graphs */
     int no_fused;          /* 1: never the fused kernels of cuda_fused.cuh (steps of <= 32 rows,
                               bf16 weights): RMSNorm, GEMM and RoPE/SwiGLU as separate launches */
+    int decode_qhash;      /* 1: decode hashes its queries itself; 0: cache_write hashes them in its
+                              launch and decode takes the signatures (ABI 1.2; older libraries: 1) */
     int32_t block_size, num_blocks;
     int max_seqs, max_tokens;
     int32_t max_blocks;

@@ -45,7 +45,8 @@ typedef struct options {
     int n_calib_text, capture_seqs, capture_len, capture_queries, capture_tail, exact_matmul, random_hash_weights;
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
-    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, no_fused;
+    int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, no_fused,
+        decode_qhash;
     int bench, bench_steps, bench_warmup, bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
@@ -103,6 +104,8 @@ static void usage(FILE *out)
             "  --no-graphs           cuda: do not capture decode steps in CUDA graphs\n"
             "  --no-fused            cuda: RMSNorm, GEMM and RoPE/SwiGLU as separate launches in\n"
             "                        steps of <= 32 rows too (bf16 weights fuse them by default)\n"
+            "  --decode-qhash        cuda: decode hashes its queries itself (a launch of its own)\n"
+            "                        instead of cache_write's launch doing it (ABI 1.2)\n"
             "  --tp N                cuda: split the attention heads over N GPUs (cuda:D ..\n"
             "                        cuda:D+N-1) with NCCL; N divides the KV heads (default 1)\n"
             "  --threads N           cpu: threads of the matrix products and of split\n"
@@ -365,6 +368,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         FLAG("--tokenize", o->tokenize)
         FLAG("--no-graphs", o->no_graphs)
         FLAG("--no-fused", o->no_fused)
+        FLAG("--decode-qhash", o->decode_qhash)
         FLAG("--bench", o->bench)
         INTOPT("--sink", 0, INT32_MAX, o->sink)
         INTOPT("--recent", 1, INT32_MAX, o->recent)
@@ -1033,6 +1037,7 @@ int main(int argc, char **argv)
         cc.kv_dtype = !strcmp(o.kv_dtype, "fp16") ? RN_DT_F16 : RN_DT_BF16;
         cc.graphs = !o.no_graphs;
         cc.no_fused = o.no_fused;
+        cc.decode_qhash = o.decode_qhash;
         cc.block_size = bs;
         cc.num_blocks = num_blocks;
         cc.max_seqs = batch;
