@@ -505,6 +505,12 @@ static void do_cache_write(fz_t *f, const fctx_t *c)
     ft_make(f, &sc, 3, es, U32, 6u);
     ft_make(f, &slots, 1, esl, I64, 0u);
     int no_sig = fz_u8(f) < 60;
+    /* 1.2: the step's queries and their signatures, present together, alone or not at all */
+    const uint8_t qopt = fz_u8(f);
+    int64_t nq = fz_below(f, 6), eq[3] = {nq, c->hq, c->d}, eqs[2] = {nq, c->hq};
+    ft_t q, qs;
+    ft_make(f, &q, 3, eq, c->dt, 6u);
+    ft_make(f, &qs, 2, eqs, U32, 2u);
     if (slots.valid)
         for (int64_t t = 0; t < n; t++) {
             int64_t v = pick_index(f, -1, nb * c->bs);
@@ -521,16 +527,19 @@ static void do_cache_write(fz_t *f, const fctx_t *c)
     full.signature_cache = no_sig ? NULL : (DLTensor *)ft_ptr(&sc);
     full.slot_mapping = ft_ptr(&slots);
     full.workspace = w.p, full.workspace_size = w.size;
+    full.query = qopt < 128 || qopt >= 240 ? ft_ptr(&q) : NULL;
+    full.query_signatures = qopt < 128 || (qopt >= 224 && qopt < 240) ? (DLTensor *)ft_ptr(&qs) : NULL;
     typedef hashattn_cache_write_args_t T;
     const size_t ends[] = {END(T, struct_size), END(T, flags), END(T, layer), END(T, key), END(T, value),
                            END(T, key_cache), END(T, value_cache), END(T, signature_cache),
-                           END(T, slot_mapping), END(T, workspace), END(T, workspace_size), END(T, stream)};
+                           END(T, slot_mapping), END(T, workspace), END(T, workspace_size), END(T, stream),
+                           END(T, query), END(T, query_signatures)};
     fargs_t a;
-    fargs_make(f, &a, &full, sizeof full, ends, 12);
+    fargs_make(f, &a, &full, sizeof full, ends, 14);
 
     call_t cl = {0};
-    call_in(&cl, &key), call_in(&cl, &value), call_in(&cl, &slots);
-    call_out(&cl, &kc), call_out(&cl, &vc), call_out(&cl, &sc);
+    call_in(&cl, &key), call_in(&cl, &value), call_in(&cl, &slots), call_in(&cl, &q);
+    call_out(&cl, &kc), call_out(&cl, &vc), call_out(&cl, &sc), call_out(&cl, &qs);
     call_snap(&cl);
     hashattn_context_t *ctx = fz_u8(f) == 255 ? NULL : c->ctx;
     hashattn_status_t st = api->cache_write(ctx, (const T *)fargs_ptr(&a));
@@ -538,6 +547,7 @@ static void do_cache_write(fz_t *f, const fctx_t *c)
 
     fargs_free(&a), free(w.p);
     ft_free(&key), ft_free(&value), ft_free(&kc), ft_free(&vc), ft_free(&sc), ft_free(&slots);
+    ft_free(&q), ft_free(&qs);
 }
 
 /* Block tables and sequence lengths with mostly valid values. */
@@ -574,6 +584,10 @@ static void do_decode(fz_t *f, const fctx_t *c)
     ft_make(f, &cnt, 2, ecnt, I32, 2u);
     fill_tables(f, c, &bt, &sl, seqs, mbps, nb);
     uint8_t opt = fz_u8(f);
+    /* 1.2: the queries' signatures, any bits (opt & 32) */
+    ft_t qs;
+    int64_t eqs[2] = {seqs, c->hq};
+    ft_make(f, &qs, 2, eqs, U32, 2u);
 
     /* budget: NULL (the context's) or a struct of any size and values */
     fargs_t budget;
@@ -610,17 +624,18 @@ static void do_decode(fz_t *f, const fctx_t *c)
     full.workspace = w.p, full.workspace_size = w.size;
     if (!(opt & 2) && !(opt & 16))
         full.signature_cache = ft_ptr(&sc);
+    full.query_signatures = opt & 32 ? ft_ptr(&qs) : NULL;
     typedef hashattn_decode_args_t T;
     const size_t ends[] = {END(T, struct_size), END(T, flags), END(T, layer), END(T, query), END(T, key_cache),
                            END(T, value_cache), END(T, signature_cache), END(T, block_tables), END(T, seq_lens),
                            END(T, output), END(T, budget), END(T, selected_indices), END(T, selected_counts),
-                           END(T, workspace), END(T, workspace_size), END(T, stream)};
+                           END(T, workspace), END(T, workspace_size), END(T, stream), END(T, query_signatures)};
     fargs_t a;
-    fargs_make(f, &a, &full, sizeof full, ends, 16);
+    fargs_make(f, &a, &full, sizeof full, ends, 17);
 
     call_t cl = {0};
     call_in(&cl, &q), call_in(&cl, &kc), call_in(&cl, &vc), call_in(&cl, &sc), call_in(&cl, &bt);
-    call_in(&cl, &sl);
+    call_in(&cl, &sl), call_in(&cl, &qs);
     call_out(&cl, &out), call_out(&cl, &idx), call_out(&cl, &cnt);
     cl.finite[cl.nfinite++] = &out;
     call_snap(&cl);
@@ -632,7 +647,7 @@ static void do_decode(fz_t *f, const fctx_t *c)
         fargs_free(&budget);
     fargs_free(&a), free(w.p);
     ft_free(&q), ft_free(&out), ft_free(&kc), ft_free(&vc), ft_free(&sc), ft_free(&bt), ft_free(&sl);
-    ft_free(&idx), ft_free(&cnt);
+    ft_free(&idx), ft_free(&cnt), ft_free(&qs);
 }
 
 static void do_prefill(fz_t *f, const fctx_t *c)
