@@ -97,8 +97,10 @@ static const ha_cuda_tuning_t kDefaults = {
     2,    /* small_form: small.cu's first signature words before its wait, its list from bit
              masks, the query MLPs' early trigger (run 53: SmolLM2's layer at B=32 8K 36.0 ->
              32.7 us compact, 40.5 -> 35.9 paper; the kernel under ncu 14.6 -> 12.6, 18.7 -> 15.6) */
-    0,    /* cw_trigger: cache_write's fused kernel with the step's queries triggers decode's first
-             kernel before its MLPs' layer 3, as with the keys alone (run 56) */
+    1,    /* cw_trigger: cache_write's fused kernel with the step's queries triggers decode's first
+             kernel as its weight copies are issued (run 56c, the runner's hash step, four rounds:
+             B=32 4K 1.623-1.627 -> 1.611-1.616 ms, B=1 8K 1.350-1.362 -> 1.328-1.330, B=32 8K
+             1.732-1.750 -> 1.731-1.742) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
