@@ -622,6 +622,9 @@ HASHATTN_STATIC_ASSERT_(offsetof(hashattn_comm_create_args_t, unique_id) == 16, 
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_comm_bind_args_t, nccl_comm) == 16, comm_bind_v1_1);
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_all_reduce_args_t, stream) == 24, all_reduce_v1_1);
 HASHATTN_STATIC_ASSERT_(offsetof(hashattn_api_t, all_reduce) == 144, api_v1_1);
+/* 1.2 */
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_cache_write_args_t, query_signatures) == 96, write_v1_2);
+HASHATTN_STATIC_ASSERT_(offsetof(hashattn_decode_args_t, query_signatures) == 120, decode_v1_2);
 #endif
 
 #ifdef __cplusplus
