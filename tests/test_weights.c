@@ -652,18 +652,8 @@ START_TEST(weights_cache_write_query)
     ht_rng_seed(&r, seed);
     const int hq = w->hq, hkv = w->hkv, D = w->d, m = 32, bs = 4, nb = 16, layer = 1;
     const int hsig = w->sig_per_kv ? hkv : hq, nk = w->n_keys, nq = w->n_queries;
-    hashattn_context_config_t cfg = HASHATTN_CONTEXT_CONFIG_INIT;
-    cfg.num_layers = 2;
-    cfg.num_q_heads = hq;
-    cfg.num_kv_heads = hkv;
-    cfg.head_dim = D;
-    cfg.mlp_width = m;
-    cfg.dtype = w->dtype;
-    cfg.kv_layout = w->layout;
-    cfg.block_size = bs;
-    cfg.signature_layout = w->sig_per_kv ? HASHATTN_SIGNATURE_PER_KV_HEAD : HASHATTN_SIGNATURE_PER_QUERY_HEAD;
-    hashattn_context_t *ctx = NULL;
-    ck_assert_int_eq(api->context_create(&cfg, &ctx), HASHATTN_STATUS_OK);
+    const wcfg_t wc = {hq, hkv, D, m, w->sig_per_kv, 2, layer, HT_F32, w->dtype};
+    hashattn_context_t *ctx = make_ctx(api, &wc, w->layout); /* its block size is bs */
     ht_model_t *mo = ht_model_random(2, hq, hkv, D, m, w->sig_per_kv, HT_F32, &r);
     ck_assert_int_eq(ht_model_bind(api, ctx, mo, 0, &r), HASHATTN_STATUS_OK);
 

@@ -218,25 +218,6 @@ ha_kernel_status_t launch_few_hash(const HashArgs &h, int heads, cudaStream_t st
     return h.n < 256 ? launch_qhash<T>(h, heads, st, true) : launch_hash<T>(h, heads, st, false);
 }
 
-/* The direct-output HashArgs of cache_write's query side (1.2) */
-__host__ inline HashArgs query_hash_args(const ha_hash_params_t &q)
-{
-    HashArgs h = {};
-    h.in = q.input.data;
-    h.in_st = q.input.stride_token;
-    h.in_sh = q.input.stride_head;
-    h.n = q.num_tokens;
-    h.group = 1;
-    h.dim = q.head_dim;
-    h.mlp = q.mlp;
-    h.mode = 0;
-    h.sig = q.signatures;
-    h.st_tok = q.sig_stride_token;
-    h.st_head = q.sig_stride_head;
-    set_qhash_knobs(h);
-    return h;
-}
-
 } // namespace ha
 
 using namespace ha;
@@ -298,7 +279,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
     }
     a.vec = al ? 16 : 2;
     cudaStream_t st = (cudaStream_t)p->stream;
-    const HashArgs hq = nq > 0 ? query_hash_args(qp) : HashArgs{};
+    const HashArgs hq = nq > 0 ? hash_args_of(qp) : HashArgs{};
     const int qheads = nq > 0 ? qp.num_out_heads : 0;
     HashArgs h = {};
     if (p->num_sig_heads > 0) {

@@ -17,18 +17,7 @@ extern "C" ha_kernel_status_t ha_cuda_hash(const ha_hash_params_t *p)
         note_error(cudaGetLastError(), "ha_cuda_hash: selecting the stream's device");
         return HA_KERNEL_DEVICE_ERROR;
     }
-    HashArgs h = {};
-    h.in = p->input.data;
-    h.in_st = p->input.stride_token;
-    h.in_sh = p->input.stride_head;
-    h.n = p->num_tokens;
-    h.group = p->group > 0 ? p->group : 1;
-    h.dim = p->head_dim;
-    h.mlp = p->mlp;
-    h.mode = 0;
-    h.sig = p->signatures;
-    h.st_tok = p->sig_stride_token;
-    h.st_head = p->sig_stride_head;
+    const HashArgs h = hash_args_of(*p);
     cudaStream_t st = (cudaStream_t)p->stream;
     switch (p->dtype) {
     case HA_DTYPE_F32: return launch_hash<float>(h, p->num_out_heads, st, false);

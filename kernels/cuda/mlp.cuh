@@ -78,6 +78,26 @@ __host__ inline void set_qhash_knobs(HashArgs &h)
     h.fixed_shape = tn.qhash_fixed;
 }
 
+/* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
+ * cache_write's query side, 1.2), the cluster knobs set */
+__host__ inline HashArgs hash_args_of(const ha_hash_params_t &p)
+{
+    HashArgs h = {};
+    h.in = p.input.data;
+    h.in_st = p.input.stride_token;
+    h.in_sh = p.input.stride_head;
+    h.n = p.num_tokens;
+    h.group = p.group > 0 ? p.group : 1;
+    h.dim = p.head_dim;
+    h.mlp = p.mlp;
+    h.mode = 0;
+    h.sig = p.signatures;
+    h.st_tok = p.sig_stride_token;
+    h.st_head = p.sig_stride_head;
+    set_qhash_knobs(h);
+    return h;
+}
+
 /* Weight-slot floats: all jobs (prefetch_all) or two buffers. Layer 1 and 2
  * jobs hold min(128, m) rows, layer 3 jobs 32. */
 __host__ __device__ __forceinline__ size_t mlp_slot_floats(int d, int m, bool all)
