@@ -7,7 +7,9 @@
  * since run 39; common.cuh's pdl_wait says why no kernel triggers early,
  * and pdl_trigger_late where four of them trigger near their end, run 40;
  * the first launch is chained to the host's kernel before it too, knob
- * pdl_first, its kernel waiting before it reads the query):
+ * pdl_first, its kernel waiting before it reads the query, unless the
+ * plugin found more new signatures than the recent window holds:
+ * no_first_chain, below):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh). Not
  *                    launched where the host passes the signatures (1.2,
@@ -1479,7 +1481,16 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         h.st_tok = Hq;
         h.st_head = 1;
         set_qhash_knobs(h);
-        h.pdl = pdl_first_launch(); /* the first launch: qhash_body waits before its inputs */
+        /* The step's first launch, chained to the kernel before it (the
+         * host's, or cache_write's fused kernel, which lets it launch before
+         * its key MLPs store their signatures) unless that kernel may store
+         * signatures this step scores (no_first_chain): small.cu's kernel and
+         * the score kernels read their first signature words before their
+         * wait, and the query MLPs let them launch early. Unchained, the
+         * first launch starts once the kernel before has ended, and so do
+         * the launches after it, chained to ours. */
+        const bool chain_first = pdl_first_launch() && !p->no_first_chain;
+        h.pdl = chain_first; /* qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
@@ -1518,7 +1529,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             sa.qsig = h.sig;
             if (h.zero)
                 HA_CUDA_TRY(cudaMemsetAsync(h.zero, 0, (size_t)h.zero_words * 4, st));
-            pdl2 = pdl && pdl_first_launch();
+            pdl2 = pdl && chain_first;
             ks = HA_KERNEL_OK;
         } else {
             switch (p->dtype) {

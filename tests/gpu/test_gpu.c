@@ -19,6 +19,9 @@
  *   prefill   outputs within tolerance of the CPU and of the reference;
  *   graph     cache_write + decode captured in a CUDA graph and replayed,
  *             bit-identical to the direct calls;
+ *   decode after write  whole sequences in one cache_write and decode at
+ *             once on the same stream, as the CPU (the first launch waits
+ *             for the new signatures);
  *   device validation  bad ids on the device (direct calls, and a graph
  *             replay, where no host code runs) are skipped by the kernels
  *             and reported as DEVICE_ERROR by the next call; the call after
@@ -267,17 +270,26 @@ static void gpu_decode_args(gpu_case_t *gc, hashattn_decode_args_t *a, void *str
 }
 
 /* Poisons the outputs (NaN, -7), runs decode on the GPU, pulls the results
- * into the case's host tensors. */
-static hashattn_status_t gpu_decode(gpu_case_t *gc, uint32_t flags)
+ * into the case's host tensors. write (may be NULL): a cache_write called
+ * just before the decode, which then runs on its stream. */
+static hashattn_status_t gpu_decode_after(gpu_case_t *gc, uint32_t flags, const hashattn_cache_write_args_t *write)
 {
     ht_decode_case_prepare(&gc->c);
     mirror_push(&gc->out);
     mirror_push(&gc->idx);
     mirror_push(&gc->cnt);
+    hashattn_status_t st = HASHATTN_STATUS_OK;
+    if (write) {
+        /* the copies and memsets so far (legacy stream; H2D copies from pageable
+         * memory and memsets may return early) done before the write's stream runs */
+        CU(cudaDeviceSynchronize());
+        if ((st = gc->c.api->cache_write(gc->g, write)) != HASHATTN_STATUS_OK)
+            return st;
+    }
     hashattn_decode_args_t a;
-    gpu_decode_args(gc, &a, NULL);
+    gpu_decode_args(gc, &a, write ? write->stream : NULL);
     a.flags = flags;
-    hashattn_status_t st = gc->c.api->decode(gc->g, &a);
+    st = gc->c.api->decode(gc->g, &a);
     if (st != HASHATTN_STATUS_OK)
         return st;
     cudaError_t e = cudaDeviceSynchronize();
@@ -286,6 +298,11 @@ static hashattn_status_t gpu_decode(gpu_case_t *gc, uint32_t flags)
     mirror_pull(&gc->idx);
     mirror_pull(&gc->cnt);
     return st;
+}
+
+static hashattn_status_t gpu_decode(gpu_case_t *gc, uint32_t flags)
+{
+    return gpu_decode_after(gc, flags, NULL);
 }
 
 static int64_t cmp_close(const ht_tensor_t *got, const ht_tensor_t *want, DLDataType dt, char *msg, size_t len)
@@ -306,16 +323,14 @@ static int64_t cmp_close(const ht_tensor_t *got, const ht_tensor_t *want, DLData
     return 0;
 }
 
-/* Decode on the GPU; its selections must equal the CPU's bit for bit and its
- * output the CPU's within the dtype's tolerance. */
-static void expect_gpu_as_cpu(gpu_case_t *gc, uint32_t flags, const saved_t *out, const saved_t *idx,
-                              const saved_t *cnt, const char *name)
+/* The GPU decode's results (pulled into the case's tensors): its selections
+ * must equal the CPU's bit for bit and its output the CPU's within the
+ * dtype's tolerance. */
+static void expect_as_cpu(gpu_case_t *gc, const saved_t *out, const saved_t *idx, const saved_t *cnt,
+                          const char *name)
 {
     ht_decode_case_t *c = &gc->c;
     char msg[512] = "";
-    hashattn_status_t st = gpu_decode(gc, flags);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, c->api->status_string(st),
-                  c->api->last_error(gc->g));
     int64_t first = -1;
     ck_assert_msg(ht_tensor_cmp_bits(c->sel_cnt, &cnt->view, &first) == 0,
                   "%s: selected_counts differ from the CPU (first at flat index %lld)", name, (long long)first);
@@ -323,6 +338,16 @@ static void expect_gpu_as_cpu(gpu_case_t *gc, uint32_t flags, const saved_t *out
                   "%s: selected_indices differ from the CPU (first at flat index %lld)", name, (long long)first);
     ck_assert_msg(cmp_close(c->output, &out->view, c->desc.dtype, msg, sizeof msg) == 0, "%s: vs CPU: %s", name,
                   msg);
+}
+
+/* Decode on the GPU, as the CPU (expect_as_cpu). */
+static void expect_gpu_as_cpu(gpu_case_t *gc, uint32_t flags, const saved_t *out, const saved_t *idx,
+                              const saved_t *cnt, const char *name)
+{
+    hashattn_status_t st = gpu_decode(gc, flags);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, gc->c.api->status_string(st),
+                  gc->c.api->last_error(gc->g));
+    expect_as_cpu(gc, out, idx, cnt, name);
 }
 
 /* The CPU backend's query signatures of the case's queries ([batch, Hq]). */
@@ -1498,25 +1523,51 @@ END_TEST
 /* Graph capture                                                              */
 /* ------------------------------------------------------------------------- */
 
-START_TEST(gpu_graph)
-{
-    ht_decode_desc_t d = grid_desc(3 + 8 * _i);
-    d.fill = HT_FILL_WRITE;
-    d.batch = 12;
-    d.max_seq = 600;
-    d.m = 32; /* not grid_desc's m = D: at 12 x 600 keys it took racecheck past its limit (run 50) */
-    d.heavy_count = 24;
-    gpu_case_t gc;
-    char full[600];
-    if (!gpu_case_begin(&gc, &d, "graph", full, sizeof full))
-        return;
-    ht_decode_case_t *c = &gc.c;
-    const hashattn_api_t *api = c->api;
-    const int B = d.batch, hkv = d.hkv, D = d.d, bs = d.block;
+/* cache_write of the host rows key and val at slots (all three taken, freed
+ * by gpu_write_free) into the case's device caches, with its own workspace,
+ * on a stream of its own: the call's args in a, ready to pass. */
+typedef struct gpu_write {
+    ht_tensor_t *key, *val, *slots;
+    mirror_t mkey, mval, mslots;
+    void *ws;
+    cudaStream_t stream;
+    hashattn_cache_write_args_t a;
+} gpu_write_t;
 
-    /* the step's cache_write: each sequence's last token again (same values) */
-    ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
-    ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
+static void gpu_write_make(gpu_write_t *w, gpu_case_t *gc, ht_tensor_t *key, ht_tensor_t *val, ht_tensor_t *slots)
+{
+    memset(w, 0, sizeof *w);
+    w->key = key;
+    w->val = val;
+    w->slots = slots;
+    mirror_up(&w->mkey, key);
+    mirror_up(&w->mval, val);
+    mirror_up(&w->mslots, slots);
+    size_t size;
+    w->ws = dev_workspace(gc->c.api, gc->g, HASHATTN_OP_CACHE_WRITE, 0, key->shape[0], 0, &size);
+    CU(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking));
+    hashattn_cache_write_args_t a = HASHATTN_CACHE_WRITE_ARGS_INIT;
+    a.layer = gc->c.desc.layer;
+    a.key = &w->mkey.t;
+    a.value = &w->mval.t;
+    a.key_cache = &gc->kc.t;
+    a.value_cache = &gc->vc.t;
+    a.signature_cache = &gc->sc.t;
+    a.slot_mapping = &w->mslots.t;
+    a.workspace = w->ws;
+    a.workspace_size = size;
+    a.stream = w->stream;
+    w->a = a;
+}
+
+/* A decode step's cache_write: each sequence's last token again (same
+ * values; slot -1 for an empty sequence), one row per sequence. */
+static void gpu_step_write(gpu_write_t *w, gpu_case_t *gc)
+{
+    const ht_decode_case_t *c = &gc->c;
+    const int B = c->desc.batch, hkv = c->desc.hkv, D = c->desc.d, bs = c->desc.block;
+    ht_tensor_t *key = ht_tensor_new(c->desc.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
+    ht_tensor_t *val = ht_tensor_new(c->desc.dtype, 3, HT_IDX(B, hkv, D), 0, NULL);
     ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(B), 0, NULL);
     for (int s = 0; s < B; s++) {
         const int p = c->lens[s] - 1;
@@ -1537,39 +1588,50 @@ START_TEST(gpu_graph)
                 HT_SET(val, c->v[kv], s, g, i);
             }
     }
-    mirror_t mkey, mval, mslots;
-    mirror_up(&mkey, key);
-    mirror_up(&mval, val);
-    mirror_up(&mslots, slots);
-    size_t wws;
-    void *ww = dev_workspace(api, gc.g, HASHATTN_OP_CACHE_WRITE, 0, B, 0, &wws);
-    cudaStream_t stream;
-    CU(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    hashattn_cache_write_args_t w = HASHATTN_CACHE_WRITE_ARGS_INIT;
-    w.layer = c->desc.layer;
-    w.key = &mkey.t;
-    w.value = &mval.t;
-    w.key_cache = &gc.kc.t;
-    w.value_cache = &gc.vc.t;
-    w.signature_cache = &gc.sc.t;
-    w.slot_mapping = &mslots.t;
-    w.workspace = ww;
-    w.workspace_size = wws;
-    w.stream = stream;
+    gpu_write_make(w, gc, key, val, slots);
+}
+
+static void gpu_write_free(gpu_write_t *w)
+{
+    cudaStreamDestroy(w->stream);
+    if (w->ws)
+        cudaFree(w->ws);
+    mirror_t *ms[] = {&w->mkey, &w->mval, &w->mslots};
+    ht_tensor_t *ts[] = {w->key, w->val, w->slots};
+    for (int i = 0; i < 3; i++) {
+        mirror_free(ms[i]);
+        ht_tensor_free(ts[i]);
+    }
+}
+
+/* A step's cache_write + decode captured in a graph and replayed, bit for
+ * bit the direct calls. Case 0: the step's 12 rows fit the recent window,
+ * so decode's first launch is chained to cache_write's kernel (PDL); case 1
+ * (recent 1): they do not, and it is not (ops.c, no_first_chain). */
+START_TEST(gpu_graph)
+{
+    ht_decode_desc_t d = grid_desc(3 + 8 * _i);
+    d.fill = HT_FILL_WRITE;
+    d.batch = 12;
+    if (_i == 0)
+        d.recent = 12;
+    d.max_seq = 600;
+    d.m = 32; /* not grid_desc's m = D: at 12 x 600 keys it took racecheck past its limit (run 50) */
+    d.heavy_count = 24;
+    gpu_case_t gc;
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "graph", full, sizeof full))
+        return;
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    gpu_write_t gw;
+    gpu_step_write(&gw, &gc);
+    const cudaStream_t stream = gw.stream;
     hashattn_decode_args_t a;
     gpu_decode_args(&gc, &a, stream);
 
     /* direct calls first (also warms up lazy attributes) */
-    ht_decode_case_prepare(c);
-    mirror_push(&gc.out);
-    mirror_push(&gc.idx);
-    mirror_push(&gc.cnt);
-    ck_assert_int_eq(api->cache_write(gc.g, &w), HASHATTN_STATUS_OK);
-    ck_assert_msg(api->decode(gc.g, &a) == HASHATTN_STATUS_OK, "decode: %s", api->last_error(gc.g));
-    CU(cudaStreamSynchronize(stream));
-    mirror_pull(&gc.out);
-    mirror_pull(&gc.idx);
-    mirror_pull(&gc.cnt);
+    ck_assert_msg(gpu_decode_after(&gc, 0, &gw.a) == HASHATTN_STATUS_OK, "direct calls: %s", api->last_error(gc.g));
     saved_t direct;
     save(&direct, c->output);
     char msg[512] = "";
@@ -1579,7 +1641,7 @@ START_TEST(gpu_graph)
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    hashattn_status_t s1 = api->cache_write(gc.g, &w);
+    hashattn_status_t s1 = api->cache_write(gc.g, &gw.a);
     hashattn_status_t s2 = api->decode(gc.g, &a);
     cudaError_t ce = cudaStreamEndCapture(stream, &graph);
     ck_assert_msg(s1 == HASHATTN_STATUS_OK && s2 == HASHATTN_STATUS_OK, "%s: calls during capture: %s", full,
@@ -1598,16 +1660,109 @@ START_TEST(gpu_graph)
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
-    cudaStreamDestroy(stream);
+    gpu_write_free(&gw);
     saved_free(&direct);
-    if (ww)
-        cudaFree(ww);
-    mirror_free(&mkey);
-    mirror_free(&mval);
-    mirror_free(&mslots);
-    ht_tensor_free(key);
-    ht_tensor_free(val);
-    ht_tensor_free(slots);
+    gpu_case_free(&gc);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------- */
+/* Decode right after a long cache_write                                      */
+/* ------------------------------------------------------------------------- */
+
+/* Every token of the case in one cache_write into poisoned caches (0xFF:
+ * NaN K/V, all-ones signatures), then decode on the same stream with
+ * nothing between: far more new signatures than the recent window holds,
+ * so the decode's first launch must wait for the write to end (ops.c counts
+ * them; decode.cu's no_first_chain), and it selects and attends exactly as
+ * the CPU on the caches the CPU's cache_write filled. Query MLPs (cases 0,
+ * 1) or the queries' signatures from the same cache_write (2, 3; 1.2);
+ * small.cu's kernel (group selection, 0 and 2) or the score kernels (per
+ * head, 1 and 3); cache_write's fused kernel (240 tokens) or its separate
+ * launches (case 3, 1033 tokens); layer 1 of 2. Then the next step, a row
+ * per sequence (within the recent window: chained), the same bits. Every
+ * level. */
+static const int k_write_short[] = {200, 40}, k_write_long[] = {700, 333};
+START_TEST(gpu_decode_after_write)
+{
+    ht_decode_desc_t d = long_desc(_i & 1 ? HEAD : GROUP, _i == 2 ? COMPACT : PAPER, HT_FILL_WRITE,
+                                   _i == 1 ? HND : NHD, 0xa4e0 + (uint64_t)_i);
+    d.batch = 2;
+    d.seq_lens = k_write_short;
+    if (_i == 3) {
+        d.seq_lens = k_write_long;
+        d.block = 32; /* not under racecheck and initcheck (gpu-check: block=16) */
+    }
+    d.sink = 16;
+    d.recent = 16;
+    d.heavy_count = 24;
+    d.layers = 2;
+    d.layer = 1;
+    gpu_case_t gc;
+    char full[600];
+    if (!gpu_case_begin(&gc, &d, "decode_after_write", full, sizeof full))
+        return;
+    ht_decode_case_t *c = &gc.c;
+    const hashattn_api_t *api = c->api;
+    hashattn_status_t st = ht_decode_case_run(c, 0, NULL);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: CPU decode: %s", full, api->last_error(c->ctx));
+    saved_t out, idx, cnt, sig;
+    save(&out, c->output);
+    save(&idx, c->sel_idx);
+    save(&cnt, c->sel_cnt);
+    save(&sig, c->sig_cache);
+
+    int n = 0;
+    for (int s = 0; s < d.batch; s++)
+        n += c->lens[s];
+    ht_tensor_t *key = ht_tensor_new(d.dtype, 3, HT_IDX(n, d.hkv, d.d), 0, NULL);
+    ht_tensor_t *val = ht_tensor_new(d.dtype, 3, HT_IDX(n, d.hkv, d.d), 0, NULL);
+    ht_tensor_t *slots = ht_tensor_new(HT_I64, 1, HT_IDX(n), 0, NULL);
+    ck_assert_int_eq(case_tokens(c, key, val, slots, 0, 0), n);
+    gpu_write_t gw;
+    gpu_write_make(&gw, &gc, key, val, slots);
+    ht_tensor_t *qsig = ht_tensor_new(HT_U32, 2, HT_IDX(d.batch, d.hq), 0, NULL);
+    mirror_t mq;
+    mirror_up(&mq, qsig);
+    if (_i >= 2) {
+        gw.a.query = &gc.query.t;
+        gw.a.query_signatures = &mq.t;
+        gc.qsig = &mq.t;
+    }
+    mirror_t *caches[3] = {&gc.kc, &gc.vc, &gc.sc};
+    for (int i = 0; i < 3; i++)
+        CU(cudaMemset(caches[i]->dev, 0xFF, caches[i]->host->bytes));
+    st = gpu_decode_after(&gc, 0, &gw.a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU cache_write + decode: %s: %s", full, api->status_string(st),
+                  api->last_error(gc.g));
+    expect_as_cpu(&gc, &out, &idx, &cnt, full);
+    int64_t first = -1;
+    mirror_pull(&gc.sc);
+    ck_assert_msg(ht_tensor_cmp_bits(c->sig_cache, &sig.view, &first) == 0,
+                  "%s: signature caches differ from the CPU's (flat %lld)", full, (long long)first);
+    /* the next step writes a row per sequence (the last tokens again), within
+     * the recent window: decode chained to cache_write's kernel, the same bits */
+    saved_t g1;
+    save(&g1, c->output);
+    gpu_write_t step;
+    gpu_step_write(&step, &gc);
+    if (_i >= 2) {
+        step.a.query = &gc.query.t;
+        step.a.query_signatures = &mq.t;
+    }
+    st = gpu_decode_after(&gc, 0, &step.a);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: the next step: %s", full, api->last_error(gc.g));
+    ck_assert_msg(ht_tensor_cmp_bits(c->output, &g1.view, &first) == 0,
+                  "%s: the next step's output differs (flat %lld)", full, (long long)first);
+    gpu_write_free(&step);
+
+    gc.qsig = NULL;
+    gpu_write_free(&gw);
+    mirror_free(&mq);
+    ht_tensor_free(qsig);
+    saved_t *ss[] = {&out, &idx, &cnt, &sig, &g1};
+    for (size_t i = 0; i < sizeof ss / sizeof ss[0]; i++)
+        saved_free(ss[i]);
     gpu_case_free(&gc);
 }
 END_TEST
@@ -1818,6 +1973,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_prefill_tiles_long, 0, 2);
     tcase_add_test(tc, gpu_prefill_validation);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);
+    tcase_add_loop_test(tc, gpu_decode_after_write, 0, 4);
     tcase_add_loop_test(tc, gpu_device_validation, 0, full ? 4 : 2);
     suite_add_tcase(s, tc);
     return s;
