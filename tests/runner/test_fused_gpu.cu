@@ -16,7 +16,9 @@
  * wrong row, column, chunk or rotation pair is far outside. Each case runs
  * twice and must give the same bits. Shapes: SmolLM2-135M's, a D = 128 one,
  * and one whose K (E = 1056: 33 chunks) makes warps load a second group of
- * weight chunks.
+ * weight chunks. kFusedResidual (the O and down projections into the
+ * residual stream) against double sums the same way, and a layer's second
+ * half chained by PDL against the same launches waited for, bit for bit.
  *
  * Each case prints "CASE <name> seed=..." (tests/common: HASHATTN_TEST_FILTER
  * selects cases, HASHATTN_TEST_SEED replaces the seeds). Exit 77 with
@@ -65,14 +67,191 @@ float bits_to_f(uint16_t b, bool half) { return half ? ht_f16_to_f32(b) : ht_bf1
         }                                                                                       \
     } while (0)
 
+/* one launch on the default stream (pdl: chained to the kernel before); sync: wait for it */
 template <int EPI, int UPB, typename TA>
-void launch(const FusedArgs &a, int units)
+void launch(const FusedArgs &a, int units, bool pdl = false, bool sync = true)
 {
-    const size_t smem = fused_smem(a.E, UPB);
+    const size_t smem = EPI == kFusedResidual ? fused_residual_smem(UPB) : fused_smem(a.E, UPB);
     CK(cudaFuncSetAttribute(fused_kernel<EPI, UPB, TA>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    fused_kernel<EPI, UPB, TA><<<units / UPB, kFusedWarps * 32, smem>>>(a);
-    CK(cudaGetLastError());
-    CK(cudaDeviceSynchronize());
+    const cudaError_t e = fused_launch<EPI, UPB, TA>(a, units, 0, pdl);
+    CK(e);
+    if (sync)
+        CK(cudaDeviceSynchronize());
+}
+
+/* bf16 weights [n, k] of N(0, 1/k): bits and their float values */
+void random_weights(ht_rng_t *g, uint16_t *bits, float *vals, size_t n, int k)
+{
+    for (size_t i = 0; i < n; i++) {
+        bits[i] = ht_f32_to_bf16((float)(nrand(g) / sqrt((double)k)));
+        if (vals)
+            vals[i] = bits_to_f(bits[i], false);
+    }
+}
+
+template <typename T> T *to_device(const T *h, size_t n)
+{
+    T *d;
+    CK(cudaMalloc(&d, sizeof(T) * n));
+    CK(cudaMemcpy(d, h, sizeof(T) * n, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* kFusedResidual: y[T, E] += in[T, K] . W^T, against double sums; the bound is
+ * the dot product's (1e-5 of its absolute sum: float32 sums in any order)
+ * plus float32's rounding of the result */
+void run_residual(const char *what, int E, int K, int T)
+{
+    char name[160];
+    snprintf(name, sizeof name, "fused(residual=%s,E=%d,K=%d,rows=%d)", what, E, K, T);
+    const uint64_t seed = ht_seed(0xf05ed100u + (uint64_t)(E * 131 + K * 17 + T * 7));
+    if (!ht_case_begin(name, seed))
+        return;
+    ht_rng_t rng, *g = &rng;
+    ht_rng_seed(g, seed);
+    uint16_t *Wb = (uint16_t *)malloc(2 * (size_t)E * K), *in = (uint16_t *)malloc(2 * (size_t)T * K);
+    float *Wf = (float *)malloc(sizeof(float) * E * K), *y0 = (float *)malloc(sizeof(float) * T * E);
+    float *got[2] = { (float *)malloc(sizeof(float) * T * E), (float *)malloc(sizeof(float) * T * E) };
+    random_weights(g, Wb, Wf, (size_t)E * K, K);
+    for (int i = 0; i < T * K; i++)
+        in[i] = ht_f32_to_bf16((float)(nrand(g) * (ht_rng_uniform(g, 0, 1) < 0.01 ? 20.0 : 1.0)));
+    for (int i = 0; i < T * E; i++)
+        y0[i] = (float)(4 * nrand(g));
+    uint16_t *din = to_device(in, (size_t)T * K), *dW = to_device(Wb, (size_t)E * K);
+    float *dy;
+    CK(cudaMalloc(&dy, sizeof(float) * T * E));
+    FusedArgs a = {};
+    a.W = (const bf16 *)dW;
+    a.in = (const bf16 *)din;
+    a.y = dy;
+    a.T = T;
+    a.E = E;
+    a.K = K;
+    for (int rep = 0; rep < 2; rep++) {
+        CK(cudaMemcpy(dy, y0, sizeof(float) * T * E, cudaMemcpyHostToDevice));
+        launch<kFusedResidual, 1, bf16>(a, fused_units(kFusedResidual, 0, 0, 0, E));
+        CK(cudaMemcpy(got[rep], dy, sizeof(float) * T * E, cudaMemcpyDeviceToHost));
+    }
+    double worst = 0;
+    int bad = 0;
+    for (int r = 0; r < T; r++)
+        for (int n = 0; n < E; n++) {
+            double acc = 0, l1 = 0;
+            for (int k = 0; k < K; k++) {
+                const double t = (double)bits_to_f(in[r * K + k], false) * Wf[(size_t)n * K + k];
+                acc += t;
+                l1 += fabs(t);
+            }
+            const double ref = y0[r * E + n] + acc, allowed = 1e-5 * l1 + ldexp(fabs(ref), -23) + 1e-30;
+            const double q = fabs(got[0][r * E + n] - ref) / allowed;
+            if (!(q <= 1.0))
+                bad++;
+            if (!(q <= worst))
+                worst = q;
+        }
+    const int same = !memcmp(got[0], got[1], sizeof(float) * T * E), ok = bad == 0 && same;
+    printf("%s: %s  worst |diff| / allowed %.3f, %d outside, repeat %s\n", name, ok ? "PASS" : "FAIL", worst, bad,
+           same ? "bit-identical" : "DIFFERS");
+    ok ? g_pass++ : g_fail++;
+    cudaFree(din);
+    cudaFree(dW);
+    cudaFree(dy);
+    free(Wb);
+    free(in);
+    free(Wf);
+    free(y0);
+    free(got[0]);
+    free(got[1]);
+}
+
+/* A layer's second half as the runner launches it, `iters` times over:
+ * y += in . Wo^T, gin = SwiGLU(RMSNorm(y) . Wgu^T), y += gin . Wd^T. Chained
+ * by PDL, back to back on one stream, it must give the bits of the same
+ * launches each waited for: a kernel that read y or gin before its wait would
+ * see the previous iteration's values. */
+void run_pdl_chain(int T, int iters)
+{
+    const int E = 576, QD = 576, F = 1536;
+    char name[96];
+    snprintf(name, sizeof name, "fused(pdl_chain,rows=%d,iterations=%d)", T, iters);
+    const uint64_t seed = ht_seed(0xf05ed200u + (uint64_t)(T * 7 + iters));
+    if (!ht_case_begin(name, seed))
+        return;
+    ht_rng_t rng, *g = &rng;
+    ht_rng_seed(g, seed);
+    uint16_t *wo = (uint16_t *)malloc(2 * (size_t)E * QD), *wgu = (uint16_t *)malloc(2 * (size_t)2 * F * E);
+    uint16_t *wd = (uint16_t *)malloc(2 * (size_t)E * F), *in = (uint16_t *)malloc(2 * (size_t)T * QD);
+    float *y0 = (float *)malloc(sizeof(float) * T * E), *nw = (float *)malloc(sizeof(float) * E);
+    float *got[2] = { (float *)malloc(sizeof(float) * T * E), (float *)malloc(sizeof(float) * T * E) };
+    random_weights(g, wo, NULL, (size_t)E * QD, QD);
+    random_weights(g, wgu, NULL, (size_t)2 * F * E, E);
+    random_weights(g, wd, NULL, (size_t)E * F, F);
+    for (int i = 0; i < T * QD; i++)
+        in[i] = ht_f32_to_bf16((float)nrand(g));
+    for (int i = 0; i < T * E; i++)
+        y0[i] = (float)nrand(g);
+    for (int i = 0; i < E; i++)
+        nw[i] = (float)ht_rng_uniform(g, 0.5, 1.5);
+    uint16_t *dwo = to_device(wo, (size_t)E * QD), *dwgu = to_device(wgu, (size_t)2 * F * E);
+    uint16_t *dwd = to_device(wd, (size_t)E * F), *din = to_device(in, (size_t)T * QD);
+    float *dnw = to_device(nw, (size_t)E), *dy;
+    bf16 *dgin;
+    CK(cudaMalloc(&dy, sizeof(float) * T * E));
+    CK(cudaMalloc(&dgin, 2 * (size_t)T * F));
+    FusedArgs o = {}, gu = {}, d = {};
+    o.W = (const bf16 *)dwo;
+    o.in = (const bf16 *)din;
+    o.y = dy;
+    o.T = T;
+    o.E = E;
+    o.K = QD;
+    gu.x = dy;
+    gu.norm = dnw;
+    gu.W = (const bf16 *)dwgu;
+    gu.gin = dgin;
+    gu.T = T;
+    gu.E = E;
+    gu.eps = 1e-5f;
+    gu.F = F;
+    d = o;
+    d.W = (const bf16 *)dwd;
+    d.in = dgin;
+    d.K = F;
+    const int units_res = fused_units(kFusedResidual, 0, 0, 0, E), units_gu = fused_units(kFusedSwiglu, 0, 0, 0, F);
+    for (int pdl = 0; pdl < 2; pdl++) {
+        CK(cudaMemcpy(dy, y0, sizeof(float) * T * E, cudaMemcpyHostToDevice));
+        CK(cudaMemset(dgin, 0, 2 * (size_t)T * F));
+        CK(cudaDeviceSynchronize());
+        for (int it = 0; it < iters; it++) {
+            launch<kFusedResidual, 1, bf16>(o, units_res, pdl, !pdl);
+            launch<kFusedSwiglu, 2, bf16>(gu, units_gu, pdl, !pdl);
+            launch<kFusedResidual, 1, bf16>(d, units_res, pdl, !pdl);
+        }
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got[pdl], dy, sizeof(float) * T * E, cudaMemcpyDeviceToHost));
+    }
+    int finite = 1;
+    for (int i = 0; i < T * E; i++)
+        finite &= isfinite(got[1][i]) != 0;
+    const int same = !memcmp(got[0], got[1], sizeof(float) * T * E), ok = same && finite;
+    printf("%s: %s  chained by PDL against waited launches: %s\n", name, ok ? "PASS" : "FAIL",
+           !finite ? "NOT FINITE" : same ? "bit-identical" : "DIFFERS");
+    ok ? g_pass++ : g_fail++;
+    cudaFree(dwo);
+    cudaFree(dwgu);
+    cudaFree(dwd);
+    cudaFree(din);
+    cudaFree(dnw);
+    cudaFree(dy);
+    cudaFree(dgin);
+    free(wo);
+    free(wgu);
+    free(wd);
+    free(in);
+    free(y0);
+    free(nw);
+    free(got[0]);
+    free(got[1]);
 }
 
 /* one case: epi kFusedQkv (out dtype half or bf16) or kFusedSwiglu */
@@ -100,10 +279,7 @@ void run_case(const Shape &sh, int epi, bool half, int T, int upb)
         x[i] = (float)(nrand(g) * (ht_rng_uniform(g, 0, 1) < 0.01 ? 40.0 : 1.0)); /* a few large entries, as real rows have */
     for (int i = 0; i < E; i++)
         w[i] = (float)ht_rng_uniform(g, 0.5, 1.5);
-    for (size_t i = 0; i < (size_t)N * E; i++) {
-        Wb[i] = ht_f32_to_bf16((float)(nrand(g) / sqrt((double)E)));
-        Wf[i] = bits_to_f(Wb[i], false);
-    }
+    random_weights(g, Wb, Wf, (size_t)N * E, E);
     for (int p = 0; p < max_pos; p++)
         for (int i = 0; i < half_d; i++) {
             const double ang = p * pow(10000.0, -2.0 * i / D);
@@ -290,6 +466,14 @@ int main()
                 run_case(sh, kFusedQkv, true, T, upb);
                 run_case(sh, kFusedSwiglu, false, T, upb);
             }
+    /* the O and down projections (SmolLM2's; the E = 1056 shape's) */
+    for (int T : rows) {
+        run_residual("o", 576, 576, T);
+        run_residual("down", 576, 1536, T);
+        run_residual("down", 1056, 256, T);
+    }
+    run_pdl_chain(32, 16);
+    run_pdl_chain(1, 16);
     printf("test_fused_gpu: %d passed, %d failed\n", g_pass, g_fail);
     printf("test_fused_gpu: %s\n", g_fail ? "FAILED" : "OK");
     return g_fail ? 1 : 0;

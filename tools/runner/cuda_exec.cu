@@ -13,7 +13,9 @@
  *   -> next tokens (and selected counts) back to pinned memory.
  * With bf16 weights, a step of at most 32 rows (decode) runs RMSNorm, GEMM and
  * RoPE (or SwiGLU) as one kernel each (cuda_fused.cuh) instead of three
- * launches; --no-fused keeps them apart.
+ * launches, and the O and down projections as that kernel's residual form
+ * (--cublas-proj: cuBLAS), chained to the kernel before each by PDL
+ * (--no-pdl: not); --no-fused keeps them all apart.
  * The residual stream and every GEMM output are float32. With float32
  * weights the GEMMs are plain SGEMM (cuBLAS's default math: no TF32), so
  * the logits track a float32 reference; with bfloat16 weights the GEMM
@@ -297,6 +299,8 @@ struct CudaExec {
     float eps;
     int wbf16;              /* GEMM inputs are bf16 */
     int fused;              /* steps of <= kFusedRows rows use cuda_fused.cuh's fused kernels */
+    int fused_res;          /* ... and its kFusedResidual for the O and down projections (else cuBLAS) */
+    int pdl;                /* the fused kernels are launched chained to the kernel before (PDL) */
     size_t wsize;           /* bytes of a weight element */
     int dense;              /* dense decode now (no signatures) */
     int hash_ctx;
@@ -504,11 +508,13 @@ static int k_fused(CudaExec *c, int epi, const Layer &Ly, int T, const int32_t *
     a.D = c->D;
     a.F = c->F;
     const int units = fused_units(epi, c->Hq, c->Hkv, c->D, c->F);
+    const bool pdl = c->pdl;
+    cudaError_t e;
     if (epi == kFusedSwiglu) {
         a.norm = Ly.ffn_norm;
         a.W = (const bf16 *)Ly.wgu;
         a.gin = (bf16 *)c->gin;
-        fused_kernel<kFusedSwiglu, 2, bf16><<<units / 2, kFusedWarps * 32, fused_smem(c->E, 2), c->stream>>>(a);
+        e = fused_launch<kFusedSwiglu, 2, bf16>(a, units, c->stream, pdl);
     } else {
         a.norm = Ly.attn_norm;
         a.W = (const bf16 *)Ly.wqkv;
@@ -518,13 +524,32 @@ static int k_fused(CudaExec *c, int epi, const Layer &Ly, int T, const int32_t *
         a.qa = c->qa;
         a.ka = c->ka;
         a.va = c->va;
-        const size_t smem = fused_smem(c->E, 1);
-        if (c->cfg.kv_dtype == RN_DT_F16)
-            fused_kernel<kFusedQkv, 1, __half><<<units, kFusedWarps * 32, smem, c->stream>>>(a);
-        else
-            fused_kernel<kFusedQkv, 1, bf16><<<units, kFusedWarps * 32, smem, c->stream>>>(a);
+        e = c->cfg.kv_dtype == RN_DT_F16 ? fused_launch<kFusedQkv, 1, __half>(a, units, c->stream, pdl)
+                                          : fused_launch<kFusedQkv, 1, bf16>(a, units, c->stream, pdl);
     }
-    CU(cudaGetLastError());
+    CU(e);
+    return 0;
+}
+
+/* y += in . W^T for a step of T <= kFusedRows rows: W [out, in_dim] bf16, in
+ * [T, in_dim] bf16, y [T, out] float32 (the O and down projections into the
+ * residual stream), as one fused_kernel<kFusedResidual> launch in a fused
+ * step (`fused`) of an executor that has it (c->fused_res), else a cuBLAS
+ * GEMM with beta 1. */
+static int k_residual(CudaExec *c, bool fused, const void *W, const void *in, float *y, int T, int in_dim, int out)
+{
+    if (!fused || !c->fused_res)
+        return gemm(c, W, in, y, T, in_dim, out, 1.0f);
+    FusedArgs a = {};
+    a.W = (const bf16 *)W;
+    a.in = (const bf16 *)in;
+    a.y = y;
+    a.T = T;
+    a.E = out;
+    a.K = in_dim;
+    const int units = fused_units(kFusedResidual, 0, 0, 0, out);
+    const cudaError_t e = fused_launch<kFusedResidual, 1, bf16>(a, units, c->stream, c->pdl != 0);
+    CU(e);
     return 0;
 }
 
@@ -546,6 +571,9 @@ static int fused_setup(CudaExec *c, const cudaDeviceProp &prop)
     CU(cudaFuncSetAttribute(fused_kernel<kFusedSwiglu, 2, bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             (int)s2));
     c->fused = 1;
+    /* the O and down projections (K = QD, F; outputs E) and the chain by PDL */
+    c->fused_res = !c->cfg.cublas_proj && c->QD % kFusedChunk == 0 && c->F % kFusedChunk == 0 && c->E % 16 == 0;
+    c->pdl = !c->cfg.no_pdl;
     return 0;
 }
 
@@ -749,11 +777,11 @@ static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
         if (mark(c, RN_PROF_ATTENTION))
             return -1;
         const void *ain = k_convert_att(c, T);
-        if (!ain || gemm(c, Ly.wo, ain, c->x, T, c->QD, c->E, 1.0f))
+        if (!ain || k_residual(c, fused, Ly.wo, ain, c->x, T, c->QD, c->E))
             return -1;
         if (fused ? k_fused(c, kFusedSwiglu, Ly, T, NULL) : k_gate_up_unfused(c, Ly, T))
             return -1;
-        if (gemm(c, Ly.wd, c->gin, c->x, T, c->F, c->E, 1.0f))
+        if (k_residual(c, fused, Ly.wd, c->gin, c->x, T, c->F, c->E))
             return -1;
     }
     if (mark(c, RN_PROF_FFN) || k_rmsnorm(c, c->x, (const int32_t *)(dm + M.logit_rows), c->out_norm, c->xb, R) ||
@@ -1198,11 +1226,14 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     if (fused_setup(c, prop))
         return -1;
     snprintf(c->base.desc, sizeof c->base.desc,
-             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, fused small steps %s, "
+             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, fused small steps %s%s, "
              "%.1f of %.1f GB free; attention: %s",
              prop.name, cf->device, c->tp > 1 ? ", tensor-parallel rank" : "", c->wbf16 ? "bf16" : "f32",
              pc.dtype == RN_DT_F16 ? "fp16" : "bf16", 2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off",
-             c->fused ? "on" : "off", free_b / 1e9, total_b / 1e9, c->pl.desc);
+             c->fused ? "on" : "off",
+             !c->fused ? "" : c->fused_res ? (c->pdl ? " (O/down fused, PDL)" : " (O/down fused)")
+                                           : (c->pdl ? " (O/down cuBLAS, PDL)" : " (O/down cuBLAS)"),
+             free_b / 1e9, total_b / 1e9, c->pl.desc);
     return 0;
 }
 

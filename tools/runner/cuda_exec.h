@@ -23,6 +23,8 @@ typedef struct rn_cuda_config {
                               bf16 weights): RMSNorm, GEMM and RoPE/SwiGLU as separate launches */
     int decode_qhash;      /* 1: decode hashes its queries itself; 0: cache_write hashes them in its
                               launch and decode takes the signatures (ABI 1.2; older libraries: 1) */
+    int cublas_proj;       /* 1: the O and down projections of fused steps stay cuBLAS GEMMs */
+    int no_pdl;            /* 1: the fused kernels are not chained to the kernel before by PDL */
     int32_t block_size, num_blocks;
     int max_seqs, max_tokens;
     int32_t max_blocks;

@@ -14,8 +14,19 @@
  *                 in the plugin's dtype (what rope_convert_kernel does);
  *   kFusedSwiglu: W = w_gate|w_up; silu(gate) * up written as the down
  *                 projection's bf16 input (what swiglu_kernel does).
+ *   kFusedResidual: no RMSNorm: y += in . W^T, in the bf16 attention output
+ *                 or SwiGLU output, y the residual stream (the O and down
+ *                 projections, which cuBLAS runs for longer steps).
  * The arithmetic is the unfused path's (the same bf16 rounding of the
  * normalised rows, fp32 sums); only the order of the sums differs.
+ *
+ * Programmatic dependent launch (fused_launch with pdl): a kernel issues its
+ * weight loads (all of a warp's chunks at SmolLM2's sizes) and RoPE's table
+ * loads, which no kernel of the step writes, then waits for the kernel
+ * before it (griddepcontrol.wait) and only then reads x or in. It lets the
+ * next kernel launch as soon as its own wait is over, so that the next one's
+ * weight loads overlap this one's work. Launched without the attribute, the
+ * wait returns at once.
  *
  * Shape of a launch: a "unit" is 16 weight rows in two 8-row n-tiles whose
  * outputs the epilogue needs together (columns i and i + D/2 of a head for
@@ -39,7 +50,9 @@ constexpr int kFusedWarps = 8;    /* warps per block, splitting K */
 constexpr int kFusedChunk = 32;   /* K elements per warp step */
 constexpr int kFusedGroup = 3;    /* chunks whose weights a warp loads at once */
 constexpr int kFusedBatch = 16;   /* rows of x a thread loads at once */
-constexpr int kFusedQkv = 0, kFusedSwiglu = 1;
+constexpr int kFusedResidualGroup = 6; /* kFusedResidual's chunks loaded at once: a down projection's
+                                          48 chunks (K = 1536) in one group per warp */
+constexpr int kFusedQkv = 0, kFusedSwiglu = 1, kFusedResidual = 2;
 
 struct FusedArgs {
     const float *x;    /* [T, E] the residual stream */
@@ -55,6 +68,10 @@ struct FusedArgs {
     /* kFusedSwiglu */
     bf16 *gin;                /* [T, F] */
     int F;
+    /* kFusedResidual: y[T, E] += in[T, K] . W^T, W [E, K] (x, norm unused) */
+    const bf16 *in;
+    float *y;
+    int K;
 };
 
 /* bytes per shared row of x: 64 past a multiple of 128, so that the 16-byte
@@ -72,10 +89,16 @@ __host__ __device__ constexpr size_t fused_smem(int E, int upb)
                : (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4;
 }
 
-/* units of a launch */
+/* units of a launch (kFusedResidual: of an output width E = F) */
 __host__ __device__ inline int fused_units(int epi, int Hq, int Hkv, int D, int F)
 {
-    return epi == kFusedQkv ? (Hq + Hkv) * (D / 16) + Hkv * D / 16 : F / 8;
+    return epi == kFusedQkv ? (Hq + Hkv) * (D / 16) + Hkv * D / 16 : epi == kFusedSwiglu ? F / 8 : F / 16;
+}
+
+/* kFusedResidual's shared memory: the partial sums only (no rows) */
+__host__ __device__ constexpr size_t fused_residual_smem(int upb)
+{
+    return (size_t)kFusedWarps * kFusedRows * fused_part_ld(upb) * 4;
 }
 
 /* first weight row of the unit's two n-tiles */
@@ -84,6 +107,11 @@ __device__ __forceinline__ void fused_unit_rows(const FusedArgs &a, int epi, int
     if (epi == kFusedSwiglu) {
         r0 = 8 * u;
         r1 = a.F + 8 * u;
+        return;
+    }
+    if (epi == kFusedResidual) {
+        r0 = 16 * u;
+        r1 = r0 + 8;
         return;
     }
     const int per_head = a.D / 16, rope_units = (a.Hq + a.Hkv) * per_head;
@@ -133,6 +161,12 @@ __device__ __forceinline__ void fused_epilogue(const FusedArgs &a, int u, int r,
         a.gin[(size_t)r * a.F + 8 * u + j] = from_f<bf16>(y0 / (1.0f + expf(-y0)) * y1);
         return;
     }
+    if (EPI == kFusedResidual) { /* one thread per output: deterministic */
+        float *y = a.y + (size_t)r * a.E + 16 * u + j;
+        y[0] += y0;
+        y[8] += y1;
+        return;
+    }
     const int D = a.D, half = D / 2, per_head = D / 16, rope_units = (a.Hq + a.Hkv) * per_head;
     if (u >= rope_units) {
         const int c = 16 * (u - rope_units) + j;
@@ -158,12 +192,18 @@ __device__ __forceinline__ void fused_load_rows(float4 (&v)[kFusedBatch], const 
         v[q] = r0 + q < T ? x4[(size_t)(r0 + q) * E4 + i] : make_float4(0, 0, 0, 0);
 }
 
+/* griddepcontrol: wait for the kernel before this one (a no-op without the
+ * PDL attribute), and let the one after it launch */
+__device__ __forceinline__ void fused_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void fused_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 template <int EPI, int UPB, typename TA>
 __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
 {
     extern __shared__ __align__(16) unsigned char fused_smem_buf[];
-    constexpr int NT = 2 * UPB, LD = fused_part_ld(UPB);
-    const int E = a.E, pitch = fused_pitch(E), nch = E / kFusedChunk;
+    constexpr bool RES = EPI == kFusedResidual;
+    constexpr int NT = 2 * UPB, LD = fused_part_ld(UPB), GROUP = RES ? kFusedResidualGroup : kFusedGroup;
+    const int E = a.E, K = RES ? a.K : E, pitch = fused_pitch(E), nch = K / kFusedChunk;
     unsigned char *xs = fused_smem_buf;
     float *part = (float *)fused_smem_buf; /* after the MMAs */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -172,13 +212,13 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
     for (int u = 0; u < UPB; u++) {
         int r0, r1;
         fused_unit_rows(a, EPI, blockIdx.x * UPB + u, r0, r1);
-        wrow[2 * u] = a.W + (size_t)(r0 + g) * E + 8 * t;
-        wrow[2 * u + 1] = a.W + (size_t)(r1 + g) * E + 8 * t;
+        wrow[2 * u] = a.W + (size_t)(r0 + g) * K + 8 * t;
+        wrow[2 * u + 1] = a.W + (size_t)(r1 + g) * K + 8 * t;
     }
-    uint4 b[kFusedGroup][NT];
+    uint4 b[GROUP][NT];
     auto load_group = [&](int c0) {
 #pragma unroll
-        for (int q = 0; q < kFusedGroup; q++) {
+        for (int q = 0; q < GROUP; q++) {
             const int c = c0 + q * kFusedWarps;
 #pragma unroll
             for (int n = 0; n < NT; n++)
@@ -195,76 +235,93 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
         const int o = threadIdx.x + k * kFusedWarps * 32;
         rope[k] = fused_rope_cs<EPI>(a, blockIdx.x * UPB + (o / 8) % UPB, o / (UPB * 8), o % 8);
     }
+    /* x and in are the kernels' before this one: read after the wait */
+    fused_pdl_wait();
+    fused_pdl_trigger();
 
     /* The normalised rows, bf16, as rmsnorm_kernel computes them; rows >= T
      * are zeros. Thread i owns float4 column i (i + 256, ...) of every row and
      * loads kFusedBatch rows at once: a warp per row would wait for L2 once
-     * per row. The second pass reads x again (from L1). */
+     * per row. The second pass reads x again (from L1). kFusedResidual reads
+     * its rows of `in` straight from L2 instead: no warp shares a chunk. */
     __shared__ float row_ss[kFusedRows][kFusedWarps], row_scale[kFusedRows];
     const int E4 = E / 4, tid = threadIdx.x;
     const float4 *x4 = (const float4 *)a.x, *w4 = (const float4 *)a.norm;
-    float ss[kFusedRows] = {};
-    for (int i = tid; i < E4; i += kFusedWarps * 32)
+    if (!RES) {
+        float ss[kFusedRows] = {};
+        for (int i = tid; i < E4; i += kFusedWarps * 32)
 #pragma unroll
-        for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
-            float4 v[kFusedBatch];
-            fused_load_rows(v, x4, E4, i, r0, a.T);
+            for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
+                float4 v[kFusedBatch];
+                fused_load_rows(v, x4, E4, i, r0, a.T);
 #pragma unroll
-            for (int q = 0; q < kFusedBatch; q++)
-                ss[r0 + q] += v[q].x * v[q].x + v[q].y * v[q].y + v[q].z * v[q].z + v[q].w * v[q].w;
+                for (int q = 0; q < kFusedBatch; q++)
+                    ss[r0 + q] += v[q].x * v[q].x + v[q].y * v[q].y + v[q].z * v[q].z + v[q].w * v[q].w;
+            }
+#pragma unroll
+        for (int r = 0; r < kFusedRows; r++) {
+            const float t = warp_sum(ss[r]);
+            if (lane == 0)
+                row_ss[r][warp] = t;
         }
+        __syncthreads();
+        if (tid < kFusedRows) {
+            float t = 0;
+            for (int w = 0; w < kFusedWarps; w++) /* fixed order: deterministic */
+                t += row_ss[tid][w];
+            row_scale[tid] = rsqrtf(t / (float)E + a.eps);
+        }
+        __syncthreads();
+        for (int i = tid; i < E4; i += kFusedWarps * 32) {
+            const float4 w = w4[i];
 #pragma unroll
-    for (int r = 0; r < kFusedRows; r++) {
-        const float t = warp_sum(ss[r]);
-        if (lane == 0)
-            row_ss[r][warp] = t;
-    }
-    __syncthreads();
-    if (tid < kFusedRows) {
-        float t = 0;
-        for (int w = 0; w < kFusedWarps; w++) /* fixed order: deterministic */
-            t += row_ss[tid][w];
-        row_scale[tid] = rsqrtf(t / (float)E + a.eps);
-    }
-    __syncthreads();
-    for (int i = tid; i < E4; i += kFusedWarps * 32) {
-        const float4 w = w4[i];
+            for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
+                float4 v[kFusedBatch];
+                fused_load_rows(v, x4, E4, i, r0, a.T);
 #pragma unroll
-        for (int r0 = 0; r0 < kFusedRows; r0 += kFusedBatch) {
-            float4 v[kFusedBatch];
-            fused_load_rows(v, x4, E4, i, r0, a.T);
-#pragma unroll
-            for (int q = 0; q < kFusedBatch; q++) {
-                const float s = row_scale[r0 + q];
-                __nv_bfloat162 lo = __floats2bfloat162_rn(v[q].x * s * w.x, v[q].y * s * w.y);
-                __nv_bfloat162 hi = __floats2bfloat162_rn(v[q].z * s * w.z, v[q].w * s * w.w);
-                *(uint2 *)(xs + (size_t)(r0 + q) * pitch + 8 * i) = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+                for (int q = 0; q < kFusedBatch; q++) {
+                    const float s = row_scale[r0 + q];
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(v[q].x * s * w.x, v[q].y * s * w.y);
+                    __nv_bfloat162 hi = __floats2bfloat162_rn(v[q].z * s * w.z, v[q].w * s * w.w);
+                    *(uint2 *)(xs + (size_t)(r0 + q) * pitch + 8 * i) =
+                        make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+                }
             }
         }
+        __syncthreads();
     }
-    __syncthreads();
 
     float acc[2][NT][4] = {};
-    for (int c0 = warp; c0 < nch; c0 += kFusedGroup * kFusedWarps) {
+    for (int c0 = warp; c0 < nch; c0 += GROUP * kFusedWarps) {
         if (c0 != warp)
             load_group(c0);
+        uint4 ar[GROUP][4]; /* rows g, g + 8, g + 16, g + 24 of each chunk */
 #pragma unroll
-        for (int q = 0; q < kFusedGroup; q++) {
+        for (int q = 0; q < GROUP; q++) {
             const int c = c0 + q * kFusedWarps;
-            if (c >= nch)
-                break;
-            uint4 ar[4]; /* rows g, g + 8, g + 16, g + 24 */
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                ar[i] = *(const uint4 *)(xs + (size_t)(g + 8 * i) * pitch + (size_t)(c * kFusedChunk + 8 * t) * 2);
+            for (int i = 0; i < 4; i++) {
+                const int r = g + 8 * i;
+                if (!RES)
+                    ar[q][i] = c < nch ? *(const uint4 *)(xs + (size_t)r * pitch + (size_t)(c * kFusedChunk + 8 * t) * 2)
+                                       : make_uint4(0, 0, 0, 0);
+                else /* L2 only: written by the kernel before */
+                    ar[q][i] = c < nch && r < a.T ? __ldcg((const uint4 *)(a.in + (size_t)r * K + c * kFusedChunk + 8 * t))
+                                                  : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < GROUP; q++) {
+            if (c0 + q * kFusedWarps >= nch)
+                break;
 #pragma unroll
             for (int s = 0; s < 2; s++)
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++)
 #pragma unroll
                     for (int n = 0; n < NT; n++)
-                        fused_mma(acc[mt][n], fused_word(ar[2 * mt], 2 * s), fused_word(ar[2 * mt + 1], 2 * s),
-                                  fused_word(ar[2 * mt], 2 * s + 1), fused_word(ar[2 * mt + 1], 2 * s + 1),
+                        fused_mma(acc[mt][n], fused_word(ar[q][2 * mt], 2 * s), fused_word(ar[q][2 * mt + 1], 2 * s),
+                                  fused_word(ar[q][2 * mt], 2 * s + 1), fused_word(ar[q][2 * mt + 1], 2 * s + 1),
                                   fused_word(b[q][n], 2 * s), fused_word(b[q][n], 2 * s + 1));
         }
     }
@@ -294,4 +351,25 @@ __global__ void __launch_bounds__(kFusedWarps * 32) fused_kernel(FusedArgs a)
         }
         fused_epilogue<EPI, TA>(a, blockIdx.x * UPB + u, r, j, y0, y1, rope[k]);
     }
+}
+
+/* One launch of fused_kernel<EPI, UPB, TA> over `units` units (fused_units),
+ * chained to the kernel before it by programmatic dependent launch when pdl
+ * (see the top of this file). The dynamic shared memory is fused_smem(E, UPB),
+ * or fused_residual_smem(UPB) for kFusedResidual; above 48 KB the caller has
+ * raised the kernel's limit. */
+template <int EPI, int UPB, typename TA>
+cudaError_t fused_launch(const FusedArgs &a, int units, cudaStream_t st, bool pdl)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(units / UPB));
+    cfg.blockDim = dim3(kFusedWarps * 32);
+    cfg.dynamicSmemBytes = EPI == kFusedResidual ? fused_residual_smem(UPB) : fused_smem(a.E, UPB);
+    cfg.stream = st;
+    cudaLaunchAttribute at = {};
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, fused_kernel<EPI, UPB, TA>, a);
 }

@@ -46,7 +46,7 @@ typedef struct options {
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
     int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, no_fused,
-        decode_qhash;
+        decode_qhash, cublas_proj, no_pdl;
     int bench, bench_steps, bench_warmup, bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
@@ -106,6 +106,10 @@ static void usage(FILE *out)
             "                        steps of <= 32 rows too (bf16 weights fuse them by default)\n"
             "  --decode-qhash        cuda: decode hashes its queries itself (a launch of its own)\n"
             "                        instead of cache_write's launch doing it (ABI 1.2)\n"
+            "  --cublas-proj         cuda: the O and down projections of fused steps as cuBLAS\n"
+            "                        GEMMs instead of the fused kernels' residual form\n"
+            "  --no-pdl              cuda: launch the fused kernels without programmatic\n"
+            "                        dependent launch (no weight loads before the wait)\n"
             "  --tp N                cuda: split the attention heads over N GPUs (cuda:D ..\n"
             "                        cuda:D+N-1) with NCCL; N divides the KV heads (default 1)\n"
             "  --threads N           cpu: threads of the matrix products and of split\n"
@@ -369,6 +373,8 @@ static int parse_args(int argc, char **argv, options_t *o)
         FLAG("--no-graphs", o->no_graphs)
         FLAG("--no-fused", o->no_fused)
         FLAG("--decode-qhash", o->decode_qhash)
+        FLAG("--cublas-proj", o->cublas_proj)
+        FLAG("--no-pdl", o->no_pdl)
         FLAG("--bench", o->bench)
         INTOPT("--sink", 0, INT32_MAX, o->sink)
         INTOPT("--recent", 1, INT32_MAX, o->recent)
@@ -1038,6 +1044,8 @@ int main(int argc, char **argv)
         cc.graphs = !o.no_graphs;
         cc.no_fused = o.no_fused;
         cc.decode_qhash = o.decode_qhash;
+        cc.cublas_proj = o.cublas_proj;
+        cc.no_pdl = o.no_pdl;
         cc.block_size = bs;
         cc.num_blocks = num_blocks;
         cc.max_seqs = batch;
