@@ -28,7 +28,7 @@ from .errors import (DeviceError, FormatError, HashAttnError, HashAttnIOError, I
                      UnsupportedError, WorkspaceTooSmallError, error_for_status)
 from .weights import MLP_PARTS, random_weights, read_metadata, read_weights, write_weights
 
-__version__ = "1.0.0"
+__version__ = "1.2.0"  # the library release whose ABI (1.2) this package binds
 
 __all__ = [
     "abi", "HashSide", "KVLayout", "Op", "Selection", "SignatureLayout", "Status",

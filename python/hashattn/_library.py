@@ -114,7 +114,7 @@ def load(path: Optional[str] = None) -> Api:
 
 
 def version() -> str:
-    """The library's version string, e.g. ``"1.0.0+cpu,cuda"``."""
+    """The library's version string, e.g. ``"1.2.0+cpu,cuda"``."""
     return load().version().decode()
 
 

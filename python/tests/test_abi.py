@@ -135,3 +135,21 @@ def test_library_lookup_env(monkeypatch, tmp_path):
     monkeypatch.delenv("HASHATTN_LIBRARY")
     tried = _library.candidates()
     assert any(p.startswith("/usr/local/lib") for p in tried)
+
+
+def test_package_version_is_the_librarys():
+    """The package is released with the library whose ABI it mirrors: its version is
+    CMakeLists.txt's project version, pyproject's too, and that version's major.minor is
+    the ABI the mirror declares."""
+    import re
+    cmake = os.path.join(REPO, "CMakeLists.txt")
+    pyproject = os.path.join(REPO, "python", "pyproject.toml")
+    if not (os.path.isfile(cmake) and os.path.isfile(pyproject)):
+        pytest.skip("needs the repository's CMakeLists.txt and pyproject.toml")
+    project = re.search(r"project\(hashattn VERSION (\d+\.\d+\.\d+)", open(cmake).read())
+    packaged = re.search(r'^version = "([^"]+)"', open(pyproject).read(), re.M)
+    assert project and packaged
+    assert hashattn.__version__ == project.group(1), (hashattn.__version__, project.group(1))
+    assert packaged.group(1) == project.group(1), (packaged.group(1), project.group(1))
+    major, minor = (int(x) for x in project.group(1).split(".")[:2])
+    assert (major, minor) == (abi.ABI_MAJOR, abi.ABI_MINOR)
