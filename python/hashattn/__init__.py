@@ -23,9 +23,9 @@ from ._library import abi_version, candidates as library_candidates, has_cuda, l
 from ._library import load as load_library
 from ._library import version
 from .context import Budget, Context
-from .errors import (DeviceError, FormatError, HashAttnError, HashAttnIOError, InternalError,
-                     InvalidArgumentError, LibraryNotFoundError, NotReadyError, OutOfMemoryError,
-                     UnsupportedError, WorkspaceTooSmallError, error_for_status)
+from .errors import (CommError, DeviceError, FormatError, HashAttnError, HashAttnIOError,
+                     InternalError, InvalidArgumentError, LibraryNotFoundError, NotReadyError,
+                     OutOfMemoryError, UnsupportedError, WorkspaceTooSmallError, error_for_status)
 from .weights import MLP_PARTS, random_weights, read_metadata, read_weights, write_weights
 
 __version__ = "1.2.0"  # the library release whose ABI (1.2) this package binds
@@ -36,8 +36,8 @@ __all__ = [
     "bfloat16_bits_to_float32", "borrow", "float32_to_bfloat16_bits", "to_float32",
     "abi_version", "library_candidates", "has_cuda", "library_path", "load_library", "version",
     "Budget", "Context",
-    "DeviceError", "FormatError", "HashAttnError", "HashAttnIOError", "InternalError",
-    "InvalidArgumentError", "LibraryNotFoundError", "NotReadyError", "OutOfMemoryError",
+    "CommError", "DeviceError", "FormatError", "HashAttnError", "HashAttnIOError",
+    "InternalError", "InvalidArgumentError", "LibraryNotFoundError", "NotReadyError", "OutOfMemoryError",
     "UnsupportedError", "WorkspaceTooSmallError", "error_for_status",
     "MLP_PARTS", "random_weights", "read_metadata", "read_weights", "write_weights",
 ]

@@ -100,6 +100,12 @@ class InternalError(HashAttnError):
     status = Status.INTERNAL
 
 
+class CommError(HashAttnError):
+    """COMM_ERROR (ABI 1.1): NCCL reported an error or timed out, or could not be loaded."""
+
+    status = Status.COMM_ERROR
+
+
 class LibraryNotFoundError(OSError):
     """libhashattn.so.1 was not found (see :func:`hashattn.library_path`)."""
 
@@ -107,7 +113,7 @@ class LibraryNotFoundError(OSError):
 _BY_STATUS: Dict[int, Type[HashAttnError]] = {
     cls.status: cls
     for cls in (InvalidArgumentError, UnsupportedError, OutOfMemoryError, WorkspaceTooSmallError,
-                NotReadyError, HashAttnIOError, FormatError, DeviceError, InternalError)
+                NotReadyError, HashAttnIOError, FormatError, DeviceError, InternalError, CommError)
 }
 
 

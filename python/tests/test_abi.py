@@ -153,3 +153,19 @@ def test_package_version_is_the_librarys():
     assert packaged.group(1) == project.group(1), (packaged.group(1), project.group(1))
     major, minor = (int(x) for x in project.group(1).split(".")[:2])
     assert (major, minor) == (abi.ABI_MAJOR, abi.ABI_MINOR)
+
+
+def test_every_failure_status_has_its_exception():
+    """error_for_status gives each non-OK status its own class (COMM_ERROR: CommError),
+    carrying the status and message; an unknown status a plain HashAttnError."""
+    classes = set()
+    for st in abi.Status:
+        if st == abi.Status.OK:
+            continue
+        e = hashattn.error_for_status(int(st), f"op: {st.name}", st.name)
+        assert type(e) is not hashattn.HashAttnError, st.name
+        assert e.status == st and e.message == f"op: {st.name}" and st.name in str(e), st.name
+        classes.add(type(e))
+    assert len(classes) == len(abi.Status) - 1
+    assert isinstance(hashattn.error_for_status(int(abi.Status.COMM_ERROR), "x"), hashattn.CommError)
+    assert type(hashattn.error_for_status(999, "x")) is hashattn.HashAttnError
