@@ -170,12 +170,6 @@ typedef struct ha_decode_params {
      * qsig_stride words apart): the query MLPs are not run. NULL: hash query. */
     const uint32_t *query_sigs;
     int64_t qsig_stride;
-    /* 1: the cache_write(s) on this layer since its last sparse decode stored
-     * more signature rows than the recent window holds, so some may be
-     * scored: the first launch is not chained by PDL to the kernel before it
-     * (it starts once that kernel has ended). 0: it may be (kernels/cuda/tuning.h
-     * pdl_first). The CPU backend has no PDL and ignores it. */
-    int32_t no_first_chain;
 } ha_decode_params_t;
 
 /* ---- prefill ---- */

@@ -26,7 +26,7 @@ static inline int32_t ha_tp_share(int32_t total, int32_t size) { return total / 
 static inline int32_t ha_tp_first(int32_t total, int32_t size, int32_t rank) { return rank * (total / size); }
 
 #ifdef HASHATTN_BUILDING_LIBRARY
-#include "hashattn/hashattn.h" /* not plugin/internal.h, which is C only: tp_cuda.cu includes this */
+#include "hashattn/hashattn.h" /* the public types are all this needs (tp_cuda.cu includes it) */
 /* All-gather in place on `stream`: buf is [tp_size][count] elements of the
  * context's dtype and this rank's part, buf + rank * count, is the input.
  * Needs a communicator; never synchronises. */

@@ -200,14 +200,8 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
         return st;
 
     hashattn_context_t *ctx = calloc(1, sizeof *ctx);
-    if (ctx)
-        ctx->sig_rows_since_decode = malloc((size_t)cfg.num_layers * sizeof *ctx->sig_rows_since_decode);
-    if (!ctx || !ctx->sig_rows_since_decode) {
-        free(ctx);
+    if (!ctx)
         return ha_fail(NULL, HASHATTN_STATUS_OUT_OF_MEMORY, "context_create: out of host memory");
-    }
-    for (int32_t l = 0; l < cfg.num_layers; l++)
-        atomic_init(&ctx->sig_rows_since_decode[l], 0);
     ctx->cfg = cfg;
     ctx->cfg.struct_size = sizeof cfg;
     ctx->dense_below = resolve_dense_below(&cfg, backend, dtype);
@@ -239,7 +233,6 @@ hashattn_status_t ha_context_destroy(hashattn_context_t *ctx)
         ha_cuda_free(ctx->cfg.device.device_id, ctx->device_weights);
 #endif
     free(ctx->host_weights);
-    free(ctx->sig_rows_since_decode);
     free(ctx);
     return HASHATTN_STATUS_OK;
 }

@@ -7,14 +7,11 @@
  * and on the CPU the index values), fill a kernels/params.h struct, call the
  * backend's launcher, translate its status. Nothing is written before all
  * validation has passed, so a refused call leaves the caches untouched.
- *
- * C only (C11 atomics): the CUDA sources never include it.
  */
 #ifndef HASHATTN_PLUGIN_INTERNAL_H
 #define HASHATTN_PLUGIN_INTERNAL_H
 
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,13 +50,6 @@ struct hashattn_context {
     void *comm;                     /* ncclComm_t or NULL */
     int comm_owned;                 /* 1: made by comm_create, freed with the context */
     int32_t comm_timeout_ms;
-
-    /* [num_layers]: key-signature rows cache_write stored on each layer since
-     * that layer's last sparse decode (ops.c). A decode after more of them
-     * than its recent window holds does not chain its first launch to the
-     * kernel before it (ha_decode_params_t.no_first_chain). Atomic: run-path
-     * calls may run on several threads at once (docs/abi.md "Threads"). */
-    _Atomic int64_t *sig_rows_since_decode;
 
     char last_error[HA_ERROR_LEN];
 };

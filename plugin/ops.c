@@ -367,12 +367,7 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
     p.query_hash.workspace = a.workspace;
     p.query_hash.workspace_size = a.workspace_size;
     p.query_hash.stream = a.stream;
-    const ha_kernel_status_t ks = DISPATCH(ctx, cache_write, &p);
-    /* for the layer's next sparse decode (ha_decode), counted even where a
-     * launch failed: some of the call's kernels may have run */
-    if (a.signature_cache)
-        atomic_fetch_add(&ctx->sig_rows_since_decode[a.layer], n);
-    return from_kernel(ctx, op, ks);
+    return from_kernel(ctx, op, DISPATCH(ctx, cache_write, &p));
 }
 
 /* ---- decode ---- */
@@ -476,21 +471,7 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     p.stream = a.stream;
     p.device = c->device.device_id;
     p.num_blocks = num_blocks;
-    /* The signature rows cache_write stored since this layer's last sparse
-     * decode: more of them than the recent window (never scored) holds and
-     * some may be scored, so the first launch must not start before that
-     * write has ended (PDL; kernels/cuda/decode.cu). Taken here, after every
-     * check, so that a refused call leaves the count; given back where the
-     * launch failed. */
-    int64_t written = 0;
-    if (!p.dense) {
-        written = atomic_exchange(&ctx->sig_rows_since_decode[a.layer], 0);
-        p.no_first_chain = written > p.budget.recent;
-    }
-    const ha_kernel_status_t ks = DISPATCH(ctx, decode, &p);
-    if (ks != HA_KERNEL_OK && written > 0)
-        atomic_fetch_add(&ctx->sig_rows_since_decode[a.layer], written);
-    return from_kernel(ctx, op, ks);
+    return from_kernel(ctx, op, DISPATCH(ctx, decode, &p));
 }
 
 /* ---- prefill ---- */

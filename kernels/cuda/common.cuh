@@ -150,9 +150,13 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\
  * gp32 B=8 128K 126.1 -> 124.1, gc32 B=1 1M 95.0 -> 94.0); its staged form,
  * where no warp has a second item, as a warp starts its one (run 47: gp32
  * B=1 128K 47.1 -> 46.3 us, launch_score's rule). The query MLPs trigger
- * as their weight copies are issued where the staged score kernel follows
- * with at most two items per warp, whose warps copy their first slabs
- * before the wait (run 48: gp32 B=1 128K 45.8 -> 43.6 us). The
+ * as their weight copies are issued and their wait has returned where the
+ * staged score kernel follows with at most two items per warp, whose warps
+ * copy their first slabs before the wait (run 48: gp32 B=1 128K 45.8 ->
+ * 43.6 us; the trigger after the wait since run 58: a kernel that reads
+ * the host's block tables, lengths or signatures before its wait may start
+ * only once the host's kernel has ended, whatever that kernel triggers;
+ * docs/integration.md). The
  * block-per-item score kernel does not (gp32 B=1 128K lost ~1 us with it,
  * run 42), nor does a warp kernel's CTA wait for its last warp (a shared
  * counter: 2-13 us slower, run 43), per-head selection's resolve (no

@@ -7,9 +7,8 @@
  * since run 39; common.cuh's pdl_wait says why no kernel triggers early,
  * and pdl_trigger_late where four of them trigger near their end, run 40;
  * the first launch is chained to the host's kernel before it too, knob
- * pdl_first, its kernel waiting before it reads the query, unless the
- * plugin found more new signatures than the recent window holds:
- * no_first_chain, below):
+ * pdl_first: nothing of the step reads its inputs before that kernel has
+ * ended, below):
  *   1. qhash_kernel  query signatures [B, Hq] into the workspace on 4-CTA
  *                    clusters; also clears the histograms (mlp.cuh). Not
  *                    launched where the host passes the signatures (1.2,
@@ -1446,7 +1445,12 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         sa.cum = reinterpret_cast<int32_t *>(ws + W.cum);
         sa.guard = gd;
         sa.trigger = tn.score_trigger;
-        sa.prewait = tn.score_prewait;
+        /* the first item's inputs (block tables, lengths, signatures) before
+         * the wait only after the query MLPs, which trigger only once the
+         * kernel before the step (maybe the host's, writing them) has ended;
+         * with the host's query signatures a memset (the histograms) comes
+         * before the score kernel instead, and the rule does not lean on it */
+        sa.prewait = tn.score_prewait && !p->query_sigs;
         const int gw = p->sig_per_kv_head ? 1 : G;
         /* a block per score item below 5 x SMs items: the warp kernel's blocks
          * (8 items each) would leave more than 3/8 of the SMs idle. Run 16
@@ -1483,13 +1487,14 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         set_qhash_knobs(h);
         /* The step's first launch, chained to the kernel before it (the
          * host's, or cache_write's fused kernel, which lets it launch before
-         * its key MLPs store their signatures) unless that kernel may store
-         * signatures this step scores (no_first_chain): small.cu's kernel and
-         * the score kernels read their first signature words before their
-         * wait, and the query MLPs let them launch early. Unchained, the
-         * first launch starts once the kernel before has ended, and so do
-         * the launches after it, chained to ours. */
-        const bool chain_first = pdl_first_launch() && !p->no_first_chain;
+         * its key MLPs store their signatures). Whatever that kernel writes
+         * (query, tables, lengths, signatures), nothing of the step reads it
+         * before it has ended: the first kernel waits before its first read,
+         * the query MLPs trigger the next launch only after their wait, and
+         * small.cu's kernel as the first launch reads nothing before its
+         * wait (run 58: test_gpu's decode_after_host_kernel and
+         * decode_after_write). */
+        const bool chain_first = pdl_first_launch();
         h.pdl = chain_first; /* qhash_body waits before its inputs */
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
@@ -1497,7 +1502,8 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const int ranks = A.list_contig ? small_select_plan(p, max_tokens) : 0;
         small = ranks > 0;
         /* the query MLPs trigger the score kernel as their weight copies are
-         * issued where it starts its warps' first items before its wait (the
+         * issued and their wait for the kernel before has returned (run 58)
+         * where it starts its warps' first items before its wait (the
          * staged form, prewait) and its warps hold at most two items each,
          * else before their layer 3: run 48 (bench/NOTES.md), gp32 B=1 128K
          * 45.8 -> 43.6 us, gp32 B=8 32K 61.8 -> 59.3; the early trigger
@@ -1542,7 +1548,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
             return ks;
         if (small) {
             const SmallLists sl = {h.sig, A.list_pos, A.list_mask, (int64_t)nch * C}; /* the pass's sel_nch x sel_C */
-            ks = launch_small_select(p, max_tokens, ranks, sl, gd, pdl2);
+            /* its loads before its wait only after the query MLPs (as the
+             * score kernel's prewait, above): as the step's first launch it
+             * reads nothing before the kernel before it has ended */
+            ks = launch_small_select(p, max_tokens, ranks, sl, gd, pdl2, !p->query_sigs);
             if (ks != HA_KERNEL_OK)
                 return ks;
         } else {

@@ -57,8 +57,9 @@ struct HashArgs {
      * cw_fused_kernel first thing, wait (pdl_wait) before reading an input or
      * writing anything */
     int32_t pdl;
-    int32_t trigger_early; /* 1: qhash_body triggers its dependents as its weight copies are issued,
-                              else before layer 3 (decode.cu: where the staged score kernel follows) */
+    int32_t trigger_early; /* 1: qhash_body triggers its dependents as its wait returns (its weight
+                              copies issued), else before layer 3 (decode.cu: where the staged score
+                              kernel or small.cu's follows) */
     int32_t fixed_shape;   /* 1: the kernel whose D and m are compile-time constants where they
                               are 128/128 or 64/64 (pick_fixed_shape; tuning's qhash_fixed) */
     int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
@@ -451,12 +452,19 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     cp_async_commit();
     load_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m);
     cp_async_commit();
-    if (a.trigger_early)
-        pdl_trigger_late();
 
     /* the weights are the library's own; the inputs and the outputs may be
      * the kernel before's (a.pdl) */
     pdl_wait();
+    /* The early trigger comes after the wait: the kernel after this one
+     * reads the block tables, sequence lengths and signatures before its own
+     * wait, which is safe only once the kernel before this one (a host's,
+     * which may write them) has ended. Triggered before the wait, the score
+     * kernel could start beside a host kernel that had let its dependents
+     * launch early and read its inputs half written (test_gpu's
+     * decode_after_host_kernel). */
+    if (a.trigger_early)
+        pdl_trigger_late();
     if (a.zero) {
         const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
         for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + tid; w < a.zero_words;

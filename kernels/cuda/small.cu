@@ -61,6 +61,8 @@ struct SmallArgs {
     int32_t *sel_cnt;
     int64_t sc_ss, sc_sh;
     Guard guard;
+    int32_t prewait;  /* 1: lengths, tables and the first signature words read before the wait
+                         (launch_small_select) */
     int32_t ranks;    /* blocks per (sequence, KV head): the cluster */
     int32_t hist_off; /* shared-memory offset of the histograms */
 };
@@ -113,6 +115,8 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     const int s = unit / a.Hkv, kvh = unit % a.Hkv;
     const int G = a.G, h0 = kvh * G, nbins = 32 * G + 1;
 
+    if (!a.prewait)
+        pdl_wait(); /* the step's first launch: the kernel before may be writing what follows */
     bool badlen;
     const int n = (int)seq_len_clamped(a.seq_lens, s, a.max_tokens, &badlen);
     if (badlen && kvh == 0 && rank == 0 && tid == 0)
@@ -180,7 +184,8 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
         }
     };
     const int qb_first = qr0 + tid;
-    if (NF)
+    const bool pre = NF && a.prewait;
+    if (pre)
         load_batch(qb_first); /* inputs only (the block table, the signature cache): before the wait */
     pdl_wait(); /* the query signatures of the kernel before (PDL, run 39) */
     uint32_t qs[GP];
@@ -192,7 +197,7 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     /* 1. scores */
     int *const wh = whist + warp * nbins;
     for (int qb = qb_first; qb < qr1; qb += kSmallThreads * NB) {
-        if (!NF || qb != qb_first)
+        if (!pre || qb != qb_first)
             load_batch(qb);
 #pragma unroll
         for (int i = 0; i < NB; i++) {
@@ -430,9 +435,10 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
 }
 
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,
-                                       const SmallLists &w, const Guard &guard, bool pdl)
+                                       const SmallLists &w, const Guard &guard, bool pdl, bool prewait)
 {
     SmallArgs a = {};
+    a.prewait = prewait;
     a.Hq = p->num_q_heads;
     a.Hkv = p->num_kv_heads;
     a.G = p->group > 0 ? p->group : 1;

@@ -49,9 +49,14 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens);
 
 /* Launch the selection of p's sequences on clusters of `ranks` blocks per
  * unit (small_select_plan), on p's stream; pdl: chained to the kernel before
- * (the query MLPs) by programmatic dependent launch. */
+ * by programmatic dependent launch; prewait: that kernel is the query MLPs'
+ * (which trigger only once the kernel before them has ended), so the
+ * sequence lengths, the block tables and the first signature words may be
+ * read before the wait. Where small.cu's kernel is the step's first launch
+ * (the host's query signatures), prewait is false: the kernel before may be
+ * the host's and still writing them. */
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,
-                                       const SmallLists &w, const Guard &guard, bool pdl);
+                                       const SmallLists &w, const Guard &guard, bool pdl, bool prewait);
 
 } // namespace ha
 

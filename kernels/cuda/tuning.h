@@ -84,9 +84,8 @@ typedef struct ha_cuda_tuning {
                                 xors and popcounts (before run 27) */
     /* appended in run 40 */
     int pdl_first;           /* 1: a sparse decode's first launch (query MLPs) and cache_write's
-                                fused launch chained to the host's kernel before them by PDL too
-                                (the decode's not after more new signatures than its recent
-                                window: params.h no_first_chain); 0: not (before run 40) */
+                                fused launch chained to the host's kernel before them by PDL too;
+                                0: not (before run 40) */
     /* appended in run 41 */
     int walk_lane_max;       /* group selection's bit-mask pass: a warp whose busiest thread lists
                                 more entries than this writes its entries together, entry k by

@@ -22,6 +22,9 @@
  *   decode after write  whole sequences in one cache_write and decode at
  *             once on the same stream, as the CPU (the first launch waits
  *             for the new signatures);
+ *   decode after a host's kernel  that lets decode's first launch start
+ *             beside it (PDL) and writes the block table and lengths late:
+ *             nothing reads them before that kernel has ended;
  *   device validation  bad ids on the device (direct calls, and a graph
  *             replay, where no host code runs) are skipped by the kernels
  *             and reported as DEVICE_ERROR by the next call; the call after
@@ -38,6 +41,7 @@
 #include <cuda_runtime_api.h>
 
 #include "ha_test.h"
+#include "late_copy.h"
 
 #define F16 {kDLFloat, 16, 1}
 #define BF16 {kDLBfloat, 16, 1}
@@ -230,6 +234,22 @@ static int gpu_case_begin(gpu_case_t *gc, const ht_decode_desc_t *d, const char 
     if (!ht_case_begin(full, d->seed))
         return 0;
     gpu_case_build(gc, d);
+    return 1;
+}
+
+/* gpu_case_begin, then the case decoded on the CPU and its outputs saved
+ * into out, idx and cnt: 0 when the run skips the case. */
+static int gpu_case_begin_cpu(gpu_case_t *gc, const ht_decode_desc_t *d, const char *prefix, char *full, size_t len,
+                              saved_t *out, saved_t *idx, saved_t *cnt)
+{
+    if (!gpu_case_begin(gc, d, prefix, full, len))
+        return 0;
+    ht_decode_case_t *c = &gc->c;
+    hashattn_status_t st = ht_decode_case_run(c, 0, NULL);
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: CPU decode: %s", full, c->api->last_error(c->ctx));
+    save(out, c->output);
+    save(idx, c->sel_idx);
+    save(cnt, c->sel_cnt);
     return 1;
 }
 
@@ -1605,9 +1625,10 @@ static void gpu_write_free(gpu_write_t *w)
 }
 
 /* A step's cache_write + decode captured in a graph and replayed, bit for
- * bit the direct calls. Case 0: the step's 12 rows fit the recent window,
- * so decode's first launch is chained to cache_write's kernel (PDL); case 1
- * (recent 1): they do not, and it is not (ops.c, no_first_chain). */
+ * bit the direct calls; decode's first launch is chained to cache_write's
+ * kernel (PDL). Case 0: the step's 12 rows fit the recent window; case 1
+ * (recent 1): they do not, so some of the signatures cache_write stores are
+ * scored, which nothing may read before that kernel has ended. */
 START_TEST(gpu_graph)
 {
     ht_decode_desc_t d = grid_desc(3 + 8 * _i);
@@ -1673,9 +1694,10 @@ END_TEST
 /* Every token of the case in one cache_write into poisoned caches (0xFF:
  * NaN K/V, all-ones signatures), then decode on the same stream with
  * nothing between: far more new signatures than the recent window holds,
- * so the decode's first launch must wait for the write to end (ops.c counts
- * them; decode.cu's no_first_chain), and it selects and attends exactly as
- * the CPU on the caches the CPU's cache_write filled. Query MLPs (cases 0,
+ * so nothing of the decode may read signatures before the write has ended
+ * (its first launch is chained to cache_write's kernel; decode.cu), and it
+ * selects and attends exactly as the CPU on the caches the CPU's
+ * cache_write filled. Query MLPs (cases 0,
  * 1) or the queries' signatures from the same cache_write (2, 3; 1.2);
  * small.cu's kernel (group selection, 0 and 2) or the score kernels (per
  * head, 1 and 3); cache_write's fused kernel (240 tokens) or its separate
@@ -1700,16 +1722,12 @@ START_TEST(gpu_decode_after_write)
     d.layer = 1;
     gpu_case_t gc;
     char full[600];
-    if (!gpu_case_begin(&gc, &d, "decode_after_write", full, sizeof full))
+    saved_t out, idx, cnt, sig;
+    if (!gpu_case_begin_cpu(&gc, &d, "decode_after_write", full, sizeof full, &out, &idx, &cnt))
         return;
     ht_decode_case_t *c = &gc.c;
     const hashattn_api_t *api = c->api;
-    hashattn_status_t st = ht_decode_case_run(c, 0, NULL);
-    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: CPU decode: %s", full, api->last_error(c->ctx));
-    saved_t out, idx, cnt, sig;
-    save(&out, c->output);
-    save(&idx, c->sel_idx);
-    save(&cnt, c->sel_cnt);
+    hashattn_status_t st;
     save(&sig, c->sig_cache);
 
     int n = 0;
@@ -1773,6 +1791,162 @@ END_TEST
 
 /* The call after a bad one must fail with the device's message, the one
  * after that must work again (no sticky error, no hang). */
+/* ------------------------------------------------------------------------- */
+/* Decode right after a host's kernel that writes its tables                  */
+/* ------------------------------------------------------------------------- */
+
+/* Stale tables in decode's device tensors: every page id moved to the next
+ * page, every length cut by a quarter (the host tensors keep the right
+ * ones). */
+static void push_stale_tables(gpu_case_t *gc)
+{
+    ht_tensor_t *bt = gc->c.block_tables, *sl = gc->c.seq_lens;
+    saved_t keep_bt, keep_sl;
+    save(&keep_bt, bt);
+    save(&keep_sl, sl);
+    const int64_t pages = gc->c.key_cache->shape[0];
+    for (int64_t s = 0; s < bt->shape[0]; s++) {
+        for (int64_t j = 0; j < bt->shape[1]; j++) {
+            const int64_t v = (int64_t)HT_GET(bt, s, j);
+            if (v >= 0)
+                HT_SET(bt, (v + 1) % pages, s, j);
+        }
+        const int64_t n = (int64_t)HT_GET(sl, s);
+        HT_SET(sl, n - n / 4, s);
+    }
+    mirror_push(&gc->bt);
+    mirror_push(&gc->sl);
+    memcpy(bt->base, keep_bt.buf, bt->bytes);
+    memcpy(sl->base, keep_sl.buf, sl->bytes);
+    saved_free(&keep_bt);
+    saved_free(&keep_sl);
+}
+
+/* The stale tables pushed, then on `stream` the host's late_copy kernel
+ * (late_copy.h: the right tables from right_bt and right_sl, 2 ms after it
+ * lets its dependents launch) and decode, enqueued directly or captured in
+ * a CUDA graph and replayed (graph: the device alone then times the two);
+ * the results pulled into the case's host tensors. */
+static void late_then_decode(gpu_case_t *gc, cudaStream_t stream, const void *right_bt, const void *right_sl,
+                             int graph, const char *name)
+{
+    const hashattn_api_t *api = gc->c.api;
+    ht_decode_case_prepare(&gc->c);
+    mirror_push(&gc->out);
+    mirror_push(&gc->idx);
+    mirror_push(&gc->cnt);
+    push_stale_tables(gc);
+    CU(cudaDeviceSynchronize());
+    hashattn_decode_args_t a;
+    gpu_decode_args(gc, &a, stream);
+    cudaGraph_t g = NULL;
+    cudaError_t ce = cudaSuccess;
+    if (graph)
+        CU(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const int le = ht_late_copy(stream, gc->bt.dev, right_bt, gc->bt.host->bytes, gc->sl.dev, right_sl,
+                                gc->sl.host->bytes, 2000);
+    const hashattn_status_t st = api->decode(gc->g, &a);
+    if (graph)
+        ce = cudaStreamEndCapture(stream, &g);
+    ck_assert_msg(le == 0, "%s: the host's kernel: %s", name, cudaGetErrorString((cudaError_t)le));
+    ck_assert_msg(st == HASHATTN_STATUS_OK, "%s: GPU decode: %s: %s", name, api->status_string(st),
+                  api->last_error(gc->g));
+    if (graph) {
+        ck_assert_msg(ce == cudaSuccess, "%s: capture: %s", name, cudaGetErrorString(ce));
+        cudaGraphExec_t exec;
+        CU(cudaGraphInstantiate(&exec, g, 0));
+        CU(cudaGraphLaunch(exec, stream));
+        CU(cudaStreamSynchronize(stream));
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(g);
+    }
+    CU(cudaStreamSynchronize(stream));
+    mirror_pull(&gc->out);
+    mirror_pull(&gc->idx);
+    mirror_pull(&gc->cnt);
+}
+
+/* A host's kernel that lets its dependents launch at its start (late_copy.h)
+ * writes the block table and sequence lengths 2 ms later, over stale ones;
+ * decode follows on the same stream. Its first launch is chained to that
+ * kernel (PDL), so it may start beside it, but nothing of the step may read
+ * the tables before that kernel has ended: the selections and output must
+ * be the CPU's on the right tables, enqueued directly (after a first decode
+ * on the right tables, which also loads the kernels) and replayed from a
+ * graph. Case 0: short tables (small.cu's kernel after the query MLPs,
+ * which trigger it early); 1: the same with the host's query signatures
+ * (small.cu's kernel is the step's first launch); 2 and 3: long tables, the
+ * staged score kernels after the query MLPs (group+compact,
+ * per-head+paper; gpu_decode_wide's shape with G = 4). Until run 58 the
+ * query MLPs triggered before their own wait and small.cu's kernel read its
+ * lengths and first pages before its wait as a step's first launch. */
+START_TEST(gpu_decode_after_host_kernel)
+{
+    ht_decode_desc_t d;
+    if (_i < 2) {
+        d = long_desc(GROUP, _i ? COMPACT : PAPER, HT_FILL_DIRECT, NHD, 0x1a7e + (uint64_t)_i);
+        d.batch = 6;
+        d.seq_lens = k_small;
+        d.tight_tables = 1; /* 16384 positions at most: small.cu's kernel */
+        d.sink = 128;
+        d.recent = 128;
+        d.heavy_fraction = 1.0f / 16;
+        d.hq = 9;
+        d.hkv = 3;
+        d.d = 64;
+    } else {
+        d = long_desc(_i == 2 ? GROUP : HEAD, _i == 2 ? COMPACT : PAPER, HT_FILL_DIRECT, NHD, 0x1a7e + (uint64_t)_i);
+        d.hq = 32;
+        d.hkv = 8;
+        d.d = 64;
+        d.batch = 8;
+        d.sink = 64;
+        d.recent = 64;
+        d.seq_lens = k_wide;
+    }
+    gpu_case_t gc;
+    char full[600], name[640];
+    saved_t out, idx, cnt;
+    if (!gpu_case_begin_cpu(&gc, &d, "decode_after_host_kernel", full, sizeof full, &out, &idx, &cnt))
+        return;
+    ht_decode_case_t *c = &gc.c;
+    ht_tensor_t *qs = NULL;
+    mirror_t mq = {0};
+    if (_i == 1) {
+        qs = cpu_query_sigs(c);
+        mirror_up(&mq, qs);
+        gc.qsig = &mq.t;
+    }
+    expect_gpu_as_cpu(&gc, 0, &out, &idx, &cnt, full);
+
+    void *right_bt, *right_sl;
+    CU(cudaMalloc(&right_bt, c->block_tables->bytes));
+    CU(cudaMalloc(&right_sl, c->seq_lens->bytes));
+    CU(cudaMemcpy(right_bt, gc.bt.dev, c->block_tables->bytes, cudaMemcpyDeviceToDevice));
+    CU(cudaMemcpy(right_sl, gc.sl.dev, c->seq_lens->bytes, cudaMemcpyDeviceToDevice));
+    cudaStream_t stream;
+    CU(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    for (int graph = 0; graph < 2; graph++) {
+        snprintf(name, sizeof name, "%s, %s", full, graph ? "graph replay" : "direct");
+        late_then_decode(&gc, stream, right_bt, right_sl, graph, name);
+        expect_as_cpu(&gc, &out, &idx, &cnt, name);
+    }
+
+    cudaStreamDestroy(stream);
+    gc.qsig = NULL;
+    if (qs) {
+        mirror_free(&mq);
+        ht_tensor_free(qs);
+    }
+    cudaFree(right_bt);
+    cudaFree(right_sl);
+    saved_free(&out);
+    saved_free(&idx);
+    saved_free(&cnt);
+    gpu_case_free(&gc);
+}
+END_TEST
+
 static void expect_device_report(gpu_case_t *gc, const char *what, const char *want)
 {
     const hashattn_api_t *api = gc->c.api;
@@ -1974,6 +2148,7 @@ static Suite *suite(void)
     tcase_add_test(tc, gpu_prefill_validation);
     tcase_add_loop_test(tc, gpu_graph, 0, 2);
     tcase_add_loop_test(tc, gpu_decode_after_write, 0, 4);
+    tcase_add_loop_test(tc, gpu_decode_after_host_kernel, 0, 4);
     tcase_add_loop_test(tc, gpu_device_validation, 0, full ? 4 : 2);
     suite_add_tcase(s, tc);
     return s;
