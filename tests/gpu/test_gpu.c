@@ -20,8 +20,8 @@
  *   graph     cache_write + decode captured in a CUDA graph and replayed,
  *             bit-identical to the direct calls;
  *   decode after write  whole sequences in one cache_write and decode at
- *             once on the same stream, as the CPU (the first launch waits
- *             for the new signatures);
+ *             once on the same stream, as the CPU (nothing scores the new
+ *             signatures before the write has ended);
  *   decode after a host's kernel  that lets decode's first launch start
  *             beside it (PDL) and writes the block table and lengths late:
  *             nothing reads them before that kernel has ended;
