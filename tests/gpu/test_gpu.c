@@ -1859,8 +1859,9 @@ static void late_then_decode(gpu_case_t *gc, cudaStream_t stream, const void *ri
         CU(cudaStreamSynchronize(stream));
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(g);
+    } else {
+        CU(cudaStreamSynchronize(stream));
     }
-    CU(cudaStreamSynchronize(stream));
     mirror_pull(&gc->out);
     mirror_pull(&gc->idx);
     mirror_pull(&gc->cnt);
