@@ -22,10 +22,6 @@
  * inputs are bfloat16. The plugin's q/k/v/output and the KV caches are
  * bfloat16 (or float16): its CUDA backend takes 16-bit types only.
  *
- * --split-batch: a pure-decode step of 16 to 64 sequences runs its layers as
- * two halves of the batch, each its own chain on its own stream and plugin
- * workspace (split_rows), so that the small, latency-bound kernels of one
- * half run beside the other's; the profile's parts are then not separated.
  * Pure-decode steps (no prompt rows, no logits dump) are captured in a CUDA
  * graph the second time a batch shape (sequences, table width, mode) is
  * seen and replayed after that; the staging buffer's address is fixed, so
@@ -324,11 +320,6 @@ struct CudaExec {
     uint32_t *sig_cache;
     void *workspace;
     size_t workspace_size;
-    /* --split-batch: a pure-decode step's second half on its own stream and workspace */
-    int split;
-    cudaStream_t stream2;
-    void *workspace2;
-    cudaEvent_t fork_ev, join_ev;
     int32_t *d_counts;      /* [L, max_seqs, Hsel] */
     uint32_t *d_qsig;       /* [max_seqs, Hq_l]: the decode queries' signatures, written by cache_write
                                (hash mode with ABI 1.2 and without --decode-qhash; else NULL) */
@@ -643,15 +634,25 @@ static int run_hook(CudaExec *c, const rn_plan_t *p, int l, const int32_t *d_pos
     return c->hook(c->hook_user, l, p, c->hq, c->hk, c->base.err, sizeof c->base.err) ? -1 : 0;
 }
 
-/* Layers [l0, l1) of a step for the rows a view covers: the sequences
- * [s0, s0 + S) of plan p (s0 > 0 only in a pure-decode step's second half,
- * split_view), T rows of which the first nd decode. */
-static int enqueue_layers(CudaExec *c, const rn_plan_t *p, const Meta &M, int s0, int T, int S, int nd, int l0,
-                          int l1)
+/* Everything a step enqueues after the staging copy is in place: the part a
+ * graph captures (with the copies around it). */
+static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
 {
-    const int np = S - nd, W = p->width;
-    unsigned char *const dm = c->d_meta;
-    const int32_t *d_pos = (const int32_t *)(dm + M.pos) + s0;
+    const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode, np = S - nd, W = p->width;
+    const unsigned char *dm = c->d_meta;
+    const int32_t *d_tokens = (const int32_t *)(dm + M.tokens), *d_pos = (const int32_t *)(dm + M.pos);
+    c->prof_n = 0;
+    if (mark(c, RN_PROF_EMBED))
+        return -1;
+    CU(cudaMemcpyAsync(c->d_meta, c->h_meta, M.total, cudaMemcpyHostToDevice, c->stream));
+    if (c->wbf16)
+        embed_kernel<bf16><<<T, 256, 0, c->stream>>>((const bf16 *)c->emb, d_tokens, c->x, c->E);
+    else
+        embed_kernel<float><<<T, 256, 0, c->stream>>>((const float *)c->emb, d_tokens, c->x, c->E);
+    CU(cudaGetLastError());
+    if (nd > 0) /* -1 = "not reported", in case a mode leaves counts unwritten */
+        CU(cudaMemsetAsync(c->d_counts, 0xff, (size_t)4 * c->L * c->cfg.max_seqs * c->pl.sel_heads, c->stream));
+
     const DLDataType adt = rn_dl_dtype(c->cfg.kv_dtype);
     const DLDataType i32 = { kDLInt, 32, 1 }, i64 = { kDLInt, 64, 1 }, u32 = { kDLUInt, 32, 1 };
     const int64_t nb = c->cfg.num_blocks, bs = c->cfg.block_size, hsig = c->pl.sig_heads, hsel = c->pl.sel_heads;
@@ -666,23 +667,23 @@ static int enqueue_layers(CudaExec *c, const rn_plan_t *p, const Meta &M, int s0
     int64_t sh_slots[1] = { T };
     int64_t sh_dq[3] = { nd, c->Hq_l, c->D }, sh_dout[3] = { nd, c->Hq, c->D }, sh_dbt[2] = { nd, W };
     int64_t sh_dsl[1] = { nd }, sh_cnt[2] = { nd, hsel };
-    const int r0 = np > 0 ? p->q_start[nd] : T; /* the first prefill row (s0 = 0 when np > 0) */
+    const int r0 = p->q_start[nd];
     int64_t sh_pq[3] = { T - r0, c->Hq_l, c->D }, sh_pbt[2] = { np, W }, sh_psl[1] = { np }, sh_qsl[1] = { np + 1 };
     int64_t sh_pall[2] = { T - r0, c->QD };
     const rn_plugin_t *pl = &c->pl;
     DLTensor tk = rn_dl_tensor(pl, (char *)c->ka + koff, adt, 3, sh_kv, st_k);
     DLTensor tv = rn_dl_tensor(pl, (char *)c->va + koff, adt, 3, sh_kv, st_k);
-    DLTensor slots = rn_dl_tensor(pl, dm + M.slots + (size_t)8 * s0, i64, 1, sh_slots, NULL);
+    DLTensor slots = rn_dl_tensor(pl, c->d_meta + M.slots, i64, 1, sh_slots, NULL);
     DLTensor dq = rn_dl_tensor(pl, (char *)c->qa + qoff, adt, 3, sh_dq, st_q);
     DLTensor dout = rn_dl_tensor(pl, c->atta, adt, 3, sh_dout, NULL); /* all heads: gathered */
-    DLTensor dbt = rn_dl_tensor(pl, dm + M.tables + (size_t)4 * s0 * W, i32, 2, sh_dbt, NULL);
-    DLTensor dsl = rn_dl_tensor(pl, dm + M.seq_lens + (size_t)4 * s0, i32, 1, sh_dsl, NULL);
+    DLTensor dbt = rn_dl_tensor(pl, c->d_meta + M.tables, i32, 2, sh_dbt, NULL);
+    DLTensor dsl = rn_dl_tensor(pl, c->d_meta + M.seq_lens, i32, 1, sh_dsl, NULL);
     DLTensor pq = rn_dl_tensor(pl, (char *)c->qa + (size_t)r0 * c->QD * aes + qoff, adt, 3, sh_pq, st_q);
     DLTensor pout = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes + qoff, adt, 3, sh_pq, st_q);
     DLTensor pall = rn_dl_tensor(pl, (char *)c->atta + (size_t)r0 * c->QD * aes, adt, 2, sh_pall, NULL);
-    DLTensor pbt = rn_dl_tensor(pl, dm + M.tables + (size_t)4 * nd * W, i32, 2, sh_pbt, NULL);
-    DLTensor psl = rn_dl_tensor(pl, dm + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
-    DLTensor qsl = rn_dl_tensor(pl, dm + M.qsl, i32, 1, sh_qsl, NULL);
+    DLTensor pbt = rn_dl_tensor(pl, c->d_meta + M.tables + (size_t)4 * nd * W, i32, 2, sh_pbt, NULL);
+    DLTensor psl = rn_dl_tensor(pl, c->d_meta + M.seq_lens + (size_t)4 * nd, i32, 1, sh_psl, NULL);
+    DLTensor qsl = rn_dl_tensor(pl, c->d_meta + M.qsl, i32, 1, sh_qsl, NULL);
     /* the decode queries' signatures from cache_write's launch (d_qsig) */
     const bool qsig_fused = sigs && nd > 0 && c->d_qsig;
     int64_t sh_qsig[2] = { nd, c->Hq_l };
@@ -690,7 +691,7 @@ static int enqueue_layers(CudaExec *c, const rn_plan_t *p, const Meta &M, int s0
 
     /* the capture hook needs the GEMM's float32 q/k: unfused */
     const bool fused = c->fused && T <= kFusedRows && !c->hook;
-    for (int l = l0; l < l1; l++) {
+    for (int l = 0; l < c->L; l++) {
         const Layer &Ly = c->layers[l];
         if (mark(c, l ? RN_PROF_FFN : RN_PROF_EMBED))
             return -1;
@@ -783,99 +784,6 @@ static int enqueue_layers(CudaExec *c, const rn_plan_t *p, const Meta &M, int s0
         if (k_residual(c, fused, Ly.wd, c->gin, c->x, T, c->F, c->E))
             return -1;
     }
-    return 0;
-}
-
-/* --split-batch: the first half's sequence count for a step that runs as two
- * halves, or 0. A pure-decode step of at least 2 x kSplitMinSeqs sequences
- * whose halves each take the fused kernels (one GPU, no capture hook) is
- * split; the halves are independent chains of layers on two streams (one
- * graph), so that one half's latency-bound kernels run beside the other's. */
-constexpr int kSplitMinSeqs = 8;
-
-static int split_rows(const CudaExec *c, const rn_plan_t *p)
-{
-    const int S = p->n_seqs;
-    if (!c->split || p->n_decode != S || p->n_tokens != S || S < 2 * kSplitMinSeqs || c->hook || c->tp > 1 ||
-        !c->fused || !c->fused_res || (S + 1) / 2 > kFusedRows)
-        return 0;
-    return S / 2;
-}
-
-/* The executor as one half of a split step sees it: its row buffers start at
- * row r0 (in each buffer's own row stride; gin in its widest), it enqueues on
- * st with workspace ws, and it records no profile marks. A shallow copy: it
- * owns nothing and is never destroyed. */
-static CudaExec split_view(const CudaExec *c, int r0, cudaStream_t st, void *ws)
-{
-    CudaExec v = *c;
-    const size_t r = (size_t)r0, ae = 2, QF = c->QD > c->F ? c->QD : c->F, gmax = QF > (size_t)c->E ? QF : c->E;
-    v.x += r * c->E;
-    v.qkv += r * c->QKV;
-    v.q += r * c->QKV;
-    v.k += r * c->QKV;
-    v.v += r * c->QKV;
-    v.hb += r * 2 * c->F;
-    v.xb = (char *)c->xb + r * c->E * c->wsize;
-    v.gin = (char *)c->gin + r * gmax * c->wsize;
-    v.qa = (char *)c->qa + r * c->QD * ae;
-    v.ka = (char *)c->ka + r * c->KD * ae;
-    v.va = (char *)c->va + r * c->KD * ae;
-    v.atta = (char *)c->atta + r * c->QD * ae;
-    if (v.d_qsig)
-        v.d_qsig += r * c->Hq_l;
-    v.d_counts += r * c->pl.sel_heads;
-    v.stream = st;
-    v.workspace = ws;
-    v.prof = 0;
-    return v;
-}
-
-/* A split step's layers: the first n0 sequences on c's stream, the rest on
- * stream2, forked after the embedding and joined before the output head,
- * layer by layer in launch order (eager steps interleave; a graph keeps the
- * two branches). */
-static int enqueue_split(CudaExec *c, const rn_plan_t *p, const Meta &M, int n0)
-{
-    const int n1 = p->n_seqs - n0;
-    CudaExec h[2] = { split_view(c, 0, c->stream, c->workspace), split_view(c, n0, c->stream2, c->workspace2) };
-    CU(cudaEventRecord(c->fork_ev, c->stream));
-    CU(cudaStreamWaitEvent(c->stream2, c->fork_ev, 0));
-    for (int l = 0; l < c->L; l++)
-        for (int i = 0; i < 2; i++) {
-            const int s0 = i ? n0 : 0, n = i ? n1 : n0;
-            if (enqueue_layers(&h[i], p, M, s0, n, n, n, l, l + 1)) {
-                memcpy(c->base.err, h[i].base.err, sizeof c->base.err);
-                return -1;
-            }
-        }
-    CU(cudaEventRecord(c->join_ev, c->stream2));
-    CU(cudaStreamWaitEvent(c->stream, c->join_ev, 0));
-    return 0;
-}
-
-/* Everything a step enqueues after the staging copy is in place: the part a
- * graph captures (with the copies around it). */
-static int enqueue_step(CudaExec *c, const rn_plan_t *p, const Meta &M, int R)
-{
-    const int T = p->n_tokens, S = p->n_seqs, nd = p->n_decode;
-    const unsigned char *dm = c->d_meta;
-    const int32_t *d_tokens = (const int32_t *)(dm + M.tokens);
-    c->prof_n = 0;
-    if (mark(c, RN_PROF_EMBED))
-        return -1;
-    CU(cudaMemcpyAsync(c->d_meta, c->h_meta, M.total, cudaMemcpyHostToDevice, c->stream));
-    if (c->wbf16)
-        embed_kernel<bf16><<<T, 256, 0, c->stream>>>((const bf16 *)c->emb, d_tokens, c->x, c->E);
-    else
-        embed_kernel<float><<<T, 256, 0, c->stream>>>((const float *)c->emb, d_tokens, c->x, c->E);
-    CU(cudaGetLastError());
-    if (nd > 0) /* -1 = "not reported", in case a mode leaves counts unwritten */
-        CU(cudaMemsetAsync(c->d_counts, 0xff, (size_t)4 * c->L * c->cfg.max_seqs * c->pl.sel_heads, c->stream));
-    const int n0 = split_rows(c, p);
-    if (n0 > 0 ? enqueue_split(c, p, M, n0) : enqueue_layers(c, p, M, 0, T, S, nd, 0, c->L))
-        return -1;
-    const int64_t hsel = c->pl.sel_heads;
     if (mark(c, RN_PROF_FFN) || k_rmsnorm(c, c->x, (const int32_t *)(dm + M.logit_rows), c->out_norm, c->xb, R) ||
         gemm(c, c->out_w, c->xb, c->logits, R, c->E, c->V, 0))
         return -1;
@@ -1079,7 +987,7 @@ static void cuda_destroy(rn_exec_t *e)
         cudaFree(c->out_w);
     void *ds[] = { c->emb, c->out_norm, c->rope_cos, c->rope_sin, c->x, c->qkv, c->hb,
                    c->logits, c->xb, c->gin, c->qa, c->ka, c->va, c->atta, c->k_cache, c->v_cache, c->sig_cache,
-                   c->workspace, c->workspace2, c->d_counts, c->d_qsig, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
+                   c->workspace, c->d_counts, c->d_qsig, c->d_meta, c->d_next, c->blas_ws, c->qf, c->kf };
     for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
         cudaFree(ds[i]);
     cudaFreeHost(c->h_meta);
@@ -1089,12 +997,6 @@ static void cuda_destroy(rn_exec_t *e)
     cudaFreeHost(c->hk);
     if (c->blas)
         cublasDestroy(c->blas);
-    if (c->fork_ev)
-        cudaEventDestroy(c->fork_ev);
-    if (c->join_ev)
-        cudaEventDestroy(c->join_ev);
-    if (c->stream2)
-        cudaStreamDestroy(c->stream2);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -1298,15 +1200,6 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
                             sizeof c->base.err) ||
         dalloc(c, &c->workspace, c->workspace_size, "plugin workspace"))
         return -1;
-    /* --split-batch: the second half's stream, workspace and events (one GPU only) */
-    c->split = cf->split_batch && c->tp == 1;
-    if (c->split) {
-        CU(cudaStreamCreateWithFlags(&c->stream2, cudaStreamNonBlocking));
-        CU(cudaEventCreateWithFlags(&c->fork_ev, cudaEventDisableTiming));
-        CU(cudaEventCreateWithFlags(&c->join_ev, cudaEventDisableTiming));
-        if (dalloc(c, &c->workspace2, c->workspace_size, "plugin workspace (second half)"))
-            return -1;
-    }
     const size_t ncounts = (size_t)c->L * S * c->pl.sel_heads;
     if (dalloc(c, (void **)&c->d_counts, ncounts * 4, "selected counts") ||
         dalloc(c, (void **)&c->d_next, S * 4, "next tokens"))
@@ -1333,14 +1226,14 @@ static int create(CudaExec *c, const rn_model_t *m, char *err, size_t errlen)
     if (fused_setup(c, prop))
         return -1;
     snprintf(c->base.desc, sizeof c->base.desc,
-             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, fused small steps %s%s%s, "
+             "CUDA %s (cuda:%d%s), %s weights, %s KV caches (%.2f GB), CUDA graphs %s, fused small steps %s%s, "
              "%.1f of %.1f GB free; attention: %s",
              prop.name, cf->device, c->tp > 1 ? ", tensor-parallel rank" : "", c->wbf16 ? "bf16" : "f32",
              pc.dtype == RN_DT_F16 ? "fp16" : "bf16", 2.0 * kv * ae / 1e9, cf->graphs ? "on" : "off",
              c->fused ? "on" : "off",
              !c->fused ? "" : c->fused_res ? (c->pdl ? " (O/down fused, PDL)" : " (O/down fused)")
                                            : (c->pdl ? " (O/down cuBLAS, PDL)" : " (O/down cuBLAS)"),
-             c->split ? ", decode batches split in two streams" : "", free_b / 1e9, total_b / 1e9, c->pl.desc);
+             free_b / 1e9, total_b / 1e9, c->pl.desc);
     return 0;
 }
 

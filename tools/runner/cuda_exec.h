@@ -25,7 +25,6 @@ typedef struct rn_cuda_config {
                               launch and decode takes the signatures (ABI 1.2; older libraries: 1) */
     int cublas_proj;       /* 1: the O and down projections of fused steps stay cuBLAS GEMMs */
     int no_pdl;            /* 1: the fused kernels are not chained to the kernel before by PDL */
-    int split_batch;       /* 1: pure-decode steps of 16-64 sequences run as two halves on two streams */
     int32_t block_size, num_blocks;
     int max_seqs, max_tokens;
     int32_t max_blocks;

@@ -46,7 +46,7 @@ typedef struct options {
     float capture_time;
     int chat, max_new, block_size, prefill_chunk, shuffle_blocks, ignore_eos, show_special, inspect, quiet;
     int sink, recent, heavy_count, dense_below, mlp_width, batch, tokenize, threads, no_graphs, no_fused,
-        decode_qhash, cublas_proj, no_pdl, split_batch;
+        decode_qhash, cublas_proj, no_pdl;
     int bench, bench_steps, bench_warmup, bench_profile;
     int tp; /* GPUs the attention heads are split over (cuda) */
     float heavy_fraction, temperature, top_p;
@@ -110,8 +110,6 @@ static void usage(FILE *out)
             "                        GEMMs instead of the fused kernels' residual form\n"
             "  --no-pdl              cuda: launch the fused kernels without programmatic\n"
             "                        dependent launch (no weight loads before the wait)\n"
-            "  --split-batch         cuda: run each decode step of 16-64 sequences as two halves,\n"
-            "                        each its own chain of layers on its own stream\n"
             "  --tp N                cuda: split the attention heads over N GPUs (cuda:D ..\n"
             "                        cuda:D+N-1) with NCCL; N divides the KV heads (default 1)\n"
             "  --threads N           cpu: threads of the matrix products and of split\n"
@@ -377,7 +375,6 @@ static int parse_args(int argc, char **argv, options_t *o)
         FLAG("--decode-qhash", o->decode_qhash)
         FLAG("--cublas-proj", o->cublas_proj)
         FLAG("--no-pdl", o->no_pdl)
-        FLAG("--split-batch", o->split_batch)
         FLAG("--bench", o->bench)
         INTOPT("--sink", 0, INT32_MAX, o->sink)
         INTOPT("--recent", 1, INT32_MAX, o->recent)
@@ -1049,7 +1046,6 @@ int main(int argc, char **argv)
         cc.decode_qhash = o.decode_qhash;
         cc.cublas_proj = o.cublas_proj;
         cc.no_pdl = o.no_pdl;
-        cc.split_batch = o.split_batch;
         cc.block_size = bs;
         cc.num_blocks = num_blocks;
         cc.max_seqs = batch;
