@@ -69,7 +69,7 @@ int ha_bench_fill_bf16(void *p, size_t n, uint64_t seed);
 int ha_bench_fill_u32(void *p, size_t n, uint64_t seed);
 int ha_bench_read_flush(const void *p, size_t bytes, void *sink, cudaStream_t st);
 
-enum { BS = 16, SINK = 128, RECENT = 128, MAX_B = 64 };
+enum { BS = 16, SINK = 128, RECENT = 128, MAX_B = 128 };
 #define MAX_TOKENS (1 << 20)      /* the table's largest B x N */
 #define GRID_MAX_TOKENS (1 << 23) /* the grid's */
 
@@ -274,6 +274,8 @@ static const bench_case_t k_cases[] = {
     {"m135_gp16_b32_8k_auto", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .autodense = 1, .shape = 1},
     {"m135_dense_b32_4k", 32, 4096, .sel = G_, .sig = P_, .dense = 1, .shape = 1},
     {"m135_gp16_b32_4k", 32, 4096, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
+    {"m135_gp16_b128_8k", 128, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    {"m135_gc16_b128_8k", 128, 8192, .sel = G_, .sig = C_, .sparsity = 16, .lab = 1, .shape = 1},
     {"m135_dense_b1_8k", 1, 8192, .sel = G_, .sig = P_, .dense = 1, .shape = 1},
     {"m135_gp16_b1_8k", 1, 8192, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
     {"upto1_m135_gp16_b32_8k", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .stop = 1, .shape = 1},
@@ -549,6 +551,11 @@ static void prepare(const bench_case_t *bc, const bench_bufs_t *bb, hashattn_con
     if (!*cp)
         *cp = make_ctx(bc->sel, bc->sig, bc->hnd, bc->autodense, sh);
     pc->ctx = *cp;
+    if (B > MAX_B || (int64_t)B * N > MAX_TOKENS) {
+        fprintf(stderr, "%s: case %s: B %d x N %lld is past the bench's MAX_B %d or MAX_TOKENS %d\n", BENCH_NAME,
+                bc->name, B, (long long)N, MAX_B, MAX_TOKENS);
+        exit(1);
+    }
     int32_t lens[MAX_B];
     for (int s = 0; s < B; s++)
         lens[s] = (int32_t)N;

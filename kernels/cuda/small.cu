@@ -43,6 +43,7 @@ constexpr int kSmallBlocksPerSm = 2;     /* the kernel's launch bounds */
 constexpr int kSmallMaxRanks = 8;        /* the portable cluster size */
 constexpr int kSmallRankTokens = 1024;   /* a rank's share of the table, at least */
 constexpr int64_t kSmallRankWords = 24576; /* signature words a rank scores, at most (96 KB) */
+constexpr int64_t kSmallWaveWords = 8192;  /* ... where the units take more than one wave */
 
 struct SmallArgs {
     int32_t Hq, Hkv, G, bs, sig_per_kv;
@@ -431,7 +432,15 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
     int r = 1;
     while (r < kSmallMaxRanks && units * r * 2 <= cap && max_tokens / (r * 2) >= kSmallRankTokens)
         r *= 2;
-    return units * r <= cap && max_tokens * words / r <= kSmallRankWords ? r : 0;
+    if (units * r <= cap)
+        return max_tokens * words / r <= kSmallRankWords ? r : 0;
+    /* past the cap: one block per unit, in up to 1.5 waves of the kernel's
+     * residency (3 x SMs units), where a block scores at most kSmallWaveWords
+     * words (run 59d, SmolLM2's layer at B=128 8K, 384 units on 132 SMs:
+     * compact 75.1 against the five launches' 81.6 us, the runner's hash
+     * step 0.89 of before; paper, 24576 words a block, 87.2 against 85.8;
+     * more units not measured) */
+    return units <= (int64_t)3 * sm_count() && max_tokens * words <= kSmallWaveWords ? 1 : 0;
 }
 
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,

@@ -721,6 +721,32 @@ START_TEST(gpu_decode_small)
 }
 END_TEST
 
+/* small.cu past 1.5 blocks per SM (run 59d): 100 sequences of the runner's
+ * shape (300 units: past the 1.5 x SMs cap and within 3 x SMs on GPUs of
+ * 100-198 SMs) with compact signatures, one block per unit in more than one
+ * wave; lengths from empty to a full 1200-position table (tight), ties and
+ * plain fills. */
+static const int k_waves[] = {1200, 1, 900, 0, 640, 300, 1199, 1024, 257, 1100};
+START_TEST(gpu_decode_small_waves)
+{
+    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT};
+    ht_decode_desc_t d = long_desc(GROUP, COMPACT, fills[_i], _i ? HND : NHD, 0x3a7e + (uint64_t)_i);
+    int lens[100];
+    for (int s = 0; s < 100; s++)
+        lens[s] = k_waves[(s * 7 + _i) % 10];
+    d.batch = 100;
+    d.seq_lens = lens;
+    d.tight_tables = 1;
+    d.sink = 128;
+    d.recent = 128;
+    d.heavy_fraction = 1.0f / 16;
+    d.hq = 9;
+    d.hkv = 3;
+    d.d = 64;
+    check_decode(&d, 0);
+}
+END_TEST
+
 /* Every token of the case's sequences, in order, as rows t0.. of key and
  * value ([n, Hkv, D]) with its slot in slots, the block ids shifted by off.
  * Returns the number of rows. */
@@ -2135,6 +2161,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_list_pieces, 0, full ? 2 : 1);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
+    tcase_add_loop_test(tc, gpu_decode_small_waves, 0, full ? 2 : 1);
     if (full) {
         tcase_add_loop_test(tc, gpu_decode_large_cache, 0, 5);
         tcase_add_loop_test(tc, gpu_prefill_large_cache, 0, 2);
