@@ -700,21 +700,34 @@ END_TEST
  * short group-selection cases take it with one block per unit, the long and
  * wide ones with 4.) */
 static const int k_small[] = {8192, 1, 16384, 0, 4000, 300};
+/* small.cu's cases: batch sequences of lens in tight tables, the runner's
+ * budget (sink 128, recent 128, heavy n/16). */
+static void small_tables(ht_decode_desc_t *d, const int *lens, int batch)
+{
+    d->batch = batch;
+    d->seq_lens = lens;
+    d->tight_tables = 1;
+    d->sink = 128;
+    d->recent = 128;
+    d->heavy_fraction = 1.0f / 16;
+}
+
+/* SmolLM2's attention heads: Hq 9, Hkv 3, D 64 (G = 3). */
+static void runner_heads(ht_decode_desc_t *d)
+{
+    d->hq = 9;
+    d->hkv = 3;
+    d->d = 64;
+}
+
 START_TEST(gpu_decode_small)
 {
     static const int sigs[] = {PAPER, COMPACT, COMPACT, PAPER};
     static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_TIES, HT_FILL_WRITE};
     ht_decode_desc_t d = long_desc(GROUP, sigs[_i], fills[_i], _i & 1 ? HND : NHD, 0x5a11 + (uint64_t)_i);
-    d.batch = 6;
-    d.seq_lens = k_small;
-    d.tight_tables = 1;
-    d.sink = 128;
-    d.recent = 128;
-    d.heavy_fraction = 1.0f / 16;
+    small_tables(&d, k_small, 6);
     if (_i < 2) {
-        d.hq = 9;
-        d.hkv = 3;
-        d.d = 64;
+        runner_heads(&d);
         d.dtype = _i ? (DLDataType)F16 : (DLDataType)BF16;
     }
     check_decode(&d, 0);
@@ -734,15 +747,8 @@ START_TEST(gpu_decode_small_waves)
     int lens[100];
     for (int s = 0; s < 100; s++)
         lens[s] = k_waves[(s * 7 + _i) % 10];
-    d.batch = 100;
-    d.seq_lens = lens;
-    d.tight_tables = 1;
-    d.sink = 128;
-    d.recent = 128;
-    d.heavy_fraction = 1.0f / 16;
-    d.hq = 9;
-    d.hkv = 3;
-    d.d = 64;
+    small_tables(&d, lens, 100);
+    runner_heads(&d);
     check_decode(&d, 0);
 }
 END_TEST
