@@ -307,6 +307,11 @@ static const bench_case_t k_cases[] = {
     {"gp32_b1_16k", 1, 16384, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
     {"m135_gp16_b8_8k", 8, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
     {"m135_gp16_b64_8k", 64, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
+    /* run 60: issue 3's B=64 8K group+compact, 512 units: small.cu's kernel in two waves against
+     * the five launches (LAB_TUNES small_step=0) */
+    {"gc32_b64_8k", 64, 8192, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1},
+    {"gc16_b64_8k", 64, 8192, .sel = G_, .sig = C_, .sparsity = 16, .lab = 1},
+    {"gc8_b64_8k", 64, 8192, .sel = G_, .sig = C_, .sparsity = 8, .lab = 1},
     /* run 40: the automatic dense_below's break-even after run 39's PDL (B = 1, dense_below = -1;
      * with gp32_b1_16k/32k and dense_b1_16k/32k above) at issue 3's shape and SmolLM2's */
     {"gp32_b1_20k", 1, 20480, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1},
@@ -409,7 +414,7 @@ static const struct {
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
-    TUNE_FIELD(cw_trigger),
+    TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ),
 };
 enum { MAX_TUNES = 16 };
 static struct {

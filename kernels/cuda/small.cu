@@ -44,6 +44,7 @@ constexpr int kSmallMaxRanks = 8;        /* the portable cluster size */
 constexpr int kSmallRankTokens = 1024;   /* a rank's share of the table, at least */
 constexpr int64_t kSmallRankWords = 24576; /* signature words a rank scores, at most (96 KB) */
 constexpr int64_t kSmallWaveWords = 8192;  /* ... where the units take more than one wave */
+constexpr int kSmallWaveUnits = 3;         /* units per SM, at most, where they take more than one wave */
 
 struct SmallArgs {
     int32_t Hq, Hkv, G, bs, sig_per_kv;
@@ -94,8 +95,8 @@ __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, i
  * step on 32 positions a word of bits (attend.cuh's score_bits), walking
  * only the selected ones; else the form of runs 22-52 (u16 scores, a
  * position at a time). Both give the same lists. */
-template <int GP, bool CMP, bool NF>
-__global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select_kernel(const SmallArgs a)
+template <int GP, bool CMP, bool NF, int MB = kSmallBlocksPerSm>
+__global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const SmallArgs a)
 {
     namespace cg = cooperative_groups;
     constexpr int GW = CMP ? 1 : GP; /* signature words per position */
@@ -127,8 +128,10 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
     const Bud bud = resolve_budget(a.budget, 0, n);
     if (n == 0 || bud.dense) { /* the attention pass attends every position (the whole cluster returns) */
         /* every block waits for the kernel before, so that this one cannot
-         * end before it (it triggers its dependents late) */
-        pdl_wait();
+         * end before it (it triggers its dependents late); without prewait
+         * it has waited at its top */
+        if (a.prewait)
+            pdl_wait();
         if (rank == 0) {
             if (idx_out)
                 for (int p = tid; p < min(n, a.cap); p += kSmallThreads)
@@ -394,7 +397,13 @@ __global__ void __launch_bounds__(kSmallThreads, kSmallBlocksPerSm) small_select
 template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a, int num_seqs, size_t smem,
                                                                cudaStream_t st, bool pdl)
 {
-    auto k = tuning().small_form != 0 ? small_select_kernel<GP, CMP, true> : small_select_kernel<GP, CMP, false>;
+    /* 3 blocks per SM (tuning's small_occ) only with compact signatures: the
+     * paper layout's forms spill at 80 registers (356-440 bytes) */
+    constexpr int MB3 = CMP ? 3 : kSmallBlocksPerSm;
+    const bool waves = a.ranks == 1 && (int64_t)num_seqs * a.Hkv > (int64_t)kSmallBlocksPerSm * sm_count();
+    auto k = tuning().small_form == 0                   ? small_select_kernel<GP, CMP, false>
+             : waves && tuning().small_occ == 3 ? small_select_kernel<GP, CMP, true, MB3>
+                                                : small_select_kernel<GP, CMP, true>;
     cudaError_t e = allow_smem(k, smem);
     if (e != cudaSuccess)
         return e;
@@ -435,12 +444,14 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
     if (units * r <= cap)
         return max_tokens * words / r <= kSmallRankWords ? r : 0;
     /* past the cap: one block per unit, in up to 1.5 waves of the kernel's
-     * residency (3 x SMs units), where a block scores at most kSmallWaveWords
-     * words (run 59d, SmolLM2's layer at B=128 8K, 384 units on 132 SMs:
-     * compact 75.1 against the five launches' 81.6 us, the runner's hash
-     * step 0.89 of before; paper, 24576 words a block, 87.2 against 85.8;
-     * more units not measured) */
-    return units <= (int64_t)3 * sm_count() && max_tokens * words <= kSmallWaveWords ? 1 : 0;
+     * residency (kSmallWaveUnits x SMs units), where a block scores at most
+     * kSmallWaveWords words (run 59d, SmolLM2's layer at B=128 8K, 384 units
+     * on 132 SMs: compact 75.1 against the five launches' 81.6 us, the
+     * runner's hash step 0.89 of before; paper, 24576 words a block, 87.2
+     * against 85.8). Two full waves do not pay (run 60, 512 units, issue 3's
+     * B=64 8K group+compact: 108.7 against 106.7 us at 32x, equal at 16x
+     * and 8x) */
+    return units <= (int64_t)kSmallWaveUnits * sm_count() && max_tokens * words <= kSmallWaveWords ? 1 : 0;
 }
 
 ha_kernel_status_t launch_small_select(const ha_decode_params_t *p, int64_t max_tokens, int ranks,

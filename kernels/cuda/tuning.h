@@ -128,6 +128,10 @@ typedef struct ha_cuda_tuning {
                                 (ABI 1.2): 1 triggers its dependents (decode's first kernel) as its
                                 MLPs' weight copies are issued, 0 before their layer 3 (as it
                                 always does for the keys alone) */
+    /* appended in run 60 */
+    int small_occ;           /* small.cu's kernel where its units take more than one wave of 2
+                                blocks per SM (one block per unit): 3 compiles it for 3 blocks per
+                                SM (at most 80 registers), 2 as the other forms */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

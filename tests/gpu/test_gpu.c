@@ -734,21 +734,30 @@ START_TEST(gpu_decode_small)
 }
 END_TEST
 
-/* small.cu past 1.5 blocks per SM (run 59d): 100 sequences of the runner's
- * shape (300 units: past the 1.5 x SMs cap and within 3 x SMs on GPUs of
- * 100-198 SMs) with compact signatures, one block per unit in more than one
- * wave; lengths from empty to a full 1200-position table (tight), ties and
- * plain fills. */
+/* small.cu past 1.5 blocks per SM (runs 59d, 60): one block per unit in
+ * more than one wave, compact signatures, lengths from empty to a full
+ * 1200-position table (tight). Case 0: 100 sequences of the runner's shape
+ * (300 units: past the 1.5 x SMs cap and within 3 x SMs on GPUs of 100-199
+ * SMs); case 1: 48 sequences of issue 3's heads (Hq 32, Hkv 8, D 128: 384
+ * units, likewise on GPUs of 128-255 SMs, the H200's 132 among them). Case
+ * 2 (full level): case 0 with plain fills and HND caches. */
 static const int k_waves[] = {1200, 1, 900, 0, 640, 300, 1199, 1024, 257, 1100};
 START_TEST(gpu_decode_small_waves)
 {
-    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT};
-    ht_decode_desc_t d = long_desc(GROUP, COMPACT, fills[_i], _i ? HND : NHD, 0x3a7e + (uint64_t)_i);
+    static const int fills[] = {HT_FILL_TIES, HT_FILL_DIRECT, HT_FILL_DIRECT};
+    static const int layouts[] = {NHD, HND, HND};
+    ht_decode_desc_t d = long_desc(GROUP, COMPACT, fills[_i], layouts[_i], 0x3a7e + (uint64_t)_i);
+    const int batch = _i == 1 ? 48 : 100;
     int lens[100];
-    for (int s = 0; s < 100; s++)
+    for (int s = 0; s < batch; s++)
         lens[s] = k_waves[(s * 7 + _i) % 10];
-    small_tables(&d, lens, 100);
-    runner_heads(&d);
+    small_tables(&d, lens, batch);
+    if (_i == 1) {
+        d.hq = 32;
+        d.hkv = 8;
+    } else {
+        runner_heads(&d);
+    }
     check_decode(&d, 0);
 }
 END_TEST
@@ -2167,7 +2176,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_two_chunk_pass, 0, full ? 4 : 2);
     tcase_add_loop_test(tc, gpu_decode_list_pieces, 0, full ? 2 : 1);
     tcase_add_loop_test(tc, gpu_decode_small, 0, full ? 4 : 2);
-    tcase_add_loop_test(tc, gpu_decode_small_waves, 0, full ? 2 : 1);
+    tcase_add_loop_test(tc, gpu_decode_small_waves, 0, full ? 3 : 2);
     if (full) {
         tcase_add_loop_test(tc, gpu_decode_large_cache, 0, 5);
         tcase_add_loop_test(tc, gpu_prefill_large_cache, 0, 2);
