@@ -414,7 +414,7 @@ static const struct {
     TUNE_FIELD(select_chunks), TUNE_FIELD(qhash_gather), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
-    TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ),
+    TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ), TUNE_FIELD(qhash_tokens),
 };
 enum { MAX_TUNES = 16 };
 static struct {

@@ -146,12 +146,12 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 /* A decode step's cache_write in one launch (n <= kCwFusedMax tokens, with
  * signatures): on qhash_kernel's grid, every CTA works out which tokens own
  * their slots (block 0 reports bad ones), the grid copies the K/V rows, then
- * each cluster hashes its head's keys for its kQhTB tokens. Run 18: the
+ * each cluster hashes its head's keys for its TB tokens. Run 18: the
  * runner's hash-mode cache_write 16.8 -> 13.7 us per layer at B=32 8K
  * (bench/NOTES.md). */
 constexpr int kCwFusedMax = 256;
 
-template <typename T, int D = 0, int M = 0> /* D, M: qhash_body's fixed sizes */
+template <typename T, int D = 0, int M = 0, int TB = kQhTB> /* D, M, TB: qhash_body's fixed sizes */
 __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h, const HashArgs hq)
 {
     __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
@@ -177,14 +177,14 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     /* cluster columns from hq.head0 on hash the queries, the others the
      * keys; whole clusters past their side's tokens are done */
     const bool query = (int)(blockIdx.x / kQhRanks) >= hq.head0;
-    if ((int)blockIdx.y * kQhTB >= (query ? hq.n : h.n))
+    if ((int)blockIdx.y * TB >= (query ? hq.n : h.n))
         return;
     if (query) {
-        qhash_body<T, D, M>(hq);
+        qhash_body<T, D, M, TB>(hq);
         return;
     }
     h.keep = win;
-    qhash_body<T, D, M>(h);
+    qhash_body<T, D, M, TB>(h);
 }
 
 /* cw_fused_kernel on heads + qheads cluster columns (keys, then queries) and
@@ -202,8 +202,8 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
     HashArgs grid = heads > 0 ? h : hq; /* launch_qh_grid's sizes, pdl and knobs */
     grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
     grid.pdl = h.pdl;
-    auto kernel =
-        pick_fixed_shape(grid, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>, cw_fused_kernel<T>);
+    auto kernel = pick_fixed_shape(grid, heads + qheads, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,
+                                   cw_fused_kernel<T, 64, 64, 16>, cw_fused_kernel<T>);
     return launch_qh_grid(kernel, grid, heads + qheads, st, a, hk, hq);
 }
 

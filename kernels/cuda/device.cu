@@ -101,7 +101,9 @@ static const ha_cuda_tuning_t kDefaults = {
              kernel as its weight copies are issued (run 56c, the runner's hash step, four rounds:
              B=32 4K 1.623-1.627 -> 1.611-1.616 ms, B=1 8K 1.350-1.362 -> 1.328-1.330, B=32 8K
              1.732-1.750 -> 1.731-1.742) */
-    2,    /* small_occ: small.cu's kernel past one wave at 2 blocks per SM, as its other forms (3: run 60) */
+    3,    /* small_occ: small.cu's kernel past one wave of 2 blocks per SM, compact signatures, at 3
+             blocks per SM (run 60: SmolLM2's layer at B=128 8K 66.2-66.6 against 74.5-74.7 us) */
+    0,    /* qhash_tokens: automatic (run 60) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

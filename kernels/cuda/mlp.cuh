@@ -364,7 +364,7 @@ __host__ ha_kernel_status_t launch_hash(const HashArgs &a, int out_heads, cudaSt
  * to the CPU. */
 constexpr int kQhRanks = 4;
 constexpr int kQhThreads = 256;
-constexpr int kQhTB = 8; /* tokens per cluster */
+constexpr int kQhTB = 8; /* tokens per cluster (16 where qh_tile says so) */
 
 __host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
 __host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
@@ -372,11 +372,11 @@ __host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4
 /* Shared floats: W1, W2, W3 row slices, x, h1, h2, 4 x TB words of bits
  * (gathered on rank 0 with the lab's qhash_gather), then the row slices'
  * biases (layers 1 and 2: r12 each, layer 3: r3; HashArgs::bias_smem). */
-__host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
+__host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m, int tb)
 {
     const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
     return (size_t)r12 * qh_pitch(d) + (size_t)r12 * qh_pitch(m) + (size_t)r3 * qh_pitch(m) +
-           (size_t)kQhTB * qh_pitch(d) + (size_t)2 * kQhTB * qh_pitch(m) + (size_t)kQhRanks * kQhTB +
+           (size_t)tb * qh_pitch(d) + (size_t)2 * tb * qh_pitch(m) + (size_t)kQhRanks * tb +
            (size_t)2 * r12 + r3;
 }
 
@@ -386,7 +386,7 @@ __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m)
  * equal them): the weight copies' and the chains' index arithmetic folds
  * into constants (run 50: ~640 instructions a warp before the first
  * cluster barrier in the runtime-shaped form, ~45% of the samples at B=1). */
-template <typename T, int D = 0, int M = 0>
+template <typename T, int D = 0, int M = 0, int TB = kQhTB>
 __device__ __forceinline__ void qhash_body(const HashArgs &a)
 {
     namespace cg = cooperative_groups;
@@ -399,17 +399,17 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     float *const W2s = W1s + (size_t)r12 * pd;
     float *const W3s = W2s + (size_t)r12 * pm;
     float *const xs = W3s + (size_t)r3 * pm;
-    float *const h1 = xs + (size_t)kQhTB * pd;
-    float *const h2 = h1 + (size_t)kQhTB * pm;
-    uint32_t *const parts = reinterpret_cast<uint32_t *>(h2 + (size_t)kQhTB * pm); /* [ranks][TB], rank 0's */
-    float *const Bs = reinterpret_cast<float *>(parts + kQhRanks * kQhTB); /* biases: B1 | B2 | B3 rows */
-    __shared__ uint32_t bits[kQhTB];
+    float *const h1 = xs + (size_t)TB * pd;
+    float *const h2 = h1 + (size_t)TB * pm;
+    uint32_t *const parts = reinterpret_cast<uint32_t *>(h2 + (size_t)TB * pm); /* [ranks][TB], rank 0's */
+    float *const Bs = reinterpret_cast<float *>(parts + kQhRanks * TB); /* biases: B1 | B2 | B3 rows */
+    __shared__ uint32_t bits[TB];
 
     const int tid = threadIdx.x;
     const int rank = (int)cluster.block_rank();
     const int o = (int)(blockIdx.x / kQhRanks) - a.head0;
-    const int tok0 = blockIdx.y * kQhTB;
-    const int ntok = min(kQhTB, a.n - tok0);
+    const int tok0 = blockIdx.y * TB;
+    const int ntok = min(TB, a.n - tok0);
 
     /* this rank's weight rows: layers 1 and 2 rows [rank r12, +r12), layer 3 rows [rank r3, +r3) */
     const int i1 = rank * r12, n12 = max(0, min(r12, m - i1));
@@ -475,12 +475,12 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
     const int ds = pow2_shift(d);
-    for (int idx = tid; idx < kQhTB * d; idx += kQhThreads) {
+    for (int idx = tid; idx < TB * d; idx += kQhThreads) {
         const int t = ds >= 0 ? idx >> ds : idx / d, e = idx - t * d;
         xs[(size_t)t * pd + e] =
             t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e]) : 0.0f;
     }
-    if (tid < kQhTB)
+    if (tid < TB)
         bits[tid] = 0u;
 
     /* one chain per thread: row i1 + (c % r12) of the layer, token c / r12 */
@@ -555,38 +555,59 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
         return;
     }
     /* before run 26: collected on rank 0 */
-    if (tid < kQhTB)
-        cluster.map_shared_rank(parts, 0)[rank * kQhTB + tid] = bits[tid];
+    if (tid < TB)
+        cluster.map_shared_rank(parts, 0)[rank * TB + tid] = bits[tid];
     cluster.sync();
     if (rank == 0 && tid < ntok) {
         uint32_t w = 0u;
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
-            w |= parts[r * kQhTB + tid];
+            w |= parts[r * TB + tid];
         hash_store(a, tok0 + tid, o, w);
     }
 }
 
-template <typename T, int D = 0, int M = 0>
+template <typename T, int D = 0, int M = 0, int TB = kQhTB>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
-    qhash_body<T, D, M>(a);
+    qhash_body<T, D, M, TB>(a);
+}
+
+/* Tokens per cluster: kQhTB, or 16 where the MLP's sizes are fixed at
+ * 64/64 and the 8-token grid would take more than one wave of CTAs (a rank's
+ * 16 rows of layers 1 and 2 then give 16 x 16 chains, one per thread, where 8
+ * tokens left half the threads idle, and the grid halves). Run 60, the
+ * runner's cache_write (keys and queries, 12 heads) at 8K: B=128 0.842
+ * against 1.06 ms a step, B=32 (one wave) 0.425 against 0.410. Tuning's
+ * qhash_tokens 8 or 16 forces it. pick_fixed_shape's choice and the grid
+ * follow it. */
+constexpr int kQhCtasPerSm = 3; /* the fixed-size kernels' 80 registers a thread: 3 CTAs of 256 */
+__host__ inline int qh_tile(const HashArgs &a, int out_heads)
+{
+    if (a.fixed_shape == 0 || a.dim != 64 || a.mlp.width != 64)
+        return kQhTB;
+    const int forced = tuning().qhash_tokens;
+    if (forced == 8 || forced == 16)
+        return forced;
+    const int64_t ctas = (int64_t)out_heads * kQhRanks * ceil_div(a.n, kQhTB);
+    return ctas > (int64_t)kQhCtasPerSm * sm_count() ? 16 : kQhTB;
 }
 
 /* A kernel on qhash_kernel's grid (kQhRanks-CTA clusters, one per output head
- * and kQhTB tokens), its dynamic shared memory set; the error of a refused
- * launch is the caller's to clear. */
+ * and qh_tile(a) tokens), its dynamic shared memory set; the error of a
+ * refused launch is the caller's to clear. */
 template <typename K, typename... Args>
 __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, cudaStream_t stream, Args... args)
 {
-    const size_t smem = qh_smem_floats(a.dim, a.mlp.width) * sizeof(float) + 16;
+    const int tb = qh_tile(a, out_heads);
+    const size_t smem = qh_smem_floats(a.dim, a.mlp.width, tb) * sizeof(float) + 16;
     if (smem > 200 * 1024 || (int64_t)out_heads * kQhRanks >= 0x7fffffff)
         return cudaErrorInvalidConfiguration;
     cudaError_t e = allow_smem(kernel, smem);
     if (e != cudaSuccess)
         return e;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, kQhTB));
+    cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, tb));
     cfg.blockDim = dim3(kQhThreads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
@@ -602,15 +623,16 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-/* Of three instantiations of one kernel, the one whose sizes suit a: D = m =
- * 128, D = m = 64 (qhash_body's compile-time sizes, where a.fixed_shape asks
- * for them), or the runtime-shaped one. launch_qhash and cache_write's fused
- * kernel choose this way. */
-template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, K k128, K k64, K any)
+/* Of four instantiations of one kernel, the one whose sizes suit a on
+ * out_heads heads: D = m = 128, D = m = 64 (qhash_body's compile-time sizes,
+ * where a.fixed_shape asks for them; k64w: 16 tokens a cluster, where
+ * qh_tile says so), or the runtime-shaped one. launch_qhash and cache_write's
+ * fused kernel choose this way. */
+template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, int out_heads, K k128, K k64, K k64w, K any)
 {
     if (a.fixed_shape == 0 || a.dim != a.mlp.width)
         return any;
-    return a.dim == 128 ? k128 : a.dim == 64 ? k64 : any;
+    return a.dim == 128 ? k128 : a.dim == 64 ? (qh_tile(a, out_heads) == 16 ? k64w : k64) : any;
 }
 
 /* Signatures of a few tokens (a decode step's queries, or its new keys in
@@ -622,7 +644,8 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster) {
-        auto kernel = pick_fixed_shape(a, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>, qhash_kernel<T>);
+        auto kernel = pick_fixed_shape(a, out_heads, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
+                                       qhash_kernel<T, 64, 64, 16>, qhash_kernel<T>);
         if (launch_qh_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */

@@ -43,7 +43,7 @@ constexpr int kSmallBlocksPerSm = 2;     /* the kernel's launch bounds */
 constexpr int kSmallMaxRanks = 8;        /* the portable cluster size */
 constexpr int kSmallRankTokens = 1024;   /* a rank's share of the table, at least */
 constexpr int64_t kSmallRankWords = 24576; /* signature words a rank scores, at most (96 KB) */
-constexpr int64_t kSmallWaveWords = 8192;  /* ... where the units take more than one wave */
+constexpr int64_t kSmallWaveWords = 12288; /* ... where the units take more than one wave */
 constexpr int kSmallWaveUnits = 3;         /* units per SM, at most, where they take more than one wave */
 
 struct SmallArgs {
@@ -443,14 +443,15 @@ int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens)
         r *= 2;
     if (units * r <= cap)
         return max_tokens * words / r <= kSmallRankWords ? r : 0;
-    /* past the cap: one block per unit, in up to 1.5 waves of the kernel's
-     * residency (kSmallWaveUnits x SMs units), where a block scores at most
-     * kSmallWaveWords words (run 59d, SmolLM2's layer at B=128 8K, 384 units
-     * on 132 SMs: compact 75.1 against the five launches' 81.6 us, the
-     * runner's hash step 0.89 of before; paper, 24576 words a block, 87.2
-     * against 85.8). Two full waves do not pay (run 60, 512 units, issue 3's
-     * B=64 8K group+compact: 108.7 against 106.7 us at 32x, equal at 16x
-     * and 8x) */
+    /* past the cap: one block per unit, in up to 1.5 waves of 2 blocks per
+     * SM (kSmallWaveUnits x SMs units; one wave at small_occ 3), where a
+     * block scores at most kSmallWaveWords words (run 59d, SmolLM2's layer at
+     * B=128 8K, 384 units on 132 SMs: compact 75.1 against the five launches'
+     * 81.6 us; paper, 24576 words a block, 87.2 against 85.8). 12288 words
+     * (run 60; 8192 in run 59d's kept rule) take in the runner's 8K tables,
+     * whose width it rounds up to 9216 positions. Two full waves do not pay
+     * (run 60, 512 units, issue 3's B=64 8K group+compact: 108.7 against
+     * 106.7 us at 32x, equal at 16x and 8x) */
     return units <= (int64_t)kSmallWaveUnits * sm_count() && max_tokens * words <= kSmallWaveWords ? 1 : 0;
 }
 

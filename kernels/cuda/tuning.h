@@ -130,8 +130,12 @@ typedef struct ha_cuda_tuning {
                                 always does for the keys alone) */
     /* appended in run 60 */
     int small_occ;           /* small.cu's kernel where its units take more than one wave of 2
-                                blocks per SM (one block per unit): 3 compiles it for 3 blocks per
-                                SM (at most 80 registers), 2 as the other forms */
+                                blocks per SM (one block per unit): 3 runs its form compiled for 3
+                                blocks per SM (at most 80 registers; compact signatures only, the
+                                paper layout's forms spill there), 2 the form of 2 blocks per SM */
+    int qhash_tokens;        /* the query and key MLP clusters' tokens where D = m = 64 and the
+                                sizes are fixed (qhash_fixed): 0 automatic (mlp.cuh's qh_tile:
+                                16 past one wave of the 8-token grid), 8 or 16 forced */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -1121,12 +1121,26 @@ END_TEST
 /* cache_write and hash                                                       */
 /* ------------------------------------------------------------------------- */
 
+/* Case 2: the runner's heads (Hq 9, Hkv 3, D = m = 64, compact) over a
+ * decode batch of 24 sequences of 8 tokens: cache_write's fused kernel on
+ * 195 keys and 24 queries, whose 8-token grid would take more than one wave
+ * (25 x 12 clusters of 4), runs 16 tokens a cluster (mlp.cuh's qh_tile, run
+ * 60). The other cases are grid_desc's, with m = D in cases 1 and 5. */
+static const int k_wide_write[24] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
 START_TEST(gpu_cache_write_and_hash)
 {
-    ht_decode_desc_t d = grid_desc(_i * 7 + 2);
+    const int k = _i > 2 ? _i - 1 : _i; /* grid_desc's cases, around case 2 */
+    ht_decode_desc_t d = grid_desc(k * 7 + 2);
     d.fill = HT_FILL_WRITE; /* keys sampled away from MLP zeros */
-    if (_i == 1 || _i == 4)
+    if (k == 1 || k == 4)
         d.m = d.d; /* the fused kernel's fixed sizes (cache_write.cu, launch_cw_fused) */
+    if (_i == 2) {
+        runner_heads(&d);
+        d.m = 64;
+        d.sig_layout = COMPACT;
+        d.batch = 24;
+        d.seq_lens = k_wide_write;
+    }
     gpu_case_t gc;
     char full[600];
     if (!gpu_case_begin(&gc, &d, "cache_write+hash", full, sizeof full))
@@ -2184,7 +2198,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, gpu_decode_dense_below, 0, 2);
     tcase_add_test(tc, gpu_decode_dense_below_auto);
     tcase_add_test(tc, gpu_workspace_monotone);
-    tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 8 : 2);
+    tcase_add_loop_test(tc, gpu_cache_write_and_hash, 0, full ? 9 : 3);
     tcase_add_loop_test(tc, gpu_prefill, 0, full ? 12 : 3);
     tcase_add_loop_test(tc, gpu_prefill_tiles, 0, full ? 12 : 4);
     tcase_add_loop_test(tc, gpu_prefill_tiles_long, 0, 2);
