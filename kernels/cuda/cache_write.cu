@@ -202,9 +202,10 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
     HashArgs grid = heads > 0 ? h : hq; /* launch_qh_grid's sizes, pdl and knobs */
     grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
     grid.pdl = h.pdl;
-    auto kernel = pick_fixed_shape(grid, heads + qheads, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,
+    const int tb = qh_tile(grid, heads + qheads);
+    auto kernel = pick_fixed_shape(grid, tb, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,
                                    cw_fused_kernel<T, 64, 64, 16>, cw_fused_kernel<T>);
-    return launch_qh_grid(kernel, grid, heads + qheads, st, a, hk, hq);
+    return launch_qh_grid(kernel, grid, heads + qheads, tb, st, a, hk, hq);
 }
 
 /* The signatures of n tokens on their own launch (cache_write's keys or

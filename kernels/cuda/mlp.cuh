@@ -594,12 +594,12 @@ __host__ inline int qh_tile(const HashArgs &a, int out_heads)
 }
 
 /* A kernel on qhash_kernel's grid (kQhRanks-CTA clusters, one per output head
- * and qh_tile(a) tokens), its dynamic shared memory set; the error of a
- * refused launch is the caller's to clear. */
+ * and tb tokens: the kernel's TB, qh_tile's), its dynamic shared memory set;
+ * the error of a refused launch is the caller's to clear. */
 template <typename K, typename... Args>
-__host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, cudaStream_t stream, Args... args)
+__host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, int tb, cudaStream_t stream,
+                                    Args... args)
 {
-    const int tb = qh_tile(a, out_heads);
     const size_t smem = qh_smem_floats(a.dim, a.mlp.width, tb) * sizeof(float) + 16;
     if (smem > 200 * 1024 || (int64_t)out_heads * kQhRanks >= 0x7fffffff)
         return cudaErrorInvalidConfiguration;
@@ -623,16 +623,16 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
     return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-/* Of four instantiations of one kernel, the one whose sizes suit a on
- * out_heads heads: D = m = 128, D = m = 64 (qhash_body's compile-time sizes,
- * where a.fixed_shape asks for them; k64w: 16 tokens a cluster, where
- * qh_tile says so), or the runtime-shaped one. launch_qhash and cache_write's
- * fused kernel choose this way. */
-template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, int out_heads, K k128, K k64, K k64w, K any)
+/* Of four instantiations of one kernel, the one whose sizes suit a with tb
+ * tokens a cluster (qh_tile's): D = m = 128, D = m = 64 (qhash_body's
+ * compile-time sizes, where a.fixed_shape asks for them; k64w: 16 tokens a
+ * cluster), or the runtime-shaped one. launch_qhash and cache_write's fused
+ * kernel choose this way. */
+template <typename K> __host__ K pick_fixed_shape(const HashArgs &a, int tb, K k128, K k64, K k64w, K any)
 {
     if (a.fixed_shape == 0 || a.dim != a.mlp.width)
         return any;
-    return a.dim == 128 ? k128 : a.dim == 64 ? (qh_tile(a, out_heads) == 16 ? k64w : k64) : any;
+    return a.dim == 128 ? k128 : a.dim == 64 ? (tb == 16 ? k64w : k64) : any;
 }
 
 /* Signatures of a few tokens (a decode step's queries, or its new keys in
@@ -644,9 +644,10 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster) {
-        auto kernel = pick_fixed_shape(a, out_heads, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
+        const int tb = qh_tile(a, out_heads);
+        auto kernel = pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
                                        qhash_kernel<T, 64, 64, 16>, qhash_kernel<T>);
-        if (launch_qh_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
+        if (launch_qh_grid(kernel, a, out_heads, tb, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */
     }

@@ -44,8 +44,9 @@ struct SmallLists {
  * positions; 0 when a rank would score more than 24576 signature words
  * (run 22's lab: gp32 B=8 16K, 8192 positions x 4 words per rank, 62.4 us
  * against 58.4; bench/NOTES.md). Units past 1.5 blocks per SM, up to 3 per
- * SM, take R = 1 (several waves) where a table is at most 8192 signature
- * words (run 59d: the compact layout at 8K), else 0. The lab's knob
+ * SM, take R = 1 (several waves) where a table is at most kSmallWaveWords
+ * signature words (small.cu; runs 59d and 60: the compact layout up to 12K
+ * positions), else 0. The lab's knob
  * small_step = 2, 4, 8, 16 forces R = 1, 2, 4, 8. */
 int small_select_plan(const ha_decode_params_t *p, int64_t max_tokens);
 
