@@ -267,15 +267,16 @@ static const bench_case_t k_cases[] = {
     {"hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32},
     {"hc32_b8_128k_vec4", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .novec = -1},
     /* SmolLM2-135M's shape (issue 5's runner): one layer of its decode step, 16x as the runner's
-     * default; _auto = the context's automatic dense_below */
+     * default, at the target's B = 32 and at a serving batch (B = 128); _auto = the context's
+     * automatic dense_below */
     {"m135_dense_b32_8k", 32, 8192, .sel = G_, .sig = P_, .dense = 1, .shape = 1},
     {"m135_gp16_b32_8k", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
     {"m135_gc16_b32_8k", 32, 8192, .sel = G_, .sig = C_, .sparsity = 16, .shape = 1},
     {"m135_gp16_b32_8k_auto", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .autodense = 1, .shape = 1},
     {"m135_dense_b32_4k", 32, 4096, .sel = G_, .sig = P_, .dense = 1, .shape = 1},
     {"m135_gp16_b32_4k", 32, 4096, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
-    {"m135_gp16_b128_8k", 128, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .shape = 1},
-    {"m135_gc16_b128_8k", 128, 8192, .sel = G_, .sig = C_, .sparsity = 16, .lab = 1, .shape = 1},
+    {"m135_gp16_b128_8k", 128, 8192, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
+    {"m135_gc16_b128_8k", 128, 8192, .sel = G_, .sig = C_, .sparsity = 16, .shape = 1},
     {"m135_dense_b1_8k", 1, 8192, .sel = G_, .sig = P_, .dense = 1, .shape = 1},
     {"m135_gp16_b1_8k", 1, 8192, .sel = G_, .sig = P_, .sparsity = 16, .shape = 1},
     {"upto1_m135_gp16_b32_8k", 32, 8192, .sel = G_, .sig = P_, .sparsity = 16, .lab = 1, .stop = 1, .shape = 1},

@@ -25,7 +25,11 @@
  *      ones a store (run 41).
  *   2: the attention pass of the sparse step: block y of a (row, head group)
  *      attends part y of `parts` equal shares of the entries the row's chunks
- *      listed (balanced parts, run 19).
+ *      listed (balanced parts, run 19). It copies them into shared memory in
+ *      pieces and turns each position into its cache slot there (run 62:
+ *      the block table loads leave the tile loop; 4-7% at SmolLM2's B=128,
+ *      and a form that kept pages beside the positions, 2 KB more shared
+ *      memory per block, was 25% slower at D = 128 in the chained step).
  * (Until run 29 lab knobs also selected and attended in one kernel, with
  * warp-ballot compaction, attended on fp32 FMA lanes instead of the tensor
  * cores, and gave the attention pass spans of whole chunks instead of
@@ -294,6 +298,8 @@ struct AttnArgs {
     int32_t sel_C, sel_nch;
     int32_t parts;
     int32_t pre_off; /* balanced parts: shared offset of the chunks' entry prefix (sel_nch ints) */
+    int32_t slot_list; /* the attention pass: its shared list holds cache slots (page * bs + offset,
+                          -1 for a bad page), looked up with the piece, not positions (see issue) */
     /* selection */
     int32_t group_sel, Hsel, score_bytes;
     const void *scores;
@@ -641,7 +647,7 @@ __global__ void __launch_bounds__(kAttnThreads,
     const PageSplit split = page_split(a.bs);
     /* the list: position and head mask per entry (the selection pass writes
      * it to the block's global slot, the attention pass holds a piece of it
-     * in shared memory) */
+     * in shared memory, with cache slots for positions where slot_list) */
     const int64_t slot = (int64_t)blockIdx.x * gridDim.y + c;
     const int64_t lslot = contig ? (int64_t)blockIdx.x * gridDim.y : slot; /* contig: the unit's first */
     int32_t *const lidx = LM == 1 ? a.list_pos + lslot * a.C
@@ -1162,6 +1168,7 @@ __global__ void __launch_bounds__(kAttnThreads,
      * shared list): entry i of the piece at pbase is entry e0 + pbase + i of
      * the row's. Lp: the current piece's entries. */
     const bool pieces = LM == 2 && sparse_seq;
+    const bool slots = pieces && a.slot_list;
     const int piece = pieces ? a.list_cap : max(L, 1);
     int pbase = 0, Lp = 0, ntiles = 0;
     /* this thread copies 16-byte chunk cc of rows r0, r0 + RSTEP, ... */
@@ -1173,7 +1180,10 @@ __global__ void __launch_bounds__(kAttnThreads,
         int32_t page[NIT];
         int off[NIT], blk[NIT];
         bool ok[NIT];
-        /* all page lookups first (independent loads), then the copies */
+        /* all page lookups first (independent loads), then the copies. A
+         * slot list (the attention pass) holds the pages already, so that no
+         * tile waits for a block table load: its bad entries were reported
+         * with the piece and read zeros here */
 #pragma unroll
         for (int it = 0; it < NIT; it++) {
             const int i = tile * kTT + r0 + it * RSTEP;
@@ -1181,8 +1191,12 @@ __global__ void __launch_bounds__(kAttnThreads,
             int p = 0;
             if (ok[it])
                 p = sparse_seq ? lidx[i] : (int)(p0 + pbase + i);
+            if (slots && p < 0) {
+                ok[it] = false;
+                p = 0;
+            }
             split(p, blk[it], off[it]);
-            page[it] = ok[it] ? btrow[blk[it]] : 0;
+            page[it] = !ok[it] ? 0 : slots ? blk[it] : btrow[blk[it]];
         }
 #pragma unroll
         for (int it = 0; it < NIT; it++) {
@@ -1190,7 +1204,7 @@ __global__ void __launch_bounds__(kAttnThreads,
             T *dk = dst + (size_t)r * RP + kv_swz(r, cc) * 8;
             T *dv = dst + (size_t)(kTT + r) * RP + kv_swz(kTT + r, cc) * 8;
             bool good = ok[it];
-            if (good && !page_ok(a.guard, page[it], s, blk[it]))
+            if (good && !slots && !page_ok(a.guard, page[it], s, blk[it]))
                 good = false; /* reported; the row reads zeros */
             if (good) {
                 const int64_t kb = (int64_t)page[it] * a.k_sb + (int64_t)off[it] * a.k_st + kconst;
@@ -1256,6 +1270,18 @@ __global__ void __launch_bounds__(kAttnThreads,
         for (int u = 0; u < 4; u++) {
             pv[u] = gi[u] >= 0 ? a.list_pos[gi[u]] : 0;
             mv[u] = gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
+        }
+        if (slots) { /* positions to slots: four block table loads in flight */
+            int bk[4], of[4], pg[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                split(pv[u], bk[u], of[u]);
+                pg[u] = gi[u] >= 0 ? btrow[bk[u]] : 0;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (gi[u] >= 0)
+                    pv[u] = page_ok(a.guard, pg[u], s, bk[u]) ? pg[u] * a.bs + of[u] : -1;
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {

@@ -980,6 +980,9 @@ inline AttnArgs attention_pass_args(const AttnArgs &A)
     A2.sel_nch = A.nch;
     A2.nch = A.parts > 0 ? A.parts : A.nch;
     A2.direct = A2.nch == 1;
+    /* cache slots fit the list's int32 entries where the pages are checked
+     * (num_blocks known) and the caches hold under 2^31 rows */
+    A2.slot_list = A.guard.num_blocks > 0 && A.guard.num_blocks * A.bs <= INT32_MAX;
     return A2;
 }
 
