@@ -298,8 +298,10 @@ struct AttnArgs {
     int32_t sel_C, sel_nch;
     int32_t parts;
     int32_t pre_off; /* balanced parts: shared offset of the chunks' entry prefix (sel_nch ints) */
-    int32_t slot_list; /* the attention pass: its shared list holds cache slots (page * bs + offset,
-                          -1 for a bad page), looked up with the piece, not positions (see issue) */
+    int32_t slot_list; /* the attention pass: its shared list piece holds cache slots (page * bs +
+                          offset, -1 for a bad page) instead of positions, looked up as the piece
+                          is copied (the kernel's pieces loop), so that its tile copies (issue)
+                          load no block table entries */
     /* selection */
     int32_t group_sel, Hsel, score_bytes;
     const void *scores;
