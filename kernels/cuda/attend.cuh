@@ -288,7 +288,8 @@ struct AttnArgs {
     int32_t vec16;    /* caches 16-byte aligned: cp.async rows */
     int32_t list_off; /* sparse: shared offset of the list */
     int32_t list_cap; /* sparse: entries the shared list holds (C, or kListPiece in the attention
-                         pass, which walks a longer list in pieces) */
+                         pass, list_piece_group in its GSEL form, which walk a longer list in
+                         pieces) */
     /* the attention pass (LM = 2): the selection pass's slots are
      * [grid.x][sel_nch] of sel_C entries; block y of a row and head group
      * attends part y of `parts` equal shares of the entries its selection
@@ -398,6 +399,21 @@ __host__ __device__ constexpr size_t attend_region_a()
  * does not grow with the chunk (at 32x a 4096-position chunk lists ~128-384
  * entries; a C-entry list took 20 KB and held the pass to 3 blocks per SM). */
 constexpr int kListPiece = 512;
+/* Entries of group selection's piece (the attention pass's GSEL form, the
+ * contiguous lists), 0 where that form keeps kListPiece's: its entries need
+ * no head masks (every head of a group attends every entry of its KV head's
+ * list), so at D = 128 the same 2560 bytes hold 640 entries, and a part of
+ * 513-640 entries (issue 3's B=8 128K: 544) is one piece rather than two,
+ * whose second drains the pipeline and waits for its list and block-table
+ * loads before its first copy (run 63: gc32 and gp32 B=8 128K 1.3-1.8 us
+ * faster). D = 64 keeps the masked form: there 640 maskless entries made
+ * SmolLM2's layer at B=32 0.5 us slower and 1024 3.4 us slower (and its B=128
+ * parts, 768 entries, no faster in one piece). */
+template <int D>
+__host__ __device__ constexpr int list_piece_group()
+{
+    return D == 128 ? 640 : 0;
+}
 /* Blocks per SM of the attention pass (LM = 2, tensor cores): its launch
  * bounds hold it to 128 registers, and its ~52 KB of shared memory (~55 KB
  * with the padded tiles before run 31) fit four times (run 19: the balanced
@@ -417,20 +433,23 @@ constexpr int kHeadSelectPassBlocksPerSm = 6;
 
 /* Shared memory of attend_kernel: region A (pipeline stages, merge buffer),
  * then for the attention pass (SPARSE, LM = 2) its piece of the list
- * (positions, then head masks) of cap entries and, in balanced parts, pre_n
- * ints of the chunks' entry prefix. *list_off and *pre_off receive the
- * offsets. */
+ * (positions, then head masks unless !masks: group selection's GSEL form) of
+ * cap entries and, in balanced parts, pre_n ints of the chunks' entry
+ * prefix. *list_off and *pre_off receive the offsets. */
 template <typename T, int D, int GH, bool SPARSE>
-__host__ size_t attend_smem(int C, int *list_off, int *list_cap, int pre_n = 0, int *pre_off = nullptr)
+__host__ size_t attend_smem(int C, int *list_off, int *list_cap, int pre_n = 0, int *pre_off = nullptr,
+                            bool masks = true)
 {
     size_t a = attend_region_a<T, D, GH>();
     if (SPARSE) {
-        const int cap = C > kListPiece ? kListPiece : C;
+        masks = masks || list_piece_group<D>() == 0;
+        const int piece = masks ? kListPiece : list_piece_group<D>();
+        const int cap = C > piece ? piece : C;
         if (list_off)
             *list_off = (int)a;
         if (list_cap)
             *list_cap = cap;
-        a += align_up((size_t)cap * 4, 16) + align_up((size_t)cap, 16);
+        a += align_up((size_t)cap * 4, 16) + (masks ? align_up((size_t)cap, 16) : 0);
         if (pre_off) /* the attention pass in balanced parts: the chunks' entry prefix */
             *pre_off = (int)a;
         a += align_up((size_t)pre_n * 4, 16);
@@ -1170,6 +1189,12 @@ __global__ void __launch_bounds__(kAttnThreads,
      * shared list): entry i of the piece at pbase is entry e0 + pbase + i of
      * the row's. Lp: the current piece's entries. */
     const bool pieces = LM == 2 && sparse_seq;
+    /* group selection's attention pass at D = 128 holds no head masks and up
+     * to five entries a thread (list_piece_group) */
+    constexpr bool kMasks = !(LM == 2 && GSEL && list_piece_group<D>() > 0);
+    constexpr int kPiece = kMasks ? kListPiece : list_piece_group<D>();
+    static_assert(kListPiece == 4 * kAttnThreads && (kMasks || kPiece == 5 * kAttnThreads),
+                  "four entries a thread, five in the maskless piece");
     const bool slots = pieces && a.slot_list;
     const int piece = pieces ? a.list_cap : max(L, 1);
     int pbase = 0, Lp = 0, ntiles = 0;
@@ -1246,7 +1271,6 @@ __global__ void __launch_bounds__(kAttnThreads,
         /* entry i of the piece is the row's entry e0 + pbase + i, in the
          * last chunk j with pre[j] <= it: all of a thread's loads in flight
          * together */
-        static_assert(kListPiece == 4 * kAttnThreads, "four entries per thread");
         const int *const pre = reinterpret_cast<const int *>(sm + a.pre_off);
         int64_t gi[4];
 #pragma unroll
@@ -1271,8 +1295,16 @@ __global__ void __launch_bounds__(kAttnThreads,
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             pv[u] = gi[u] >= 0 ? a.list_pos[gi[u]] : 0;
-            mv[u] = gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
+            mv[u] = kMasks && gi[u] >= 0 ? a.list_mask[gi[u]] : 0;
         }
+        /* the maskless piece's fifth entry a thread (contig: GSEL), in a
+         * branch that pieces of at most 512 entries skip (as a fifth slot of
+         * the loops above it made them 0.4-0.7 us slower at D = 128: run 63) */
+        int32_t p5 = 0;
+        const int i5 = tid + 4 * kAttnThreads;
+        const bool five = !kMasks && Lp > 4 * kAttnThreads && i5 < Lp;
+        if (five)
+            p5 = a.list_pos[(int64_t)blockIdx.x * a.sel_nch * a.sel_C + e0 + pbase + i5];
         if (slots) { /* positions to slots: four block table loads in flight */
             int bk[4], of[4], pg[4];
 #pragma unroll
@@ -1284,14 +1316,23 @@ __global__ void __launch_bounds__(kAttnThreads,
             for (int u = 0; u < 4; u++)
                 if (gi[u] >= 0)
                     pv[u] = page_ok(a.guard, pg[u], s, bk[u]) ? pg[u] * a.bs + of[u] : -1;
+            if (five) {
+                int b5, o5;
+                split(p5, b5, o5);
+                const int32_t g5 = btrow[b5];
+                p5 = page_ok(a.guard, g5, s, b5) ? g5 * a.bs + o5 : -1;
+            }
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             if (gi[u] >= 0) {
                 lidx[tid + u * kAttnThreads] = pv[u];
-                lmask[tid + u * kAttnThreads] = mv[u];
+                if (kMasks)
+                    lmask[tid + u * kAttnThreads] = mv[u];
             }
         }
+        if (five)
+            lidx[i5] = p5;
         __syncthreads();
     }
 #pragma unroll
@@ -1326,8 +1367,8 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         /* this lane: head g8, rows 2tg and 2tg + 1 of the warp's eight */
         const int i0 = t * kTT + wr0 + 2 * tg;
-        const uint32_t mk0 = i0 < Lp ? (sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
-        const uint32_t mk1 = i0 + 1 < Lp ? (sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
+        const uint32_t mk0 = i0 < Lp ? (kMasks && sparse_seq ? (uint32_t)lmask[i0] : full) : 0u;
+        const uint32_t mk1 = i0 + 1 < Lp ? (kMasks && sparse_seq ? (uint32_t)lmask[i0 + 1] : full) : 0u;
         const float s0 = ((mk0 >> g8) & 1u) ? sc4[0] * a.scale_log2 : -INFINITY;
         const float s1 = ((mk1 >> g8) & 1u) ? sc4[1] * a.scale_log2 : -INFINITY;
         float mx = fmaxf(s0, s1);

@@ -1043,8 +1043,8 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
         /* group selection's contiguous lists: its own instantiation (GSEL), so
          * that per-head selection's pass keeps the chunk-count walk's registers */
         auto k = A2.list_contig ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
-        const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap,
-                                                        A2.sel_nch, &A2.pre_off);
+        const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap, A2.sel_nch,
+                                                        &A2.pre_off, !A2.list_contig);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));

@@ -673,20 +673,23 @@ START_TEST(gpu_decode_two_chunk_pass)
 END_TEST
 
 /* Group selection's attention pass in parts of more than one piece of its
- * shared list (attend.cuh's kListPiece, 512 entries), which no other case
- * reaches: k_two's tables at a budget of 1/8 list ~8900 entries per
- * (sequence, KV head), and 64 units in one wave of 528 blocks (132 SMs) make
- * 8 parts of ~1100 entries, so a part reads the unit's contiguous list in
- * three pieces, with ties at t spread over chunks and pieces
- * (HT_FILL_TIES); an empty sequence and one decoded densely (300): the
- * two-chunk case's shape (two_desc) at a larger budget. Compact
- * signatures and NHD (case 0) at every level, paper signatures and HND
- * (case 1) at the full one. (Run 49's selection fused into the attention
- * pass, not kept, listed its entries piece by piece: bench/NOTES.md.) */
+ * shared list (attend.cuh's list_piece_group: 1024 entries at D = 64, 640 at
+ * D = 128), which no other case reaches: k_two's tables at a budget of 1/8
+ * list ~8900 entries per (sequence, KV head), and 64 units in one wave of 528
+ * blocks (132 SMs) make 8 parts of ~1100 entries, so a part reads the unit's
+ * contiguous list in two pieces, with ties at t spread over chunks and
+ * pieces (HT_FILL_TIES); an empty sequence and one decoded densely (300):
+ * the two-chunk case's shape (two_desc) at a larger budget. Compact
+ * signatures, NHD and D = 64 (case 0) at every level, paper signatures, HND
+ * and D = 128 (case 1) at the full one. (Run 49's selection fused into the
+ * attention pass, not kept, listed its entries piece by piece:
+ * bench/NOTES.md.) */
 START_TEST(gpu_decode_list_pieces)
 {
     ht_decode_desc_t d = two_desc(GROUP, _i ? PAPER : COMPACT, HT_FILL_TIES, _i ? HND : NHD, 0xf05e + (uint64_t)_i);
     d.heavy_fraction = 1.0f / 8;
+    if (_i)
+        d.d = 128;
     check_decode(&d, 0);
 }
 END_TEST
