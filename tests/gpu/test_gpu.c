@@ -673,13 +673,15 @@ START_TEST(gpu_decode_two_chunk_pass)
 END_TEST
 
 /* Group selection's attention pass in parts of more than one piece of its
- * shared list (attend.cuh's list_piece_group: 1024 entries at D = 64, 640 at
- * D = 128), which no other case reaches: k_two's tables at a budget of 1/8
- * list ~8900 entries per (sequence, KV head), and 64 units in one wave of 528
- * blocks (132 SMs) make 8 parts of ~1100 entries, so a part reads the unit's
- * contiguous list in two pieces, with ties at t spread over chunks and
- * pieces (HT_FILL_TIES); an empty sequence and one decoded densely (300):
- * the two-chunk case's shape (two_desc) at a larger budget. Compact
+ * shared list (attend.cuh: kListPiece, 512 entries, at D = 64; the maskless
+ * list_piece_group, 640, at D = 128), which no other case reaches: k_two's
+ * tables at a budget of 1/8 list ~8900 entries per (sequence, KV head), and
+ * 64 units in one wave of 528 blocks (132 SMs) make 8 parts of ~1100
+ * entries, so a part reads the unit's contiguous list in three pieces at D =
+ * 64 and two at D = 128 (the first with a fifth entry a thread), with ties
+ * at t spread over chunks and pieces (HT_FILL_TIES); an empty sequence and
+ * one decoded densely (300): the two-chunk case's shape (two_desc) at a
+ * larger budget. Compact
  * signatures, NHD and D = 64 (case 0) at every level, paper signatures, HND
  * and D = 128 (case 1) at the full one. (Run 49's selection fused into the
  * attention pass, not kept, listed its entries piece by piece:
