@@ -681,11 +681,10 @@ END_TEST
  * 64 and two at D = 128 (the first with a fifth entry a thread), with ties
  * at t spread over chunks and pieces (HT_FILL_TIES); an empty sequence and
  * one decoded densely (300): the two-chunk case's shape (two_desc) at a
- * larger budget. Compact
- * signatures, NHD and D = 64 (case 0) at every level, paper signatures, HND
- * and D = 128 (case 1) at the full one. (Run 49's selection fused into the
- * attention pass, not kept, listed its entries piece by piece:
- * bench/NOTES.md.) */
+ * larger budget. Compact signatures, NHD and D = 64 (case 0) at every level,
+ * paper signatures, HND and D = 128 (case 1) at the full one. (Run 49's
+ * selection fused into the attention pass, not kept, listed its entries
+ * piece by piece: bench/NOTES.md.) */
 START_TEST(gpu_decode_list_pieces)
 {
     ht_decode_desc_t d = two_desc(GROUP, _i ? PAPER : COMPACT, HT_FILL_TIES, _i ? HND : NHD, 0xf05e + (uint64_t)_i);
