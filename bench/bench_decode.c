@@ -194,6 +194,15 @@ static const bench_case_t k_cases[] = {
     {"dense_b8_128k_w2", 8, 131072, .sel = G_, .sig = P_, .dense = 1, .lab = 1, .dense_waves = 2},
     {"sel_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .select_only = 1},
     {"upto2_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2},
+    /* per-head selection's cuts (run 64): the query MLPs, the scores, the resolve, the
+     * selection pass, in both signature layouts */
+    {"upto1_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 1},
+    {"upto3_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 3},
+    {"upto2_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2},
+    {"upto3_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 3},
+    {"sel_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1},
+    {"upto2nh_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
+    {"upto2nh_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
     /* the size rules of run 4b's defaults, each side forced */
     {"gp32_b1_8k_warpscore", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2},
     /* run 16: PDL against its size rule (on below 8 x SMs score items), each side forced */

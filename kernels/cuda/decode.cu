@@ -618,7 +618,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                             packed |= (uint32_t)sc << (8 * e);
                         else
                             static_cast<uint8_t *>(a.scores)[rowe + (int64_t)g * a.score_stride + p] = (uint8_t)sc;
-                        if (p >= it.lo && p < it.hi)
+                        if (!NH && p >= it.lo && p < it.hi)
                             atomicAdd(&hw[g * 33 + sc], 1);
                     }
                     if (V == 4)
@@ -1145,13 +1145,16 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         smem += (size_t)NW * (gw <= 1 ? score_stage_bytes<1>() : score_stage_bytes<4>());
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
-        if constexpr (GROUPSEL)
-            if (nohist) { /* lab: issue 3's two group kernels only */
-                if (sa.G != 4 || (gw <= 1 && !planes))
-                    return HA_KERNEL_UNSUPPORTED;
+        if (nohist) { /* lab: issue 3's group kernels and per-head selection's at G = 4 only */
+            if (sa.G != 4 || (GROUPSEL && gw <= 1 && !planes))
+                return HA_KERNEL_UNSUPPORTED;
+            if constexpr (GROUPSEL)
                 return gw <= 1 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true, true>)
                                : go(score_warp_kernel<true, 4, 4, kScoreStages, score_qr<4>(), 4, false, true>);
-            }
+            else
+                return gw <= 1 ? go(score_warp_kernel<false, 1, 4, kScoreStages, score_qr<1>(), 0, false, true>)
+                               : go(score_warp_kernel<false, 4, 4, kScoreStages, score_qr<4>(), 4, false, true>);
+        }
         /* G = 4 (the Llama-family shape) known at compile time (run 20) */
         if (gw <= 1) {
             if constexpr (GROUPSEL)
@@ -1471,7 +1474,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
                                                   tn.score_warps, vec4, false, staged, tn.score_planes != 0, nohist,
                                                   shape)
                              : launch_score<false>(sa, gw, st, score_pdl, tn.score_blocks_per_sm, block_items,
-                                                   tn.score_warps, vec4, tn.score_vec4 == 2, staged, false, false,
+                                                   tn.score_warps, vec4, tn.score_vec4 == 2, staged, false, nohist,
                                                    shape);
         };
         /* 1. query signatures; clears the histograms */
@@ -1559,7 +1562,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
                 return ks;
         } else {
             /* 2. scores and histograms (ScoreArgs sa, above) */
-            if (tn.score_nohist != 0 && (!nohist || !group_sel || block_items))
+            if (tn.score_nohist != 0 && (!nohist || block_items))
                 return HA_KERNEL_UNSUPPORTED;
             score_pdl = pdl2;
             ks = score(nullptr);

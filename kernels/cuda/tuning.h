@@ -92,10 +92,11 @@ typedef struct ha_cuda_tuning {
                                 lane k mod 32 (0: every warp); -1: each thread its own (before
                                 run 41) */
     /* appended in run 46 */
-    int score_nohist;        /* 1 (with stop_after 2 and group selection's staged score kernels
-                                at G = 4 only, else the decode is refused): the scores without
-                                their histograms, so that the cut after the selection less this
-                                cut is what the selection costs given the scores; 0 (default) */
+    int score_nohist;        /* 1 (with stop_after 2 and the staged score kernels at G = 4 only:
+                                group selection's, and per-head selection's since run 64; else
+                                the decode is refused): the scores without their histograms, so
+                                that the cut after the selection less this cut is what the
+                                selection costs given the scores; 0 (default) */
     /* appended in run 47 */
     int score_trigger;       /* where the staged warp score kernels trigger their dependents (PDL):
                                 0 automatic (as a warp starts its item where no warp has two, else
