@@ -203,6 +203,16 @@ static const bench_case_t k_cases[] = {
     {"sel_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .select_only = 1},
     {"upto2nh_hp32_b8_128k", 8, 131072, .sel = H_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
     {"upto2nh_hc32_b8_128k", 8, 131072, .sel = H_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
+    /* run 65: the other group rows of issue 3 cut after each kernel (the query MLPs, the
+     * scores, the selection pass; gc32 B=8 128K's cuts are above) */
+    {"upto1_gp32_b1_128k", 1, 131072, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 1},
+    {"upto1_gc32_b1_1m", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 1},
+    {"upto2_gc32_b1_1m", 1, 1048576, .sel = G_, .sig = C_, .sparsity = 32, .lab = 1, .stop = 2},
+    {"upto1_gp32_b8_32k", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 1},
+    {"upto2_gp32_b8_32k", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2},
+    {"upto2nh_gp32_b8_32k", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .stop = 2, .nohist = 1},
+    {"sel_gp32_b8_32k", 8, 32768, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .select_only = 1,
+     .pair = "upto2nh_gp32_b8_32k"},
     /* the size rules of run 4b's defaults, each side forced */
     {"gp32_b1_8k_warpscore", 1, 8192, .sel = G_, .sig = P_, .sparsity = 32, .lab = 1, .blockscore = 2},
     /* run 16: PDL against its size rule (on below 8 x SMs score items), each side forced */
