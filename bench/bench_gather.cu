@@ -29,6 +29,12 @@
  *               piece); "phys": row offsets precomputed (no page reads)
  *   bulk S=n TT=m  the same loop with one cp.async.bulk (TMA) per row and an
  *               mbarrier per stage
+ *   runs R=n U=m  the same bytes as the gather read as runs of n contiguous
+ *               bytes at random n-aligned places in the K cache ("seq": the
+ *               runs end to end, one sequential read), consecutive lanes on
+ *               consecutive 16-byte words of a run, m words in flight per
+ *               thread: does the rate depend on the run length (256 bytes is
+ *               a K/V row, 2048 a page's signatures in the paper layout)?
  *   chain K     what a step's dependent launches cost by themselves: K kernels
  *               that do almost nothing (4 blocks per SM, each block one
  *               dependent global read and write), replayed from a CUDA graph,
@@ -127,6 +133,29 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(const uint4 *kc, const
                    kv[u][1].w;
     }
     sink[(int64_t)blockIdx.x * kThreads + threadIdx.x] = acc;
+}
+
+/* runs: word w of the read (16 bytes) is word w % rw of run w / rw, which
+ * starts at 16-byte word roff[w / rw] of the buffer; U words in flight per
+ * thread, a grid-stride apart. */
+template <int U>
+__global__ void __launch_bounds__(kThreads) runs_kernel(const uint4 *buf, const int64_t *roff, int rw, int64_t words,
+                                                        uint32_t *sink)
+{
+    const int64_t t0 = (int64_t)blockIdx.x * kThreads + threadIdx.x, step = (int64_t)gridDim.x * kThreads;
+    uint32_t acc = 0u;
+    for (int64_t base = t0; base < words; base += step * U) {
+        uint4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t w = base + (int64_t)u * step;
+            v[u] = w < words ? ld_nc(buf + roff[w / rw] + w % rw) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    sink[t0] = acc;
 }
 
 /* The attention pass's copy loop (attend.cuh issue() and its pipeline) with
@@ -532,6 +561,36 @@ int main(int argc, char **argv)
                            }));
                 }
             }
+        }
+        /* runs of R bytes, the gather's byte count (K and V) from the K cache */
+        {
+            const int64_t total_words = (int64_t)(bytes / 16), cache_w = (int64_t)cache_words;
+            const int rlens[] = {256, 512, 1024, 2048, 4096, 16384, 0}; /* 0: sequential */
+            int64_t *roff = (int64_t *)malloc(sizeof(int64_t) * (size_t)(total_words / 16 + 1)), *roff_d;
+            CK(cudaMalloc(&roff_d, sizeof(int64_t) * (size_t)(total_words / 16 + 1)));
+            for (int ri = 0; ri < 7; ri++) {
+                const int rw = rlens[ri] ? rlens[ri] / 16 : 16; /* seq: 256-byte runs end to end */
+                const int64_t nruns = (total_words + rw - 1) / rw, slots = cache_w / rw;
+                for (int64_t i = 0; i < nruns; i++)
+                    roff[i] = rlens[ri] ? (int64_t)(rng_next() % (uint64_t)slots) * rw : i * rw;
+                CK(cudaMemcpy(roff_d, roff, sizeof(int64_t) * (size_t)nruns, cudaMemcpyHostToDevice));
+                for (int u = 1; u <= 2; u++) {
+                    char name[40];
+                    if (rlens[ri])
+                        snprintf(name, sizeof name, "runs R=%d U=%d", rlens[ri], u);
+                    else
+                        snprintf(name, sizeof name, "runs seq U=%d", u);
+                    report(sh.name, name, (double)total_words * 16, timed([&] {
+                               if (u == 1)
+                                   runs_kernel<1><<<grid, kThreads, 0, st>>>(kc, roff_d, rw, total_words, sink);
+                               else
+                                   runs_kernel<2><<<grid, kThreads, 0, st>>>(kc, roff_d, rw, total_words, sink);
+                               CK(cudaGetLastError());
+                           }));
+                }
+            }
+            free(roff);
+            CK(cudaFree(roff_d));
         }
         /* the attention pass's structure (positions: the gather's, still in pos[] and pos_d) */
         int64_t *phys = (int64_t *)malloc(sizeof(int64_t) * (size_t)rows), *phys_d;
