@@ -136,12 +136,14 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(const uint4 *kc, const
 }
 
 /* runs: word w of the read (16 bytes) is word w % rw of run w / rw, which
- * starts at 16-byte word roff[w / rw] of the buffer; U words in flight per
- * thread, a grid-stride apart. */
+ * starts at 16-byte word roff[w / rw] of the buffer; rw = 2^rs words (shifts:
+ * a 64-bit division per word would cost more issue slots than the load);
+ * U words in flight per thread, a grid-stride apart. */
 template <int U>
-__global__ void __launch_bounds__(kThreads) runs_kernel(const uint4 *buf, const int64_t *roff, int rw, int64_t words,
+__global__ void __launch_bounds__(kThreads) runs_kernel(const uint4 *buf, const int64_t *roff, int rs, int64_t words,
                                                         uint32_t *sink)
 {
+    const int64_t wmask = ((int64_t)1 << rs) - 1;
     const int64_t t0 = (int64_t)blockIdx.x * kThreads + threadIdx.x, step = (int64_t)gridDim.x * kThreads;
     uint32_t acc = 0u;
     for (int64_t base = t0; base < words; base += step * U) {
@@ -149,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) runs_kernel(const uint4 *buf, const 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t w = base + (int64_t)u * step;
-            v[u] = w < words ? ld_nc(buf + roff[w / rw] + w % rw) : make_uint4(0u, 0u, 0u, 0u);
+            v[u] = w < words ? ld_nc(buf + roff[w >> rs] + (w & wmask)) : make_uint4(0u, 0u, 0u, 0u);
         }
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -570,6 +572,7 @@ int main(int argc, char **argv)
             CK(cudaMalloc(&roff_d, sizeof(int64_t) * (size_t)(total_words / 16 + 1)));
             for (int ri = 0; ri < 7; ri++) {
                 const int rw = rlens[ri] ? rlens[ri] / 16 : 16; /* seq: 256-byte runs end to end */
+                const int rs = __builtin_ctz((unsigned)rw);   /* rlens are powers of two */
                 const int64_t nruns = (total_words + rw - 1) / rw, slots = cache_w / rw;
                 for (int64_t i = 0; i < nruns; i++)
                     roff[i] = rlens[ri] ? (int64_t)(rng_next() % (uint64_t)slots) * rw : i * rw;
@@ -580,11 +583,9 @@ int main(int argc, char **argv)
                         snprintf(name, sizeof name, "runs R=%d U=%d", rlens[ri], u);
                     else
                         snprintf(name, sizeof name, "runs seq U=%d", u);
+                    auto fn = u == 1 ? runs_kernel<1> : runs_kernel<2>;
                     report(sh.name, name, (double)total_words * 16, timed([&] {
-                               if (u == 1)
-                                   runs_kernel<1><<<grid, kThreads, 0, st>>>(kc, roff_d, rw, total_words, sink);
-                               else
-                                   runs_kernel<2><<<grid, kThreads, 0, st>>>(kc, roff_d, rw, total_words, sink);
+                               fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, total_words, sink);
                                CK(cudaGetLastError());
                            }));
                 }
