@@ -37,8 +37,9 @@
  * bench/anchor.py --grid times SDPA at the same sizes and --grid-table joins
  * the two.
  *
- * usage: bench_decode [--lib PATH] [--grid] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]
+ * usage: bench_decode [--lib PATH] [--grid] [--spread] [--only SEL[,SEL...]] [--reps N] [--flush write|read] [--json FILE]
  *   SEL: a substring of the case names, or =NAME for that case alone; cases run in table order
+ *   --spread: also print each case's timed calls at min, p10, p25, p50, p75, p90 and max
  *   --flush: before every timed step a 512 MB buffer is memset (write, the default: the L2
  *   is left full of dirty lines, whose write-back runs during the timed step) or read by a
  *   kernel (read: the L2 holds clean lines); bench/anchor.py takes the same option
@@ -435,6 +436,7 @@ static const struct {
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
     TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ), TUNE_FIELD(qhash_tokens),
+    TUNE_FIELD(sel_trigger),
 };
 enum { MAX_TUNES = 16 };
 static struct {
@@ -576,9 +578,10 @@ static void prepare(const bench_case_t *bc, const bench_bufs_t *bb, hashattn_con
     if (!*cp)
         *cp = make_ctx(bc->sel, bc->sig, bc->hnd, bc->autodense, sh);
     pc->ctx = *cp;
-    if (B > MAX_B || (int64_t)B * N > MAX_TOKENS) {
-        fprintf(stderr, "%s: case %s: B %d x N %lld is past the bench's MAX_B %d or MAX_TOKENS %d\n", BENCH_NAME,
-                bc->name, B, (long long)N, MAX_B, MAX_TOKENS);
+    /* the caches hold bb->nblocks pages: MAX_TOKENS, or GRID_MAX_TOKENS for --grid */
+    if (B > MAX_B || (int64_t)B * N > bb->nblocks * BS) {
+        fprintf(stderr, "%s: case %s: B %d x N %lld is past the bench's MAX_B %d or its caches' %lld tokens\n",
+                BENCH_NAME, bc->name, B, (long long)N, MAX_B, (long long)bb->nblocks * BS);
         exit(1);
     }
     int32_t lens[MAX_B];
@@ -706,7 +709,7 @@ int main(int argc, char **argv)
 {
     const char *lib = getenv("HASHATTN_LIB");
     const char *only = NULL, *json = NULL;
-    int reps = 30, grid = 0;
+    int reps = 30, grid = 0, spread = 0;
     g_flush_read = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--lib") && i + 1 < argc)
@@ -715,6 +718,8 @@ int main(int argc, char **argv)
             only = argv[++i];
         else if (!strcmp(argv[i], "--grid"))
             grid = 1;
+        else if (!strcmp(argv[i], "--spread"))
+            spread = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
@@ -728,8 +733,9 @@ int main(int argc, char **argv)
         }
 #endif
         else {
-            fprintf(stderr, "usage: %s [--lib PATH] [--grid] [--only SEL[,SEL...]] [--reps N] [--flush write|read] "
-                            "[--json FILE]%s\n",
+            fprintf(stderr,
+                    "usage: %s [--lib PATH] [--grid] [--spread] [--only SEL[,SEL...]] [--reps N] [--flush write|read] "
+                    "[--json FILE]%s\n",
                     argv[0],
 #ifdef HA_BENCH_LAB
                     " [--tune KNOB=VALUE]..."
@@ -857,6 +863,10 @@ int main(int argc, char **argv)
             times[r] = time_call(pc, flush, flush_bytes, r, st, e0, e1);
         qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
         const double med = 1000.0 * times[reps / 2], mn = 1000.0 * times[0];
+        if (spread) /* the timed calls' spread: a bimodal case shows it where its median does not */
+            printf("  %s spread (us): min %.1f p10 %.1f p25 %.1f p50 %.1f p75 %.1f p90 %.1f max %.1f\n", bc->name, mn,
+                   1000.0 * times[reps / 10], 1000.0 * times[reps / 4], med, 1000.0 * times[3 * reps / 4],
+                   1000.0 * times[9 * reps / 10], 1000.0 * times[reps - 1]);
 
         /* graph replays */
         double gmed = NAN;

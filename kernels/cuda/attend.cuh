@@ -349,6 +349,10 @@ struct AttnArgs {
      * histograms stay per score chunk of C / sel_k positions
      * (launch_attend_v's select_chunks, run 26) */
     int32_t sel_k;
+    /* 1: the selection pass triggers the attention pass (PDL) once its
+     * scores and thresholds are in; 0: not before its blocks exit
+     * (launch_attend's rule, run 67) */
+    int32_t sel_trigger;
 };
 
 /* The AttnArgs fields that a decode's and a prefill's params give alike (P:
@@ -756,7 +760,7 @@ __global__ void __launch_bounds__(kAttnThreads,
         __syncthreads();
         /* list_contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
-        if constexpr (LM == 1)
+        if (LM == 1 && a.sel_trigger)
             pdl_trigger_late();
 
         /* position p's score for unit j (the per-position compaction) */

@@ -137,7 +137,8 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\
 /* The dependents triggered late, where a kernel has only its last layer,
  * merge or stores left: the query MLPs before layer 3, small.cu after its
  * last cluster barrier, the selection pass once its scores and thresholds
- * are in, the attention pass and dense decode before the block merge. The
+ * are in (where its blocks fit one wave: run 67, launch_attend), the
+ * attention pass and dense decode before the block merge. The
  * dependent launches once every block has triggered or exited (so no
  * waiting block can take an SM slot from a block of this kernel that has
  * not started), and its blocks dispatch and run their part before pdl_wait

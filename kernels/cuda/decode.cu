@@ -1035,6 +1035,18 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
                 ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
             }
             HA_CUDA_TRY(allow_smem(ks, ssmem));
+            /* The selection pass triggers the attention pass's launch
+             * (PDL) only where its blocks fit one wave. Where they took
+             * more (per-head selection at B=1 1M: 1.3 waves; group selection
+             * 8x and 16x at B=8 1M: 7.8), a quarter to a half of the timed
+             * steps ran 7-39% slower than the rest with the trigger and none
+             * without it (run 67, bench/NOTES.md; why is not profiled);
+             * within one wave it saves 1-1.6 us (gc32 B=8 128K, gp32 B=1
+             * 128K, gc32 B=1 1M, gp32 B=8 32K). */
+            const int knob = tuning().sel_trigger;
+            const bool one_wave = (int64_t)grid.x * grid.y <=
+                                  (int64_t)blocks_per_sm(ks, kAttnThreads, ssmem) * sm_count();
+            A.sel_trigger = knob == 1 || (knob == 0 && one_wave);
             HA_CUDA_TRY(launch(ks, grid, dim3(kAttnThreads), ssmem, st, pdl, A));
         }
         if (A.select_only)

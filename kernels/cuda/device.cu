@@ -104,6 +104,7 @@ static const ha_cuda_tuning_t kDefaults = {
     3,    /* small_occ: small.cu's kernel past one wave of 2 blocks per SM, compact signatures, at 3
              blocks per SM (run 60: SmolLM2's layer at B=128 8K 66.2-66.6 against 74.5-74.7 us) */
     0,    /* qhash_tokens: automatic (run 60) */
+    0,    /* sel_trigger: automatic, one wave (run 67) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
