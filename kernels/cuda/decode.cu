@@ -1038,8 +1038,8 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
             /* The selection pass triggers the attention pass's launch
              * (PDL) only where its blocks fit one wave. Where they took
              * more (per-head selection at B=1 1M: 1.3 waves; group selection
-             * 8x and 16x at B=8 1M: 7.8), a quarter to a half of the timed
-             * steps ran 7-39% slower than the rest with the trigger and none
+             * 8x and 16x at B=8 1M: 7.8), half to nearly all of the timed
+             * steps ran 7-43% above the fastest with the trigger, none
              * without it (run 67, bench/NOTES.md; why is not profiled);
              * within one wave it saves 1-1.6 us (gc32 B=8 128K, gp32 B=1
              * 128K, gc32 B=1 1M, gp32 B=8 32K). */

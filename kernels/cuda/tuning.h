@@ -137,7 +137,7 @@ typedef struct ha_cuda_tuning {
     int qhash_tokens;        /* the query and key MLP clusters' tokens where D = m = 64 and the
                                 sizes are fixed (qhash_fixed): 0 automatic (mlp.cuh's qh_tile:
                                 16 past one wave of the 8-token grid), 8 or 16 forced */
-    /* appended in stop 66 (run 67) */
+    /* appended in run 67 */
     int sel_trigger;         /* where the selection pass triggers the attention pass (PDL) once its
                                 scores and thresholds are in: 0 automatic (only where its blocks fit
                                 one wave), 1 always (runs 40-66), 2 never (at its blocks' exit) */
