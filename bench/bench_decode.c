@@ -43,6 +43,10 @@
  *   --flush: before every timed step a 512 MB buffer is memset (write, the default: the L2
  *   is left full of dirty lines, whose write-back runs during the timed step) or read by a
  *   kernel (read: the L2 holds clean lines); bench/anchor.py takes the same option
+ *   bench_lab only: --tune KNOB=VALUE (repeatable) sets a knob of kernels/cuda/tuning.h on
+ *   every case; --check compares each case, before it is timed, with the same call on the
+ *   library's default knobs (outputs within bf16's tolerance, equal selections), so that a
+ *   variant's time is only printed for a variant that computes the same thing
  * Last line: "bench_decode: N cases: OK" (or FAILED).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -474,6 +478,9 @@ static uint64_t rnd(void) { return ha_bench_rand(&g_rng); }
 
 /* --flush read: a read of the buffer instead of a memset (see the usage) */
 static int g_flush_read;
+#ifdef HA_BENCH_LAB
+static int g_check; /* --check: each case against the library's default knobs first */
+#endif
 static cudaError_t flush_l2(void *buf, size_t bytes, int r, cudaStream_t st)
 {
     if (!g_flush_read)
@@ -677,6 +684,145 @@ static int warm_up(const prepared_t *pc, cudaStream_t st, hashattn_status_t *dst
     return *dst == HASHATTN_STATUS_OK && cudaStreamSynchronize(st) == cudaSuccess;
 }
 
+#ifdef HA_BENCH_LAB
+static float bf16_value(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* One call of pc's with its knobs (tn NULL: the library's defaults) into out,
+ * and, where idx is given, its inspection outputs; 0 on success. */
+static int call_into(const prepared_t *pc, const ha_cuda_tuning_t *tn, void *out, DLTensor *idx, DLTensor *cnt,
+                     cudaStream_t st)
+{
+    hashattn_decode_args_t a = pc->a;
+    DLTensor to = pc->to;
+    to.data = out;
+    a.output = &to;
+    a.selected_indices = idx;
+    a.selected_counts = cnt;
+    ha_cuda_set_tuning(tn);
+    const hashattn_status_t s = g_api->decode(pc->ctx, &a);
+    return s == HASHATTN_STATUS_OK && cudaStreamSynchronize(st) == cudaSuccess ? 0 : -1;
+}
+
+/* --check: a lab variant's timing means nothing if it computes something
+ * else. The case's call with its knobs against the same call with the
+ * library's defaults (the path test_gpu checks against the CPU backend), cut
+ * where the case is cut (select_only, stop_after, score_nohist): outputs
+ * within bf16's tolerance (test_gpu's: 1e-2 + 1e-2 |ref|), then, with the
+ * inspection outputs, the same attended positions and counts per (sequence,
+ * selection head). Cases cut after the selection compare the selections
+ * only, cases cut before it nothing. Returns 1 when they agree, else 0 with
+ * *msg saying where; the case's knobs are set again on return. */
+static int check_variant(const bench_case_t *bc, const prepared_t *pc, cudaStream_t st, char *msg, size_t msg_len)
+{
+    const bench_shape_t *sh = &k_shapes[bc->shape];
+    const int B = bc->B, hq = sh->hq, d = sh->d, hsel = bc->sel == H_ ? sh->hq : sh->hkv;
+    const int outputs = !bc->select_only && !bc->stop, sels = !bc->stop;
+    const int64_t heavy = bc->sparsity ? bc->N / bc->sparsity : 0;
+    const int64_t cap = bc->N < SINK + RECENT + heavy + 16 ? bc->N : SINK + RECENT + heavy + 16;
+    const size_t out_n = (size_t)B * hq * d, idx_n = (size_t)B * hsel * (size_t)cap, cnt_n = (size_t)B * hsel;
+    void *dev[6] = {NULL}; /* outputs, indices and counts: variant, default */
+    uint16_t *ho[2] = {NULL};
+    int32_t *hi[2] = {NULL}, *hc[2] = {NULL};
+    int ok = 0;
+    snprintf(msg, msg_len, "out of memory");
+    for (int v = 0; v < 2; v++) {
+        if (cudaMalloc(&dev[v], out_n * 2) != cudaSuccess || cudaMalloc(&dev[2 + v], idx_n * 4) != cudaSuccess ||
+            cudaMalloc(&dev[4 + v], cnt_n * 4) != cudaSuccess)
+            goto done;
+        ho[v] = malloc(out_n * 2);
+        hi[v] = malloc(idx_n * 4);
+        hc[v] = malloc(cnt_n * 4);
+        if (!ho[v] || !hi[v] || !hc[v])
+            goto done;
+    }
+    /* the reference: the default knobs, cut where the case is cut */
+    ha_cuda_tuning_t ref;
+    ha_cuda_set_tuning(NULL);
+    ha_cuda_get_tuning(&ref);
+    ref.select_only = pc->tn.select_only;
+    ref.stop_after = pc->tn.stop_after;
+    ref.score_nohist = pc->tn.score_nohist;
+    int64_t sh_idx[3] = {B, hsel, cap}, sh_cnt[2] = {B, hsel};
+    for (int v = 0; v < 2; v++) {
+        const ha_cuda_tuning_t *tn = v == 0 ? &pc->tn : &ref;
+        const char *who = v == 0 ? "the variant" : "the defaults";
+        DLTensor ti = tensor(dev[2 + v], (DLDataType){kDLInt, 32, 1}, 3, sh_idx);
+        DLTensor tc = tensor(dev[4 + v], (DLDataType){kDLInt, 32, 1}, 2, sh_cnt);
+        /* unwritten entries read -1 in both runs */
+        if (cudaMemset(dev[2 + v], 0xff, idx_n * 4) != cudaSuccess ||
+            cudaMemset(dev[4 + v], 0xff, cnt_n * 4) != cudaSuccess || cudaMemset(dev[v], 0, out_n * 2) != cudaSuccess) {
+            snprintf(msg, msg_len, "cudaMemset failed");
+            goto done;
+        }
+        /* the output from the call as timed, then the selections from a call
+         * with the inspection outputs (another path through the selection
+         * pass), its output into the same buffer, already read */
+        if (outputs && call_into(pc, tn, dev[v], NULL, NULL, st)) {
+            snprintf(msg, msg_len, "%s' decode failed: %s", who, g_api->last_error(pc->ctx));
+            goto done;
+        }
+        if (cudaMemcpy(ho[v], dev[v], out_n * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
+            snprintf(msg, msg_len, "cudaMemcpy failed");
+            goto done;
+        }
+        if (sels && call_into(pc, tn, dev[v], &ti, &tc, st)) {
+            snprintf(msg, msg_len, "%s' decode with inspection outputs failed: %s", who, g_api->last_error(pc->ctx));
+            goto done;
+        }
+        if (cudaMemcpy(hi[v], dev[2 + v], idx_n * 4, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            cudaMemcpy(hc[v], dev[4 + v], cnt_n * 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
+            snprintf(msg, msg_len, "cudaMemcpy failed");
+            goto done;
+        }
+    }
+    for (size_t i = 0; outputs && i < out_n; i++) {
+        const double g = bf16_value(ho[0][i]), w = bf16_value(ho[1][i]);
+        if (!(fabs(g - w) <= 1e-2 + 1e-2 * fabs(w))) {
+            snprintf(msg, msg_len, "output[%zu] (sequence %zu, head %zu) = %g, the defaults' %g", i,
+                     i / ((size_t)hq * d), i / (size_t)d % (size_t)hq, g, w);
+            goto done;
+        }
+    }
+    for (size_t r = 0; sels && r < cnt_n; r++) {
+        if (hc[0][r] != hc[1][r]) {
+            snprintf(msg, msg_len, "count[%zu][%zu] = %d, the defaults' %d", r / (size_t)hsel, r % (size_t)hsel,
+                     hc[0][r], hc[1][r]);
+            goto done;
+        }
+        const int64_t m = hc[1][r] < 0 ? 0 : hc[1][r] < cap ? hc[1][r] : cap;
+        for (int64_t j = 0; j < m; j++)
+            if (hi[0][r * (size_t)cap + (size_t)j] != hi[1][r * (size_t)cap + (size_t)j]) {
+                snprintf(msg, msg_len, "index[%zu][%zu][%lld] = %d, the defaults' %d", r / (size_t)hsel,
+                         r % (size_t)hsel, (long long)j, hi[0][r * (size_t)cap + (size_t)j],
+                         hi[1][r * (size_t)cap + (size_t)j]);
+                goto done;
+            }
+    }
+    snprintf(msg, msg_len, "%s",
+             outputs ? "outputs and selections as the defaults'"
+             : sels  ? "selections as the defaults'"
+                     : "nothing to compare (cut before the selection)");
+    ok = 1;
+done:
+    for (int i = 0; i < 6; i++)
+        if (dev[i])
+            (void)cudaFree(dev[i]);
+    for (int v = 0; v < 2; v++) {
+        free(ho[v]);
+        free(hi[v]);
+        free(hc[v]);
+    }
+    use_case(pc);
+    return ok;
+}
+#endif
+
 static const bench_case_t *find_case(const bench_case_t *cases, int ncases, const char *name)
 {
     for (int i = 0; name && i < ncases; i++)
@@ -730,7 +876,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--tune") && i + 1 < argc) {
             if (add_tune(argv[++i]))
                 return 2;
-        }
+        } else if (!strcmp(argv[i], "--check"))
+            g_check = 1;
 #endif
         else {
             fprintf(stderr,
@@ -738,7 +885,7 @@ int main(int argc, char **argv)
                     "[--json FILE]%s\n",
                     argv[0],
 #ifdef HA_BENCH_LAB
-                    " [--tune KNOB=VALUE]..."
+                    " [--tune KNOB=VALUE]... [--check]"
 #else
                     ""
 #endif
@@ -859,6 +1006,17 @@ int main(int argc, char **argv)
             failed++;
             continue;
         }
+#ifdef HA_BENCH_LAB
+        if (g_check) { /* a variant that computes something else is not timed */
+            char msg[256];
+            const int agree = check_variant(bc, pc, st, msg, sizeof msg);
+            printf("  %s check: %s%s\n", bc->name, msg, agree ? "" : ": FAILED");
+            if (!agree) {
+                failed++;
+                continue;
+            }
+        }
+#endif
         for (int r = 0; r < reps; r++)
             times[r] = time_call(pc, flush, flush_bytes, r, st, e0, e1);
         qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
