@@ -64,6 +64,7 @@
 #include "bench_util.h"
 
 #ifdef HA_BENCH_LAB
+#include "kernels/cpu/common.h" /* ha_cpu_bf16_to_f32 (--check) */
 #include "kernels/cuda/tuning.h"
 #define BENCH_NAME "bench_lab"
 #else
@@ -685,14 +686,6 @@ static int warm_up(const prepared_t *pc, cudaStream_t st, hashattn_status_t *dst
 }
 
 #ifdef HA_BENCH_LAB
-static float bf16_value(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* One call of pc's with its knobs (tn NULL: the library's defaults) into out,
  * and, where idx is given, its inspection outputs; 0 on success. */
 static int call_into(const prepared_t *pc, const ha_cuda_tuning_t *tn, void *out, DLTensor *idx, DLTensor *cnt,
@@ -782,7 +775,7 @@ static int check_variant(const bench_case_t *bc, const prepared_t *pc, cudaStrea
         }
     }
     for (size_t i = 0; outputs && i < out_n; i++) {
-        const double g = bf16_value(ho[0][i]), w = bf16_value(ho[1][i]);
+        const double g = ha_cpu_bf16_to_f32(ho[0][i]), w = ha_cpu_bf16_to_f32(ho[1][i]);
         if (!(fabs(g - w) <= 1e-2 + 1e-2 * fabs(w))) {
             snprintf(msg, msg_len, "output[%zu] (sequence %zu, head %zu) = %g, the defaults' %g", i,
                      i / ((size_t)hq * d), i / (size_t)d % (size_t)hq, g, w);
