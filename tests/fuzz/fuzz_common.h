@@ -19,18 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_assert.h"
+
 #define FZ_API static __attribute__((unused))
 
-/* A violated invariant: say which and stop, so that libFuzzer saves the input. */
-#define FZ_ASSERT(cond, ...)                                                    \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "fuzz invariant violated at %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-            abort();                                                            \
-        }                                                                       \
-    } while (0)
 
 /* ---- input reader: past the end, every read is 0 --------------------------- */
 

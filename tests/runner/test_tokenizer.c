@@ -210,6 +210,45 @@ static void test_small_vocab(void)
     rn_tokenizer_free(t);
     gguf_close(f);
     free(img);
+
+    /* special-token ids and token types checked before they are narrowed to
+     * 32 bits: 2^32 + 1 is not id 1, nor 2^32 + 3 type 3 */
+    const struct {
+        const char *key;
+        uint64_t id;
+        int64_t type;
+        const char *want;
+    } bad[] = {
+        { "tokenizer.ggml.bos_token_id", (1ull << 32) + 1, 1, "bos_token_id = 4294967297 is outside" },
+        { "tokenizer.ggml.eos_token_id", 3, 1, "eos_token_id = 3 is outside the vocabulary (3)" },
+        { "tokenizer.ggml.unknown_token_id", (uint64_t)-2, 1, "unknown_token_id = -2 is outside" },
+        { "tokenizer.ggml.bos_token_id", 2, (1ll << 32) + 3, "not an array of 32-bit integers" },
+        { "tokenizer.ggml.bos_token_id", 2, 1, NULL },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gw_init(&w, 32);
+        gw_kv_str(&w, "tokenizer.ggml.model", "gpt2");
+        gw_kv_arr_str(&w, "tokenizer.ggml.tokens", tok, 3);
+        gw_kv_arr_str(&w, "tokenizer.ggml.merges", mer, 1);
+        const int64_t types[3] = { 1, 1, bad[i].type };
+        gw_kv_arr(&w, "tokenizer.ggml.token_type", GGUF_VT_INT64, types, 3, 8);
+        gw_kv_scalar(&w, bad[i].key, GGUF_VT_INT64, &bad[i].id);
+        img = gw_finish(&w, &n);
+        gw_free(&w);
+        f = NULL;
+        t = NULL;
+        err[0] = 0;
+        CHECK(gguf_parse(img, n, &f, err, sizeof err) == 0, "parse: %s", err);
+        const int rc = f ? rn_tokenizer_from_gguf(f, &t, err, sizeof err) : -1;
+        if (bad[i].want)
+            CHECK(rc == -1 && !t && strstr(err, bad[i].want), "%s = %lld, type %lld refused: %s", bad[i].key,
+                  (long long)bad[i].id, (long long)bad[i].type, err);
+        else
+            CHECK(rc == 0 && t && rn_tokenizer_bos(t) == 2, "bos_token_id = 2 accepted: %s", err);
+        rn_tokenizer_free(t);
+        gguf_close(f);
+        free(img);
+    }
 }
 
 static void real_case(const rn_tokenizer_t *t, const char *text, int special, const int32_t *want, size_t n)

@@ -74,9 +74,7 @@ static float *add_norm(gw_t *w, const char *name, int64_t n, uint64_t *rng)
     return v;
 }
 
-/* A byte-level vocabulary: three control tokens, the 256 byte characters, a
- * few merges, padding tokens up to n_vocab. */
-static void add_tokenizer(gw_t *w, int n_vocab)
+void tiny_add_tokenizer(gw_t *w, int n_vocab)
 {
     static const char *merges[] = { "Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r", "o n", "a n", "an d",
                                     "Ġa n", "Ġan d", "Ġ c", "Ġc a", "Ġca t", "Ġ s", "a t", "Ġs at", "Ġ o", "Ġo n",
@@ -167,7 +165,7 @@ void tiny_build(tiny_model_t *m, const tiny_cfg_t *cfg, uint64_t seed)
     gw_kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", cfg->rms_eps);
     gw_kv_u32(&w, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
     gw_kv_u32(&w, "llama.vocab_size", (uint32_t)V);
-    add_tokenizer(&w, V);
+    tiny_add_tokenizer(&w, V);
 
     const float sw = 1.0f / sqrtf((float)E);
     m->embd = add_tensor(&w, "token_embd.weight", GGUF_T_Q8_0, E, V, 2, 1.0f, &rng);

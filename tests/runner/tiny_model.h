@@ -38,6 +38,13 @@ typedef struct tiny_model {
 tiny_cfg_t tiny_default_cfg(void);
 
 /* Build the weights (seeded) and the GGUF image. Exits on out of memory. */
+/* The tokenizer.* metadata of the tiny model into w: a byte-level vocabulary
+ * of three control tokens (<|endoftext|>, <|im_start|>, <|im_end|>), the 256
+ * byte characters, a few merges and padding tokens up to n_vocab (>= 259),
+ * the smollm pre-tokenizer and a ChatML template. */
+struct gw;
+void tiny_add_tokenizer(struct gw *w, int n_vocab);
+
 void tiny_build(tiny_model_t *m, const tiny_cfg_t *cfg, uint64_t seed);
 void tiny_free(tiny_model_t *m);
 

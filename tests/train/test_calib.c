@@ -273,7 +273,9 @@ static void test_roundtrip(void)
         int byte;
         unsigned char value;
     } cases[] = {{"truncated payload", size - 5, -1, 0}, {"truncated header", 40, -1, 0},
-                 {"bad magic", size, 0, 'X'}, {"version 2", size, 8, 2}, {"head_dim 0", size, 28, 0}};
+                 {"bad magic", size, 0, 'X'}, {"version 2", size, 8, 2}, {"head_dim 0", size, 28, 0},
+                 /* Hq's top byte: 2 layers x 33,554,436 heads, past the 2^20 pairs the index may take */
+                 {"2 x 33554436 heads", size, 23, 2}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         unsigned char *b = malloc((size_t)size);
         memcpy(b, bytes, (size_t)size);
@@ -294,6 +296,14 @@ static void test_roundtrip(void)
     free(bytes);
     remove(bad_path);
     remove(path);
+
+    /* the writer refuses the shapes the reader would */
+    tr_calib_shape_t big = {2, 1 << 20, 1, 4, 32};
+    tr_calib_writer_t *wb = NULL;
+    err[0] = 0;
+    CHECK(tr_calib_writer_open(bad_path, &big, &wb, err, sizeof err) != 0 && !wb && strstr(err, "bad shape"),
+          "writer: 2 x 2^20 heads accepted (%s)", err);
+    remove(bad_path);
 }
 
 static void test_gap(void)

@@ -544,8 +544,8 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
         }
         for (size_t i = 0; i < spec.n_vocab; i++) {
             int64_t v;
-            if (gguf_array_i64(&typ->value, i, &v)) {
-                tool_err(err, errlen, "tokenizer.ggml.token_type is not an integer array");
+            if (gguf_array_i64(&typ->value, i, &v) || v < INT32_MIN || v > INT32_MAX) {
+                tool_err(err, errlen, "tokenizer.ggml.token_type is not an array of 32-bit integers");
                 free(types);
                 return -1;
             }
@@ -554,10 +554,22 @@ int rn_tokenizer_from_gguf(const gguf_file_t *f, rn_tokenizer_t **out, char *err
     }
     spec.types = types;
     int64_t v;
-    spec.bos_id = gguf_get_i64(f, "tokenizer.ggml.bos_token_id", &v) == 0 ? (int32_t)v : -1;
-    spec.eos_id = gguf_get_i64(f, "tokenizer.ggml.eos_token_id", &v) == 0 ? (int32_t)v : -1;
-    spec.unk_id = gguf_get_i64(f, "tokenizer.ggml.unknown_token_id", &v) == 0 ? (int32_t)v : -1;
-    spec.add_bos = gguf_get_i64(f, "tokenizer.ggml.add_bos_token", &v) == 0 ? (int)v : 0;
+    const char *id_keys[3] = { "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                               "tokenizer.ggml.unknown_token_id" };
+    int32_t *ids[3] = { &spec.bos_id, &spec.eos_id, &spec.unk_id };
+    for (int i = 0; i < 3; i++) {
+        *ids[i] = -1;
+        if (gguf_get_i64(f, id_keys[i], &v) != 0)
+            continue;
+        /* checked here, before the narrowing: 2^32 + 1 must not become id 1 */
+        if (v < -1 || (v >= 0 && (uint64_t)v >= spec.n_vocab)) {
+            tool_err(err, errlen, "%s = %lld is outside the vocabulary (%zu)", id_keys[i], (long long)v, spec.n_vocab);
+            free(types);
+            return -1;
+        }
+        *ids[i] = (int32_t)v;
+    }
+    spec.add_bos = gguf_get_i64(f, "tokenizer.ggml.add_bos_token", &v) == 0 && v != 0;
     gguf_str_t tmpl;
     if (gguf_get_str(f, "tokenizer.chat_template", &tmpl) == 0) {
         spec.chat_template = tmpl.ptr;
@@ -751,7 +763,8 @@ int rn_tokenizer_decode(const rn_tokenizer_t *t, int32_t id, int show_special, c
             return 0;
         /* user-defined tokens are stored as plain text */
         size_t w = n < cap ? n : cap;
-        memcpy(buf, s, w);
+        if (w) /* buf may be NULL with cap 0 (a length query) */
+            memcpy(buf, s, w);
         return (int)n;
     }
     size_t o = 0;

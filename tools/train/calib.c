@@ -179,12 +179,22 @@ static int wr_vectors(tr_calib_writer_t *w, const float *v, size_t count, tr_cal
     return 0;
 }
 
+/* The shapes a file may declare (docs/calibration-format.md, "File header"):
+ * the reader sizes an index by layers x Hq before it reads any record, so
+ * that product is bounded too, and the writer refuses what the reader would. */
+static int shape_ok(const tr_calib_shape_t *s)
+{
+    return s->num_layers >= 1 && s->num_layers <= TR_CALIB_MAX_LAYERS && s->num_q_heads >= 1 &&
+           s->num_kv_heads >= 1 && s->num_q_heads % s->num_kv_heads == 0 &&
+           (int64_t)s->num_layers * s->num_q_heads <= TR_CALIB_MAX_HEADS_TOTAL && s->head_dim >= 1 &&
+           s->head_dim <= TR_CALIB_MAX_DIM && s->topk >= 1 && s->topk <= TR_CALIB_MAX_DIM;
+}
+
 int tr_calib_writer_open(const char *path, const tr_calib_shape_t *shape, tr_calib_writer_t **out,
                          char *err, size_t errlen)
 {
     *out = NULL;
-    if (shape->num_layers < 1 || shape->num_q_heads < 1 || shape->num_kv_heads < 1 ||
-        shape->num_q_heads % shape->num_kv_heads || shape->head_dim < 1 || shape->topk < 1)
+    if (!shape_ok(shape))
         return tool_err(err, errlen, "bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d",
                     shape->num_layers, shape->num_q_heads, shape->num_kv_heads, shape->head_dim,
                     shape->topk);
@@ -487,9 +497,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
     c->shape.head_dim = (int32_t)get_u32(h + 28);
     c->shape.topk = (int32_t)get_u32(h + 32);
     const tr_calib_shape_t *s = &c->shape;
-    if (s->num_layers < 1 || s->num_layers > 100000 || s->num_q_heads < 1 || s->num_kv_heads < 1 ||
-        s->num_q_heads % s->num_kv_heads || s->head_dim < 1 || s->head_dim > 65536 || s->topk < 1 ||
-        s->topk > 65536) {
+    if (!shape_ok(s)) {
         tool_err(err, errlen, "%s: bad shape: layers %d, Hq %d, Hkv %d, D %d, topk %d", path, s->num_layers,
              s->num_q_heads, s->num_kv_heads, s->head_dim, s->topk);
         goto done;

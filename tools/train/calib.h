@@ -39,6 +39,10 @@ extern "C" {
 #define TR_CALIB_VERSION 1u
 #define TR_CALIB_FILE_HEADER_BYTES 64u
 #define TR_CALIB_TOPK 32 /* labels per query that the trainer expects */
+/* Shape limits (reader and writer): layers, layers x Hq, head_dim and topk. */
+#define TR_CALIB_MAX_LAYERS 100000
+#define TR_CALIB_MAX_HEADS_TOTAL (1 << 20)
+#define TR_CALIB_MAX_DIM 65536
 
 /* Record kinds; readers skip kinds they do not know (append-only). */
 enum {
