@@ -398,12 +398,12 @@ void tr_calib_close(tr_calib_t *c)
 }
 
 /* Check one QUERIES record and fill r. */
-static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uint64_t payload,
+static int parse_queries(tr_calib_t *c, const char *path, const unsigned char *h, uint32_t hb, uint64_t payload,
                          uint64_t off, tr_calib_qrec_t *r, char *err, size_t errlen)
 {
     const tr_calib_shape_t *s = &c->shape;
     if (hb < QUERIES_HEADER_BYTES)
-        return tool_err(err, errlen, "QUERIES record at byte %llu has a %u-byte header",
+        return tool_err(err, errlen, "%s: QUERIES record at byte %llu has a %u-byte header", path,
                     (unsigned long long)off, hb);
     memset(r, 0, sizeof *r);
     r->q.layer = (int32_t)get_u32(h + 16);
@@ -418,13 +418,13 @@ static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uin
         r->q.count < 1 || r->q.sink < 0 || r->q.recent < 1 || topk != s->topk ||
         (r->q.dtype != TR_CALIB_F32 && r->q.dtype != TR_CALIB_F16))
         return tool_err(err, errlen,
-                    "QUERIES record at byte %llu: layer %d, head %d, count %d, sink %d, recent %d, "
-                    "topk %d, dtype %d out of range", (unsigned long long)off, r->q.layer, r->q.head,
+                    "%s: QUERIES record at byte %llu: layer %d, head %d, count %d, sink %d, recent %d, "
+                    "topk %d, dtype %d out of range", path, (unsigned long long)off, r->q.layer, r->q.head,
                     r->q.count, r->q.sink, r->q.recent, topk, (int)r->q.dtype);
     uint64_t nq = (uint64_t)r->q.count, d = (uint64_t)s->head_dim;
     uint64_t pos_bytes = pad8(nq * 4), vec_bytes = pad8(nq * d * (r->q.dtype == TR_CALIB_F16 ? 2 : 4));
     if (pos_bytes + vec_bytes + pad8(nq * (uint64_t)topk * 4) > payload)
-        return tool_err(err, errlen, "QUERIES record at byte %llu: payload of %llu bytes is too short",
+        return tool_err(err, errlen, "%s: QUERIES record at byte %llu: payload of %llu bytes is too short", path,
                     (unsigned long long)off, (unsigned long long)payload);
     const unsigned char *p = h + hb;
     r->q.positions = (const int32_t *)p;
@@ -433,13 +433,14 @@ static int parse_queries(tr_calib_t *c, const unsigned char *h, uint32_t hb, uin
     for (uint64_t i = 0; i < nq; i++) {
         int32_t t = r->q.positions[i];
         if (t < 0)
-            return tool_err(err, errlen, "QUERIES record at byte %llu: position %d", (unsigned long long)off, t);
+            return tool_err(err, errlen, "%s: QUERIES record at byte %llu: position %d", path,
+                            (unsigned long long)off, t);
         for (int32_t j = 0; j < topk; j++) {
             int32_t k = r->q.top[i * (uint64_t)topk + (uint64_t)j];
             if (k < -1 || k > t - r->q.recent || (k >= 0 && k < r->q.sink))
                 return tool_err(err, errlen,
-                            "QUERIES record at byte %llu: query %llu (position %d) has label %d outside its "
-                            "candidates [%d, %d]", (unsigned long long)off, (unsigned long long)i, t, k,
+                            "%s: QUERIES record at byte %llu: query %llu (position %d) has label %d outside "
+                            "its candidates [%d, %d]", path, (unsigned long long)off, (unsigned long long)i, t, k,
                             r->q.sink, t - r->q.recent);
         }
     }
@@ -555,7 +556,7 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
                 }
                 ik++;
             } else if (kind == TR_CALIB_RECORD_QUERIES) {
-                if (pass == 1 && parse_queries(c, r, rhb, payload, off, &c->qrecs[iq], err, errlen))
+                if (pass == 1 && parse_queries(c, path, r, rhb, payload, off, &c->qrecs[iq], err, errlen))
                     goto done;
                 iq++;
             } else if (kind == TR_CALIB_RECORD_META) {
