@@ -24,16 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "calib.h"
 #include "fuzz_assert.h"
+#include "fuzz_memfd.h"
 
 enum { FC_MAX_WALK = 4096 };
 
-static int memfd = -1;
-static char mempath[64];
 static int verbose = -1; /* HASHATTN_FUZZ_VERBOSE=1: one line per input (replay) */
 
 static void read_keys(const tr_calib_t *c, int32_t layer, int32_t kv_head, int64_t seq)
@@ -111,12 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (verbose < 0)
         verbose = getenv("HASHATTN_FUZZ_VERBOSE") != NULL;
-    if (memfd < 0) {
-        memfd = memfd_create("hashattn-fuzz-calib", 0);
-        FZ_ASSERT(memfd >= 0, "memfd_create failed");
-        snprintf(mempath, sizeof mempath, "/proc/self/fd/%d", memfd);
-    }
-    FZ_ASSERT(ftruncate(memfd, 0) == 0 && pwrite(memfd, data, size, 0) == (ssize_t)size, "memfd write failed");
+    const char *mempath = fz_memfd_path(data, size);
     tr_calib_t *c = NULL;
     char err[512] = "";
     const int rc = tr_calib_open(mempath, &c, err, sizeof err);

@@ -1,9 +1,9 @@
 /*
  * tool_seeds.c - writes the seed corpora of the tools' fuzz targets,
- * fuzz_gguf.c (the runner's inputs) and fuzz_calib.c (the trainer's
- * calibration files):
+ * fuzz_gguf.c (the runner's inputs), fuzz_calib.c (the trainer's
+ * calibration files) and fuzz_trweights.c (the trainer's weight files):
  *
- *   hashattn-fuzz-tool-seeds <corpus-dir>     -> <dir>/gguf/seed-*, <dir>/calib/seed-*
+ *   hashattn-fuzz-tool-seeds <corpus-dir>     -> <dir>/{gguf,calib,trweights}/seed-*
  *
  * gguf: GGUF images (mode byte 0, written with tests/runner/gguf_writer.h):
  *   - the tiny model's tokenizer metadata alone (no tensors);
@@ -23,10 +23,17 @@
  * and with one fault each (magic, version, flags, Hkv not dividing Hq, a
  * label outside its candidates, a KEYS record's count past its payload).
  *
+ * trweights: files written by tr_weights_write (per query head: two layers,
+ * Hq 2, Hkv 1, D 4, width 4; per KV head: Hq 4, Hkv 2, D 8, width 8, trained
+ * for the group), the first cut at six points, and with one fault each (a
+ * NaN weight, dtype F16, hash_bits 16, a shape that does not match, a header
+ * length past the end, another format name).
+ *
  * Deterministic: rerunning gives the same files. The committed corpus is
  * these seeds plus what the fuzzer found, merged (scripts/fuzz --merge <target>).
  */
 #define _GNU_SOURCE /* memmem */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +43,9 @@
 #include "calib.h"
 #include "gguf.h"
 #include "gguf_writer.h"
+#include "mlp.h"
 #include "tiny_model.h"
+#include "weights_io.h"
 
 /* <dir>/seed-<name>: the mode byte (fuzz_gguf.c's; -1 for none), then p[0..n). */
 static int write_seed(const char *dir, const char *name, int mode, const void *p, size_t n)
@@ -51,6 +60,18 @@ static int write_seed(const char *dir, const char *name, int mode, const void *p
     const uint8_t m = (uint8_t)mode;
     size_t w = (mode >= 0 ? fwrite(&m, 1, 1, f) : 0) + fwrite(p, 1, n, f);
     return (fclose(f) != 0 || w != n + (mode >= 0)) ? 1 : 0;
+}
+
+/* seed-cut-<i>: the first cuts[i] bytes of img, for each i. */
+static int write_cuts(const char *dir, int mode, const uint8_t *img, const size_t *cuts, size_t n_cuts)
+{
+    int err = 0;
+    for (size_t c = 0; c < n_cuts; c++) {
+        char name[32];
+        snprintf(name, sizeof name, "cut-%zu", c);
+        err |= write_seed(dir, name, mode, img, cuts[c]);
+    }
+    return err;
 }
 
 typedef struct seed_model {
@@ -145,11 +166,7 @@ static int gguf_seeds(const char *dir)
         if (i == 1) {
             /* cuts: in the header, the metadata, the tensor infos and the data */
             const size_t cuts[] = { 3, 16, 40, n / 8, n / 4, n / 2, n - 33, n - 1 };
-            for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
-                char name[32];
-                snprintf(name, sizeof name, "cut-%zu", c);
-                err |= write_seed(dir, name, 0, img, cuts[c]);
-            }
+            err |= write_cuts(dir, 0, img, cuts, sizeof cuts / sizeof cuts[0]);
             /* one fault each, on copies */
             uint8_t *bad = malloc(n);
             const uint32_t e9 = 9, q2 = GGUF_T_F16, q9 = 99;
@@ -210,6 +227,28 @@ static int gguf_seeds(const char *dir)
     return err;
 }
 
+/* path's bytes (then the file is removed); NULL if it cannot be read */
+static uint8_t *read_back(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t *img = NULL;
+    if (f && fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        rewind(f);
+        img = malloc((size_t)n + 1);
+        if (img && fread(img, 1, (size_t)n, f) == (size_t)n) {
+            *size = (size_t)n;
+        } else {
+            free(img);
+            img = NULL;
+        }
+    }
+    if (f)
+        fclose(f);
+    remove(path);
+    return img;
+}
+
 /* ---- calib ---------------------------------------------------------------- */
 
 static uint8_t *calib_image(const char *path, size_t *size)
@@ -250,22 +289,7 @@ static uint8_t *calib_image(const char *path, size_t *size)
             }
         }
     rc |= tr_calib_writer_close(w, err, sizeof err);
-    FILE *f = fopen(path, "rb");
-    uint8_t *img = NULL;
-    if (!rc && f && fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        rewind(f);
-        img = malloc((size_t)n);
-        if (img && fread(img, 1, (size_t)n, f) == (size_t)n) {
-            *size = (size_t)n;
-        } else {
-            free(img);
-            img = NULL;
-        }
-    }
-    if (f)
-        fclose(f);
-    remove(path);
+    uint8_t *img = rc ? NULL : read_back(path, size);
     if (!img)
         printf("calib seed: %s\n", rc ? err : "cannot read it back");
     return img;
@@ -286,11 +310,7 @@ static int calib_seeds(const char *dir)
         return 1;
     int err = write_seed(dir, "calib", -1, img, n);
     const size_t cuts[] = { 0, 63, 64, 80, n / 2, n - 8 };
-    for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
-        char name[32];
-        snprintf(name, sizeof name, "cut-%zu", c);
-        err |= write_seed(dir, name, -1, img, cuts[c]);
-    }
+    err |= write_cuts(dir, -1, img, cuts, sizeof cuts / sizeof cuts[0]);
     uint8_t *bad = malloc(n);
     /* header faults at their documented offsets (docs/calibration-format.md) */
     const struct {
@@ -333,17 +353,103 @@ static int calib_seeds(const char *dir)
     return err;
 }
 
+/* ---- trweights --------------------------------------------------------------- */
+
+static uint8_t *weights_image(const char *path, int compact, size_t *size)
+{
+    tr_model_t m;
+    memset(&m, 0, sizeof m);
+    m.num_layers = compact ? 1 : 2, m.num_q_heads = compact ? 4 : 2, m.num_kv_heads = compact ? 2 : 1;
+    m.head_dim = m.mlp_width = compact ? 8 : 4;
+    m.compact = compact;
+    m.objective = compact ? TR_OBJECTIVE_GROUP : TR_OBJECTIVE_UNKNOWN;
+    char err[512] = "";
+    if (tr_model_alloc(&m)) {
+        printf("out of memory\n");
+        return NULL;
+    }
+    uint64_t rng = 5;
+    const size_t per = tr_mlp_floats(m.head_dim, m.mlp_width);
+    for (size_t i = 0; i < (size_t)m.num_layers * (size_t)m.num_q_heads * per; i++)
+        m.query[i] = (float)gw_rand_int(&rng, -100, 100) / 64.0f;
+    for (size_t i = 0; i < (size_t)m.num_layers * (size_t)tr_model_sig_heads(&m) * per; i++)
+        m.key[i] = (float)gw_rand_int(&rng, -100, 100) / 64.0f;
+    uint8_t *img = NULL;
+    if (tr_weights_write(path, &m, err, sizeof err) == 0)
+        img = read_back(path, size);
+    else
+        printf("weights seed: %s\n", err);
+    tr_model_free(&m);
+    return img;
+}
+
+/* Replace the first `old` in the JSON header with `new_` (same length). */
+static int same_length_edit(uint8_t *img, size_t n, const char *old, const char *new_)
+{
+    const size_t len = strlen(old);
+    uint8_t *p = len == strlen(new_) ? memmem(img, n, old, len) : NULL;
+    if (!p) {
+        printf("weights seed: '%s' not found\n", old);
+        return 1;
+    }
+    memcpy(p, new_, len);
+    return 0;
+}
+
+static int trweights_seeds(const char *dir)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/.weights-seed.tmp", dir);
+    size_t n, n2;
+    uint8_t *img = weights_image(path, 0, &n), *img2 = weights_image(path, 1, &n2);
+    if (!img || !img2) {
+        free(img);
+        free(img2);
+        return 1;
+    }
+    int err = write_seed(dir, "per-query-head", -1, img, n) | write_seed(dir, "per-kv-head-group", -1, img2, n2);
+    const size_t cuts[] = { 0, 7, 8, 20, n / 2, n - 4 };
+    err |= write_cuts(dir, -1, img, cuts, sizeof cuts / sizeof cuts[0]);
+    uint8_t *bad = malloc(n);
+    uint64_t hl = 0;
+    memcpy(&hl, img, 8);
+    const struct {
+        const char *name, *old, *new_;
+    } edits[] = { { "fault-dtype-f16", "\"F32\"", "\"F16\"" },
+                  { "fault-hash-bits", "\"hash_bits\":\"32\"", "\"hash_bits\":\"16\"" },
+                  { "fault-shape", "\"shape\":[2,4,4]", "\"shape\":[2,4,5]" },
+                  { "fault-format", "hashattn-weights", "hashattn-weighty" } };
+    for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+        memcpy(bad, img, n);
+        err |= same_length_edit(bad, n, edits[i].old, edits[i].new_) ||
+               write_seed(dir, edits[i].name, -1, bad, n);
+    }
+    memcpy(bad, img, n);
+    const float nan = NAN;
+    memcpy(bad + 8 + hl, &nan, 4); /* the first weight */
+    err |= write_seed(dir, "fault-nan", -1, bad, n);
+    memcpy(bad, img, n);
+    const uint64_t past = (uint64_t)n;
+    memcpy(bad, &past, 8);
+    err |= write_seed(dir, "fault-header-length", -1, bad, n);
+    free(bad);
+    free(img);
+    free(img2);
+    return err;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         printf("usage: %s <corpus-dir>\nfuzz tool seeds FAILED\n", argv[0]);
         return 1;
     }
-    char g[1024], c[1024];
+    char g[1024], c[1024], w[1024];
     snprintf(g, sizeof g, "%s/gguf", argv[1]);
     snprintf(c, sizeof c, "%s/calib", argv[1]);
-    mkdir(argv[1], 0755), mkdir(g, 0755), mkdir(c, 0755);
-    int err = gguf_seeds(g) | calib_seeds(c);
-    printf("fuzz seeds written to %s/{gguf,calib} %s\n", argv[1], err ? "FAILED" : "OK");
+    snprintf(w, sizeof w, "%s/trweights", argv[1]);
+    mkdir(argv[1], 0755), mkdir(g, 0755), mkdir(c, 0755), mkdir(w, 0755);
+    int err = gguf_seeds(g) | calib_seeds(c) | trweights_seeds(w);
+    printf("fuzz seeds written to %s/{gguf,calib,trweights} %s\n", argv[1], err ? "FAILED" : "OK");
     return err;
 }

@@ -7,6 +7,7 @@
 #include "weights_io.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,13 @@ static float bf16_to_f32(const unsigned char *p)
     return f;
 }
 
+/* The string value of v; "" when v is absent, JSON null or not a string
+ * (json_object_get_string would give NULL or the value's JSON text). */
+static const char *str_of(json_object *v)
+{
+    return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+}
+
 static int meta_int(json_object *meta, const char *key, int32_t *out)
 {
     json_object *v;
@@ -220,9 +228,8 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     const char *layout = NULL;
     if (json_object_object_get_ex(meta, "signature_layout", &v) && json_object_is_type(v, json_type_string))
         layout = json_object_get_string(v);
-    if (!json_object_object_get_ex(meta, "format", &v) ||
-        strcmp(json_object_get_string(v), "hashattn-weights") != 0 ||
-        !json_object_object_get_ex(meta, "version", &v) || strcmp(json_object_get_string(v), "1") != 0 ||
+    if (!json_object_object_get_ex(meta, "format", &v) || strcmp(str_of(v), "hashattn-weights") != 0 ||
+        !json_object_object_get_ex(meta, "version", &v) || strcmp(str_of(v), "1") != 0 ||
         meta_int(meta, "num_layers", &m->num_layers) || meta_int(meta, "num_q_heads", &m->num_q_heads) ||
         meta_int(meta, "num_kv_heads", &m->num_kv_heads) || meta_int(meta, "head_dim", &m->head_dim) ||
         meta_int(meta, "mlp_width", &m->mlp_width) || meta_int(meta, "hash_bits", &bits) || !layout ||
@@ -232,9 +239,9 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     }
     m->compact = strcmp(layout, "per_kv_head") == 0;
     m->objective = TR_OBJECTIVE_UNKNOWN; /* an unknown value reads as unknown too */
-    if (json_object_object_get_ex(meta, "training_objective", &v) && json_object_is_type(v, json_type_string))
+    if (json_object_object_get_ex(meta, "training_objective", &v))
         for (int ob = TR_OBJECTIVE_HEAD; ob <= TR_OBJECTIVE_MIXED; ob++)
-            if (strcmp(json_object_get_string(v), tr_objective_name((tr_objective_t)ob)) == 0)
+            if (strcmp(str_of(v), tr_objective_name((tr_objective_t)ob)) == 0)
                 m->objective = (tr_objective_t)ob;
     if (bits != TR_BITS || m->num_layers < 1 || m->num_q_heads < 1 || m->num_kv_heads < 1 ||
         m->num_q_heads % m->num_kv_heads || m->head_dim < 1 || m->mlp_width < 1 || m->mlp_width > 4096 ||
@@ -243,11 +250,21 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
              m->num_layers, m->num_q_heads, m->num_kv_heads, m->head_dim, m->mlp_width, bits);
         goto done;
     }
+    size_t sizes[6], data_size = (size_t)size - 8 - (size_t)n;
+    /* Every MLP's floats must be in the file (2 bytes each at least, BF16):
+     * checked before the model is allocated from the metadata's numbers. */
+    const uint64_t mlps = (uint64_t)m->num_q_heads + (uint64_t)tr_model_sig_heads(m);
+    const uint64_t per = tr_mlp_floats(m->head_dim, m->mlp_width);
+    if (mlps > (uint64_t)data_size / 2 / per / (uint64_t)m->num_layers) {
+        tool_err(err, errlen, "%s: its metadata describes %d layers of %llu MLPs of %llu floats, more than its "
+                 "%zu bytes of tensor data hold", path, m->num_layers, (unsigned long long)mlps,
+                 (unsigned long long)per, data_size);
+        goto done;
+    }
     if (tr_model_alloc(m)) {
         tool_err(err, errlen, "out of memory");
         goto done;
     }
-    size_t sizes[6], data_size = (size_t)size - 8 - (size_t)n;
     const unsigned char *data = bytes + 8 + n;
     tr_mlp_part_sizes(m->head_dim, m->mlp_width, sizes);
     for (int32_t l = 0; l < m->num_layers; l++)
@@ -265,10 +282,10 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
                     tool_err(err, errlen, "%s: tensor %s is missing or incomplete", path, name);
                     goto done;
                 }
-                int bf16 = strcmp(json_object_get_string(dt), "BF16") == 0;
-                if (!bf16 && strcmp(json_object_get_string(dt), "F32") != 0) {
+                int bf16 = strcmp(str_of(dt), "BF16") == 0;
+                if (!bf16 && strcmp(str_of(dt), "F32") != 0) {
                     tool_err(err, errlen, "%s: tensor %s has dtype %s (F32 or BF16 expected)", path, name,
-                         json_object_get_string(dt));
+                         json_object_to_json_string(dt));
                     goto done;
                 }
                 int64_t want[3];
@@ -292,6 +309,12 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
                             dst[p][i] = bf16_to_f32(src);
                         else
                             memcpy(&dst[p][i], src, 4);
+                        /* as the library's weights_load: training from NaN would only spread it */
+                        if (!isfinite(dst[p][i])) {
+                            tool_err(err, errlen, "%s: tensor %s holds a non-finite value at head %d, element %zu",
+                                     path, name, h, i);
+                            goto done;
+                        }
                     }
                 }
             }
