@@ -276,6 +276,47 @@ static void test_weights_file(void)
     tiny_free(&tm);
 }
 
+/* The runner reads mlp_width, signature_layout and training_objective from a
+ * weight file's header before the library sees the file: JSON null or a number
+ * where a string belongs gets a message, not a crash (json-c gives NULL for null). */
+static void test_weights_meta(void)
+{
+    const struct {
+        const char *meta, *want; /* want NULL: accepted, objective "group" */
+    } cases[] = {
+        { "\"mlp_width\":\"48\",\"signature_layout\":\"per_kv_head\",\"training_objective\":\"group\"", NULL },
+        { "\"mlp_width\":null", "mlp_width is null" },
+        { "\"mlp_width\":48", "mlp_width is 48" },
+        { "\"mlp_width\":\"48x\"", "not a string holding 1..1024" },
+        { "\"mlp_width\":\"0\"", "not a string holding 1..1024" },
+        { "\"mlp_width\":\"4096\"", "not a string holding 1..1024" },
+        { "\"signature_layout\":\"per_kv_head\"", "no __metadata__.mlp_width" },
+        { "\"mlp_width\":\"48\",\"signature_layout\":null,\"training_objective\":null", "" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[] = "/tmp/hashattn_test_meta_XXXXXX", hdr[512], obj[32] = "x", err[512] = "";
+        int fd = mkstemp(path);
+        CHECK(fd >= 0, "mkstemp");
+        if (fd < 0)
+            return;
+        size_t n = (size_t)snprintf(hdr, sizeof hdr, "{\"__metadata__\":{%s}}", cases[i].meta);
+        uint8_t len8[8];
+        for (int k = 0; k < 8; k++)
+            len8[k] = (uint8_t)((uint64_t)n >> (8 * k));
+        CHECK(write(fd, len8, 8) == 8 && write(fd, hdr, n) == (ssize_t)n, "write");
+        close(fd);
+        const int rc = rn_weights_objective(path, obj, sizeof obj, err, sizeof err);
+        if (!cases[i].want)
+            CHECK(rc == 0 && !strcmp(obj, "group"), "%s: accepted, objective '%s' (%s)", cases[i].meta, obj, err);
+        else if (!cases[i].want[0])
+            CHECK(rc == 0 && !obj[0], "%s: accepted without an objective (%s)", cases[i].meta, err);
+        else
+            CHECK(rc != 0 && strstr(err, cases[i].want), "%s: refused with '%s': %s", cases[i].meta, cases[i].want,
+                  err);
+        unlink(path);
+    }
+}
+
 static void test_real(void)
 {
     const char *path = getenv("HASHATTN_MODEL");
@@ -322,5 +363,6 @@ int main(int argc, char **argv)
     }
     test_tiny();
     test_weights_file();
+    test_weights_meta();
     return check_finish("test_runner_hash");
 }

@@ -147,9 +147,20 @@ static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, 
         snprintf(err, errlen, "--hash-weights %s: no __metadata__.mlp_width", path);
         return -1;
     }
-    *mlp_width = atoi(json_object_get_string(w));
+    /* safetensors metadata values are strings; anything else (JSON null
+     * included, for which json-c gives NULL) is refused here, not read */
+    const char *ws = json_object_is_type(w, json_type_string) ? json_object_get_string(w) : "";
+    char *end = NULL;
+    const long width = strtol(ws, &end, 10);
+    if (end == ws || *end || width < 1 || width > 1024) {
+        snprintf(err, errlen, "--hash-weights %s: __metadata__.mlp_width is %s, not a string holding 1..1024", path,
+                 json_object_to_json_string(w));
+        json_object_put(root);
+        return -1;
+    }
+    *mlp_width = (int)width;
     *sig_layout = HASHATTN_SIGNATURE_PER_QUERY_HEAD;
-    if (json_object_object_get_ex(meta, "signature_layout", &l) &&
+    if (json_object_object_get_ex(meta, "signature_layout", &l) && json_object_is_type(l, json_type_string) &&
         strcmp(json_object_get_string(l), "per_kv_head") == 0)
         *sig_layout = HASHATTN_SIGNATURE_PER_KV_HEAD;
     json_object *ob = NULL;
