@@ -20,10 +20,8 @@
 #define _GNU_SOURCE /* memfd_create */
 #include <hashattn/hashattn.h>
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include "fuzz_common.h"
+#include "fuzz_memfd.h"
 
 typedef struct lctx {
     int layers, hq, hkv, d, m, per_kv;
@@ -40,8 +38,6 @@ static lctx_t lcontexts[] = {
 #define NUM_LCONTEXTS ((int)(sizeof lcontexts / sizeof lcontexts[0]))
 
 static const hashattn_api_t *api;
-static int memfd = -1;
-static char mempath[64];
 static void *workspace;
 static size_t workspace_size;
 static int verbose; /* HASHATTN_FUZZ_VERBOSE=1: one line per input (replay) */
@@ -131,9 +127,6 @@ static void setup(void)
     api = hashattn_get_api(HASHATTN_ABI_MAJOR);
     FZ_ASSERT(api, "hashattn_get_api(1) is NULL");
     verbose = getenv("HASHATTN_FUZZ_VERBOSE") != NULL;
-    memfd = memfd_create("hashattn-fuzz-weights", 0);
-    FZ_ASSERT(memfd >= 0, "memfd_create failed");
-    snprintf(mempath, sizeof mempath, "/proc/self/fd/%d", memfd);
     workspace_size = 1 << 16;
     workspace = malloc(workspace_size);
     for (int i = 0; i < NUM_LCONTEXTS; i++) {
@@ -158,12 +151,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     lctx_t *c = &lcontexts[data[0] % NUM_LCONTEXTS];
-    FZ_ASSERT(ftruncate(memfd, 0) == 0, "ftruncate");
-    if (size > 1)
-        FZ_ASSERT(pwrite(memfd, data + 1, size - 1, 0) == (ssize_t)(size - 1), "pwrite");
-
     hashattn_weights_load_args_t a = HASHATTN_WEIGHTS_LOAD_ARGS_INIT;
-    a.path = mempath;
+    a.path = fz_memfd_path(data + 1, size - 1);
     hashattn_status_t st = api->weights_load(c->ctx, &a);
     FZ_ASSERT(st == HASHATTN_STATUS_OK || st == HASHATTN_STATUS_IO_ERROR || st == HASHATTN_STATUS_FORMAT_ERROR ||
                   st == HASHATTN_STATUS_INVALID_ARGUMENT || st == HASHATTN_STATUS_OUT_OF_MEMORY,

@@ -1,6 +1,6 @@
 /*
  * fuzz_memfd.h - the fuzz targets whose code under test opens a path
- * (tests/fuzz/fuzz_calib.c, fuzz_trweights.c): the input written to an
+ * (tests/fuzz/fuzz_loader.c, fuzz_calib.c, fuzz_trweights.c): the input written to an
  * in-memory file, reached through its /proc/self/fd path, one per process.
  * Needs _GNU_SOURCE (memfd_create) before the first include.
  */
