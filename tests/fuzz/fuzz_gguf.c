@@ -110,7 +110,6 @@ static void tile(void *user, size_t off, size_t n)
 }
 
 static rn_tokenizer_t *fixed[2]; /* [0] smollm, [1] gpt2 pre-tokenizer */
-static uint8_t *fixed_image;
 
 static void fixed_init(void)
 {
@@ -118,7 +117,7 @@ static void fixed_init(void)
     gw_init(&w, 32);
     tiny_add_tokenizer(&w, FG_VOCAB);
     size_t size;
-    fixed_image = gw_finish(&w, &size);
+    uint8_t *fixed_image = gw_finish(&w, &size);
     gw_free(&w);
     gguf_file_t *f;
     char err[512] = "";
@@ -141,7 +140,8 @@ static void fixed_init(void)
     spec.unk_id = -1;
     spec.pretok = RN_PRETOK_GPT2;
     FZ_ASSERT(rn_tokenizer_create(&spec, &fixed[1], err, sizeof err) == 0, "gpt2 tokenizer: %s", err);
-    gguf_close(f); /* the tokenizers copy what they keep; the image stays for the tables' sake */
+    gguf_close(f); /* the tokenizers copy what they keep */
+    free(fixed_image);
 }
 
 static void text_case(uint8_t mode, const char *text, size_t len)

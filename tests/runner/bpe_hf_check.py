@@ -7,7 +7,7 @@ numbers, several scripts, combining marks, emoji, common English and code
 fragments) and for this repository's own text (docs/, README, C sources) in
 3,000-character chunks. Special tokens are not parsed on either side.
 
-    bpe_hf_check.py PATH/TO/bpe_dump [CASES] [SEED]
+    bpe_hf_check.py PATH/TO/tok_dump [CASES] [SEED]
 
 The reference is built from the file's tables: a BPE model over its tokens and
 merges, and its pre-tokenizer (pre = smollm: each digit alone, then the

@@ -6,7 +6,7 @@ characters: contractions, runs of spaces, tabs and newlines, digits and
 other numbers, letters of several scripts, NBSP and other Unicode spaces,
 combining marks, emoji.
 
-    pretok_regex_check.py PATH/TO/pretok_dump [CASES] [SEED]
+    pretok_regex_check.py PATH/TO/tok_dump [CASES] [SEED]
 
 Exit 0 when every split matches, 1 on a mismatch, 77 when `regex` is not
 installed (CTest's skip code).
