@@ -391,6 +391,8 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     int64_t eq[3] = {-1, c->num_q_heads, c->head_dim};
     TRY(ha_check_tensor(ctx, op, "query", a.query, 3, eq, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vq));
     const int64_t num_seqs = vq.shape[0];
+    if (num_seqs > INT32_MAX) /* before any tensor's values are read (the tables' on the CPU) */
+        return ha_fail(ctx, BAD, "decode: query.shape[0] = %lld is too many sequences", (long long)num_seqs);
     eq[0] = num_seqs;
     TRY(ha_check_tensor(ctx, op, "output", a.output, 3, eq, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vo));
     int64_t num_blocks = -1;
@@ -432,8 +434,6 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
         p.cnt_stride_head = v.strides[1];
     }
     TRY(check_tables(ctx, op, a.block_tables, a.seq_lens, num_seqs, num_blocks, &vbt, &vsl));
-    if (num_seqs > INT32_MAX)
-        return ha_fail(ctx, BAD, "decode: query.shape[0] = %lld is too many sequences", (long long)num_seqs);
 
     ha_workspace_bounds_t b = bounds_of(ctx);
     b.max_num_seqs = (int32_t)num_seqs;
@@ -492,6 +492,8 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
     int64_t eq[3] = {-1, c->num_q_heads, c->head_dim};
     TRY(ha_check_tensor(ctx, op, "query", a.query, 3, eq, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vq));
     const int64_t num_tokens = vq.shape[0];
+    if (num_tokens > INT32_MAX)
+        return ha_fail(ctx, BAD, "prefill: query.shape[0] = %lld is too many tokens", (long long)num_tokens);
     eq[0] = num_tokens;
     TRY(ha_check_tensor(ctx, op, "output", a.output, 3, eq, ha_dl_dtype(ctx->dtype), HA_ON_CONTEXT, &vo));
     int64_t num_blocks = -1;
@@ -503,9 +505,10 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
     if (vqsl.shape[0] < 1)
         return ha_fail(ctx, BAD, "prefill: query_start_loc.shape[0] = 0, expected num_seqs + 1 >= 1");
     const int64_t num_seqs = vqsl.shape[0] - 1;
+    if (num_seqs > INT32_MAX)
+        return ha_fail(ctx, BAD, "prefill: query_start_loc.shape[0] = %lld is too many sequences (num_seqs + 1)",
+                       (long long)vqsl.shape[0]);
     TRY(check_tables(ctx, op, a.block_tables, a.seq_lens, num_seqs, num_blocks, &vbt, &vsl));
-    if (num_tokens > INT32_MAX)
-        return ha_fail(ctx, BAD, "prefill: query.shape[0] = %lld is too many tokens", (long long)num_tokens);
     if (ctx->backend == HA_BACKEND_CPU) {
         const int32_t *q = (const int32_t *)vqsl.data, *sl = (const int32_t *)vsl.data;
         if (q[0] != 0)

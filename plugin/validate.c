@@ -114,6 +114,14 @@ static const char *device_name(DLDeviceType t)
 
 /* ---- tensors ---- */
 
+/* Bounds far above anything a host allocates, low enough that the kernels'
+ * offsets (element index times stride times element size, from a byte
+ * offset) never overflow 64 bits: one dimension, the element count, the
+ * span of the strides (the last element's index) and byte_offset. */
+#define HA_MAX_DIM ((int64_t)1 << 40)
+#define HA_MAX_ELEMENTS ((int64_t)1 << 46)
+#define HA_MAX_SPAN ((int64_t)1 << 56)
+
 hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const char *name,
                                   const DLTensor *t, int ndim, const int64_t *expected,
                                   DLDataType dtype, ha_where_t where, ha_tensor_t *out)
@@ -145,14 +153,16 @@ hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         int64_t s = t->shape[i];
-        if (s < 0 || s > ((int64_t)1 << 40))
+        if (s < 0 || s > HA_MAX_DIM)
             return ha_fail(ctx, bad, "%s: %s.shape[%d] = %lld is out of range", op, name, i, (long long)s);
         if (expected && expected[i] >= 0 && s != expected[i])
             return ha_fail(ctx, bad, "%s: %s.shape[%d] = %lld, expected %lld", op, name, i,
                            (long long)s, (long long)expected[i]);
+        /* checked before the product: two dimensions near 2^40 would overflow it */
+        if (s > 0 && numel > HA_MAX_ELEMENTS / s)
+            return ha_fail(ctx, bad, "%s: %s has too many elements (shape[%d] = %lld makes more than 2^46)",
+                           op, name, i, (long long)s);
         numel *= s;
-        if (numel > ((int64_t)1 << 46))
-            return ha_fail(ctx, bad, "%s: %s has too many elements", op, name);
     }
     out->t = t;
     out->ndim = ndim;
@@ -164,6 +174,15 @@ hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const
                 return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld is negative", op, name, i,
                                (long long)t->strides[i]);
             out->strides[i] = t->strides[i];
+        }
+        /* the span is summed one dimension at a time, each term checked first */
+        int64_t span = 0;
+        for (int i = 0; i < ndim && numel > 0; i++) {
+            const int64_t steps = t->shape[i] - 1;
+            if (steps > 0 && (t->strides[i] > (HA_MAX_SPAN - span) / steps))
+                return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld spans more than 2^56 elements", op,
+                               name, i, (long long)t->strides[i]);
+            span += steps * t->strides[i];
         }
         if (ndim > 0 && numel > 0 && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
             return ha_fail(ctx, bad, "%s: %s.strides[%d] = %lld, the innermost dimension must be "
@@ -179,6 +198,9 @@ hashattn_status_t ha_check_tensor(hashattn_context_t *ctx, const char *op, const
         out->strides[ndim - 1] = 1;
     if (!t->data && numel > 0)
         return ha_fail(ctx, bad, "%s: %s.data is NULL", op, name);
+    if (t->byte_offset > (uint64_t)HA_MAX_SPAN)
+        return ha_fail(ctx, bad, "%s: %s.byte_offset = %llu is beyond 2^56", op, name,
+                       (unsigned long long)t->byte_offset);
     if (t->byte_offset % ((t->dtype.bits + 7) / 8) != 0)
         return ha_fail(ctx, bad, "%s: %s.byte_offset = %llu is not a multiple of the element size",
                        op, name, (unsigned long long)t->byte_offset);

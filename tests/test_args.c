@@ -288,7 +288,36 @@ MUT(d_ws_null, {
     if (e->dc.ws.size == 0) e->not_applicable = 1;
     else { DA.workspace = NULL; DA.workspace_size = 0; }
 })
+MUT(d_ws_null_sized, {
+    if (e->dc.ws.size == 0) e->not_applicable = 1;
+    else DA.workspace = NULL; /* workspace_size still says enough */
+})
 MUT(d_not_ready, { e->ctx = unbound_ctx(e, 0); })
+/* Counts past int32 and spans past 64-bit offsets: refused from the descriptors
+ * alone (the data behind them is the small valid tensors', never read). */
+#define E31 ((int64_t)1 << 31)
+#define E40 ((int64_t)1 << 40)
+MUT(d_query_seqs_2e31, { DLTensor *t = mod(e, DA.query); t->shape[0] = E31; DA.query = t; })
+MUT(d_bt_cols_2e31, { DLTensor *t = mod(e, DA.block_tables); t->shape[1] = E31; DA.block_tables = t; })
+MUT(d_si_cap_2e31, { DLTensor *t = mod(e, DA.selected_indices); t->shape[2] = E31; DA.selected_indices = t; })
+/* 2^31 - 1 sequences and 2^40 entries each: the element count's product
+ * (2^72) overflowed int64 before it was checked */
+static void d_si_elements(env_t *e)
+{
+    DLTensor *q = mod(e, DA.query), *o = mod(e, DA.output), *t = mod(e, DA.selected_indices);
+    q->shape[0] = o->shape[0] = t->shape[0] = E31 - 1;
+    t->shape[2] = E40;
+    DA.query = q;
+    DA.output = o;
+    DA.selected_indices = t;
+}
+MUT(d_query_stride_2e61, { DLTensor *t = mod(e, DA.query); t->strides[0] = (int64_t)1 << 61; DA.query = t; })
+MUT(d_kc_stride_span, {
+    DLTensor *t = mod(e, DA.key_cache); /* the last block starts past element 2^56 */
+    t->strides[0] = ((int64_t)1 << 56) / (t->shape[0] - 1) + 1;
+    DA.key_cache = t;
+})
+MUT(d_out_offset_2e62, { DLTensor *t = mod(e, DA.output); t->byte_offset = (uint64_t)1 << 62; DA.output = t; })
 MUT(d_si_dtype, { DLTensor *t = mod(e, DA.selected_indices); t->dtype = HT_I64; DA.selected_indices = t; })
 MUT(d_si_heads, { DLTensor *t = mod(e, DA.selected_indices); t->shape[1] = 4; DA.selected_indices = t; })
 MUT(d_si_rows, { DLTensor *t = mod(e, DA.selected_indices); t->shape[0] = 1; DA.selected_indices = t; })
@@ -338,6 +367,13 @@ MUT(w_flags, { WA.flags = 1u << 3; })
 MUT(w_layer, { WA.layer = 2; })
 MUT(w_size, { WA.struct_size = 8; })
 MUT(w_not_ready, { e->ctx = unbound_ctx(e, 0); })
+static void w_key_rows_2e31(env_t *e)
+{
+    DLTensor *k = mod(e, WA.key), *sl = mod(e, WA.slot_mapping);
+    k->shape[0] = sl->shape[0] = E31;
+    WA.key = k;
+    WA.slot_mapping = sl;
+}
 MUT(w_ws_small, {
     if (e->wws.size == 0) e->not_applicable = 1;
     else WA.workspace_size = e->wws.size - 1;
@@ -358,6 +394,7 @@ MUT(w_qs_inner_stride, { w_q(e); e->wqs_t->strides[1] = 2; })
 MUT(w_q_dim, { w_q(e); e->wq_t->shape[2] = 128; })
 MUT(w_q_heads, { w_q(e); e->wq_t->shape[1] = 2; })
 MUT(w_q_dtype, { w_q(e); e->wq_t->dtype = HT_F32; })
+MUT(w_q_rows_2e31, { w_q(e); e->wq_t->shape[0] = e->wqs_t->shape[0] = E31; })
 MUT(w_q_not_ready, { w_q(e); WA.signature_cache = NULL; e->ctx = unbound_ctx(e, 0); })
 /* no keys, 2 queries: the shapes are still checked */
 static void w_no_keys(env_t *e)
@@ -389,6 +426,8 @@ MUT(p_bt_range, { HT_SET(e->pc.block_tables, e->pc.num_blocks, 0, 0); })
 MUT(p_sl_long, { HT_SET(e->pc.seq_lens, (double)e->pc.max_blocks * 4 + 1, 1); })
 MUT(p_out_shape, { DLTensor *t = mod(e, PA.output); t->shape[0] += 1; PA.output = t; })
 MUT(p_layer, { PA.layer = 1; })
+MUT(p_query_rows_2e31, { DLTensor *t = mod(e, PA.query); t->shape[0] = E31; PA.query = t; })
+MUT(p_qsl_seqs_2e31, { DLTensor *t = mod(e, PA.query_start_loc); t->shape[0] = E31 + 1; PA.query_start_loc = t; })
 MUT(p_ws_small, {
     if (e->pc.ws.size == 0) e->not_applicable = 1;
     else PA.workspace_size = e->pc.ws.size - 1;
@@ -404,6 +443,13 @@ MUT(h_sig_shape, { DLTensor *t = mod(e, HA.signatures); t->shape[1] = 2; HA.sign
 MUT(h_sig_rows, { DLTensor *t = mod(e, HA.signatures); t->shape[0] = 4; HA.signatures = t; })
 MUT(h_layer, { HA.layer = 5; })
 MUT(h_not_ready, { e->ctx = unbound_ctx(e, 0); })
+static void h_rows_2e31(env_t *e)
+{
+    DLTensor *in = mod(e, HA.input), *out = mod(e, HA.signatures);
+    in->shape[0] = out->shape[0] = E31;
+    HA.input = in;
+    HA.signatures = out;
+}
 
 /* workspace_size */
 MUT(s_op, { e->wsa.op = 9; })
@@ -469,6 +515,14 @@ static const bad_case_t k_bad[] = {
     {"ctx_null", OP_DECODE, d_ctx_null, IA, NULL},
     {"workspace_size_minus_1", OP_DECODE, d_ws_small, HASHATTN_STATUS_WORKSPACE_TOO_SMALL, "workspace"},
     {"workspace_null", OP_DECODE, d_ws_null, HASHATTN_STATUS_WORKSPACE_TOO_SMALL, "workspace"},
+    {"workspace_null_size_kept", OP_DECODE, d_ws_null_sized, IA, "workspace is NULL"},
+    {"query_rows_2e31", OP_DECODE, d_query_seqs_2e31, IA, "query.shape[0] = 2147483648 is too many"},
+    {"block_tables_cols_2e31", OP_DECODE, d_bt_cols_2e31, IA, "block_tables.shape[1] = 2147483648"},
+    {"selected_indices_cap_2e31", OP_DECODE, d_si_cap_2e31, IA, "selected_indices.shape[2] = 2147483648"},
+    {"selected_indices_2e71_elements", OP_DECODE, d_si_elements, IA, "selected_indices has too many elements"},
+    {"query_stride_2e61", OP_DECODE, d_query_stride_2e61, IA, "query.strides[0] = 2305843009213693952"},
+    {"key_cache_stride_span", OP_DECODE, d_kc_stride_span, IA, "key_cache.strides[0]"},
+    {"output_byte_offset_2e62", OP_DECODE, d_out_offset_2e62, IA, "output.byte_offset = 4611686018427387904"},
     {"weights_not_bound", OP_DECODE, d_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
     {"selected_indices_dtype_i64", OP_DECODE, d_si_dtype, IA, "selected_indices"},
     {"selected_indices_hsel_hq", OP_DECODE, d_si_heads, IA, "selected_indices"},
@@ -509,6 +563,7 @@ static const bad_case_t k_bad[] = {
     {"unknown_flags", OP_WRITE, w_flags, IA, "flags"},
     {"layer_eq_num_layers", OP_WRITE, w_layer, IA, "layer"},
     {"struct_size_8", OP_WRITE, w_size, IA, "struct_size"},
+    {"key_rows_2e31", OP_WRITE, w_key_rows_2e31, IA, "key.shape[0] = 2147483648 tokens is too many"},
     {"weights_not_bound", OP_WRITE, w_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
     {"workspace_size_minus_1", OP_WRITE, w_ws_small, HASHATTN_STATUS_WORKSPACE_TOO_SMALL, "workspace"},
     {"query_without_query_signatures", OP_WRITE, w_q_only, IA, "query is set but query_signatures is NULL"},
@@ -521,6 +576,7 @@ static const bad_case_t k_bad[] = {
     {"query_hq_2", OP_WRITE, w_q_heads, IA, "query.shape[1] = 2"},
     {"query_dtype_f32", OP_WRITE, w_q_dtype, IA, "query.dtype = float32"},
     {"query_weights_not_bound", OP_WRITE, w_q_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
+    {"query_rows_2e31", OP_WRITE, w_q_rows_2e31, IA, "query.shape[0] = 2147483648 is too many"},
     {"no_keys_query_signatures_rows", OP_WRITE, w_q_no_keys_rows, IA, "query_signatures.shape[0] = 1"},
     {"no_keys_query_signatures_without_query", OP_WRITE, w_q_no_keys_only, IA,
      "query is NULL but query_signatures is set"},
@@ -541,6 +597,8 @@ static const bad_case_t k_bad[] = {
     {"seq_len_gt_capacity", OP_PREFILL, p_sl_long, IA, "seq_lens"},
     {"output_rows", OP_PREFILL, p_out_shape, IA, "output"},
     {"layer_eq_num_layers", OP_PREFILL, p_layer, IA, "layer"},
+    {"query_rows_2e31", OP_PREFILL, p_query_rows_2e31, IA, "query.shape[0] = 2147483648 is too many"},
+    {"query_start_loc_2e31_seqs", OP_PREFILL, p_qsl_seqs_2e31, IA, "query_start_loc.shape[0] = 2147483649"},
     {"workspace_size_minus_1", OP_PREFILL, p_ws_small, HASHATTN_STATUS_WORKSPACE_TOO_SMALL, "workspace"},
 
     {"side_2", OP_HASH, h_side, IA, "side"},
@@ -552,6 +610,7 @@ static const bad_case_t k_bad[] = {
     {"signatures_rows", OP_HASH, h_sig_rows, IA, "signatures|input"},
     {"layer_5", OP_HASH, h_layer, IA, "layer"},
     {"weights_not_bound", OP_HASH, h_not_ready, HASHATTN_STATUS_NOT_READY, "weight"},
+    {"input_rows_2e31", OP_HASH, h_rows_2e31, IA, "input.shape[0] = 2147483648 is too many"},
 
     {"op_9", OP_WS, s_op, IA, "op"},
     {"max_num_seqs_negative", OP_WS, s_seqs, IA, "max_num_seqs"},
@@ -683,6 +742,7 @@ CMUT(c_budget_sink, { c->budget.sink_tokens = -5; })
 CMUT(c_budget_fraction, { c->budget.heavy_fraction = 2.0f; })
 CMUT(c_scale_negative, { c->softmax_scale = -1.0f; })
 CMUT(c_scale_nan, { c->softmax_scale = NAN; })
+CMUT(c_dense_below, { c->dense_below = -2; })
 CMUT(c_cuda, { c->device.device_type = kDLCUDA; c->device.device_id = 0; })
 CMUT(c_cuda_f32, { c->device.device_type = kDLCUDA; c->dtype = HT_F32; })
 CMUT(c_cuda_id, { c->device.device_type = kDLCUDA; c->device.device_id = 4096; })
@@ -717,6 +777,7 @@ static const bad_cfg_t k_cfg[] = {
     {"budget_fraction_2", c_budget_fraction, "fraction"},
     {"softmax_scale_negative", c_scale_negative, "softmax_scale"},
     {"softmax_scale_nan", c_scale_nan, "softmax_scale"},
+    {"dense_below_-2", c_dense_below, "dense_below = -2"},
     {"device_cuda_0", c_cuda, NULL},
     {"device_cuda_f32", c_cuda_f32, NULL},
     {"device_cuda_4096", c_cuda_id, NULL},

@@ -119,6 +119,10 @@ static const grid_case_t k_grid[] = {
     {0, {.dtype = F32, .hq = 4, .hkv = 1, .d = 64, .block = 16, .batch = 3, .m = 16, .kv_layout = HND,
          .selection = HEAD, .sig_layout = COMPACT, .sink = 4, .recent = 4, .heavy_count = 10,
          .seq_lens = (const int[]){700, 100, 350}, .fill = HT_FILL_TIES, .dense_below = 350}},
+    /* every table (20 blocks of 16) under dense_below: the whole batch's dense shortcut */
+    {0, {.dtype = BF16, .hq = 8, .hkv = 2, .d = 64, .block = 16, .batch = 3, .m = 16, .kv_layout = NHD,
+         .selection = GROUP, .sig_layout = COMPACT, .sink = 4, .recent = 4, .heavy_count = 8,
+         .seq_lens = (const int[]){300, 45, 129}, .fill = HT_FILL_DIRECT, .dense_below = 321}},
 };
 /* clang-format on */
 #define NGRID ((int)(sizeof k_grid / sizeof k_grid[0]))

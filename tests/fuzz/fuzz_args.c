@@ -225,7 +225,7 @@ static void ft_make(fz_t *f, ft_t *x, int ndim, const int64_t *want, DLDataType 
             x->valid = 0;
             impossible = 1;
         }
-    } else if (m < 251) { /* a negative stride */
+    } else if (m < 251) { /* a negative stride, or a stride or byte_offset past 2^56 elements */
         x->valid = 0;
         impossible = 2;
     } /* else: data NULL, below */
@@ -236,7 +236,16 @@ static void ft_make(fz_t *f, ft_t *x, int ndim, const int64_t *want, DLDataType 
     if (x->t.shape)
         ft_compact(nd, x->shape, x->strides);
     if (impossible == 2 && nd > 0) {
-        x->strides[fz_below(f, (uint32_t)nd)] = -(int64_t)(1 + fz_below(f, 4));
+        /* (bug span, fixed 2026-12-05: the library took strides and byte_offsets
+         * whose offsets overflow 64 bits, and crashed reading through them) */
+        const int i = (int)fz_below(f, (uint32_t)nd);
+        const uint32_t kind = fz_below(f, 3);
+        if (kind == 1 && x->shape[i] >= 2)
+            x->strides[i] = ((int64_t)1 << 56) / (x->shape[i] - 1) + 1 + (int64_t)fz_below(f, 1u << 20);
+        else if (kind == 2)
+            x->t.byte_offset = ((uint64_t)1 << 56) + ft_elem(x->t.dtype) * (1 + (uint64_t)fz_below(f, 1u << 20));
+        else
+            x->strides[i] = -(int64_t)(1 + fz_below(f, 4));
         x->t.strides = x->strides;
     } else if (x->t.shape && !impossible) {
         switch (sm < 64 ? 0 : sm < 128 ? 1 : sm < 180 ? 2 : sm < 240 ? 3 : 4) {
