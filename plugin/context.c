@@ -202,6 +202,7 @@ hashattn_status_t ha_context_create(const hashattn_context_config_t *config, has
     hashattn_context_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return ha_fail(NULL, HASHATTN_STATUS_OUT_OF_MEMORY, "context_create: out of host memory");
+    atomic_flag_clear(&ctx->error_lock);
     ctx->cfg = cfg;
     ctx->cfg.struct_size = sizeof cfg;
     ctx->dense_below = resolve_dense_below(&cfg, backend, dtype);

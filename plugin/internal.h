@@ -12,6 +12,7 @@
 #define HASHATTN_PLUGIN_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -52,6 +53,7 @@ struct hashattn_context {
     int32_t comm_timeout_ms;
 
     char last_error[HA_ERROR_LEN];
+    atomic_flag error_lock; /* taken while a message is copied into last_error */
 };
 
 /* ---- errors ---- */

@@ -1,6 +1,7 @@
 /*
  * validate.c - error messages, the struct_size rules and DLTensor checks.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,11 +11,25 @@ static _Thread_local char thread_error[HA_ERROR_LEN];
 
 hashattn_status_t ha_fail(hashattn_context_t *ctx, hashattn_status_t status, const char *fmt, ...)
 {
-    char *buf = ctx ? ctx->last_error : thread_error;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, HA_ERROR_LEN, fmt, ap);
+    if (!ctx) {
+        vsnprintf(thread_error, HA_ERROR_LEN, fmt, ap);
+        va_end(ap);
+        return status;
+    }
+    /* Run-path calls may fail at the same time on one context (hashattn.h,
+     * THREADS): each formats its message on its own stack, and the copies
+     * into the context take turns, so last_error holds one call's whole
+     * message. (Reading it while another call may fail is the host's race:
+     * the message is valid until the next call.) */
+    char msg[HA_ERROR_LEN];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    while (atomic_flag_test_and_set_explicit(&ctx->error_lock, memory_order_acquire))
+        ;
+    memcpy(ctx->last_error, msg, strlen(msg) + 1);
+    atomic_flag_clear_explicit(&ctx->error_lock, memory_order_release);
     return status;
 }
 

@@ -8,7 +8,13 @@
  *              read-only caches, mixing decode (per-call budgets) and hash;
  *   errors     as `shared`, with one more thread making refused calls on the
  *              same context all along: the others' results must not change
- *              and last_error must always read as one whole message.
+ *              and last_error must always read as one whole message;
+ *   failing    4 threads making refused calls on one context at once, each
+ *              with its own message; afterwards last_error is one of them,
+ *              whole. (Two messages written at once were a data race in the
+ *              library until 2026-12-05; scripts/sanitize runs this program
+ *              under ThreadSanitizer, which sees the race where this check
+ *              would only catch an unlucky interleaving.)
  *
  * Every result must be bit-identical to the same call made single-threaded
  * before the threads start. Usage: hashattn-abi-threads <library> [iterations]
@@ -18,6 +24,7 @@
 #include <hashattn/hashattn.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "abi_util.h"
@@ -178,14 +185,14 @@ static void *run_shared_job(void *p)
 typedef struct error_job {
     hashattn_context_t *ctx;
     const au_scene_t *sc;
-    volatile int stop;
+    atomic_int stop;
     long calls, bad_messages;
 } error_job_t;
 
 static void *run_error_job(void *p)
 {
     error_job_t *e = (error_job_t *)p;
-    while (!e->stop) {
+    while (!atomic_load(&e->stop)) {
         hashattn_decode_args_t d = HASHATTN_DECODE_ARGS_INIT;
         d.layer = 1000 + (int)(e->calls % 7); /* refused: outside [0, num_layers) */
         if (api->decode(e->ctx, &d) != HASHATTN_STATUS_INVALID_ARGUMENT)
@@ -244,7 +251,7 @@ static void case_shared(int with_errors)
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(th[i], NULL);
     if (with_errors) {
-        ej.stop = 1;
+        atomic_store(&ej.stop, 1);
         pthread_join(et, NULL);
         AU_CHECK(ej.bad_messages == 0, "error thread: %ld of %ld refused calls had no whole message",
                  ej.bad_messages, ej.calls);
@@ -263,6 +270,59 @@ static void case_shared(int with_errors)
     api->context_destroy(ctx);
 }
 
+#define NFAILING 4
+
+typedef struct failing_job {
+    hashattn_context_t *ctx;
+    int32_t layer; /* refused: outside [0, num_layers); each thread its own */
+    long wrong_status;
+} failing_job_t;
+
+static void *run_failing_job(void *p)
+{
+    failing_job_t *f = (failing_job_t *)p;
+    for (int i = 0; i < 2000 * iterations; i++) {
+        hashattn_decode_args_t d = HASHATTN_DECODE_ARGS_INIT;
+        d.layer = f->layer;
+        if (api->decode(f->ctx, &d) != HASHATTN_STATUS_INVALID_ARGUMENT)
+            f->wrong_status++;
+    }
+    return NULL;
+}
+
+static void case_failing(void)
+{
+    printf("CASE failing threads=%d iterations=%d\n", NFAILING, 2000 * iterations);
+    au_shape_t s = shape_for(1);
+    hashattn_context_config_t cfg = au_config(&s);
+    hashattn_context_t *ctx = NULL;
+    AU_EXPECT(api, NULL, api->context_create(&cfg, &ctx), HASHATTN_STATUS_OK);
+    failing_job_t jobs[NFAILING];
+    char want[NFAILING][1024];
+    for (int i = 0; i < NFAILING; i++) {
+        jobs[i] = (failing_job_t){ctx, 7 + 1000 * i * i * i, 0}; /* messages of different lengths */
+        hashattn_decode_args_t d = HASHATTN_DECODE_ARGS_INIT;
+        d.layer = jobs[i].layer;
+        api->decode(ctx, &d);
+        snprintf(want[i], sizeof want[i], "%s", api->last_error(ctx));
+    }
+    pthread_t th[NFAILING];
+    for (int i = 0; i < NFAILING; i++)
+        pthread_create(&th[i], NULL, run_failing_job, &jobs[i]);
+    for (int i = 0; i < NFAILING; i++)
+        pthread_join(th[i], NULL);
+    const char *m = api->last_error(ctx);
+    int whole = 0;
+    for (int i = 0; i < NFAILING; i++) {
+        AU_CHECK(jobs[i].wrong_status == 0, "thread %d: %ld refused calls returned another status", i,
+                 jobs[i].wrong_status);
+        whole |= strcmp(m, want[i]) == 0;
+    }
+    AU_CHECK(whole, "last_error after the threads is \"%s\", none of their messages whole", m);
+    printf("  last_error: %s\n", m);
+    api->context_destroy(ctx);
+}
+
 int main(int argc, char **argv)
 {
     hashattn_get_api_fn get = au_load(argc, argv);
@@ -276,6 +336,7 @@ int main(int argc, char **argv)
     case_contexts();
     case_shared(0);
     case_shared(1);
+    case_failing();
     printf("abi threads: %d failure(s) %s\n", au_failures, au_failures ? "FAILED" : "OK");
     return au_failures ? 1 : 0;
 }
