@@ -5,6 +5,9 @@
  * that cover every token), sampling does not depend on the batch, KV blocks
  * go back to the pool when sequences end, a small pool makes requests wait
  * instead of failing, and dense mode runs with no hash weights bound.
+ * How sequences end: on a stop token (and not with ignore_eos), at the
+ * sequence capacity, at max_new (0 included), each with the greedy tokens'
+ * prefix; the prompt logits a host asks for (on_logits) come in order.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,7 @@
 #include "model.h"
 #include "plan.h"
 #include "runner_util.h"
+#include "sample.h"
 #include "tiny_model.h"
 
 static const char *plugin_path(void) { return tu_plugin_path(HASHATTN_TEST_PLUGIN); }
@@ -29,9 +33,11 @@ enum { NREQ = 7, MAXP = 48 };
 
 static int32_t g_prompts[NREQ][MAXP];
 static rn_request_t g_reqs[NREQ];
+static int g_vocab;
 
 static void make_requests(int vocab)
 {
+    g_vocab = vocab;
     /* lengths and budgets differ so that sequences join and leave at
      * different steps */
     const int lens[NREQ] = { 3, 41, 17, 1, 29, 8, 23 };
@@ -88,14 +94,10 @@ static int make_exec(rn_model_t *m, const backend_t *b, int batch, int block_siz
     return 0;
 }
 
-/* Run requests [first, first + n) with batch `batch`; results go to res[first..]. */
-static int run(rn_model_t *m, const backend_t *b, int batch, int chunk, int first, int n, float temperature,
-               rn_result_t *res, rn_engine_stats_t *st, int32_t pool_blocks, char *err, size_t errlen)
+/* The engine settings of these tests: batch, prefill chunk, temperature;
+ * top-p 0.9, seed 77, blocks handed out in a shuffled order. */
+static rn_engine_config_t engine_cfg(int batch, int chunk, float temperature)
 {
-    rn_attn_t *attn;
-    rn_exec_t *ex;
-    if (make_exec(m, b, batch, 4, pool_blocks, &attn, &ex, err, errlen))
-        return -1;
     rn_engine_config_t ec = RN_ENGINE_CONFIG_INIT;
     ec.max_batch = batch;
     ec.prefill_chunk = chunk;
@@ -103,10 +105,29 @@ static int run(rn_model_t *m, const backend_t *b, int batch, int chunk, int firs
     ec.top_p = 0.9f;
     ec.seed = 77;
     ec.shuffle_blocks = 1;
-    int rc = rn_engine_run(ex, &ec, g_reqs + first, n, res + first, st, err, errlen);
+    return ec;
+}
+
+/* Run reqs[0, n) with the settings ec; results go to res[0..]. */
+static int run_with(rn_model_t *m, const backend_t *b, const rn_engine_config_t *ec, const rn_request_t *reqs,
+                    int n, rn_result_t *res, rn_engine_stats_t *st, int32_t pool_blocks, char *err, size_t errlen)
+{
+    rn_attn_t *attn;
+    rn_exec_t *ex;
+    if (make_exec(m, b, ec->max_batch, 4, pool_blocks, &attn, &ex, err, errlen))
+        return -1;
+    int rc = rn_engine_run(ex, ec, reqs, n, res, st, err, errlen);
     rn_exec_destroy(ex);
     rn_attn_destroy(attn);
     return rc;
+}
+
+/* Run requests [first, first + n) with batch `batch`; results go to res[first..]. */
+static int run(rn_model_t *m, const backend_t *b, int batch, int chunk, int first, int n, float temperature,
+               rn_result_t *res, rn_engine_stats_t *st, int32_t pool_blocks, char *err, size_t errlen)
+{
+    const rn_engine_config_t ec = engine_cfg(batch, chunk, temperature);
+    return run_with(m, b, &ec, g_reqs + first, n, res + first, st, pool_blocks, err, errlen);
 }
 
 static int same_tokens(const rn_result_t *a, const rn_result_t *b, int n, int *which)
@@ -189,9 +210,168 @@ static void test_sampling(rn_model_t *m, const backend_t *b)
     if (run(m, b, 4, 64, 0, NREQ, 0.0f, greedy, &st, 0, err, sizeof err) == 0)
         differ_from_greedy = !same_tokens(one, greedy, NREQ, &which);
     CHECK(differ_from_greedy, "sampling at temperature 60 gave the greedy tokens for every request");
+    /* temperature alone (top-p 1: every token a candidate): the same two properties */
+    rn_result_t one1[NREQ], many1[NREQ];
+    memset(one1, 0, sizeof one1);
+    memset(many1, 0, sizeof many1);
+    rn_engine_config_t ec = engine_cfg(1, 64, 60.0f);
+    ec.top_p = 1.0f;
+    rc = run_with(m, b, &ec, g_reqs, NREQ, one1, &st, 0, err, sizeof err);
+    CHECK(rc == 0, "sampling, top_p 1, batch 1: %s", err);
+    ec.max_batch = 5;
+    ec.prefill_chunk = 4;
+    rc2 = run_with(m, b, &ec, g_reqs, NREQ, many1, &st, 0, err, sizeof err);
+    CHECK(rc2 == 0, "sampling, top_p 1, batch 5: %s", err);
+    const int same1 = rc == 0 && rc2 == 0 && same_tokens(one1, many1, NREQ, &which);
+    printf("  sampling(%s, temperature=60, top_p=1): batch 1 and batch 5 %s\n", b->name, same1 ? "agree" : "DIFFER");
+    CHECK(same1, "sampling, top_p 1: request %d differs between batch 1 and batch 5", which);
+    CHECK(!same_tokens(one1, greedy, NREQ, &which), "sampling, top_p 1: the greedy tokens for every request");
+    CHECK(!same_tokens(one1, one, NREQ, &which), "sampling: top_p 1 and 0.9 drew the same tokens for every request");
     rn_results_free(one, NREQ);
     rn_results_free(many, NREQ);
     rn_results_free(greedy, NREQ);
+    rn_results_free(one1, NREQ);
+    rn_results_free(many1, NREQ);
+}
+
+/* ---- how sequences end, and the prompt logits ---- */
+
+typedef struct stop_probe {
+    int32_t stop_token;
+    int stops_seen;               /* on_token calls flagged is_stop */
+    int rows[NREQ];               /* on_logits: prompt rows seen per request */
+    int32_t last_argmax[NREQ];    /* argmax of a request's last prompt row */
+    int done_calls;
+} stop_probe_t;
+
+static int probe_is_stop(void *user, int32_t token) { return token == ((stop_probe_t *)user)->stop_token; }
+
+static void probe_on_token(void *user, int req, int32_t token, int is_stop)
+{
+    (void)req, (void)token;
+    ((stop_probe_t *)user)->stops_seen += is_stop != 0;
+}
+
+static void probe_on_done(void *user, int req, const rn_result_t *r)
+{
+    (void)req, (void)r;
+    ((stop_probe_t *)user)->done_calls++;
+}
+
+static void probe_on_logits(void *user, int req, int pos0, int rows, const float *logits)
+{
+    stop_probe_t *p = (stop_probe_t *)user;
+    if (req < 0 || req >= NREQ || pos0 != p->rows[req])
+        p->rows[req < 0 || req >= NREQ ? 0 : req] = -1000000; /* out of order: fails the count below */
+    else
+        p->rows[req] += rows;
+    if (req >= 0 && req < NREQ && pos0 + rows == g_reqs[req].n_prompt)
+        p->last_argmax[req] = rn_argmax(logits + (size_t)(rows - 1) * g_vocab, g_vocab);
+}
+
+/* Where in ref's tokens of request r the stop token first comes, or -1. */
+static int first_stop(const rn_result_t *ref, int r, int32_t tok)
+{
+    for (int i = 0; i < ref[r].n_tokens; i++)
+        if (ref[r].tokens[i] == tok)
+            return i;
+    return -1;
+}
+
+/* End of text, capacity, max_new = 0, and the prompt logits, against the greedy
+ * tokens of each prompt run alone (ref). */
+static void test_stops(rn_model_t *m, const backend_t *b, const rn_result_t *ref)
+{
+    char err[1024] = "";
+    rn_result_t res[NREQ];
+    rn_engine_stats_t st;
+    stop_probe_t pr;
+    /* a token that request 0 makes at its 5th step: some requests stop early on it */
+    memset(&pr, 0, sizeof pr);
+    pr.stop_token = ref[0].tokens[4];
+    rn_engine_config_t ec = engine_cfg(4, 8, 0.0f);
+    ec.user = &pr;
+    ec.is_stop = probe_is_stop;
+    ec.on_token = probe_on_token;
+    ec.on_done = probe_on_done;
+    memset(res, 0, sizeof res);
+    int rc = run_with(m, b, &ec, g_reqs, NREQ, res, &st, 0, err, sizeof err);
+    CHECK(rc == 0, "stop token: %s", err);
+    int early = 0, flagged = 0;
+    for (int r = 0; rc == 0 && r < NREQ; r++) {
+        const int at = first_stop(ref, r, pr.stop_token);
+        const int want_n = at >= 0 ? at + 1 : ref[r].n_tokens;
+        early += at >= 0 && at + 1 < ref[r].n_tokens;
+        flagged += at >= 0;
+        CHECK(res[r].n_tokens == want_n && res[r].stop == (at >= 0 ? RN_STOP_EOS : RN_STOP_MAX) &&
+                  !memcmp(res[r].tokens, ref[r].tokens, (size_t)want_n * sizeof(int32_t)),
+              "stop token %d, request %d: %d tokens (want %d), stop %s", pr.stop_token, r, res[r].n_tokens, want_n,
+              rn_stop_name(res[r].stop));
+    }
+    printf("  stop token(%s, token %d): %d of %d requests end on it early, %d stop calls; %lld blocks left\n",
+           b->name, pr.stop_token, early, NREQ, pr.stops_seen, (long long)st.blocks_in_use);
+    CHECK(early >= 1 && pr.stops_seen == flagged && pr.done_calls == NREQ && st.blocks_in_use == 0 &&
+              st.done == NREQ,
+          "stop token: %d early, %d flagged calls (want %d), %d done calls, %lld blocks left", early, pr.stops_seen,
+          flagged, pr.done_calls, (long long)st.blocks_in_use);
+    rn_results_free(res, NREQ);
+
+    /* ignore_eos: the same token is reported and does not stop anything */
+    memset(&pr, 0, sizeof pr);
+    pr.stop_token = ref[0].tokens[4];
+    ec.ignore_eos = 1;
+    memset(res, 0, sizeof res);
+    rc = run_with(m, b, &ec, g_reqs, NREQ, res, &st, 0, err, sizeof err);
+    int which = -1;
+    CHECK(rc == 0 && same_tokens(ref, res, NREQ, &which) && pr.stops_seen >= 1,
+          "ignore_eos: request %d differs, or no stop reported (%d): %s", which, pr.stops_seen, err);
+    rn_results_free(res, NREQ);
+
+    /* capacity: sequences hold at most 45 tokens; request 1 (41 + 6) runs out,
+     * the others fit. The last token sampled is returned, not fed. */
+    ec = engine_cfg(3, 16, 0.0f);
+    ec.max_len = 45;
+    memset(res, 0, sizeof res);
+    rc = run_with(m, b, &ec, g_reqs, NREQ, res, &st, 0, err, sizeof err);
+    CHECK(rc == 0, "capacity: %s", err);
+    for (int r = 0; rc == 0 && r < NREQ; r++) {
+        const int over = g_reqs[r].n_prompt + g_reqs[r].max_new > 45;
+        const int want_n = over ? 45 - g_reqs[r].n_prompt + 1 : g_reqs[r].max_new;
+        CHECK(res[r].n_tokens == want_n && res[r].stop == (over ? RN_STOP_CAPACITY : RN_STOP_MAX) &&
+                  !memcmp(res[r].tokens, ref[r].tokens, (size_t)want_n * sizeof(int32_t)),
+              "capacity 45, request %d: %d tokens (want %d), stop %s", r, res[r].n_tokens, want_n,
+              rn_stop_name(res[r].stop));
+    }
+    printf("  capacity(%s, 45 tokens a sequence): request 1 (41 + 6) stops %s after %d tokens; %lld blocks left\n",
+           b->name, rn_stop_name(res[1].stop), res[1].n_tokens, (long long)st.blocks_in_use);
+    CHECK(rc == 0 && st.blocks_in_use == 0, "capacity: %lld blocks left", (long long)st.blocks_in_use);
+    rn_results_free(res, NREQ);
+
+    /* max_new 0 for two requests: no tokens, and the prompt logits of every
+     * request, in order, whose last row's argmax is the first greedy token */
+    rn_request_t reqs[NREQ];
+    memcpy(reqs, g_reqs, sizeof reqs);
+    reqs[2].max_new = 0;
+    reqs[5].max_new = 0;
+    memset(&pr, 0, sizeof pr);
+    ec = engine_cfg(3, 5, 0.0f);
+    ec.user = &pr;
+    ec.on_logits = probe_on_logits;
+    memset(res, 0, sizeof res);
+    rc = run_with(m, b, &ec, reqs, NREQ, res, &st, 0, err, sizeof err);
+    CHECK(rc == 0, "max_new 0 / logits: %s", err);
+    for (int r = 0; rc == 0 && r < NREQ; r++) {
+        const int want_n = reqs[r].max_new;
+        CHECK(res[r].n_tokens == want_n && res[r].stop == RN_STOP_MAX &&
+                  (want_n == 0 || !memcmp(res[r].tokens, ref[r].tokens, (size_t)want_n * sizeof(int32_t))),
+              "max_new %d, request %d: %d tokens, stop %s", want_n, r, res[r].n_tokens, rn_stop_name(res[r].stop));
+        CHECK(pr.rows[r] == reqs[r].n_prompt && pr.last_argmax[r] == ref[r].tokens[0],
+              "logits of request %d: %d rows (want %d), last row's argmax %d (want %d)", r, pr.rows[r],
+              reqs[r].n_prompt, pr.last_argmax[r], ref[r].tokens[0]);
+    }
+    CHECK(rc == 0 && st.blocks_in_use == 0 && st.done == NREQ, "max_new 0: %lld blocks left, %d done",
+          (long long)st.blocks_in_use, st.done);
+    rn_results_free(res, NREQ);
 }
 
 /* A pool with room for two sequences: requests wait for blocks instead of
@@ -343,6 +523,8 @@ int main(void)
             test_sampling(m, &backends[0]);
             printf("small pool\n");
             test_small_pool(m, &backends[0], ref);
+            printf("stops\n");
+            test_stops(m, &backends[0], ref);
             test_dense_no_weights(m);
         }
         rn_results_free(ref, NREQ);

@@ -64,13 +64,6 @@ static int by_prob_desc(const void *a, const void *b)
     return x < y ? -1 : 1;
 }
 
-int32_t rn_sample(rn_sampler_t *s, const float *logits)
-{
-    if (s->temperature <= 0)
-        return rn_argmax(logits, s->n_vocab);
-    return rn_sample_with(s, logits, s->temperature, s->top_p, rn_rng_uniform(&s->state));
-}
-
 int32_t rn_sample_with(rn_sampler_t *s, const float *logits, float temperature, float top_p, double u)
 {
     const int n = s->n_vocab;

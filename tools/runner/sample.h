@@ -26,15 +26,13 @@ void rn_sampler_destroy(rn_sampler_t *s);
 /* Index of the largest logit (the lowest index on ties). */
 int32_t rn_argmax(const float *logits, int n);
 
-/* Pick the next token from logits [n_vocab] (draws from s->state unless greedy). */
-int32_t rn_sample(rn_sampler_t *s, const float *logits);
-
-/* The same with explicit settings and the uniform draw u in [0, 1): s is only
- * scratch here. Greedy (temperature <= 0) ignores u. */
+/* Pick the next token from logits [n_vocab] with these settings and the
+ * uniform draw u in [0, 1): s is only scratch here (the engine keeps a
+ * generator per sequence). Greedy (temperature <= 0) ignores u. */
 int32_t rn_sample_with(rn_sampler_t *s, const float *logits, float temperature, float top_p, double u);
 
 /* Per-sequence generators: stream i of a seed gives the same draws whatever
- * else runs beside it. rn_rng_uniform is the draw rn_sample makes. */
+ * else runs beside it; rn_rng_uniform draws the next u from one. */
 uint64_t rn_rng_stream(uint64_t seed, uint64_t stream);
 double rn_rng_uniform(uint64_t *state);
 
