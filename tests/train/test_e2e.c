@@ -516,6 +516,24 @@ int main(int argc, char **argv)
     free(rep);
     tr_model_free(&m);
 
+    /* ---- MLP widths that are not a multiple of the trainer's four rows a pass:
+     * the row tails of its layer kernel, against the plugin (untrained weights) ---- */
+    for (int wd = 5; wd <= 7; wd++) {
+        CHECK(fresh_model(&m, s, wd, wd == 6) == 0, "alloc width %d", wd);
+        for (int32_t l = 0; l < m.num_layers; l++) {
+            for (int32_t h = 0; h < m.num_q_heads; h++)
+                tr_mlp_init(tr_model_mlp(&m, TR_SIDE_QUERY, l, h), m.head_dim, wd, 91, (uint64_t)l, (uint64_t)h);
+            for (int32_t h = 0; h < tr_model_sig_heads(&m); h++)
+                tr_mlp_init(tr_model_mlp(&m, TR_SIDE_KEY, l, h), m.head_dim, wd, 92, (uint64_t)l, (uint64_t)h);
+        }
+        rc = tr_weights_write(wc_path, &m, err, sizeof err);
+        CHECK(rc == 0, "write width %d: %s", wd, err);
+        char what[64];
+        snprintf(what, sizeof what, "width %d, %s", wd, wd == 6 ? "per_kv_head" : "per_query_head");
+        plugin_check(c, &m, wc_path, what);
+        tr_model_free(&m);
+    }
+
     /* ---- the group objective, on a file sampled per group ---- */
     char gcal_path[600];
     path_of(gcal_path, sizeof gcal_path, "group.calib");
