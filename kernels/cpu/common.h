@@ -279,7 +279,8 @@ void ha_cpu_plan_prefill(ha_cpu_plan_t *plan, int64_t head_dim, int64_t max_toke
  *   h1 = SiLU(W1 x + b1), h2 = SiLU(W2 h1 + b2), o = W3 h2 + b3,
  *   bit i = (o[i] > 0).
  * Each output starts from its bias and adds W[i][j] * in[j] for j ascending
- * with fmaf; SiLU(v) = v / (1 + expf(-v)). h1, h2: scratch of m floats. */
+ * with fmaf; SiLU is kernels/hash_math.h's ha_silu (the CUDA backend's too).
+ * h1, h2: scratch of m floats. */
 uint32_t ha_cpu_mlp_signature(const ha_mlp_t *mlp, int32_t head, const float *x, float *h1,
                               float *h2);
 

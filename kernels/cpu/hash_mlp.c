@@ -41,9 +41,12 @@ static void linear(const float *w, const float *b, const float *in, int32_t in_d
     }
 }
 
+/* Static, with ha_cpu_mlp_signature below a plain call to it: GCC gives the
+ * ifunc symbol of a target_clones function default visibility whatever
+ * -fvisibility says, so an extern one would be exported but for the version
+ * script. */
 HA_FMA_CLONES
-uint32_t ha_cpu_mlp_signature(const ha_mlp_t *mlp, int32_t head, const float *x, float *h1,
-                              float *h2)
+static uint32_t mlp_signature(const ha_mlp_t *mlp, int32_t head, const float *x, float *h1, float *h2)
 {
     size_t m = (size_t)mlp->width;
     size_t d = (size_t)mlp->dim;
@@ -64,6 +67,12 @@ uint32_t ha_cpu_mlp_signature(const ha_mlp_t *mlp, int32_t head, const float *x,
             sig |= 1u << i;
     }
     return sig;
+}
+
+uint32_t ha_cpu_mlp_signature(const ha_mlp_t *mlp, int32_t head, const float *x, float *h1,
+                              float *h2)
+{
+    return mlp_signature(mlp, head, x, h1, h2);
 }
 
 /* The lane version of linear(): in_t [in_dim][L], out_t [out_dim][L]. Two
