@@ -167,26 +167,14 @@ static void usage(FILE *out)
 
 static int parse_int(const char *s, const char *opt, long long lo, long long hi, long long *out)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "hashattn-run: %s wants an integer in [%lld, %lld], got '%s'\n", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return tool_parse_int("hashattn-run", opt, s, lo, hi, out);
 }
 
 static int parse_float(const char *s, const char *opt, double lo, double hi, float *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "hashattn-run: %s wants a number in [%g, %g], got '%s'\n", opt, lo, hi, s);
+    double v;
+    if (tool_parse_float("hashattn-run", opt, s, lo, hi, &v))
         return -1;
-    }
     *out = (float)v;
     return 0;
 }

@@ -21,6 +21,7 @@
 #include "calib.h"
 #include "progress.h"
 #include "synth.h"
+#include "tools/common/tool_util.h"
 
 static void usage(FILE *f)
 {
@@ -179,8 +180,14 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && strcmp(argv[1], "info") == 0)
         return info(argv[2]);
-    if ((argc == 4 || (argc == 6 && strcmp(argv[4], "--min-overlap") == 0)) && strcmp(argv[1], "compare") == 0)
-        return compare(argv[2], argv[3], argc == 6 ? atof(argv[5]) : 0.8);
+    if ((argc == 4 || (argc == 6 && strcmp(argv[4], "--min-overlap") == 0)) && strcmp(argv[1], "compare") == 0) {
+        double min_overlap = 0.8;
+        if (argc == 6 && tool_parse_float("hashattn-calib", "--min-overlap", argv[5], 0, 1, &min_overlap)) {
+            printf("hashattn-calib: bad arguments: FAILED\n");
+            return 1;
+        }
+        return compare(argv[2], argv[3], min_overlap);
+    }
     if (argc < 2 || strcmp(argv[1], "synth") != 0) {
         usage(stderr);
         printf("hashattn-calib: bad arguments: FAILED\n");
@@ -188,54 +195,66 @@ int main(int argc, char **argv)
     }
     tr_synth_config_t c = TR_SYNTH_CONFIG_INIT;
     const char *out = NULL;
+    /* the numeric options, each read whole; tr_synth_write judges the shape they make */
+    const struct {
+        const char *name;
+        int32_t *dst;
+    } ints[] = {
+        { "--layers", &c.shape.num_layers }, { "--q-heads", &c.shape.num_q_heads },
+        { "--kv-heads", &c.shape.num_kv_heads }, { "--dim", &c.shape.head_dim }, { "--seqs", &c.num_seqs },
+        { "--seq-len", &c.seq_len }, { "--queries", &c.queries }, { "--clusters", &c.clusters },
+        { "--sink", &c.sink }, { "--recent", &c.recent },
+    };
+    const struct {
+        const char *name;
+        float *dst;
+    } floats[] = {
+        { "--key-scale", &c.key_scale }, { "--key-noise", &c.key_noise }, { "--key-offset", &c.key_offset },
+        { "--query-noise", &c.query_noise }, { "--query-offset", &c.query_offset },
+    };
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define ARG(name) (strcmp(a, name) == 0 && v && (++i, 1))
-        if (ARG("--out"))
-            out = v;
-        else if (ARG("--layers"))
-            c.shape.num_layers = atoi(v);
-        else if (ARG("--q-heads"))
-            c.shape.num_q_heads = atoi(v);
-        else if (ARG("--kv-heads"))
-            c.shape.num_kv_heads = atoi(v);
-        else if (ARG("--dim"))
-            c.shape.head_dim = atoi(v);
-        else if (ARG("--seqs"))
-            c.num_seqs = atoi(v);
-        else if (ARG("--seq-len"))
-            c.seq_len = atoi(v);
-        else if (ARG("--queries"))
-            c.queries = atoi(v);
-        else if (ARG("--clusters"))
-            c.clusters = atoi(v);
-        else if (ARG("--key-scale"))
-            c.key_scale = strtof(v, NULL);
-        else if (ARG("--key-noise"))
-            c.key_noise = strtof(v, NULL);
-        else if (ARG("--key-offset"))
-            c.key_offset = strtof(v, NULL);
-        else if (ARG("--query-noise"))
-            c.query_noise = strtof(v, NULL);
-        else if (ARG("--query-offset"))
-            c.query_offset = strtof(v, NULL);
-        else if (ARG("--sink"))
-            c.sink = atoi(v);
-        else if (ARG("--recent"))
-            c.recent = atoi(v);
-        else if (ARG("--seed"))
-            c.seed = strtoull(v, NULL, 0);
-        else if (strcmp(a, "--fp16") == 0)
+        int known = 0, bad = 0;
+        long long n;
+        double x;
+        for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !known; k++)
+            if (strcmp(a, ints[k].name) == 0 && v) {
+                known = 1, i++;
+                bad = tool_parse_int("hashattn-calib", a, v, 0, 0x7fffffff, &n);
+                if (!bad)
+                    *ints[k].dst = (int32_t)n;
+            }
+        for (size_t k = 0; k < sizeof floats / sizeof floats[0] && !known; k++)
+            if (strcmp(a, floats[k].name) == 0 && v) {
+                known = 1, i++;
+                bad = tool_parse_float("hashattn-calib", a, v, -1e30, 1e30, &x);
+                if (!bad)
+                    *floats[k].dst = (float)x;
+            }
+        if (known) {
+            if (bad) {
+                printf("hashattn-calib: bad arguments: FAILED\n");
+                return 1;
+            }
+        } else if (strcmp(a, "--out") == 0 && v) {
+            out = argv[++i];
+        } else if (strcmp(a, "--seed") == 0 && v) {
+            if (tool_parse_int("hashattn-calib", a, v, 0, 0x7fffffffffffffffLL, &n)) {
+                printf("hashattn-calib: bad arguments: FAILED\n");
+                return 1;
+            }
+            c.seed = (uint64_t)n;
+            i++;
+        } else if (strcmp(a, "--fp16") == 0) {
             c.dtype = TR_CALIB_F16;
-        else if (strcmp(a, "--group-positions") == 0)
+        } else if (strcmp(a, "--group-positions") == 0) {
             c.group_positions = 1;
-        else {
+        } else {
             fprintf(stderr, "hashattn-calib: unknown or incomplete option %s\n", a);
             usage(stderr);
             printf("hashattn-calib: bad arguments: FAILED\n");
             return 1;
         }
-#undef ARG
     }
     if (!out) {
         usage(stderr);

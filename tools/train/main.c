@@ -20,6 +20,7 @@
 #include "plugin_check.h"
 #include "progress.h"
 #include "rng.h"
+#include "tools/common/tool_util.h"
 #include "train.h"
 #include "weights_io.h"
 
@@ -139,10 +140,17 @@ int main(int argc, char **argv)
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     tr_options_t o = TR_OPTIONS_INIT;
     o.threads = ncpu > 0 ? (int)ncpu : 1;
+    long long n = 0;
+    double x = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define ARG(name) (strcmp(a, name) == 0 && v && (++i, 1))
+/* an option's number, read whole and within [lo, hi], or a message naming it */
+#define INT_ARG(name, lo, hi) (ARG(name) && (tool_parse_int("hashattn-train", a, v, lo, hi, &n) ? (bad = 1) : 1))
+#define FLOAT_ARG(name, lo, hi) \
+    (ARG(name) && (tool_parse_float("hashattn-train", a, v, lo, hi, &x) ? (bad = 1) : 1))
+        int bad = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
@@ -152,8 +160,8 @@ int main(int argc, char **argv)
             out_path = v;
         } else if (ARG("--init")) {
             init_path = v;
-        } else if (ARG("--mlp-width")) {
-            mlp_width = atoi(v);
+        } else if (INT_ARG("--mlp-width", 1, 1024)) {
+            mlp_width = (int)n;
         } else if (strcmp(a, "--compact") == 0) {
             compact = 1;
         } else if (ARG("--objective")) {
@@ -164,36 +172,40 @@ int main(int argc, char **argv)
                 printf("hashattn-train: bad arguments: FAILED\n");
                 return 1;
             }
-        } else if (ARG("--epochs")) {
-            o.epochs = atoi(v);
-        } else if (ARG("--steps")) {
-            o.steps = atoll(v);
-        } else if (ARG("--batch")) {
-            o.batch = atoi(v);
-        } else if (ARG("--negatives")) {
-            o.negatives = atoi(v);
-        } else if (ARG("--lr")) {
-            o.lr = strtof(v, NULL);
-        } else if (ARG("--pos-weight")) {
-            o.pos_weight = strtof(v, NULL);
-        } else if (ARG("--seed")) {
-            o.seed = strtoull(v, NULL, 0);
-        } else if (ARG("--holdout")) {
-            o.holdout = strtof(v, NULL);
-        } else if (ARG("--budget")) {
-            o.budget_fraction = strtof(v, NULL);
-        } else if (ARG("--max-eval")) {
-            o.max_eval = atoi(v);
+        } else if (INT_ARG("--epochs", 0, 1000000)) {
+            o.epochs = (int)n;
+        } else if (INT_ARG("--steps", 0, 1000000000000LL)) {
+            o.steps = n;
+        } else if (INT_ARG("--batch", 1, 1 << 20)) {
+            o.batch = (int32_t)n;
+        } else if (INT_ARG("--negatives", 0, 1 << 24)) {
+            o.negatives = (int32_t)n;
+        } else if (FLOAT_ARG("--lr", 1e-12, 10)) {
+            o.lr = (float)x;
+        } else if (FLOAT_ARG("--pos-weight", 1e-9, 1e9)) {
+            o.pos_weight = (float)x;
+        } else if (INT_ARG("--seed", 0, 0x7fffffffffffffffLL)) {
+            o.seed = (uint64_t)n;
+        } else if (FLOAT_ARG("--holdout", 0, 0.99)) {
+            o.holdout = (float)x;
+        } else if (FLOAT_ARG("--budget", 1e-9, 1)) {
+            o.budget_fraction = (float)x;
+        } else if (INT_ARG("--max-eval", 0, 0x7fffffff)) {
+            o.max_eval = (int32_t)n;
         } else if (ARG("--layers")) {
             layers_arg = v;
-        } else if (ARG("--threads")) {
-            o.threads = atoi(v);
+        } else if (INT_ARG("--threads", 1, 4096)) {
+            o.threads = (int)n;
         } else if (ARG("--device")) {
             if (strcmp(v, "cpu") == 0) {
                 o.cuda = 0;
             } else if (strncmp(v, "cuda", 4) == 0 && (v[4] == 0 || v[4] == ':')) {
                 o.cuda = 1;
-                o.device = v[4] ? atoi(v + 5) : 0;
+                if (v[4] && tool_parse_int("hashattn-train", "--device cuda:", v + 5, 0, 1023, &n)) {
+                    printf("hashattn-train: bad arguments: FAILED\n");
+                    return 1;
+                }
+                o.device = v[4] ? (int)n : 0;
             } else {
                 fprintf(stderr, "hashattn-train: --device %s: cpu or cuda[:N]\n", v);
                 printf("hashattn-train: bad arguments: FAILED\n");
@@ -212,13 +224,18 @@ int main(int argc, char **argv)
             printf("hashattn-train: bad arguments: FAILED\n");
             return 1;
         }
+        if (bad) {
+            printf("hashattn-train: bad arguments: FAILED\n");
+            return 1;
+        }
+#undef FLOAT_ARG
+#undef INT_ARG
 #undef ARG
     }
     if (!plugin_explicit)
         plugin_path = HASHATTN_TRAIN_DEFAULT_PLUGIN;
-    if (!calib_path || !out_path || o.epochs < 0 || o.steps < 0 || o.batch < 1 || o.negatives < 0 ||
-        !(o.lr > 0) || !(o.pos_weight > 0) || o.holdout < 0 || o.holdout >= 1 || !(o.budget_fraction >= 0) ||
-        o.threads < 1 || mlp_width < 0 || mlp_width > 1024) {
+    if (!calib_path || !out_path) {
+        fprintf(stderr, "hashattn-train: %s is required\n", !calib_path ? "--calib FILE" : "--out FILE");
         usage(stderr);
         printf("hashattn-train: bad arguments: FAILED\n");
         return 1;
