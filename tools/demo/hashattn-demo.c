@@ -93,17 +93,6 @@ static void usage(FILE *f)
             "  --library PATH    libhashattn.so to load (default: $HASHATTN_LIBRARY, the build's)\n");
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_options(int argc, char **argv, options_t *o)
 {
     *o = (options_t){ .tokens = 32768, .device = "auto", .sparsity = 16.0, .seed = 1,
@@ -120,29 +109,29 @@ static int parse_options(int argc, char **argv, options_t *o)
             return -1;
         }
         const char *v = argv[++i];
-        long n;
-        char *end;
+        long long n;
+        double x;
         if (!strcmp(a, "--tokens")) {
-            if (parse_long(v, 1, 1L << 24, &n)) goto bad;
+            if (tool_parse_int("hashattn-demo", a, v, 1, 1L << 24, &n)) return -1;
             o->tokens = n;
         } else if (!strcmp(a, "--batch")) {
-            if (parse_long(v, 1, 4096, &n)) goto bad;
+            if (tool_parse_int("hashattn-demo", a, v, 1, 4096, &n)) return -1;
             o->batch = (int)n;
         } else if (!strcmp(a, "--repeat")) {
-            if (parse_long(v, 1, 100000, &n)) goto bad;
+            if (tool_parse_int("hashattn-demo", a, v, 1, 100000, &n)) return -1;
             o->repeat = (int)n;
         } else if (!strcmp(a, "--mlp-width")) {
-            if (parse_long(v, 1, 1024, &n)) goto bad;
+            if (tool_parse_int("hashattn-demo", a, v, 1, 1024, &n)) return -1;
             o->mlp_width = (int)n;
         } else if (!strcmp(a, "--seed")) {
-            if (parse_long(v, 0, LONG_MAX, &n)) goto bad;
+            if (tool_parse_int("hashattn-demo", a, v, 0, LONG_MAX, &n)) return -1;
             o->seed = (uint64_t)n;
         } else if (!strcmp(a, "--sparsity")) {
-            o->sparsity = strtod(v, &end);
-            if (*end || !(o->sparsity >= 1.0)) goto bad;
+            if (tool_parse_float("hashattn-demo", a, v, 1.0, 1e9, &x)) return -1;
+            o->sparsity = x;
         } else if (!strcmp(a, "--max-error")) {
-            o->max_error = strtod(v, &end);
-            if (*end || !(o->max_error >= 0.0)) goto bad;
+            if (tool_parse_float("hashattn-demo", a, v, 0.0, 1e9, &x)) return -1;
+            o->max_error = x;
         } else if (!strcmp(a, "--device")) {
             o->device = v;
         } else if (!strcmp(a, "--dtype")) {
@@ -316,10 +305,14 @@ static const char *pick_device(const char *want, char *name, size_t cap)
         g_cuda = -1;
     } else if (!strcmp(want, "auto") || !strncmp(want, "cuda", 4)) {
         int ordinal = 0;
-        if (!strncmp(want, "cuda:", 5))
-            ordinal = atoi(want + 5);
-        else if (strcmp(want, "auto") && strcmp(want, "cuda"))
+        long long n;
+        if (!strncmp(want, "cuda:", 5)) {
+            if (tool_parse_int("hashattn-demo", "--device cuda:", want + 5, 0, 1023, &n))
+                return NULL;
+            ordinal = (int)n;
+        } else if (strcmp(want, "auto") && strcmp(want, "cuda")) {
             return NULL;
+        }
         int count = 0;
 #ifdef HASHATTN_DEMO_CUDA
         if (cudaGetDeviceCount(&count) != cudaSuccess)
