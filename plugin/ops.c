@@ -236,9 +236,9 @@ status_t ha_workspace_size(const hashattn_context_t *cctx, const hashattn_worksp
         return ha_fail(ctx, BAD, "workspace_size: op = %d is not a hashattn_op_t", a.op);
     if (a.max_num_seqs < 0 || a.max_num_tokens < 0 || a.max_blocks_per_seq < 0 ||
         a.max_num_tokens > ((int64_t)1 << 31))
-        return ha_fail(ctx, BAD, "workspace_size: bounds must be >= 0 (max_num_seqs = %d, max_num_tokens = "
-                       "%lld, max_blocks_per_seq = %d)", a.max_num_seqs, (long long)a.max_num_tokens,
-                       a.max_blocks_per_seq);
+        return ha_fail(ctx, BAD, "workspace_size: max_num_seqs = %d, max_num_tokens = %lld, max_blocks_per_seq = "
+                       "%d: each must be >= 0, and max_num_tokens <= 2^31", a.max_num_seqs,
+                       (long long)a.max_num_tokens, a.max_blocks_per_seq);
     ha_workspace_bounds_t b = bounds_of(ctx);
     b.max_num_seqs = a.max_num_seqs;
     b.max_num_tokens = a.max_num_tokens;

@@ -455,6 +455,7 @@ static void h_rows_2e31(env_t *e)
 MUT(s_op, { e->wsa.op = 9; })
 MUT(s_seqs, { e->wsa.max_num_seqs = -1; })
 MUT(s_tokens, { e->wsa.op = HASHATTN_OP_PREFILL; e->wsa.max_num_tokens = -5; })
+MUT(s_tokens_2e31, { e->wsa.op = HASHATTN_OP_HASH; e->wsa.max_num_tokens = ((int64_t)1 << 31) + 1; })
 
 #define IA HASHATTN_STATUS_INVALID_ARGUMENT
 typedef struct bad_case {
@@ -614,7 +615,8 @@ static const bad_case_t k_bad[] = {
 
     {"op_9", OP_WS, s_op, IA, "op"},
     {"max_num_seqs_negative", OP_WS, s_seqs, IA, "max_num_seqs"},
-    {"max_num_tokens_negative", OP_WS, s_tokens, IA, "max_num_tokens"},
+    {"max_num_tokens_negative", OP_WS, s_tokens, IA, "max_num_tokens = -5"},
+    {"max_num_tokens_2e31_plus_1", OP_WS, s_tokens_2e31, IA, "max_num_tokens = 2147483649"},
 };
 #define NBAD ((int)(sizeof k_bad / sizeof k_bad[0]))
 
