@@ -127,6 +127,20 @@ static ha_rows_view_t rows_of(const ha_tensor_t *v)
     return r;
 }
 
+/* The cache slots a batch's tables can address, num_seqs x max_blocks x
+ * block_size, at most 2^40: far past any server, and low enough that no
+ * workspace size (CPU or CUDA) computed from them overflows 64 bits. */
+static status_t check_slots(hashattn_context_t *ctx, const char *op, const char *what, int64_t num_seqs,
+                            int64_t max_blocks)
+{
+    const int64_t bs = ctx->cfg.block_size;
+    if (num_seqs > 0 && max_blocks > 0 && num_seqs > (((int64_t)1 << 40) / bs) / max_blocks)
+        return ha_fail(ctx, BAD, "%s: %s = [%lld, %lld]: %lld sequences of %lld blocks of %lld tokens address "
+                       "more than 2^40 cache slots", op, what, (long long)num_seqs, (long long)max_blocks,
+                       (long long)num_seqs, (long long)max_blocks, (long long)bs);
+    return OK;
+}
+
 /* Block tables and sequence lengths; on the CPU also their values. */
 static status_t check_tables(hashattn_context_t *ctx, const char *op, const DLTensor *bt, const DLTensor *sl,
                              int64_t num_seqs, int64_t num_blocks, ha_tensor_t *vbt, ha_tensor_t *vsl)
@@ -137,6 +151,7 @@ static status_t check_tables(hashattn_context_t *ctx, const char *op, const DLTe
     int64_t max_blocks = vbt->shape[1];
     if (max_blocks > INT32_MAX)
         return ha_fail(ctx, BAD, "%s: block_tables.shape[1] = %lld is too large", op, (long long)max_blocks);
+    TRY(check_slots(ctx, op, "block_tables.shape", num_seqs, max_blocks));
     if (ctx->backend != HA_BACKEND_CPU)
         return OK;
     const int32_t bs = ctx->cfg.block_size;
@@ -239,6 +254,9 @@ status_t ha_workspace_size(const hashattn_context_t *cctx, const hashattn_worksp
         return ha_fail(ctx, BAD, "workspace_size: max_num_seqs = %d, max_num_tokens = %lld, max_blocks_per_seq = "
                        "%d: each must be >= 0, and max_num_tokens <= 2^31", a.max_num_seqs,
                        (long long)a.max_num_tokens, a.max_blocks_per_seq);
+    if (a.op == HASHATTN_OP_DECODE || a.op == HASHATTN_OP_PREFILL)
+        TRY(check_slots(ctx, "workspace_size", "[max_num_seqs, max_blocks_per_seq]", a.max_num_seqs,
+                        a.max_blocks_per_seq));
     ha_workspace_bounds_t b = bounds_of(ctx);
     b.max_num_seqs = a.max_num_seqs;
     b.max_num_tokens = a.max_num_tokens;

@@ -311,6 +311,22 @@ static void d_si_elements(env_t *e)
     DA.output = o;
     DA.selected_indices = t;
 }
+/* 256 sequences of 2^31 - 1 blocks of 4 tokens (2^41 cache slots), every
+ * per-sequence tensor resized to match: refused before the tables' values
+ * (3 rows here) are read */
+static void d_slots(env_t *e)
+{
+    DLTensor *q = mod(e, DA.query), *o = mod(e, DA.output), *bt = mod(e, DA.block_tables);
+    DLTensor *sl = mod(e, DA.seq_lens), *si = mod(e, DA.selected_indices), *sc = mod(e, DA.selected_counts);
+    q->shape[0] = o->shape[0] = bt->shape[0] = sl->shape[0] = si->shape[0] = sc->shape[0] = 256;
+    bt->shape[1] = E31 - 1;
+    DA.query = q;
+    DA.output = o;
+    DA.block_tables = bt;
+    DA.seq_lens = sl;
+    DA.selected_indices = si;
+    DA.selected_counts = sc;
+}
 MUT(d_query_stride_2e61, { DLTensor *t = mod(e, DA.query); t->strides[0] = (int64_t)1 << 61; DA.query = t; })
 MUT(d_kc_stride_span, {
     DLTensor *t = mod(e, DA.key_cache); /* the last block starts past element 2^56 */
@@ -456,6 +472,8 @@ MUT(s_op, { e->wsa.op = 9; })
 MUT(s_seqs, { e->wsa.max_num_seqs = -1; })
 MUT(s_tokens, { e->wsa.op = HASHATTN_OP_PREFILL; e->wsa.max_num_tokens = -5; })
 MUT(s_tokens_2e31, { e->wsa.op = HASHATTN_OP_HASH; e->wsa.max_num_tokens = ((int64_t)1 << 31) + 1; })
+/* 2^20 sequences of 2^19 blocks of 4 tokens: 2^41 cache slots */
+MUT(s_slots, { e->wsa.max_num_seqs = 1 << 20; e->wsa.max_blocks_per_seq = 1 << 19; })
 
 #define IA HASHATTN_STATUS_INVALID_ARGUMENT
 typedef struct bad_case {
@@ -521,6 +539,7 @@ static const bad_case_t k_bad[] = {
     {"block_tables_cols_2e31", OP_DECODE, d_bt_cols_2e31, IA, "block_tables.shape[1] = 2147483648"},
     {"selected_indices_cap_2e31", OP_DECODE, d_si_cap_2e31, IA, "selected_indices.shape[2] = 2147483648"},
     {"selected_indices_2e71_elements", OP_DECODE, d_si_elements, IA, "selected_indices has too many elements"},
+    {"slots_2e41", OP_DECODE, d_slots, IA, "block_tables.shape = [256, 2147483647]"},
     {"query_stride_2e61", OP_DECODE, d_query_stride_2e61, IA, "query.strides[0] = 2305843009213693952"},
     {"key_cache_stride_span", OP_DECODE, d_kc_stride_span, IA, "key_cache.strides[0]"},
     {"output_byte_offset_2e62", OP_DECODE, d_out_offset_2e62, IA, "output.byte_offset = 4611686018427387904"},
@@ -617,6 +636,7 @@ static const bad_case_t k_bad[] = {
     {"max_num_seqs_negative", OP_WS, s_seqs, IA, "max_num_seqs"},
     {"max_num_tokens_negative", OP_WS, s_tokens, IA, "max_num_tokens = -5"},
     {"max_num_tokens_2e31_plus_1", OP_WS, s_tokens_2e31, IA, "max_num_tokens = 2147483649"},
+    {"slots_2e41", OP_WS, s_slots, IA, "more than 2^40 cache slots"},
 };
 #define NBAD ((int)(sizeof k_bad / sizeof k_bad[0]))
 

@@ -34,8 +34,8 @@
  *     other non-negative strides are accepted. Size limits, far above any
  *     allocation: a dimension <= 2^40, a tensor <= 2^46 elements, its last
  *     element <= 2^56 elements past its first, byte_offset <= 2^56; token,
- *     sequence and table-width counts <= 2^31 - 1. Shapes are written
- *     [dim0, dim1, ...].
+ *     sequence and table-width counts <= 2^31 - 1; sequences x table width x
+ *     block_size <= 2^40. Shapes are written [dim0, dim1, ...].
  *   - "Stream-ordered" calls take `stream` (a cudaStream_t, NULL = the legacy
  *     default stream; ignored on the CPU), enqueue their work and return without
  *     synchronising or allocating, so a host can capture them in a CUDA graph.
