@@ -14,7 +14,11 @@
  * the lane loop while each lane keeps the scalar fmaf order. */
 #define TL 16
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+/* Not under ASan or TSan: an ifunc's resolver runs during relocation, before
+ * the sanitizer's runtime is up, and an instrumented resolver crashes there
+ * (TSan: every program linking the trainer's code, at start). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 #define TR_FMA_CLONES __attribute__((target_clones("fma", "default")))
 #else
 #define TR_FMA_CLONES
