@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "kernels/cuda/common.cuh"
@@ -25,17 +26,21 @@ void note_error(cudaError_t e, const char *where)
 
 int sm_count()
 {
-    static int cache[64];
+    /* atomic: contexts on several threads may fill it at once (all with the same value) */
+    static std::atomic<int> cache[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0)
         return 132;
-    if (dev < 64 && cache[dev] > 0)
-        return cache[dev];
+    if (dev < 64) {
+        const int c = cache[dev].load(std::memory_order_relaxed);
+        if (c > 0)
+            return c;
+    }
     int v = 0;
     if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
         v = 132;
     if (dev < 64)
-        cache[dev] = v;
+        cache[dev].store(v, std::memory_order_relaxed);
     return v;
 }
 
