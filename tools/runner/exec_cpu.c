@@ -69,7 +69,7 @@ int rn_exec_cpu_create(rn_model_t *m, rn_attn_t *attn, rn_exec_t **out, char *er
 {
     *out = NULL;
     cpu_exec_t *c = calloc(1, sizeof *c);
-    if (!c || rn_sampler_init(&c->smp, m->hp.n_vocab, 0, 1, 1) ||
+    if (!c || rn_sampler_init(&c->smp, m->hp.n_vocab) ||
         !(c->logits = malloc((size_t)attn->max_seqs * m->hp.n_vocab * sizeof(float)))) {
         if (c)
             cpu_destroy(&c->base);

@@ -6,11 +6,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-int rn_sampler_init(rn_sampler_t *s, int n_vocab, float temperature, float top_p, uint64_t seed)
+int rn_sampler_init(rn_sampler_t *s, int n_vocab)
 {
-    s->temperature = temperature;
-    s->top_p = top_p > 0 && top_p <= 1 ? top_p : 1.0f;
-    s->state = seed ? seed : 0x2545f4914f6cdd1dull;
     s->n_vocab = n_vocab;
     s->probs = malloc((size_t)n_vocab * sizeof *s->probs);
     s->order = malloc((size_t)n_vocab * sizeof *s->order);

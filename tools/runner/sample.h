@@ -11,16 +11,15 @@
 extern "C" {
 #endif
 
+/* Scratch for rn_sample_with over a vocabulary of n_vocab tokens (the
+ * settings and the draw come with each call). */
 typedef struct rn_sampler {
-    float temperature; /* <= 0: greedy */
-    float top_p;       /* (0, 1]; 1 = off */
-    uint64_t state;    /* generator state (xorshift64*) */
     int n_vocab;
-    float *probs;      /* [n_vocab] scratch */
-    int32_t *order;    /* [n_vocab] scratch */
+    float *probs;      /* [n_vocab] */
+    int32_t *order;    /* [n_vocab] */
 } rn_sampler_t;
 
-int rn_sampler_init(rn_sampler_t *s, int n_vocab, float temperature, float top_p, uint64_t seed);
+int rn_sampler_init(rn_sampler_t *s, int n_vocab);
 void rn_sampler_destroy(rn_sampler_t *s);
 
 /* Index of the largest logit (the lowest index on ties). */
