@@ -452,6 +452,38 @@ static void test_kv(void)
     CHECK(kv.pool.n_free == 10 && rn_kv_unreserved(&kv) == 10, "everything back");
     rn_kv_destroy(&kv);
     rn_plan_free(&p);
+
+    /* a step refused after some sequences grew: those are truncated back, their new
+     * blocks freed. s0 grows into a third block, then s1 (3 blocks) cannot take 15
+     * more tokens in a table of 6 */
+    CHECK(rn_kv_init(&kv, 10, 4, 3, 6) == 0 && rn_plan_init(&p, 3, 16, 6) == 0, "init (rollback)");
+    const int r0 = rn_kv_acquire(&kv, 24), r1 = rn_kv_acquire(&kv, 16);
+    const int32_t only0[1] = { r0 }, only1[1] = { r1 }, eight[1] = { 8 }, twelve[1] = { 12 };
+    CHECK(rn_kv_plan(&kv, &p, 1, only0, eight, 0, t15, 1, err, sizeof err) == 0 &&
+              rn_kv_plan(&kv, &p, 1, only1, twelve, 0, t15, 1, err, sizeof err) == 0,
+          "prefill 8 and 12 tokens: %s", err);
+    const int free_before = kv.pool.n_free;
+    const int32_t ids3[2] = { r0, r1 }, grow[2] = { 1, 15 };
+    rc = rn_kv_plan(&kv, &p, 2, ids3, grow, 1, t17, 1, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "cannot grow") && rn_kv_len(&kv, r0) == 8 && rn_kv_len(&kv, r1) == 12 &&
+              kv.seqs[r0].n_blocks == 2 && kv.pool.n_free == free_before,
+          "rollback after a later sequence's refusal: lengths %lld %lld, %d blocks, %d free (want 8 12 2 %d): %s",
+          (long long)rn_kv_len(&kv, r0), (long long)rn_kv_len(&kv, r1), kv.seqs[r0].n_blocks, kv.pool.n_free,
+          free_before, err);
+    rn_kv_destroy(&kv);
+    rn_plan_free(&p);
+
+    /* refused because the plan's tables are narrower than a grown sequence (2 blocks here) */
+    CHECK(rn_kv_init(&kv, 10, 4, 3, 6) == 0 && rn_plan_init(&p, 3, 16, 2) == 0, "init (narrow tables)");
+    const int w0 = rn_kv_acquire(&kv, 12);
+    const int32_t onew[1] = { w0 }, one[1] = { 1 };
+    CHECK(rn_kv_plan(&kv, &p, 1, onew, eight, 0, t15, 1, err, sizeof err) == 0, "prefill 8 tokens: %s", err);
+    rc = rn_kv_plan(&kv, &p, 1, onew, one, 1, t15, 1, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "the tables hold 2") && rn_kv_len(&kv, w0) == 8 && kv.pool.n_free == 8,
+          "a third block in tables of 2: length %lld, %d free (want 8, 8): %s", (long long)rn_kv_len(&kv, w0),
+          kv.pool.n_free, err);
+    rn_kv_destroy(&kv);
+    rn_plan_free(&p);
 }
 
 static void test_dense_no_weights(rn_model_t *m)
