@@ -5,6 +5,7 @@
 
 #include "capture.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -89,16 +90,22 @@ static int text_open(text_src_t *t, const char *path, char *err, size_t errlen)
     int fd = open(path, O_RDONLY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
+        const int e = errno;
         if (fd >= 0)
             close(fd);
-        return tool_err(err, errlen, "calibration text %s: cannot open", path);
+        return tool_err(err, errlen, "calibration text %s: cannot open: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return tool_err(err, errlen, "calibration text %s: not a regular file", path);
     }
     t->size = (size_t)st.st_size;
     if (t->size) {
         void *p = mmap(NULL, t->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
+            const int e = errno;
             close(fd);
-            return tool_err(err, errlen, "calibration text %s: cannot map", path);
+            return tool_err(err, errlen, "calibration text %s: cannot map: %s", path, strerror(e));
         }
         t->data = p;
     }
