@@ -200,8 +200,15 @@ static char *read_file(const char *path, size_t *len)
         buf = p;
         cap *= 2;
     }
+    const int failed = ferror(f); /* a folder opens, then fails to read (EISDIR) */
+    const int e = errno;
     if (f != stdin)
         fclose(f);
+    if (buf && failed) {
+        free(buf);
+        buf = NULL;
+        errno = e;
+    }
     if (buf) {
         buf[n] = 0;
         *len = n;
@@ -758,6 +765,7 @@ int main(int argc, char **argv)
         return 2;
     }
     char model_path[4096];
+    const int default_model = !o.model; /* the fetch hint is for the default path only */
     if (!o.model) {
         const char *env = getenv("HASHATTN_MODEL"), *cache = getenv("HASHATTN_CACHE"), *home = getenv("HOME");
         if (env && *env)
@@ -836,7 +844,7 @@ int main(int argc, char **argv)
 
     if (gguf_open(o.model, &f, err, sizeof err)) {
         fprintf(stderr, "hashattn-run: %s\n", err);
-        if (access(o.model, F_OK) != 0)
+        if (default_model && access(o.model, F_OK) != 0)
             fprintf(stderr, "hashattn-run: fetch the default model with scripts/fetch-model\n");
         goto out;
     }
@@ -862,7 +870,7 @@ int main(int argc, char **argv)
         if (o.prompts || o.prompt_file) {
             const char *path = o.prompts ? o.prompts : o.prompt_file;
             if (!(buf = read_file(path, &len))) {
-                fprintf(stderr, "hashattn-run: cannot read %s\n", path);
+                fprintf(stderr, "hashattn-run: cannot read %s: %s\n", path, strerror(errno));
                 goto out;
             }
         }
