@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "calib.h"
@@ -132,6 +133,24 @@ static void check_vectors(const tr_calib_t *c, int32_t layer, int64_t n, float *
 
 static double wavg(double acc, double x, int64_t w) { return isnan(x) ? acc : acc + x * (double)w; }
 
+/* --out is checked before the training, not after it: the writer makes
+ * PATH.tmp in PATH's folder and renames it over PATH, so that must work. */
+static int out_writable(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return tool_err(err, errlen, "--out %s is a folder", path);
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return tool_err(err, errlen, "--out %s: the path is too long", path);
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp)
+        return tool_err(err, errlen, "--out %s: cannot create %s: %s", path, tmp, strerror(errno));
+    fclose(fp);
+    remove(tmp);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *calib_path = NULL, *out_path = NULL, *init_path = NULL, *layers_arg = NULL;
@@ -242,6 +261,11 @@ int main(int argc, char **argv)
     }
 
     char err[1024];
+    if (out_writable(out_path, err, sizeof err)) {
+        fprintf(stderr, "hashattn-train: %s\n", err);
+        printf("hashattn-train: FAILED\n");
+        return 1;
+    }
     double t0 = tr_now();
     tr_calib_t *calib = NULL;
     tr_model_t model = {0};
