@@ -458,6 +458,10 @@ int tr_calib_open(const char *path, tr_calib_t **out, char *err, size_t errlen)
         close(fd);
         return tool_err(err, errlen, "cannot stat %s: %s", path, strerror(errno));
     }
+    if (!S_ISREG(st.st_mode)) { /* a folder opens, then fails to map ("No such device") */
+        close(fd);
+        return tool_err(err, errlen, "%s is not a regular file", path);
+    }
     tr_calib_t *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
