@@ -7,11 +7,13 @@
  * H heads, contiguous, in the shapes of kernels/params.h. CUDA contexts keep a
  * device copy of the same block.
  */
+#define _POSIX_C_SOURCE 200809L /* fileno */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
@@ -261,6 +263,11 @@ static hashattn_status_t st_read(hashattn_context_t *ctx, const char *path, st_f
     if (!fp)
         return ha_fail(ctx, HASHATTN_STATUS_IO_ERROR, "weights_load: cannot open %s: %s", path,
                        strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) == 0 && !S_ISREG(sb.st_mode)) { /* a folder opens, then reads nothing */
+        fclose(fp);
+        return ha_fail(ctx, HASHATTN_STATUS_IO_ERROR, "weights_load: %s is not a regular file", path);
+    }
     if (fseek(fp, 0, SEEK_END) != 0) {
         fclose(fp);
         return ha_fail(ctx, HASHATTN_STATUS_IO_ERROR, "weights_load: cannot seek %s", path);
