@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
@@ -193,6 +194,11 @@ int tr_weights_read(const char *path, tr_model_t *m, char *err, size_t errlen)
     unsigned char *bytes = NULL;
     json_object *root = NULL;
     int rc = -1;
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) == 0 && !S_ISREG(sb.st_mode)) { /* a folder opens, then reads nothing */
+        tool_err(err, errlen, "%s is not a regular file", path);
+        goto done;
+    }
     if (fseek(fp, 0, SEEK_END) != 0) {
         tool_err(err, errlen, "cannot seek %s", path);
         goto done;
