@@ -7,12 +7,14 @@
 #include "plugin.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef PATH_MAX
@@ -110,7 +112,13 @@ static int read_weights_meta(const char *path, int *mlp_width, int *sig_layout, 
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        snprintf(err, errlen, "--hash-weights %s: cannot open", path);
+        snprintf(err, errlen, "--hash-weights %s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) == 0 && !S_ISREG(sb.st_mode)) { /* a folder opens, then reads nothing */
+        fclose(fp);
+        snprintf(err, errlen, "--hash-weights %s: not a regular file", path);
         return -1;
     }
     unsigned char lenb[8];
