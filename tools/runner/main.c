@@ -123,7 +123,8 @@ static void usage(FILE *out)
             "  --seed N              sampling and random-weight seed (default 1234)\n"
             "  --ctx N               tokens one sequence may hold (default the longest\n"
             "                        prompt + new tokens)\n"
-            "  --kv-tokens N         KV pool capacity in tokens (default batch x ctx)\n"
+            "  --kv-tokens N         KV pool capacity in tokens (default batch x ctx; at least\n"
+            "                        one sequence of ctx tokens)\n"
             "  --block-size N        tokens per KV block (default 16)\n"
             "  --prefill-chunk N     prompt tokens per step (default 512; cuda 2048)\n"
             "  --shuffle-blocks      hand out KV blocks in a random order\n"
@@ -985,9 +986,19 @@ int main(int argc, char **argv)
     int32_t max_blocks = (int32_t)((ctx + bs - 1) / bs);
     max_blocks = (max_blocks + width_round - 1) / width_round * width_round;
     int64_t kv_tokens = o.kv_tokens ? o.kv_tokens : (int64_t)batch * max_blocks * bs;
+    if ((kv_tokens + bs - 1) / bs > INT32_MAX) {
+        fprintf(stderr, "hashattn-run: a KV pool of %lld tokens is more than 2^31 - 1 blocks of %d (--kv-tokens, "
+                "--batch, --ctx, --block-size)\n", (long long)kv_tokens, bs);
+        goto out;
+    }
     int32_t num_blocks = (int32_t)((kv_tokens + bs - 1) / bs);
-    if (num_blocks < max_blocks)
+    if (num_blocks < max_blocks) {
+        if (o.kv_tokens)
+            fprintf(stderr, "hashattn-run: note: --kv-tokens %lld raised to %lld, one sequence of %lld tokens "
+                    "(--ctx) in blocks of %d\n", (long long)o.kv_tokens, (long long)max_blocks * bs,
+                    (long long)ctx, bs);
         num_blocks = max_blocks;
+    }
     max_batch_tokens = o.prefill_chunk + batch;
     const int hash_ctx = mode_hash || o.bench; /* signatures and weights */
 
