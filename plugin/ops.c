@@ -135,9 +135,8 @@ static status_t check_slots(hashattn_context_t *ctx, const char *op, const char 
 {
     const int64_t bs = ctx->cfg.block_size;
     if (num_seqs > 0 && max_blocks > 0 && num_seqs > (((int64_t)1 << 40) / bs) / max_blocks)
-        return ha_fail(ctx, BAD, "%s: %s = [%lld, %lld]: %lld sequences of %lld blocks of %lld tokens address "
-                       "more than 2^40 cache slots", op, what, (long long)num_seqs, (long long)max_blocks,
-                       (long long)num_seqs, (long long)max_blocks, (long long)bs);
+        return ha_fail(ctx, BAD, "%s: %s = [%lld, %lld] with block_size %lld address more than 2^40 cache slots",
+                       op, what, (long long)num_seqs, (long long)max_blocks, (long long)bs);
     return OK;
 }
 
