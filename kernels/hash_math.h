@@ -26,6 +26,20 @@
 #define HA_MATH_FN static inline
 #endif
 
+/* HA_FMA_CLONES: on a function whose loops run these operations over lanes,
+ * a build for FMA hardware and a plain one, picked at load time (without FMA,
+ * fmaf is a library call and about 30x slower). Used by the CPU backend's
+ * hash MLP and the trainer's. Not under ASan or TSan: an ifunc's resolver
+ * runs during relocation, before the sanitizer's runtime is up, and an
+ * instrumented resolver crashes there (TSan: every program linking the
+ * trainer's code, at start). */
+#if !defined(__CUDACC__) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define HA_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define HA_FMA_CLONES
+#endif
+
 HA_MATH_FN float ha_exp(float x)
 {
     if (x > 88.0f)

@@ -21,16 +21,6 @@
 
 #define L HA_CPU_MLP_LANES
 
-/* Not under ASan or TSan: an ifunc's resolver runs during relocation, before
- * the sanitizer's runtime is up, and an instrumented resolver crashes there
- * (TSan: every program linking the trainer's code, at start). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define HA_FMA_CLONES __attribute__((target_clones("fma", "default")))
-#else
-#define HA_FMA_CLONES
-#endif
-
 /* out[i] = act(b[i] + sum_j W[i][j] in[j]), W row-major [out_dim, in_dim]. */
 HA_FMA_CLONES
 static void linear(const float *w, const float *b, const float *in, int32_t in_dim,

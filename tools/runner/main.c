@@ -986,12 +986,13 @@ int main(int argc, char **argv)
     int32_t max_blocks = (int32_t)((ctx + bs - 1) / bs);
     max_blocks = (max_blocks + width_round - 1) / width_round * width_round;
     int64_t kv_tokens = o.kv_tokens ? o.kv_tokens : (int64_t)batch * max_blocks * bs;
-    if ((kv_tokens + bs - 1) / bs > INT32_MAX) {
+    const int64_t pool_blocks = (kv_tokens + bs - 1) / bs;
+    if (pool_blocks > INT32_MAX) {
         fprintf(stderr, "hashattn-run: a KV pool of %lld tokens is more than 2^31 - 1 blocks of %d (--kv-tokens, "
                 "--batch, --ctx, --block-size)\n", (long long)kv_tokens, bs);
         goto out;
     }
-    int32_t num_blocks = (int32_t)((kv_tokens + bs - 1) / bs);
+    int32_t num_blocks = (int32_t)pool_blocks;
     if (num_blocks < max_blocks) {
         if (o.kv_tokens)
             fprintf(stderr, "hashattn-run: note: --kv-tokens %lld raised to %lld, one sequence of %lld tokens "

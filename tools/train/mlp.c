@@ -14,16 +14,6 @@
  * the lane loop while each lane keeps the scalar fmaf order. */
 #define TL 16
 
-/* Not under ASan or TSan: an ifunc's resolver runs during relocation, before
- * the sanitizer's runtime is up, and an instrumented resolver crashes there
- * (TSan: every program linking the trainer's code, at start). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define TR_FMA_CLONES __attribute__((target_clones("fma", "default")))
-#else
-#define TR_FMA_CLONES
-#endif
-
 void tr_mlp_part_sizes(int32_t dim, int32_t width, size_t s[6])
 {
     size_t d = (size_t)dim, m = (size_t)width;
@@ -110,7 +100,7 @@ void tr_mlp_unfold_input(float *block, int32_t dim, int32_t width, const float *
 
 /* out_t[i][t] = act(b[i] + sum_j w[i][j] in_t[j][t]), four outputs at a time
  * for independent fma chains. */
-TR_FMA_CLONES
+HA_FMA_CLONES
 static void layer_lanes(const float *w, const float *b, const float *in_t, int32_t in_dim,
                         int32_t out_dim, int silu, float *out_t)
 {
