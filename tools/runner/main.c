@@ -40,7 +40,7 @@
 
 typedef struct options {
     const char *model, *plugin, *prompt, *prompt_file, *prompts, *system, *hash_weights, *attn, *selection, *device;
-    const char *dump_logits, *jsonl, *kv_dtype, *weights_dtype, *bench_batch, *bench_ctx, *bench_json;
+    const char *dump_logits, *jsonl, *kv_dtype, *weights_dtype, *bench_batch, *bench_ctx, *bench_json, *bench_modes;
     const char *capture, *capture_dtype, *capture_doc_sep, *calib_text[16];
     int n_calib_text, capture_seqs, capture_len, capture_queries, capture_tail, exact_matmul, random_hash_weights;
     float capture_time;
@@ -143,6 +143,8 @@ static void usage(FILE *out)
             "  --bench-profile N     then N more steps timed per part of the step (cuda: GPU\n"
             "                        time of QKV, cache_write, attention, FFN..., per step)\n"
             "  --bench-json FILE     write the results as JSON\n"
+            "  --bench-modes M       dense, hash or both (default both; one mode alone is for\n"
+            "                        profilers; hash alone reports speedup 0)\n"
             "  --capture FILE        calibration capture (cpu, or one GPU): run the model densely over\n"
             "                        --calib-text and write a calibration file for\n"
             "                        hashattn-train (docs/calibration-format.md):\n"
@@ -337,6 +339,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         STROPT("--bench-batch", o->bench_batch)
         STROPT("--bench-ctx", o->bench_ctx)
         STROPT("--bench-json", o->bench_json)
+        STROPT("--bench-modes", o->bench_modes)
         STROPT("--capture", o->capture)
         STROPT("--capture-dtype", o->capture_dtype)
         STROPT("--capture-doc-sep", o->capture_doc_sep)
@@ -757,6 +760,7 @@ int main(int argc, char **argv)
     o.bench_warmup = 3;
     o.bench_batch = "1,32";
     o.bench_ctx = "4096,8192";
+    o.bench_modes = "both";
     o.capture_seqs = 4;
     o.capture_queries = 256;
     o.capture_dtype = "f16";
@@ -786,6 +790,12 @@ int main(int argc, char **argv)
         FAIL_USAGE("--attn is dense, hash or naive, not '%s'", o.attn);
     if (strcmp(o.selection, "group") && strcmp(o.selection, "per-head"))
         FAIL_USAGE("--selection is group or per-head, not '%s'", o.selection);
+    /* rn_engine_bench's mask: bit 0 dense, bit 1 hash */
+    const int bench_modes = !strcmp(o.bench_modes, "dense") ? 1 : !strcmp(o.bench_modes, "hash") ? 2
+                            : !strcmp(o.bench_modes, "both")  ? 3
+                                                              : 0;
+    if (!bench_modes)
+        FAIL_USAGE("--bench-modes is dense, hash or both, not '%s'", o.bench_modes);
     int cuda = 0, cuda_dev = 0;
     if (!strncmp(o.device, "cuda", 4) && (o.device[4] == 0 || o.device[4] == ':')) {
         cuda = 1;
@@ -1136,14 +1146,17 @@ int main(int argc, char **argv)
             for (int ic = 0; ic < nbc; ic++) {
                 rn_bench_result_t br;
                 if (rn_engine_bench(ex, bench_b[ib], bench_c[ic], o.bench_warmup, o.bench_steps, o.bench_profile,
-                                    o.prefill_chunk, 3, o.seed, &br, err, sizeof err)) {
+                                    o.prefill_chunk, bench_modes, o.seed, &br, err, sizeof err)) {
                     fprintf(stderr, "hashattn-run: bench batch %d ctx %d: %s\n", bench_b[ib], bench_c[ic], err);
                     bad = 1;
                     continue;
                 }
                 for (int md = 0; md < 2; md++) {
                     const rn_bench_mode_t *bm = &br.mode[md];
-                    const double speedup = md == 1 && br.mode[0].tok_s > 0 ? bm->tok_s / br.mode[0].tok_s : 1.0;
+                    if (!bm->ran)
+                        continue;
+                    /* 0 where dense mode did not run (--bench-modes hash) */
+                    const double speedup = md == 0 ? 1.0 : br.mode[0].tok_s > 0 ? bm->tok_s / br.mode[0].tok_s : 0.0;
                     printf("%-6d %-7d %-6s %12.1f %10.3f %10.1f %10.1f %8.2f %9.2f %4llu/%-3llu\n", bench_b[ib],
                            bench_c[ic], md ? "hash" : "dense", bm->tok_s, bm->ms_per_step, bm->attended, bm->context,
                            speedup, br.prefill_s, (unsigned long long)bm->graph_replays,
