@@ -146,9 +146,11 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 /* A decode step's cache_write in one launch (n <= kCwFusedMax tokens, with
  * signatures): on qhash_kernel's grid, every CTA works out which tokens own
  * their slots (block 0 reports bad ones), the grid copies the K/V rows, then
- * each cluster hashes its head's keys for its TB tokens. Run 18: the
- * runner's hash-mode cache_write 16.8 -> 13.7 us per layer at B=32 8K
- * (bench/NOTES.md). */
+ * each cluster hashes its head's keys (or the step's queries) for its TB
+ * tokens. Run 18: the runner's hash-mode cache_write 16.8 -> 13.7 us per
+ * layer at B=32 8K (bench/NOTES.md). A cluster that hashes requests its MLP
+ * weights first, then waits (PDL) and copies (qhash_body's wait), so that
+ * the weights' trip to memory overlaps the kernel before (run 72). */
 constexpr int kCwFusedMax = 256;
 
 template <typename T, int D = 0, int M = 0, int TB = kQhTB> /* D, M, TB: qhash_body's fixed sizes */
@@ -158,33 +160,39 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     __shared__ uint8_t win[kCwFusedMax];
     const int tid = threadIdx.x;
     const int bl = blockIdx.y * gridDim.x + blockIdx.x, nbl = gridDim.x * gridDim.y;
-    pdl_wait(); /* h.pdl: the host's kernel before may write slots, keys and values */
-    for (int t = tid; t < a.n; t += kQhThreads)
-        slot_s[t] = a.slots[t];
-    __syncthreads();
-    for (int t = tid; t < a.n; t += kQhThreads) {
-        const int64_t slot = slot_s[t];
-        bool keep = owns_slot(a, t, slot, bl == 0);
-        for (int u = t + 1; keep && u < a.n; u++) /* a later token with the same slot takes it */
-            keep = slot_s[u] != slot;
-        win[t] = keep;
-        if (keep)
-            ha_slot_split(slot, a.bs, &own_blk[t], &own_off[t]);
-    }
-    __syncthreads();
-    if (a.write_kv)
-        copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
+    /* every block: the wait, the slots' owners, its share of the copies */
+    auto wait_and_copy = [&]() {
+        pdl_wait(); /* h.pdl: the host's kernel before may write slots, keys and values */
+        for (int t = tid; t < a.n; t += kQhThreads)
+            slot_s[t] = a.slots[t];
+        __syncthreads();
+        for (int t = tid; t < a.n; t += kQhThreads) {
+            const int64_t slot = slot_s[t];
+            bool keep = owns_slot(a, t, slot, bl == 0);
+            for (int u = t + 1; keep && u < a.n; u++) /* a later token with the same slot takes it */
+                keep = slot_s[u] != slot;
+            win[t] = keep;
+            if (keep)
+                ha_slot_split(slot, a.bs, &own_blk[t], &own_off[t]);
+        }
+        __syncthreads();
+        if (a.write_kv)
+            copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
+    };
     /* cluster columns from hq.head0 on hash the queries, the others the
-     * keys; whole clusters past their side's tokens are done */
+     * keys; whole clusters past their side's tokens only copy (n is the
+     * host's, so the test needs no input) */
     const bool query = (int)(blockIdx.x / kQhRanks) >= hq.head0;
-    if ((int)blockIdx.y * TB >= (query ? hq.n : h.n))
-        return;
-    if (query) {
-        qhash_body<T, D, M, TB>(hq);
+    if ((int)blockIdx.y * TB >= (query ? hq.n : h.n)) {
+        wait_and_copy();
         return;
     }
-    h.keep = win;
-    qhash_body<T, D, M, TB>(h);
+    if (query) {
+        qhash_body<T, D, M, TB>(hq, wait_and_copy);
+        return;
+    }
+    h.keep = win; /* written by wait_and_copy, read after it */
+    qhash_body<T, D, M, TB>(h, wait_and_copy);
 }
 
 /* cw_fused_kernel on heads + qheads cluster columns (keys, then queries) and

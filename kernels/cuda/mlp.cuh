@@ -380,14 +380,24 @@ __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m, int tb)
            (size_t)2 * r12 + r3;
 }
 
-/* The body of qhash_kernel, also run by cache_write's fused kernel (after
- * its K/V copies) with keep pointing to shared memory. D and M > 0 fix the
- * input size and the width at compile time (a.dim and a.mlp.width must
- * equal them): the weight copies' and the chains' index arithmetic folds
- * into constants (run 50: ~640 instructions a warp before the first
- * cluster barrier in the runtime-shaped form, ~45% of the samples at B=1). */
-template <typename T, int D = 0, int M = 0, int TB = kQhTB>
-__device__ __forceinline__ void qhash_body(const HashArgs &a)
+/* qhash_body's default wait: PDL's, for the kernel before (a no-op without
+ * the launch attribute) */
+struct QhPdlWait {
+    __device__ __forceinline__ void operator()() const { pdl_wait(); }
+};
+
+/* The body of qhash_kernel, also run by cache_write's fused kernel with keep
+ * pointing to shared memory. D and M > 0 fix the input size and the width at
+ * compile time (a.dim and a.mlp.width must equal them): the weight copies'
+ * and the chains' index arithmetic folds into constants (run 50: ~640
+ * instructions a warp before the first cluster barrier in the runtime-shaped
+ * form, ~45% of the samples at B=1). wait() runs once every thread has
+ * issued its weight copies (the library's own memory) and before anything
+ * reads an input: PDL's wait, or cache_write's wait and K/V copies (run 72:
+ * its MLP weights had been requested only after both). It must wait for the
+ * kernel before when a.pdl is set, and every thread of the block calls it. */
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, typename Wait = QhPdlWait>
+__device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait())
 {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
@@ -455,7 +465,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a)
 
     /* the weights are the library's own; the inputs and the outputs may be
      * the kernel before's (a.pdl) */
-    pdl_wait();
+    wait();
     /* The early trigger comes after the wait: the kernel after this one
      * reads the block tables, sequence lengths and signatures before its own
      * wait, which is safe only once the kernel before this one (a host's,
