@@ -53,9 +53,10 @@ struct HashArgs {
     int32_t gather_rank0;
     /* 1: launch_qh_grid launches with programmatic stream serialisation, so
      * that the kernel's launch and its weight loads overlap the end of the
-     * kernel before it (a step's first launch; run 40): qhash_body, and
-     * cw_fused_kernel first thing, wait (pdl_wait) before reading an input or
-     * writing anything */
+     * kernel before it (a step's first launch; run 40): qhash_body and
+     * cw_fused_kernel issue their weight copies, then wait (pdl_wait) before
+     * reading an input or writing anything (run 72: cw_fused_kernel had
+     * waited first) */
     int32_t pdl;
     int32_t trigger_early; /* 1: qhash_body triggers its dependents as its wait returns (its weight
                               copies issued), else before layer 3 (decode.cu: where the staged score
