@@ -313,7 +313,7 @@ extern "C" ha_kernel_status_t ha_cuda_cache_write(const ha_cache_write_params_t 
      * runs (both sides' MLPs of one width: one shared-memory size) */
     const bool one_width = p->num_sig_heads == 0 || nq == 0 || qp.mlp.width == p->key_mlp.width;
     if ((p->num_sig_heads > 0 || nq > 0) && one_width && p->num_tokens <= kCwFusedMax && nq <= kCwFusedMax) {
-        h.pdl = pdl_first_launch(); /* the fused launch only (it waits first) */
+        h.pdl = pdl_first_launch(); /* the fused launch only (it waits before any input) */
         cudaError_t e = cudaErrorInvalidValue;
         switch (p->dtype) {
         case HA_DTYPE_F32: e = launch_cw_fused<float>(a, h, p->num_sig_heads, hq, qheads, st); break;
