@@ -85,6 +85,46 @@ __device__ __forceinline__ void copy_rows(const CopyArgs &a, int64_t tok0, int n
     }
 }
 
+/* A thread's first 16-byte piece of a decode step's K/V copies
+ * (cw_fused_kernel: piece `first` of copy_rows's order, tokens from 0),
+ * loaded before anyone knows which token owns its slot and stored once they
+ * do (run 73: the slots, these rows and the MLP's inputs had been three
+ * trips to memory one after another). copy_rows does the pieces after it,
+ * and every piece where they are 2-byte ones. Kept apart from copy_rows:
+ * kv_write_kernel's single block of 6 pieces a thread was 0.5-2 us slower
+ * with the piece arithmetic shared (run 73). */
+struct FirstPiece {
+    uint4 val;
+    int r = -1, kv = 0, h = 0, q = 0; /* r < 0: nothing loaded */
+
+    __device__ __forceinline__ void load(const CopyArgs &a, int ntok, int first)
+    {
+        const int chunks = a.row_bytes / 16, hc = a.Hkv * chunks, per_tok = 2 * hc;
+        if (a.vec != 16 || first >= ntok * per_tok)
+            return;
+        r = first / per_tok;
+        const int rest = first - r * per_tok;
+        kv = rest / hc;
+        h = (rest - kv * hc) / chunks;
+        q = rest % chunks;
+        val = *reinterpret_cast<const uint4 *>((kv ? a.v + r * a.v_st + h * a.v_sh : a.k + r * a.k_st + h * a.k_sh) +
+                                               (int64_t)q * 16);
+    }
+
+    __device__ __forceinline__ void store_and_copy_rest(const CopyArgs &a, int ntok, const uint8_t *win,
+                                                        const int64_t *own_blk, const int64_t *own_off, int first,
+                                                        int step) const
+    {
+        if (r >= 0 && win[r]) {
+            const int64_t blk = own_blk[r], off = own_off[r];
+            *reinterpret_cast<uint4 *>((kv ? a.vc + blk * a.vc_sb + off * a.vc_st + h * a.vc_sh
+                                           : a.kc + blk * a.kc_sb + off * a.kc_st + h * a.kc_sh) +
+                                       (int64_t)q * 16) = val;
+        }
+        copy_rows(a, 0, ntok, win, own_blk, own_off, a.vec == 16 ? first + step : first, step);
+    }
+};
+
 /* Whether token t keeps slot (>= 0, inside the pool; no later token of the
  * n has it); a slot outside the pool is reported when report is set. */
 __device__ __forceinline__ bool owns_slot(const CopyArgs &a, int64_t t, int64_t slot, bool report)
@@ -144,59 +184,81 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 }
 
 /* A decode step's cache_write in one launch (n <= kCwFusedMax tokens, with
- * signatures): on qhash_kernel's grid, every CTA works out which tokens own
- * their slots (block 0 reports bad ones), the grid copies the K/V rows, then
- * each cluster hashes its head's keys (or the step's queries) for its TB
- * tokens. Run 18: the runner's hash-mode cache_write 16.8 -> 13.7 us per
- * layer at B=32 8K (bench/NOTES.md). A cluster that hashes requests its MLP
- * weights first, then waits (PDL) and copies (qhash_body's wait), so that
- * the weights' trip to memory overlaps the kernel before (run 72). */
+ * signatures): on qhash_kernel's grid (or solo_body's, mlp.cuh), every block
+ * works out which tokens own their slots (block 0 reports bad ones), the
+ * grid copies the K/V rows, then each cluster (block) hashes its head's keys
+ * (or the step's queries) for its tokens. Run 18: the runner's hash-mode
+ * cache_write 16.8 -> 13.7 us per layer at B=32 8K (bench/NOTES.md). A
+ * block that hashes requests its MLP weights first, then waits (PDL) and
+ * copies (the body's wait), so that the weights' trip to memory overlaps the
+ * kernel before (run 72). After the wait the slots, the block's first K/V
+ * rows and the MLP's inputs are requested together, before the owners are
+ * worked out (run 73: they had been three trips to memory one after
+ * another); a row whose token lost its slot is loaded and not stored. */
 constexpr int kCwFusedMax = 256;
+static_assert(kCwFusedMax <= kQhThreads, "a slot per thread");
 
-template <typename T, int D = 0, int M = 0, int TB = kQhTB> /* D, M, TB: qhash_body's fixed sizes */
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, bool SOLO = false> /* D, M, TB: the body's sizes */
 __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h, const HashArgs hq)
 {
     __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
     __shared__ uint8_t win[kCwFusedMax];
     const int tid = threadIdx.x;
     const int bl = blockIdx.y * gridDim.x + blockIdx.x, nbl = gridDim.x * gridDim.y;
-    /* every block: the wait, the slots' owners, its share of the copies */
-    auto wait_and_copy = [&]() {
+    const int first = bl * kQhThreads + tid, step = nbl * kQhThreads;
+    /* every block: the wait, the slots' owners, its share of the copies;
+     * issue() requests the body's inputs */
+    auto wait_and_copy = [&](auto issue) {
         pdl_wait(); /* h.pdl: the host's kernel before may write slots, keys and values */
-        for (int t = tid; t < a.n; t += kQhThreads)
-            slot_s[t] = a.slots[t];
+        const int64_t my_slot = tid < a.n ? a.slots[tid] : -1;
+        FirstPiece fp;
+        if (a.write_kv)
+            fp.load(a, a.n, first);
+        issue();
+        if (tid < a.n)
+            slot_s[tid] = my_slot;
         __syncthreads();
-        for (int t = tid; t < a.n; t += kQhThreads) {
-            const int64_t slot = slot_s[t];
-            bool keep = owns_slot(a, t, slot, bl == 0);
-            for (int u = t + 1; keep && u < a.n; u++) /* a later token with the same slot takes it */
-                keep = slot_s[u] != slot;
-            win[t] = keep;
+        if (tid < a.n) {
+            /* a later token with the same slot takes it (every later token
+             * compared: no branch between the loads) */
+            bool later = false;
+#pragma unroll 4
+            for (int u = tid + 1; u < a.n; u++)
+                later |= slot_s[u] == my_slot;
+            const bool keep = owns_slot(a, tid, my_slot, bl == 0) && !later; /* reported either way */
+            win[tid] = keep;
             if (keep)
-                ha_slot_split(slot, a.bs, &own_blk[t], &own_off[t]);
+                ha_slot_split(my_slot, a.bs, &own_blk[tid], &own_off[tid]);
         }
         __syncthreads();
         if (a.write_kv)
-            copy_rows(a, 0, a.n, win, own_blk, own_off, bl * kQhThreads + tid, nbl * kQhThreads);
+            fp.store_and_copy_rest(a, a.n, win, own_blk, own_off, first, step);
     };
-    /* cluster columns from hq.head0 on hash the queries, the others the
-     * keys; whole clusters past their side's tokens only copy (n is the
+    /* columns from hq.head0 on hash the queries, the others the keys;
+     * whole clusters (blocks) past their side's tokens only copy (n is the
      * host's, so the test needs no input) */
-    const bool query = (int)(blockIdx.x / kQhRanks) >= hq.head0;
+    const bool query = (int)(SOLO ? blockIdx.x : blockIdx.x / kQhRanks) >= hq.head0;
     if ((int)blockIdx.y * TB >= (query ? hq.n : h.n)) {
-        wait_and_copy();
+        wait_and_copy([] {});
         return;
     }
+    auto body = [&](const HashArgs &x) {
+        if constexpr (SOLO)
+            solo_body<T, D, M, TB>(x, wait_and_copy);
+        else
+            qhash_body<T, D, M, TB>(x, wait_and_copy);
+    };
     if (query) {
-        qhash_body<T, D, M, TB>(hq, wait_and_copy);
+        body(hq);
         return;
     }
     h.keep = win; /* written by wait_and_copy, read after it */
-    qhash_body<T, D, M, TB>(h, wait_and_copy);
+    body(h);
 }
 
-/* cw_fused_kernel on heads + qheads cluster columns (keys, then queries) and
- * the longer side's tokens, the MLPs' sizes fixed where they are 128/128 or
+/* cw_fused_kernel on heads + qheads columns (keys, then queries) and the
+ * longer side's tokens: solo_body's blocks where use_solo says so (64/64),
+ * else qhash_body's clusters, their sizes fixed where they are 128/128 or
  * 64/64 (pick_fixed_shape, under tuning's qhash_fixed; both sides have the
  * context's D and width). hq.head0 is set here. */
 template <typename T>
@@ -207,9 +269,11 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
     HashArgs hk = h;
     if (qheads > 0) /* decode's first kernel follows: tuning's cw_trigger */
         hk.trigger_early = hq.trigger_early = tuning().cw_trigger;
-    HashArgs grid = heads > 0 ? h : hq; /* launch_qh_grid's sizes, pdl and knobs */
+    HashArgs grid = heads > 0 ? h : hq; /* the grid's sizes, pdl and knobs */
     grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
     grid.pdl = h.pdl;
+    if (use_solo(grid))
+        return launch_solo_grid(cw_fused_kernel<T, 64, 64, kSoloTokens, true>, grid, heads + qheads, st, a, hk, hq);
     const int tb = qh_tile(grid, heads + qheads);
     auto kernel = pick_fixed_shape(grid, tb, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,
                                    cw_fused_kernel<T, 64, 64, 16>, cw_fused_kernel<T>);
@@ -219,8 +283,9 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
 /* The signatures of n tokens on their own launch (cache_write's keys or
  * queries when its fused kernel is not used). A decode step's few tokens
  * (under 256, where launch_hash would give each block a head's whole MLP for
- * 8 tokens) go on the query MLPs' 4-CTA clusters: the runner's B=32 step, 9
- * heads, 8.4 us against 15.5 (run 16, bench/NOTES.md). */
+ * 8 tokens) go on the query MLPs' 4-CTA clusters (solo_body's blocks at
+ * D = m = 64, run 73): the runner's B=32 step, 9 heads, 8.4 us against 15.5
+ * (run 16, bench/NOTES.md). */
 template <typename T>
 ha_kernel_status_t launch_few_hash(const HashArgs &h, int heads, cudaStream_t st)
 {

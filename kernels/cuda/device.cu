@@ -110,6 +110,9 @@ static const ha_cuda_tuning_t kDefaults = {
              blocks per SM (run 60: SmolLM2's layer at B=128 8K 66.2-66.6 against 74.5-74.7 us) */
     0,    /* qhash_tokens: automatic (run 60) */
     0,    /* sel_trigger: automatic, one wave (run 67) */
+    1,    /* qhash_solo: the 64/64 MLPs without clusters (run 73b, the runner on an H100, both
+             libraries with run 73's cache_write changes: hash step B=32 8K 1.719-1.723 -> 1.646-1.680
+             ms, B=1 8K 1.255-1.270 -> 1.184-1.193) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -68,6 +68,9 @@ struct HashArgs {
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
     int32_t head0;         /* qhash_body: the grid's cluster column of these args' head 0 (cache_write's
                               fused kernel runs the queries' heads after the keys'; else 0) */
+    int32_t solo;          /* 1: where D = m = 64 and the sizes are fixed, solo_body's blocks (each
+                              a head's whole MLP for kSoloTokens tokens, no cluster) instead of
+                              qhash_body's clusters (tuning's qhash_solo, run 73) */
 };
 
 /* The cluster MLPs' three knobs from tuning (cache_write's key MLPs and
@@ -78,6 +81,7 @@ __host__ inline void set_qhash_knobs(HashArgs &h)
     h.gather_rank0 = tn.qhash_gather;
     h.bias_smem = tn.qhash_bias;
     h.fixed_shape = tn.qhash_fixed;
+    h.solo = tn.qhash_solo;
 }
 
 /* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
@@ -368,7 +372,7 @@ constexpr int kQhThreads = 256;
 constexpr int kQhTB = 8; /* tokens per cluster (16 where qh_tile says so) */
 
 __host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
-__host__ __device__ __forceinline__ int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
+__host__ __device__ constexpr int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
 
 /* Shared floats: W1, W2, W3 row slices, x, h1, h2, 4 x TB words of bits
  * (gathered on rank 0 with the lab's qhash_gather), then the row slices'
@@ -381,11 +385,77 @@ __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m, int tb)
            (size_t)2 * r12 + r3;
 }
 
-/* qhash_body's default wait: PDL's, for the kernel before (a no-op without
- * the launch attribute) */
+/* qhash_body's and solo_body's default wait: PDL's, for the kernel before
+ * (a no-op without the launch attribute), then issue(): the body's loads of
+ * its inputs. cache_write's wait (cache_write.cu) issues them with its own
+ * first loads, so that the two trips to memory overlap. */
 struct QhPdlWait {
-    __device__ __forceinline__ void operator()() const { pdl_wait(); }
+    template <typename F> __device__ __forceinline__ void operator()(F issue) const
+    {
+        pdl_wait();
+        issue();
+    }
 };
+
+/* What qhash_body and solo_body do as their wait returns: the early
+ * trigger where a.trigger_early (see qhash_body), and the decode
+ * histograms' words cleared by the whole grid (a.zero). */
+__device__ __forceinline__ void qh_after_wait(const HashArgs &a)
+{
+    if (a.trigger_early)
+        pdl_trigger_late();
+    if (a.zero) {
+        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
+        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + (int)threadIdx.x;
+             w < a.zero_words; w += nthr)
+            a.zero[w] = 0u;
+    }
+}
+
+/* rows x cols floats of src (rows of cols) into shared dst (rows of pitch)
+ * by cp.async, thread tid of kQhThreads */
+__device__ __forceinline__ void mlp_copy_rows(float *dst, int pitch, const float *src, int rows, int cols, int tid)
+{
+    if ((cols & 3) == 0 && (((uintptr_t)src) & 15) == 0) {
+        /* a row of q 16-byte copies; q a power of two (D and m of 64 or
+         * 128) takes a shift instead of a division per copy */
+        const int q = cols / 4, qs = pow2_shift(q);
+        for (int idx = tid; idx < rows * q; idx += kQhThreads) {
+            const int r = qs >= 0 ? idx >> qs : idx / q, k = idx - r * q;
+            cp_async16(dst + (size_t)r * pitch + 4 * k, src + (size_t)r * cols + 4 * k);
+        }
+    } else {
+        for (int idx = tid; idx < rows * cols; idx += kQhThreads) {
+            const int r = idx / cols, k = idx - r * cols;
+            cp_async4(dst + (size_t)r * pitch + k, src + (size_t)r * cols + k);
+        }
+    }
+}
+
+/* Output row il's sum of one layer for the input row xv: b, then
+ * fmaf(W[il][j], x[j], .) for j ascending, the CPU's order (hash_kernel's
+ * too). Ws has `pitch` floats a row. */
+__device__ __forceinline__ float mlp_chain(const float *Ws, int pitch, const float *xv, int in_dim, float b, int il)
+{
+    const float *w = Ws + (size_t)il * pitch;
+    float acc = b;
+    if ((in_dim & 3) == 0) {
+        /* unrolled so that the shared loads run ahead of the serial chain */
+#pragma unroll 8
+        for (int j = 0; j < in_dim; j += 4) {
+            const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
+            const float4 x4 = *reinterpret_cast<const float4 *>(xv + j);
+            acc = fmaf(w4.x, x4.x, acc); /* j ascending, one fmaf each: the CPU's order */
+            acc = fmaf(w4.y, x4.y, acc);
+            acc = fmaf(w4.z, x4.z, acc);
+            acc = fmaf(w4.w, x4.w, acc);
+        }
+    } else {
+        for (int j = 0; j < in_dim; j++)
+            acc = fmaf(w[j], xv[j], acc);
+    }
+    return acc;
+}
 
 /* The body of qhash_kernel, also run by cache_write's fused kernel with keep
  * pointing to shared memory. D and M > 0 fix the input size and the width at
@@ -430,20 +500,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     const float *const B1 = a.mlp.b1 + (size_t)o * m, *const B2 = a.mlp.b2 + (size_t)o * m,
                       *const B3 = a.mlp.b3 + (size_t)o * 32;
     auto load_rows = [&](float *dst, int pitch, const float *src, int rows, int cols) {
-        if ((cols & 3) == 0 && (((uintptr_t)src) & 15) == 0) {
-            /* a row of q 16-byte copies; q a power of two (D and m of 64 or
-             * 128) takes a shift instead of a division per copy */
-            const int q = cols / 4, qs = pow2_shift(q);
-            for (int idx = tid; idx < rows * q; idx += kQhThreads) {
-                const int r = qs >= 0 ? idx >> qs : idx / q, k = idx - r * q;
-                cp_async16(dst + (size_t)r * pitch + 4 * k, src + (size_t)r * cols + 4 * k);
-            }
-        } else {
-            for (int idx = tid; idx < rows * cols; idx += kQhThreads) {
-                const int r = idx / cols, k = idx - r * cols;
-                cp_async4(dst + (size_t)r * pitch + k, src + (size_t)r * cols + k);
-            }
-        }
+        mlp_copy_rows(dst, pitch, src, rows, cols, tid);
     };
     load_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d);
     if (a.bias_smem) {
@@ -466,7 +523,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
 
     /* the weights are the library's own; the inputs and the outputs may be
      * the kernel before's (a.pdl) */
-    wait();
+    wait([] {});
     /* The early trigger comes after the wait: the kernel after this one
      * reads the block tables, sequence lengths and signatures before its own
      * wait, which is safe only once the kernel before this one (a host's,
@@ -474,14 +531,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
      * kernel could start beside a host kernel that had let its dependents
      * launch early and read its inputs half written (test_gpu's
      * decode_after_host_kernel). */
-    if (a.trigger_early)
-        pdl_trigger_late();
-    if (a.zero) {
-        const int64_t nthr = (int64_t)gridDim.x * gridDim.y * kQhThreads;
-        for (int64_t w = ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * kQhThreads + tid; w < a.zero_words;
-             w += nthr)
-            a.zero[w] = 0u;
-    }
+    qh_after_wait(a);
 
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
@@ -496,25 +546,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
 
     /* one chain per thread: row i1 + (c % r12) of the layer, token c / r12 */
     auto chain = [&](const float *Ws, int pitch, const float *x, int xpitch, int in_dim, float b, int il, int t) {
-        const float *w = Ws + (size_t)il * pitch;
-        const float *xv = x + (size_t)t * xpitch;
-        float acc = b;
-        if ((in_dim & 3) == 0) {
-            /* unrolled so that the shared loads run ahead of the serial chain */
-#pragma unroll 8
-            for (int j = 0; j < in_dim; j += 4) {
-                const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
-                const float4 x4 = *reinterpret_cast<const float4 *>(xv + j);
-                acc = fmaf(w4.x, x4.x, acc); /* j ascending, one fmaf each: the CPU's order */
-                acc = fmaf(w4.y, x4.y, acc);
-                acc = fmaf(w4.z, x4.z, acc);
-                acc = fmaf(w4.w, x4.w, acc);
-            }
-        } else {
-            for (int j = 0; j < in_dim; j++)
-                acc = fmaf(w[j], xv[j], acc);
-        }
-        return acc;
+        return mlp_chain(Ws, pitch, x + (size_t)t * xpitch, in_dim, b, il);
     };
 
     /* layer 1 -> h1 of every rank (the first cluster barrier also makes
@@ -582,6 +614,158 @@ template <typename T, int D = 0, int M = 0, int TB = kQhTB>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
     qhash_body<T, D, M, TB>(a);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The same MLPs without a cluster: a block per (head, kSoloTokens tokens)    */
+/* ------------------------------------------------------------------------- */
+
+/* qhash_body's clusters split each layer's rows over four CTAs and exchange
+ * the layer through distributed shared memory behind a cluster barrier,
+ * three times (run 16's source page of the query MLPs: a quarter of the
+ * samples in those barriers and their fences). At D = m = 64 a block can
+ * hold a head's whole MLP (43 KB of weights) and run one chain per thread
+ * for 4 tokens: 64 rows x 4 tokens, the same chains as a cluster's rank
+ * runs for 8 tokens (16 rows x 8 of them on 256 threads), with
+ * __syncthreads between the layers. Each block copies four times the
+ * weights a rank copies, before its wait. The chains are mlp_chain's: the
+ * signatures are bit-identical to qhash_body's, hash_kernel's and the
+ * CPU's. Run 73b (the runner on an H100, cache_write's fused kernel on
+ * these blocks against its clusters): hash step B=32 8K 1.72 -> 1.65-1.68
+ * ms, B=1 8K 1.26-1.27 -> 1.18-1.19. At D = m = 128 a head's weights are
+ * 152 KB, one block an SM: not tried. */
+constexpr int kSoloTokens = 4;
+
+/* Shared floats: W1, W2, W3, the biases (B1 | B2 | B3), x, h1, h2 */
+__host__ __device__ constexpr size_t solo_smem_floats(int d, int m, int ts)
+{
+    return (size_t)m * qh_pitch(d) + (size_t)m * qh_pitch(m) + (size_t)32 * qh_pitch(m) + (size_t)2 * m + 32 +
+           (size_t)ts * qh_pitch(d) + (size_t)2 * ts * qh_pitch(m);
+}
+
+/* A head's MLP (column blockIdx.x - a.head0 of the grid) for tokens
+ * blockIdx.y TS .. + TS - 1, D and M fixed. wait is qhash_body's: it runs
+ * once every thread has issued its weight copies, and calls issue(), which
+ * loads this thread's inputs into registers, once the kernel before has
+ * ended. */
+template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait>
+__device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
+{
+    static_assert(D > 0 && M > 0 && D % 4 == 0 && M % 4 == 0, "fixed sizes, whole 16-byte rows");
+    constexpr int PD = qh_pitch(D), PM = qh_pitch(M);
+    constexpr int XN = (TS * D + kQhThreads - 1) / kQhThreads; /* inputs a thread loads */
+    extern __shared__ float4 solo_sm4[];
+    float *const W1s = reinterpret_cast<float *>(solo_sm4);
+    float *const W2s = W1s + (size_t)M * PD;
+    float *const W3s = W2s + (size_t)M * PM;
+    float *const Bs = W3s + (size_t)32 * PM; /* B1 [M] | B2 [M] | B3 [32] */
+    float *const xs = Bs + 2 * M + 32;       /* 16-byte aligned: M % 4 == 0 */
+    float *const h1 = xs + (size_t)TS * PD;
+    float *const h2 = h1 + (size_t)TS * PM;
+    __shared__ uint32_t bits[TS];
+
+    const int tid = threadIdx.x;
+    const int o = (int)blockIdx.x - a.head0;
+    const int tok0 = (int)blockIdx.y * TS;
+    const int ntok = min(TS, a.n - tok0);
+
+    /* the library's own weights first: layer 1 with the biases, 2, 3 */
+    mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
+    for (int r = tid; r < M; r += kQhThreads) {
+        cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
+        cp_async4(Bs + M + r, a.mlp.b2 + (size_t)o * M + r);
+    }
+    if (tid < 32)
+        cp_async4(Bs + 2 * M + tid, a.mlp.b3 + (size_t)o * 32 + tid);
+    cp_async_commit();
+    mlp_copy_rows(W2s, PM, a.mlp.w2 + (size_t)o * M * M, M, M, tid);
+    cp_async_commit();
+    mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
+    cp_async_commit();
+
+    /* the inputs may be the kernel before's (a.pdl): loaded inside wait */
+    const int ih = o / a.group;
+    const T *in = static_cast<const T *>(a.in);
+    float xr[XN];
+    wait([&] {
+#pragma unroll
+        for (int k = 0; k < XN; k++) {
+            const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
+            xr[k] = idx < TS * D && t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e])
+                                             : 0.0f;
+        }
+    });
+    qh_after_wait(a); /* the early trigger after the wait: see qhash_body */
+#pragma unroll
+    for (int k = 0; k < XN; k++) {
+        const int idx = tid + k * kQhThreads;
+        if (idx < TS * D)
+            xs[(size_t)(idx / D) * PD + idx % D] = xr[k];
+    }
+    if (tid < TS)
+        bits[tid] = 0u;
+
+    /* one chain per thread and layer: row c % M, token c / M */
+    cp_async_wait<2>();
+    __syncthreads();
+    for (int c = tid; c < M * ntok; c += kQhThreads) {
+        const int il = c % M, t = c / M;
+        h1[(size_t)t * PM + il] = ha_silu(mlp_chain(W1s, PD, xs + (size_t)t * PD, D, Bs[il], il));
+    }
+    cp_async_wait<1>();
+    __syncthreads();
+    for (int c = tid; c < M * ntok; c += kQhThreads) {
+        const int il = c % M, t = c / M;
+        h2[(size_t)t * PM + il] = ha_silu(mlp_chain(W2s, PM, h1 + (size_t)t * PM, M, Bs[M + il], il));
+    }
+    if (!a.trigger_early)
+        pdl_trigger_late();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int c = tid; c < 32 * ntok; c += kQhThreads) {
+        const int il = c % 32, t = c / 32;
+        if (mlp_chain(W3s, PM, h2 + (size_t)t * PM, M, Bs[2 * M + il], il) > 0.0f)
+            atomicOr(&bits[t], 1u << il);
+    }
+    __syncthreads();
+    if (tid < ntok)
+        hash_store(a, tok0 + tid, o, bits[tid]);
+}
+
+template <typename T, int D, int M>
+__global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
+{
+    solo_body<T, D, M>(a);
+}
+
+/* Whether a's MLPs take solo_body's blocks: the sizes fixed at 64/64 and
+ * tuning's qhash_solo set */
+__host__ inline bool use_solo(const HashArgs &a)
+{
+    return a.solo != 0 && a.fixed_shape != 0 && a.dim == 64 && a.mlp.width == 64;
+}
+
+/* A kernel on solo_body's grid (out_heads columns, kSoloTokens tokens a
+ * row, no cluster), its dynamic shared memory set, with PDL where a.pdl;
+ * the error of a refused launch is the caller's to clear. */
+template <typename K, typename... Args>
+__host__ cudaError_t launch_solo_grid(K kernel, const HashArgs &a, int out_heads, cudaStream_t stream, Args... args)
+{
+    const size_t smem = solo_smem_floats(a.dim, a.mlp.width, kSoloTokens) * sizeof(float) + 16;
+    cudaError_t e = allow_smem(kernel, smem);
+    if (e != cudaSuccess)
+        return e;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)out_heads, (unsigned)ceil_div(a.n, kSoloTokens));
+    cfg.blockDim = dim3(kQhThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = a.pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 /* Tokens per cluster: kQhTB, or 16 where the MLP's sizes are fixed at
@@ -654,6 +838,11 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
 {
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
+    if (use_cluster && use_solo(a)) {
+        if (launch_solo_grid(qhash_solo_kernel<T, 64, 64>, a, out_heads, stream, a) == cudaSuccess)
+            return HA_KERNEL_OK;
+        (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */
+    }
     if (use_cluster) {
         const int tb = qh_tile(a, out_heads);
         auto kernel = pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,

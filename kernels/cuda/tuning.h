@@ -141,6 +141,10 @@ typedef struct ha_cuda_tuning {
     int sel_trigger;         /* where the selection pass triggers the attention pass (PDL) once its
                                 scores and thresholds are in: 0 automatic (only where its blocks fit
                                 one wave), 1 always (runs 40-66), 2 never (at its blocks' exit) */
+    /* appended in run 73 */
+    int qhash_solo;          /* 1: the query and key MLPs where D = m = 64 and the sizes are fixed
+                                (qhash_fixed) on blocks of a whole head for 4 tokens, no cluster
+                                (mlp.cuh's solo_body); 0: on 4-CTA clusters (before run 73) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */

@@ -716,12 +716,15 @@ static void small_tables(ht_decode_desc_t *d, const int *lens, int batch)
     d->heavy_fraction = 1.0f / 16;
 }
 
-/* SmolLM2's attention heads: Hq 9, Hkv 3, D 64 (G = 3). */
+/* SmolLM2's attention heads: Hq 9, Hkv 3, D 64 (G = 3), and the runner's
+ * MLP width, 64 (mlp.cuh's solo_body for its query MLPs since run 73; the
+ * cases that want another width set it after this). */
 static void runner_heads(ht_decode_desc_t *d)
 {
     d->hq = 9;
     d->hkv = 3;
     d->d = 64;
+    d->m = 64;
 }
 
 START_TEST(gpu_decode_small)
@@ -1127,9 +1130,10 @@ END_TEST
 
 /* Case 2: the runner's heads (Hq 9, Hkv 3, D = m = 64, compact) over a
  * decode batch of 24 sequences of 8 tokens: cache_write's fused kernel on
- * 195 keys and 24 queries, whose 8-token grid would take more than one wave
- * (25 x 12 clusters of 4), runs 16 tokens a cluster (mlp.cuh's qh_tile, run
- * 60). The other cases are grid_desc's, with m = D in cases 1 and 5. */
+ * 195 keys and 24 queries, on solo_body's blocks of 4 tokens (49 x 12; run
+ * 73; before it the 8-token cluster grid would have taken more than one
+ * wave, and mlp.cuh's qh_tile ran 16 tokens a cluster, run 60). The other
+ * cases are grid_desc's, with m = D in cases 1 and 5. */
 static const int k_wide_write[24] = {8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
 START_TEST(gpu_cache_write_and_hash)
 {
@@ -1140,7 +1144,6 @@ START_TEST(gpu_cache_write_and_hash)
         d.m = d.d; /* the fused kernel's fixed sizes (cache_write.cu, launch_cw_fused) */
     if (_i == 2) {
         runner_heads(&d);
-        d.m = 64;
         d.sig_layout = COMPACT;
         d.batch = 24;
         d.seq_lens = k_wide_write;
