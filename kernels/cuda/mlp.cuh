@@ -51,7 +51,7 @@ struct HashArgs {
      * on rank 0 behind a fourth cluster barrier (before run 26); 0 each CTA
      * stores its own byte of the word */
     int32_t gather_rank0;
-    /* 1: launch_qh_grid launches with programmatic stream serialisation, so
+    /* 1: launch_qh_grid and launch_solo_grid launch with programmatic stream serialisation, so
      * that the kernel's launch and its weight loads overlap the end of the
      * kernel before it (a step's first launch; run 40): qhash_body and
      * cw_fused_kernel issue their weight copies, then wait (pdl_wait) before
@@ -73,8 +73,8 @@ struct HashArgs {
                               qhash_body's clusters (tuning's qhash_solo, run 73) */
 };
 
-/* The cluster MLPs' three knobs from tuning (cache_write's key MLPs and
- * decode's query MLPs take them alike). */
+/* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
+ * query MLPs take them alike). */
 __host__ inline void set_qhash_knobs(HashArgs &h)
 {
     const ha_cuda_tuning_t &tn = tuning();
@@ -499,10 +499,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
                       *const W3 = a.mlp.w3 + (size_t)o * 32 * m;
     const float *const B1 = a.mlp.b1 + (size_t)o * m, *const B2 = a.mlp.b2 + (size_t)o * m,
                       *const B3 = a.mlp.b3 + (size_t)o * 32;
-    auto load_rows = [&](float *dst, int pitch, const float *src, int rows, int cols) {
-        mlp_copy_rows(dst, pitch, src, rows, cols, tid);
-    };
-    load_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d);
+    mlp_copy_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d, tid);
     if (a.bias_smem) {
         /* the rows' biases with layer 1's weights: a chain's first fmaf
          * then waits on shared memory, not on a global load issued as the
@@ -516,9 +513,9 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
             cp_async4(Bs + 2 * r12 + r, B3 + i3 + r);
     }
     cp_async_commit();
-    load_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m);
+    mlp_copy_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m, tid);
     cp_async_commit();
-    load_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m);
+    mlp_copy_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m, tid);
     cp_async_commit();
 
     /* the weights are the library's own; the inputs and the outputs may be
@@ -614,6 +611,41 @@ template <typename T, int D = 0, int M = 0, int TB = kQhTB>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
     qhash_body<T, D, M, TB>(a);
+}
+
+/* kernel on grid of kQhThreads-thread blocks with smem bytes of dynamic
+ * shared memory (its limit raised), in clusters of `cluster` blocks along x
+ * (1: none), chained to the kernel before it by PDL where pdl; the error of
+ * a refused launch is the caller's to clear. */
+template <typename K, typename... Args>
+__host__ cudaError_t launch_mlp_grid(K kernel, dim3 grid, size_t smem, int cluster, bool pdl, cudaStream_t stream,
+                                     Args... args)
+{
+    cudaError_t e = allow_smem(kernel, smem);
+    if (e != cudaSuccess)
+        return e;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kQhThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = (unsigned)cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n].val.clusterDim.z = 1;
+        n++;
+    }
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -746,26 +778,13 @@ __host__ inline bool use_solo(const HashArgs &a)
 }
 
 /* A kernel on solo_body's grid (out_heads columns, kSoloTokens tokens a
- * row, no cluster), its dynamic shared memory set, with PDL where a.pdl;
- * the error of a refused launch is the caller's to clear. */
+ * row, no cluster); as launch_mlp_grid. */
 template <typename K, typename... Args>
 __host__ cudaError_t launch_solo_grid(K kernel, const HashArgs &a, int out_heads, cudaStream_t stream, Args... args)
 {
     const size_t smem = solo_smem_floats(a.dim, a.mlp.width, kSoloTokens) * sizeof(float) + 16;
-    cudaError_t e = allow_smem(kernel, smem);
-    if (e != cudaSuccess)
-        return e;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)out_heads, (unsigned)ceil_div(a.n, kSoloTokens));
-    cfg.blockDim = dim3(kQhThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr = {};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = a.pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
+    return launch_mlp_grid(kernel, dim3((unsigned)out_heads, (unsigned)ceil_div(a.n, kSoloTokens)), smem, 1,
+                           a.pdl != 0, stream, args...);
 }
 
 /* Tokens per cluster: kQhTB, or 16 where the MLP's sizes are fixed at
@@ -789,8 +808,7 @@ __host__ inline int qh_tile(const HashArgs &a, int out_heads)
 }
 
 /* A kernel on qhash_kernel's grid (kQhRanks-CTA clusters, one per output head
- * and tb tokens: the kernel's TB, qh_tile's), its dynamic shared memory set;
- * the error of a refused launch is the caller's to clear. */
+ * and tb tokens: the kernel's TB, qh_tile's); as launch_mlp_grid. */
 template <typename K, typename... Args>
 __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, int tb, cudaStream_t stream,
                                     Args... args)
@@ -798,24 +816,8 @@ __host__ cudaError_t launch_qh_grid(K kernel, const HashArgs &a, int out_heads, 
     const size_t smem = qh_smem_floats(a.dim, a.mlp.width, tb) * sizeof(float) + 16;
     if (smem > 200 * 1024 || (int64_t)out_heads * kQhRanks >= 0x7fffffff)
         return cudaErrorInvalidConfiguration;
-    cudaError_t e = allow_smem(kernel, smem);
-    if (e != cudaSuccess)
-        return e;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, tb));
-    cfg.blockDim = dim3(kQhThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kQhRanks;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = a.pdl ? 2 : 1;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
+    return launch_mlp_grid(kernel, dim3((unsigned)(out_heads * kQhRanks), (unsigned)ceil_div(a.n, tb)), smem,
+                           kQhRanks, a.pdl != 0, stream, args...);
 }
 
 /* Of four instantiations of one kernel, the one whose sizes suit a with tb
