@@ -152,6 +152,16 @@ __device__ __forceinline__ int mlp_jobs(int d, int m)
     return nm * jd + nm * jm + jm;
 }
 
+/* acc + w . x over one quad of inputs, one fmaf each in ascending order:
+ * the CPU's order (kernels/cpu/hash_mlp.c) */
+__device__ __forceinline__ float fma_quad(const float4 &w, const float4 &x, float acc)
+{
+    acc = fmaf(w.x, x.x, acc);
+    acc = fmaf(w.y, x.y, acc);
+    acc = fmaf(w.z, x.z, acc);
+    return fmaf(w.w, x.w, acc);
+}
+
 /* Token tok's signature of output head o: direct (mode 0) or into the paged
  * signature cache through its slot (mode 1; tokens that lost their slot to a
  * later token, and slots past the cache, write nothing). */
@@ -288,12 +298,7 @@ __global__ void __launch_bounds__(kMlpThreads) hash_kernel(const HashArgs a)
 #pragma unroll
                     for (int t = 0; t < TB; t++) {
                         const float4 x4 = *reinterpret_cast<const float4 *>(x + t * in_dim + j);
-                        float s = acc[t]; /* j ascending, one fmaf each: the CPU's order */
-                        s = fmaf(w4.x, x4.x, s);
-                        s = fmaf(w4.y, x4.y, s);
-                        s = fmaf(w4.z, x4.z, s);
-                        s = fmaf(w4.w, x4.w, s);
-                        acc[t] = s;
+                        acc[t] = fma_quad(w4, x4, acc[t]);
                     }
                 }
             } else {
@@ -445,10 +450,7 @@ __device__ __forceinline__ float mlp_chain(const float *Ws, int pitch, const flo
         for (int j = 0; j < in_dim; j += 4) {
             const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
             const float4 x4 = *reinterpret_cast<const float4 *>(xv + j);
-            acc = fmaf(w4.x, x4.x, acc); /* j ascending, one fmaf each: the CPU's order */
-            acc = fmaf(w4.y, x4.y, acc);
-            acc = fmaf(w4.z, x4.z, acc);
-            acc = fmaf(w4.w, x4.w, acc);
+            acc = fma_quad(w4, x4, acc);
         }
     } else {
         for (int j = 0; j < in_dim; j++)
