@@ -7,8 +7,12 @@
  *
  *   test_runner_model                  run the tests
  *   test_runner_model --write-tiny F   write the tiny model to F (CLI test fixture)
+ *   test_runner_model --write-synth F [LAYERS]
+ *                                      write a model of SmolLM2-135M's shape with
+ *                                      random weights (tiny_synth_gguf) to F
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -320,19 +324,40 @@ static void test_split_prefill(void)
     tiny_free(&tm);
 }
 
+/* an image to a file; the closing line says which and whether it worked */
+static int write_image(const char *path, const uint8_t *img, size_t size)
+{
+    FILE *fp = fopen(path, "wb");
+    int ok = fp && fwrite(img, 1, size, fp) == size;
+    if (fp)
+        ok = (fclose(fp) == 0) && ok;
+    printf("test_runner_model: wrote %s (%zu bytes): %s\n", path, size, ok ? "OK" : "FAILED");
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--write-tiny")) {
         tiny_cfg_t c = tiny_default_cfg();
         tiny_model_t tm;
         tiny_build(&tm, &c, 42);
-        FILE *fp = fopen(argv[2], "wb");
-        int ok = fp && fwrite(tm.gguf, 1, tm.size, fp) == tm.size;
-        if (fp)
-            ok = (fclose(fp) == 0) && ok;
+        const int rc = write_image(argv[2], tm.gguf, tm.size);
         tiny_free(&tm);
-        printf("test_runner_model: wrote %s: %s\n", argv[2], ok ? "OK" : "FAILED");
-        return ok ? 0 : 1;
+        return rc;
+    }
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "--write-synth")) {
+        /* SmolLM2-135M's shape with random weights (tiny_synth_gguf), or its
+         * first LAYERS layers: scripts/device-run's SYNTH_MODEL and a CLI test */
+        tiny_cfg_t c = tiny_smollm2_cfg();
+        if (argc == 4 && (sscanf(argv[3], "%d", &c.n_layer) != 1 || c.n_layer < 1 || c.n_layer > 1000)) {
+            printf("test_runner_model: --write-synth FILE [LAYERS], LAYERS 1..1000, not '%s': FAILED\n", argv[3]);
+            return 2;
+        }
+        size_t size = 0;
+        uint8_t *img = tiny_synth_gguf(&c, 135, &size);
+        const int rc = write_image(argv[2], img, size);
+        free(img);
+        return rc;
     }
     printf("plugin: %s\n", *plugin_path() ? plugin_path() : "(not built)");
     test_unpermute();

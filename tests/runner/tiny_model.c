@@ -144,54 +144,107 @@ void tiny_add_tokenizer(gw_t *w, int n_vocab)
     free(type);
 }
 
+/* keep: where a tensor's exact values go (tiny_build), or NULL to free them
+ * at once (tiny_synth_gguf: nothing is kept, so a model of any size fits) */
+static void keep_or_free(float **keep, float *v)
+{
+    if (keep)
+        *keep = v;
+    else
+        free(v);
+}
+
+/* The metadata and tensors of cfg's model into w. m: the exact values kept
+ * there, with the per-layer types of k_types (every type in every role); NULL:
+ * none kept and every layer in the types of SmolLM2-135M-Instruct's file (Q4_1
+ * matrices, F32 norms, a Q8_0 embedding). */
+static void add_model(gw_t *w, const tiny_cfg_t *cfg, const char *name, uint32_t n_ctx, uint64_t *rng,
+                      tiny_model_t *m)
+{
+    static const uint32_t synth_types[9] = { GGUF_T_F32, GGUF_T_Q4_1, GGUF_T_Q4_1, GGUF_T_Q4_1, GGUF_T_Q4_1,
+                                             GGUF_T_F32, GGUF_T_Q4_1, GGUF_T_Q4_1, GGUF_T_Q4_1 };
+    const int E = cfg->n_embd, F = cfg->n_ff, V = cfg->n_vocab;
+    const int QD = cfg->n_head * cfg->head_dim, KD = cfg->n_head_kv * cfg->head_dim;
+    gw_kv_str(w, "general.architecture", "llama");
+    gw_kv_str(w, "general.name", name);
+    gw_kv_u32(w, "llama.block_count", (uint32_t)cfg->n_layer);
+    gw_kv_u32(w, "llama.context_length", n_ctx);
+    gw_kv_u32(w, "llama.embedding_length", (uint32_t)E);
+    gw_kv_u32(w, "llama.feed_forward_length", (uint32_t)F);
+    gw_kv_u32(w, "llama.attention.head_count", (uint32_t)cfg->n_head);
+    gw_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)cfg->n_head_kv);
+    gw_kv_f32(w, "llama.rope.freq_base", cfg->rope_theta);
+    gw_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", cfg->rms_eps);
+    gw_kv_u32(w, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
+    gw_kv_u32(w, "llama.vocab_size", (uint32_t)V);
+    tiny_add_tokenizer(w, V);
+
+    const float sw = 1.0f / sqrtf((float)E);
+    float *embd = add_tensor(w, "token_embd.weight", GGUF_T_Q8_0, E, V, 2, 1.0f, rng);
+    keep_or_free(m ? &m->embd : NULL, embd);
+    keep_or_free(m ? &m->out_norm : NULL, add_norm(w, "output_norm.weight", E, rng));
+    if (m && cfg->tied)
+        m->out = m->embd;
+    else if (!cfg->tied)
+        keep_or_free(m ? &m->out : NULL, add_tensor(w, "output.weight", cfg->out_type, E, V, 2, 4 * sw, rng));
+    for (int l = 0; l < cfg->n_layer; l++) {
+        tiny_layer_t *L = m ? &m->layers[l] : NULL;
+        const uint32_t *type = m ? k_types[l % TINY_MAX_LAYERS] : synth_types;
+        if (L)
+            memcpy(L->type, type, sizeof L->type);
+        char nm[64];
+#define NAME(s) (snprintf(nm, sizeof nm, "blk.%d." s ".weight", l), nm)
+#define KEEP(field) (L ? &L->field : NULL)
+        keep_or_free(KEEP(attn_norm), add_norm(w, NAME("attn_norm"), E, rng));
+        keep_or_free(KEEP(wq), add_tensor(w, NAME("attn_q"), type[1], E, QD, 2, 3 * sw, rng));
+        keep_or_free(KEEP(wk), add_tensor(w, NAME("attn_k"), type[2], E, KD, 2, 3 * sw, rng));
+        keep_or_free(KEEP(wv), add_tensor(w, NAME("attn_v"), type[3], E, KD, 2, sw, rng));
+        keep_or_free(KEEP(wo), add_tensor(w, NAME("attn_output"), type[4], QD, E, 2, sw, rng));
+        keep_or_free(KEEP(ffn_norm), add_norm(w, NAME("ffn_norm"), E, rng));
+        keep_or_free(KEEP(w_gate), add_tensor(w, NAME("ffn_gate"), type[6], E, F, 2, sw, rng));
+        keep_or_free(KEEP(w_up), add_tensor(w, NAME("ffn_up"), type[7], E, F, 2, sw, rng));
+        keep_or_free(KEEP(w_down),
+                     add_tensor(w, NAME("ffn_down"), type[8], F, E, 2, 1.0f / sqrtf((float)F), rng));
+#undef KEEP
+#undef NAME
+    }
+}
+
 void tiny_build(tiny_model_t *m, const tiny_cfg_t *cfg, uint64_t seed)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
-    const int E = cfg->n_embd, F = cfg->n_ff, V = cfg->n_vocab;
-    const int QD = cfg->n_head * cfg->head_dim, KD = cfg->n_head_kv * cfg->head_dim;
     uint64_t rng = seed;
     gw_t w;
     gw_init(&w, 32);
-    gw_kv_str(&w, "general.architecture", "llama");
-    gw_kv_str(&w, "general.name", "hashattn tiny test model");
-    gw_kv_u32(&w, "llama.block_count", (uint32_t)cfg->n_layer);
-    gw_kv_u32(&w, "llama.context_length", 4096);
-    gw_kv_u32(&w, "llama.embedding_length", (uint32_t)E);
-    gw_kv_u32(&w, "llama.feed_forward_length", (uint32_t)F);
-    gw_kv_u32(&w, "llama.attention.head_count", (uint32_t)cfg->n_head);
-    gw_kv_u32(&w, "llama.attention.head_count_kv", (uint32_t)cfg->n_head_kv);
-    gw_kv_f32(&w, "llama.rope.freq_base", cfg->rope_theta);
-    gw_kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", cfg->rms_eps);
-    gw_kv_u32(&w, "llama.rope.dimension_count", (uint32_t)cfg->head_dim);
-    gw_kv_u32(&w, "llama.vocab_size", (uint32_t)V);
-    tiny_add_tokenizer(&w, V);
-
-    const float sw = 1.0f / sqrtf((float)E);
-    m->embd = add_tensor(&w, "token_embd.weight", GGUF_T_Q8_0, E, V, 2, 1.0f, &rng);
-    m->out_norm = add_norm(&w, "output_norm.weight", E, &rng);
-    if (cfg->tied)
-        m->out = m->embd;
-    else
-        m->out = add_tensor(&w, "output.weight", cfg->out_type, E, V, 2, 4 * sw, &rng);
-    for (int l = 0; l < cfg->n_layer; l++) {
-        tiny_layer_t *L = &m->layers[l];
-        memcpy(L->type, k_types[l % TINY_MAX_LAYERS], sizeof L->type);
-        char name[64];
-#define NAME(s) (snprintf(name, sizeof name, "blk.%d." s ".weight", l), name)
-        L->attn_norm = add_norm(&w, NAME("attn_norm"), E, &rng);
-        L->wq = add_tensor(&w, NAME("attn_q"), L->type[1], E, QD, 2, 3 * sw, &rng);
-        L->wk = add_tensor(&w, NAME("attn_k"), L->type[2], E, KD, 2, 3 * sw, &rng);
-        L->wv = add_tensor(&w, NAME("attn_v"), L->type[3], E, KD, 2, sw, &rng);
-        L->wo = add_tensor(&w, NAME("attn_output"), L->type[4], QD, E, 2, sw, &rng);
-        L->ffn_norm = add_norm(&w, NAME("ffn_norm"), E, &rng);
-        L->w_gate = add_tensor(&w, NAME("ffn_gate"), L->type[6], E, F, 2, sw, &rng);
-        L->w_up = add_tensor(&w, NAME("ffn_up"), L->type[7], E, F, 2, sw, &rng);
-        L->w_down = add_tensor(&w, NAME("ffn_down"), L->type[8], F, E, 2, 1.0f / sqrtf((float)F), &rng);
-#undef NAME
-    }
+    add_model(&w, cfg, "hashattn tiny test model", 4096, &rng, m);
     m->gguf = gw_finish(&w, &m->size);
     gw_free(&w);
+}
+
+tiny_cfg_t tiny_smollm2_cfg(void)
+{
+    tiny_cfg_t c = tiny_default_cfg();
+    c.n_layer = 30;
+    c.n_embd = 576;
+    c.n_ff = 1536;
+    c.n_head = 9;
+    c.n_head_kv = 3;
+    c.head_dim = 64;
+    c.n_vocab = 49152;
+    c.rope_theta = 100000.0f;
+    return c;
+}
+
+uint8_t *tiny_synth_gguf(const tiny_cfg_t *cfg, uint64_t seed, size_t *size)
+{
+    uint64_t rng = seed;
+    gw_t w;
+    gw_init(&w, 32);
+    add_model(&w, cfg, "hashattn synthetic model (random weights, SmolLM2-135M's shape)", 8192, &rng, NULL);
+    uint8_t *img = gw_finish(&w, size);
+    gw_free(&w);
+    return img;
 }
 
 void tiny_free(tiny_model_t *m)

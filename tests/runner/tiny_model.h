@@ -48,6 +48,19 @@ void tiny_add_tokenizer(struct gw *w, int n_vocab);
 void tiny_build(tiny_model_t *m, const tiny_cfg_t *cfg, uint64_t seed);
 void tiny_free(tiny_model_t *m);
 
+/* SmolLM2-135M-Instruct's shape: 30 layers, embd 576, ff 1536, 9/3 heads of
+ * 64, vocab 49152, RoPE base 100000, tied output. */
+tiny_cfg_t tiny_smollm2_cfg(void);
+
+/* A GGUF image of cfg's shape with random weights, in the tensor types of
+ * SmolLM2-135M-Instruct's Q4_1 file (Q4_1 matrices, F32 norms, a Q8_0
+ * embedding) and the tiny vocabulary padded to n_vocab: what the runner's
+ * speed depends on (shapes, types, the load path) without the model's
+ * values, for timing runs where the real file is not at hand. Its text is
+ * noise. Any number of layers (no exact values kept); malloc'd, caller
+ * frees. Exits on out of memory. */
+uint8_t *tiny_synth_gguf(const tiny_cfg_t *cfg, uint64_t seed, size_t *size);
+
 /* Reference logits [T, V] for tokens at positions 0..T-1. */
 void tiny_reference(const tiny_model_t *m, const int32_t *tokens, int T, double *logits);
 
