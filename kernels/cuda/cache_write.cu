@@ -257,8 +257,10 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
 }
 
 /* cw_fused_kernel on heads + qheads columns (keys, then queries) and the
- * longer side's tokens: solo_body's blocks where use_solo says so (64/64),
- * else qhash_body's clusters, their sizes fixed where they are 128/128 or
+ * longer side's tokens: solo_body's blocks where use_solo says so at 64/64
+ * (at 128/128 this kernel keeps the clusters: no benchmark of ours times
+ * cache_write at D = 128, so its solo form was not measured), else
+ * qhash_body's clusters, their sizes fixed where they are 128/128 or
  * 64/64 (pick_fixed_shape, under tuning's qhash_fixed; both sides have the
  * context's D and width). hq.head0 is set here. */
 template <typename T>
@@ -272,7 +274,7 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
     HashArgs grid = heads > 0 ? h : hq; /* the grid's sizes, pdl and knobs */
     grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
     grid.pdl = h.pdl;
-    if (use_solo(grid))
+    if (grid.dim == 64 && use_solo(grid, heads + qheads))
         return launch_solo_grid(cw_fused_kernel<T, 64, 64, kSoloTokens, true>, grid, heads + qheads, st, a, hk, hq);
     const int tb = qh_tile(grid, heads + qheads);
     auto kernel = pick_fixed_shape(grid, tb, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,

@@ -68,9 +68,10 @@ struct HashArgs {
                               global memory as the chain starts (tuning's qhash_bias, run 49) */
     int32_t head0;         /* qhash_body: the grid's cluster column of these args' head 0 (cache_write's
                               fused kernel runs the queries' heads after the keys'; else 0) */
-    int32_t solo;          /* 1: where D = m = 64 and the sizes are fixed, solo_body's blocks (each
-                              a head's whole MLP for kSoloTokens tokens, no cluster) instead of
-                              qhash_body's clusters (tuning's qhash_solo, run 73) */
+    int32_t solo;          /* 1: where use_solo allows (the sizes fixed at 64/64, or at 128/128 in
+                              one wave), solo_body's blocks (each a head's whole MLP for
+                              kSoloTokens tokens, no cluster) instead of qhash_body's clusters
+                              (tuning's qhash_solo, runs 73-74) */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -459,6 +460,29 @@ __device__ __forceinline__ float mlp_chain(const float *Ws, int pitch, const flo
     return acc;
 }
 
+/* mlp_chain for NT tokens of one output row: the inputs of token k at
+ * xv + k * xstep, IN (a multiple of 4) inputs, each sum in the CPU's order;
+ * one load of a weight quad feeds every token's chain. */
+template <int NT, int IN>
+__device__ __forceinline__ void mlp_chains(const float *Ws, int pitch, const float *xv, int xstep, float b, int il,
+                                           float (&acc)[NT])
+{
+    static_assert(IN % 4 == 0, "whole 16-byte rows");
+    const float *w = Ws + (size_t)il * pitch;
+#pragma unroll
+    for (int k = 0; k < NT; k++)
+        acc[k] = b;
+#pragma unroll 8
+    for (int j = 0; j < IN; j += 4) {
+        const float4 w4 = *reinterpret_cast<const float4 *>(w + j);
+#pragma unroll
+        for (int k = 0; k < NT; k++) {
+            const float4 x4 = *reinterpret_cast<const float4 *>(xv + (size_t)k * xstep + j);
+            acc[k] = fma_quad(w4, x4, acc[k]);
+        }
+    }
+}
+
 /* The body of qhash_kernel, also run by cache_write's fused kernel with keep
  * pointing to shared memory. D and M > 0 fix the input size and the width at
  * compile time (a.dim and a.mlp.width must equal them): the weight copies'
@@ -666,8 +690,13 @@ __host__ cudaError_t launch_mlp_grid(K kernel, dim3 grid, size_t smem, int clust
  * signatures are bit-identical to qhash_body's, hash_kernel's and the
  * CPU's. Run 73b (the runner on an H100, cache_write's fused kernel on
  * these blocks against its clusters): hash step B=32 8K 1.72 -> 1.65-1.68
- * ms, B=1 8K 1.26-1.27 -> 1.18-1.19. At D = m = 128 a head's weights are
- * 152 KB, one block an SM: not tried. */
+ * ms, B=1 8K 1.26-1.27 -> 1.18-1.19.
+ *
+ * At D = m = 128 (run 74) a head's weights are 152 KB: one block an SM,
+ * 512 chains a layer for 4 tokens, so each thread runs its row for two
+ * tokens (mlp_chains: one weight load feeds both, which halves the weight
+ * rows' shared-memory reads). Used where the grid fits one wave (use_solo);
+ * past it every block would copy its 152 KB again. */
 constexpr int kSoloTokens = 4;
 
 /* Shared floats: W1, W2, W3, the biases (B1 | B2 | B3), x, h1, h2 */
@@ -675,6 +704,36 @@ __host__ __device__ constexpr size_t solo_smem_floats(int d, int m, int ts)
 {
     return (size_t)m * qh_pitch(d) + (size_t)m * qh_pitch(m) + (size_t)32 * qh_pitch(m) + (size_t)2 * m + 32 +
            (size_t)ts * qh_pitch(d) + (size_t)2 * ts * qh_pitch(m);
+}
+
+/* Layer 1 or 2 of solo_body: h[t][i] = silu(b[i] + W[i] . x[t]) for the
+ * block's tokens, W and x rows of qh_pitch(IN) floats, h rows of
+ * qh_pitch(M). Thread tid runs row tid % M for tokens tid / M + k TSTEP,
+ * k < NT: one chain a thread at 64/64 (run 73's loop), two tokens at
+ * 128/128. A thread whose first token is past ntok runs nothing; one whose
+ * second is runs it on zero inputs (stored, never read for a signature). */
+template <int IN, int M, int TS>
+__device__ __forceinline__ void solo_layer(const float *Ws, const float *x, const float *b, float *h, int tid,
+                                           int ntok)
+{
+    constexpr int P = qh_pitch(IN), PM = qh_pitch(M);
+    constexpr int TSTEP = kQhThreads / M, NT = TS / TSTEP;
+    static_assert(kQhThreads % M == 0 && TS % TSTEP == 0, "whole rows a thread, whole token steps");
+    if constexpr (NT == 1) {
+        for (int c = tid; c < M * ntok; c += kQhThreads) {
+            const int il = c % M, t = c / M;
+            h[(size_t)t * PM + il] = ha_silu(mlp_chain(Ws, P, x + (size_t)t * P, IN, b[il], il));
+        }
+    } else {
+        const int il = tid % M, t0 = tid / M;
+        if (t0 >= ntok)
+            return;
+        float acc[NT];
+        mlp_chains<NT, IN>(Ws, P, x + (size_t)t0 * P, TSTEP * P, b[il], il, acc);
+#pragma unroll
+        for (int k = 0; k < NT; k++)
+            h[(size_t)(t0 + k * TSTEP) * PM + il] = ha_silu(acc[k]);
+    }
 }
 
 /* A head's MLP (column blockIdx.x - a.head0 of the grid) for tokens
@@ -739,19 +798,12 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     if (tid < TS)
         bits[tid] = 0u;
 
-    /* one chain per thread and layer: row c % M, token c / M */
     cp_async_wait<2>();
     __syncthreads();
-    for (int c = tid; c < M * ntok; c += kQhThreads) {
-        const int il = c % M, t = c / M;
-        h1[(size_t)t * PM + il] = ha_silu(mlp_chain(W1s, PD, xs + (size_t)t * PD, D, Bs[il], il));
-    }
+    solo_layer<D, M, TS>(W1s, xs, Bs, h1, tid, ntok);
     cp_async_wait<1>();
     __syncthreads();
-    for (int c = tid; c < M * ntok; c += kQhThreads) {
-        const int il = c % M, t = c / M;
-        h2[(size_t)t * PM + il] = ha_silu(mlp_chain(W2s, PM, h1 + (size_t)t * PM, M, Bs[M + il], il));
-    }
+    solo_layer<M, M, TS>(W2s, h1, Bs + M, h2, tid, ntok);
     if (!a.trigger_early)
         pdl_trigger_late();
     cp_async_wait<0>();
@@ -772,11 +824,16 @@ __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a
     solo_body<T, D, M>(a);
 }
 
-/* Whether a's MLPs take solo_body's blocks: the sizes fixed at 64/64 and
- * tuning's qhash_solo set */
-__host__ inline bool use_solo(const HashArgs &a)
+/* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
+ * qhash_solo set and the sizes fixed at 64/64, or at 128/128 where the grid
+ * (a block an SM) fits one wave */
+__host__ inline bool use_solo(const HashArgs &a, int out_heads)
 {
-    return a.solo != 0 && a.fixed_shape != 0 && a.dim == 64 && a.mlp.width == 64;
+    if (a.solo == 0 || a.fixed_shape == 0 || a.dim != a.mlp.width)
+        return false;
+    if (a.dim == 64)
+        return true;
+    return a.dim == 128 && (int64_t)out_heads * ceil_div(a.n, kSoloTokens) <= sm_count();
 }
 
 /* A kernel on solo_body's grid (out_heads columns, kSoloTokens tokens a
@@ -842,8 +899,9 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
 {
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
-    if (use_cluster && use_solo(a)) {
-        if (launch_solo_grid(qhash_solo_kernel<T, 64, 64>, a, out_heads, stream, a) == cudaSuccess)
+    if (use_cluster && use_solo(a, out_heads)) {
+        auto kernel = a.dim == 128 ? qhash_solo_kernel<T, 128, 128> : qhash_solo_kernel<T, 64, 64>;
+        if (launch_solo_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */
     }
