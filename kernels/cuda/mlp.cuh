@@ -696,7 +696,8 @@ __host__ cudaError_t launch_mlp_grid(K kernel, dim3 grid, size_t smem, int clust
  * 512 chains a layer for 4 tokens, so each thread runs its row for two
  * tokens (mlp_chains: one weight load feeds both, which halves the weight
  * rows' shared-memory reads). Used where the grid fits one wave (use_solo);
- * past it every block would copy its 152 KB again. */
+ * past it every block would copy its 152 KB again. Not for one row of
+ * blocks (B = 1): see use_solo. */
 constexpr int kSoloTokens = 4;
 
 /* Shared floats: W1, W2, W3, the biases (B1 | B2 | B3), x, h1, h2 */
@@ -826,14 +827,19 @@ __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
  * qhash_solo set and the sizes fixed at 64/64, or at 128/128 where the grid
- * (a block an SM) fits one wave */
+ * (a block an SM) fits one wave and has more than one row of blocks (more
+ * than kSoloTokens tokens). Run 75 (H100, bench_lab, three rounds): at B = 8
+ * the solo blocks took gp32 32K 68.1 -> 65.2 us and gc32 128K 110.4 ->
+ * 108.9; at B = 1 (one row, 32 blocks) they were bimodal under PDL, gc32 1M
+ * 106 or 123 us against the clusters' 107 (without PDL 116 against 117). */
 __host__ inline bool use_solo(const HashArgs &a, int out_heads)
 {
     if (a.solo == 0 || a.fixed_shape == 0 || a.dim != a.mlp.width)
         return false;
     if (a.dim == 64)
         return true;
-    return a.dim == 128 && (int64_t)out_heads * ceil_div(a.n, kSoloTokens) <= sm_count();
+    const int64_t rows = ceil_div(a.n, kSoloTokens);
+    return a.dim == 128 && rows > 1 && (int64_t)out_heads * rows <= sm_count();
 }
 
 /* A kernel on solo_body's grid (out_heads columns, kSoloTokens tokens a

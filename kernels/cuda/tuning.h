@@ -144,9 +144,9 @@ typedef struct ha_cuda_tuning {
     /* appended in run 73 */
     int qhash_solo;          /* 1: the query and key MLPs where D = m = 64 and the sizes are fixed
                                 (qhash_fixed) on blocks of a whole head for 4 tokens, no cluster
-                                (mlp.cuh's solo_body); since run 74 also the query MLPs at
-                                D = m = 128 where their blocks fit one wave (use_solo); 0: on 4-CTA
-                                clusters (before run 73) */
+                                (mlp.cuh's solo_body); since run 75 also the query MLPs at
+                                D = m = 128 where their blocks fit one wave in more than one
+                                row (use_solo); 0: on 4-CTA clusters (before run 73) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
