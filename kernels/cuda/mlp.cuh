@@ -69,9 +69,9 @@ struct HashArgs {
     int32_t head0;         /* qhash_body: the grid's cluster column of these args' head 0 (cache_write's
                               fused kernel runs the queries' heads after the keys'; else 0) */
     int32_t solo;          /* 1: where use_solo allows (the sizes fixed at 64/64, or at 128/128 in
-                              one wave), solo_body's blocks (each a head's whole MLP for
-                              kSoloTokens tokens, no cluster) instead of qhash_body's clusters
-                              (tuning's qhash_solo, runs 73-74) */
+                              one wave of more than one row), solo_body's blocks (each a head's
+                              whole MLP for kSoloTokens tokens, no cluster) instead of
+                              qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's

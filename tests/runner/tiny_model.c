@@ -180,8 +180,7 @@ static void add_model(gw_t *w, const tiny_cfg_t *cfg, const char *name, uint32_t
     tiny_add_tokenizer(w, V);
 
     const float sw = 1.0f / sqrtf((float)E);
-    float *embd = add_tensor(w, "token_embd.weight", GGUF_T_Q8_0, E, V, 2, 1.0f, rng);
-    keep_or_free(m ? &m->embd : NULL, embd);
+    keep_or_free(m ? &m->embd : NULL, add_tensor(w, "token_embd.weight", GGUF_T_Q8_0, E, V, 2, 1.0f, rng));
     keep_or_free(m ? &m->out_norm : NULL, add_norm(w, "output_norm.weight", E, rng));
     if (m && cfg->tied)
         m->out = m->embd;
