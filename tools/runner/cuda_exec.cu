@@ -286,6 +286,7 @@ static Meta meta_layout(int T, int S, int W, int NP, int R)
 struct Graph {
     int b, w, dense, prof, failed;
     int seen;
+    int prof_n; /* prof: the marks its capture recorded (its event nodes) */
     uint64_t used;
     cudaGraphExec_t exec;
 };
@@ -877,6 +878,8 @@ static int cuda_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *sm
         if (g->exec) {
             CU(cudaGraphLaunch(g->exec, c->stream));
             e->graph_replays++;
+            /* an eager step since its capture (a prefill) may have reset prof_n */
+            c->prof_n = g->prof_n;
             done = 1;
         } else if (g->seen && !g->failed) {
             /* second sighting: capture this step and replay it */
@@ -890,6 +893,7 @@ static int cuda_step(rn_exec_t *e, const rn_plan_t *p, const rn_sample_req_t *sm
             if (graph)
                 cudaGraphDestroy(graph);
             if (rc == 0 && ec == cudaSuccess && ei == cudaSuccess) {
+                g->prof_n = c->prof_n;
                 CU(cudaGraphLaunch(g->exec, c->stream));
                 e->graph_captures++;
                 e->graph_replays++;
