@@ -72,6 +72,8 @@ struct HashArgs {
                               one wave of more than one row), solo_body's blocks (each a head's
                               whole MLP for kSoloTokens tokens, no cluster) instead of
                               qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
+    int32_t bulk;          /* 1: qhash_solo_kernel requests its weights by bulk copies (tuning's
+                              qhash_bulk; launch_qhash checks their alignment) */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -83,6 +85,7 @@ __host__ inline void set_qhash_knobs(HashArgs &h)
     h.bias_smem = tn.qhash_bias;
     h.fixed_shape = tn.qhash_fixed;
     h.solo = tn.qhash_solo;
+    h.bulk = tn.qhash_bulk;
 }
 
 /* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
@@ -741,8 +744,10 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * blockIdx.y TS .. + TS - 1, D and M fixed. wait is qhash_body's: it runs
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
- * ended. */
-template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait>
+ * ended. BULK: warp 0 requests the weights and biases by bulk copies, a row
+ * each, completing on one mbarrier a layer (the pointers 16-byte aligned:
+ * launch_qhash checks), instead of every thread's 16-byte cp.async. */
+template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, bool BULK = false>
 __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 {
     static_assert(D > 0 && M > 0 && D % 4 == 0 && M % 4 == 0, "fixed sizes, whole 16-byte rows");
@@ -764,18 +769,58 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     const int ntok = min(TS, a.n - tok0);
 
     /* the library's own weights first: layer 1 with the biases, 2, 3 */
-    mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
-    for (int r = tid; r < M; r += kQhThreads) {
-        cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
-        cp_async4(Bs + M + r, a.mlp.b2 + (size_t)o * M + r);
+    __shared__ uint64_t wbar[BULK ? 3 : 1]; /* BULK: a layer's bytes landed */
+    if constexpr (BULK) {
+        if (tid < 32) {
+            if (tid == 0) {
+                for (int l = 0; l < 3; l++)
+                    mbar_init(&wbar[l], 1);
+                mbar_init_fence();
+                mbar_expect(&wbar[0], (unsigned)((M * D + 2 * M + 32) * sizeof(float)));
+                mbar_expect(&wbar[1], (unsigned)(M * M * sizeof(float)));
+                mbar_expect(&wbar[2], (unsigned)(32 * M * sizeof(float)));
+                bulk_copy(Bs, a.mlp.b1 + (size_t)o * M, M * sizeof(float), &wbar[0]);
+                bulk_copy(Bs + M, a.mlp.b2 + (size_t)o * M, M * sizeof(float), &wbar[0]);
+                bulk_copy(Bs + 2 * M, a.mlp.b3 + (size_t)o * 32, 32 * sizeof(float), &wbar[0]);
+            }
+            __syncwarp();
+            for (int r = tid; r < M; r += 32)
+                bulk_copy(W1s + (size_t)r * PD, a.mlp.w1 + ((size_t)o * M + r) * D, D * sizeof(float), &wbar[0]);
+            for (int r = tid; r < M; r += 32)
+                bulk_copy(W2s + (size_t)r * PM, a.mlp.w2 + ((size_t)o * M + r) * M, M * sizeof(float), &wbar[1]);
+            bulk_copy(W3s + (size_t)tid * PM, a.mlp.w3 + ((size_t)o * 32 + tid) * M, M * sizeof(float), &wbar[2]);
+        }
+    } else {
+        mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
+        for (int r = tid; r < M; r += kQhThreads) {
+            cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
+            cp_async4(Bs + M + r, a.mlp.b2 + (size_t)o * M + r);
+        }
+        if (tid < 32)
+            cp_async4(Bs + 2 * M + tid, a.mlp.b3 + (size_t)o * 32 + tid);
+        cp_async_commit();
+        mlp_copy_rows(W2s, PM, a.mlp.w2 + (size_t)o * M * M, M, M, tid);
+        cp_async_commit();
+        mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
+        cp_async_commit();
     }
-    if (tid < 32)
-        cp_async4(Bs + 2 * M + tid, a.mlp.b3 + (size_t)o * 32 + tid);
-    cp_async_commit();
-    mlp_copy_rows(W2s, PM, a.mlp.w2 + (size_t)o * M * M, M, M, tid);
-    cp_async_commit();
-    mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
-    cp_async_commit();
+    /* a layer's weights in shared memory, and the block's stores before
+     * (inputs, the layer before) done. BULK waits after the block barrier:
+     * no warp may wait on wbar before warp 0 has initialised it. */
+    auto layer_ready = [&](int layer) {
+        if constexpr (BULK) {
+            __syncthreads();
+            mbar_wait(&wbar[layer], 0);
+        } else {
+            if (layer == 0)
+                cp_async_wait<2>();
+            else if (layer == 1)
+                cp_async_wait<1>();
+            else
+                cp_async_wait<0>();
+            __syncthreads();
+        }
+    };
 
     /* the inputs may be the kernel before's (a.pdl): loaded inside wait */
     const int ih = o / a.group;
@@ -799,16 +844,13 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     if (tid < TS)
         bits[tid] = 0u;
 
-    cp_async_wait<2>();
-    __syncthreads();
+    layer_ready(0);
     solo_layer<D, M, TS>(W1s, xs, Bs, h1, tid, ntok);
-    cp_async_wait<1>();
-    __syncthreads();
+    layer_ready(1);
     solo_layer<M, M, TS>(W2s, h1, Bs + M, h2, tid, ntok);
     if (!a.trigger_early)
         pdl_trigger_late();
-    cp_async_wait<0>();
-    __syncthreads();
+    layer_ready(2);
     for (int c = tid; c < 32 * ntok; c += kQhThreads) {
         const int il = c % 32, t = c / 32;
         if (mlp_chain(W3s, PM, h2 + (size_t)t * PM, M, Bs[2 * M + il], il) > 0.0f)
@@ -819,10 +861,10 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
-template <typename T, int D, int M>
+template <typename T, int D, int M, bool BULK = false>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
-    solo_body<T, D, M>(a);
+    solo_body<T, D, M, kSoloTokens, QhPdlWait, BULK>(a);
 }
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
@@ -906,7 +948,10 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster && use_solo(a, out_heads)) {
-        auto kernel = a.dim == 128 ? qhash_solo_kernel<T, 128, 128> : qhash_solo_kernel<T, 64, 64>;
+        const bool bulk = a.bulk && ((uintptr_t)a.mlp.w1 | (uintptr_t)a.mlp.w2 | (uintptr_t)a.mlp.w3 |
+                                     (uintptr_t)a.mlp.b1 | (uintptr_t)a.mlp.b2 | (uintptr_t)a.mlp.b3) % 16 == 0;
+        auto kernel = a.dim == 128 ? (bulk ? qhash_solo_kernel<T, 128, 128, true> : qhash_solo_kernel<T, 128, 128>)
+                                   : (bulk ? qhash_solo_kernel<T, 64, 64, true> : qhash_solo_kernel<T, 64, 64>);
         if (launch_solo_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */

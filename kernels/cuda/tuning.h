@@ -147,6 +147,10 @@ typedef struct ha_cuda_tuning {
                                 (mlp.cuh's solo_body); since run 75 also the query MLPs at
                                 D = m = 128 where their blocks fit one wave in more than one
                                 row (use_solo); 0: on 4-CTA clusters (before run 73) */
+    /* appended in run 78 */
+    int qhash_bulk;          /* 1: decode's query MLPs on solo blocks request their weights by bulk
+                                copies (a row each, completing on mbarriers) instead of
+                                16-byte cp.async; 0: cp.async (solo_body) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
