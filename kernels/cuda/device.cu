@@ -113,7 +113,7 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* qhash_solo: the 64/64 MLPs without clusters (run 73b, the runner on an H100, both
              libraries with run 73's cache_write changes: hash step B=32 8K 1.719-1.723 -> 1.646-1.680
              ms, B=1 8K 1.255-1.270 -> 1.184-1.193) */
-    0,    /* qhash_bulk: the solo query MLPs' weights by cp.async (run 78 measures bulk copies) */
+    0,    /* qhash_late: the solo query MLPs' weights all before their wait (run 78's lab knob) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -72,8 +72,8 @@ struct HashArgs {
                               one wave of more than one row), solo_body's blocks (each a head's
                               whole MLP for kSoloTokens tokens, no cluster) instead of
                               qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
-    int32_t bulk;          /* 1: qhash_solo_kernel requests its weights by bulk copies (tuning's
-                              qhash_bulk; launch_qhash checks their alignment) */
+    int32_t late;          /* qhash_solo_kernel's inputs: 1 loaded without branches, 2 also before
+                              layers 2 and 3's weights (tuning's qhash_late; solo_body's IN) */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -85,7 +85,7 @@ __host__ inline void set_qhash_knobs(HashArgs &h)
     h.bias_smem = tn.qhash_bias;
     h.fixed_shape = tn.qhash_fixed;
     h.solo = tn.qhash_solo;
-    h.bulk = tn.qhash_bulk;
+    h.late = tn.qhash_late;
 }
 
 /* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
@@ -744,10 +744,12 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * blockIdx.y TS .. + TS - 1, D and M fixed. wait is qhash_body's: it runs
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
- * ended. BULK: warp 0 requests the weights and biases by bulk copies, a row
- * each, completing on one mbarrier a layer (the pointers 16-byte aligned:
- * launch_qhash checks), instead of every thread's 16-byte cp.async. */
-template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, bool BULK = false>
+ * ended. IN (tuning's qhash_late, a lab knob of run 78): 1 loads the inputs
+ * without a branch each (a past-the-end token reads the block's last) and
+ * converts them after the copies below; 2 also requests layers 2 and 3's
+ * weights only after the inputs' loads are issued, so that the inputs do not
+ * queue behind them (layer 1's and the biases still go first). */
+template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, int IN = 0>
 __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 {
     static_assert(D > 0 && M > 0 && D % 4 == 0 && M % 4 == 0, "fixed sizes, whole 16-byte rows");
@@ -768,72 +770,51 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     const int tok0 = (int)blockIdx.y * TS;
     const int ntok = min(TS, a.n - tok0);
 
-    /* the library's own weights first: layer 1 with the biases, 2, 3 */
-    __shared__ uint64_t wbar[BULK ? 3 : 1]; /* BULK: a layer's bytes landed */
-    if constexpr (BULK) {
-        if (tid < 32) {
-            if (tid == 0) {
-                for (int l = 0; l < 3; l++)
-                    mbar_init(&wbar[l], 1);
-                mbar_init_fence();
-                mbar_expect(&wbar[0], (unsigned)((M * D + 2 * M + 32) * sizeof(float)));
-                mbar_expect(&wbar[1], (unsigned)(M * M * sizeof(float)));
-                mbar_expect(&wbar[2], (unsigned)(32 * M * sizeof(float)));
-                bulk_copy(Bs, a.mlp.b1 + (size_t)o * M, M * sizeof(float), &wbar[0]);
-                bulk_copy(Bs + M, a.mlp.b2 + (size_t)o * M, M * sizeof(float), &wbar[0]);
-                bulk_copy(Bs + 2 * M, a.mlp.b3 + (size_t)o * 32, 32 * sizeof(float), &wbar[0]);
-            }
-            __syncwarp();
-            for (int r = tid; r < M; r += 32)
-                bulk_copy(W1s + (size_t)r * PD, a.mlp.w1 + ((size_t)o * M + r) * D, D * sizeof(float), &wbar[0]);
-            for (int r = tid; r < M; r += 32)
-                bulk_copy(W2s + (size_t)r * PM, a.mlp.w2 + ((size_t)o * M + r) * M, M * sizeof(float), &wbar[1]);
-            bulk_copy(W3s + (size_t)tid * PM, a.mlp.w3 + ((size_t)o * 32 + tid) * M, M * sizeof(float), &wbar[2]);
-        }
-    } else {
-        mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
-        for (int r = tid; r < M; r += kQhThreads) {
-            cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
-            cp_async4(Bs + M + r, a.mlp.b2 + (size_t)o * M + r);
-        }
-        if (tid < 32)
-            cp_async4(Bs + 2 * M + tid, a.mlp.b3 + (size_t)o * 32 + tid);
-        cp_async_commit();
+    /* the library's own weights first: layer 1 with the biases, then 2
+     * and 3 (IN 2: after the inputs' loads), a cp.async group each */
+    mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
+    for (int r = tid; r < M; r += kQhThreads) {
+        cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
+        cp_async4(Bs + M + r, a.mlp.b2 + (size_t)o * M + r);
+    }
+    if (tid < 32)
+        cp_async4(Bs + 2 * M + tid, a.mlp.b3 + (size_t)o * 32 + tid);
+    cp_async_commit();
+    auto copy_layers23 = [&] {
         mlp_copy_rows(W2s, PM, a.mlp.w2 + (size_t)o * M * M, M, M, tid);
         cp_async_commit();
         mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
         cp_async_commit();
-    }
-    /* a layer's weights in shared memory, and the block's stores before
-     * (inputs, the layer before) done. BULK waits after the block barrier:
-     * no warp may wait on wbar before warp 0 has initialised it. */
-    auto layer_ready = [&](int layer) {
-        if constexpr (BULK) {
-            __syncthreads();
-            mbar_wait(&wbar[layer], 0);
-        } else {
-            if (layer == 0)
-                cp_async_wait<2>();
-            else if (layer == 1)
-                cp_async_wait<1>();
-            else
-                cp_async_wait<0>();
-            __syncthreads();
-        }
     };
+    if constexpr (IN != 2)
+        copy_layers23();
 
     /* the inputs may be the kernel before's (a.pdl): loaded inside wait */
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
     float xr[XN];
+    T xraw[IN ? XN : 1]; /* IN: the inputs as loaded */
     wait([&] {
 #pragma unroll
         for (int k = 0; k < XN; k++) {
             const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
-            xr[k] = idx < TS * D && t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e])
-                                             : 0.0f;
+            if constexpr (IN != 0)
+                xraw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
+            else
+                xr[k] = idx < TS * D && t < ntok
+                            ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e])
+                            : 0.0f;
         }
     });
+    if constexpr (IN != 0) {
+        if constexpr (IN == 2)
+            copy_layers23();
+#pragma unroll
+        for (int k = 0; k < XN; k++) {
+            const int idx = tid + k * kQhThreads;
+            xr[k] = idx < TS * D && idx / D < ntok ? to_f32(xraw[k]) : 0.0f;
+        }
+    }
     qh_after_wait(a); /* the early trigger after the wait: see qhash_body */
 #pragma unroll
     for (int k = 0; k < XN; k++) {
@@ -844,13 +825,16 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     if (tid < TS)
         bits[tid] = 0u;
 
-    layer_ready(0);
+    cp_async_wait<2>();
+    __syncthreads();
     solo_layer<D, M, TS>(W1s, xs, Bs, h1, tid, ntok);
-    layer_ready(1);
+    cp_async_wait<1>();
+    __syncthreads();
     solo_layer<M, M, TS>(W2s, h1, Bs + M, h2, tid, ntok);
     if (!a.trigger_early)
         pdl_trigger_late();
-    layer_ready(2);
+    cp_async_wait<0>();
+    __syncthreads();
     for (int c = tid; c < 32 * ntok; c += kQhThreads) {
         const int il = c % 32, t = c / 32;
         if (mlp_chain(W3s, PM, h2 + (size_t)t * PM, M, Bs[2 * M + il], il) > 0.0f)
@@ -861,10 +845,10 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
-template <typename T, int D, int M, bool BULK = false>
+template <typename T, int D, int M, int IN = 0>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
-    solo_body<T, D, M, kSoloTokens, QhPdlWait, BULK>(a);
+    solo_body<T, D, M, kSoloTokens, QhPdlWait, IN>(a);
 }
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
@@ -948,10 +932,9 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster && use_solo(a, out_heads)) {
-        const bool bulk = a.bulk && ((uintptr_t)a.mlp.w1 | (uintptr_t)a.mlp.w2 | (uintptr_t)a.mlp.w3 |
-                                     (uintptr_t)a.mlp.b1 | (uintptr_t)a.mlp.b2 | (uintptr_t)a.mlp.b3) % 16 == 0;
-        auto kernel = a.dim == 128 ? (bulk ? qhash_solo_kernel<T, 128, 128, true> : qhash_solo_kernel<T, 128, 128>)
-                                   : (bulk ? qhash_solo_kernel<T, 64, 64, true> : qhash_solo_kernel<T, 64, 64>);
+        auto kernel = a.late == 1   ? (a.dim == 128 ? qhash_solo_kernel<T, 128, 128, 1> : qhash_solo_kernel<T, 64, 64, 1>)
+                      : a.late == 2 ? (a.dim == 128 ? qhash_solo_kernel<T, 128, 128, 2> : qhash_solo_kernel<T, 64, 64, 2>)
+                                    : (a.dim == 128 ? qhash_solo_kernel<T, 128, 128> : qhash_solo_kernel<T, 64, 64>);
         if (launch_solo_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */

@@ -148,9 +148,10 @@ typedef struct ha_cuda_tuning {
                                 D = m = 128 where their blocks fit one wave in more than one
                                 row (use_solo); 0: on 4-CTA clusters (before run 73) */
     /* appended in run 78 */
-    int qhash_bulk;          /* 1: decode's query MLPs on solo blocks request their weights by bulk
-                                copies (a row each, completing on mbarriers) instead of
-                                16-byte cp.async; 0: cp.async (solo_body) */
+    int qhash_late;          /* decode's query MLPs on solo blocks: 1 their inputs loaded without
+                                a branch each, 2 also before layers 2 and 3's weights are
+                                requested; 0: as before run 78 (solo_body's IN; run 78 measured
+                                bulk copies for the weights here: slower) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
