@@ -113,7 +113,10 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* qhash_solo: the 64/64 MLPs without clusters (run 73b, the runner on an H100, both
              libraries with run 73's cache_write changes: hash step B=32 8K 1.719-1.723 -> 1.646-1.680
              ms, B=1 8K 1.255-1.270 -> 1.184-1.193) */
-    0,    /* qhash_late: the solo query MLPs' weights all before their wait (run 78's lab knob) */
+    2,    /* qhash_late: decode's solo query MLPs load their inputs without branches, before layers 2
+             and 3's weights are requested (run 78b, H100, three rounds: the MLPs alone under ncu
+             9.9 -> 8.5 us at gc32 B=8 128K, the step cut after them 11.3 -> 10.15, gc32 B=8 128K
+             110.8 -> 109.5, gp32 B=8 32K 66.1 -> 64.8; 1, the loads alone, half of it) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 
