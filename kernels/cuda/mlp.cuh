@@ -73,7 +73,7 @@ struct HashArgs {
                               whole MLP for kSoloTokens tokens, no cluster) instead of
                               qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
     int32_t late;          /* qhash_solo_kernel's inputs: 1 loaded without branches, 2 also before
-                              layers 2 and 3's weights (tuning's qhash_late; solo_body's IN) */
+                              layers 2 and 3's weights (tuning's qhash_late; solo_body's LOADS) */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -744,12 +744,13 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * blockIdx.y TS .. + TS - 1, D and M fixed. wait is qhash_body's: it runs
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
- * ended. IN (tuning's qhash_late, a lab knob of run 78): 1 loads the inputs
+ * ended. LOADS (tuning's qhash_late: 2 for decode's query MLPs since run 78,
+ * 0 in cache_write's fused kernel): 1 loads the inputs
  * without a branch each (a past-the-end token reads the block's last) and
  * converts them after the copies below; 2 also requests layers 2 and 3's
  * weights only after the inputs' loads are issued, so that the inputs do not
  * queue behind them (layer 1's and the biases still go first). */
-template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, int IN = 0>
+template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, int LOADS = 0>
 __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 {
     static_assert(D > 0 && M > 0 && D % 4 == 0 && M % 4 == 0, "fixed sizes, whole 16-byte rows");
@@ -771,7 +772,7 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     const int ntok = min(TS, a.n - tok0);
 
     /* the library's own weights first: layer 1 with the biases, then 2
-     * and 3 (IN 2: after the inputs' loads), a cp.async group each */
+     * and 3 (LOADS 2: after the inputs' loads), a cp.async group each */
     mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
     for (int r = tid; r < M; r += kQhThreads) {
         cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
@@ -786,19 +787,19 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
         cp_async_commit();
     };
-    if constexpr (IN != 2)
+    if constexpr (LOADS != 2)
         copy_layers23();
 
     /* the inputs may be the kernel before's (a.pdl): loaded inside wait */
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
     float xr[XN];
-    T xraw[IN ? XN : 1]; /* IN: the inputs as loaded */
+    T xraw[LOADS ? XN : 1]; /* LOADS: the inputs as loaded */
     wait([&] {
 #pragma unroll
         for (int k = 0; k < XN; k++) {
             const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
-            if constexpr (IN != 0)
+            if constexpr (LOADS != 0)
                 xraw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
             else
                 xr[k] = idx < TS * D && t < ntok
@@ -806,8 +807,8 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
                             : 0.0f;
         }
     });
-    if constexpr (IN != 0) {
-        if constexpr (IN == 2)
+    if constexpr (LOADS != 0) {
+        if constexpr (LOADS == 2)
             copy_layers23();
 #pragma unroll
         for (int k = 0; k < XN; k++) {
@@ -845,10 +846,10 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
-template <typename T, int D, int M, int IN = 0>
+template <typename T, int D, int M, int LOADS = 0>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
-    solo_body<T, D, M, kSoloTokens, QhPdlWait, IN>(a);
+    solo_body<T, D, M, kSoloTokens, QhPdlWait, LOADS>(a);
 }
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
