@@ -245,6 +245,35 @@ __global__ void __launch_bounds__(kPipeThreads) pipe_kernel(const uint4 *kc, con
  * mbarrier, which thread 0 arms with the tile's byte count; every thread
  * waits on the barrier's phase instead of cp.async.wait_group. The entries
  * are in shared memory first (as LSM). */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect(uint64_t *bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done)
+                     : "r"(a), "r"(parity)
+                     : "memory");
+}
+__device__ __forceinline__ void bulk_row(void *dst, const void *src, unsigned bytes, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar))
+                 : "memory");
+}
+
 template <int S, int TT, bool PHYS>
 __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, const uint4 *vc, const int32_t *bt,
                                                             int64_t bps, const int32_t *pos, const int64_t *phys,
@@ -263,14 +292,14 @@ __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, con
     for (int64_t e = e0 + tid; e < e1 && e - e0 < kPipeListMax; e += kPipeThreads)
         lst[e - e0] = PHYS ? phys[unit * k + e] : pos[unit * k + e];
     if (tid < S)
-        ha::mbar_init(&full[tid], 1);
-    ha::mbar_init_fence();
+        mbar_init(&full[tid], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     __syncthreads();
     auto issue = [&](int tile, int st) {
         const int64_t base = e0 + (int64_t)tile * TT;
         const int rows = (int)min((int64_t)TT, e1 - base);
         if (tid == 0)
-            ha::mbar_expect(&full[st], (unsigned)rows * 2 * 256);
+            mbar_expect(&full[st], (unsigned)rows * 2 * 256);
         if (tid < 2 * TT) {
             const int r = tid % TT, kv = tid / TT;
             if (r < rows) {
@@ -282,7 +311,7 @@ __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, con
                     const int32_t page = bt[(int64_t)b * bps + p / kBlock];
                     off = (int64_t)page * L.sb + (int64_t)(p % kBlock) * L.st + (int64_t)h * L.sh;
                 }
-                ha::bulk_copy(sm + ((size_t)st * 2 * TT + kv * TT + r) * 16, (kv ? vc : kc) + off, 256, &full[st]);
+                bulk_row(sm + ((size_t)st * 2 * TT + kv * TT + r) * 16, (kv ? vc : kc) + off, 256, &full[st]);
             }
         }
     };
@@ -292,7 +321,7 @@ __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, con
             issue(st, st);
     uint32_t acc = 0u;
     for (int t = 0; t < ntiles; t++) {
-        ha::mbar_wait(&full[t % S], (unsigned)(t / S) & 1u);
+        mbar_wait(&full[t % S], (unsigned)(t / S) & 1u);
         __syncthreads(); /* everyone is done with tile t - 1's stage */
         if (t + S - 1 < ntiles)
             issue(t + S - 1, (t + S - 1) % S);

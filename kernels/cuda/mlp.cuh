@@ -745,11 +745,11 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
  * ended. LOADS (tuning's qhash_late: 2 for decode's query MLPs since run 78,
- * 0 in cache_write's fused kernel): 1 loads the inputs
- * without a branch each (a past-the-end token reads the block's last) and
- * converts them after the copies below; 2 also requests layers 2 and 3's
- * weights only after the inputs' loads are issued, so that the inputs do not
- * queue behind them (layer 1's and the biases still go first). */
+ * 0 in cache_write's fused kernel): 1 loads the inputs without a branch each
+ * (a past-the-end token reads the block's last) and converts them after the
+ * copies below; 2 also requests layers 2 and 3's weights only after the
+ * inputs' loads are issued, so that the inputs do not queue behind them
+ * (layer 1's and the biases still go first). */
 template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, int LOADS = 0>
 __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 {

@@ -150,7 +150,7 @@ typedef struct ha_cuda_tuning {
     /* appended in run 78 */
     int qhash_late;          /* decode's query MLPs on solo blocks: 1 their inputs loaded without
                                 a branch each, 2 also before layers 2 and 3's weights are
-                                requested; 0: as before run 78 (solo_body's IN; run 78 measured
+                                requested; 0: as before run 78 (solo_body's LOADS; run 78 measured
                                 bulk copies for the weights here: slower) */
 } ha_cuda_tuning_t;
 
