@@ -441,7 +441,8 @@ static const struct {
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
     TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ), TUNE_FIELD(qhash_tokens),
-    TUNE_FIELD(sel_trigger), TUNE_FIELD(qhash_solo), TUNE_FIELD(qhash_late),
+    TUNE_FIELD(sel_trigger), TUNE_FIELD(qhash_solo), TUNE_FIELD(qhash_late), TUNE_FIELD(qhash_late_cl),
+    TUNE_FIELD(cw_late),
 };
 enum { MAX_TUNES = 16 };
 static struct {

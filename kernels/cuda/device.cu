@@ -117,6 +117,8 @@ static const ha_cuda_tuning_t kDefaults = {
              and 3's weights are requested (run 78b, H100, three rounds: the MLPs alone under ncu
              9.9 -> 8.5 us at gc32 B=8 128K, the step cut after them 11.3 -> 10.15, gc32 B=8 128K
              110.8 -> 109.5, gp32 B=8 32K 66.1 -> 64.8; 1, the loads alone, half of it) */
+    0,    /* qhash_late_cl: the clusters' order as before run 79 */
+    0,    /* cw_late: cache_write's solo blocks' order as before run 79 */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -74,6 +74,8 @@ struct HashArgs {
                               qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
     int32_t late;          /* qhash_solo_kernel's inputs: 1 loaded without branches, 2 also before
                               layers 2 and 3's weights (tuning's qhash_late; solo_body's LOADS) */
+    int32_t late_cl;       /* qhash_kernel's (the clusters') order: 2 as late's 2 (tuning's
+                              qhash_late_cl; qhash_body's LOADS), where the sizes are fixed */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -86,6 +88,7 @@ __host__ inline void set_qhash_knobs(HashArgs &h)
     h.fixed_shape = tn.qhash_fixed;
     h.solo = tn.qhash_solo;
     h.late = tn.qhash_late;
+    h.late_cl = tn.qhash_late_cl;
 }
 
 /* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
@@ -496,9 +499,10 @@ __device__ __forceinline__ void mlp_chains(const float *Ws, int pitch, const flo
  * reads an input: PDL's wait, or cache_write's wait and K/V copies (run 72:
  * its MLP weights had been requested only after both). It must wait for the
  * kernel before when a.pdl is set, and every thread of the block calls it. */
-template <typename T, int D = 0, int M = 0, int TB = kQhTB, typename Wait = QhPdlWait>
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, typename Wait = QhPdlWait, int LOADS = 0>
 __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait())
 {
+    static_assert(LOADS == 0 || (D > 0 && LOADS == 2), "LOADS 2 (solo_body's order) needs a fixed D");
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     extern __shared__ float4 qsm4[];
@@ -542,14 +546,35 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
             cp_async4(Bs + 2 * r12 + r, B3 + i3 + r);
     }
     cp_async_commit();
-    mlp_copy_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m, tid);
-    cp_async_commit();
-    mlp_copy_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m, tid);
-    cp_async_commit();
+    auto copy_layers23 = [&] {
+        mlp_copy_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m, tid);
+        cp_async_commit();
+        mlp_copy_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m, tid);
+        cp_async_commit();
+    };
+    if constexpr (LOADS != 2)
+        copy_layers23();
 
     /* the weights are the library's own; the inputs and the outputs may be
-     * the kernel before's (a.pdl) */
-    wait([] {});
+     * the kernel before's (a.pdl). LOADS 2 (tuning's qhash_late_cl): the
+     * inputs loaded inside the wait without a branch each (a past-the-end
+     * token reads the cluster's last), layers 2 and 3's weights requested
+     * after them, as solo_body's LOADS 2 */
+    const int ih = o / a.group;
+    const T *in = static_cast<const T *>(a.in);
+    constexpr int XN = LOADS ? (TB * (D > 0 ? D : 1) + kQhThreads - 1) / kQhThreads : 1;
+    T xraw[XN];
+    wait([&] {
+        if constexpr (LOADS != 0) {
+#pragma unroll
+            for (int k = 0; k < XN; k++) {
+                const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
+                xraw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
+            }
+        }
+    });
+    if constexpr (LOADS == 2)
+        copy_layers23();
     /* The early trigger comes after the wait: the kernel after this one
      * reads the block tables, sequence lengths and signatures before its own
      * wait, which is safe only once the kernel before this one (a host's,
@@ -559,13 +584,20 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
      * decode_after_host_kernel). */
     qh_after_wait(a);
 
-    const int ih = o / a.group;
-    const T *in = static_cast<const T *>(a.in);
-    const int ds = pow2_shift(d);
-    for (int idx = tid; idx < TB * d; idx += kQhThreads) {
-        const int t = ds >= 0 ? idx >> ds : idx / d, e = idx - t * d;
-        xs[(size_t)t * pd + e] =
-            t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e]) : 0.0f;
+    if constexpr (LOADS != 0) {
+#pragma unroll
+        for (int k = 0; k < XN; k++) {
+            const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
+            if (idx < TB * D)
+                xs[(size_t)t * pd + e] = t < ntok ? to_f32(xraw[k]) : 0.0f;
+        }
+    } else {
+        const int ds = pow2_shift(d);
+        for (int idx = tid; idx < TB * d; idx += kQhThreads) {
+            const int t = ds >= 0 ? idx >> ds : idx / d, e = idx - t * d;
+            xs[(size_t)t * pd + e] =
+                t < ntok ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e]) : 0.0f;
+        }
     }
     if (tid < TB)
         bits[tid] = 0u;
@@ -636,10 +668,10 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     }
 }
 
-template <typename T, int D = 0, int M = 0, int TB = kQhTB>
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, int LOADS = 0>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
-    qhash_body<T, D, M, TB>(a);
+    qhash_body<T, D, M, TB, QhPdlWait, LOADS>(a);
 }
 
 /* kernel on grid of kQhThreads-thread blocks with smem bytes of dynamic
@@ -942,8 +974,11 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     }
     if (use_cluster) {
         const int tb = qh_tile(a, out_heads);
-        auto kernel = pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
-                                       qhash_kernel<T, 64, 64, 16>, qhash_kernel<T>);
+        auto kernel = a.late_cl == 2 ? pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128, kQhTB, 2>,
+                                                        qhash_kernel<T, 64, 64, kQhTB, 2>,
+                                                        qhash_kernel<T, 64, 64, 16, 2>, qhash_kernel<T>)
+                                     : pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
+                                                        qhash_kernel<T, 64, 64, 16>, qhash_kernel<T>);
         if (launch_qh_grid(kernel, a, out_heads, tb, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */
