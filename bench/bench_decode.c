@@ -442,7 +442,6 @@ static const struct {
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_bias), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
     TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ), TUNE_FIELD(qhash_tokens),
     TUNE_FIELD(sel_trigger), TUNE_FIELD(qhash_solo), TUNE_FIELD(qhash_late), TUNE_FIELD(qhash_late_cl),
-    TUNE_FIELD(cw_late),
 };
 enum { MAX_TUNES = 16 };
 static struct {

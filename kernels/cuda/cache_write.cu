@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kCwThreads) kv_write_kernel(const CopyArgs a)
 constexpr int kCwFusedMax = 256;
 static_assert(kCwFusedMax <= kQhThreads, "a slot per thread");
 
-template <typename T, int D = 0, int M = 0, int TB = kQhTB, bool SOLO = false, int LOADS = 0> /* the body's sizes, order */
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, bool SOLO = false> /* D, M, TB: the body's sizes */
 __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, HashArgs h, const HashArgs hq)
 {
     __shared__ int64_t slot_s[kCwFusedMax], own_blk[kCwFusedMax], own_off[kCwFusedMax];
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kQhThreads) cw_fused_kernel(const CopyArgs a, 
     }
     auto body = [&](const HashArgs &x) {
         if constexpr (SOLO)
-            solo_body<T, D, M, TB, decltype(wait_and_copy), LOADS>(x, wait_and_copy);
+            solo_body<T, D, M, TB>(x, wait_and_copy);
         else
             qhash_body<T, D, M, TB>(x, wait_and_copy);
     };
@@ -274,13 +274,8 @@ __host__ cudaError_t launch_cw_fused(const CopyArgs &a, const HashArgs &h, int h
     HashArgs grid = heads > 0 ? h : hq; /* the grid's sizes, pdl and knobs */
     grid.n = max(heads > 0 ? h.n : 0, qheads > 0 ? hq.n : 0);
     grid.pdl = h.pdl;
-    if (grid.dim == 64 && use_solo(grid, heads + qheads)) {
-        const int late = tuning().cw_late;
-        auto kernel = late == 1   ? cw_fused_kernel<T, 64, 64, kSoloTokens, true, 1>
-                      : late == 2 ? cw_fused_kernel<T, 64, 64, kSoloTokens, true, 2>
-                                  : cw_fused_kernel<T, 64, 64, kSoloTokens, true>;
-        return launch_solo_grid(kernel, grid, heads + qheads, st, a, hk, hq);
-    }
+    if (grid.dim == 64 && use_solo(grid, heads + qheads))
+        return launch_solo_grid(cw_fused_kernel<T, 64, 64, kSoloTokens, true>, grid, heads + qheads, st, a, hk, hq);
     const int tb = qh_tile(grid, heads + qheads);
     auto kernel = pick_fixed_shape(grid, tb, cw_fused_kernel<T, 128, 128>, cw_fused_kernel<T, 64, 64>,
                                    cw_fused_kernel<T, 64, 64, 16>, cw_fused_kernel<T>);

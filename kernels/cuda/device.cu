@@ -117,8 +117,10 @@ static const ha_cuda_tuning_t kDefaults = {
              and 3's weights are requested (run 78b, H100, three rounds: the MLPs alone under ncu
              9.9 -> 8.5 us at gc32 B=8 128K, the step cut after them 11.3 -> 10.15, gc32 B=8 128K
              110.8 -> 109.5, gp32 B=8 32K 66.1 -> 64.8; 1, the loads alone, half of it) */
-    0,    /* qhash_late_cl: the clusters' order as before run 79 */
-    0,    /* cw_late: cache_write's solo blocks' order as before run 79 */
+    2,    /* qhash_late_cl: the query MLPs' clusters load their inputs without branches, before
+             layers 2 and 3's weights are requested (run 79a, H100, three rounds: the step cut
+             after them 11.0-11.2 -> 10.2-10.3 us at gp32 B=1 128K, 11.3-11.4 -> 10.5-10.7 at gc32
+             B=1 1M; gp32 B=1 128K 48.3-48.8 -> 48.0-48.1, gc32 B=1 1M 108.6-108.9 -> 108.1-108.3) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

@@ -777,7 +777,8 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
  * ended. LOADS (tuning's qhash_late: 2 for decode's query MLPs since run 78,
- * 0 in cache_write's fused kernel): 1 loads the inputs without a branch each
+ * 0 in cache_write's fused kernel, whose wait also copies K/V: run 79's runner
+ * A/B, 1 equal, 2 2% slower at B=32 8K): 1 loads the inputs without a branch each
  * (a past-the-end token reads the block's last) and converts them after the
  * copies below; 2 also requests layers 2 and 3's weights only after the
  * inputs' loads are issued, so that the inputs do not queue behind them

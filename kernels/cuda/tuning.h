@@ -156,8 +156,6 @@ typedef struct ha_cuda_tuning {
     int qhash_late_cl;       /* 2: the query MLPs' clusters (qhash_kernel, sizes fixed) in qhash_late
                                 2's order: inputs loaded without a branch each before layers 2 and
                                 3's weights are requested; 0: as before run 79 (qhash_body's LOADS) */
-    int cw_late;             /* cache_write's fused kernel on solo blocks (64/64): solo_body's LOADS
-                                (1 or 2 as qhash_late); 0: as before run 79 */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
