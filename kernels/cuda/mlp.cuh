@@ -489,6 +489,21 @@ __device__ __forceinline__ void mlp_chains(const float *Ws, int pitch, const flo
     }
 }
 
+/* The LOADS forms' input loads (qhash_body, solo_body; runs 78-79): thread
+ * tid's XN inputs, index tid + k kQhThreads of the block's tokens x D, with
+ * no branch each: an index past the block's ntok tokens reads its last
+ * token's, which the caller zeroes as it converts them. */
+template <typename T, int D, int XN>
+__device__ __forceinline__ void mlp_load_inputs(T (&raw)[XN], const HashArgs &a, int tok0, int ntok, int ih, int tid)
+{
+    const T *in = static_cast<const T *>(a.in);
+#pragma unroll
+    for (int k = 0; k < XN; k++) {
+        const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
+        raw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
+    }
+}
+
 /* The body of qhash_kernel, also run by cache_write's fused kernel with keep
  * pointing to shared memory. D and M > 0 fix the input size and the width at
  * compile time (a.dim and a.mlp.width must equal them): the weight copies'
@@ -565,13 +580,8 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     constexpr int XN = LOADS ? (TB * (D > 0 ? D : 1) + kQhThreads - 1) / kQhThreads : 1;
     T xraw[XN];
     wait([&] {
-        if constexpr (LOADS != 0) {
-#pragma unroll
-            for (int k = 0; k < XN; k++) {
-                const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
-                xraw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
-            }
-        }
+        if constexpr (LOADS != 0)
+            mlp_load_inputs<T, D, XN>(xraw, a, tok0, ntok, ih, tid);
     });
     if constexpr (LOADS == 2)
         copy_layers23();
@@ -829,15 +839,16 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     float xr[XN];
     T xraw[LOADS ? XN : 1]; /* LOADS: the inputs as loaded */
     wait([&] {
+        if constexpr (LOADS != 0) {
+            mlp_load_inputs<T, D, XN>(xraw, a, tok0, ntok, ih, tid);
+        } else {
 #pragma unroll
-        for (int k = 0; k < XN; k++) {
-            const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
-            if constexpr (LOADS != 0)
-                xraw[k] = in[(int64_t)(tok0 + min(t, ntok - 1)) * a.in_st + (int64_t)ih * a.in_sh + e];
-            else
+            for (int k = 0; k < XN; k++) {
+                const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
                 xr[k] = idx < TS * D && t < ntok
                             ? to_f32(in[(int64_t)(tok0 + t) * a.in_st + (int64_t)ih * a.in_sh + e])
                             : 0.0f;
+            }
         }
     });
     if constexpr (LOADS != 0) {
