@@ -76,7 +76,6 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
     0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
              more than a wave (run 26) */
-    0,    /* qhash_gather: each CTA of the MLP clusters stores its own byte (run 26) */
     1,    /* score_planes: compact group scores from count planes (run 27) */
     1,    /* pdl_first: the first launches chained to the host's kernel too (run 40: the runner's
              hash step at B=32 8K 1.950 -> 1.907 ms, two rounds; eager steps unchanged, their
@@ -93,8 +92,6 @@ static const ha_cuda_tuning_t kDefaults = {
              with qhash_trigger's early trigger 1.5-2.5 us faster) */
     0,    /* qhash_trigger: automatic (run 48, with score_prewait: gp32 B=1 128K 45.8 -> 43.6 us;
              not above two items per warp: 0.7-1.4% slower at group+compact B=8 1M, eight) */
-    1,    /* qhash_bias: the MLP clusters' biases staged with their weights (run 49b: the query
-             MLPs alone at gc32 B=8 128K 14.0 -> 13.4 us, sparse steps 0.5-1.5 us faster) */
     1,    /* qhash_fixed: the query and key MLPs with D and m fixed at compile time where they are
              128/128 or 64/64 (run 50d: qhash_kernel under ncu 12.2 -> 10.9 us at gc32 B=8 128K, 8.8
              -> 7.8 at gp32 B=1 128K, 8.1 -> 7.3 on SmolLM2's layer; steps 0.5-2 us faster; run 51:
@@ -113,14 +110,6 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* qhash_solo: the 64/64 MLPs without clusters (run 73b, the runner on an H100, both
              libraries with run 73's cache_write changes: hash step B=32 8K 1.719-1.723 -> 1.646-1.680
              ms, B=1 8K 1.255-1.270 -> 1.184-1.193) */
-    2,    /* qhash_late: decode's solo query MLPs load their inputs without branches, before layers 2
-             and 3's weights are requested (run 78b, H100, three rounds: the MLPs alone under ncu
-             9.9 -> 8.5 us at gc32 B=8 128K, the step cut after them 11.3 -> 10.15, gc32 B=8 128K
-             110.8 -> 109.5, gp32 B=8 32K 66.1 -> 64.8; 1, the loads alone, half of it) */
-    2,    /* qhash_late_cl: the query MLPs' clusters load their inputs without branches, before
-             layers 2 and 3's weights are requested (run 79a, H100, three rounds: the step cut
-             after them 11.0-11.2 -> 10.2-10.3 us at gp32 B=1 128K, 11.3-11.4 -> 10.5-10.7 at gc32
-             B=1 1M; gp32 B=1 128K 48.3-48.8 -> 48.0-48.1, gc32 B=1 1M 108.6-108.9 -> 108.1-108.3) */
 };
 static ha_cuda_tuning_t g_tuning = kDefaults;
 

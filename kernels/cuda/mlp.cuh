@@ -47,10 +47,6 @@ struct HashArgs {
     uint32_t *zero;
     int64_t zero_words;
     int32_t prefetch_all; /* 1: every weight tile has its own slot, all loaded up front */
-    /* qhash_kernel (lab knob qhash_gather): 1 gathers a cluster's four bytes
-     * on rank 0 behind a fourth cluster barrier (before run 26); 0 each CTA
-     * stores its own byte of the word */
-    int32_t gather_rank0;
     /* 1: launch_qh_grid and launch_solo_grid launch with programmatic stream serialisation, so
      * that the kernel's launch and its weight loads overlap the end of the
      * kernel before it (a step's first launch; run 40): qhash_body and
@@ -63,19 +59,12 @@ struct HashArgs {
                               kernel or small.cu's follows) */
     int32_t fixed_shape;   /* 1: the kernel whose D and m are compile-time constants where they
                               are 128/128 or 64/64 (pick_fixed_shape; tuning's qhash_fixed) */
-    int32_t bias_smem;     /* 1: qhash_body copies its rows' biases into shared memory with the
-                              weights (before its wait) instead of loading each chain's bias from
-                              global memory as the chain starts (tuning's qhash_bias, run 49) */
     int32_t head0;         /* qhash_body: the grid's cluster column of these args' head 0 (cache_write's
                               fused kernel runs the queries' heads after the keys'; else 0) */
     int32_t solo;          /* 1: where use_solo allows (the sizes fixed at 64/64, or at 128/128 in
                               one wave of more than one row), solo_body's blocks (each a head's
                               whole MLP for kSoloTokens tokens, no cluster) instead of
                               qhash_body's clusters (tuning's qhash_solo, runs 73-75) */
-    int32_t late;          /* qhash_solo_kernel's inputs: 1 loaded without branches, 2 also before
-                              layers 2 and 3's weights (tuning's qhash_late; solo_body's LOADS) */
-    int32_t late_cl;       /* qhash_kernel's (the clusters') order: 2 as late's 2 (tuning's
-                              qhash_late_cl; qhash_body's LOADS), where the sizes are fixed */
 };
 
 /* The MLP kernels' knobs from tuning (cache_write's key MLPs and decode's
@@ -83,12 +72,8 @@ struct HashArgs {
 __host__ inline void set_qhash_knobs(HashArgs &h)
 {
     const ha_cuda_tuning_t &tn = tuning();
-    h.gather_rank0 = tn.qhash_gather;
-    h.bias_smem = tn.qhash_bias;
     h.fixed_shape = tn.qhash_fixed;
     h.solo = tn.qhash_solo;
-    h.late = tn.qhash_late;
-    h.late_cl = tn.qhash_late_cl;
 }
 
 /* The direct-output HashArgs of a hash operation's params (ha_cuda_hash, and
@@ -386,15 +371,13 @@ constexpr int kQhTB = 8; /* tokens per cluster (16 where qh_tile says so) */
 __host__ __device__ __forceinline__ int qh_rows(int m) { return (m + kQhRanks - 1) / kQhRanks; }
 __host__ __device__ constexpr int qh_pitch(int k) { return (k + 3) / 4 * 4 + 4; } /* floats, 16-byte rows */
 
-/* Shared floats: W1, W2, W3 row slices, x, h1, h2, 4 x TB words of bits
- * (gathered on rank 0 with the lab's qhash_gather), then the row slices'
- * biases (layers 1 and 2: r12 each, layer 3: r3; HashArgs::bias_smem). */
+/* Shared floats: W1, W2, W3 row slices, x, h1, h2, then the row slices'
+ * biases (layers 1 and 2: r12 each, layer 3: r3). */
 __host__ __device__ __forceinline__ size_t qh_smem_floats(int d, int m, int tb)
 {
     const int r12 = qh_rows(m), r3 = 32 / kQhRanks;
     return (size_t)r12 * qh_pitch(d) + (size_t)r12 * qh_pitch(m) + (size_t)r3 * qh_pitch(m) +
-           (size_t)tb * qh_pitch(d) + (size_t)2 * tb * qh_pitch(m) + (size_t)kQhRanks * tb +
-           (size_t)2 * r12 + r3;
+           (size_t)tb * qh_pitch(d) + (size_t)2 * tb * qh_pitch(m) + (size_t)2 * r12 + r3;
 }
 
 /* qhash_body's and solo_body's default wait: PDL's, for the kernel before
@@ -489,7 +472,7 @@ __device__ __forceinline__ void mlp_chains(const float *Ws, int pitch, const flo
     }
 }
 
-/* The LOADS forms' input loads (qhash_body, solo_body; runs 78-79): thread
+/* The LATE forms' input loads (qhash_body, solo_body; runs 78-79): thread
  * tid's XN inputs, index tid + k kQhThreads of the block's tokens x D, with
  * no branch each: an index past the block's ntok tokens reads its last
  * token's, which the caller zeroes as it converts them. */
@@ -513,11 +496,13 @@ __device__ __forceinline__ void mlp_load_inputs(T (&raw)[XN], const HashArgs &a,
  * issued its weight copies (the library's own memory) and before anything
  * reads an input: PDL's wait, or cache_write's wait and K/V copies (run 72:
  * its MLP weights had been requested only after both). It must wait for the
- * kernel before when a.pdl is set, and every thread of the block calls it. */
-template <typename T, int D = 0, int M = 0, int TB = kQhTB, typename Wait = QhPdlWait, int LOADS = 0>
+ * kernel before when a.pdl is set, and every thread of the block calls it.
+ * LATE (D fixed; launch_qhash's, not cache_write's fused kernel: runs 78-79):
+ * solo_body's LATE order, below. */
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, typename Wait = QhPdlWait, bool LATE = false>
 __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait())
 {
-    static_assert(LOADS == 0 || (D > 0 && LOADS == 2), "LOADS 2 (solo_body's order) needs a fixed D");
+    static_assert(!LATE || D > 0, "the LATE order (solo_body's) needs a fixed D");
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     extern __shared__ float4 qsm4[];
@@ -530,8 +515,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     float *const xs = W3s + (size_t)r3 * pm;
     float *const h1 = xs + (size_t)TB * pd;
     float *const h2 = h1 + (size_t)TB * pm;
-    uint32_t *const parts = reinterpret_cast<uint32_t *>(h2 + (size_t)TB * pm); /* [ranks][TB], rank 0's */
-    float *const Bs = reinterpret_cast<float *>(parts + kQhRanks * TB); /* biases: B1 | B2 | B3 rows */
+    float *const Bs = h2 + (size_t)TB * pm; /* biases: B1 | B2 | B3 rows */
     __shared__ uint32_t bits[TB];
 
     const int tid = threadIdx.x;
@@ -548,18 +532,17 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     const float *const B1 = a.mlp.b1 + (size_t)o * m, *const B2 = a.mlp.b2 + (size_t)o * m,
                       *const B3 = a.mlp.b3 + (size_t)o * 32;
     mlp_copy_rows(W1s, pd, W1 + (size_t)i1 * d, n12, d, tid);
-    if (a.bias_smem) {
-        /* the rows' biases with layer 1's weights: a chain's first fmaf
-         * then waits on shared memory, not on a global load issued as the
-         * layer starts (three of them on the kernel's path; the SASS had the
-         * chain's first FFMA a dozen instructions after its bias's LDG) */
-        for (int r = tid; r < n12; r += kQhThreads) {
-            cp_async4(Bs + r, B1 + i1 + r);
-            cp_async4(Bs + r12 + r, B2 + i1 + r);
-        }
-        for (int r = tid; r < r3; r += kQhThreads)
-            cp_async4(Bs + 2 * r12 + r, B3 + i3 + r);
+    /* the rows' biases with layer 1's weights: a chain's first fmaf then
+     * waits on shared memory, not on a global load issued as the layer
+     * starts (run 49b: such loads, three on the kernel's path, had the
+     * chain's first FFMA a dozen instructions after its bias's LDG; the
+     * query MLPs alone 14.0 -> 13.4 us at gc32 B=8 128K) */
+    for (int r = tid; r < n12; r += kQhThreads) {
+        cp_async4(Bs + r, B1 + i1 + r);
+        cp_async4(Bs + r12 + r, B2 + i1 + r);
     }
+    for (int r = tid; r < r3; r += kQhThreads)
+        cp_async4(Bs + 2 * r12 + r, B3 + i3 + r);
     cp_async_commit();
     auto copy_layers23 = [&] {
         mlp_copy_rows(W2s, pm, W2 + (size_t)i1 * m, n12, m, tid);
@@ -567,23 +550,23 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
         mlp_copy_rows(W3s, pm, W3 + (size_t)i3 * m, r3, m, tid);
         cp_async_commit();
     };
-    if constexpr (LOADS != 2)
+    if constexpr (!LATE)
         copy_layers23();
 
     /* the weights are the library's own; the inputs and the outputs may be
-     * the kernel before's (a.pdl). LOADS 2 (tuning's qhash_late_cl): the
-     * inputs loaded inside the wait without a branch each (a past-the-end
-     * token reads the cluster's last), layers 2 and 3's weights requested
-     * after them, as solo_body's LOADS 2 */
+     * the kernel before's (a.pdl). LATE (run 79: the step cut after the
+     * MLPs 11.0-11.4 -> 10.1-10.7 us at B=1): the inputs loaded inside the
+     * wait without a branch each (a past-the-end token reads the cluster's
+     * last), layers 2 and 3's weights requested after them, as solo_body's */
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
-    constexpr int XN = LOADS ? (TB * (D > 0 ? D : 1) + kQhThreads - 1) / kQhThreads : 1;
+    constexpr int XN = LATE ? (TB * (D > 0 ? D : 1) + kQhThreads - 1) / kQhThreads : 1;
     T xraw[XN];
     wait([&] {
-        if constexpr (LOADS != 0)
+        if constexpr (LATE)
             mlp_load_inputs<T, D, XN>(xraw, a, tok0, ntok, ih, tid);
     });
-    if constexpr (LOADS == 2)
+    if constexpr (LATE)
         copy_layers23();
     /* The early trigger comes after the wait: the kernel after this one
      * reads the block tables, sequence lengths and signatures before its own
@@ -594,7 +577,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
      * decode_after_host_kernel). */
     qh_after_wait(a);
 
-    if constexpr (LOADS != 0) {
+    if constexpr (LATE) {
 #pragma unroll
         for (int k = 0; k < XN; k++) {
             const int idx = tid + k * kQhThreads, t = idx / D, e = idx % D;
@@ -623,7 +606,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     cluster.sync();
     for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
         const int il = cidx % n12, t = cidx / n12, i = i1 + il;
-        const float v = ha_silu(chain(W1s, pd, xs, pd, d, a.bias_smem ? Bs[il] : B1[i], il, t));
+        const float v = ha_silu(chain(W1s, pd, xs, pd, d, Bs[il], il, t));
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
             cluster.map_shared_rank(h1, r)[(size_t)t * pm + i] = v;
@@ -634,7 +617,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     __syncthreads();
     for (int cidx = tid; cidx < n12 * ntok; cidx += kQhThreads) {
         const int il = cidx % n12, t = cidx / n12, i = i1 + il;
-        const float v = ha_silu(chain(W2s, pm, h1, pm, m, a.bias_smem ? Bs[r12 + il] : B2[i], il, t));
+        const float v = ha_silu(chain(W2s, pm, h1, pm, m, Bs[r12 + il], il, t));
 #pragma unroll
         for (int r = 0; r < kQhRanks; r++)
             cluster.map_shared_rank(h2, r)[(size_t)t * pm + i] = v;
@@ -647,41 +630,27 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
     __syncthreads();
     for (int cidx = tid; cidx < r3 * ntok; cidx += kQhThreads) {
         const int il = cidx % r3, t = cidx / r3, i = i3 + il;
-        if (chain(W3s, pm, h2, pm, m, a.bias_smem ? Bs[2 * r12 + il] : B3[i], il, t) > 0.0f)
+        if (chain(W3s, pm, h2, pm, m, Bs[2 * r12 + il], il, t) > 0.0f)
             atomicOr(&bits[t], 1u << i);
     }
     __syncthreads();
+    /* rank r's bits are byte r of the word (little-endian): each CTA stores
+     * its own byte. No CTA touches another's shared memory after the barrier
+     * before layer 3, so none has to wait for the others before it exits
+     * (run 26: one cluster barrier and a round of remote writes fewer than
+     * the word gathered on rank 0) */
     static_assert(32 / kQhRanks == 8, "a rank's bits are one byte of the word");
-    if (!a.gather_rank0) {
-        /* rank r's bits are byte r of the word (little-endian): each CTA
-         * stores its own byte. No CTA touches another's shared memory after
-         * the barrier before layer 3, so none has to wait for the others
-         * before it exits (run 26: one cluster barrier and a round of remote
-         * writes fewer) */
-        if (tid < ntok) {
-            uint32_t *const dst = hash_dst(a, tok0 + tid, o);
-            if (dst)
-                reinterpret_cast<uint8_t *>(dst)[rank] = (uint8_t)(bits[tid] >> (8 * rank));
-        }
-        return;
-    }
-    /* before run 26: collected on rank 0 */
-    if (tid < TB)
-        cluster.map_shared_rank(parts, 0)[rank * TB + tid] = bits[tid];
-    cluster.sync();
-    if (rank == 0 && tid < ntok) {
-        uint32_t w = 0u;
-#pragma unroll
-        for (int r = 0; r < kQhRanks; r++)
-            w |= parts[r * TB + tid];
-        hash_store(a, tok0 + tid, o, w);
+    if (tid < ntok) {
+        uint32_t *const dst = hash_dst(a, tok0 + tid, o);
+        if (dst)
+            reinterpret_cast<uint8_t *>(dst)[rank] = (uint8_t)(bits[tid] >> (8 * rank));
     }
 }
 
-template <typename T, int D = 0, int M = 0, int TB = kQhTB, int LOADS = 0>
+template <typename T, int D = 0, int M = 0, int TB = kQhTB, bool LATE = false>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
-    qhash_body<T, D, M, TB, QhPdlWait, LOADS>(a);
+    qhash_body<T, D, M, TB, QhPdlWait, LATE>(a);
 }
 
 /* kernel on grid of kQhThreads-thread blocks with smem bytes of dynamic
@@ -786,14 +755,16 @@ __device__ __forceinline__ void solo_layer(const float *Ws, const float *x, cons
  * blockIdx.y TS .. + TS - 1, D and M fixed. wait is qhash_body's: it runs
  * once every thread has issued its weight copies, and calls issue(), which
  * loads this thread's inputs into registers, once the kernel before has
- * ended. LOADS (tuning's qhash_late: 2 for decode's query MLPs since run 78,
- * 0 in cache_write's fused kernel, whose wait also copies K/V: run 79's runner
- * A/B, 1 equal, 2 2% slower at B=32 8K): 1 loads the inputs without a branch each
- * (a past-the-end token reads the block's last) and converts them after the
- * copies below; 2 also requests layers 2 and 3's weights only after the
- * inputs' loads are issued, so that the inputs do not queue behind them
- * (layer 1's and the biases still go first). */
-template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, int LOADS = 0>
+ * ended. LATE (launch_qhash's since run 78; not in cache_write's fused
+ * kernel, whose wait also copies K/V: run 79's runner A/B, 2% slower at
+ * B=32 8K there) loads the inputs without a branch each (a past-the-end
+ * token reads the block's last), converts them after the copies below, and
+ * requests layers 2 and 3's weights only after the inputs' loads are issued,
+ * so that the inputs do not queue behind them (layer 1's and the biases
+ * still go first). Run 78b (H100): the MLPs alone under ncu 9.9 -> 8.5 us at
+ * gc32 B=8 128K, the step 110.8 -> 109.5; the branch-free loads alone gave
+ * half of it. */
+template <typename T, int D, int M, int TS = kSoloTokens, typename Wait = QhPdlWait, bool LATE = false>
 __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 {
     static_assert(D > 0 && M > 0 && D % 4 == 0 && M % 4 == 0, "fixed sizes, whole 16-byte rows");
@@ -815,7 +786,7 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
     const int ntok = min(TS, a.n - tok0);
 
     /* the library's own weights first: layer 1 with the biases, then 2
-     * and 3 (LOADS 2: after the inputs' loads), a cp.async group each */
+     * and 3 (LATE: after the inputs' loads), a cp.async group each */
     mlp_copy_rows(W1s, PD, a.mlp.w1 + (size_t)o * M * D, M, D, tid);
     for (int r = tid; r < M; r += kQhThreads) {
         cp_async4(Bs + r, a.mlp.b1 + (size_t)o * M + r);
@@ -830,16 +801,16 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         mlp_copy_rows(W3s, PM, a.mlp.w3 + (size_t)o * 32 * M, 32, M, tid);
         cp_async_commit();
     };
-    if constexpr (LOADS != 2)
+    if constexpr (!LATE)
         copy_layers23();
 
     /* the inputs may be the kernel before's (a.pdl): loaded inside wait */
     const int ih = o / a.group;
     const T *in = static_cast<const T *>(a.in);
     float xr[XN];
-    T xraw[LOADS ? XN : 1]; /* LOADS: the inputs as loaded */
+    T xraw[LATE ? XN : 1]; /* LATE: the inputs as loaded */
     wait([&] {
-        if constexpr (LOADS != 0) {
+        if constexpr (LATE) {
             mlp_load_inputs<T, D, XN>(xraw, a, tok0, ntok, ih, tid);
         } else {
 #pragma unroll
@@ -851,9 +822,8 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
             }
         }
     });
-    if constexpr (LOADS != 0) {
-        if constexpr (LOADS == 2)
-            copy_layers23();
+    if constexpr (LATE) {
+        copy_layers23();
 #pragma unroll
         for (int k = 0; k < XN; k++) {
             const int idx = tid + k * kQhThreads;
@@ -890,10 +860,10 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
-template <typename T, int D, int M, int LOADS = 0>
+template <typename T, int D, int M, bool LATE = false>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
-    solo_body<T, D, M, kSoloTokens, QhPdlWait, LOADS>(a);
+    solo_body<T, D, M, kSoloTokens, QhPdlWait, LATE>(a);
 }
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
@@ -977,20 +947,16 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster && use_solo(a, out_heads)) {
-        auto kernel = a.late == 1   ? (a.dim == 128 ? qhash_solo_kernel<T, 128, 128, 1> : qhash_solo_kernel<T, 64, 64, 1>)
-                      : a.late == 2 ? (a.dim == 128 ? qhash_solo_kernel<T, 128, 128, 2> : qhash_solo_kernel<T, 64, 64, 2>)
-                                    : (a.dim == 128 ? qhash_solo_kernel<T, 128, 128> : qhash_solo_kernel<T, 64, 64>);
+        auto kernel = a.dim == 128 ? qhash_solo_kernel<T, 128, 128, true> : qhash_solo_kernel<T, 64, 64, true>;
         if (launch_solo_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */
     }
     if (use_cluster) {
         const int tb = qh_tile(a, out_heads);
-        auto kernel = a.late_cl == 2 ? pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128, kQhTB, 2>,
-                                                        qhash_kernel<T, 64, 64, kQhTB, 2>,
-                                                        qhash_kernel<T, 64, 64, 16, 2>, qhash_kernel<T>)
-                                     : pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128>, qhash_kernel<T, 64, 64>,
-                                                        qhash_kernel<T, 64, 64, 16>, qhash_kernel<T>);
+        auto kernel = pick_fixed_shape(a, tb, qhash_kernel<T, 128, 128, kQhTB, true>,
+                                       qhash_kernel<T, 64, 64, kQhTB, true>, qhash_kernel<T, 64, 64, 16, true>,
+                                       qhash_kernel<T>);
         if (launch_qh_grid(kernel, a, out_heads, tb, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* a refused launch is not sticky: use the one-block form */

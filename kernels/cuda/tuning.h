@@ -75,9 +75,8 @@ typedef struct ha_cuda_tuning {
                                 0 automatic (two where one would take more than one wave of
                                 blocks and two make 4096-8192 positions), 1 one (before run 26),
                                 2 two wherever allowed */
-    int qhash_gather;        /* query and key MLPs on clusters: 0 each CTA stores its byte of the
-                                signature; 1 the bytes gathered on rank 0 behind a fourth cluster
-                                barrier (before run 26) */
+    /* (qhash_gather, 1 for the MLP clusters' bytes gathered on rank 0 before run 26, removed in
+       run 80 with that form) */
     /* appended in run 27 */
     int score_planes;        /* group selection's staged score kernel, compact layout, G = 4: 1 the
                                 query words as count planes (two popcounts per position); 0 four
@@ -113,9 +112,8 @@ typedef struct ha_cuda_tuning {
                                 layer 3 (runs 40-47). Before small.cu's kernel small_form decides
                                 alone (2: as the weight copies are issued) */
     /* appended in run 49 */
-    int qhash_bias;          /* 1: the query and key MLP clusters copy their rows' biases into
-                                shared memory with the weights; 0: each chain loads its bias from
-                                global memory as its layer starts (before run 49) */
+    /* (qhash_bias, 0 for the MLP clusters' per-chain bias loads before run 49, removed in run 80
+       with that form) */
     /* appended in run 50 */
     int qhash_fixed;         /* 1: the query MLPs' kernel (and cache_write's fused kernel, the key
                                 MLPs) with D and m fixed at compile time where they are 128/128 or
@@ -147,15 +145,9 @@ typedef struct ha_cuda_tuning {
                                 (mlp.cuh's solo_body); since run 75 also the query MLPs at
                                 D = m = 128 where their blocks fit one wave in more than one
                                 row (use_solo); 0: on 4-CTA clusters (before run 73) */
-    /* appended in run 78 */
-    int qhash_late;          /* decode's query MLPs on solo blocks: 1 their inputs loaded without
-                                a branch each, 2 also before layers 2 and 3's weights are
-                                requested; 0: as before run 78 (solo_body's LOADS; run 78 measured
-                                bulk copies for the weights here: slower) */
-    /* appended in run 79 */
-    int qhash_late_cl;       /* 2: the query MLPs' clusters (qhash_kernel, sizes fixed) in qhash_late
-                                2's order: inputs loaded without a branch each before layers 2 and
-                                3's weights are requested; 0: as before run 79 (qhash_body's LOADS) */
+    /* (appended in runs 78 and 79, removed in run 80: qhash_late and qhash_late_cl, the order of
+       the query MLPs' input loads before runs 78 and 79; launch_qhash's kernels always take the
+       later order, mlp.cuh's LATE) */
 } ha_cuda_tuning_t;
 
 /* Replace the knobs (NULL restores the defaults). Not thread-safe. */
