@@ -437,7 +437,7 @@ static const struct {
     TUNE_FIELD(score_block_items), TUNE_FIELD(compact_serial), TUNE_FIELD(score_vec4),
     TUNE_FIELD(score_staged), TUNE_FIELD(score_warps),
     TUNE_FIELD(attn_parts), TUNE_FIELD(resolve_fused), TUNE_FIELD(list_contig), TUNE_FIELD(small_step),
-    TUNE_FIELD(select_chunks), TUNE_FIELD(score_planes), TUNE_FIELD(pdl_first),
+    TUNE_FIELD(select_chunks), TUNE_FIELD(pdl_first),
     TUNE_FIELD(walk_lane_max), TUNE_FIELD(score_nohist), TUNE_FIELD(score_trigger), TUNE_FIELD(score_prewait),
     TUNE_FIELD(qhash_trigger), TUNE_FIELD(qhash_fixed), TUNE_FIELD(small_form),
     TUNE_FIELD(cw_trigger), TUNE_FIELD(small_occ), TUNE_FIELD(qhash_tokens),

@@ -203,7 +203,8 @@ __device__ __forceinline__ void score_load_qr(uint32_t (&qr)[QR], const uint32_t
 }
 
 /* Group selection's score in the compact layout with G = 4, from count
- * planes (knob score_planes, run 27). Per bit, the number c (0..4) of the
+ * planes (run 27: the score kernel under ncu 20.8 -> 17.6 us at gc32 B=8
+ * 128K; four xors and popcounts a position before it). Per bit, the number c (0..4) of the
  * group's query words that set it gives the bit's disagreement with a key
  * word k: c where k is 0, 4 - c where k is 1. Of that value's three bits the
  * lowest is c's parity either way (one popcount per item, in base), the
@@ -461,7 +462,7 @@ template <int GW> __host__ __device__ constexpr size_t score_stage_bytes()
  * loop: ncu (run 19, gc32 B=8 128K) counted four SELs, a branch and five
  * compares of G per position and group of positions in the scoring loop.
  * PL: group selection's compact layout with G = 4 scored from count planes
- * (score_planes; GW = 1, GC = 4).
+ * (score_planes; GW = 1, GC = 4; launch_score's only form there).
  * The launch bounds name one block per SM: with that explicit, ptxas
  * allocates the paper layout's G = 4 kernel without its 12-byte spill (run 28,
  * A/B in two calls: gp32 B=8 128K 138.6 -> 137.9 us a step on average, within
@@ -1104,7 +1105,7 @@ inline ScoreForm score_form(const ScoreArgs &sa, int gw, bool group_sel, bool bl
 template <bool GROUPSEL>
 ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bool pdl, int bps_knob,
                                 bool block_items, int warps_knob, bool vec4, bool per_head_vec4, bool staged,
-                                bool planes, bool nohist, ScoreShape *shape = nullptr)
+                                bool nohist, ScoreShape *shape = nullptr)
 {
     const int64_t items = (int64_t)sa.B * sa.Hkv * sa.nch;
     /* warps per block of the warp kernels: 8, halved while the blocks (an
@@ -1158,7 +1159,7 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         if (smem > 200 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         if (nohist) { /* lab: issue 3's group kernels and per-head selection's at G = 4 only */
-            if (sa.G != 4 || (GROUPSEL && gw <= 1 && !planes))
+            if (sa.G != 4)
                 return HA_KERNEL_UNSUPPORTED;
             if constexpr (GROUPSEL)
                 return gw <= 1 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true, true>)
@@ -1170,12 +1171,9 @@ ha_kernel_status_t launch_score(const ScoreArgs &sa, int gw, cudaStream_t st, bo
         /* G = 4 (the Llama-family shape) known at compile time (run 20) */
         if (gw <= 1) {
             if constexpr (GROUPSEL)
-                if (sa.G <= 4) {
-                    if (sa.G == 4 && planes)
-                        return go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true>);
-                    return sa.G == 4 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4>)
+                if (sa.G <= 4) /* G = 4: from count planes (run 27) */
+                    return sa.G == 4 ? go(score_warp_kernel<true, 1, 4, kScoreStages, 4, 4, true>)
                                      : go(score_warp_kernel<true, 1, 4, kScoreStages, 4>);
-                }
             return go(score_warp_kernel<GROUPSEL, 1, 4, kScoreStages>);
         }
         return sa.G == 4 ? go(score_warp_kernel<GROUPSEL, 4, 4, kScoreStages, score_qr<4>(), 4>)
@@ -1483,10 +1481,10 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         auto score = [&](ScoreShape *shape) {
             const bool vec4 = tn.score_vec4 != 0, staged = group_sel ? tn.score_staged != 0 : tn.score_staged == 2;
             return group_sel ? launch_score<true>(sa, gw, st, score_pdl, tn.score_blocks_per_sm, block_items,
-                                                  tn.score_warps, vec4, false, staged, tn.score_planes != 0, nohist,
+                                                  tn.score_warps, vec4, false, staged, nohist,
                                                   shape)
                              : launch_score<false>(sa, gw, st, score_pdl, tn.score_blocks_per_sm, block_items,
-                                                   tn.score_warps, vec4, tn.score_vec4 == 2, staged, false, nohist,
+                                                   tn.score_warps, vec4, tn.score_vec4 == 2, staged, nohist,
                                                    shape);
         };
         /* 1. query signatures; clears the histograms */

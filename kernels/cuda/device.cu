@@ -76,7 +76,6 @@ static const ha_cuda_tuning_t kDefaults = {
     1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
     0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
              more than a wave (run 26) */
-    1,    /* score_planes: compact group scores from count planes (run 27) */
     1,    /* pdl_first: the first launches chained to the host's kernel too (run 40: the runner's
              hash step at B=32 8K 1.950 -> 1.907 ms, two rounds; eager steps unchanged, their
              first launch follows the benchmark's L2 flush) */

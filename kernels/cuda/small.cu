@@ -75,10 +75,10 @@ __host__ inline int small_rank_quads(int64_t max_tokens, int ranks)
     return (int)((((max_tokens + 3) / 4) + ranks - 1) / ranks) + 1;
 }
 
-/* Shared memory: the range's scores (u16 per position in the old form, a
- * byte in NF's, whose list step reads whole 32-byte words: at most 31 bytes
- * past the range, still inside this allocation), the warps' histograms
- * (row 0 then holds the block's, row 1 the cluster's). */
+/* Shared memory: the range's scores (a byte a position; the list step reads
+ * whole 32-byte words: at most 31 bytes past the range, still inside this
+ * allocation), the warps' histograms (row 0 then holds the block's, row 1
+ * the cluster's). */
 __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, int *hist_off)
 {
     size_t o = align_up((size_t)small_rank_quads(max_tokens, ranks) * 8, 16);
@@ -89,13 +89,14 @@ __host__ inline size_t small_select_smem(int64_t max_tokens, int G, int ranks, i
 
 /* GP: the group padded to a power of two (heads g >= G weigh nothing);
  * CMP: one signature word per KV head (compact layout), else one per query
- * head. NF (tuning's small_form, run 53): the first batch of page ids and
- * signature words requested before the wait (inputs only, as the score
- * kernel's prewait), one-byte scores stored four at a time, and the list
- * step on 32 positions a word of bits (attend.cuh's score_bits), walking
- * only the selected ones; else the form of runs 22-52 (u16 scores, a
- * position at a time). Both give the same lists. */
-template <int GP, bool CMP, bool NF, int MB = kSmallBlocksPerSm>
+ * head. Since run 53 the first batch of page ids and signature words is
+ * requested before the wait (inputs only, as the score kernel's prewait),
+ * one-byte scores are stored four at a time, and the list step takes 32
+ * positions a word of bits (attend.cuh's score_bits), walking only the
+ * selected ones (SmolLM2's layer at B=32 8K 36.0 -> 32.7 us compact, 40.5 ->
+ * 35.9 paper, with the query MLPs' early trigger; the form of runs 22-52, u16
+ * scores a position at a time, was removed in run 80). */
+template <int GP, bool CMP, int MB = kSmallBlocksPerSm>
 __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const SmallArgs a)
 {
     namespace cg = cooperative_groups;
@@ -111,8 +112,8 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
     cg::cluster_group cluster = cg::this_cluster();
     /* R is a power of two (small_select_plan) */
     const int R = a.ranks, rs = __ffs(R) - 1;
-    const int rank = NF ? (int)(blockIdx.x & (unsigned)(R - 1)) : (int)(blockIdx.x % (unsigned)R);
-    const int unit = NF ? (int)(blockIdx.x >> rs) : (int)(blockIdx.x / (unsigned)R);
+    const int rank = (int)(blockIdx.x & (unsigned)(R - 1));
+    const int unit = (int)(blockIdx.x >> rs);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int s = unit / a.Hkv, kvh = unit % a.Hkv;
     const int G = a.G, h0 = kvh * G, nbins = 32 * G + 1;
@@ -142,18 +143,17 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
         return;
     }
     const int32_t *const btrow = a.bt + (int64_t)s * a.bt_stride;
-    uint16_t *const sc = reinterpret_cast<uint16_t *>(sm); /* NF: sc8 */
     uint8_t *const sc8 = sm;
     int *const whist = reinterpret_cast<int *>(sm + a.hist_off);
     const PageSplit split = page_split(a.bs);
 
     /* candidates [lo, hi); this rank's quads [qr0, qr1) of those that meet
-     * them, i.e. its positions [c0, c1), scores at sc[p - 4 qr0] */
+     * them, i.e. its positions [c0, c1), scores at sc8[p - 4 qr0] */
     const int lo = (int)bud.I, hi = n - (int)bud.R, K = (int)bud.K;
     const int qa0 = lo >> 2, qa1 = (hi + 3) >> 2, nq = qa1 - qa0;
     /* nq * R fits an int: nq <= max_tokens / 4 + 2 and R * max_tokens < 2^31 (kSmallMaxTokens) */
-    const int qr0 = qa0 + (NF ? (nq * rank) >> rs : (int)((int64_t)nq * rank / R));
-    const int qr1 = qa0 + (NF ? (nq * (rank + 1)) >> rs : (int)((int64_t)nq * (rank + 1) / R));
+    const int qr0 = qa0 + ((nq * rank) >> rs);
+    const int qr1 = qa0 + ((nq * (rank + 1)) >> rs);
     const int c0 = max(lo, qr0 << 2), c1 = min(hi, qr1 << 2), pb = qr0 << 2;
     for (int i = tid; i < kSmallWarps * nbins; i += kSmallThreads)
         whist[i] = 0;
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
         }
     };
     const int qb_first = qr0 + tid;
-    const bool pre = NF && a.prewait;
+    const bool pre = a.prewait;
     if (pre)
         load_batch(qb_first); /* inputs only (the block table, the signature cache): before the wait */
     pdl_wait(); /* the query signatures of the kernel before (PDL, run 39) */
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
 #pragma unroll
         for (int i = 0; i < NB; i++) {
             const int p0 = (qb + i * kSmallThreads) << 2;
-            uint32_t packed = 0u; /* NF: the quad's four one-byte scores */
+            uint32_t packed = 0u; /* the quad's four one-byte scores */
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int p = p0 + k;
@@ -220,14 +220,11 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
                 }
                 const int score = 32 * G - d;
                 packed |= (uint32_t)score << (8 * k);
-                if (p >= c0 && p < c1) { /* a candidate of this rank's range */
-                    if (!NF)
-                        sc[p - pb] = (uint16_t)score;
+                if (p >= c0 && p < c1) /* a candidate of this rank's range */
                     atomicAdd(&wh[score], 1);
-                }
             }
-            /* NF: the whole quad (its bytes outside [c0, c1) are never listed) */
-            if (NF && p0 < (qr1 << 2))
+            /* the whole quad (its bytes outside [c0, c1) are never listed) */
+            if (p0 < (qr1 << 2))
                 *reinterpret_cast<uint32_t *>(sc8 + (p0 - pb)) = packed;
         }
     }
@@ -277,11 +274,8 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
 
     /* 3. the list: the rank's ties and positions above t, then every rank's */
     const int t = s_t, take = s_take;
-    /* the old form: a thread owns positions [r0, r1) of [c0, c1); NF: offsets
-     * [e0, e1) of [0, ne) from pb in words of 32 (the candidates, [c0 - pb, ne),
-     * by a bit range) */
-    const int per = (c1 - c0 + kSmallThreads - 1) / kSmallThreads;
-    const int r0 = min(c1, c0 + tid * per), r1 = min(c1, r0 + per);
+    /* a thread owns offsets [e0, e1) of [0, ne) from pb in words of 32 (the
+     * candidates, [c0 - pb, ne), by a bit range) */
     const int ne = c1 - pb, elo = c0 - pb;
     const int eper = (ne + 32 * kSmallThreads - 1) / (32 * kSmallThreads) * 32;
     const int e0 = min(ne, tid * eper), e1 = min(ne, e0 + eper);
@@ -294,19 +288,11 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
         q &= cm;
     };
     int v[2] = {0, 0}, tot[2];
-    if (NF) {
-        for (int e = e0; e < e1; e += 32) {
-            uint32_t g, q;
-            word_bits(e, g, q);
-            v[0] += __popc(q);
-            v[1] += __popc(g);
-        }
-    } else {
-        for (int p = r0; p < r1; p++) {
-            const int x = sc[p - pb];
-            v[0] += x == t;
-            v[1] += x > t;
-        }
+    for (int e = e0; e < e1; e += 32) {
+        uint32_t g, q;
+        word_bits(e, g, q);
+        v[0] += __popc(q);
+        v[1] += __popc(g);
     }
     const int eq = v[0], gt = v[1];
     block_excl_scan<2>(v, tot, scan_sm);
@@ -361,25 +347,14 @@ __global__ void __launch_bounds__(kSmallThreads, MB) small_select_kernel(const S
             idx_out[e] = p;
     };
     int o = lo + before + c[0];
-    if (NF) {
-        for (int e = e0; e < e1; e += 32) {
-            uint32_t g, q[2] = {0u, 0u};
-            word_bits(e, g, q[0]);
-            const int nqt = __popc(q[0]);
-            drop_low_bits(q, skip); /* the oldest skipped ties */
-            skip = max(0, skip - nqt);
-            for (uint32_t m = g | q[0]; m; m &= m - 1u)
-                put(o++, pb + e + __ffs(m) - 1);
-        }
-    } else {
-        for (int p = r0; p < r1; p++) {
-            const int x = sc[p - pb];
-            bool sel = x > t;
-            if (x == t)
-                sel = skip-- <= 0;
-            if (sel)
-                put(o++, p);
-        }
+    for (int e = e0; e < e1; e += 32) {
+        uint32_t g, q[2] = {0u, 0u};
+        word_bits(e, g, q[0]);
+        const int nqt = __popc(q[0]);
+        drop_low_bits(q, skip); /* the oldest skipped ties */
+        skip = max(0, skip - nqt);
+        for (uint32_t m = g | q[0]; m; m &= m - 1u)
+            put(o++, pb + e + __ffs(m) - 1);
     }
     if (rank == 0) {
         for (int i = tid; i < lo; i += kSmallThreads)
@@ -401,9 +376,7 @@ template <int GP, bool CMP> static cudaError_t launch_small_v(const SmallArgs &a
      * paper layout's forms spill at 80 registers (356-440 bytes) */
     constexpr int MB3 = CMP ? 3 : kSmallBlocksPerSm;
     const bool waves = a.ranks == 1 && (int64_t)num_seqs * a.Hkv > (int64_t)kSmallBlocksPerSm * sm_count();
-    auto k = tuning().small_form == 0                   ? small_select_kernel<GP, CMP, false>
-             : waves && tuning().small_occ == 3 ? small_select_kernel<GP, CMP, true, MB3>
-                                                : small_select_kernel<GP, CMP, true>;
+    auto k = waves && tuning().small_occ == 3 ? small_select_kernel<GP, CMP, MB3> : small_select_kernel<GP, CMP>;
     cudaError_t e = allow_smem(k, smem);
     if (e != cudaSuccess)
         return e;

@@ -77,10 +77,8 @@ typedef struct ha_cuda_tuning {
                                 2 two wherever allowed */
     /* (qhash_gather, 1 for the MLP clusters' bytes gathered on rank 0 before run 26, removed in
        run 80 with that form) */
-    /* appended in run 27 */
-    int score_planes;        /* group selection's staged score kernel, compact layout, G = 4: 1 the
-                                query words as count planes (two popcounts per position); 0 four
-                                xors and popcounts (before run 27) */
+    /* (appended in run 27: score_planes, 0 for group selection's compact G = 4 scores from four
+       xors and popcounts instead of count planes, as before run 27; removed in run 80) */
     /* appended in run 40 */
     int pdl_first;           /* 1: a sparse decode's first launch (query MLPs) and cache_write's
                                 fused launch chained to the host's kernel before them by PDL too;
@@ -119,9 +117,10 @@ typedef struct ha_cuda_tuning {
                                 MLPs) with D and m fixed at compile time where they are 128/128 or
                                 64/64; 0: the runtime-shaped kernels */
     /* appended in run 53 */
-    int small_form;          /* small.cu's kernel: 1 its first signature words before the wait and
-                                its list from bit masks; 2 the same, the query MLPs triggering it as
-                                their weight copies are issued; 0 the form of runs 22-52 */
+    int small_form;          /* small.cu's kernel (since run 53 its first signature words before
+                                the wait and its list from bit masks): 2 the query MLPs trigger it
+                                as their weight copies are issued; 1 (and 0) before their layer 3.
+                                0 was the form of runs 22-52 until run 80, which removed it */
     /* appended in run 56 */
     int cw_trigger;          /* cache_write's fused kernel where it hashes the step's queries too
                                 (ABI 1.2): 1 triggers its dependents (decode's first kernel) as its
