@@ -240,11 +240,8 @@ __global__ void __launch_bounds__(kPipeThreads) pipe_kernel(const uint4 *kc, con
     sink[(int64_t)blockIdx.x * kPipeThreads + tid] = acc;
 }
 
-/* The same loop with Hopper's bulk copies: one thread per row issues
- * cp.async.bulk (256 bytes global -> shared) completing on the stage's
- * mbarrier, which thread 0 arms with the tile's byte count; every thread
- * waits on the barrier's phase instead of cp.async.wait_group. The entries
- * are in shared memory first (as LSM). */
+/* bulk_kernel's mbarrier and bulk-copy helpers (the library has none: its
+ * bulk-copy forms were slower, run 78a) */
 __device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count)
 {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count));
@@ -274,6 +271,11 @@ __device__ __forceinline__ void bulk_row(void *dst, const void *src, unsigned by
                  : "memory");
 }
 
+/* The same loop with Hopper's bulk copies: one thread per row issues
+ * cp.async.bulk (256 bytes global -> shared) completing on the stage's
+ * mbarrier, which thread 0 arms with the tile's byte count; every thread
+ * waits on the barrier's phase instead of cp.async.wait_group. The entries
+ * are in shared memory first (as LSM). */
 template <int S, int TT, bool PHYS>
 __global__ void __launch_bounds__(kPipeThreads) bulk_kernel(const uint4 *kc, const uint4 *vc, const int32_t *bt,
                                                             int64_t bps, const int32_t *pos, const int64_t *phys,

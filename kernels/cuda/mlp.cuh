@@ -860,10 +860,12 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
         hash_store(a, tok0 + tid, o, bits[tid]);
 }
 
-template <typename T, int D, int M, bool LATE = false>
+/* launch_qhash's solo blocks: always in the LATE order (cache_write's fused
+ * kernel runs solo_body itself, in the earlier one) */
+template <typename T, int D, int M>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
-    solo_body<T, D, M, kSoloTokens, QhPdlWait, LATE>(a);
+    solo_body<T, D, M, kSoloTokens, QhPdlWait, true>(a);
 }
 
 /* Whether a's MLPs for out_heads heads take solo_body's blocks: tuning's
@@ -947,7 +949,7 @@ __host__ ha_kernel_status_t launch_qhash(const HashArgs &a, int out_heads, cudaS
     if (a.n <= 0 || out_heads <= 0)
         return HA_KERNEL_OK;
     if (use_cluster && use_solo(a, out_heads)) {
-        auto kernel = a.dim == 128 ? qhash_solo_kernel<T, 128, 128, true> : qhash_solo_kernel<T, 64, 64, true>;
+        auto kernel = a.dim == 128 ? qhash_solo_kernel<T, 128, 128> : qhash_solo_kernel<T, 64, 64>;
         if (launch_solo_grid(kernel, a, out_heads, stream, a) == cudaSuccess)
             return HA_KERNEL_OK;
         (void)cudaGetLastError(); /* refused: the cluster form, then the one-block form */
