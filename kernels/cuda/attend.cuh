@@ -331,18 +331,9 @@ struct AttnArgs {
     int32_t *list_pos;
     uint8_t *list_mask;
     int32_t *list_cnt;
-    /* 1 (group selection, the attention pass in balanced parts): the
-     * selection pass writes its chunk's entries at their place in the unit's
-     * whole list (the table entry's w: the entries before the chunk), one
-     * contiguous list per unit from the unit's first slot, and the attention
-     * pass takes its share of the unit's I + K + R entries without reading
-     * the chunks' counts */
-    int32_t list_contig;
     int32_t compact_serial; /* the selection pass's compaction (tuning.h): 3 bit masks where they
                                apply, else 2 packed (byte compares, one-byte scores), else 1
                                per-thread position runs (the run-4a form) */
-    int32_t walk_lane_max;  /* group selection's bit-mask pass: warps whose busiest thread lists
-                               more entries write them together (tuning.h); -1 never */
     /* group selection's selection pass with the resolve folded in (GSEL,
      * hist): score chunks per selecting block (0 or 1: one). C and nch count
      * the selecting blocks' chunks of sel_k score chunks each; the
@@ -581,9 +572,13 @@ __global__ void __launch_bounds__(kAttnThreads,
     constexpr int NU = GSEL ? 1 : GH;
     static_assert(!GSEL || LM != 0, "GSEL: group selection's selection or attention pass");
     static_assert(SPARSE == (LM != 0), "LM 1 and 2 are the sparse step's passes, LM 0 attends every position");
-    /* GSEL (group selection) with list_contig: one contiguous list per unit
-     * (AttnArgs); a compile-time false for per-head selection's passes */
-    const bool contig = GSEL && a.list_contig;
+    /* GSEL (group selection): one contiguous list per unit. The selection
+     * pass writes its chunk's entries at their place in the unit's whole
+     * list (the table entry's w: the entries before the chunk), from the
+     * unit's first slot, and the attention pass takes its share of the
+     * unit's I + K + R entries without reading the chunks' counts (run 21).
+     * Per-head selection's passes keep a list per chunk. */
+    constexpr bool contig = GSEL;
     constexpr int LPR = D / 8;        /* 16-byte chunks per row */
     constexpr int RP = kv_pitch<D>(); /* shared row pitch (elements) */
     constexpr int TPW = kTT / 4;      /* rows per warp per tile (8) */
@@ -856,37 +851,27 @@ __global__ void __launch_bounds__(kAttnThreads,
             const uint32_t sel[2] = {gt[0] | eq[0] | fx[0], gt[1] | eq[1] | fx[1]};
             const int own = nfix + kept, first = sc[0] + max(sc[1] - ND, 0); /* first: this thread's offset */
             L = tot[0] + max(tot[1] - ND, 0);
-            int cnt[NU + 1] = {first, first}; /* one unit: every entry is its */
-            if (a.walk_lane_max < 0 || __reduce_max_sync(0xffffffffu, own) <= a.walk_lane_max) {
-                int off = first;
+            /* The warp writes its entries together: entry k (in list
+             * order) by lane k mod 32, found by a search of the lanes'
+             * offsets and of the owner's bits. Each store covers 32
+             * consecutive entries, and a lane of the sink or the recent
+             * window (64 entries) no longer keeps its warp looping: the
+             * selection pass 1.6 us faster at gc32 B=8 128K (run 41) */
+            const int wex = first - __shfl_sync(0xffffffffu, first, 0); /* offset in the warp */
+            const int base = first - wex, wtot = __shfl_sync(0xffffffffu, wex + own, 31);
+            for (int k0 = 0; k0 < wtot; k0 += 32) {
+                const int k = k0 + lane;
+                int o = 0; /* the last lane whose offset is <= k: k's owner */
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    for (uint32_t m = sel[h]; m; m &= m - 1u)
-                        list_put(p0 + r.e0 + 32 * h + (__ffs(m) - 1), full, off, cnt);
-                }
-            } else {
-                /* The warp writes its entries together: entry k (in list
-                 * order) by lane k mod 32, found by a search of the lanes'
-                 * offsets and of the owner's bits. Each store covers 32
-                 * consecutive entries, and a lane of the sink or the recent
-                 * window (64 entries) no longer keeps its warp looping: the
-                 * selection pass 1.6 us faster at gc32 B=8 128K (run 41) */
-                const int wex = first - __shfl_sync(0xffffffffu, first, 0); /* offset in the warp */
-                const int base = first - wex, wtot = __shfl_sync(0xffffffffu, wex + own, 31);
-                for (int k0 = 0; k0 < wtot; k0 += 32) {
-                    const int k = k0 + lane;
-                    int o = 0; /* the last lane whose offset is <= k: k's owner */
-#pragma unroll
-                    for (int st = 16; st; st >>= 1)
-                        o = __shfl_sync(0xffffffffu, wex, o + st) <= k ? o + st : o;
-                    const uint32_t m0 = __shfl_sync(0xffffffffu, sel[0], o);
-                    const uint32_t m1 = __shfl_sync(0xffffffffu, sel[1], o);
-                    const int rk = k - __shfl_sync(0xffffffffu, wex, o), c0 = __popc(m0);
-                    const int bit = rk < c0 ? nth_set_bit(m0, rk) : 32 + nth_set_bit(m1, rk - c0);
-                    if (k < wtot) {
-                        int at = base + k, cn[NU + 1] = {at, at};
-                        list_put(p0 + (int64_t)(warp * 32 + o) * r.ppt + bit, full, at, cn);
-                    }
+                for (int st = 16; st; st >>= 1)
+                    o = __shfl_sync(0xffffffffu, wex, o + st) <= k ? o + st : o;
+                const uint32_t m0 = __shfl_sync(0xffffffffu, sel[0], o);
+                const uint32_t m1 = __shfl_sync(0xffffffffu, sel[1], o);
+                const int rk = k - __shfl_sync(0xffffffffu, wex, o), c0 = __popc(m0);
+                const int bit = rk < c0 ? nth_set_bit(m0, rk) : 32 + nth_set_bit(m1, rk - c0);
+                if (k < wtot) {
+                    int at = base + k, cn[NU + 1] = {at, at};
+                    list_put(p0 + (int64_t)(warp * 32 + o) * r.ppt + bit, full, at, cn);
                 }
             }
         } else if (bits) {

@@ -994,15 +994,15 @@ inline AttnArgs attention_pass_args(const AttnArgs &A)
  * 4096-8192 positions (the bit-mask compaction's range), so that the pass's
  * per-block latency (the resolve's two rounds of loads, the scores' copy)
  * is paid once instead of once per wave: gc32 B=8 128K 2048 blocks in two
- * waves, 1024 in one, ~1 us faster. Only with the resolve folded in
- * (warp_resolve sums the chunks) and balanced attention parts (which find
- * their entries whatever the selection chunk). Per-head selection keeps one
+ * waves, 1024 in one, ~1 us faster. Group selection only: its resolve is
+ * folded in (warp_resolve sums the chunks) and its balanced attention parts
+ * find their entries whatever the selection chunk. Per-head selection keeps one
  * chunk: with two its pass took hp32 B=8 128K from 287 to 301 us (run 26). */
 inline int select_chunks(const AttnArgs &A, dim3 grid)
 {
     const int knob = tuning().select_chunks;
     const int C2 = 2 * A.C;
-    if (knob == 1 || !A.group_sel || !A.hist || A.score_bytes != 1 || A.compact_serial != 3 ||
+    if (knob == 1 || !A.group_sel || A.score_bytes != 1 || A.compact_serial != 3 ||
         A.nch < 2 || C2 < 32 * kAttnThreads || C2 > 64 * kAttnThreads)
         return 1;
     if (knob == 2)
@@ -1055,9 +1055,9 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
         AttnArgs A2 = attention_pass_args(A);
         /* group selection's contiguous lists: its own instantiation (GSEL), so
          * that per-head selection's pass keeps the chunk-count walk's registers */
-        auto k = A2.list_contig ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
+        auto k = A2.group_sel ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap, A2.sel_nch,
-                                                        &A2.pre_off, !A2.list_contig);
+                                                        &A2.pre_off, !A2.group_sel);
         if (smem > 220 * 1024)
             return HA_KERNEL_UNSUPPORTED;
         HA_CUDA_TRY(allow_smem(k, smem));
@@ -1366,7 +1366,6 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     A.sc_sh = p->cnt_stride_head;
     A.select_only = sparse && tn.select_only;
     A.compact_serial = tn.compact_serial;
-    A.walk_lane_max = tn.walk_lane_max;
     A.list_pos = reinterpret_cast<int32_t *>(ws + W.list_pos);
     A.list_mask = ws + W.list_mask;
     A.list_cnt = reinterpret_cast<int32_t *>(ws + W.list_cnt);
@@ -1385,7 +1384,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     /* the resolve folded into group selection's selection pass (GSEL: one
      * unit per block; per-head selection's blocks would resolve GH units each
      * and lose a block per SM to the registers: hp32 B=8 128K 310 -> 327 us) */
-    if (sparse && group_sel && tn.resolve_fused) {
+    if (sparse && group_sel) {
         A.hist = reinterpret_cast<const int32_t *>(ws + W.hist);
         A.cum = reinterpret_cast<const int32_t *>(ws + W.cum);
         A.nbins = nbins;
@@ -1398,7 +1397,6 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         const double per_unit = (bg.sink > 0 ? bg.sink : 0) + (bg.recent > 0 ? bg.recent : 0) + (heavy > 0 ? heavy : 0);
         const int heads = group_sel ? 1 : (G < GH ? G : GH);
         A.parts = attend_parts(tn.attn_parts, nch, units, per_unit * heads);
-        A.list_contig = tn.list_contig && group_sel;
     }
     /* the pass that attends writes one partial per part or chunk: direct
      * when one covers the sequence (the selection pass never reads it) */
@@ -1515,7 +1513,7 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
         /* a short table: scores and selection in one kernel (small.cu),
          * which keeps its histograms in shared memory, for the attention
          * pass's contiguous lists */
-        const int ranks = A.list_contig ? small_select_plan(p, max_tokens) : 0;
+        const int ranks = group_sel ? small_select_plan(p, max_tokens) : 0;
         small = ranks > 0;
         /* the query MLPs trigger the score kernel as their weight copies are
          * issued and their wait for the kernel before has returned (run 58)

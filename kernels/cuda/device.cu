@@ -71,17 +71,12 @@ static const ha_cuda_tuning_t kDefaults = {
              hp32 364.3 vs 380.9 us (run 14b), default from run 15 */
     0,    /* score_warps: automatic (run 17, lab cases *_w8 / *_w4 / *_w2) */
     0,    /* attn_parts: automatic balanced parts (run 19) */
-    1,    /* resolve_fused: the resolve in the selecting blocks (run 20) */
-    1,    /* list_contig: one list per unit for group selection's balanced parts (run 21) */
     1,    /* small_step: short tables' scores and selection in one kernel where faster (run 22) */
     0,    /* select_chunks: automatic, two score chunks per selecting block where one would take
              more than a wave (run 26) */
     1,    /* pdl_first: the first launches chained to the host's kernel too (run 40: the runner's
              hash step at B=32 8K 1.950 -> 1.907 ms, two rounds; eager steps unchanged, their
              first launch follows the benchmark's L2 flush) */
-    0,    /* walk_lane_max: every warp of the bit-mask pass writes its list together (run 41:
-             selection alone gc32 B=8 128K 50.9 -> 49.25 us, -1 against 0, two rounds; 16, only
-             the sink's and the recent window's warps, 50.5) */
     0,    /* score_nohist: the histograms are built (1 is a lab cut only) */
     0,    /* score_trigger: automatic (run 47: a warp with the grid's only items triggers as it
              starts one; gp32 B=1 128K 47.2 -> 46.2 us, gp32 B=8 32K 63.3 -> 62.7, the selection

@@ -56,14 +56,10 @@ typedef struct ha_cuda_tuning {
                                 listed entries): 0 (or < 0) automatic (decode.cu's attend_parts),
                                 > 0 forced (-1 was spans of whole chunks, before run 19; removed
                                 in run 29) */
-    /* appended in run 20 */
-    int resolve_fused;       /* 1: the selecting blocks work out their chunks' thresholds, ties
-                                and offsets from the histograms themselves (warp_resolve; no
-                                resolve launch); 0: resolve_kernel (before run 20) */
-    /* appended in run 21 */
-    int list_contig;         /* group selection with balanced parts: 1: one contiguous list per unit
-                                (each selecting block writes at its chunk's offset; the attention
-                                pass reads no chunk counts); 0: a list per chunk (before run 21) */
+    /* (appended in run 20: resolve_fused, 0 for group selection's resolve_kernel launch instead of
+       the resolve in the selecting blocks, as before run 20; removed in run 81) */
+    /* (appended in run 21: list_contig, 0 for a list per chunk instead of one per unit in group
+       selection's balanced parts, as before run 21; removed in run 81) */
     /* appended in run 22 */
     int small_step;          /* 1: group selection's scores and selection over tables of at most
                                 16384 positions (G <= 4) in one kernel on clusters (small.cu),
@@ -83,11 +79,9 @@ typedef struct ha_cuda_tuning {
     int pdl_first;           /* 1: a sparse decode's first launch (query MLPs) and cache_write's
                                 fused launch chained to the host's kernel before them by PDL too;
                                 0: not (before run 40) */
-    /* appended in run 41 */
-    int walk_lane_max;       /* group selection's bit-mask pass: a warp whose busiest thread lists
-                                more entries than this writes its entries together, entry k by
-                                lane k mod 32 (0: every warp); -1: each thread its own (before
-                                run 41) */
+    /* (appended in run 41: walk_lane_max, -1 for each thread writing its own entries in group
+       selection's bit-mask pass, as before run 41, > 0 for that below a count; removed in run 81:
+       every warp writes its entries together) */
     /* appended in run 46 */
     int score_nohist;        /* 1 (with stop_after 2 and the staged score kernels at G = 4 only:
                                 group selection's, and per-head selection's since run 64; else
