@@ -17,6 +17,9 @@
   python3 bench/anchor.py --grid --json anchor-grid.json
       SDPA at every size of issue 3's matrix instead (N = 8K, 32K, 128K, 1M;
       B = 1, 8, 64 where memory allows: B x N up to 8M tokens), no topk.
+  python3 bench/anchor.py --json out.json --sizes 1x1048576,64x131072,1x1048576
+      SDPA at these B x N in this order, no topk: whether a size's time
+      depends on what ran before it in the process (run 81).
   python3 bench/anchor.py --grid-table anchor-grid.json grid.json [--md out.md]
       the matrix of `bench_decode --grid` against those: per selection mode
       and signature layout, time and ratio to SDPA at each sparsity.
@@ -58,7 +61,7 @@ def time_cuda(fn, reps=30, warmup=3):
 GRID_SIZES = [(b, n) for n in (8192, 32768, 131072, 1048576) for b in (1, 8, 64) if b * n <= 1 << 23]
 
 
-def run_anchor(path, reps, grid=False):
+def run_anchor(path, reps, grid=False, order=None):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -66,7 +69,7 @@ def run_anchor(path, reps, grid=False):
     hq, hkv, d = 32, 8, 128
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "flush": FLUSH,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sdpa": [], "topk": []}
-    sizes = GRID_SIZES if grid else [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)]
+    sizes = order or (GRID_SIZES if grid else [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)])
     for b, n in sizes:
         q = torch.randn(b, hq, 1, d, dtype=torch.bfloat16, device="cuda")
         k = torch.randn(b, hkv, n, d, dtype=torch.bfloat16, device="cuda")
@@ -85,7 +88,7 @@ def run_anchor(path, reps, grid=False):
         print("sdpa  B=%d N=%7d  %9.1f us  (min %.1f, %s)" % (b, n, med, mn, backend), flush=True)
         del q, k, v
         torch.cuda.empty_cache()
-    for b, n in [] if grid else [(8, 131072), (1, 131072), (1, 1048576)]:
+    for b, n in [] if grid or order else [(8, 131072), (1, 131072), (1, 1048576)]:
         scores = torch.randint(0, 129, (b, hkv, n), device="cuda").float()
         kk = n // 32
         med, mn = time_cuda(lambda: torch.topk(scores, kk, dim=-1, sorted=False), reps)
@@ -274,6 +277,17 @@ def grid_table(anchor_path, grid_path, md_path):
     return 0 if missing == 0 else 1
 
 
+def parse_sizes(text):
+    """'1x1048576,64x131072' -> [(1, 1048576), (64, 131072)]"""
+    try:
+        sizes = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(bn) != 2 or min(bn) < 1 for bn in sizes):
+        raise argparse.ArgumentTypeError("--sizes: expected BxN[,BxN...] with B, N >= 1, got %r" % text)
+    return sizes
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="run the anchors, write this file")
@@ -281,6 +295,7 @@ def main():
     ap.add_argument("--compare", nargs="+", metavar="FILE", help="anchor.json bench.json [bench_lab.json ...]")
     ap.add_argument("--md", help="also write the comparison as markdown")
     ap.add_argument("--grid", action="store_true", help="with --json: SDPA at the sizes of bench_decode --grid")
+    ap.add_argument("--sizes", type=parse_sizes, help="with --json: SDPA at these BxN, in this order (no topk)")
     ap.add_argument("--grid-table", nargs=2, metavar=("ANCHOR", "GRID"), help="anchor-grid.json grid.json")
     ap.add_argument("--flush", choices=("write", "read"), default="write",
                     help="before each timed call: a 512 MB memset (write) or read")
@@ -288,7 +303,7 @@ def main():
     global FLUSH
     FLUSH = args.flush
     if args.json:
-        run_anchor(args.json, args.reps, args.grid)
+        run_anchor(args.json, args.reps, args.grid, args.sizes)
         print("anchor: OK")
     if args.compare:
         return compare(args.compare[0], args.compare[1:], args.md)
