@@ -7,7 +7,8 @@
       torch.topk over [B, Hkv, N] scores (k = N/32) at B=8 N=128K; each timed
       call follows a 512 MB write that evicts L2 (--flush read: a read of the
       512 MB instead, which leaves clean lines; bench_decode takes the same
-      option), CUDA events, median of 30.
+      option), CUDA events, median of 30; each size is timed after the GPU
+      has idled --settle seconds (1; see SETTLE below).
   python3 bench/anchor.py --compare anchor.json bench.json [--md out.md]
       prints the table of issue 3's targets: ratio = anchor time / our time.
       The selection row counts our selection given the scores (bench_lab's
@@ -31,6 +32,15 @@ import time
 
 
 FLUSH = "write"
+# Seconds the GPU idles before each size is timed. After the process freed a
+# large allocation (torch.cuda.empty_cache) the GPU runs slower for a while:
+# SDPA at B=1 1M took 1641 us instead of 1377-1381 for its first ~40 calls
+# after 34 GB (B=64 128K) were freed, and 1381 again after 5 s idle (run 81,
+# H100; bench/NOTES.md). bench_decode allocates its caches once, so without
+# the pause only the anchor would pay it: the grid's B=1 1M anchor read 19%
+# slow (runs 67 and 80) and the table's B=1 128K one, timed after B=8 128K
+# was freed, varied 201-236 us between calls.
+SETTLE = 1.0
 
 
 def time_cuda(fn, reps=30, warmup=3):
@@ -41,6 +51,7 @@ def time_cuda(fn, reps=30, warmup=3):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    time.sleep(SETTLE)
     ts = []
     for r in range(reps):
         if FLUSH == "read":
@@ -67,7 +78,7 @@ def run_anchor(path, reps, grid=False, order=None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     hq, hkv, d = 32, 8, 128
-    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "flush": FLUSH,
+    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "flush": FLUSH, "settle_s": SETTLE,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sdpa": [], "topk": []}
     sizes = order or (GRID_SIZES if grid else [(8, 131072), (1, 131072), (8, 32768), (1, 1048576), (1, 8192)])
     for b, n in sizes:
@@ -289,6 +300,7 @@ def parse_sizes(text):
 
 
 def main():
+    global FLUSH, SETTLE
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="run the anchors, write this file")
     ap.add_argument("--reps", type=int, default=30)
@@ -299,9 +311,11 @@ def main():
     ap.add_argument("--grid-table", nargs=2, metavar=("ANCHOR", "GRID"), help="anchor-grid.json grid.json")
     ap.add_argument("--flush", choices=("write", "read"), default="write",
                     help="before each timed call: a 512 MB memset (write) or read")
+    ap.add_argument("--settle", type=float, default=SETTLE,
+                    help="seconds idle before each size is timed (default %(default)s; 0: none)")
     args = ap.parse_args()
-    global FLUSH
     FLUSH = args.flush
+    SETTLE = max(args.settle, 0.0)
     if args.json:
         run_anchor(args.json, args.reps, args.grid, args.sizes)
         print("anchor: OK")

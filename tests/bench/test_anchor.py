@@ -148,3 +148,14 @@ def test_compare_b1_8k_uses_the_interleaved_medians(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_sizes_parse_in_order():
+    assert anchor.parse_sizes("1x1048576,64x131072,1x1048576") == [(1, 1048576), (64, 131072), (1, 1048576)]
+
+
+@pytest.mark.parametrize("text", ["", "1x", "x8", "1x8x2", "0x8192", "1x-4", "ax8"])
+def test_sizes_refuse_bad_text(text):
+    with pytest.raises(Exception) as e:
+        anchor.parse_sizes(text)
+    assert "--sizes" in str(e.value)
