@@ -1010,6 +1010,20 @@ inline int select_chunks(const AttnArgs &A, dim3 grid)
     return (int64_t)grid.x * grid.y > (int64_t)kSelectPassBlocksPerSm * sm_count() ? 2 : 1;
 }
 
+/* Group selection's selection pass with its compaction fixed (attend.cuh's
+ * SF): 3 where the kernel would take the bit masks, 2 where the packed form,
+ * else 0 (two-byte scores: whichever the arguments ask for). The same
+ * conditions as the kernel's own choice under SF 0, on the pass's final
+ * chunk (after select_chunks). */
+inline int select_form(const AttnArgs &A)
+{
+    if (A.score_bytes != 1)
+        return 0;
+    if (A.compact_serial == 3 && A.C >= 32 * kAttnThreads && A.C <= 64 * kAttnThreads)
+        return 3;
+    return A.compact_serial >= 2 ? 2 : 0;
+}
+
 /* 4. the sparse step's selection pass (small: many blocks per SM) and
  * attention pass, or the dense step's attention (the launches' shapes:
  * ha_cuda_decode). */
@@ -1021,10 +1035,9 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
     if (sparse) {
         /* The selection pass reads no query and no cache: one instantiation
          * serves every dtype and head size; group selection has its own (one
-         * unit: a quarter of the code). */
+         * unit: a quarter of the code), one per compaction form (select_form). */
         const int nsel = A.group_sel ? 1 : GH;
-        auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true>
-                              : attend_kernel<__nv_bfloat16, 64, GH, true, 1, false>;
+        auto ks = attend_kernel<__nv_bfloat16, 64, GH, true, 1, false>;
         size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
         if (!selected) { /* selected: small.cu's kernel wrote the lists */
             const int k = select_chunks(A, grid);
@@ -1034,6 +1047,12 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
                 A.sel_k = k;
                 grid.y = (unsigned)A.nch;
                 ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
+            }
+            if (A.group_sel) {
+                const int sf = select_form(A);
+                ks = sf == 3   ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true, 3>
+                     : sf == 2 ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true, 2>
+                               : attend_kernel<__nv_bfloat16, 64, GH, true, 1, true>;
             }
             HA_CUDA_TRY(allow_smem(ks, ssmem));
             /* The selection pass triggers the attention pass's launch
