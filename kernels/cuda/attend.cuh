@@ -558,12 +558,13 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
  * in shared memory, so many blocks per SM hide its latencies), writing each
  * block's list and the inspection outputs to global memory; 2 = the
  * attention pass, reading the list the selection pass wrote.
- * SF (group selection's selection pass only): its compaction fixed at
- * compile time, 3 the bit masks, 2 the packed form, 0 whichever the
- * arguments ask for (decode.cu's select_form picks; the kernel trusts it).
- * One form a kernel keeps the pass's taken path short: the pass is bound by
- * instruction fetch (run 14), and a form it does not take still sits in its
- * code (run 81). */
+ * SF (group selection's selection pass only): 3 its bit-mask compaction
+ * alone (decode.cu's select_form picks it where the arguments allow; the
+ * kernel trusts that), 0 whichever form the arguments ask for. The pass is
+ * bound by instruction fetch (run 14), and the forms it does not take sat in
+ * its code: under ncu its no-instruction stalls went from 3.5 to 0.34 per
+ * issued instruction at gc32 B=8 128K with the bit masks alone (run 81). A
+ * packed-form kernel alone was slower in the chained B=1 steps (not kept). */
 template <typename T, int D, int GH, bool SPARSE, int LM = 0, bool GSEL = false, int SF = 0>
 __global__ void __launch_bounds__(kAttnThreads,
                                   LM == 2   ? kAttnPassBlocksPerSm
@@ -577,7 +578,7 @@ __global__ void __launch_bounds__(kAttnThreads,
      * that short kernel, through instruction fetch), else the block's heads */
     constexpr int NU = GSEL ? 1 : GH;
     static_assert(!GSEL || LM != 0, "GSEL: group selection's selection or attention pass");
-    static_assert(SF == 0 || (LM == 1 && GSEL && (SF == 2 || SF == 3)), "SF: group selection's selection pass, 2 or 3");
+    static_assert(SF == 0 || (LM == 1 && GSEL && SF == 3), "SF 3: group selection's selection pass");
     static_assert(SPARSE == (LM != 0), "LM 1 and 2 are the sparse step's passes, LM 0 attends every position");
     /* GSEL (group selection): one contiguous list per unit. The selection
      * pass writes its chunk's entries at their place in the unit's whole
@@ -958,7 +959,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                     list_put(p0 + r.e0 + 32 * h + bit, msk, off, cnt);
                 }
             }
-        } else if (SF == 2 || (SF == 0 && a.compact_serial >= 2 && sb == 1)) {
+        } else if (a.compact_serial >= 2 && sb == 1) {
             /* Packed compaction (one-byte scores): a thread owns ppt
              * consecutive positions, 4 per word, and classifies a word at a
              * time with byte-wise compares (__vcmpgtu4 / __vcmpeq4 against
