@@ -557,15 +557,8 @@ __device__ __forceinline__ int4 warp_resolve(const int32_t *H, const int32_t *Cu
  * alone (no query, no attention: few registers and only the staged scores
  * in shared memory, so many blocks per SM hide its latencies), writing each
  * block's list and the inspection outputs to global memory; 2 = the
- * attention pass, reading the list the selection pass wrote.
- * SF (group selection's selection pass only): 3 its bit-mask compaction
- * alone (decode.cu's select_form picks it where the arguments allow; the
- * kernel trusts that), 0 whichever form the arguments ask for. The pass is
- * bound by instruction fetch (run 14), and the forms it does not take sat in
- * its code: under ncu its no-instruction stalls went from 3.5 to 0.34 per
- * issued instruction at gc32 B=8 128K with the bit masks alone (run 81). A
- * packed-form kernel alone was slower in the chained B=1 steps (not kept). */
-template <typename T, int D, int GH, bool SPARSE, int LM = 0, bool GSEL = false, int SF = 0>
+ * attention pass, reading the list the selection pass wrote. */
+template <typename T, int D, int GH, bool SPARSE, int LM = 0, bool GSEL = false>
 __global__ void __launch_bounds__(kAttnThreads,
                                   LM == 2   ? kAttnPassBlocksPerSm
                                   : LM == 1 ? (GSEL ? kSelectPassBlocksPerSm
@@ -578,7 +571,6 @@ __global__ void __launch_bounds__(kAttnThreads,
      * that short kernel, through instruction fetch), else the block's heads */
     constexpr int NU = GSEL ? 1 : GH;
     static_assert(!GSEL || LM != 0, "GSEL: group selection's selection or attention pass");
-    static_assert(SF == 0 || (LM == 1 && GSEL && SF == 3), "SF 3: group selection's selection pass");
     static_assert(SPARSE == (LM != 0), "LM 1 and 2 are the sparse step's passes, LM 0 attends every position");
     /* GSEL (group selection): one contiguous list per unit. The selection
      * pass writes its chunk's entries at their place in the unit's whole
@@ -808,8 +800,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                 tot[0] = t1[0];
             }
         };
-        const bool bits = SF == 3 || (SF == 0 && a.compact_serial == 3 && sb == 1 && a.C >= 32 * kAttnThreads &&
-                                      a.C <= 64 * kAttnThreads);
+        const bool bits = a.compact_serial == 3 && sb == 1 && a.C >= 32 * kAttnThreads && a.C <= 64 * kAttnThreads;
         if (NU == 1 && bits) {
             /* Bit-mask compaction (one-byte scores, chunks of 4096 or 8192
              * positions; run 25): a thread compares a word of four scores at

@@ -1010,19 +1010,6 @@ inline int select_chunks(const AttnArgs &A, dim3 grid)
     return (int64_t)grid.x * grid.y > (int64_t)kSelectPassBlocksPerSm * sm_count() ? 2 : 1;
 }
 
-/* Group selection's selection pass with its bit-mask compaction alone
- * (attend.cuh's SF 3) where the kernel would take it: the same conditions as
- * its own choice under SF 0, on the pass's final chunk (after select_chunks);
- * else 0. Run 81 (H100, bench_decode A/B, three rounds): gc32 B=8 128K 105.5
- * -> 104.7 us, gp32 B=8 128K 142.3 -> 141.1; a packed-form kernel beside it
- * took gp32 B=1 4K from 25.6 to 27.9 and B=1 32K-128K 0.4-0.5 us slower. */
-inline int select_form(const AttnArgs &A)
-{
-    return A.score_bytes == 1 && A.compact_serial == 3 && A.C >= 32 * kAttnThreads && A.C <= 64 * kAttnThreads
-               ? 3
-               : 0;
-}
-
 /* 4. the sparse step's selection pass (small: many blocks per SM) and
  * attention pass, or the dense step's attention (the launches' shapes:
  * ha_cuda_decode). */
@@ -1034,10 +1021,10 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
     if (sparse) {
         /* The selection pass reads no query and no cache: one instantiation
          * serves every dtype and head size; group selection has its own (one
-         * unit: a quarter of the code), and one more for its bit-mask form
-         * (select_form). */
+         * unit: a quarter of the code). */
         const int nsel = A.group_sel ? 1 : GH;
-        auto ks = attend_kernel<__nv_bfloat16, 64, GH, true, 1, false>;
+        auto ks = A.group_sel ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true>
+                              : attend_kernel<__nv_bfloat16, 64, GH, true, 1, false>;
         size_t ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
         if (!selected) { /* selected: small.cu's kernel wrote the lists */
             const int k = select_chunks(A, grid);
@@ -1047,11 +1034,6 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
                 A.sel_k = k;
                 grid.y = (unsigned)A.nch;
                 ssmem = select_pass_smem(A.C, nsel, A.score_bytes);
-            }
-            if (A.group_sel) {
-                const int sf = select_form(A);
-                ks = sf == 3 ? attend_kernel<__nv_bfloat16, 64, GH, true, 1, true, 3>
-                             : attend_kernel<__nv_bfloat16, 64, GH, true, 1, true>;
             }
             HA_CUDA_TRY(allow_smem(ks, ssmem));
             /* The selection pass triggers the attention pass's launch
