@@ -1054,7 +1054,11 @@ ha_kernel_status_t launch_attend(bool sparse, const AttnArgs &A0, dim3 grid, cud
             return HA_KERNEL_OK;
         AttnArgs A2 = attention_pass_args(A);
         /* group selection's contiguous lists: its own instantiation (GSEL), so
-         * that per-head selection's pass keeps the chunk-count walk's registers */
+         * that per-head selection's pass keeps the chunk-count walk's registers
+         * and group selection's has no walk at all (run 81: with the walk
+         * compiled in behind a runtime flag, right after the PDL wait, its
+         * instruction-fetch stalls were twice as many and short steps 4-17%
+         * slower) */
         auto k = A2.group_sel ? attend_kernel<T, D, GH, true, 2, true> : attend_kernel<T, D, GH, true, 2, false>;
         const size_t smem = attend_smem<T, D, GH, true>(A.C, &A2.list_off, &A2.list_cap, A2.sel_nch,
                                                         &A2.pre_off, !A2.group_sel);
