@@ -38,8 +38,8 @@ FLUSH = "write"
 # after 34 GB (B=64 128K) were freed, and 1381 again after 5 s idle (run 81,
 # H100; bench/NOTES.md). bench_decode allocates its caches once, so without
 # the pause only the anchor would pay it: the grid's B=1 1M anchor read 19%
-# slow (runs 67 and 80) and the table's B=1 128K one, timed after B=8 128K
-# was freed, varied 201-236 us between calls.
+# slow (runs 67 and 80); the table's B=1 128K one, timed after B=8 128K was
+# freed, varied 201-236 us between calls, probably for the same reason.
 SETTLE = 1.0
 
 

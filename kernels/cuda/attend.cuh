@@ -753,7 +753,7 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         cp_async_wait<0>();
         __syncthreads();
-        /* list_contig: this chunk's entries go after the unit's earlier ones */
+        /* contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
         if (LM == 1 && a.sel_trigger)
             pdl_trigger_late();

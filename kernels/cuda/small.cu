@@ -20,7 +20,7 @@
  *      cluster's (ties, above t) counts rank the ties and place every
  *      selected position after the sink and before the recent window
  *      (ascending, as kernels/cpu/select.c lists them), in the unit's
- *      contiguous list (attend.cuh's list_contig form) and in the
+ *      contiguous list (attend.cuh's GSEL form) and in the
  *      inspection outputs.
  *
  * Three cluster barriers instead of two kernel boundaries and the global
