@@ -618,8 +618,11 @@ __global__ void __launch_bounds__(kAttnThreads,
     if (!a.prefill)
         bud = resolve_budget(a.budget, a.dense_flag, n);
     const bool sparse_seq = SPARSE && !bud.dense;
-    const int nunits = a.group_sel ? (hg == 0 ? 1 : 0) : nh; /* selection units written here */
-    auto unit_of = [&](int j) { return a.group_sel ? kvh : h0 + j; };
+    /* group selection: in the sparse passes the instantiation says it (GSEL,
+     * a constant); the dense pass (LM 0) serves both modes */
+    const bool gsel = LM == 0 ? a.group_sel != 0 : GSEL;
+    const int nunits = gsel ? (hg == 0 ? 1 : 0) : nh; /* selection units written here */
+    auto unit_of = [&](int j) { return gsel ? kvh : h0 + j; };
 
     /* the query, before the wait: an input, not written by earlier kernels */
     const int g8 = lane >> 2, tg = lane & 3; /* MMA fragment coordinates */
@@ -708,7 +711,7 @@ __global__ void __launch_bounds__(kAttnThreads,
         __syncthreads();
     } else if (sparse_seq) { /* the selection pass (LM = 1) */
         const int64_t lo = bud.I, hi = n - bud.R;
-        const int nsel = a.group_sel ? 1 : nh;
+        const int nsel = gsel ? 1 : nh;
         /* the chunk's scores into shared memory, one 16-byte copy per thread
          * and round, while the table entries arrive */
         const int sb = a.score_bytes;
@@ -717,7 +720,7 @@ __global__ void __launch_bounds__(kAttnThreads,
             const int64_t left = a.score_stride - p0; /* elements of the row from p0, a multiple of 16 */
             const int row_bytes = (int)min((int64_t)a.C, left) * sb;
             for (int j = 0; j < nsel; j++) {
-                const int u = a.group_sel ? kvh : h0 + j;
+                const int u = gsel ? kvh : h0 + j;
                 const unsigned char *src = static_cast<const unsigned char *>(a.scores) +
                                            (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb;
                 for (int off = tid * 16; off < row_bytes; off += kAttnThreads * 16)
@@ -744,7 +747,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                 }
             }
         } else if (tid < nsel) { /* one score chunk per block here (select_chunks) */
-            const int u = a.group_sel ? kvh : h0 + tid;
+            const int u = gsel ? kvh : h0 + tid;
             const int4 e = a.table[((int64_t)s * a.Hsel + u) * a.nch_cap + c];
             thr_t[tid] = e.x;
             thr_tkc[tid] = e.y;
@@ -928,7 +931,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                 cnt[j + 1] = __popc(gt[j][0]) + __popc(gt[j][1]) + nfix;
             }
             cnt[0] = __popc(any[0]) + __popc(any[1]);
-            if (a.group_sel) { /* one unit's selection, attended by every head */
+            if (gsel) { /* one unit's selection, attended by every head */
 #pragma unroll
                 for (int j = 0; j < NU; j++)
                     cnt[j + 1] = cnt[0];
@@ -941,7 +944,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                 for (uint32_t m = any[h]; m; m &= m - 1u) {
                     const int bit = __ffs(m) - 1;
                     uint32_t msk = full; /* group selection, sink and recent: every head */
-                    if (!a.group_sel && !((fx[h] >> bit) & 1u)) {
+                    if (!gsel && !((fx[h] >> bit) & 1u)) {
                         msk = 0u;
 #pragma unroll
                         for (int j = 0; j < NU; j++)
@@ -1004,7 +1007,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                 return (__vcmpgtu4(w, t4[j]) & cm) | drop_low_bytes(__vcmpeq4(w, t4[j]) & cm, sk[j]);
             };
             int cnt[NU + 1], tot[NU + 1];
-            if (a.group_sel) {
+            if (gsel) {
                 /* One unit: the ties before this thread (R) and its entries
                  * above t or fixed (Q) in one block scan (run 47: one scan
                  * and two barriers fewer in a pass that is issue-bound at
@@ -1072,7 +1075,7 @@ __global__ void __launch_bounds__(kAttnThreads,
 #pragma unroll
                     for (int j = 0; j < NU; j++)
                         msk |= ((sj[j] >> bit) & 1u) << j;
-                    if (a.group_sel && msk)
+                    if (gsel && msk)
                         msk = full;
                     if ((fm >> bit) & 1u)
                         msk = full;
@@ -1116,7 +1119,7 @@ __global__ void __launch_bounds__(kAttnThreads,
                             msk |= 1u << j;
                     }
                 }
-                return a.group_sel ? (msk ? full : 0u) : msk;
+                return gsel ? (msk ? full : 0u) : msk;
             };
             int cnt[NU + 1], tot[NU + 1];
             {
