@@ -35,6 +35,9 @@
  *               consecutive 16-byte words of a run, m words in flight per
  *               thread: does the rate depend on the run length (256 bytes is
  *               a K/V row, 2048 a page's signatures in the paper layout)?
+ *   sig runs R=n U=m  the compact signatures' bytes (B x N x Hkv words) as runs of
+ *               64 bytes (one KV head's words of a page) or 512 (every KV head's) at
+ *               random places, or sequential: the score kernel's read pattern
  *   chain K     what a step's dependent launches cost by themselves: K kernels
  *               that do almost nothing (4 blocks per SM, each block one
  *               dependent global read and write), replayed from a CUDA graph,
@@ -588,6 +591,40 @@ int main(int argc, char **argv)
                     auto fn = u == 1 ? runs_kernel<1> : runs_kernel<2>;
                     report(sh.name, name, (double)total_words * 16, timed([&] {
                                fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, total_words, sink);
+                               CK(cudaGetLastError());
+                           }));
+                }
+            }
+            free(roff);
+            CK(cudaFree(roff_d));
+        }
+        /* sig runs: the compact signatures' bytes (a 32-bit word per position and KV head,
+         * B x N x Hkv x 4: what group selection's score kernel reads) as runs of 64 bytes at
+         * random places (one page's words of one KV head: what a score warp reads per page)
+         * or of 16 x Hkv x 4 = 512 (a page's words of every KV head, contiguous in the
+         * signature cache), and sequentially; run 82: is the score kernel's ~1.9 TB/s its
+         * access pattern's ceiling? */
+        {
+            const int64_t sig_words = (int64_t)sh.B * sh.N * sh.Hkv * 4 / 16, cache_w = (int64_t)cache_words;
+            const int rlens[] = {64, 512, 0};
+            int64_t *roff = (int64_t *)malloc(sizeof(int64_t) * (size_t)sig_words), *roff_d;
+            CK(cudaMalloc(&roff_d, sizeof(int64_t) * (size_t)sig_words));
+            for (int ri = 0; ri < 3; ri++) {
+                const int rw = rlens[ri] ? rlens[ri] / 16 : 4; /* seq: 64-byte runs end to end */
+                const int rs = __builtin_ctz((unsigned)rw);
+                const int64_t nruns = (sig_words + rw - 1) / rw, slots = cache_w / rw;
+                for (int64_t i = 0; i < nruns; i++)
+                    roff[i] = rlens[ri] ? (int64_t)(rng_next() % (uint64_t)slots) * rw : i * rw;
+                CK(cudaMemcpy(roff_d, roff, sizeof(int64_t) * (size_t)nruns, cudaMemcpyHostToDevice));
+                for (int u = 1; u <= 4; u *= 2) {
+                    char name[40];
+                    if (rlens[ri])
+                        snprintf(name, sizeof name, "sig runs R=%d U=%d", rlens[ri], u);
+                    else
+                        snprintf(name, sizeof name, "sig runs seq U=%d", u);
+                    auto fn = u == 1 ? runs_kernel<1> : u == 2 ? runs_kernel<2> : runs_kernel<4>;
+                    report(sh.name, name, (double)sig_words * 16, timed([&] {
+                               fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, sig_words, sink);
                                CK(cudaGetLastError());
                            }));
                 }
