@@ -569,69 +569,52 @@ int main(int argc, char **argv)
                 }
             }
         }
-        /* runs of R bytes, the gather's byte count (K and V) from the K cache */
-        {
-            const int64_t total_words = (int64_t)(bytes / 16), cache_w = (int64_t)cache_words;
-            const int rlens[] = {256, 512, 1024, 2048, 4096, 16384, 0}; /* 0: sequential */
-            int64_t *roff = (int64_t *)malloc(sizeof(int64_t) * (size_t)(total_words / 16 + 1)), *roff_d;
-            CK(cudaMalloc(&roff_d, sizeof(int64_t) * (size_t)(total_words / 16 + 1)));
-            for (int ri = 0; ri < 7; ri++) {
-                const int rw = rlens[ri] ? rlens[ri] / 16 : 16; /* seq: 256-byte runs end to end */
-                const int rs = __builtin_ctz((unsigned)rw);   /* rlens are powers of two */
-                const int64_t nruns = (total_words + rw - 1) / rw, slots = cache_w / rw;
+        /* WORDS 16-byte words of the K cache read as runs of each of RLENS bytes at random
+         * places (0: the runs end to end, SEQ bytes each, one sequential read), U = 1, 2, ...
+         * UMAX words in flight per thread; cases "LABEL R=n U=m" and "LABEL seq U=m" */
+        auto time_runs = [&](const char *label, int64_t words, const int *rlens, int nr, int seq, int umax) {
+            const int64_t cache_w = (int64_t)cache_words;
+            int min_rw = seq / 16;
+            for (int ri = 0; ri < nr; ri++)
+                if (rlens[ri] && rlens[ri] / 16 < min_rw)
+                    min_rw = rlens[ri] / 16;
+            const size_t cap = (size_t)(words / min_rw + 1);
+            int64_t *roff = (int64_t *)malloc(sizeof(int64_t) * cap), *roff_d;
+            CK(cudaMalloc(&roff_d, sizeof(int64_t) * cap));
+            for (int ri = 0; ri < nr; ri++) {
+                const int rw = (rlens[ri] ? rlens[ri] : seq) / 16;
+                const int rs = __builtin_ctz((unsigned)rw); /* run lengths are powers of two */
+                const int64_t nruns = (words + rw - 1) / rw, slots = cache_w / rw;
                 for (int64_t i = 0; i < nruns; i++)
                     roff[i] = rlens[ri] ? (int64_t)(rng_next() % (uint64_t)slots) * rw : i * rw;
                 CK(cudaMemcpy(roff_d, roff, sizeof(int64_t) * (size_t)nruns, cudaMemcpyHostToDevice));
-                for (int u = 1; u <= 2; u++) {
+                for (int u = 1; u <= umax; u *= 2) {
                     char name[40];
                     if (rlens[ri])
-                        snprintf(name, sizeof name, "runs R=%d U=%d", rlens[ri], u);
+                        snprintf(name, sizeof name, "%s R=%d U=%d", label, rlens[ri], u);
                     else
-                        snprintf(name, sizeof name, "runs seq U=%d", u);
-                    auto fn = u == 1 ? runs_kernel<1> : runs_kernel<2>;
-                    report(sh.name, name, (double)total_words * 16, timed([&] {
-                               fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, total_words, sink);
+                        snprintf(name, sizeof name, "%s seq U=%d", label, u);
+                    auto fn = u == 1 ? runs_kernel<1> : u == 2 ? runs_kernel<2> : runs_kernel<4>;
+                    report(sh.name, name, (double)words * 16, timed([&] {
+                               fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, words, sink);
                                CK(cudaGetLastError());
                            }));
                 }
             }
             free(roff);
             CK(cudaFree(roff_d));
-        }
+        };
+        /* runs of R bytes, the gather's byte count (K and V) from the K cache */
+        const int kv_runs[] = {256, 512, 1024, 2048, 4096, 16384, 0};
+        time_runs("runs", (int64_t)(bytes / 16), kv_runs, 7, 256, 2);
         /* sig runs: the compact signatures' bytes (a 32-bit word per position and KV head,
          * B x N x Hkv x 4: what group selection's score kernel reads) as runs of 64 bytes at
          * random places (one page's words of one KV head: what a score warp reads per page)
          * or of 16 x Hkv x 4 = 512 (a page's words of every KV head, contiguous in the
          * signature cache), and sequentially; run 82: is the score kernel's ~1.9 TB/s its
          * access pattern's ceiling? */
-        {
-            const int64_t sig_words = (int64_t)sh.B * sh.N * sh.Hkv * 4 / 16, cache_w = (int64_t)cache_words;
-            const int rlens[] = {64, 512, 0};
-            int64_t *roff = (int64_t *)malloc(sizeof(int64_t) * (size_t)sig_words), *roff_d;
-            CK(cudaMalloc(&roff_d, sizeof(int64_t) * (size_t)sig_words));
-            for (int ri = 0; ri < 3; ri++) {
-                const int rw = rlens[ri] ? rlens[ri] / 16 : 4; /* seq: 64-byte runs end to end */
-                const int rs = __builtin_ctz((unsigned)rw);
-                const int64_t nruns = (sig_words + rw - 1) / rw, slots = cache_w / rw;
-                for (int64_t i = 0; i < nruns; i++)
-                    roff[i] = rlens[ri] ? (int64_t)(rng_next() % (uint64_t)slots) * rw : i * rw;
-                CK(cudaMemcpy(roff_d, roff, sizeof(int64_t) * (size_t)nruns, cudaMemcpyHostToDevice));
-                for (int u = 1; u <= 4; u *= 2) {
-                    char name[40];
-                    if (rlens[ri])
-                        snprintf(name, sizeof name, "sig runs R=%d U=%d", rlens[ri], u);
-                    else
-                        snprintf(name, sizeof name, "sig runs seq U=%d", u);
-                    auto fn = u == 1 ? runs_kernel<1> : u == 2 ? runs_kernel<2> : runs_kernel<4>;
-                    report(sh.name, name, (double)sig_words * 16, timed([&] {
-                               fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, sig_words, sink);
-                               CK(cudaGetLastError());
-                           }));
-                }
-            }
-            free(roff);
-            CK(cudaFree(roff_d));
-        }
+        const int sig_runs[] = {64, 512, 0};
+        time_runs("sig runs", (int64_t)sh.B * sh.N * sh.Hkv * 4 / 16, sig_runs, 3, 64, 4);
         /* the attention pass's structure (positions: the gather's, still in pos[] and pos_d) */
         int64_t *phys = (int64_t *)malloc(sizeof(int64_t) * (size_t)rows), *phys_d;
         for (int64_t r = 0; r < rows; r++) {
