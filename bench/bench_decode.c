@@ -660,6 +660,58 @@ static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, in
     return ms;
 }
 
+#if defined(HA_BENCH_LAB) && defined(HA_TIMELINE) && HA_TIMELINE
+/* The lab timeline (kernels/cuda/timeline.cuh; a -DHA_TIMELINE=1 build,
+ * scripts/timeline-build): TL_CALLS calls of pc's, each after the flush,
+ * appended to the file HA_TIMELINE_OUT names as lines "case call kernel
+ * phase sm unit ns", ns from the call's first event. */
+int ha_lab_timeline(void *host, unsigned cap, unsigned *count, int reset);
+enum { TL_CALLS = 5, TL_CAP = 1 << 17 };
+static void timeline(const char *name, const prepared_t *pc, void *flush, size_t flush_bytes, cudaStream_t st)
+{
+    const char *path = getenv("HA_TIMELINE_OUT");
+    if (!path)
+        return;
+    FILE *f = fopen(path, "a");
+    uint32_t *ev = malloc((size_t)TL_CAP * 16);
+    for (int c = 0; f && ev && c < TL_CALLS; c++) {
+        unsigned n = 0;
+        use_case(pc);
+        CK(flush_l2(flush, flush_bytes, c, st));
+        CK(cudaStreamSynchronize(st));
+        if (ha_lab_timeline(NULL, 0, NULL, 1))
+            break;
+        (void)g_api->decode(pc->ctx, &pc->a);
+        CK(cudaStreamSynchronize(st));
+        if (ha_lab_timeline(ev, TL_CAP, &n, 0))
+            break;
+        if (n > TL_CAP) {
+            fprintf(f, "# %s call %d: %u events, %d kept\n", name, c, n, TL_CAP);
+            n = TL_CAP;
+        }
+        uint64_t t0 = UINT64_MAX;
+        for (unsigned i = 0; i < n; i++) {
+            const uint64_t t = (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2];
+            t0 = t < t0 ? t : t0;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            const uint32_t w = ev[4 * i];
+            const uint64_t t = (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2];
+            fprintf(f, "%s %d %u %u %u %u %llu\n", name, c, w >> 24, (w >> 16) & 0xffu, w & 0xffffu, ev[4 * i + 1],
+                    (unsigned long long)(t - t0));
+        }
+    }
+    free(ev);
+    if (f)
+        fclose(f);
+}
+#else
+static void timeline(const char *name, const prepared_t *pc, void *flush, size_t flush_bytes, cudaStream_t st)
+{
+    (void)name, (void)pc, (void)flush, (void)flush_bytes, (void)st;
+}
+#endif
+
 /* One workspace serves every case: grown to pc's need, and pc's call pointed at it. */
 static void give_workspace(prepared_t *pc, void **ws, size_t *cap)
 {
@@ -1012,6 +1064,7 @@ int main(int argc, char **argv)
         for (int r = 0; r < reps; r++)
             times[r] = time_call(pc, flush, flush_bytes, r, st, e0, e1);
         qsort(times, (size_t)reps, sizeof(float), ha_bench_cmp_float);
+        timeline(bc->name, pc, flush, flush_bytes, st);
         const double med = 1000.0 * times[reps / 2], mn = 1000.0 * times[0];
         if (spread) /* the timed calls' spread: a bimodal case shows it where its median does not */
             printf("  %s spread (us): min %.1f p10 %.1f p25 %.1f p50 %.1f p75 %.1f p90 %.1f max %.1f\n", bc->name, mn,

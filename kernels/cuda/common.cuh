@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "kernels/cuda/timeline.cuh"
 #include "kernels/cuda/tuning.h"
 #include "kernels/params.h"
 

@@ -389,7 +389,14 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
     uint32_t ina = 0u, inb = 0u;
     if (have)
         fetch(cur, 0, wa, ina); /* inputs only: before the wait, overlapping kernel 1 */
-    pdl_wait();                 /* query signatures and cleared histograms of kernel 1 */
+#if HA_TIMELINE /* as a preprocessor branch: an empty scope here moved one instruction (run 83) */
+    const TlScope tl(tl_score, blockIdx.x, tid == 0);
+#endif
+    pdl_wait(); /* query signatures and cleared histograms of kernel 1 */
+#if HA_TIMELINE
+    if (tid == 0)
+        tl_mark(tl_score, tl_waited, blockIdx.x);
+#endif
     if (!have)
         return;
     load_qs(cur);
@@ -794,10 +801,15 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 cp_async_commit();
             }
         };
+        const TlScope tl(tl_score, (unsigned)(blockIdx.x * NW + warp), lane == 0);
         bool started = have && a.prewait;
         if (started)
             start();
+        if (lane == 0)
+            tl_mark(tl_score, tl_issued, blockIdx.x * NW + warp);
         pdl_wait();
+        if (lane == 0)
+            tl_mark(tl_score, tl_waited, blockIdx.x * NW + warp);
         if (!have)
             return;
         if (a.trigger == 2)
@@ -855,9 +867,12 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
     const bool have = next_item((int64_t)blockIdx.x * NW + warp, cur);
     uint32_t wa[PK][GW][V], wb[PK][GW][V];
     uint32_t ina = 0u, inb = 0u;
+    const TlScope tl(tl_score, (unsigned)(blockIdx.x * NW + warp), lane == 0);
     if (have)
         fetch(cur, 0, wa, ina); /* inputs only: before the wait */
     pdl_wait();
+    if (lane == 0)
+        tl_mark(tl_score, tl_waited, blockIdx.x * NW + warp);
     if (!have)
         return; /* no block barriers in this kernel: a warp may leave alone */
     load_qs(cur);
@@ -1620,3 +1635,20 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
     HA_DISPATCH(p->dtype, D, T, DD, HA_CUDA_TRY((launch_combine<T, DD>(cb, B, st, pdl))));
     return HA_KERNEL_OK;
 }
+
+#if HA_TIMELINE
+/* The lab timeline (timeline.cuh) of this translation unit's kernels: reset
+ * (the count to zero) or read (up to cap events into host, *count the events
+ * recorded, more than cap where the buffer overflowed); 0 on success. */
+extern "C" int ha_lab_timeline(void *host, unsigned cap, unsigned *count, int reset)
+{
+    unsigned n = 0;
+    if (reset)
+        return cudaMemcpyToSymbol(ha::tl_count, &n, sizeof n) == cudaSuccess ? 0 : -1;
+    if (cudaMemcpyFromSymbol(&n, ha::tl_count, sizeof n) != cudaSuccess)
+        return -1;
+    *count = n;
+    const unsigned k = n < cap ? n : cap;
+    return k == 0 || cudaMemcpyFromSymbol(host, ha::tl_events, (size_t)k * sizeof(uint4)) == cudaSuccess ? 0 : -1;
+}
+#endif

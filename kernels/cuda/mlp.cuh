@@ -397,6 +397,8 @@ struct QhPdlWait {
  * histograms' words cleared by the whole grid (a.zero). */
 __device__ __forceinline__ void qh_after_wait(const HashArgs &a)
 {
+    if (threadIdx.x == 0)
+        tl_mark(tl_mlp, tl_waited, blockIdx.y * gridDim.x + blockIdx.x);
     if (a.trigger_early)
         pdl_trigger_late();
     if (a.zero) {
@@ -650,6 +652,7 @@ __device__ __forceinline__ void qhash_body(const HashArgs &a, Wait wait = Wait()
 template <typename T, int D = 0, int M = 0, int TB = kQhTB, bool LATE = false>
 __global__ void __launch_bounds__(kQhThreads) qhash_kernel(const HashArgs a)
 {
+    const TlScope tl(tl_mlp, blockIdx.y * gridDim.x + blockIdx.x, threadIdx.x == 0);
     qhash_body<T, D, M, TB, QhPdlWait, LATE>(a);
 }
 
@@ -865,6 +868,7 @@ __device__ __forceinline__ void solo_body(const HashArgs &a, Wait wait = Wait())
 template <typename T, int D, int M>
 __global__ void __launch_bounds__(kQhThreads) qhash_solo_kernel(const HashArgs a)
 {
+    const TlScope tl(tl_mlp, blockIdx.y * gridDim.x + blockIdx.x, threadIdx.x == 0);
     solo_body<T, D, M, kSoloTokens, QhPdlWait, true>(a);
 }
 
