@@ -667,6 +667,8 @@ static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, in
  * phase sm unit ns", ns from the call's first event. */
 int ha_lab_timeline(void *host, unsigned cap, unsigned *count, int reset);
 enum { TL_CALLS = 5, TL_CAP = 1 << 17 };
+/* event i's %globaltimer (words 2 and 3 of its four) */
+static uint64_t tl_time(const uint32_t *ev, unsigned i) { return (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2]; }
 static void timeline(const char *name, const prepared_t *pc, void *flush, size_t flush_bytes, cudaStream_t st)
 {
     const char *path = getenv("HA_TIMELINE_OUT");
@@ -694,13 +696,11 @@ static void timeline(const char *name, const prepared_t *pc, void *flush, size_t
             n = TL_CAP;
         }
         uint64_t t0 = UINT64_MAX;
-        for (unsigned i = 0; i < n; i++) {
-            const uint64_t t = (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2];
-            t0 = t < t0 ? t : t0;
-        }
+        for (unsigned i = 0; i < n; i++)
+            t0 = tl_time(ev, i) < t0 ? tl_time(ev, i) : t0;
         for (unsigned i = 0; i < n; i++) {
             const uint32_t w = ev[4 * i];
-            const uint64_t t = (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2];
+            const uint64_t t = tl_time(ev, i);
             fprintf(f, "%s %d %u %u %u %u %llu\n", name, c, w >> 24, (w >> 16) & 0xffu, w & 0xffffu, ev[4 * i + 1],
                     (unsigned long long)(t - t0));
         }

@@ -652,12 +652,10 @@ __global__ void __launch_bounds__(kAttnThreads,
 
     /* Every block waits for the previous kernel before its first write, so
      * that the whole chain has finished when the last kernel has. */
-    const unsigned tl_unit = blockIdx.y * gridDim.x + blockIdx.x;
-    constexpr int tl_kernel = LM == 1 ? tl_select : LM == 2 ? tl_attend : tl_dense;
-    const TlScope tl(tl_kernel, tl_unit, tid == 0);
+    const TlScope tl(LM == 1 ? tl_select : LM == 2 ? tl_attend : tl_dense, blockIdx.y * gridDim.x + blockIdx.x,
+                     tid == 0);
     pdl_wait();
-    if (tid == 0)
-        tl_mark(tl_kernel, tl_waited, tl_unit);
+    tl.mark(tl_waited);
 
     if (LM == 2 ? n == 0 : p0 >= n) { /* the attention pass: every part of a sequence writes its partial */
         if (c == 0) { /* n == 0: zeros and count 0 */
@@ -761,8 +759,7 @@ __global__ void __launch_bounds__(kAttnThreads,
         }
         cp_async_wait<0>();
         __syncthreads();
-        if (tid == 0)
-            tl_mark(tl_kernel, tl_ready, tl_unit); /* its scores and table entries in */
+        tl.mark(tl_ready); /* its scores and table entries in */
         /* contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
         if (LM == 1 && a.sel_trigger)
@@ -1534,11 +1531,9 @@ __global__ void __launch_bounds__(kCombineMaxThreads) combine_kernel(const Combi
     int s, bad;
     int64_t n, bi, bv;
     row_sequence(a.prefill, a.qsl, a.num_seqs, a.seq_lens, a.max_tokens, row, &s, &n, &bad, &bi, &bv);
-    const unsigned tl_unit = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-    const TlScope tl(tl_combine, tl_unit, t == 0);
+    const TlScope tl(tl_combine, (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x, t == 0);
     pdl_wait();
-    if (t == 0)
-        tl_mark(tl_combine, tl_waited, tl_unit);
+    tl.mark(tl_waited);
     const int nchs = a.all_parts ? (n > 0 ? a.nch : 0) : (int)min((int64_t)a.nch, (n + a.C - 1) / a.C);
     const int per = (nchs + ng - 1) / ng;
     const int cb = g * per, ce = min(nchs, cb + per);

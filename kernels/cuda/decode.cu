@@ -394,8 +394,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(const ScoreArgs a)
 #endif
     pdl_wait(); /* query signatures and cleared histograms of kernel 1 */
 #if HA_TIMELINE
-    if (tid == 0)
-        tl_mark(tl_score, tl_waited, blockIdx.x);
+    tl.mark(tl_waited);
 #endif
     if (!have)
         return;
@@ -805,11 +804,9 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
         bool started = have && a.prewait;
         if (started)
             start();
-        if (lane == 0)
-            tl_mark(tl_score, tl_issued, blockIdx.x * NW + warp);
+        tl.mark(tl_issued);
         pdl_wait();
-        if (lane == 0)
-            tl_mark(tl_score, tl_waited, blockIdx.x * NW + warp);
+        tl.mark(tl_waited);
         if (!have)
             return;
         if (a.trigger == 2)
@@ -871,8 +868,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
     if (have)
         fetch(cur, 0, wa, ina); /* inputs only: before the wait */
     pdl_wait();
-    if (lane == 0)
-        tl_mark(tl_score, tl_waited, blockIdx.x * NW + warp);
+    tl.mark(tl_waited);
     if (!have)
         return; /* no block barriers in this kernel: a warp may leave alone */
     load_qs(cur);

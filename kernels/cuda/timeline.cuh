@@ -46,21 +46,22 @@ __device__ __forceinline__ void tl_mark(int kernel, int phase, unsigned unit)
 __device__ __forceinline__ void tl_mark(int, int, unsigned) {}
 #endif
 
-/* A block's (or warp's) start now and its end wherever it returns. */
+/* A block's (or warp's) start now, its end wherever it returns, and the
+ * phases between (mark), all by the one thread or lane that `by_me` names. */
 struct TlScope {
     int kernel;
     unsigned unit;
     bool on;
-    __device__ __forceinline__ TlScope(int k, unsigned u, bool mark) : kernel(k), unit(u), on(mark)
+    __device__ __forceinline__ TlScope(int k, unsigned u, bool by_me) : kernel(k), unit(u), on(by_me)
+    {
+        mark(tl_start);
+    }
+    __device__ __forceinline__ void mark(int phase) const
     {
         if (on)
-            tl_mark(kernel, tl_start, unit);
+            tl_mark(kernel, phase, unit);
     }
-    __device__ __forceinline__ ~TlScope()
-    {
-        if (on)
-            tl_mark(kernel, tl_end, unit);
-    }
+    __device__ __forceinline__ ~TlScope() { mark(tl_end); }
 };
 
 } // namespace ha
