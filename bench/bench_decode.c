@@ -665,7 +665,7 @@ static float time_call(const prepared_t *pc, void *flush, size_t flush_bytes, in
  * scripts/timeline-build): TL_CALLS calls of pc's, each after the flush,
  * appended to the file HA_TIMELINE_OUT names as lines "case call kernel
  * phase sm unit ns", ns from the call's first event. */
-int ha_lab_timeline(void *host, unsigned cap, unsigned *count, int reset);
+int ha_lab_timeline(void *host, unsigned cap, unsigned *recorded, unsigned *kept, int reset);
 enum { TL_CALLS = 5, TL_CAP = 1 << 17 };
 /* event i's %globaltimer (words 2 and 3 of its four) */
 static uint64_t tl_time(const uint32_t *ev, unsigned i) { return (uint64_t)ev[4 * i + 3] << 32 | ev[4 * i + 2]; }
@@ -677,24 +677,22 @@ static void timeline(const char *name, const prepared_t *pc, void *flush, size_t
     FILE *f = fopen(path, "a");
     uint32_t *ev = malloc((size_t)TL_CAP * 16);
     for (int c = 0; f && ev && c < TL_CALLS; c++) {
-        unsigned n = 0;
+        unsigned recorded = 0, n = 0;
         use_case(pc);
         /* reset, then the flush and the call queued as time_call queues them:
          * with the GPU idle when the call starts, the host's launches race its
          * first kernels, and the score kernel was seen to start only after the
          * query MLPs had ended (run 83e) */
         CK(cudaStreamSynchronize(st));
-        if (ha_lab_timeline(NULL, 0, NULL, 1))
+        if (ha_lab_timeline(NULL, 0, NULL, NULL, 1))
             break;
         CK(flush_l2(flush, flush_bytes, c, st));
         (void)g_api->decode(pc->ctx, &pc->a);
         CK(cudaStreamSynchronize(st));
-        if (ha_lab_timeline(ev, TL_CAP, &n, 0))
+        if (ha_lab_timeline(ev, TL_CAP, &recorded, &n, 0))
             break;
-        if (n > TL_CAP) {
-            fprintf(f, "# %s call %d: %u events, %d kept\n", name, c, n, TL_CAP);
-            n = TL_CAP;
-        }
+        if (recorded > n)
+            fprintf(f, "# %s call %d: %u events, %u kept\n", name, c, recorded, n);
         uint64_t t0 = UINT64_MAX;
         for (unsigned i = 0; i < n; i++)
             t0 = tl_time(ev, i) < t0 ? tl_time(ev, i) : t0;

@@ -1634,17 +1634,21 @@ extern "C" ha_kernel_status_t ha_cuda_decode(const ha_decode_params_t *p)
 
 #if HA_TIMELINE
 /* The lab timeline (timeline.cuh) of this translation unit's kernels: reset
- * (the count to zero) or read (up to cap events into host, *count the events
- * recorded, more than cap where the buffer overflowed); 0 on success. */
-extern "C" int ha_lab_timeline(void *host, unsigned cap, unsigned *count, int reset)
+ * (the count to zero) or read (*kept events into host: the recorded ones, at
+ * most cap and never past the device buffer's kTlCap; *recorded the events
+ * marked, more than were kept where a buffer overflowed); 0 on success. */
+extern "C" int ha_lab_timeline(void *host, unsigned cap, unsigned *recorded, unsigned *kept, int reset)
 {
     unsigned n = 0;
     if (reset)
         return cudaMemcpyToSymbol(ha::tl_count, &n, sizeof n) == cudaSuccess ? 0 : -1;
     if (cudaMemcpyFromSymbol(&n, ha::tl_count, sizeof n) != cudaSuccess)
         return -1;
-    *count = n;
-    const unsigned k = n < cap ? n : cap;
-    return k == 0 || cudaMemcpyFromSymbol(host, ha::tl_events, (size_t)k * sizeof(uint4)) == cudaSuccess ? 0 : -1;
+    const unsigned k = n < ha::kTlCap ? n : ha::kTlCap;
+    *recorded = n;
+    *kept = k < cap ? k : cap;
+    return *kept == 0 || cudaMemcpyFromSymbol(host, ha::tl_events, (size_t)*kept * sizeof(uint4)) == cudaSuccess
+               ? 0
+               : -1;
 }
 #endif
