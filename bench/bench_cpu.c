@@ -15,7 +15,7 @@
  *             [--decode [--batch B] [--per-head]]
  *
  * Defaults: SmolLM2-135M's attention shape (the runner's model), N 1024, R 5,
- * B 8. docs/performance.md "Run 35" (prefill, then named bench_cpu_prefill)
+ * B 8. docs/performance-log.md "Run 35" (prefill, then named bench_cpu_prefill)
  * and "Run 38" (decode) have the numbers.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime for tool_now_s */
