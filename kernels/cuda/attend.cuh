@@ -1198,6 +1198,10 @@ __global__ void __launch_bounds__(kAttnThreads,
     const int cc = tid % LPR, r0 = tid / LPR;
     const int64_t kconst = (int64_t)kvh * a.k_sh + cc * 8, vconst = (int64_t)kvh * a.v_sh + cc * 8;
 
+    /* a sparse step's rows with the evict-first policy; dense decode keeps
+     * the default (run 86: with the policy, dense B=8 128K was 2% slower
+     * after the benchmark's write flush; bench/NOTES.md) */
+    const uint64_t once = SPARSE ? l2_evict_first() : 0;
     auto issue = [&](int tile, int st) {
         T *dst = stage0 + (size_t)st * 2 * kTT * RP;
         int32_t page[NIT];
@@ -1233,8 +1237,13 @@ __global__ void __launch_bounds__(kAttnThreads,
                 const int64_t kb = (int64_t)page[it] * a.k_sb + (int64_t)off[it] * a.k_st + kconst;
                 const int64_t vb = (int64_t)page[it] * a.v_sb + (int64_t)off[it] * a.v_st + vconst;
                 if (a.vec16) {
-                    cp_async16(dk, kc + kb);
-                    cp_async16(dv, vc + vb);
+                    if constexpr (SPARSE) {
+                        cp_async16_once(dk, kc + kb, once);
+                        cp_async16_once(dv, vc + vb, once);
+                    } else {
+                        cp_async16(dk, kc + kb);
+                        cp_async16(dv, vc + vb);
+                    }
                 } else { /* caches not 16-byte aligned: element copies, slow but right */
 #pragma unroll
                     for (int e = 0; e < 8; e++) {

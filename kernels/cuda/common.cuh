@@ -110,6 +110,23 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
+/* Data a step reads once (K/V rows, signature words) is copied with an L2
+ * evict-first policy: its lines are the first the L2 gives up, so streaming
+ * it does not push out lines that are still wanted, nor dirty lines, which
+ * would cost a write-back in the middle of the step (bench/NOTES.md, run 86).
+ * The policy is a register: make it once, outside the copy loops. */
+__device__ __forceinline__ uint64_t l2_evict_first()
+{
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+__device__ __forceinline__ void cp_async16_once(void *smem, const void *gmem, uint64_t policy)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "l"(policy));
+}
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

@@ -735,6 +735,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
         int64_t p0 = 0, pend = 0, hb = 0;
         int plen = 0, nslab = 0;
         /* slab j into ring slot j % S: each lane copies (and later reads) only its own words */
+        const uint64_t once = l2_evict_first();
         auto issue = [&](int j) {
             uint4 *slot = ring + (size_t)(j % S) * NWD * 32;
 #pragma unroll
@@ -756,7 +757,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 for (int g = 0; g < GW; g++) {
                     uint4 *d = slot + (size_t)(k * GW + g) * 32 + lane;
                     if (page >= 0 && g < gw)
-                        cp_async16(d, base + (int64_t)g * a.sh);
+                        cp_async16_once(d, base + (int64_t)g * a.sh, once);
                     else
                         *d = make_uint4(0u, 0u, 0u, 0u);
                 }
