@@ -14,15 +14,15 @@ import sys
 
 
 def load(path):
+    """bench_decode's JSON: the whole file and its medians by case name"""
     with open(path) as f:
         d = json.load(f)
     return d, {c["name"]: c["us"] for c in d["cases"]}
 
 
 def main():
-    if len(sys.argv) < 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
     top, sfx = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
     rounds = []
     for r in range(1, 100):
@@ -33,15 +33,15 @@ def main():
     if not rounds:
         print(f"ab-table: no bench-new-1{sfx}.json beside bench-ab-1{sfx}.json in {top} FAILED")
         return 1
-    meta = rounds[0][0][0]
+    (meta, _), _ = rounds[0]  # the first round's new-library file names the GPU, date and cases
     print(f"# {meta['gpu']}, {meta['date']}, flush {meta['flush']}, {len(rounds)} rounds "
           f"(medians of {meta['reps']})\n")
     print("| case | new (us, by round) | A/B library | change of the mean |")
     print("|---|---|---|---:|")
     names = [c["name"] for c in meta["cases"]]
     for n in names:
-        nu = [r[0][1][n] for r in rounds if n in r[0][1]]
-        au = [r[1][1][n] for r in rounds if n in r[1][1]]
+        nu = [new[n] for (_, new), _ in rounds if n in new]
+        au = [ab[n] for _, (_, ab) in rounds if n in ab]
         if not nu or not au:
             continue
         ch = (sum(nu) / len(nu)) / (sum(au) / len(au)) - 1
