@@ -233,11 +233,8 @@ START_TEST(decode_selftest)
                           .kv_layout = NHD, .selection = _i ? GROUP : HEAD, .sig_layout = PAPER, .sink = 3,
                           .recent = 2, .heavy_count = 13, .seq_lens = (const int[]){150, 140, 97, 120, 64},
                           .fill = HT_FILL_TIES};
-    d.seed = ht_seed(0x5e1f + (uint64_t)_i);
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "selftest:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "selftest", 0x5e1f + (uint64_t)_i, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t c;
@@ -295,11 +292,8 @@ static const ht_decode_desc_t k_dense[] = {
 START_TEST(decode_dense_equivalence)
 {
     ht_decode_desc_t d = k_dense[_i];
-    d.seed = ht_seed(0xd500 + (uint64_t)_i);
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "dense_vs_full_budget:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "dense_vs_full_budget", 0xd500 + (uint64_t)_i, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t c;
@@ -351,12 +345,9 @@ static const ht_decode_desc_t k_layouts[] = {
 START_TEST(decode_nhd_vs_hnd)
 {
     ht_decode_desc_t d = k_layouts[_i];
-    d.seed = ht_seed(0x1a00 + (uint64_t)_i);
     d.kv_layout = NHD;
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "nhd_vs_hnd:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "nhd_vs_hnd", 0x1a00 + (uint64_t)_i, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t a, b;
@@ -401,12 +392,9 @@ static const ht_decode_desc_t k_units[] = {
 START_TEST(decode_dense_units)
 {
     ht_decode_desc_t d = k_units[_i];
-    d.seed = ht_seed(0x4e00 + (uint64_t)_i);
     d.selection = GROUP;
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "dense_group_vs_per_head:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "dense_group_vs_per_head", 0x4e00 + (uint64_t)_i, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t g, h;
@@ -442,11 +430,8 @@ START_TEST(decode_budgets)
                           .kv_layout = NHD, .selection = GROUP, .sig_layout = PAPER, .sink = 2, .recent = 2,
                           .heavy_count = 4, .seq_lens = (const int[]){400, 10, 20, 30, 70, 333},
                           .fill = HT_FILL_DIRECT};
-    d.seed = ht_seed(0xb0);
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "budgets:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "budgets", 0xb0, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t c;
@@ -541,11 +526,8 @@ static void decode_or_fail(ht_decode_case_t *c, hashattn_decode_args_t *a, const
 START_TEST(decode_query_signatures)
 {
     ht_decode_desc_t d = k_qsigs[_i];
-    d.seed = ht_seed(0x9500 + (uint64_t)_i);
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "query_signatures:%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "query_signatures", 0x9500 + (uint64_t)_i, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t c;
@@ -688,11 +670,8 @@ START_TEST(decode_threads)
     ht_decode_desc_t d = {.dtype = BF16, .hq = 8, .hkv = 2, .d = 64, .block = 16, .batch = 5, .m = 16,
                           .kv_layout = NHD, .selection = GROUP, .sig_layout = PAPER, .sink = 2, .recent = 2,
                           .heavy_count = 7, .max_seq = 120, .fill = HT_FILL_DIRECT};
-    d.seed = ht_seed(0x7777);
-    char name[512], full[600];
-    ht_decode_case_name(&d, name, sizeof name);
-    snprintf(full, sizeof full, "threads(n=4):%s", name);
-    if (!ht_case_begin(full, d.seed))
+    char name[512];
+    if (!ht_decode_case_begin(&d, "threads(n=4)", 0x7777, name, sizeof name))
         return;
     const hashattn_api_t *api = api_or_fail();
     ht_decode_case_t c;

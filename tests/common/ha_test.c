@@ -1066,6 +1066,15 @@ void ht_decode_case_name(const ht_decode_desc_t *d, char *buf, size_t len)
              (d->wdtype.bits == 16) ? ",w=bf16" : "");
 }
 
+int ht_decode_case_begin(ht_decode_desc_t *d, const char *kind, uint64_t seed, char *name, size_t len)
+{
+    char full[700];
+    d->seed = ht_seed(seed);
+    ht_decode_case_name(d, name, len);
+    snprintf(full, sizeof full, "%s:%s", kind, name);
+    return ht_case_begin(full, d->seed);
+}
+
 #define KV(c, s, p, g) (((((int64_t)(s) * (c)->maxlen + (p)) * (c)->desc.hkv + (g))) * (c)->desc.d)
 
 int ht_decode_case_build(const hashattn_api_t *api, const ht_decode_desc_t *din,

@@ -313,6 +313,9 @@ typedef struct ht_decode_case {
 /* Canonical name: decode(dtype=bf16,hq=32,hkv=8,d=128,block=16,batch=3,
  * seq=97/0/12,sel=group,sig=paper,layout=nhd,budget=I4/R4/K8,fill=write,...). */
 void ht_decode_case_name(const ht_decode_desc_t *d, char *buf, size_t len);
+/* A test's case of d: d->seed = ht_seed(seed), its canonical name into name,
+ * and ht_case_begin("KIND:name"): whether the filter selects it. */
+int ht_decode_case_begin(ht_decode_desc_t *d, const char *kind, uint64_t seed, char *name, size_t len);
 /* Builds everything (CPU context). 0 on success; else a message in err. */
 int ht_decode_case_build(const hashattn_api_t *api, const ht_decode_desc_t *d,
                          ht_decode_case_t *c, char *err, size_t errlen);
