@@ -52,14 +52,20 @@ def launches(rows):
         if r.get("ID") is None or r.get("Metric Name") not in METRICS:
             continue
         k = seen.setdefault(r["ID"], (r["Kernel Name"], {}))
+        unit = r.get("Metric Unit", "")
+        if unit not in UNITS:
+            print(f"ncu_dram.py: unit {unit!r} of {r['Metric Name']} unknown: read as base units",
+                  file=sys.stderr)
         v = float(r["Metric Value"].replace(",", ""))
-        k[1][r["Metric Name"]] = v * UNITS.get(r.get("Metric Unit", ""), 1)
+        k[1][r["Metric Name"]] = v * UNITS.get(unit, 1)
     return list(seen.values())
 
 
 def short(name):
-    name = name.split("(")[0]
-    return name[:48]
+    """The kernel's name without its arguments, return type and namespace (its template
+    arguments stay: they tell the selection pass, LM 1, from the attention pass, LM 2)."""
+    name = name.split("(")[0].replace("void ", "").replace("ha::", "")
+    return name[:90]
 
 
 def table(title, ls):
