@@ -13,17 +13,16 @@ being written back (bench_decode's usage, --flush).
 """
 import csv
 import sys
-from collections import OrderedDict
 
 CALLS = 8
 AFTER_FLUSH = (3, 4, 6, 7)
-METRICS = OrderedDict([
-    ("gpu__time_duration.sum", ("us", 1e-3)),
-    ("dram__bytes_read.sum", ("DRAM rd MB", 1e-6)),
-    ("dram__bytes_write.sum", ("DRAM wr MB", 1e-6)),
-    ("lts__t_sectors_op_read.sum", ("L2 rd MB", 32e-6)),
-    ("lts__t_sectors_op_write.sum", ("L2 wr MB", 32e-6)),
-])
+METRICS = {
+    "gpu__time_duration.sum": ("us", 1e-3),
+    "dram__bytes_read.sum": ("DRAM rd MB", 1e-6),
+    "dram__bytes_write.sum": ("DRAM wr MB", 1e-6),
+    "lts__t_sectors_op_read.sum": ("L2 rd MB", 32e-6),
+    "lts__t_sectors_op_write.sum": ("L2 wr MB", 32e-6),
+}
 # ncu prints each metric in the unit it picks; these bring them to ns, bytes or sectors
 UNITS = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6,
          "Gbyte": 1e9, "sector": 1, "": 1}
@@ -47,7 +46,7 @@ def sections(path):
 
 def launches(rows):
     """[(kernel name, {metric: value in base units})] in launch order."""
-    seen = OrderedDict()
+    seen = {}  # launch ID -> (kernel name, metrics), in launch order
     for r in csv.DictReader(rows):
         if r.get("ID") is None or r.get("Metric Name") not in METRICS:
             continue
