@@ -389,6 +389,32 @@ status_t ha_cache_write(hashattn_context_t *ctx, const hashattn_cache_write_args
 
 /* ---- decode ---- */
 
+/* The fields that decode's and prefill's parameters share, by name (two struct
+ * types, so a macro): the context's shape and the call's checked query, output,
+ * tables, workspace and stream. */
+#define FILL_ATTENTION(p, ctx, num_seqs, vq, vo, vbt, vsl, a, num_blocks) \
+    do {                                                                  \
+        (p).dtype = (ctx)->dtype;                                         \
+        (p).num_seqs = (int32_t)(num_seqs);                               \
+        (p).num_q_heads = (ctx)->cfg.num_q_heads;                         \
+        (p).num_kv_heads = (ctx)->cfg.num_kv_heads;                       \
+        (p).group = (ctx)->group;                                         \
+        (p).head_dim = (ctx)->cfg.head_dim;                               \
+        (p).block_size = (ctx)->cfg.block_size;                           \
+        (p).scale = (ctx)->scale;                                         \
+        (p).query = rows_of(&(vq));                                       \
+        (p).output = rows_of(&(vo));                                      \
+        (p).block_tables = (const int32_t *)(vbt).data;                   \
+        (p).block_table_stride = (vbt).strides[0];                        \
+        (p).max_blocks_per_seq = (int32_t)(vbt).shape[1];                 \
+        (p).seq_lens = (const int32_t *)(vsl).data;                       \
+        (p).workspace = (a).workspace;                                    \
+        (p).workspace_size = (a).workspace_size;                          \
+        (p).stream = (a).stream;                                          \
+        (p).device = (ctx)->cfg.device.device_id;                         \
+        (p).num_blocks = (num_blocks);                                    \
+    } while (0)
+
 status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
 {
     static const char op[] = "decode";
@@ -459,35 +485,17 @@ status_t ha_decode(hashattn_context_t *ctx, const hashattn_decode_args_t *args)
     if (num_seqs == 0)
         return OK;
 
-    p.dtype = ctx->dtype;
-    p.num_seqs = (int32_t)num_seqs;
-    p.num_q_heads = c->num_q_heads;
-    p.num_kv_heads = c->num_kv_heads;
+    FILL_ATTENTION(p, ctx, num_seqs, vq, vo, vbt, vsl, a, num_blocks);
     p.num_sig_heads = ctx->num_sig_heads;
-    p.group = ctx->group;
     p.sig_per_kv_head = c->signature_layout == HASHATTN_SIGNATURE_PER_KV_HEAD;
     p.group_selection = group_sel;
     p.dense = dense;
-    p.head_dim = c->head_dim;
-    p.block_size = c->block_size;
-    p.scale = ctx->scale;
-    p.query = rows_of(&vq);
-    p.output = rows_of(&vo);
-    p.block_tables = (const int32_t *)vbt.data;
-    p.block_table_stride = vbt.strides[0];
-    p.max_blocks_per_seq = (int32_t)vbt.shape[1];
-    p.seq_lens = (const int32_t *)vsl.data;
     /* every sequence below dense_below (its table bounds n): the dense path,
      * which is what the per-sequence rule gives, without the sparse launches */
     if ((int64_t)p.max_blocks_per_seq * p.block_size < p.budget.dense_below)
         p.dense = 1;
     if (ctx->weights_bound)
         p.query_mlp = ha_weights_mlp(ctx, weights_base(ctx), HA_SIDE_QUERY, a.layer);
-    p.workspace = a.workspace;
-    p.workspace_size = a.workspace_size;
-    p.stream = a.stream;
-    p.device = c->device.device_id;
-    p.num_blocks = num_blocks;
     return from_kernel(ctx, op, DISPATCH(ctx, decode, &p));
 }
 
@@ -551,27 +559,9 @@ status_t ha_prefill(hashattn_context_t *ctx, const hashattn_prefill_args_t *args
     if (num_tokens == 0 || num_seqs == 0)
         return OK;
 
-    p.dtype = ctx->dtype;
-    p.num_seqs = (int32_t)num_seqs;
+    FILL_ATTENTION(p, ctx, num_seqs, vq, vo, vbt, vsl, a, num_blocks);
     p.num_tokens = (int32_t)num_tokens;
-    p.num_q_heads = c->num_q_heads;
-    p.num_kv_heads = c->num_kv_heads;
-    p.group = ctx->group;
-    p.head_dim = c->head_dim;
-    p.block_size = c->block_size;
-    p.scale = ctx->scale;
-    p.query = rows_of(&vq);
-    p.output = rows_of(&vo);
-    p.block_tables = (const int32_t *)vbt.data;
-    p.block_table_stride = vbt.strides[0];
-    p.max_blocks_per_seq = (int32_t)vbt.shape[1];
-    p.seq_lens = (const int32_t *)vsl.data;
     p.query_start_loc = (const int32_t *)vqsl.data;
-    p.workspace = a.workspace;
-    p.workspace_size = a.workspace_size;
-    p.stream = a.stream;
-    p.device = c->device.device_id;
-    p.num_blocks = num_blocks;
     return from_kernel(ctx, op, DISPATCH(ctx, prefill, &p));
 }
 
