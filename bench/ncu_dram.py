@@ -23,8 +23,9 @@ METRICS = {
     "lts__t_sectors_op_read.sum": ("L2 rd MB", 32e-6),
     "lts__t_sectors_op_write.sum": ("L2 wr MB", 32e-6),
 }
-# ncu prints each metric in the unit it picks; these bring them to ns, bytes or sectors
-UNITS = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6,
+# ncu prints each metric in the unit it picks (times as "ns" with CUDA 13's ncu, run 88); these
+# bring them to ns, bytes or sectors
+UNITS = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "ns": 1, "us": 1e3, "ms": 1e6, "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6,
          "Gbyte": 1e9, "sector": 1, "": 1}
 
 
@@ -47,12 +48,14 @@ def sections(path):
 def launches(rows):
     """[(kernel name, {metric: value in base units})] in launch order."""
     seen = {}  # launch ID -> (kernel name, metrics), in launch order
+    warned = set()
     for r in csv.DictReader(rows):
         if r.get("ID") is None or r.get("Metric Name") not in METRICS:
             continue
         k = seen.setdefault(r["ID"], (r["Kernel Name"], {}))
         unit = r.get("Metric Unit", "")
-        if unit not in UNITS:
+        if unit not in UNITS and unit not in warned:
+            warned.add(unit)
             print(f"ncu_dram.py: unit {unit!r} of {r['Metric Name']} unknown: read as base units",
                   file=sys.stderr)
         v = float(r["Metric Value"].replace(",", ""))
