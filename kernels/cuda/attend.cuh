@@ -760,6 +760,19 @@ __global__ void __launch_bounds__(kAttnThreads,
         cp_async_wait<0>();
         __syncthreads();
         tl.mark(tl_ready); /* its scores and table entries in */
+        /* its rows' scores, now in shared memory, go without a write-back
+         * (l2_discard_range) where this block alone reads them: not group
+         * selection's blocks of one KV head's later head groups (G > 8) */
+        if (!gsel || a.nhg == 1) {
+            const int64_t left = a.score_stride - p0;
+            const int64_t row_bytes = min((int64_t)a.C, left) * sb;
+            for (int j = 0; j < nsel; j++) {
+                const int u = gsel ? kvh : h0 + j;
+                l2_discard_range(static_cast<const unsigned char *>(a.scores) +
+                                     (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb,
+                                 row_bytes, tid, kAttnThreads);
+            }
+        }
         /* contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
         if (LM == 1 && a.sel_trigger)

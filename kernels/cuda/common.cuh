@@ -127,6 +127,27 @@ __device__ __forceinline__ void cp_async16_once(void *smem, const void *gmem, ui
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                  "l"(policy));
 }
+/* The scores a step writes and its selection pass reads once: stored with an
+ * L2 evict-last policy, so that the streamed copies do not push them out
+ * before they are read, then discarded (no write-back) once read. */
+__device__ __forceinline__ uint64_t l2_evict_last()
+{
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+__device__ __forceinline__ void st_u32_keep(void *gmem, uint32_t v, uint64_t policy)
+{
+    asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;\n" ::"l"(gmem), "r"(v), "l"(policy) : "memory");
+}
+/* The 128-byte L2 lines wholly inside [p, p + bytes), thread t of nt taking
+ * every nt-th, dropped without a write-back: their contents become undefined. */
+__device__ __forceinline__ void l2_discard_range(const void *p, int64_t bytes, int t, int nt)
+{
+    const uintptr_t a = ((uintptr_t)p + 127) & ~(uintptr_t)127, e = ((uintptr_t)p + (uintptr_t)bytes) & ~(uintptr_t)127;
+    for (uintptr_t l = a + (uintptr_t)t * 128; l < e; l += (uintptr_t)nt * 128)
+        asm volatile("discard.global.L2 [%0], 128;\n" ::"l"(l) : "memory");
+}
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

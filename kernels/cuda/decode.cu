@@ -564,6 +564,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
             return 32 * G - score_diff<GW>(qr, qs, G, kw, [&](int g) { return sig_word(it, p, g); });
         }
     };
+    const uint64_t keep = l2_evict_last(); /* the scores, until the selection pass has read them */
     auto process = [&](const Item &it, int j, const uint32_t (&w)[PK][GW][V], uint32_t inm) {
         const int64_t pbase = (int64_t)it.c * a.C + (int64_t)j * SLAB + (int64_t)lane * V;
         const int64_t rowe = ((int64_t)it.s * a.Hsel + (GROUPSEL ? it.kvh : it.kvh * G)) * a.score_stride;
@@ -579,8 +580,8 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 const int s0 = group_score(it, w, k, 0, pk), s1 = group_score(it, w, k, V > 1 ? 1 : 0, pk + 1);
                 const int s2 = group_score(it, w, k, V > 2 ? 2 : 0, pk + 2);
                 const int s3 = group_score(it, w, k, V > 3 ? 3 : 0, pk + 3);
-                *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) =
-                    (uint32_t)s0 | (uint32_t)s1 << 8 | (uint32_t)s2 << 16 | (uint32_t)s3 << 24;
+                st_u32_keep(static_cast<uint8_t *>(a.scores) + rowe + pk,
+                            (uint32_t)s0 | (uint32_t)s1 << 8 | (uint32_t)s2 << 16 | (uint32_t)s3 << 24, keep);
                 if (!NH) {
                     atomicAdd(&hw[s0], 1);
                     atomicAdd(&hw[s1], 1);
@@ -606,7 +607,7 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                 }
                 if (V == 4 && one_byte) {
                     /* the row's bytes past the item are never read: a whole word is fine */
-                    *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe + pk) = packed;
+                    st_u32_keep(static_cast<uint8_t *>(a.scores) + rowe + pk, packed, keep);
                 }
             } else {
                 /* head g's scores of the group's positions; its words from wv
@@ -629,8 +630,8 @@ __global__ void __launch_bounds__(kScoreThreads, 1) score_warp_kernel(const Scor
                             atomicAdd(&hw[g * 33 + sc], 1);
                     }
                     if (V == 4)
-                        *reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(a.scores) + rowe +
-                                                      (int64_t)g * a.score_stride + pk) = packed;
+                        st_u32_keep(static_cast<uint8_t *>(a.scores) + rowe + (int64_t)g * a.score_stride + pk,
+                                    packed, keep);
                 };
                 if (GW == 1) {
                     for (int g = 0; g < G; g++)
