@@ -25,8 +25,8 @@ METRICS = {
 }
 # ncu prints each metric in the unit it picks (times as "ns" with CUDA 13's ncu, run 88); these
 # bring them to ns, bytes or sectors
-UNITS = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "ns": 1, "us": 1e3, "ms": 1e6, "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6,
-         "Gbyte": 1e9, "sector": 1, "": 1}
+UNITS = {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "ns": 1, "us": 1e3, "ms": 1e6,
+         "byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "sector": 1, "": 1}
 
 
 def sections(path):
