@@ -719,18 +719,19 @@ __global__ void __launch_bounds__(kAttnThreads,
          * and round, while the table entries arrive */
         const int sb = a.score_bytes;
         unsigned char *const stg = sm;
-        {
-            const int64_t left = a.score_stride - p0; /* elements of the row from p0, a multiple of 16 */
-            const int row_bytes = (int)min((int64_t)a.C, left) * sb;
-            for (int j = 0; j < nsel; j++) {
-                const int u = gsel ? kvh : h0 + j;
-                const unsigned char *src = static_cast<const unsigned char *>(a.scores) +
-                                           (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb;
-                for (int off = tid * 16; off < row_bytes; off += kAttnThreads * 16)
-                    cp_async16(stg + (size_t)j * a.C * sb + off, src + off);
-            }
-            cp_async_commit();
+        /* unit j's score row from p0, and its bytes in this chunk */
+        const int64_t left = a.score_stride - p0; /* elements of the row from p0, a multiple of 16 */
+        const int row_bytes = (int)min((int64_t)a.C, left) * sb;
+        auto score_row = [&](int j) {
+            const int u = gsel ? kvh : h0 + j;
+            return static_cast<const unsigned char *>(a.scores) + (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb;
+        };
+        for (int j = 0; j < nsel; j++) {
+            const unsigned char *src = score_row(j);
+            for (int off = tid * 16; off < row_bytes; off += kAttnThreads * 16)
+                cp_async16(stg + (size_t)j * a.C * sb + off, src + off);
         }
+        cp_async_commit();
         if (GSEL && a.hist) {
             /* the score chunks [c0, c0 + sk) of Cs positions that this
              * block's chunk covers (one unless the pass takes several) */
@@ -763,16 +764,9 @@ __global__ void __launch_bounds__(kAttnThreads,
         /* its rows' scores, now in shared memory, go without a write-back
          * (l2_discard_range) where this block alone reads them: not group
          * selection's blocks of one KV head's later head groups (G > 8) */
-        if (!gsel || a.nhg == 1) {
-            const int64_t left = a.score_stride - p0;
-            const int64_t row_bytes = min((int64_t)a.C, left) * sb;
-            for (int j = 0; j < nsel; j++) {
-                const int u = gsel ? kvh : h0 + j;
-                l2_discard_range(static_cast<const unsigned char *>(a.scores) +
-                                     (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb,
-                                 row_bytes, tid, kAttnThreads);
-            }
-        }
+        if (!gsel || a.nhg == 1)
+            for (int j = 0; j < nsel; j++)
+                l2_discard_range(score_row(j), row_bytes, tid, kAttnThreads);
         /* contig: this chunk's entries go after the unit's earlier ones */
         const int lofs = LM == 1 && contig ? thr_off[0] : 0;
         if (LM == 1 && a.sel_trigger)
