@@ -724,7 +724,8 @@ __global__ void __launch_bounds__(kAttnThreads,
         const int row_bytes = (int)min((int64_t)a.C, left) * sb;
         auto score_row = [&](int j) {
             const int u = gsel ? kvh : h0 + j;
-            return static_cast<const unsigned char *>(a.scores) + (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb;
+            return static_cast<const unsigned char *>(a.scores) +
+                   (((int64_t)s * a.Hsel + u) * a.score_stride + p0) * sb;
         };
         for (int j = 0; j < nsel; j++) {
             const unsigned char *src = score_row(j);
