@@ -475,9 +475,11 @@ static ht_decode_desc_t grid_desc(int i)
     d.batch = batches[i % 3];
     /* m = D in some cases: the query MLPs' kernels with both sizes fixed at
      * compile time (mlp.cuh's solo_body at 64/64, and at 128/128 where the
-     * grid fits one wave in more than one row: case 10 (B = 12) in the fast
-     * level, 31 (B = 12) and 38 (B = 17, per-head selection) in the full one;
-     * case 3 (B = 1) runs qhash_body's clusters) */
+     * grid fits one wave in more than one row): case 3 (D = 128, B = 1:
+     * qhash_body's clusters) in the fast level; 17 and 24 (D = 64), 31 (B =
+     * 12, 128/128 solo blocks) and 38 (B = 17, per-head selection) in the
+     * full one. (Case 10, i % 7 == 3 too, takes m = 24: i % 5 == 0 comes
+     * first.) */
     d.m = (i % 5 == 0) ? 24 : (i % 7 == 3) ? d.d : 32;
     d.kv_layout = (i / 2) % 2 ? HND : NHD;
     d.selection = (i / 5) % 2 ? HEAD : GROUP;
