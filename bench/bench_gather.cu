@@ -42,10 +42,23 @@
  *               that do almost nothing (4 blocks per SM, each block one
  *               dependent global read and write), replayed from a CUDA graph,
  *               against one cooperative kernel with K - 1 grid barriers
+ *   overlap     (B=8 N=128K) the ceiling of a dataflow step (overlap_kernel):
+ *               each sequence's scores (signatures read, 512 bytes a page:
+ *               compact, 2048: paper; score bytes written), selection (the
+ *               scores read back) and the K/V rows of its 32x selection, as
+ *               items of one persistent kernel: "apart" (the three in three
+ *               launches), "one launch" (the same order in one, with the
+ *               waits), "dataflow L=n" (a sequence's rows beside the scores
+ *               of the sequence L ahead, each item waiting for the items it
+ *               depends on) and "mixed L=n" (the same order without the
+ *               waits). Without the query MLPs, the histograms and
+ *               thresholds or the attention's arithmetic: what the memory
+ *               traffic alone costs when one sequence's scores and selection
+ *               overlap another's gather (run 96)
  *
- * bench/NOTES.md "Run 21" has the results and what they meant.
+ * bench/NOTES.md "Run 21" and "Run 96" have the results and what they meant.
  *
- * Usage: bench_gather [--reps N] [--flush write|read|none] [--json FILE]
+ * Usage: bench_gather [--reps N] [--flush write|read|none] [--only PREFIX] [--json FILE]
  */
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
@@ -362,6 +375,159 @@ __global__ void tiny_phases_kernel(uint32_t *w, int phases)
     }
 }
 
+/* overlap: a persistent kernel over a queue of items, each a 2-int
+ * descriptor {kind << 8 | sequence, index}, in the order of a dataflow step:
+ *   kind 0 (scores): 8 KB of the sequence's signature pages (through the
+ *          block table, spb 16-byte words a page), a score byte written per
+ *          32-bit word (compact) or per four (paper: a KV head's four query
+ *          heads), contiguous: 8.4 MB of scores at B=8 128K either way, as
+ *          the library's score kernel writes;
+ *   kind 1 (rows): 32 K and V rows of the sequence's 32x selection (rows
+ *          index * 32 .. of its Hkv x k), two a half-warp;
+ *   kind 2 (selection): one 4096-byte chunk of the sequence's scores read
+ *          back, the bytes above a threshold counted, a word a thread
+ *          written (the chunk's list share), as the selection pass's L2 trip.
+ * With WAIT, a selection item first waits until sig_done[sequence] reaches
+ * sig_items (its sequence's scores all written) and a row item until
+ * sel_done[sequence] reaches sel_items. ctr[0] hands out items, ctr[1]
+ * counts finished blocks; the last block out zeroes ctr and the done
+ * counters, so that each launch starts clean without a memset. A block pops
+ * its next item before it works on its current one; an item only waits for
+ * items earlier in the queue, which resident blocks hold (the grid fits the
+ * GPU at once), so the waits cannot deadlock. No query MLPs, no histograms
+ * or thresholds worked out, no attention arithmetic: the memory traffic and
+ * the dependencies of a step that overlaps one sequence's scores and
+ * selection with another's gather. */
+constexpr int kOvRows = 32, kOvSigWords = 8192 / 16, kOvChunk = 4096;
+struct OvArgs {
+    const int2 *queue;
+    int nitems;
+    const uint4 *sig;
+    int spb;
+    const uint4 *kc, *vc;
+    const int32_t *bt;
+    int64_t bps;
+    const int32_t *pos;
+    int64_t k;
+    int hkv;
+    Layout L;
+    uint8_t *sc;   /* scores: sc_seq bytes a sequence */
+    int64_t sc_seq;
+    uint32_t *lst; /* kThreads words a selection item */
+    int *ctr, *sig_done, *sel_done;
+    int sig_items, sel_items, nseq;
+    uint32_t *sink;
+};
+
+__device__ __forceinline__ void ov_wait(const int *flag, int want)
+{
+    int got;
+    do
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(got) : "l"(flag) : "memory");
+    while (got < want);
+}
+
+template <bool WAIT>
+__global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
+{
+    __shared__ int cur;
+    const int tid = threadIdx.x, lane16 = tid & 15, hw = tid >> 4;
+    uint32_t acc = 0u;
+    if (tid == 0)
+        cur = atomicAdd(&a.ctr[0], 1);
+    __syncthreads();
+    for (int it = cur; it < a.nitems; it = cur) {
+        const int2 d = a.queue[it];
+        const int kind = d.x >> 8, s = d.x & 255;
+        int next = 0;
+        if (tid == 0)
+            next = atomicAdd(&a.ctr[0], 1); /* the next item's pop overlaps this one's reads */
+        if (WAIT && kind != 0) {
+            if (tid == 0)
+                ov_wait(kind == 2 ? a.sig_done + s : a.sel_done + s, kind == 2 ? a.sig_items : a.sel_items);
+            __syncthreads();
+        }
+        if (kind == 0) {
+            constexpr int J = kOvSigWords / kThreads;
+            const int pages_per = kOvSigWords / a.spb;
+            uint4 v[J];
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                const int w = tid + j * kThreads, pg = d.y * pages_per + w / a.spb;
+                v[j] = ld_nc(a.sig + (int64_t)a.bt[(int64_t)s * a.bps + pg] * a.spb + w % a.spb);
+            }
+            uint8_t *out = a.sc + (int64_t)s * a.sc_seq;
+            if (a.spb == 32) { /* compact: a byte per word, 8 a thread */
+                uint32_t lo = 0u, hi = 0u;
+#pragma unroll
+                for (int j = 0; j < J; j++) {
+                    lo |= (uint32_t)__popc(v[j].x) << (16 * j) | (uint32_t)__popc(v[j].y) << (16 * j + 8);
+                    hi |= (uint32_t)__popc(v[j].z) << (16 * j) | (uint32_t)__popc(v[j].w) << (16 * j + 8);
+                }
+                reinterpret_cast<uint2 *>(out)[(int64_t)d.y * kThreads + tid] = make_uint2(lo, hi);
+            } else { /* paper: a byte per four words, 2 a thread */
+                uint32_t x = 0u;
+#pragma unroll
+                for (int j = 0; j < J; j++)
+                    x |= (uint32_t)(__popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w)) << (8 * j);
+                reinterpret_cast<uint16_t *>(out)[(int64_t)d.y * kThreads + tid] = (uint16_t)x;
+            }
+        } else if (kind == 2) {
+            const uint4 x = reinterpret_cast<const uint4 *>(a.sc + (int64_t)s * a.sc_seq +
+                                                            (int64_t)d.y * kOvChunk)[tid];
+            const uint32_t m = __vcmpgeu4(x.x, 0x10101010u) & 0x01010101u; /* bytes >= 16 */
+            a.lst[((int64_t)s * a.sel_items + d.y) * kThreads + tid] =
+                __popc(m) + __popc(__vcmpgeu4(x.y, 0x10101010u) & 0x01010101u) +
+                __popc(__vcmpgeu4(x.z, 0x10101010u) & 0x01010101u) + __popc(__vcmpgeu4(x.w, 0x10101010u) & 0x01010101u);
+        } else {
+            const int64_t rows = (int64_t)a.hkv * a.k;
+            int64_t off[2];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int64_t r = (int64_t)d.y * kOvRows + hw + u * 16;
+                off[u] = -1;
+                if (r < rows) {
+                    const int h = (int)(r / a.k);
+                    const int32_t p = a.pos[((int64_t)s * a.hkv + h) * a.k + r % a.k];
+                    off[u] = (int64_t)a.bt[(int64_t)s * a.bps + p / kBlock] * a.L.sb + (int64_t)(p % kBlock) * a.L.st +
+                             (int64_t)h * a.L.sh + lane16;
+                }
+            }
+            uint4 kv[2][2];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                kv[u][0] = off[u] >= 0 ? ld_nc(a.kc + off[u]) : make_uint4(0u, 0u, 0u, 0u);
+                kv[u][1] = off[u] >= 0 ? ld_nc(a.vc + off[u]) : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                acc ^= kv[u][0].x ^ kv[u][0].y ^ kv[u][0].z ^ kv[u][0].w ^ kv[u][1].x ^ kv[u][1].y ^ kv[u][1].z ^
+                       kv[u][1].w;
+        }
+        if (kind != 1)
+            __threadfence(); /* release: this thread's scores or list word before the count */
+        __syncthreads();     /* the item done by every thread; cur read by all */
+        if (tid == 0) {
+            if (kind != 1) {
+                atomicAdd(kind == 0 ? &a.sig_done[s] : &a.sel_done[s], 1);
+            }
+            cur = next;
+        }
+        __syncthreads();
+    }
+    a.sink[(int64_t)blockIdx.x * kThreads + tid] = acc;
+    if (tid == 0) {
+        __threadfence();
+        if (atomicAdd(&a.ctr[1], 1) == (int)gridDim.x - 1) { /* the last block out */
+            a.ctr[0] = 0;
+            a.ctr[1] = 0;
+            for (int i = 0; i < a.nseq; i++)
+                a.sig_done[i] = a.sel_done[i] = 0;
+            __threadfence();
+        }
+    }
+}
+
 typedef void (*PipeFn)(const uint4 *, const uint4 *, const int32_t *, int64_t, const int32_t *, const int64_t *,
                        int64_t, int, int, Layout, uint32_t *);
 struct PipeCase {
@@ -435,7 +601,7 @@ static void make_positions(int32_t *pos, int64_t units, int64_t n, int64_t k, in
 int main(int argc, char **argv)
 {
     int reps = 30;
-    const char *json = NULL, *flush_mode = "write";
+    const char *json = NULL, *flush_mode = "write", *only = "";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
@@ -443,8 +609,10 @@ int main(int argc, char **argv)
             flush_mode = argv[++i];
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_gather [--reps N] [--flush write|read|none] [--json FILE]\n");
+            fprintf(stderr, "usage: bench_gather [--reps N] [--flush write|read|none] [--only PREFIX] [--json FILE]\n");
             return 2;
         }
     }
@@ -515,6 +683,11 @@ int main(int argc, char **argv)
             first = 0;
         }
     };
+    /* time and report one case, if its name starts with --only's prefix */
+    auto run = [&](const char *shape, const char *name, double bytes, auto &&launch) {
+        if (strncmp(name, only, strlen(only)) == 0)
+            report(shape, name, bytes, timed(launch));
+    };
 
     for (const Shape &sh : shapes) {
         const int64_t bps = sh.N / kBlock, nblocks = (int64_t)sh.B * bps;
@@ -545,8 +718,7 @@ int main(int argc, char **argv)
         const Layout nhd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)sh.Hkv * row_words, (int64_t)row_words};
         const Layout hnd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)row_words, (int64_t)kBlock * row_words};
 
-        report(sh.name, "copy", 2.0 * bytes,
-               timed([&] { CK(cudaMemcpyAsync(vc, kc, (size_t)bytes, cudaMemcpyDeviceToDevice, st)); }));
+        run(sh.name, "copy", 2.0 * bytes, ([&] { CK(cudaMemcpyAsync(vc, kc, (size_t)bytes, cudaMemcpyDeviceToDevice, st)); }));
         for (int contig = 1; contig >= 0; contig--) {
             make_positions(pos, units, sh.N, k, contig);
             CK(cudaMemcpy(pos_d, pos, sizeof(int32_t) * (size_t)rows, cudaMemcpyHostToDevice));
@@ -562,12 +734,123 @@ int main(int argc, char **argv)
                     char name[40];
                     snprintf(name, sizeof name, "%s %s U=%d", contig ? "contig" : "gather", li ? "HND" : "NHD", u);
                     GatherFn fn = gather_fn(u);
-                    report(sh.name, name, bytes, timed([&] {
+                    run(sh.name, name, bytes, ([&] {
                                fn<<<grid, kThreads, 0, st>>>(kc, vc, bt_d, bps, pos_d, k, sh.Hkv, rows, L, sink);
                                CK(cudaGetLastError());
                            }));
                 }
             }
+        }
+        /* overlap (B=8 only: a sequence is the dependencies' grain, and B=1 has one) */
+        if (sh.B == 8 && strncmp("overlap", only, strlen(only) < 7 ? strlen(only) : 7) == 0) {
+            const int64_t gitems = (sh.Hkv * k + kOvRows - 1) / kOvRows; /* row items a sequence */
+            const int64_t sc_seq = sh.N * sh.Hkv;                          /* score bytes a sequence */
+            const int sel_items = (int)(sc_seq / kOvChunk);
+            int per_ov = 0;
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_ov, overlap_kernel<true>, kThreads, 0));
+            const unsigned ov_grid = (unsigned)(sms * per_ov);
+            const size_t sig_bytes_max = (size_t)nblocks * 2048;
+            const int64_t qcap = (int64_t)sh.B * (bps * 128 / kOvSigWords + sel_items + gitems);
+            int2 *q = (int2 *)malloc(sizeof(int2) * (size_t)qcap);
+            OvArgs oa = {};
+            int2 *q_d;
+            CK(cudaMalloc(&oa.sig, sig_bytes_max));
+            CK(cudaMemset((void *)oa.sig, 0x5c, sig_bytes_max));
+            CK(cudaMalloc(&oa.sc, (size_t)(sh.B * sc_seq)));
+            CK(cudaMalloc(&oa.lst, sizeof(uint32_t) * (size_t)(sh.B * sel_items) * kThreads));
+            CK(cudaMalloc(&oa.ctr, 2 * sizeof(int)));
+            CK(cudaMemset(oa.ctr, 0, 2 * sizeof(int)));
+            CK(cudaMalloc(&oa.sig_done, 2 * 256 * sizeof(int)));
+            CK(cudaMemset(oa.sig_done, 0, 2 * 256 * sizeof(int)));
+            oa.sel_done = oa.sig_done + 256;
+            CK(cudaMalloc(&q_d, sizeof(int2) * (size_t)qcap));
+            oa.kc = kc, oa.vc = vc, oa.bt = bt_d, oa.bps = bps, oa.pos = pos_d, oa.k = k, oa.hkv = sh.Hkv;
+            oa.L = nhd, oa.sc_seq = sc_seq, oa.sel_items = sel_items, oa.nseq = sh.B, oa.sink = sink;
+            for (int spb = 32; spb <= 128; spb *= 4) { /* 16-byte words a page: compact, paper */
+                const int sitems = (int)(bps * spb / kOvSigWords); /* score items a sequence */
+                const double sbytes = (double)sh.B * bps * spb * 16, scbytes = (double)sh.B * sc_seq;
+                const double all = sbytes + 2.0 * scbytes + bytes; /* scores written and read back */
+                oa.spb = spb, oa.sig_items = sitems;
+                int64_t n = 0;
+                auto add = [&](int kind, int b, int64_t count) {
+                    for (int64_t i = 0; i < count; i++)
+                        q[n++] = make_int2(kind << 8 | b, (int)i);
+                };
+                /* order 0: every score item, every selection item, every row item; order 1
+                 * (dataflow): the first L sequences' scores and the first's selection, then
+                 * sequence b's rows merged in proportion with sequence b + L's scores, and
+                 * sequence b + 1's selection at the start of b's rows (L >= 2: its scores were
+                 * queued a sequence earlier) or at their end (L = 1) */
+                auto build = [&](int order, int L) {
+                    n = 0;
+                    if (order == 0) {
+                        for (int kind : {0, 2, 1})
+                            for (int b = 0; b < sh.B; b++)
+                                add(kind, b, kind == 0 ? sitems : kind == 2 ? sel_items : gitems);
+                    } else {
+                        for (int b = 0; b < L && b < sh.B; b++)
+                            add(0, b, sitems);
+                        add(2, 0, sel_items);
+                        for (int b = 0; b < sh.B; b++) {
+                            const bool sel_next = b + 1 < sh.B;
+                            if (sel_next && L >= 2)
+                                add(2, b + 1, sel_items);
+                            const int64_t ahead = b + L < sh.B ? sitems : 0;
+                            for (int64_t gi = 0, si = 0; gi < gitems || si < ahead;)
+                                if (si < ahead && si * gitems <= gi * ahead)
+                                    q[n++] = make_int2(b + L, (int)si++);
+                                else
+                                    q[n++] = make_int2(1 << 8 | b, (int)gi++);
+                            if (sel_next && L < 2)
+                                add(2, b + 1, sel_items);
+                        }
+                    }
+                    CK(cudaMemcpy(q_d, q, sizeof(int2) * (size_t)n, cudaMemcpyHostToDevice));
+                    return (int)n;
+                };
+                auto launch = [&](bool wait, const int2 *qq, int64_t count) {
+                    OvArgs x = oa;
+                    x.queue = qq, x.nitems = (int)count;
+                    if (wait)
+                        overlap_kernel<true><<<ov_grid, kThreads, 0, st>>>(x);
+                    else
+                        overlap_kernel<false><<<ov_grid, kThreads, 0, st>>>(x);
+                    CK(cudaGetLastError());
+                };
+                const char *lay = spb == 32 ? "compact" : "paper";
+                const int64_t nsc = (int64_t)sh.B * sitems, nsel = (int64_t)sh.B * sel_items;
+                const int n0 = build(0, 0);
+                const int64_t nrow = n0 - nsc - nsel;
+                char name[64];
+                snprintf(name, sizeof name, "overlap %s scores alone", lay);
+                run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
+                snprintf(name, sizeof name, "overlap %s selection alone", lay);
+                run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
+                snprintf(name, sizeof name, "overlap %s rows alone", lay);
+                run(sh.name, name, bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
+                snprintf(name, sizeof name, "overlap %s apart", lay);
+                run(sh.name, name, all, [&] {
+                    launch(false, q_d, nsc);
+                    launch(false, q_d + nsc, nsel);
+                    launch(false, q_d + nsc + nsel, nrow);
+                });
+                snprintf(name, sizeof name, "overlap %s one launch", lay);
+                run(sh.name, name, all, [&] { launch(true, q_d, n0); });
+                for (int L = 1; L <= 2; L++) {
+                    const int n1 = build(1, L);
+                    snprintf(name, sizeof name, "overlap %s mixed L=%d", lay, L);
+                    run(sh.name, name, all, [&] { launch(false, q_d, n1); });
+                    snprintf(name, sizeof name, "overlap %s dataflow L=%d", lay, L);
+                    run(sh.name, name, all, [&] { launch(true, q_d, n1); });
+                }
+            }
+            free(q);
+            CK(cudaFree((void *)oa.sig));
+            CK(cudaFree(oa.sc));
+            CK(cudaFree(oa.lst));
+            CK(cudaFree(oa.ctr));
+            CK(cudaFree(oa.sig_done));
+            CK(cudaFree(q_d));
         }
         /* WORDS 16-byte words of the K cache read as runs of each of RLENS bytes at random
          * places (0: the runs end to end, SEQ bytes each, one sequential read), U = 1, 2, ...
@@ -595,7 +878,7 @@ int main(int argc, char **argv)
                     else
                         snprintf(name, sizeof name, "%s seq U=%d", label, u);
                     auto fn = u == 1 ? runs_kernel<1> : u == 2 ? runs_kernel<2> : runs_kernel<4>;
-                    report(sh.name, name, (double)words * 16, timed([&] {
+                    run(sh.name, name, (double)words * 16, ([&] {
                                fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, words, sink);
                                CK(cudaGetLastError());
                            }));
@@ -636,7 +919,7 @@ int main(int argc, char **argv)
             char name[64];
             snprintf(name, sizeof name, "%s S=%d TT=%d%s%s x%d %d/SM", pc.bulk ? "bulk" : "pipe", pc.S, pc.TT,
                      pc.lsm ? " lsm" : "", pc.phys ? " phys" : "", pc.pm ? pc.pm : 1, nb);
-            report(sh.name, name, bytes, timed([&] {
+            run(sh.name, name, bytes, ([&] {
                        pc.fn<<<(unsigned)(units * cparts), kPipeThreads, smem, st>>>(kc, vc, bt_d, bps, pos_d, phys_d,
                                                                                       k, sh.Hkv, cparts, nhd, sink);
                        CK(cudaGetLastError());
@@ -664,13 +947,13 @@ int main(int argc, char **argv)
             CK(cudaGraphInstantiate(&ge, g, 0));
             char name[64];
             snprintf(name, sizeof name, "chain K=%d graph", K);
-            report("-", name, 0.0, timed([&] { CK(cudaGraphLaunch(ge, st)); }));
+            run("-", name, 0.0, ([&] { CK(cudaGraphLaunch(ge, st)); }));
             CK(cudaGraphExecDestroy(ge));
             CK(cudaGraphDestroy(g));
             int phases = K;
             void *args[] = {&sink, &phases};
             snprintf(name, sizeof name, "chain K=%d grid barriers", K);
-            report("-", name, 0.0, timed([&] {
+            run("-", name, 0.0, ([&] {
                        CK(cudaLaunchCooperativeKernel((const void *)tiny_phases_kernel, dim3(tiny_grid),
                                                       dim3(kPipeThreads), args, 0, st));
                    }));
