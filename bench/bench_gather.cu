@@ -390,8 +390,8 @@ __global__ void tiny_phases_kernel(uint32_t *w, int phases)
  * With WAIT, a selection item first waits until sig_done[sequence] reaches
  * sig_items (its sequence's scores all written) and a row item until
  * sel_done[sequence] reaches sel_items. ctr[0] hands out items, ctr[1]
- * counts finished blocks; the last block out zeroes ctr and the done
- * counters, so that each launch starts clean without a memset. A block pops
+ * counts finished blocks, ctr[2] waits given up; the last block out zeroes
+ * ctr[0..1] and the done counters, so that each launch starts clean without a memset. A block pops
  * its next item before it works on its current one; an item only waits for
  * items earlier in the queue, which resident blocks hold (the grid fits the
  * GPU at once), so the waits cannot deadlock. No query MLPs, no histograms
@@ -419,12 +419,21 @@ struct OvArgs {
     uint32_t *sink;
 };
 
-__device__ __forceinline__ void ov_wait(const int *flag, int want)
+/* Spin until *flag reaches want; past ~2^22 reads (a second or more) give
+ * up and count it in *stuck, so that a wrong order ends the case instead of
+ * hanging the device (main reports the count). */
+__device__ __forceinline__ void ov_wait(const int *flag, int want, int *stuck)
 {
     int got;
-    do
+    for (int spins = 0;; spins++) {
         asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(got) : "l"(flag) : "memory");
-    while (got < want);
+        if (got >= want)
+            return;
+        if (spins == 1 << 22) {
+            atomicAdd(stuck, 1);
+            return;
+        }
+    }
 }
 
 template <bool WAIT>
@@ -444,7 +453,8 @@ __global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
             next = atomicAdd(&a.ctr[0], 1); /* the next item's pop overlaps this one's reads */
         if (WAIT && kind != 0) {
             if (tid == 0)
-                ov_wait(kind == 2 ? a.sig_done + s : a.sel_done + s, kind == 2 ? a.sig_items : a.sel_items);
+                ov_wait(kind == 2 ? a.sig_done + s : a.sel_done + s, kind == 2 ? a.sig_items : a.sel_items,
+                        &a.ctr[2]);
             __syncthreads();
         }
         if (kind == 0) {
@@ -560,6 +570,66 @@ static GatherFn gather_fn(int u)
     case 8: return gather_kernel<8>;
     default: return gather_kernel<16>;
     }
+}
+
+/* overlap's queues. Order 0: every score item, every selection item, every
+ * row item. Order 1 (dataflow): the first L sequences' scores and the
+ * first's selection, then sequence b's rows merged in proportion with
+ * sequence b + L's scores, and sequence b + 1's selection at the start of
+ * b's rows (L >= 2: its scores were queued a sequence earlier) or at their
+ * end (L = 1). Returns the item count. */
+static int64_t ov_build(int2 *q, int order, int L, int nseq, int64_t sitems, int64_t sel_items, int64_t gitems)
+{
+    int64_t n = 0;
+    auto add = [&](int kind, int b, int64_t count) {
+        for (int64_t i = 0; i < count; i++)
+            q[n++] = make_int2(kind << 8 | b, (int)i);
+    };
+    if (order == 0) {
+        for (int kind : {0, 2, 1})
+            for (int b = 0; b < nseq; b++)
+                add(kind, b, kind == 0 ? sitems : kind == 2 ? sel_items : gitems);
+        return n;
+    }
+    for (int b = 0; b < L && b < nseq; b++)
+        add(0, b, sitems);
+    add(2, 0, sel_items);
+    for (int b = 0; b < nseq; b++) {
+        const bool sel_next = b + 1 < nseq;
+        if (sel_next && L >= 2)
+            add(2, b + 1, sel_items);
+        const int64_t ahead = b + L < nseq ? sitems : 0;
+        for (int64_t gi = 0, si = 0; gi < gitems || si < ahead;)
+            if (si < ahead && si * gitems <= gi * ahead)
+                q[n++] = make_int2(b + L, (int)si++);
+            else
+                q[n++] = make_int2(1 << 8 | b, (int)gi++);
+        if (sel_next && L < 2)
+            add(2, b + 1, sel_items);
+    }
+    return n;
+}
+
+/* 1 when every item of every sequence is queued exactly once and every
+ * item that waits comes after all the items it waits for: the order
+ * overlap_kernel<true> needs not to deadlock. */
+static int ov_order_ok(const int2 *q, int64_t n, int nseq, int64_t sitems, int64_t sel_items, int64_t gitems)
+{
+    int64_t seen[3][256] = {{0}};
+    if (nseq > 256)
+        return 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int kind = q[i].x >> 8, s = q[i].x & 255;
+        if (kind > 2 || s >= nseq || q[i].y != seen[kind][s])
+            return 0;
+        if ((kind == 2 && seen[0][s] != sitems) || (kind == 1 && seen[2][s] != sel_items))
+            return 0;
+        seen[kind][s]++;
+    }
+    for (int s = 0; s < nseq; s++)
+        if (seen[0][s] != sitems || seen[2][s] != sel_items || seen[1][s] != gitems)
+            return 0;
+    return 1;
 }
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
@@ -758,8 +828,8 @@ int main(int argc, char **argv)
             CK(cudaMemset((void *)oa.sig, 0x5c, sig_bytes_max));
             CK(cudaMalloc(&oa.sc, (size_t)(sh.B * sc_seq)));
             CK(cudaMalloc(&oa.lst, sizeof(uint32_t) * (size_t)(sh.B * sel_items) * kThreads));
-            CK(cudaMalloc(&oa.ctr, 2 * sizeof(int)));
-            CK(cudaMemset(oa.ctr, 0, 2 * sizeof(int)));
+            CK(cudaMalloc(&oa.ctr, 3 * sizeof(int)));
+            CK(cudaMemset(oa.ctr, 0, 3 * sizeof(int)));
             CK(cudaMalloc(&oa.sig_done, 2 * 256 * sizeof(int)));
             CK(cudaMemset(oa.sig_done, 0, 2 * 256 * sizeof(int)));
             oa.sel_done = oa.sig_done + 256;
@@ -771,39 +841,11 @@ int main(int argc, char **argv)
                 const double sbytes = (double)sh.B * bps * spb * 16, scbytes = (double)sh.B * sc_seq;
                 const double all = sbytes + 2.0 * scbytes + bytes; /* scores written and read back */
                 oa.spb = spb, oa.sig_items = sitems;
-                int64_t n = 0;
-                auto add = [&](int kind, int b, int64_t count) {
-                    for (int64_t i = 0; i < count; i++)
-                        q[n++] = make_int2(kind << 8 | b, (int)i);
-                };
-                /* order 0: every score item, every selection item, every row item; order 1
-                 * (dataflow): the first L sequences' scores and the first's selection, then
-                 * sequence b's rows merged in proportion with sequence b + L's scores, and
-                 * sequence b + 1's selection at the start of b's rows (L >= 2: its scores were
-                 * queued a sequence earlier) or at their end (L = 1) */
                 auto build = [&](int order, int L) {
-                    n = 0;
-                    if (order == 0) {
-                        for (int kind : {0, 2, 1})
-                            for (int b = 0; b < sh.B; b++)
-                                add(kind, b, kind == 0 ? sitems : kind == 2 ? sel_items : gitems);
-                    } else {
-                        for (int b = 0; b < L && b < sh.B; b++)
-                            add(0, b, sitems);
-                        add(2, 0, sel_items);
-                        for (int b = 0; b < sh.B; b++) {
-                            const bool sel_next = b + 1 < sh.B;
-                            if (sel_next && L >= 2)
-                                add(2, b + 1, sel_items);
-                            const int64_t ahead = b + L < sh.B ? sitems : 0;
-                            for (int64_t gi = 0, si = 0; gi < gitems || si < ahead;)
-                                if (si < ahead && si * gitems <= gi * ahead)
-                                    q[n++] = make_int2(b + L, (int)si++);
-                                else
-                                    q[n++] = make_int2(1 << 8 | b, (int)gi++);
-                            if (sel_next && L < 2)
-                                add(2, b + 1, sel_items);
-                        }
+                    const int64_t n = ov_build(q, order, L, sh.B, sitems, sel_items, gitems);
+                    if (!ov_order_ok(q, n, sh.B, sitems, sel_items, gitems)) {
+                        fprintf(stderr, "bench_gather: overlap queue (order %d, L %d) out of order\n", order, L);
+                        exit(1);
                     }
                     CK(cudaMemcpy(q_d, q, sizeof(int2) * (size_t)n, cudaMemcpyHostToDevice));
                     return (int)n;
@@ -836,13 +878,19 @@ int main(int argc, char **argv)
                 });
                 snprintf(name, sizeof name, "overlap %s one launch", lay);
                 run(sh.name, name, all, [&] { launch(true, q_d, n0); });
-                for (int L = 1; L <= 2; L++) {
+                for (int L = 1; L <= 3; L++) {
                     const int n1 = build(1, L);
                     snprintf(name, sizeof name, "overlap %s mixed L=%d", lay, L);
                     run(sh.name, name, all, [&] { launch(false, q_d, n1); });
                     snprintf(name, sizeof name, "overlap %s dataflow L=%d", lay, L);
                     run(sh.name, name, all, [&] { launch(true, q_d, n1); });
                 }
+            }
+            int stuck = 0;
+            CK(cudaMemcpy(&stuck, oa.ctr + 2, sizeof(int), cudaMemcpyDeviceToHost));
+            if (stuck) { /* then a "one launch" or "dataflow" time is not the order's */
+                fprintf(stderr, "bench_gather: overlap: %d waits gave up; its waiting cases are void\n", stuck);
+                printf("overlap: %d waits gave up; the one-launch and dataflow cases above are void\n", stuck);
             }
             free(q);
             CK(cudaFree((void *)oa.sig));
