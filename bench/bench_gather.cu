@@ -51,10 +51,13 @@
  *               waits), "dataflow L=n" (a sequence's rows beside the scores
  *               of the sequence L ahead, each item waiting for the items it
  *               depends on) and "mixed L=n" (the same order without the
- *               waits). Without the query MLPs, the histograms and
- *               thresholds or the attention's arithmetic: what the memory
- *               traffic alone costs when one sequence's scores and selection
- *               overlap another's gather (run 96)
+ *               waits); each in 256-thread blocks, 8 an SM, and "@4x128" in
+ *               128-thread blocks held to 4 an SM (the attention pass's
+ *               occupancy, which a fused step would have). Without the
+ *               query MLPs, the histograms and thresholds or the attention's
+ *               arithmetic: what the memory traffic alone costs when one
+ *               sequence's scores and selection overlap another's gather
+ *               (run 96)
  *
  * bench/NOTES.md "Run 21" and "Run 96" have the results and what they meant.
  *
@@ -436,9 +439,12 @@ __device__ __forceinline__ void ov_wait(const int *flag, int want, int *stuck)
     }
 }
 
-template <bool WAIT>
-__global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
+template <bool WAIT, int NT>
+__global__ void __launch_bounds__(NT) overlap_kernel(OvArgs a)
 {
+    constexpr int J = kOvSigWords / NT;    /* signature words (16 bytes) a thread */
+    constexpr int W = kOvChunk / 16 / NT;  /* score words (16 bytes) a thread in a selection item */
+    constexpr int RH = kOvRows * 16 / NT;  /* rows a half-warp in a row item */
     __shared__ int cur;
     const int tid = threadIdx.x, lane16 = tid & 15, hw = tid >> 4;
     uint32_t acc = 0u;
@@ -458,43 +464,42 @@ __global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
             __syncthreads();
         }
         if (kind == 0) {
-            constexpr int J = kOvSigWords / kThreads;
             const int pages_per = kOvSigWords / a.spb;
             uint4 v[J];
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                const int w = tid + j * kThreads, pg = d.y * pages_per + w / a.spb;
+                const int w = tid + j * NT, pg = d.y * pages_per + w / a.spb;
                 v[j] = ld_nc(a.sig + (int64_t)a.bt[(int64_t)s * a.bps + pg] * a.spb + w % a.spb);
             }
-            uint8_t *out = a.sc + (int64_t)s * a.sc_seq;
-            if (a.spb == 32) { /* compact: a byte per word, 8 a thread */
-                uint32_t lo = 0u, hi = 0u;
+            /* a score byte a 32-bit word (compact: 2 KB an item) or a four-word group (paper:
+             * 512 bytes), consecutive threads on consecutive addresses */
+            uint8_t *out = a.sc + (int64_t)s * a.sc_seq + (int64_t)d.y * (a.spb == 32 ? 2048 : 512);
 #pragma unroll
-                for (int j = 0; j < J; j++) {
-                    lo |= (uint32_t)__popc(v[j].x) << (16 * j) | (uint32_t)__popc(v[j].y) << (16 * j + 8);
-                    hi |= (uint32_t)__popc(v[j].z) << (16 * j) | (uint32_t)__popc(v[j].w) << (16 * j + 8);
-                }
-                reinterpret_cast<uint2 *>(out)[(int64_t)d.y * kThreads + tid] = make_uint2(lo, hi);
-            } else { /* paper: a byte per four words, 2 a thread */
-                uint32_t x = 0u;
-#pragma unroll
-                for (int j = 0; j < J; j++)
-                    x |= (uint32_t)(__popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w)) << (8 * j);
-                reinterpret_cast<uint16_t *>(out)[(int64_t)d.y * kThreads + tid] = (uint16_t)x;
+            for (int j = 0; j < J; j++) {
+                const uint32_t px = __popc(v[j].x), py = __popc(v[j].y), pz = __popc(v[j].z), pw = __popc(v[j].w);
+                if (a.spb == 32)
+                    reinterpret_cast<uint32_t *>(out)[j * NT + tid] = px | py << 8 | pz << 16 | pw << 24;
+                else
+                    out[j * NT + tid] = (uint8_t)(px + py + pz + pw);
             }
         } else if (kind == 2) {
-            const uint4 x = reinterpret_cast<const uint4 *>(a.sc + (int64_t)s * a.sc_seq +
-                                                            (int64_t)d.y * kOvChunk)[tid];
-            const uint32_t m = __vcmpgeu4(x.x, 0x10101010u) & 0x01010101u; /* bytes >= 16 */
-            a.lst[((int64_t)s * a.sel_items + d.y) * kThreads + tid] =
-                __popc(m) + __popc(__vcmpgeu4(x.y, 0x10101010u) & 0x01010101u) +
-                __popc(__vcmpgeu4(x.z, 0x10101010u) & 0x01010101u) + __popc(__vcmpgeu4(x.w, 0x10101010u) & 0x01010101u);
+            const uint4 *in = reinterpret_cast<const uint4 *>(a.sc + (int64_t)s * a.sc_seq + (int64_t)d.y * kOvChunk);
+            uint32_t n = 0u;
+#pragma unroll
+            for (int w = 0; w < W; w++) { /* bytes >= 16 */
+                const uint4 x = in[w * NT + tid];
+                n += __popc(__vcmpgeu4(x.x, 0x10101010u) & 0x01010101u) +
+                     __popc(__vcmpgeu4(x.y, 0x10101010u) & 0x01010101u) +
+                     __popc(__vcmpgeu4(x.z, 0x10101010u) & 0x01010101u) +
+                     __popc(__vcmpgeu4(x.w, 0x10101010u) & 0x01010101u);
+            }
+            a.lst[((int64_t)s * a.sel_items + d.y) * NT + tid] = n;
         } else {
             const int64_t rows = (int64_t)a.hkv * a.k;
-            int64_t off[2];
+            int64_t off[RH];
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const int64_t r = (int64_t)d.y * kOvRows + hw + u * 16;
+            for (int u = 0; u < RH; u++) {
+                const int64_t r = (int64_t)d.y * kOvRows + hw + u * (NT / 16);
                 off[u] = -1;
                 if (r < rows) {
                     const int h = (int)(r / a.k);
@@ -503,14 +508,14 @@ __global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
                              (int64_t)h * a.L.sh + lane16;
                 }
             }
-            uint4 kv[2][2];
+            uint4 kv[RH][2];
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
+            for (int u = 0; u < RH; u++) {
                 kv[u][0] = off[u] >= 0 ? ld_nc(a.kc + off[u]) : make_uint4(0u, 0u, 0u, 0u);
                 kv[u][1] = off[u] >= 0 ? ld_nc(a.vc + off[u]) : make_uint4(0u, 0u, 0u, 0u);
             }
 #pragma unroll
-            for (int u = 0; u < 2; u++)
+            for (int u = 0; u < RH; u++)
                 acc ^= kv[u][0].x ^ kv[u][0].y ^ kv[u][0].z ^ kv[u][0].w ^ kv[u][1].x ^ kv[u][1].y ^ kv[u][1].z ^
                        kv[u][1].w;
         }
@@ -518,14 +523,13 @@ __global__ void __launch_bounds__(kThreads) overlap_kernel(OvArgs a)
             __threadfence(); /* release: this thread's scores or list word before the count */
         __syncthreads();     /* the item done by every thread; cur read by all */
         if (tid == 0) {
-            if (kind != 1) {
+            if (kind != 1)
                 atomicAdd(kind == 0 ? &a.sig_done[s] : &a.sel_done[s], 1);
-            }
             cur = next;
         }
         __syncthreads();
     }
-    a.sink[(int64_t)blockIdx.x * kThreads + tid] = acc;
+    a.sink[(int64_t)blockIdx.x * NT + tid] = acc;
     if (tid == 0) {
         __threadfence();
         if (atomicAdd(&a.ctr[1], 1) == (int)gridDim.x - 1) { /* the last block out */
@@ -816,9 +820,18 @@ int main(int argc, char **argv)
             const int64_t gitems = (sh.Hkv * k + kOvRows - 1) / kOvRows; /* row items a sequence */
             const int64_t sc_seq = sh.N * sh.Hkv;                          /* score bytes a sequence */
             const int sel_items = (int)(sc_seq / kOvChunk);
-            int per_ov = 0;
-            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_ov, overlap_kernel<true>, kThreads, 0));
-            const unsigned ov_grid = (unsigned)(sms * per_ov);
+            /* wide: 256-thread blocks, as many as fit (8 an SM); narrow: 128-thread blocks held to
+             * 4 an SM by unused dynamic shared memory, the attention pass's occupancy, which a
+             * fused step whose every item may be an attention part would have */
+            const size_t narrow_pad = 56 * 1024;
+            int per_wide = 0, per_narrow = 0;
+            CK(cudaFuncSetAttribute(overlap_kernel<true, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)narrow_pad));
+            CK(cudaFuncSetAttribute(overlap_kernel<false, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)narrow_pad));
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_wide, overlap_kernel<true, kThreads>, kThreads, 0));
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_narrow, overlap_kernel<true, 128>, 128, narrow_pad));
+            printf("overlap: wide %d x %d threads an SM, narrow %d x 128\n", per_wide, kThreads, per_narrow);
             const size_t sig_bytes_max = (size_t)nblocks * 2048;
             const int64_t qcap = (int64_t)sh.B * (bps * 128 / kOvSigWords + sel_items + gitems);
             int2 *q = (int2 *)malloc(sizeof(int2) * (size_t)qcap);
@@ -850,40 +863,50 @@ int main(int argc, char **argv)
                     CK(cudaMemcpy(q_d, q, sizeof(int2) * (size_t)n, cudaMemcpyHostToDevice));
                     return (int)n;
                 };
+                bool narrow = false;
                 auto launch = [&](bool wait, const int2 *qq, int64_t count) {
                     OvArgs x = oa;
                     x.queue = qq, x.nitems = (int)count;
-                    if (wait)
-                        overlap_kernel<true><<<ov_grid, kThreads, 0, st>>>(x);
+                    const unsigned wg = (unsigned)(sms * per_wide), ng = (unsigned)(sms * per_narrow);
+                    if (narrow && wait)
+                        overlap_kernel<true, 128><<<ng, 128, narrow_pad, st>>>(x);
+                    else if (narrow)
+                        overlap_kernel<false, 128><<<ng, 128, narrow_pad, st>>>(x);
+                    else if (wait)
+                        overlap_kernel<true, kThreads><<<wg, kThreads, 0, st>>>(x);
                     else
-                        overlap_kernel<false><<<ov_grid, kThreads, 0, st>>>(x);
+                        overlap_kernel<false, kThreads><<<wg, kThreads, 0, st>>>(x);
                     CK(cudaGetLastError());
                 };
-                const char *lay = spb == 32 ? "compact" : "paper";
-                const int64_t nsc = (int64_t)sh.B * sitems, nsel = (int64_t)sh.B * sel_items;
-                const int n0 = build(0, 0);
-                const int64_t nrow = n0 - nsc - nsel;
-                char name[64];
-                snprintf(name, sizeof name, "overlap %s scores alone", lay);
-                run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
-                snprintf(name, sizeof name, "overlap %s selection alone", lay);
-                run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
-                snprintf(name, sizeof name, "overlap %s rows alone", lay);
-                run(sh.name, name, bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
-                snprintf(name, sizeof name, "overlap %s apart", lay);
-                run(sh.name, name, all, [&] {
-                    launch(false, q_d, nsc);
-                    launch(false, q_d + nsc, nsel);
-                    launch(false, q_d + nsc + nsel, nrow);
-                });
-                snprintf(name, sizeof name, "overlap %s one launch", lay);
-                run(sh.name, name, all, [&] { launch(true, q_d, n0); });
-                for (int L = 1; L <= 3; L++) {
-                    const int n1 = build(1, L);
-                    snprintf(name, sizeof name, "overlap %s mixed L=%d", lay, L);
-                    run(sh.name, name, all, [&] { launch(false, q_d, n1); });
-                    snprintf(name, sizeof name, "overlap %s dataflow L=%d", lay, L);
-                    run(sh.name, name, all, [&] { launch(true, q_d, n1); });
+                for (int nf = 0; nf < 2; nf++) {
+                    narrow = nf == 1;
+                    const char *form = narrow ? " @4x128" : "";
+                    const char *lay = spb == 32 ? "compact" : "paper";
+                    const int64_t nsc = (int64_t)sh.B * sitems, nsel = (int64_t)sh.B * sel_items;
+                    const int n0 = build(0, 0);
+                    const int64_t nrow = n0 - nsc - nsel;
+                    char name[64];
+                    snprintf(name, sizeof name, "overlap %s scores alone%s", lay, form);
+                    run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
+                    snprintf(name, sizeof name, "overlap %s selection alone%s", lay, form);
+                    run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
+                    snprintf(name, sizeof name, "overlap %s rows alone%s", lay, form);
+                    run(sh.name, name, bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
+                    snprintf(name, sizeof name, "overlap %s apart%s", lay, form);
+                    run(sh.name, name, all, [&] {
+                        launch(false, q_d, nsc);
+                        launch(false, q_d + nsc, nsel);
+                        launch(false, q_d + nsc + nsel, nrow);
+                    });
+                    snprintf(name, sizeof name, "overlap %s one launch%s", lay, form);
+                    run(sh.name, name, all, [&] { launch(true, q_d, n0); });
+                    for (int L = 1; L <= 3; L++) {
+                        const int n1 = build(1, L);
+                        snprintf(name, sizeof name, "overlap %s mixed L=%d%s", lay, L, form);
+                        run(sh.name, name, all, [&] { launch(false, q_d, n1); });
+                        snprintf(name, sizeof name, "overlap %s dataflow L=%d%s", lay, L, form);
+                        run(sh.name, name, all, [&] { launch(true, q_d, n1); });
+                    }
                 }
             }
             int stuck = 0;
