@@ -42,21 +42,23 @@
  *               that do almost nothing (4 blocks per SM, each block one
  *               dependent global read and write), replayed from a CUDA graph,
  *               against one cooperative kernel with K - 1 grid barriers
- *   overlap     (B=8 N=128K) the ceiling of a dataflow step (overlap_kernel):
- *               each sequence's scores (signatures read, 512 bytes a page:
+ *   overlap     the ceiling of a dataflow step (overlap_kernel, time_overlap):
+ *               each group's scores (signatures read, 512 bytes a page:
  *               compact, 2048: paper; score bytes written), selection (the
  *               scores read back) and the K/V rows of its 32x selection, as
- *               items of one persistent kernel: "apart" (the three in three
+ *               items of one persistent kernel; a group is a sequence (B=8)
+ *               or a (sequence, KV head) unit ("overlap unit": B=8, and B=1,
+ *               whose one sequence is 8 units). "apart" (the three in three
  *               launches), "one launch" (the same order in one, with the
- *               waits), "dataflow L=n" (a sequence's rows beside the scores
- *               of the sequence L ahead, each item waiting for the items it
+ *               waits), "dataflow L=n" (a group's rows beside the scores of
+ *               the group L ahead, each item waiting for the items it
  *               depends on) and "mixed L=n" (the same order without the
- *               waits); each in 256-thread blocks, 8 an SM, and "@4x128" in
+ *               waits); each in 256-thread blocks (6 an SM) and "@4x128" in
  *               128-thread blocks held to 4 an SM (the attention pass's
  *               occupancy, which a fused step would have). Without the
  *               query MLPs, the histograms and thresholds or the attention's
  *               arithmetic: what the memory traffic alone costs when one
- *               sequence's scores and selection overlap another's gather
+ *               group's scores and selection overlap another's gather
  *               (run 96)
  *
  * bench/NOTES.md "Run 21" and "Run 96" have the results and what they meant.
@@ -379,28 +381,29 @@ __global__ void tiny_phases_kernel(uint32_t *w, int phases)
 }
 
 /* overlap: a persistent kernel over a queue of items, each a 2-int
- * descriptor {kind << 8 | sequence, index}, in the order of a dataflow step:
- *   kind 0 (scores): 8 KB of the sequence's signature pages (through the
- *          block table, spb 16-byte words a page), a score byte written per
- *          32-bit word (compact) or per four (paper: a KV head's four query
- *          heads), contiguous: 8.4 MB of scores at B=8 128K either way, as
- *          the library's score kernel writes;
- *   kind 1 (rows): 32 K and V rows of the sequence's 32x selection (rows
- *          index * 32 .. of its Hkv x k), two a half-warp;
- *   kind 2 (selection): one 4096-byte chunk of the sequence's scores read
+ * descriptor {kind << 8 | group, index}, in the order of a dataflow step; a
+ * group is a sequence, or with unit_grain a (sequence, KV head) unit:
+ *   kind 0 (scores): 8 KB of the group's signature words (pw 16-byte words
+ *          of each page, through the block table; spb a page), a score byte
+ *          written per 32-bit word (compact) or per four (paper: a KV
+ *          head's four query heads), contiguous: B x Hkv x N bytes of
+ *          scores either way, as the library's score kernel writes;
+ *   kind 1 (rows): 32 K and V rows of the group's 32x selection (rows
+ *          index * 32 .. of its units' k each), RH a half-warp;
+ *   kind 2 (selection): one 4096-byte chunk of the group's scores read
  *          back, the bytes above a threshold counted, a word a thread
  *          written (the chunk's list share), as the selection pass's L2 trip.
- * With WAIT, a selection item first waits until sig_done[sequence] reaches
- * sig_items (its sequence's scores all written) and a row item until
- * sel_done[sequence] reaches sel_items. ctr[0] hands out items, ctr[1]
- * counts finished blocks, ctr[2] waits given up; the last block out zeroes
- * ctr[0..1] and the done counters, so that each launch starts clean without a memset. A block pops
- * its next item before it works on its current one; an item only waits for
- * items earlier in the queue, which resident blocks hold (the grid fits the
- * GPU at once), so the waits cannot deadlock. No query MLPs, no histograms
- * or thresholds worked out, no attention arithmetic: the memory traffic and
- * the dependencies of a step that overlaps one sequence's scores and
- * selection with another's gather. */
+ * With WAIT, a selection item first waits until sig_done[group] reaches
+ * sig_items (the group's scores all written) and a row item until
+ * sel_done[group] reaches sel_items. ctr[0] hands out items, ctr[1] counts
+ * finished blocks, ctr[2] waits given up; the last block out zeroes ctr[0..1]
+ * and the done counters, so that each launch starts clean without a memset.
+ * A block pops its next item before it works on its current one; an item
+ * only waits for items earlier in the queue, which resident blocks hold (the
+ * grid fits the GPU at once), so the waits cannot deadlock. No query MLPs, no
+ * histograms or thresholds worked out, no attention arithmetic: the memory
+ * traffic and the dependencies of a step that overlaps one group's scores
+ * and selection with another's gather. */
 constexpr int kOvRows = 32, kOvSigWords = 8192 / 16, kOvChunk = 4096;
 struct OvArgs {
     const int2 *queue;
@@ -414,7 +417,9 @@ struct OvArgs {
     int64_t k;
     int hkv;
     Layout L;
-    uint8_t *sc;   /* scores: sc_seq bytes a sequence */
+    int pw;         /* 16-byte signature words a group reads of each page: spb, or spb / hkv (unit grain) */
+    int unit_grain; /* 0: a group is a sequence; 1: a (sequence, KV head) unit */
+    uint8_t *sc;    /* scores: sc_seq bytes a group */
     int64_t sc_seq;
     uint32_t *lst; /* kThreads words a selection item */
     int *ctr, *sig_done, *sel_done;
@@ -464,12 +469,13 @@ __global__ void __launch_bounds__(NT) overlap_kernel(OvArgs a)
             __syncthreads();
         }
         if (kind == 0) {
-            const int pages_per = kOvSigWords / a.spb;
+            const int pages_per = kOvSigWords / a.pw, b = a.unit_grain ? s / a.hkv : s;
+            const int h0 = a.unit_grain ? s % a.hkv * a.pw : 0; /* the unit's words in each page */
             uint4 v[J];
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                const int w = tid + j * NT, pg = d.y * pages_per + w / a.spb;
-                v[j] = ld_nc(a.sig + (int64_t)a.bt[(int64_t)s * a.bps + pg] * a.spb + w % a.spb);
+                const int w = tid + j * NT, pg = d.y * pages_per + w / a.pw;
+                v[j] = ld_nc(a.sig + (int64_t)a.bt[(int64_t)b * a.bps + pg] * a.spb + h0 + w % a.pw);
             }
             /* a score byte a 32-bit word (compact: 2 KB an item) or a four-word group (paper:
              * 512 bytes), consecutive threads on consecutive addresses */
@@ -495,16 +501,17 @@ __global__ void __launch_bounds__(NT) overlap_kernel(OvArgs a)
             }
             a.lst[((int64_t)s * a.sel_items + d.y) * NT + tid] = n;
         } else {
-            const int64_t rows = (int64_t)a.hkv * a.k;
+            const int64_t rows = a.unit_grain ? a.k : (int64_t)a.hkv * a.k; /* the group's */
             int64_t off[RH];
 #pragma unroll
             for (int u = 0; u < RH; u++) {
                 const int64_t r = (int64_t)d.y * kOvRows + hw + u * (NT / 16);
                 off[u] = -1;
                 if (r < rows) {
-                    const int h = (int)(r / a.k);
-                    const int32_t p = a.pos[((int64_t)s * a.hkv + h) * a.k + r % a.k];
-                    off[u] = (int64_t)a.bt[(int64_t)s * a.bps + p / kBlock] * a.L.sb + (int64_t)(p % kBlock) * a.L.st +
+                    const int64_t unit = a.unit_grain ? s : (int64_t)s * a.hkv + r / a.k;
+                    const int b = (int)(unit / a.hkv), h = (int)(unit % a.hkv);
+                    const int32_t p = a.pos[unit * a.k + r % a.k];
+                    off[u] = (int64_t)a.bt[(int64_t)b * a.bps + p / kBlock] * a.L.sb + (int64_t)(p % kBlock) * a.L.st +
                              (int64_t)h * a.L.sh + lane16;
                 }
             }
@@ -576,12 +583,12 @@ static GatherFn gather_fn(int u)
     }
 }
 
-/* overlap's queues. Order 0: every score item, every selection item, every
- * row item. Order 1 (dataflow): the first L sequences' scores and the
- * first's selection, then sequence b's rows merged in proportion with
- * sequence b + L's scores, and sequence b + 1's selection at the start of
- * b's rows (L >= 2: its scores were queued a sequence earlier) or at their
- * end (L = 1). Returns the item count. */
+/* overlap's queues over nseq groups. Order 0: every score item, every
+ * selection item, every row item. Order 1 (dataflow): the first L groups'
+ * scores and the first's selection, then group b's rows merged in proportion
+ * with group b + L's scores, and group b + 1's selection at the start of b's
+ * rows (L >= 2: its scores were queued a group earlier) or at their end
+ * (L = 1). Returns the item count. */
 static int64_t ov_build(int2 *q, int order, int L, int nseq, int64_t sitems, int64_t sel_items, int64_t gitems)
 {
     int64_t n = 0;
@@ -670,6 +677,123 @@ static void make_positions(int32_t *pos, int64_t units, int64_t n, int64_t k, in
             p[i++] = (int32_t)t;
     }
     free(mark);
+}
+
+/* The overlap cases of one shape (the gather's positions, already in pos_d):
+ * at B=8 with a sequence as the dependencies' grain, and with a (sequence,
+ * KV head) unit ("unit": what B=1 needs, its one sequence being its 8
+ * units); each signature layout, each block form. RUN(shape, name, bytes,
+ * launch) times and reports a case. */
+template <typename Run>
+static void time_overlap(const Shape &sh, int64_t k, const uint4 *kc, const uint4 *vc, const int32_t *bt_d,
+                         const int32_t *pos_d, Layout nhd, int sms, uint32_t *sink, cudaStream_t st, Run &&run)
+{
+    const int64_t bps = sh.N / kBlock, nblocks = (int64_t)sh.B * bps, units = (int64_t)sh.B * sh.Hkv;
+    const double row_bytes = (double)units * k * kD * 2 * 2, scbytes = (double)units * sh.N;
+    /* wide: 256-thread blocks, as many as fit (6 an SM at 40 registers); narrow: 128-thread
+     * blocks held to 4 an SM by unused dynamic shared memory, the attention pass's occupancy,
+     * which a fused step whose every block may take an attention part would be held to */
+    const size_t narrow_pad = 56 * 1024;
+    int per_wide = 0, per_narrow = 0;
+    CK(cudaFuncSetAttribute(overlap_kernel<true, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)narrow_pad));
+    CK(cudaFuncSetAttribute(overlap_kernel<false, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)narrow_pad));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_wide, overlap_kernel<true, kThreads>, kThreads, 0));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_narrow, overlap_kernel<true, 128>, 128, narrow_pad));
+    printf("overlap (%s): wide %d x %d threads an SM, narrow %d x 128\n", sh.name, per_wide, kThreads, per_narrow);
+    const size_t sig_bytes = (size_t)nblocks * 2048; /* the paper layout's; the compact uses a quarter */
+    /* the most items a queue holds: the paper layout's signature items, and every other item */
+    const int64_t qcap = nblocks * 128 / kOvSigWords + units * sh.N / kOvChunk + units * ((k + kOvRows - 1) / kOvRows);
+    int2 *q = (int2 *)malloc(sizeof(int2) * (size_t)qcap), *q_d;
+    OvArgs oa = {};
+    CK(cudaMalloc(&oa.sig, sig_bytes));
+    CK(cudaMemset((void *)oa.sig, 0x5c, sig_bytes));
+    CK(cudaMalloc(&oa.sc, (size_t)scbytes));
+    CK(cudaMalloc(&oa.lst, sizeof(uint32_t) * (size_t)(units * sh.N / kOvChunk) * kThreads));
+    CK(cudaMalloc(&oa.ctr, 3 * sizeof(int)));
+    CK(cudaMemset(oa.ctr, 0, 3 * sizeof(int)));
+    CK(cudaMalloc(&oa.sig_done, 2 * 256 * sizeof(int)));
+    CK(cudaMemset(oa.sig_done, 0, 2 * 256 * sizeof(int)));
+    oa.sel_done = oa.sig_done + 256;
+    CK(cudaMalloc(&q_d, sizeof(int2) * (size_t)qcap));
+    oa.kc = kc, oa.vc = vc, oa.bt = bt_d, oa.bps = bps, oa.pos = pos_d, oa.k = k, oa.hkv = sh.Hkv, oa.L = nhd;
+    oa.sink = sink;
+    for (int ug = sh.B > 1 ? 0 : 1; ug <= 1; ug++) {
+        const int groups = (int)(ug ? units : sh.B);
+        const int64_t grows = ug ? k : sh.Hkv * k, gitems = (grows + kOvRows - 1) / kOvRows;
+        oa.unit_grain = ug, oa.nseq = groups, oa.sc_seq = ug ? sh.N : sh.N * sh.Hkv;
+        oa.sel_items = (int)(oa.sc_seq / kOvChunk);
+        for (int spb = 32; spb <= 128; spb *= 4) { /* 16-byte words a page: compact, paper */
+            oa.spb = spb, oa.pw = ug ? spb / sh.Hkv : spb;
+            const int64_t sitems = bps * oa.pw / kOvSigWords; /* score items a group */
+            oa.sig_items = (int)sitems;
+            const double sbytes = (double)nblocks * spb * 16;
+            const double all = sbytes + 2.0 * scbytes + row_bytes; /* scores written and read back */
+            auto build = [&](int order, int L) {
+                const int64_t n = ov_build(q, order, L, groups, sitems, oa.sel_items, gitems);
+                if (!ov_order_ok(q, n, groups, sitems, oa.sel_items, gitems)) {
+                    fprintf(stderr, "bench_gather: overlap queue (order %d, L %d) out of order\n", order, L);
+                    exit(1);
+                }
+                CK(cudaMemcpy(q_d, q, sizeof(int2) * (size_t)n, cudaMemcpyHostToDevice));
+                return n;
+            };
+            for (int narrow = 0; narrow <= 1; narrow++) {
+                auto launch = [&](bool wait, const int2 *qq, int64_t count) {
+                    OvArgs x = oa;
+                    x.queue = qq, x.nitems = (int)count;
+                    const unsigned wg = (unsigned)(sms * per_wide), ng = (unsigned)(sms * per_narrow);
+                    if (narrow && wait)
+                        overlap_kernel<true, 128><<<ng, 128, narrow_pad, st>>>(x);
+                    else if (narrow)
+                        overlap_kernel<false, 128><<<ng, 128, narrow_pad, st>>>(x);
+                    else if (wait)
+                        overlap_kernel<true, kThreads><<<wg, kThreads, 0, st>>>(x);
+                    else
+                        overlap_kernel<false, kThreads><<<wg, kThreads, 0, st>>>(x);
+                    CK(cudaGetLastError());
+                };
+                char pre[48], name[80];
+                snprintf(pre, sizeof pre, "overlap%s %s", ug ? " unit" : "", spb == 32 ? "compact" : "paper");
+                const char *form = narrow ? " @4x128" : "";
+                const int64_t n0 = build(0, 0), nsc = groups * sitems, nsel = (int64_t)groups * oa.sel_items;
+                const int64_t nrow = n0 - nsc - nsel;
+                snprintf(name, sizeof name, "%s scores alone%s", pre, form);
+                run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
+                snprintf(name, sizeof name, "%s selection alone%s", pre, form);
+                run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
+                snprintf(name, sizeof name, "%s rows alone%s", pre, form);
+                run(sh.name, name, row_bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
+                snprintf(name, sizeof name, "%s apart%s", pre, form);
+                run(sh.name, name, all, [&] {
+                    launch(false, q_d, nsc);
+                    launch(false, q_d + nsc, nsel);
+                    launch(false, q_d + nsc + nsel, nrow);
+                });
+                snprintf(name, sizeof name, "%s one launch%s", pre, form);
+                run(sh.name, name, all, [&] { launch(true, q_d, n0); });
+                for (int L = 1; L <= 3; L++) {
+                    const int64_t n1 = build(1, L);
+                    snprintf(name, sizeof name, "%s mixed L=%d%s", pre, L, form);
+                    run(sh.name, name, all, [&] { launch(false, q_d, n1); });
+                    snprintf(name, sizeof name, "%s dataflow L=%d%s", pre, L, form);
+                    run(sh.name, name, all, [&] { launch(true, q_d, n1); });
+                }
+            }
+        }
+    }
+    int stuck = 0;
+    CK(cudaMemcpy(&stuck, oa.ctr + 2, sizeof(int), cudaMemcpyDeviceToHost));
+    if (stuck) { /* then a "one launch" or "dataflow" time is not its order's */
+        fprintf(stderr, "bench_gather: overlap (%s): %d waits gave up; its waiting cases are void\n", sh.name, stuck);
+        printf("overlap (%s): %d waits gave up; the one-launch and dataflow cases above are void\n", sh.name, stuck);
+    }
+    free(q);
+    CK(cudaFree((void *)oa.sig));
+    CK(cudaFree(oa.sc));
+    CK(cudaFree(oa.lst));
+    CK(cudaFree(oa.ctr));
+    CK(cudaFree(oa.sig_done));
+    CK(cudaFree(q_d));
 }
 
 int main(int argc, char **argv)
@@ -815,114 +939,8 @@ int main(int argc, char **argv)
                 }
             }
         }
-        /* overlap (B=8 only: a sequence is the dependencies' grain, and B=1 has one) */
-        if (sh.B == 8 && strncmp("overlap", only, strlen(only) < 7 ? strlen(only) : 7) == 0) {
-            const int64_t gitems = (sh.Hkv * k + kOvRows - 1) / kOvRows; /* row items a sequence */
-            const int64_t sc_seq = sh.N * sh.Hkv;                          /* score bytes a sequence */
-            const int sel_items = (int)(sc_seq / kOvChunk);
-            /* wide: 256-thread blocks, as many as fit (8 an SM); narrow: 128-thread blocks held to
-             * 4 an SM by unused dynamic shared memory, the attention pass's occupancy, which a
-             * fused step whose every item may be an attention part would have */
-            const size_t narrow_pad = 56 * 1024;
-            int per_wide = 0, per_narrow = 0;
-            CK(cudaFuncSetAttribute(overlap_kernel<true, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)narrow_pad));
-            CK(cudaFuncSetAttribute(overlap_kernel<false, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)narrow_pad));
-            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_wide, overlap_kernel<true, kThreads>, kThreads, 0));
-            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_narrow, overlap_kernel<true, 128>, 128, narrow_pad));
-            printf("overlap: wide %d x %d threads an SM, narrow %d x 128\n", per_wide, kThreads, per_narrow);
-            const size_t sig_bytes_max = (size_t)nblocks * 2048;
-            const int64_t qcap = (int64_t)sh.B * (bps * 128 / kOvSigWords + sel_items + gitems);
-            int2 *q = (int2 *)malloc(sizeof(int2) * (size_t)qcap);
-            OvArgs oa = {};
-            int2 *q_d;
-            CK(cudaMalloc(&oa.sig, sig_bytes_max));
-            CK(cudaMemset((void *)oa.sig, 0x5c, sig_bytes_max));
-            CK(cudaMalloc(&oa.sc, (size_t)(sh.B * sc_seq)));
-            CK(cudaMalloc(&oa.lst, sizeof(uint32_t) * (size_t)(sh.B * sel_items) * kThreads));
-            CK(cudaMalloc(&oa.ctr, 3 * sizeof(int)));
-            CK(cudaMemset(oa.ctr, 0, 3 * sizeof(int)));
-            CK(cudaMalloc(&oa.sig_done, 2 * 256 * sizeof(int)));
-            CK(cudaMemset(oa.sig_done, 0, 2 * 256 * sizeof(int)));
-            oa.sel_done = oa.sig_done + 256;
-            CK(cudaMalloc(&q_d, sizeof(int2) * (size_t)qcap));
-            oa.kc = kc, oa.vc = vc, oa.bt = bt_d, oa.bps = bps, oa.pos = pos_d, oa.k = k, oa.hkv = sh.Hkv;
-            oa.L = nhd, oa.sc_seq = sc_seq, oa.sel_items = sel_items, oa.nseq = sh.B, oa.sink = sink;
-            for (int spb = 32; spb <= 128; spb *= 4) { /* 16-byte words a page: compact, paper */
-                const int sitems = (int)(bps * spb / kOvSigWords); /* score items a sequence */
-                const double sbytes = (double)sh.B * bps * spb * 16, scbytes = (double)sh.B * sc_seq;
-                const double all = sbytes + 2.0 * scbytes + bytes; /* scores written and read back */
-                oa.spb = spb, oa.sig_items = sitems;
-                auto build = [&](int order, int L) {
-                    const int64_t n = ov_build(q, order, L, sh.B, sitems, sel_items, gitems);
-                    if (!ov_order_ok(q, n, sh.B, sitems, sel_items, gitems)) {
-                        fprintf(stderr, "bench_gather: overlap queue (order %d, L %d) out of order\n", order, L);
-                        exit(1);
-                    }
-                    CK(cudaMemcpy(q_d, q, sizeof(int2) * (size_t)n, cudaMemcpyHostToDevice));
-                    return (int)n;
-                };
-                bool narrow = false;
-                auto launch = [&](bool wait, const int2 *qq, int64_t count) {
-                    OvArgs x = oa;
-                    x.queue = qq, x.nitems = (int)count;
-                    const unsigned wg = (unsigned)(sms * per_wide), ng = (unsigned)(sms * per_narrow);
-                    if (narrow && wait)
-                        overlap_kernel<true, 128><<<ng, 128, narrow_pad, st>>>(x);
-                    else if (narrow)
-                        overlap_kernel<false, 128><<<ng, 128, narrow_pad, st>>>(x);
-                    else if (wait)
-                        overlap_kernel<true, kThreads><<<wg, kThreads, 0, st>>>(x);
-                    else
-                        overlap_kernel<false, kThreads><<<wg, kThreads, 0, st>>>(x);
-                    CK(cudaGetLastError());
-                };
-                for (int nf = 0; nf < 2; nf++) {
-                    narrow = nf == 1;
-                    const char *form = narrow ? " @4x128" : "";
-                    const char *lay = spb == 32 ? "compact" : "paper";
-                    const int64_t nsc = (int64_t)sh.B * sitems, nsel = (int64_t)sh.B * sel_items;
-                    const int n0 = build(0, 0);
-                    const int64_t nrow = n0 - nsc - nsel;
-                    char name[64];
-                    snprintf(name, sizeof name, "overlap %s scores alone%s", lay, form);
-                    run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
-                    snprintf(name, sizeof name, "overlap %s selection alone%s", lay, form);
-                    run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
-                    snprintf(name, sizeof name, "overlap %s rows alone%s", lay, form);
-                    run(sh.name, name, bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
-                    snprintf(name, sizeof name, "overlap %s apart%s", lay, form);
-                    run(sh.name, name, all, [&] {
-                        launch(false, q_d, nsc);
-                        launch(false, q_d + nsc, nsel);
-                        launch(false, q_d + nsc + nsel, nrow);
-                    });
-                    snprintf(name, sizeof name, "overlap %s one launch%s", lay, form);
-                    run(sh.name, name, all, [&] { launch(true, q_d, n0); });
-                    for (int L = 1; L <= 3; L++) {
-                        const int n1 = build(1, L);
-                        snprintf(name, sizeof name, "overlap %s mixed L=%d%s", lay, L, form);
-                        run(sh.name, name, all, [&] { launch(false, q_d, n1); });
-                        snprintf(name, sizeof name, "overlap %s dataflow L=%d%s", lay, L, form);
-                        run(sh.name, name, all, [&] { launch(true, q_d, n1); });
-                    }
-                }
-            }
-            int stuck = 0;
-            CK(cudaMemcpy(&stuck, oa.ctr + 2, sizeof(int), cudaMemcpyDeviceToHost));
-            if (stuck) { /* then a "one launch" or "dataflow" time is not the order's */
-                fprintf(stderr, "bench_gather: overlap: %d waits gave up; its waiting cases are void\n", stuck);
-                printf("overlap: %d waits gave up; the one-launch and dataflow cases above are void\n", stuck);
-            }
-            free(q);
-            CK(cudaFree((void *)oa.sig));
-            CK(cudaFree(oa.sc));
-            CK(cudaFree(oa.lst));
-            CK(cudaFree(oa.ctr));
-            CK(cudaFree(oa.sig_done));
-            CK(cudaFree(q_d));
-        }
+        if (strncmp("overlap", only, strlen(only) < 7 ? strlen(only) : 7) == 0)
+            time_overlap(sh, k, kc, vc, bt_d, pos_d, nhd, sms, sink, st, run);
         /* WORDS 16-byte words of the K cache read as runs of each of RLENS bytes at random
          * places (0: the runs end to end, SEQ bytes each, one sequential read), U = 1, 2, ...
          * UMAX words in flight per thread; cases "LABEL R=n U=m" and "LABEL seq U=m" */
