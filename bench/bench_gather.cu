@@ -46,9 +46,9 @@
  *               each group's scores (signatures read, 512 bytes a page:
  *               compact, 2048: paper; score bytes written), selection (the
  *               scores read back) and the K/V rows of its 32x selection, as
- *               items of one persistent kernel; a group is a sequence (B=8)
- *               or a (sequence, KV head) unit ("overlap unit": B=8, and B=1,
- *               whose one sequence is 8 units). "apart" (the three in three
+ *               items of one persistent kernel; a group is a sequence (B=8,
+ *               N=128K and 32K) or a (sequence, KV head) unit ("overlap
+ *               unit": B=8, and B=1, whose one sequence is 8 units). "apart" (the three in three
  *               launches), "one launch" (the same order in one, with the
  *               waits), "dataflow L=n" (a group's rows beside the scores of
  *               the group L ahead, each item waiting for the items it
@@ -96,6 +96,7 @@ struct Shape {
     const char *name;
     int B, Hkv;
     int64_t N;
+    int overlap_only; /* only the overlap cases at this shape */
 };
 
 /* Strides in 16-byte words: a row is 16 of them (D 128, bf16). */
@@ -827,7 +828,9 @@ int main(int argc, char **argv)
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gather_kernel<8>, kThreads, 0));
     const int grid = sms * (per_sm > 0 ? per_sm : 1);
 
-    const Shape shapes[] = {{"B=8 N=128K", 8, 8, 131072}, {"B=1 N=1M", 1, 8, 1048576}};
+    const Shape shapes[] = {{"B=8 N=128K", 8, 8, 131072, 0}, {"B=1 N=1M", 1, 8, 1048576, 0},
+                            {"B=8 N=32K", 8, 8, 32768, 1}};
+    const Shape *cur_shape = shapes;
     const size_t flush_bytes = (size_t)512 << 20;
     void *flush;
     uint32_t *sink;
@@ -883,11 +886,12 @@ int main(int argc, char **argv)
     };
     /* time and report one case, if its name starts with --only's prefix */
     auto run = [&](const char *shape, const char *name, double bytes, auto &&launch) {
-        if (strncmp(name, only, strlen(only)) == 0)
+        if (strncmp(name, only, strlen(only)) == 0 && (!cur_shape->overlap_only || !strncmp(name, "overlap", 7)))
             report(shape, name, bytes, timed(launch));
     };
 
     for (const Shape &sh : shapes) {
+        cur_shape = &sh;
         const int64_t bps = sh.N / kBlock, nblocks = (int64_t)sh.B * bps;
         const int64_t units = (int64_t)sh.B * sh.Hkv, k = kSink + kRecent + sh.N / 32, rows = units * k;
         const int64_t row_words = kD * 2 / 16;
@@ -1024,6 +1028,7 @@ int main(int argc, char **argv)
         CK(cudaFree(pos_d));
     }
     /* chain K: launches against grid barriers */
+    cur_shape = shapes; /* no shape's filter */
     {
         const unsigned tiny_grid = (unsigned)sms * 4;
         for (int K = 1; K <= 6; K++) {
