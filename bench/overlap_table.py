@@ -15,7 +15,10 @@ of the row's step, each as a ratio to SDPA against the row's target:
   A (top-down)   the real step less the saving;
   B (bottom-up)  the real step cut after the query MLPs, plus the dataflow case, plus EXTRA
                  us for what the prototype leaves out (the attention arithmetic, the first
-                 group's threshold and ties, the combine; default 5).
+                 group's threshold and ties, the combine; default 5);
+
+and beside them the best "mixed" order (no waits: the overlap's own ceiling) with A's
+projection taken from it.
 
 bench/NOTES.md "Run 96" says how to read them. Exit status 0, or 2 when a file is missing.
 """
@@ -60,14 +63,16 @@ def lab_medians(d):
 
 
 def form_numbers(g, shape, prefix, form):
-    """(apart, best dataflow, its L) for one form at one shape, or None when it was not timed"""
-    apart = g.get((shape, "%s apart%s" % (prefix, form)))
-    flows = [(g[(shape, "%s dataflow L=%d%s" % (prefix, L, form))], L) for L in (1, 2, 3)
-             if (shape, "%s dataflow L=%d%s" % (prefix, L, form)) in g]
-    if apart is None or not flows:
+    """(apart, best dataflow, its L, best mixed) for one form at one shape, or None when it was
+    not timed; "mixed" is the dataflow order without the waits, the overlap's own ceiling"""
+    def best(kind):
+        got = [(g[(shape, "%s %s L=%d%s" % (prefix, kind, L, form))], L) for L in (1, 2, 3)
+               if (shape, "%s %s L=%d%s" % (prefix, kind, L, form)) in g]
+        return min(got) if got else None
+    apart, flow, mixed = g.get((shape, "%s apart%s" % (prefix, form))), best("dataflow"), best("mixed")
+    if apart is None or flow is None or mixed is None:
         return None
-    best, L = min(flows)
-    return apart, best, L
+    return apart, flow[0], flow[1], mixed[0]
 
 
 def table(d, extra):
@@ -83,11 +88,12 @@ def table(d, extra):
     anchor = load(os.path.join(d, "anchor-overlap.json"))
     sdpa = {(a["B"], a["N"]): a["us"] for a in anchor["sdpa"]}
     lines = ["# Run 96's dataflow ceiling against issue 3's rows (%s)" % anchor.get("gpu", "?"), "",
-             "Projections: A = the step less (apart - dataflow); B = the MLP cut + dataflow + %.1f us." % extra,
+             "Projections: A = the step less (apart - dataflow); B = the MLP cut + dataflow + %.1f us; "
+             "no waits: the best mixed order, and A taken from it." % extra,
              "",
              "| row | form | step / SDPA, us (ratio) | apart | dataflow (L) | saving | A: us, ratio | B: us, ratio "
-             "| target | read flush: apart / dataflow |",
-             "|---|---|---|---:|---:|---:|---|---|---:|---|"]
+             "| no waits: mixed, A | target | read flush: apart / dataflow |",
+             "|---|---|---|---:|---:|---:|---|---|---|---:|---|"]
     for row, case, cut, shape, layout, target, b, n in ROWS:
         step, mlp, base = lab.get(case), lab.get(cut), sdpa.get((b, n))
         if step is None or mlp is None or base is None:
@@ -98,14 +104,15 @@ def table(d, extra):
             nums = form_numbers(g, shape, "%s %s" % (prefix, layout), form)
             if nums is None:
                 continue
-            apart, flow, L = nums
-            a_us, b_us = step - (apart - flow), mlp + flow + extra
+            apart, flow, L, mixed = nums
+            a_us, b_us, m_us = step - (apart - flow), mlp + flow + extra, step - (apart - mixed)
             rd = form_numbers(gr, shape, "%s %s" % (prefix, layout), form)
+            met = lambda us: " (met)" if base / us >= target else ""
             lines.append("| %s | %s | %.1f / %.1f (%.2fx) | %.1f | %.1f (%d) | %.1f | %.1f, %.2fx%s | %.1f, %.2fx%s "
-                         "| %.0fx | %s |" % (
+                         "| %.1f, %.2fx%s | %.0fx | %s |" % (
                              row, label, step, base, base / step, apart, flow, L, apart - flow,
-                             a_us, base / a_us, " (met)" if base / a_us >= target else "",
-                             b_us, base / b_us, " (met)" if base / b_us >= target else "", target,
+                             a_us, base / a_us, met(a_us), b_us, base / b_us, met(b_us),
+                             mixed, base / m_us, met(m_us), target,
                              "%.1f / %.1f" % (rd[0], rd[1]) if rd else "-"))
     return "\n".join(lines) + "\n"
 
