@@ -48,9 +48,9 @@
  *               scores read back) and the K/V rows of its 32x selection, as
  *               items of one persistent kernel; a group is a sequence (B=8,
  *               N=128K and 32K) or a (sequence, KV head) unit ("overlap
- *               unit": B=8, and B=1, whose one sequence is 8 units). "apart" (the three in three
- *               launches), "one launch" (the same order in one, with the
- *               waits), "dataflow L=n" (a group's rows beside the scores of
+ *               unit": B=8, and B=1, whose one sequence is 8 units).
+ *               "apart" (the three in three launches), "one launch" (the
+ *               same order in one, with the waits), "dataflow L=n" (a group's rows beside the scores of
  *               the group L ahead, each item waiting for the items it
  *               depends on) and "mixed L=n" (the same order without the
  *               waits); each in 256-thread blocks (6 an SM) and "@4x128" in
@@ -622,7 +622,7 @@ static int64_t ov_build(int2 *q, int order, int L, int nseq, int64_t sitems, int
     return n;
 }
 
-/* 1 when every item of every sequence is queued exactly once and every
+/* 1 when every item of every group is queued exactly once and every
  * item that waits comes after all the items it waits for: the order
  * overlap_kernel<true> needs not to deadlock. */
 static int ov_order_ok(const int2 *q, int64_t n, int nseq, int64_t sitems, int64_t sel_items, int64_t gitems)
@@ -684,7 +684,7 @@ static void make_positions(int32_t *pos, int64_t units, int64_t n, int64_t k, in
  * at B=8 with a sequence as the dependencies' grain, and with a (sequence,
  * KV head) unit ("unit": what B=1 needs, its one sequence being its 8
  * units); each signature layout, each block form. RUN(shape, name, bytes,
- * launch) times and reports a case. */
+ * launch) times and reports a case (main's run). */
 template <typename Run>
 static void time_overlap(const Shape &sh, int64_t k, const uint4 *kc, const uint4 *vc, const int32_t *bt_d,
                          const int32_t *pos_d, Layout nhd, int sms, uint32_t *sink, cudaStream_t st, Run &&run)
@@ -759,25 +759,25 @@ static void time_overlap(const Shape &sh, int64_t k, const uint4 *kc, const uint
                 const int64_t n0 = build(0, 0), nsc = groups * sitems, nsel = (int64_t)groups * oa.sel_items;
                 const int64_t nrow = n0 - nsc - nsel;
                 snprintf(name, sizeof name, "%s scores alone%s", pre, form);
-                run(sh.name, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
+                run(sh, name, sbytes + scbytes, [&] { launch(false, q_d, nsc); });
                 snprintf(name, sizeof name, "%s selection alone%s", pre, form);
-                run(sh.name, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
+                run(sh, name, scbytes, [&] { launch(false, q_d + nsc, nsel); });
                 snprintf(name, sizeof name, "%s rows alone%s", pre, form);
-                run(sh.name, name, row_bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
+                run(sh, name, row_bytes, [&] { launch(false, q_d + nsc + nsel, nrow); });
                 snprintf(name, sizeof name, "%s apart%s", pre, form);
-                run(sh.name, name, all, [&] {
+                run(sh, name, all, [&] {
                     launch(false, q_d, nsc);
                     launch(false, q_d + nsc, nsel);
                     launch(false, q_d + nsc + nsel, nrow);
                 });
                 snprintf(name, sizeof name, "%s one launch%s", pre, form);
-                run(sh.name, name, all, [&] { launch(true, q_d, n0); });
+                run(sh, name, all, [&] { launch(true, q_d, n0); });
                 for (int L = 1; L <= 3; L++) {
                     const int64_t n1 = build(1, L);
                     snprintf(name, sizeof name, "%s mixed L=%d%s", pre, L, form);
-                    run(sh.name, name, all, [&] { launch(false, q_d, n1); });
+                    run(sh, name, all, [&] { launch(false, q_d, n1); });
                     snprintf(name, sizeof name, "%s dataflow L=%d%s", pre, L, form);
-                    run(sh.name, name, all, [&] { launch(true, q_d, n1); });
+                    run(sh, name, all, [&] { launch(true, q_d, n1); });
                 }
             }
         }
@@ -830,7 +830,7 @@ int main(int argc, char **argv)
 
     const Shape shapes[] = {{"B=8 N=128K", 8, 8, 131072, 0}, {"B=1 N=1M", 1, 8, 1048576, 0},
                             {"B=8 N=32K", 8, 8, 32768, 1}};
-    const Shape *cur_shape = shapes;
+    const Shape no_shape = {"-", 0, 0, 0, 0}; /* the chain cases' */
     const size_t flush_bytes = (size_t)512 << 20;
     void *flush;
     uint32_t *sink;
@@ -884,14 +884,14 @@ int main(int argc, char **argv)
             first = 0;
         }
     };
-    /* time and report one case, if its name starts with --only's prefix */
-    auto run = [&](const char *shape, const char *name, double bytes, auto &&launch) {
-        if (strncmp(name, only, strlen(only)) == 0 && (!cur_shape->overlap_only || !strncmp(name, "overlap", 7)))
-            report(shape, name, bytes, timed(launch));
+    /* time and report one case of shape SH, if its name starts with --only's prefix (and with
+     * "overlap" at an overlap-only shape) */
+    auto run = [&](const Shape &sh, const char *name, double bytes, auto &&launch) {
+        if (strncmp(name, only, strlen(only)) == 0 && (!sh.overlap_only || !strncmp(name, "overlap", 7)))
+            report(sh.name, name, bytes, timed(launch));
     };
 
     for (const Shape &sh : shapes) {
-        cur_shape = &sh;
         const int64_t bps = sh.N / kBlock, nblocks = (int64_t)sh.B * bps;
         const int64_t units = (int64_t)sh.B * sh.Hkv, k = kSink + kRecent + sh.N / 32, rows = units * k;
         const int64_t row_words = kD * 2 / 16;
@@ -920,7 +920,7 @@ int main(int argc, char **argv)
         const Layout nhd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)sh.Hkv * row_words, (int64_t)row_words};
         const Layout hnd = {(int64_t)kBlock * sh.Hkv * row_words, (int64_t)row_words, (int64_t)kBlock * row_words};
 
-        run(sh.name, "copy", 2.0 * bytes, ([&] { CK(cudaMemcpyAsync(vc, kc, (size_t)bytes, cudaMemcpyDeviceToDevice, st)); }));
+        run(sh, "copy", 2.0 * bytes, ([&] { CK(cudaMemcpyAsync(vc, kc, (size_t)bytes, cudaMemcpyDeviceToDevice, st)); }));
         for (int contig = 1; contig >= 0; contig--) {
             make_positions(pos, units, sh.N, k, contig);
             CK(cudaMemcpy(pos_d, pos, sizeof(int32_t) * (size_t)rows, cudaMemcpyHostToDevice));
@@ -936,14 +936,14 @@ int main(int argc, char **argv)
                     char name[40];
                     snprintf(name, sizeof name, "%s %s U=%d", contig ? "contig" : "gather", li ? "HND" : "NHD", u);
                     GatherFn fn = gather_fn(u);
-                    run(sh.name, name, bytes, ([&] {
+                    run(sh, name, bytes, ([&] {
                                fn<<<grid, kThreads, 0, st>>>(kc, vc, bt_d, bps, pos_d, k, sh.Hkv, rows, L, sink);
                                CK(cudaGetLastError());
                            }));
                 }
             }
         }
-        if (strncmp("overlap", only, strlen(only) < 7 ? strlen(only) : 7) == 0)
+        if (strncmp("overlap", only, strlen(only) < 7 ? strlen(only) : 7) == 0) /* some overlap case wanted */
             time_overlap(sh, k, kc, vc, bt_d, pos_d, nhd, sms, sink, st, run);
         /* WORDS 16-byte words of the K cache read as runs of each of RLENS bytes at random
          * places (0: the runs end to end, SEQ bytes each, one sequential read), U = 1, 2, ...
@@ -971,7 +971,7 @@ int main(int argc, char **argv)
                     else
                         snprintf(name, sizeof name, "%s seq U=%d", label, u);
                     auto fn = u == 1 ? runs_kernel<1> : u == 2 ? runs_kernel<2> : runs_kernel<4>;
-                    run(sh.name, name, (double)words * 16, ([&] {
+                    run(sh, name, (double)words * 16, ([&] {
                                fn<<<grid, kThreads, 0, st>>>(kc, roff_d, rs, words, sink);
                                CK(cudaGetLastError());
                            }));
@@ -1012,7 +1012,7 @@ int main(int argc, char **argv)
             char name[64];
             snprintf(name, sizeof name, "%s S=%d TT=%d%s%s x%d %d/SM", pc.bulk ? "bulk" : "pipe", pc.S, pc.TT,
                      pc.lsm ? " lsm" : "", pc.phys ? " phys" : "", pc.pm ? pc.pm : 1, nb);
-            run(sh.name, name, bytes, ([&] {
+            run(sh, name, bytes, ([&] {
                        pc.fn<<<(unsigned)(units * cparts), kPipeThreads, smem, st>>>(kc, vc, bt_d, bps, pos_d, phys_d,
                                                                                       k, sh.Hkv, cparts, nhd, sink);
                        CK(cudaGetLastError());
@@ -1028,7 +1028,6 @@ int main(int argc, char **argv)
         CK(cudaFree(pos_d));
     }
     /* chain K: launches against grid barriers */
-    cur_shape = shapes; /* no shape's filter */
     {
         const unsigned tiny_grid = (unsigned)sms * 4;
         for (int K = 1; K <= 6; K++) {
@@ -1041,13 +1040,13 @@ int main(int argc, char **argv)
             CK(cudaGraphInstantiate(&ge, g, 0));
             char name[64];
             snprintf(name, sizeof name, "chain K=%d graph", K);
-            run("-", name, 0.0, ([&] { CK(cudaGraphLaunch(ge, st)); }));
+            run(no_shape, name, 0.0, ([&] { CK(cudaGraphLaunch(ge, st)); }));
             CK(cudaGraphExecDestroy(ge));
             CK(cudaGraphDestroy(g));
             int phases = K;
             void *args[] = {&sink, &phases};
             snprintf(name, sizeof name, "chain K=%d grid barriers", K);
-            run("-", name, 0.0, ([&] {
+            run(no_shape, name, 0.0, ([&] {
                        CK(cudaLaunchCooperativeKernel((const void *)tiny_phases_kernel, dim3(tiny_grid),
                                                       dim3(kPipeThreads), args, 0, st));
                    }));
