@@ -829,7 +829,7 @@ int main(int argc, char **argv)
     const int grid = sms * (per_sm > 0 ? per_sm : 1);
 
     const Shape shapes[] = {{"B=8 N=128K", 8, 8, 131072, 0}, {"B=1 N=1M", 1, 8, 1048576, 0},
-                            {"B=8 N=32K", 8, 8, 32768, 1}};
+                            {"B=8 N=32K", 8, 8, 32768, 1}, {"B=1 N=128K", 1, 8, 131072, 1}};
     const Shape no_shape = {"-", 0, 0, 0, 0}; /* the chain cases' */
     const size_t flush_bytes = (size_t)512 << 20;
     void *flush;

@@ -35,6 +35,7 @@ ROWS = [
     ("gp32 B=8 128K", "gp32_b8_128k", "upto1_gc32_b8_128k", "B=8 N=128K", "paper", 10.0, 8, 131072),
     ("gp32 B=8 32K", "gp32_b8_32k", "upto1_gp32_b8_32k", "B=8 N=32K", "paper", 7.0, 8, 32768),
     ("gc32 B=1 1M", "gc32_b1_1m", "upto1_gc32_b1_1m", "B=1 N=1M", "compact", 15.0, 1, 1048576),
+    ("gp32 B=1 128K", "gp32_b1_128k", "upto1_gp32_b1_128k", "B=1 N=128K", "paper", 6.0, 1, 131072),
 ]
 # (bench_gather's case prefix, its block-form suffix, the table's name for the form)
 FORMS = [("overlap", "", "sequence"), ("overlap", " @4x128", "sequence @4x128"),
