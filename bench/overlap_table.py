@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/overlap_table.py - what run 96's dataflow ceiling says about issue 3's rows.
+"""bench/overlap_table.py - what the dataflow ceiling (runs 96-97) says about issue 3's rows.
 
     python3 bench/overlap_table.py DIR [--extra US] [--md FILE]
 
